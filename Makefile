@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Each creates (or reuses) the project's virtual environment by itself.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint schema clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Run the gateway against a simulated site (Ctrl-C stops; DEMO_SECONDS=N stops by itself).
+demo: $(STAMP)
+	$(BIN)/python -m hil.demo --config config/example-site.yaml
+
+## Lint, type-check and run every test.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+## Measure; prints the figures and writes bench-results.json.
+bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks
+
+## Regenerate config/site.schema.json after changing edge/config/model.py.
+schema: $(STAMP)
+	$(BIN)/python -m edge.config.schema
+
+clean:
+	rm -rf $(VENV) var bench-results.json .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,48 @@
+"""Modbus RTU/TCP driver: device models as data files, and an async poller per bus.
+
+Device models live in ``drivers/models/<name>.yaml``; :mod:`drivers.modbus.model` loads them
+and holds the pure codec, :mod:`drivers.modbus.bus` polls devices with pymodbus.
+"""
+
+from drivers.modbus.bus import (
+    BusSettings,
+    BusStats,
+    ModbusBus,
+    PolledDevice,
+    RtuSettings,
+    TcpSettings,
+)
+from drivers.modbus.logthrottle import RepeatThrottle, throttle_pymodbus_log
+from drivers.modbus.model import (
+    DeviceModel,
+    ModelError,
+    Point,
+    decode,
+    encode,
+    known_models,
+    load_model,
+    load_model_file,
+    parse_model,
+    read_plan,
+)
+
+__all__ = [
+    "BusSettings",
+    "BusStats",
+    "DeviceModel",
+    "ModbusBus",
+    "ModelError",
+    "Point",
+    "PolledDevice",
+    "RepeatThrottle",
+    "RtuSettings",
+    "TcpSettings",
+    "decode",
+    "encode",
+    "known_models",
+    "load_model",
+    "load_model_file",
+    "parse_model",
+    "read_plan",
+    "throttle_pymodbus_log",
+]

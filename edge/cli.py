@@ -1,0 +1,89 @@
+"""The ``edge`` command: what an installer and systemd run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from edge import __version__
+from edge.config.duration import parse_duration
+from edge.log import fields, setup_logging
+
+log = logging.getLogger("edge.cli")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge", description="Edge gateway for city safety sensors."
+    )
+    parser.add_argument("--version", action="version", version=f"edge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the gateway for a site file")
+    run.add_argument("--config", required=True, metavar="FILE", help="the site YAML file")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--status-every",
+        type=_duration,
+        default=10.0,
+        metavar="DURATION",
+        help="how often a status line is logged (default 10s)",
+    )
+
+    check = commands.add_parser("check-config", help="validate a site file and print every error")
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        from edge.config import check_config_main
+
+        return check_config_main(args.file, sys.stdout)
+    if args.command == "run":
+        return run(args.config, log_level=args.log_level, status_every=args.status_every)
+    raise AssertionError(args.command)  # argparse refuses unknown commands
+
+
+def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> int:
+    """Validate the site file, then run the gateway until SIGTERM or SIGINT."""
+    from edge.config import check_config_main, load_site
+    from edge.gateway import Gateway, config_hash
+
+    setup_logging(log_level)
+    if check_config_main(path, sys.stderr, quiet=True) != 0:
+        return 1
+    config = load_site(path)
+    with open(path, "rb") as file:
+        digest = config_hash(file.read())
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        gateway = Gateway(config, config_digest=digest, status_interval=status_every)
+        await gateway.run(stop)
+
+    try:
+        asyncio.run(serve())
+    except Exception:
+        log.exception("gateway failed", extra=fields(config=path))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

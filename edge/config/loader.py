@@ -1,0 +1,817 @@
+"""Reading the site file: YAML with line numbers, validation, cross-references, readable errors.
+
+The installer's question is always "which line is wrong?", so the YAML is composed into a node
+tree first and every mapping key and sequence item keeps its position. Validation then runs in
+two stages, and both report *everything* they find, each issue naming ``file:line:column``:
+
+1. the typed model (:class:`~edge.config.model.SiteConfig`): types, ranges, unknown keys;
+2. cross-references the model cannot see on its own: unique ids, buses and devices that are
+   referred to but not defined, two devices on one Modbus address, unknown device models.
+
+When stage 1 fails, the cross-references that can be checked on the raw data still run, so one
+``edge check-config`` shows every mistake at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TextIO
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from edge.config.model import SiteConfig
+
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "check_config_main",
+    "load_site",
+    "parse_site",
+]
+
+#: A place in the parsed data: ``("devices", 1, "address")``.
+Loc = tuple[str | int, ...]
+#: 1-based ``(line, column)``.
+Position = tuple[int, int]
+
+#: Upper bound on the values one file may expand to (anchors and aliases can multiply them).
+MAX_VALUES = 100_000
+#: Deepest nesting accepted; a real site file needs about six levels.
+MAX_DEPTH = 64
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One mistake in a site file, with the place it was found.
+
+    ``field`` is the dotted path of the setting (``devices[1].address``); it is empty when the
+    issue concerns the file as a whole (a YAML syntax error, an empty file).
+    """
+
+    file: str
+    line: int
+    column: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        if self.field:
+            return f"{where}: {self.field}: {self.message}"
+        return f"{where}: {self.message}"
+
+
+def _issue_order(issue: ConfigIssue) -> tuple[int, int, str, str]:
+    return (issue.line, issue.column, issue.field, issue.message)
+
+
+class ConfigError(Exception):
+    """The site file is not usable; ``issues`` lists every problem found, sorted by line."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues: list[ConfigIssue] = sorted(issues, key=_issue_order)
+        super().__init__(self.issues)
+
+    def __str__(self) -> str:
+        return "\n".join(str(issue) for issue in self.issues)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def load_site(
+    path: str | os.PathLike[str], *, known_models: Collection[str] | None = None
+) -> SiteConfig:
+    """Read, validate and cross-check the site file at ``path``.
+
+    Raises :class:`ConfigError` for any mistake in the file, and ``OSError`` (for example
+    ``FileNotFoundError``) when the file cannot be read at all. ``known_models`` is the set of
+    device model names the drivers provide; ``None`` skips that check.
+    """
+    filename = os.fspath(path)
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    filename,
+                    line,
+                    column,
+                    "",
+                    f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8",
+                )
+            ]
+        ) from None
+    return parse_site(text, filename, known_models=known_models)
+
+
+def parse_site(
+    text: str, filename: str, *, known_models: Collection[str] | None = None
+) -> SiteConfig:
+    """Validate the site file contents ``text``; ``filename`` is used in the error messages.
+
+    Returns the :class:`SiteConfig` or raises :class:`ConfigError` listing every issue.
+    """
+    builder = _Builder(filename)
+    try:
+        data = builder.parse(text)
+    except _Abort as abort:
+        raise ConfigError([abort.issue]) from None
+
+    config: SiteConfig | None = None
+    model_issues: list[ConfigIssue] = []
+    try:
+        config = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        model_issues = [
+            _issue_from_error(err, data, builder.positions, filename) for err in exc.errors()
+        ]
+
+    model_issues = [issue for issue in model_issues if not _within(issue.field, builder.unreadable)]
+    issues = builder.issues + model_issues
+    # A value the model already refused is not cross-checked again (one message per mistake).
+    reported = {issue.field for issue in model_issues}
+    view: Mapping[str, Any] = config.model_dump() if config is not None else data
+    for issue in _cross_check(view, builder.positions, filename, known_models):
+        if issue.field not in reported:
+            issues.append(issue)
+
+    if issues:
+        raise ConfigError(issues)
+    assert config is not None  # no issue means the model validated
+    return config
+
+
+def _within(field: str, places: Collection[str]) -> bool:
+    """Whether ``field`` is one of ``places`` or inside one of them."""
+    return any(field == place or field.startswith((f"{place}.", f"{place}[")) for place in places)
+
+
+def check_config_main(
+    path: str,
+    out: TextIO,
+    *,
+    known_models: Collection[str] | None = None,
+    quiet: bool = False,
+) -> int:
+    """The body of ``edge check-config FILE``; returns the process exit status.
+
+    0: the file is valid (a one-line summary is printed unless ``quiet``); 1: the file has
+    mistakes (all are printed, one per line, then a count); 2: the file cannot be read.
+    """
+    try:
+        config = load_site(path, known_models=known_models)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=out)
+        count = len(exc.issues)
+        print(f"{count} error{'s' if count != 1 else ''}; nothing was started", file=out)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot read {path}: {_os_reason(exc)}", file=out)
+        return 2
+    if quiet:
+        return 0
+    print(
+        f"ok: gateway {config.gateway.id}, {_count(len(config.buses), 'bus', 'buses')}, "
+        f"{_count(len(config.devices), 'device')}, {_count(len(config.rules), 'rule')}",
+        file=out,
+    )
+    return 0
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a directory, not a file"
+    return exc.strerror or type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with positions
+# --------------------------------------------------------------------------------------------
+
+
+class _Abort(Exception):
+    """The file cannot be turned into data at all; carries the one issue to report."""
+
+    def __init__(self, issue: ConfigIssue) -> None:
+        super().__init__(str(issue))
+        self.issue = issue
+
+
+def _position(node: Node) -> Position:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _describe(value: object) -> str:
+    """A short, installer-readable rendering of a value found in the file."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _required_sections() -> str:
+    return ", ".join(name for name, field in SiteConfig.model_fields.items() if field.is_required())
+
+
+#: Plain words for the YAML parser's most frequent complaints.
+_SYNTAX_HINTS = (
+    ("expected <block end>", "check the indentation of this line against the lines above"),
+    (
+        "mapping values are not allowed here",
+        "check the indentation of this line, or quote a value that contains ': '",
+    ),
+    ("found character '\\t'", "indent with spaces, not tabs"),
+    ("found unexpected end of stream", "a quote or bracket is not closed"),
+)
+
+
+class _Builder:
+    """Turns YAML text into plain data, remembering where each key and item came from."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.positions: dict[Loc, Position] = {}
+        self.issues: list[ConfigIssue] = []
+        self._budget = MAX_VALUES
+        self._active: set[int] = set()
+        #: Places whose value could not be read (already reported; the model would repeat it).
+        self.unreadable: set[str] = set()
+        self._loader: yaml.SafeLoader | None = None
+
+    def issue(self, position: Position, loc: Loc, message: str) -> None:
+        self.issues.append(ConfigIssue(self.filename, *position, _dotted(loc), message))
+
+    def abort(self, line: int, column: int, message: str) -> _Abort:
+        return _Abort(ConfigIssue(self.filename, line, column, "", message))
+
+    def parse(self, text: str) -> dict[str, Any]:
+        try:
+            # The reader checks the characters as soon as the loader is made.
+            loader = yaml.SafeLoader(text)
+            root = self._compose(loader)
+        except yaml.reader.ReaderError as exc:
+            line = text.count("\n", 0, exc.position) + 1
+            column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+            character = exc.character
+            shown = f"U+{character:04X}" if isinstance(character, int) else repr(character)
+            raise self.abort(
+                line, column, f"character {shown} is not allowed in a YAML file ({exc.reason})"
+            ) from None
+        self._loader = loader
+        try:
+            if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL_TAG):
+                raise self.abort(
+                    1,
+                    1,
+                    f"the file is empty; a site file needs the sections {_required_sections()}",
+                )
+            if not isinstance(root, MappingNode):
+                raise self.abort(
+                    *_position(root),
+                    "the top level of a site file must be a mapping with the sections "
+                    f"{_required_sections()}; found {_node_kind(root)}",
+                )
+            self.positions[()] = _position(root)
+            data = self._build(root, (), 0)
+            assert isinstance(data, dict)
+            return data
+        finally:
+            self._loader = None
+            loader.dispose()
+
+    def _compose(self, loader: yaml.SafeLoader) -> Node | None:
+        try:
+            return loader.get_single_node()
+        except yaml.reader.ReaderError:
+            loader.dispose()
+            raise
+        except yaml.MarkedYAMLError as exc:
+            loader.dispose()
+            raise self._syntax_error(exc) from None
+        except yaml.YAMLError as exc:
+            loader.dispose()
+            raise self.abort(1, 1, f"not valid YAML: {exc}") from None
+        except RecursionError:
+            loader.dispose()
+            raise self.abort(1, 1, "the file is nested too deeply to be a site file") from None
+
+    def _syntax_error(self, exc: yaml.MarkedYAMLError) -> _Abort:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        parts = [part for part in (exc.context, exc.problem) if part]
+        problem = "; ".join(parts) if parts else "not valid YAML"
+        if (
+            exc.context
+            and exc.context_mark is not None
+            and exc.problem_mark is not None
+            and exc.context_mark.line != exc.problem_mark.line
+        ):
+            problem += f" (started at line {exc.context_mark.line + 1})"
+        for clue, hint in _SYNTAX_HINTS:
+            if clue in problem:
+                problem += f"; {hint}"
+                break
+        return self.abort(line, column, f"YAML syntax error: {problem}")
+
+    def _build(self, node: Node, loc: Loc, depth: int) -> Any:
+        self._budget -= 1
+        if self._budget < 0:
+            raise self.abort(
+                *_position(node),
+                f"the file expands to more than {MAX_VALUES} values (aliases of aliases?)",
+            )
+        if depth > MAX_DEPTH:
+            raise self.abort(*_position(node), "the file is nested too deeply to be a site file")
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, loc)
+        if id(node) in self._active:
+            self.issue(_position(node), loc, "an alias refers to the mapping or list containing it")
+            self.unreadable.add(_dotted(loc))
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                return self._sequence(node, loc, depth)
+            if isinstance(node, MappingNode):
+                return self._mapping(node, loc, depth)
+        finally:
+            self._active.discard(id(node))
+        raise AssertionError(f"unexpected YAML node {node!r}")  # pragma: no cover
+
+    def _scalar(self, node: ScalarNode, loc: Loc) -> Any:
+        assert self._loader is not None
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            problem = exc.problem or "cannot read this value"
+        except (ValueError, TypeError, OverflowError) as exc:
+            problem = f"cannot read {node.value!r}: {exc}"
+        self.issue(_position(node), loc, problem)
+        self.unreadable.add(_dotted(loc))
+        return None
+
+    def _sequence(self, node: SequenceNode, loc: Loc, depth: int) -> list[Any]:
+        if node.tag != _SEQ_TAG:
+            self.issue(_position(node), loc, f"unsupported tag {node.tag!r} on a list")
+        items: list[Any] = []
+        for index, child in enumerate(node.value):
+            child_loc = (*loc, index)
+            self.positions[child_loc] = _position(child)
+            items.append(self._build(child, child_loc, depth + 1))
+        return items
+
+    def _mapping(self, node: MappingNode, loc: Loc, depth: int) -> dict[str, Any]:
+        if node.tag != _MAP_TAG:
+            self.issue(_position(node), loc, f"unsupported tag {node.tag!r} on a mapping")
+        result: dict[str, Any] = {}
+        merges: list[Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merges.append(value_node)
+                continue
+            if not isinstance(key_node, ScalarNode):
+                self.issue(
+                    _position(key_node),
+                    loc,
+                    f"a key must be plain text, not {_node_kind(key_node)}",
+                )
+                continue
+            # Keys are kept as written: 'on', 'yes' or '1' are names here, not booleans or numbers.
+            key = str(key_node.value)
+            key_loc = (*loc, key)
+            if key in result:
+                first_line = self.positions[key_loc][0]
+                self.issue(
+                    _position(key_node),
+                    key_loc,
+                    f"duplicate key '{key}' (first at line {first_line}); "
+                    "YAML would silently keep only the last one",
+                )
+                continue
+            self.positions[key_loc] = _position(key_node)
+            result[key] = self._build(value_node, key_loc, depth + 1)
+        for merge in merges:
+            self._merge(result, merge, loc, depth)
+        return result
+
+    def _merge(self, result: dict[str, Any], merge: Node, loc: Loc, depth: int) -> None:
+        """YAML merge keys (``<<: *defaults``): keys written in the mapping itself win."""
+        sources = merge.value if isinstance(merge, SequenceNode) else [merge]
+        for source in sources:
+            if not isinstance(source, MappingNode):
+                self.issue(_position(merge), loc, "'<<' needs a mapping or a list of mappings")
+                continue
+            outer = self.positions
+            self.positions = {}
+            try:
+                merged = self._build(source, loc, depth + 1)
+                inner = self.positions
+            finally:
+                self.positions = outer
+            if not isinstance(merged, dict):
+                continue
+            for key, value in merged.items():
+                if key in result:
+                    continue
+                result[key] = value
+                prefix = (*loc, key)
+                for place, position in inner.items():
+                    if place[: len(prefix)] == prefix:
+                        self.positions.setdefault(place, position)
+
+
+def _node_kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return f"the value {str(node.value)!r}" if node.value else "an empty value"
+
+
+# --------------------------------------------------------------------------------------------
+# Places and paths
+# --------------------------------------------------------------------------------------------
+
+
+def _dotted(loc: Loc) -> str:
+    """``("devices", 1, "address")`` -> ``devices[1].address``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _clean_loc(loc: Sequence[str | int], data: Any) -> Loc:
+    """Pydantic's error location without its discriminator tags (``'modbus-rtu'``)."""
+    cleaned: list[str | int] = []
+    current: Any = data
+    for part in loc:
+        if isinstance(current, dict):
+            if part in current:
+                current = current[part]
+            elif isinstance(part, str) and current.get("kind") == part:
+                continue  # the tag pydantic inserts for a discriminated union
+            else:
+                current = None
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+        else:
+            current = None
+        cleaned.append(part)
+    return tuple(cleaned)
+
+
+def _nearest(loc: Loc, positions: Mapping[Loc, Position]) -> Position:
+    for end in range(len(loc), -1, -1):
+        position = positions.get(loc[:end])
+        if position is not None:
+            return position
+    return (1, 1)
+
+
+def _value_at(data: Any, loc: Loc) -> Any:
+    """The value at ``loc`` in the parsed data, or ``None`` when there is none."""
+    current = data
+    for part in loc:
+        if isinstance(current, dict) and isinstance(part, str):
+            current = current.get(part)
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+        else:
+            return None
+    return current
+
+
+# --------------------------------------------------------------------------------------------
+# What the model expects at a place (for suggestions)
+# --------------------------------------------------------------------------------------------
+
+
+def _strip(tp: Any) -> Any:
+    """Drop ``Annotated`` wrappers and ``None`` from optional types."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            members = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+        return tp
+
+
+def _tags(model: type[BaseModel]) -> tuple[Any, ...]:
+    field = model.model_fields.get("kind")
+    if field is None or typing.get_origin(field.annotation) is not Literal:
+        return ()
+    return typing.get_args(field.annotation)
+
+
+def _union_members(tp: Any) -> list[type[BaseModel]]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [
+            arg
+            for arg in typing.get_args(tp)
+            if isinstance(arg, type) and issubclass(arg, BaseModel)
+        ]
+    return []
+
+
+def _expected_at(loc: Sequence[str | int]) -> tuple[Any, str | None]:
+    """The type pydantic expects at ``loc`` (its raw loc, tags included) and the nearest
+    field description."""
+    tp: Any = SiteConfig
+    description: str | None = None
+    for part in loc:
+        tp = _strip(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if isinstance(part, str) and part in tp.model_fields:
+                field = tp.model_fields[part]
+                tp = field.annotation
+                description = field.description
+            elif part in _tags(tp):
+                continue
+            else:
+                return None, description
+        elif typing.get_origin(tp) is list and isinstance(part, int):
+            tp = typing.get_args(tp)[0]
+        elif members := _union_members(tp):
+            chosen = [member for member in members if part in _tags(member)]
+            if not chosen:
+                return None, description
+            tp = chosen[0]
+        else:
+            return None, description
+    return _strip(tp), description
+
+
+def _known_keys(loc: Sequence[str | int]) -> list[str]:
+    model, _ = _expected_at(loc)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _listing(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+# --------------------------------------------------------------------------------------------
+# Pydantic errors -> issues
+# --------------------------------------------------------------------------------------------
+
+_NUMBER_TYPES = {"int_type", "int_parsing", "int_from_float"}
+_FLOAT_TYPES = {"float_type", "float_parsing"}
+_BOOL_TYPES = {"bool_type", "bool_parsing"}
+_MAPPING_TYPES = {"model_type", "dict_type", "model_attributes_type"}
+
+
+def _issue_from_error(
+    err: ErrorDetails, data: Any, positions: Mapping[Loc, Position], filename: str
+) -> ConfigIssue:
+    raw_loc = err["loc"]
+    loc = _clean_loc(raw_loc, data)
+    kind = err["type"]
+    value = err.get("input")
+    got = _describe(value)
+    message = err["msg"]
+
+    if kind == "missing":
+        message = f"missing required key '{loc[-1]}'" if loc else "missing required value"
+    elif kind == "extra_forbidden":
+        key = str(loc[-1])
+        present = _value_at(data, loc[:-1])
+        known = [
+            k for k in _known_keys(raw_loc[:-1]) if not (isinstance(present, dict) and k in present)
+        ]
+        message = f"unknown key '{key}'"
+        suggestion = _suggest(key, known)
+        if suggestion is not None:
+            message += f"; did you mean '{suggestion}'?"
+        elif known:
+            message += f" (allowed here: {', '.join(known)})"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        expected_type, _ = _expected_at(raw_loc)
+        members = _union_members(expected_type)
+        if isinstance(expected_type, type) and issubclass(expected_type, BaseModel):
+            members = [expected_type]
+        tags = [str(tag) for member in members for tag in _tags(member)]
+        expected = ", ".join(f"'{tag}'" for tag in tags)
+        loc = (*loc, "kind")
+        if kind == "union_tag_not_found":
+            message = f"missing required key 'kind' (one of {expected})"
+        else:
+            tag = str(err.get("ctx", {}).get("tag", _value_at(data, loc)))
+            message = f"unknown kind '{tag}'; expected one of {expected}"
+            suggestion = _suggest(tag, tags)
+            if suggestion is not None:
+                message += f" (did you mean '{suggestion}'?)"
+    elif kind == "value_error":
+        message = re.sub(r"^Value error, ", "", message)
+        loc = _blame_key(loc, message, data, positions)
+    elif kind in _MAPPING_TYPES:
+        message = f"expected a mapping of keys and values, found {got}"
+    elif kind == "list_type":
+        message = f"expected a list, found {got}"
+    elif kind == "string_type":
+        if isinstance(value, bool | int | float):
+            message = f'expected text, found {got}; put it in quotes: "{got}"'
+        else:
+            message = f"expected text, found {got}"
+    elif kind in _NUMBER_TYPES:
+        message = f"expected a whole number, found {got}"
+    elif kind in _FLOAT_TYPES:
+        message = f"expected a number, found {got}"
+    elif kind == "finite_number":
+        message = f"expected a finite number, found {got}"
+    elif kind in _BOOL_TYPES:
+        message = f"expected true or false, found {got}"
+    elif kind == "string_pattern_mismatch":
+        _, description = _expected_at(raw_loc)
+        message = f"{got} is not allowed here"
+        if description:
+            message += f": {description[0].lower()}{description[1:]}"
+        else:
+            message += f" (must match {err.get('ctx', {}).get('pattern')!r})"
+    elif kind == "too_short" and isinstance(value, list):
+        minimum = err.get("ctx", {}).get("min_length", 1)
+        message = f"needs at least {_count(int(minimum), 'entry', 'entries')}, found {len(value)}"
+    else:
+        message = f"{message}; found {got}" if not isinstance(value, dict | list) else message
+
+    line, column = _nearest(loc, positions)
+    return ConfigIssue(filename, line, column, _dotted(loc), message)
+
+
+def _blame_key(loc: Loc, message: str, data: Any, positions: Mapping[Loc, Position]) -> Loc:
+    """A check across several keys of one mapping ("clear_below must not be above raise_at")
+    is pinned to the key it names that comes last in the file: that is where the conflict
+    becomes visible."""
+    mapping = _value_at(data, loc)
+    if not isinstance(mapping, dict):
+        return loc
+    named = [
+        (*loc, key)
+        for key in mapping
+        if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", message) and (*loc, key) in positions
+    ]
+    if not named:
+        return loc
+    return max(named, key=lambda place: positions[place])
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-references
+# --------------------------------------------------------------------------------------------
+
+
+def _entries(data: Mapping[str, Any], section: str) -> list[tuple[int, dict[str, Any]]] | None:
+    """The mappings of a list section, with their indices; ``None`` when the section is not a
+    list (then references into it cannot be checked)."""
+    items = data.get(section)
+    if not isinstance(items, list):
+        return None
+    return [(index, item) for index, item in enumerate(items) if isinstance(item, dict)]
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _cross_check(
+    data: Mapping[str, Any],
+    positions: Mapping[Loc, Position],
+    filename: str,
+    known_models: Collection[str] | None,
+) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+
+    def report(loc: Loc, message: str) -> None:
+        issues.append(ConfigIssue(filename, *_nearest(loc, positions), _dotted(loc), message))
+
+    def line_of(loc: Loc) -> int:
+        return _nearest(loc, positions)[0]
+
+    def unique_ids(section: str, noun: str) -> list[str] | None:
+        entries = _entries(data, section)
+        if entries is None:
+            return None
+        first: dict[str, int] = {}
+        for index, entry in entries:
+            ident = _text(entry.get("id"))
+            if ident is None:
+                continue
+            if ident in first:
+                report(
+                    (section, index, "id"),
+                    f"duplicate {noun} id '{ident}'; first defined at line "
+                    f"{line_of((section, first[ident], 'id'))} ({section}[{first[ident]}])",
+                )
+            else:
+                first[ident] = index
+        return list(first)
+
+    bus_ids = unique_ids("buses", "bus")
+    device_ids = unique_ids("devices", "device")
+    unique_ids("rules", "rule")
+
+    devices = _entries(data, "devices") or []
+    by_index = dict(devices)
+    used: dict[tuple[str, int], int] = {}
+    for index, device in devices:
+        bus = _text(device.get("bus"))
+        if bus is not None and bus_ids is not None and bus not in bus_ids:
+            message = f"unknown bus '{bus}'"
+            suggestion = _suggest(bus, bus_ids)
+            if suggestion is not None:
+                message += f"; did you mean '{suggestion}'?"
+            message += (
+                f" (defined buses: {_listing(bus_ids)})" if bus_ids else " (no bus is defined)"
+            )
+            report(("devices", index, "bus"), message)
+
+        address = device.get("address")
+        if bus is not None and isinstance(address, int) and not isinstance(address, bool):
+            if (bus, address) in used:
+                other = used[(bus, address)]
+                other_id = _text(by_index[other].get("id")) or f"devices[{other}]"
+                report(
+                    ("devices", index, "address"),
+                    f"Modbus address {address} on bus '{bus}' is already used by device "
+                    f"'{other_id}' (line {line_of(('devices', other, 'address'))})",
+                )
+            else:
+                used[(bus, address)] = index
+
+        model = _text(device.get("model"))
+        if known_models is not None and model is not None and model not in known_models:
+            names = sorted(known_models)
+            message = f"unknown device model '{model}'"
+            suggestion = _suggest(model, names)
+            if suggestion is not None:
+                message += f"; did you mean '{suggestion}'?"
+            message += f" (known models: {_listing(names)})" if names else " (no model is known)"
+            report(("devices", index, "model"), message)
+
+    if device_ids is not None:
+        for index, rule in _entries(data, "rules") or []:
+            targets = rule.get("devices")
+            if not isinstance(targets, list):
+                continue
+            for position, target in enumerate(targets):
+                if isinstance(target, str) and target not in device_ids:
+                    message = f"unknown device '{target}'"
+                    suggestion = _suggest(target, device_ids)
+                    if suggestion is not None:
+                        message += f"; did you mean '{suggestion}'?"
+                    message += f" (defined devices: {_listing(device_ids)})"
+                    report(("rules", index, "devices", position), message)
+
+    return issues

@@ -1,0 +1,68 @@
+"""Structured log lines on stderr, one event per line, fit for journald.
+
+Format is logfmt: ``ts=... level=warning logger=drivers.modbus msg="device timeout" device=efm-1``.
+It stays greppable on a phone over SSH and parses with any logfmt tool. Extra fields are
+passed as ``log.info("msg", extra=fields(device="efm-1"))``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_FIELDS = "edge_fields"
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """Wrap key/value pairs for ``extra=`` so the formatter prints them after the message."""
+    return {_FIELDS: values}
+
+
+def _quote(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+    if text == "" or not text.isprintable() or any(c in text for c in ' "=\\'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        parts = [
+            f"ts={stamp}",
+            f"level={record.levelname.lower()}",
+            f"logger={record.name}",
+            f"msg={_quote(record.getMessage())}",
+        ]
+        for key, value in getattr(record, _FIELDS, {}).items():
+            parts.append(f"{key}={_quote(value)}")
+        if record.exc_info:
+            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+def setup_logging(level: str = "info") -> None:
+    """Send every logger's records to stderr as logfmt lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # pymodbus logs every retry and frame at INFO/DEBUG; the drivers log what an installer needs.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """The key/value pairs of one log line written by :class:`LogfmtFormatter`."""
+    pairs = {}
+    for key, raw in _PAIR.findall(line):
+        value = raw
+        if len(raw) >= 2 and raw.startswith('"') and raw.endswith('"'):
+            value = _ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), raw[1:-1])
+        pairs[key] = value
+    return pairs

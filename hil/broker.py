@@ -1,0 +1,125 @@
+"""A local MQTT broker for the demo and the rig: Mosquitto when installed, else amqtt.
+
+The demo must run on any machine, including one where nobody can ``apt-get install
+mosquitto``; amqtt is a pure-Python broker from PyPI that is good enough for one gateway and
+one subscriber. Tests always use the real Mosquitto (tests/fixtures/broker.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    """Block until ``host:port`` accepts a TCP connection, or raise ``TimeoutError``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g}s") from None
+            time.sleep(0.05)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalBroker:
+    """A broker process on ``host:port``; ``kind`` says which one runs."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.kind = "mosquitto" if shutil.which("mosquitto") else "amqtt (embedded)"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir = tempfile.TemporaryDirectory(prefix="edge-broker-")
+
+    def start(self) -> None:
+        if not port_is_free(self.host, self.port):
+            raise RuntimeError(f"port {self.host}:{self.port} is busy; stop what uses it first")
+        if self.kind == "mosquitto":
+            conf = Path(self._workdir.name) / "mosquitto.conf"
+            conf.write_text(
+                f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+                "log_dest none\n"
+            )
+            command = [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)]
+        else:
+            command = [
+                sys.executable,
+                "-m",
+                "hil.broker",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+            ]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        wait_for_port(self.host, self.port)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def close(self) -> None:
+        self.stop()
+        self._workdir.cleanup()
+
+
+async def serve_amqtt(host: str, port: int) -> None:
+    from amqtt.broker import Broker
+
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
+    await broker.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await broker.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Embedded MQTT broker (amqtt) for the demo.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1883)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        asyncio.run(serve_amqtt(args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

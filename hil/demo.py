@@ -1,0 +1,294 @@
+"""The demo: a whole simulated site on this machine, narrated live.
+
+Starts a local broker, the device simulator and the gateway (``edge run``) as separate
+processes, subscribes where the platform would, injects faults on a timeline and prints what
+each part sees. Ctrl-C (or ``DEMO_SECONDS``) stops everything it started. With
+``DEMO_SECONDS=N`` the exit status says whether the injected alarm reached the subscriber.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from edge.config import load_site
+from edge.config.model import ModbusRtuBus, ModbusTcpBus, SiteConfig
+from edge.log import parse_logfmt
+from hil.broker import LocalBroker, port_is_free, wait_for_port
+from hil.simulator import send_control
+
+CONTROL_PORT = 15021
+@dataclass
+class Injection:
+    at: float
+    bus: str
+    address: int
+    command: dict[str, Any]
+    says: str
+
+
+@dataclass
+class Narrator:
+    started: float = field(default_factory=time.monotonic)
+
+    def say(self, who: str, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {who:<9} {text}", flush=True)
+
+
+def sim_bus_of(config: SiteConfig) -> dict[str, tuple[str, int]]:
+    """Device id -> (simulator bus, unit address)."""
+    kinds = {b.id: ("tcp" if isinstance(b, ModbusTcpBus) else "rtu") for b in config.buses}
+    return {d.id: (kinds[d.bus], d.address) for d in config.devices}
+
+
+def timeline(config: SiteConfig, seconds: float | None) -> list[Injection]:
+    """Faults to inject: residual current, over-temperature, a silent device, then recovery."""
+    where = sim_bus_of(config)
+    devices = [d.id for d in config.devices]
+    first = devices[0]
+    rtu = next((d for d in devices if where[d][0] == "rtu"), devices[-1])
+    other = next((d for d in devices if d not in (first, rtu)), None)
+    # Keep the first injection early enough that a short unattended run still sees it arrive.
+    t0 = 5.0 if seconds is None else min(5.0, max(2.0, seconds / 4))
+    steps = [
+        Injection(
+            t0,
+            *where[first],
+            {"cmd": "set", "point": "residual_current", "value": 350},
+            f"{first}: residual current 120 -> 350 mA (limit 300 mA)",
+        ),
+        Injection(
+            t0 + 10,
+            *where[rtu],
+            {"cmd": "set", "point": "temperature_1", "value": 78},
+            f"{rtu}: cable temperature 32 -> 78 C (limit 70 C)",
+        ),
+        Injection(
+            t0 + 20,
+            *where[first],
+            {"cmd": "set", "point": "residual_current", "value": 150},
+            f"{first}: residual current back to 150 mA",
+        ),
+        Injection(
+            t0 + 20,
+            *where[rtu],
+            {"cmd": "set", "point": "temperature_1", "value": 40},
+            f"{rtu}: cable temperature back to 40 C",
+        ),
+    ]
+    if other is not None:
+        steps += [
+            Injection(
+                t0 + 25, *where[other], {"cmd": "silent", "on": True}, f"{other}: stops answering"
+            ),
+            Injection(
+                t0 + 35, *where[other], {"cmd": "silent", "on": False}, f"{other}: answers again"
+            ),
+        ]
+    return steps
+
+
+class Demo:
+    def __init__(self, config_path: str, seconds: float | None) -> None:
+        self.config_path = config_path
+        self.config = load_site(config_path)
+        self.seconds = seconds
+        self.say = Narrator().say
+        self.processes: list[asyncio.subprocess.Process] = []
+        self.alarm_at_platform: set[str] = set()
+        self.first_device = self.config.devices[0].id
+        self.last_readings: dict[str, dict[str, float]] = {}
+
+    async def run(self) -> int:
+        uplink = urlsplit(self.config.uplink.brokers[0])
+        host, port = uplink.hostname or "127.0.0.1", uplink.port or 1883
+        broker = LocalBroker(host, port)
+        for path in Path(self.config.buffer.path).parent.glob(
+            Path(self.config.buffer.path).name + "*"
+        ):
+            path.unlink()  # the demo starts from an empty outbox every time
+        try:
+            broker.start()
+            self.say("broker", f"{broker.kind} on {host}:{port}")
+            await self.start_simulator()
+            await self.start_gateway()
+            return await self.watch(host, port)
+        finally:
+            await self.stop_all()
+            broker.close()
+            self.say("demo", "everything stopped")
+
+    async def start_simulator(self) -> None:
+        tcp = next((b for b in self.config.buses if isinstance(b, ModbusTcpBus)), None)
+        rtu = next((b for b in self.config.buses if isinstance(b, ModbusRtuBus)), None)
+        args = [
+            sys.executable,
+            "-m",
+            "hil.simulator",
+            "serve",
+            "--control",
+            f"127.0.0.1:{CONTROL_PORT}",
+        ]
+        if not port_is_free("127.0.0.1", CONTROL_PORT):
+            raise RuntimeError(f"port 127.0.0.1:{CONTROL_PORT} is busy; stop what uses it first")
+        for bus, flag in ((tcp, "--tcp"), (rtu, "--rtu")):
+            if bus is None:
+                continue
+            units = ",".join(str(d.address) for d in self.config.devices if d.bus == bus.id)
+            if isinstance(bus, ModbusTcpBus):
+                args += [flag, f"{bus.host}:{bus.port}", "--tcp-devices", units]
+            else:
+                args += ["--rtu-link", bus.port, "--rtu-devices", units]
+        self.processes.append(await asyncio.create_subprocess_exec(*args, start_new_session=True))
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", CONTROL_PORT)
+        self.say("simulator", f"{len(self.config.devices)} electrical fire monitors (TCP and RTU)")
+
+    async def start_gateway(self) -> None:
+        gateway = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "run",
+            "--config",
+            self.config_path,
+            "--status-every",
+            "2s",
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.processes.append(gateway)
+        assert gateway.stderr is not None
+        asyncio.get_running_loop().create_task(self.follow_gateway(gateway.stderr))
+        self.say("gateway", f"edge run --config {self.config_path}")
+
+    async def follow_gateway(self, stream: asyncio.StreamReader) -> None:
+        log_path = Path(self.config.buffer.path).parent / "gateway.log"
+        with log_path.open("w") as log_file:
+            while line := (await stream.readline()).decode(errors="replace"):
+                log_file.write(line)
+                log_file.flush()
+                entry = parse_logfmt(line)
+                msg, level = entry.get("msg", ""), entry.get("level", "")
+                if msg == "status":
+                    self.say(
+                        "gateway",
+                        "buzzer={buzzer} active_alarms={active_alarms} "
+                        "outbox(events={outbox_events} telemetry={outbox_telemetry}) "
+                        "uplink={uplink}".format_map(_Missing(entry)),
+                    )
+                elif msg.startswith(("alarm-", "device-", "buzzer")):
+                    extra = {
+                        k: v for k, v in entry.items() if k not in ("ts", "level", "logger", "msg")
+                    }
+                    self.say(
+                        "gateway", f"{msg.upper()} {' '.join(f'{k}={v}' for k, v in extra.items())}"
+                    )
+                elif level in ("error", "critical") or msg in (
+                    "gateway starting",
+                    "gateway stopped",
+                ):
+                    self.say("gateway", line.strip())
+
+    async def watch(self, host: str, port: int) -> int:
+        prefix = f"{self.config.uplink.topic_prefix}/{self.config.gateway.id}"
+        steps = timeline(self.config, self.seconds)
+        begin = time.monotonic()
+        async with aiomqtt.Client(host, port, identifier="demo-platform") as client:
+            await client.subscribe(f"{prefix}/#", qos=1)
+            self.say("platform", f"subscribed to {prefix}/#")
+            inject = asyncio.get_running_loop().create_task(self.inject(steps, begin))
+            try:
+                async with asyncio.timeout(self.seconds):
+                    async for message in client.messages:
+                        self.on_platform_message(str(message.topic), message.payload)
+            except TimeoutError:
+                pass
+            finally:
+                inject.cancel()
+        reached = self.first_device in self.alarm_at_platform
+        self.say("demo", f"injected alarm reached the platform: {'yes' if reached else 'NO'}")
+        return 0 if reached or self.seconds is None else 1
+
+    async def inject(self, steps: list[Injection], begin: float) -> None:
+        for step in steps:
+            await asyncio.sleep(max(0.0, begin + step.at - time.monotonic()))
+            reply = await send_control(
+                "127.0.0.1",
+                CONTROL_PORT,
+                {**step.command, "bus": step.bus, "address": step.address},
+            )
+            self.say("inject", step.says + ("" if reply.get("ok") else f" FAILED: {reply}"))
+
+    def on_platform_message(self, topic: str, payload: Any) -> None:
+        try:
+            message = json.loads(payload)
+        except (TypeError, ValueError):
+            self.say("platform", f"{topic}: unreadable payload")
+            return
+        if topic.endswith("/events"):
+            kind = message.get("kind", "?")
+            if kind == "alarm-raised":
+                self.alarm_at_platform.add(message.get("device", ""))
+            detail = " ".join(
+                f"{k}={message[k]}"
+                for k in ("device", "point", "value", "rule", "seq")
+                if k in message
+            )
+            self.say("platform", f"EVENT {kind} {detail}")
+        elif topic.endswith("/status"):
+            self.say("platform", f"status {message.get('state')}")
+        elif topic.endswith("/telemetry"):
+            for reading in message.get("readings", []):
+                self.last_readings.setdefault(reading["device"], {})[reading["point"]] = reading[
+                    "value"
+                ]
+            summary = "  ".join(
+                f"{device}: {points.get('residual_current', '?')} mA {points.get('temperature_1', '?')} C"
+                for device, points in sorted(self.last_readings.items())
+            )
+            self.say("platform", f"telemetry x{len(message.get('readings', []))}  {summary}")
+
+    async def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), 6)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+class _Missing(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run a simulated site end to end.")
+    parser.add_argument("--config", default="config/example-site.yaml")
+    args = parser.parse_args()
+    seconds = float(os.environ["DEMO_SECONDS"]) if os.environ.get("DEMO_SECONDS") else None
+    demo = Demo(args.config, seconds)
+    Path(demo.config.buffer.path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return asyncio.run(demo.run())
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

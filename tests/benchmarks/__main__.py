@@ -1,0 +1,55 @@
+"""``make bench``: run every benchmark, print each figure with its unit, write bench-results.json.
+
+Benchmarks never fail the build for being slow; they measure. bench-results.json is one flat
+object, one key per figure (numbers only), plus ``machine``. Keys are stable across releases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+from pathlib import Path
+
+import psutil
+
+from tests.benchmarks import e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = {"_ms_": "ms", "_mb": "MiB", "_pct": "% of one core"}
+
+
+def machine() -> str:
+    memory = psutil.virtual_memory().total / 2**30
+    return (
+        f"{platform.machine()} {os.cpu_count()} cores {memory:.0f} GiB, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def unit_of(key: str) -> str:
+    return next((unit for marker, unit in UNITS.items() if marker in key or key.endswith(marker)), "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the gateway's benchmarks.")
+    parser.add_argument("--trials", type=int, default=20, help="alarm trials for the e2e figures")
+    parser.add_argument("--footprint-seconds", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
+    args = parser.parse_args()
+
+    results: dict[str, float | str] = {}
+    results.update(asyncio.run(e2e.run(args.trials, args.footprint_seconds)))
+    results["machine"] = machine()
+
+    print("\nfigures:")
+    for key, value in results.items():
+        print(f"  {key:<34} {value} {unit_of(key) if key != 'machine' else ''}".rstrip())
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {args.out.name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Site files for integration tests: the example site, re-pointed at this test's ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge.config import SiteConfig, parse_site
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
+
+
+def site_dict(
+    tmp_path: Path, *, broker_url: str, tcp_port: int, rtu_link: Path | str
+) -> dict[str, Any]:
+    """The example site with this test's broker, Modbus TCP port, pty and buffer file."""
+    site: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    for bus in site["buses"]:
+        if bus["kind"] == "modbus-tcp":
+            bus["port"] = tcp_port
+        else:
+            bus["port"] = str(rtu_link)
+    site["uplink"]["brokers"] = [broker_url]
+    site["uplink"]["batch_interval"] = "200ms"
+    site["uplink"]["reconnect_max"] = "1s"
+    site["buffer"]["path"] = str(tmp_path / "outbox.sqlite")
+    return site
+
+
+def write_site(tmp_path: Path, site: dict[str, Any]) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site, sort_keys=False))
+    return path
+
+
+def load(site: dict[str, Any]) -> SiteConfig:
+    return parse_site(yaml.safe_dump(site, sort_keys=False), "site.yaml")

@@ -1,0 +1,300 @@
+"""The SQLite outbox, on real database files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from buffer import (
+    SCHEMA_VERSION,
+    Outbox,
+    OutboxCorrupt,
+    OutboxError,
+    OutboxUnavailable,
+    Stream,
+)
+
+
+def _rows(path: Path) -> list[tuple[int, str]]:
+    """What another process would see in the file right now."""
+    with sqlite3.connect(path) as conn:
+        return [(int(s), str(st)) for s, st in conn.execute("SELECT seq, stream FROM outbox")]
+
+
+def _remove_database(path: Path) -> None:
+    for leftover in path.parent.glob(path.name + "*"):  # with its -wal and -shm
+        leftover.unlink()
+
+
+async def _sql(outbox: Outbox, statement: str) -> None:
+    """Run one statement on the outbox's own connection, on its own thread (test access)."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(statement)
+
+    await outbox._run(run, outbox._conn)
+
+
+async def test_seqs_increase_across_streams_and_keep_order_within_a_stream(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db") as outbox:
+        seqs = []
+        for i in range(10):
+            stream: Stream = "event" if i % 3 == 0 else "telemetry"
+            seqs.append(await outbox.append(stream, {"i": i}))
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == len(seqs)
+
+        events = await outbox.peek("event", 100)
+        telemetry = await outbox.peek("telemetry", 100)
+        assert [r.body["i"] for r in events] == [0, 3, 6, 9]
+        assert [r.body["i"] for r in telemetry] == [1, 2, 4, 5, 7, 8]
+        assert [r.seq for r in events] == sorted(r.seq for r in events)
+        assert {r.stream for r in events} == {"event"}
+        assert await outbox.depth() == {"event": 4, "telemetry": 6}
+        assert len(await outbox.peek("telemetry", 2)) == 2
+
+
+async def test_submitted_records_keep_submit_order(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db", max_batch=7) as outbox:
+        for i in range(50):
+            outbox.submit("telemetry", {"i": i})
+        await outbox.flush()
+        records = await outbox.peek("telemetry", 100)
+        assert [r.body["i"] for r in records] == list(range(50))
+        assert [r.seq for r in records] == sorted(r.seq for r in records)
+        assert outbox.pending == 0
+
+
+async def test_seq_is_not_reused_after_ack_all_or_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path) as outbox:
+        first = [await outbox.append("event", {"n": n}) for n in range(3)]
+        await outbox.ack(first)
+        assert await outbox.depth() == {"event": 0, "telemetry": 0}
+        after_ack = await outbox.append("telemetry", {"n": 3})
+        assert after_ack > max(first)
+        await outbox.ack([after_ack])
+    async with await Outbox.open(path) as outbox:
+        after_reopen = await outbox.append("event", {"n": 4})
+        assert after_reopen > after_ack
+
+
+async def test_epoch_is_stable_across_reopen_and_new_for_a_new_file(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "a.db") as outbox:
+        epoch = outbox.epoch
+    async with await Outbox.open(tmp_path / "a.db") as outbox:
+        assert outbox.epoch == epoch
+    async with await Outbox.open(tmp_path / "b.db") as other:
+        assert other.epoch != epoch
+    # A recreated database is a new epoch too.
+    _remove_database(tmp_path / "a.db")
+    async with await Outbox.open(tmp_path / "a.db") as outbox:
+        assert outbox.epoch != epoch
+
+
+async def test_append_returns_only_after_commit(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path, commit_interval=0.2) as outbox:
+        seq = await outbox.append("event", {"kind": "alarm-raised"})
+        # A second connection (as another process would) sees the row at once.
+        assert _rows(path) == [(seq, "event")]
+
+
+async def test_submit_does_not_wait_for_the_disk(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path, commit_interval=0.2) as outbox:
+        outbox.submit("event", {"kind": "alarm-raised"})
+        assert outbox.pending == 1
+        assert _rows(path) == []  # still inside the commit window
+        await outbox.flush()
+        assert len(_rows(path)) == 1
+
+
+async def test_many_submits_are_group_committed(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db", commit_interval=0.05, max_batch=500) as outbox:
+        statements: list[str] = []
+
+        def trace(conn: sqlite3.Connection) -> None:
+            conn.set_trace_callback(statements.append)
+
+        await outbox._run(trace, outbox._conn)
+        for i in range(1200):
+            outbox.submit("telemetry", {"i": i})
+        await outbox.flush()
+
+        commits = [s for s in statements if s.strip().upper() == "COMMIT"]
+        inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+        assert len(inserts) == 1200
+        # One transaction per batch: 1200 records in at least 3 (max_batch) and far fewer than
+        # 1200 commits. Submitted without awaiting, they all fit 3 batches.
+        assert 3 <= len(commits) <= 4, len(commits)
+        # ... and no batch is larger than max_batch.
+        sizes, current = [], 0
+        for s in statements:
+            if s.lstrip().upper().startswith("INSERT"):
+                current += 1
+            elif s.strip().upper() == "COMMIT":
+                sizes.append(current)
+                current = 0
+        assert max(sizes) <= 500
+        assert sum(sizes) == 1200
+
+
+async def test_records_trickling_in_share_a_commit_window(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db", commit_interval=0.1) as outbox:
+        statements: list[str] = []
+
+        def trace(conn: sqlite3.Connection) -> None:
+            conn.set_trace_callback(statements.append)
+
+        await outbox._run(trace, outbox._conn)
+        # 40 records, one every 5 ms (as a poll loop produces them): about 0.2 s of records,
+        # so about two 0.1 s windows, not 40 commits.
+        for i in range(40):
+            outbox.submit("telemetry", {"i": i})
+            await asyncio.sleep(0.005)
+        await outbox.flush()
+        commits = [s for s in statements if s.strip().upper() == "COMMIT"]
+        assert 1 <= len(commits) <= 6, len(commits)
+        assert len(await outbox.peek("telemetry", 100)) == 40
+
+
+async def test_commit_listener_hears_each_commit(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db") as outbox:
+        heard: list[frozenset[str]] = []
+        remove = outbox.add_commit_listener(heard.append)
+        await outbox.append("event", {})
+        outbox.submit("telemetry", {})
+        await outbox.flush()
+        assert heard == [frozenset({"event"}), frozenset({"telemetry"})]
+        remove()
+        await outbox.append("event", {})
+        assert len(heard) == 2
+
+
+async def test_journal_mode_is_wal_and_sync_full_and_schema_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path) as outbox:
+        settings: dict[str, object] = {}
+
+        def read(conn: sqlite3.Connection) -> None:
+            settings["journal_mode"] = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            settings["synchronous"] = conn.execute("PRAGMA synchronous").fetchone()[0]
+
+        await outbox._run(read, outbox._conn)
+    assert settings == {"journal_mode": "wal", "synchronous": 2}  # 2 == FULL
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_creates_the_parent_folder(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "lib" / "edge" / "outbox.db"
+    async with await Outbox.open(path) as outbox:
+        await outbox.append("event", {})
+    assert path.is_file()
+
+
+async def test_garbage_file_is_reported_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    path.write_bytes(b"this is not a database, it is a shopping list\n" * 200)
+    with pytest.raises(OutboxCorrupt, match="not a readable outbox"):
+        await Outbox.open(path)
+
+
+async def test_damaged_pages_are_reported_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path) as outbox:
+        for i in range(400):
+            outbox.submit("telemetry", {"i": i, "pad": "x" * 200})
+        await outbox.flush()
+    # Checkpointed into the main file on close; now scribble over the middle of it.
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8 * 4096
+    data[3 * 4096 : 6 * 4096] = b"\xa5" * (3 * 4096)
+    path.write_bytes(bytes(data))
+    with pytest.raises(OutboxCorrupt):
+        await Outbox.open(path)
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path):
+        pass
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(OutboxError, match="newer"):
+        await Outbox.open(path)
+
+
+# How the unwritable disk is simulated: tests run as root, and root writes through chmod, so a
+# read-only file or folder would not stop it. Instead the outbox's own connection is told to
+# refuse writes at the SQLite layer - `PRAGMA query_only` (SQLite then fails every write with
+# "attempt to write a readonly database") and `PRAGMA max_page_count` (it fails a growing
+# write with SQLITE_FULL, "database or disk is full", as a full SD card does). These are real
+# errors from the real engine on the real file, raised exactly where disk errors surface; what
+# is not exercised is the operating system refusing the write (EROFS, EIO).
+
+
+@pytest.mark.parametrize(
+    ("refuse", "allow"),
+    [
+        ("PRAGMA query_only = ON", "PRAGMA query_only = OFF"),
+        ("PRAGMA max_page_count = ?", "PRAGMA max_page_count = 1073741823"),
+    ],
+    ids=["read-only", "disk-full"],
+)
+async def test_unwritable_disk_keeps_records_until_writable_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, refuse: str, allow: str
+) -> None:
+    read_only = "query_only" in refuse
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path, commit_interval=0.01) as outbox:
+        await outbox.append("event", {"n": 0})
+        if not read_only:
+            # Shrinking below the current size is ignored; pin it to the current size.
+            def pages(conn: sqlite3.Connection) -> int:
+                return int(conn.execute("PRAGMA page_count").fetchone()[0])
+
+            refuse = f"PRAGMA max_page_count = {await outbox._run(pages, outbox._conn)}"
+        await _sql(outbox, refuse)
+
+        with caplog.at_level(logging.WARNING, logger="buffer.outbox"):
+            for n in range(1, 301):
+                outbox.submit("event", {"n": n, "pad": "y" * 100})  # must not raise
+            appended = asyncio.create_task(outbox.append("telemetry", {"n": 301}))
+            await asyncio.sleep(0.4)
+            assert not appended.done()
+            assert outbox.pending == 301
+            assert any("commit of" in r.getMessage() for r in caplog.records)
+            # Reading still works while writing does not.
+            assert await outbox.depth() == {"event": 1, "telemetry": 0}
+            if read_only:
+                # Deleting does not work either, and says so. (On a full disk it may: a delete
+                # does not grow the database.)
+                with pytest.raises(OutboxUnavailable):
+                    await outbox.ack([1])
+
+        await _sql(outbox, allow)
+        seq = await asyncio.wait_for(appended, 10)
+        await outbox.flush()
+        assert outbox.pending == 0
+        records = await outbox.peek("event", 1000)
+        assert [r.body["n"] for r in records] == list(range(301))
+        assert seq > records[-1].seq
+    assert len(_rows(path)) == 302
+
+
+async def test_close_commits_what_was_submitted(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    outbox = await Outbox.open(path, commit_interval=10)
+    for i in range(5):
+        outbox.submit("telemetry", {"i": i})
+    await outbox.close()
+    assert len(_rows(path)) == 5
+    outbox.submit("telemetry", {"late": True})  # logged and dropped, never raised
+    assert len(_rows(path)) == 5
