@@ -316,7 +316,8 @@ class Outbox:
         Never blocks and never raises for disk trouble: while the disk refuses commits the records
         wait in memory and the writer retries. Raises ``ValueError`` for an unknown stream and
         ``TypeError``/``ValueError`` for a body that is not JSON-serialisable (programming errors).
-        After :meth:`close` the record is dropped with an error in the log.
+        After :meth:`close` the record is dropped with an error in the log. Call it on the event
+        loop's thread (from another thread, hand over with ``loop.call_soon_threadsafe``).
         """
         self._enqueue(stream, body, None)
 

@@ -44,8 +44,8 @@ class Annunciator:
     """Buzzer and LED on while any alarm is active."""
 
     def __init__(self, outputs: Outputs, *, pin_factory: Any = None) -> None:
-        self.pin_factory = pin_factory if pin_factory is not None else make_pin_factory(
-            outputs.pin_factory
+        self.pin_factory = (
+            pin_factory if pin_factory is not None else make_pin_factory(outputs.pin_factory)
         )
         self._buzzer = Buzzer(
             outputs.buzzer.pin, active_high=outputs.buzzer.active_high, pin_factory=self.pin_factory
@@ -53,7 +53,9 @@ class Annunciator:
         self._led = (
             None
             if outputs.led is None
-            else LED(outputs.led.pin, active_high=outputs.led.active_high, pin_factory=self.pin_factory)
+            else LED(
+                outputs.led.pin, active_high=outputs.led.active_high, pin_factory=self.pin_factory
+            )
         )
         self._active: set[tuple[str, str]] = set()
 

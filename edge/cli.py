@@ -9,8 +9,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from drivers.modbus import known_models
 from edge import __version__
+from edge.config import report_config
 from edge.config.duration import parse_duration
+from edge.gateway import Gateway, config_hash
 from edge.log import fields, setup_logging
 
 log = logging.getLogger("edge.cli")
@@ -49,9 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
-        from edge.config import check_config_main
-
-        return check_config_main(args.file, sys.stdout)
+        status, _ = report_config(args.file, sys.stdout, known_models=known_models())
+        return status
     if args.command == "run":
         return run(args.config, log_level=args.log_level, status_every=args.status_every)
     raise AssertionError(args.command)  # argparse refuses unknown commands
@@ -59,13 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> int:
     """Validate the site file, then run the gateway until SIGTERM or SIGINT."""
-    from edge.config import check_config_main, load_site
-    from edge.gateway import Gateway, config_hash
-
     setup_logging(log_level)
-    if check_config_main(path, sys.stderr, quiet=True) != 0:
-        return 1
-    config = load_site(path)
+    status, config = report_config(path, sys.stderr, known_models=known_models(), quiet=True)
+    if config is None:
+        return status
     with open(path, "rb") as file:
         digest = config_hash(file.read())
 

@@ -24,9 +24,10 @@ from drivers.modbus import ModbusBus, PolledDevice, RtuSettings, TcpSettings, lo
 from edge import __version__
 from edge.annunciator import Annunciator
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SiteConfig
+from edge.contract import EventKind, event_body, reading_body
 from edge.log import fields
 from edge.rules import RuleEngine, Transition
-from edge.supervisor import Backoff, Supervisor
+from edge.supervisor import Supervisor
 from edge.uplink import Uplink
 
 log = logging.getLogger("edge.gateway")
@@ -40,7 +41,9 @@ PENDING_LIMIT = 200_000
 #: Shutdown budget, inside systemd's and the issue's 5 s: drivers stop at once, then the
 #: buffer is flushed, then the uplink says goodbye.
 FLUSH_TIMEOUT = 2.0
-UPLINK_STOP_TIMEOUT = 1.5
+UPLINK_STOP_TIMEOUT = 1.0
+#: If the disk refused the flush, closing gives up after this (the loss is logged).
+OUTBOX_CLOSE_GRACE = 0.5
 
 
 def config_hash(text: bytes) -> str:
@@ -57,7 +60,6 @@ class Gateway:
         config_digest: str = "",
         pin_factory: Any = None,
         status_interval: float = 10.0,
-        backoff: Backoff | None = None,
     ) -> None:
         self.config = config
         self.config_digest = config_digest
@@ -65,7 +67,7 @@ class Gateway:
         self.boot_time = time.time()
         self.rules = RuleEngine(config.rules)
         self.annunciator = Annunciator(config.outputs, pin_factory=pin_factory)
-        self.supervisor = Supervisor(backoff)
+        self.supervisor = Supervisor()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         self.outbox_ready = asyncio.Event()
@@ -85,22 +87,13 @@ class Gateway:
         transitions = self.rules.evaluate(sample)
         if transitions:
             self.annunciator.apply(transitions)
-        self._submit(
-            "telemetry",
-            {
-                "device": sample.device_id,
-                "point": sample.point,
-                "value": sample.value,
-                "unit": sample.unit,
-                "ts": sample.ts,
-            },
-        )
+        self._submit("telemetry", reading_body(sample))
         for transition in transitions:
             self._on_transition(transition)
 
     def _on_transition(self, transition: Transition) -> None:
         reading = transition.reading
-        kind = f"alarm-{transition.kind}"
+        kind: EventKind = "alarm-raised" if transition.kind == "raised" else "alarm-cleared"
         for hook in self.transition_hooks:
             hook(transition)
         log.warning(
@@ -116,32 +109,32 @@ class Gateway:
         )
         self._submit(
             "event",
-            {
-                "kind": kind,
-                "ts": reading.ts,
-                "rule": transition.rule_id,
-                "severity": transition.severity,
-                "device": reading.device_id,
-                "point": reading.point,
-                "value": reading.value,
-                "unit": reading.unit,
-                "threshold": transition.threshold,
-                "location": self._locations.get(reading.device_id),
-            },
+            event_body(
+                kind,
+                reading.ts,
+                rule=transition.rule_id,
+                severity=transition.severity,
+                device=reading.device_id,
+                point=reading.point,
+                value=reading.value,
+                unit=reading.unit,
+                threshold=transition.threshold,
+                location=self._locations.get(reading.device_id),
+            ),
         )
 
     def _on_status(self, status: DeviceStatus) -> None:
-        kind = "device-online" if status.online else "device-offline"
+        kind: EventKind = "device-online" if status.online else "device-offline"
         log.warning(kind, extra=fields(device=status.device_id, reason=status.reason))
         self._submit(
             "event",
-            {
-                "kind": kind,
-                "ts": status.ts,
-                "device": status.device_id,
-                "reason": status.reason,
-                "location": self._locations.get(status.device_id),
-            },
+            event_body(
+                kind,
+                status.ts,
+                device=status.device_id,
+                reason=status.reason,
+                location=self._locations.get(status.device_id),
+            ),
         )
 
     def _submit(self, stream: Stream, body: dict[str, Any]) -> None:
@@ -211,7 +204,9 @@ class Gateway:
                 settings = TcpSettings(bus.host, bus.port, bus.timeout)
             else:
                 assert isinstance(bus, ModbusRtuBus)
-                settings = RtuSettings(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.timeout)
+                settings = RtuSettings(
+                    bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.timeout
+                )
             driver = ModbusBus(bus.id, settings, devices, self.on_sample)
             services[f"bus:{bus.id}"] = driver.run
         return services
@@ -232,12 +227,12 @@ class Gateway:
         )
         self._submit(
             "event",
-            {
-                "kind": "gateway-started",
-                "ts": self.boot_time,
-                "version": __version__,
-                "config_hash": self.config_digest,
-            },
+            event_body(
+                "gateway-started",
+                self.boot_time,
+                version=__version__,
+                config_hash=self.config_digest,
+            ),
         )
         self.supervisor.start("buffer", self._buffer_service)
         self.supervisor.start("uplink", self._uplink_service)
@@ -264,7 +259,7 @@ class Gateway:
                 await asyncio.wait_for(self.uplink.stop(), UPLINK_STOP_TIMEOUT)
         await self.supervisor.stop()
         if self.outbox is not None:
-            await self.outbox.close()
+            await self.outbox.close(grace=OUTBOX_CLOSE_GRACE)
         self.annunciator.close()
         log.info(
             "gateway stopped",

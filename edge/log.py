@@ -24,7 +24,9 @@ def fields(**values: Any) -> dict[str, Any]:
 
 
 def _quote(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+    text = (
+        value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+    )
     if text == "" or not text.isprintable() or any(c in text for c in ' "=\\'):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return text

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
+from drivers.backoff import Backoff
 from edge.log import fields
 
 log = logging.getLogger("edge.supervisor")
@@ -23,26 +22,20 @@ log = logging.getLogger("edge.supervisor")
 ServiceFactory = Callable[[], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Restart delays: ``initial * 2**n`` capped at ``cap``, each jittered by +/- ``jitter``."""
-
-    initial: float = 0.5
-    cap: float = 30.0
-    jitter: float = 0.2
-    #: A service that ran this long before crashing is considered to have recovered.
-    healthy_after: float = 60.0
-
-    def delay(self, failures: int) -> float:
-        base = min(self.cap, self.initial * 2 ** max(0, failures - 1))
-        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
-
-
 class Supervisor:
     """Owns the gateway's tasks; :meth:`stop` cancels them all."""
 
-    def __init__(self, backoff: Backoff | None = None) -> None:
-        self.backoff = backoff or Backoff()
+    def __init__(
+        self,
+        *,
+        restart_initial: float = 0.5,
+        restart_max: float = 30.0,
+        healthy_after: float = 60.0,
+    ) -> None:
+        self.restart_initial = restart_initial
+        self.restart_max = restart_max
+        #: A service that ran this long before crashing is considered to have recovered.
+        self.healthy_after = healthy_after
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.restarts: dict[str, int] = {}
 
@@ -58,7 +51,7 @@ class Supervisor:
         return sorted(self._tasks)
 
     async def _guard(self, name: str, factory: ServiceFactory, restart: bool) -> None:
-        failures = 0
+        backoff = Backoff(self.restart_initial, self.restart_max)
         while True:
             started = time.monotonic()
             try:
@@ -66,17 +59,18 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                if time.monotonic() - started >= self.backoff.healthy_after:
-                    failures = 0
-                failures += 1
                 if not restart:
                     log.exception("service crashed", extra=fields(service=name))
                     return
-                delay = self.backoff.delay(failures)
+                if time.monotonic() - started >= self.healthy_after:
+                    backoff.reset()
+                delay = backoff.next_delay()
                 self.restarts[name] += 1
                 log.exception(
                     "service crashed; restarting",
-                    extra=fields(service=name, restart_in_s=round(delay, 2), failures=failures),
+                    extra=fields(
+                        service=name, restart_in_s=round(delay, 2), failures=backoff.attempt
+                    ),
                 )
                 await asyncio.sleep(delay)
             else:

@@ -18,10 +18,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import urlsplit
@@ -29,10 +28,11 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from buffer import Outbox, OutboxUnavailable, Record, Stream
+from drivers.backoff import Backoff
 from edge import contract
 from edge.config.model import Uplink as UplinkConfig
 
-__all__ = ["Backoff", "BrokerAddress", "Uplink", "UplinkState", "parse_broker_url"]
+__all__ = ["BrokerAddress", "Uplink", "UplinkState", "parse_broker_url"]
 
 log = logging.getLogger("edge.uplink")
 
@@ -75,32 +75,6 @@ def parse_broker_url(url: str) -> BrokerAddress:
     host = parts.hostname
     shown = f"[{host}]" if ":" in host else host
     return BrokerAddress(host=host, port=port, tls=tls, display=f"{parts.scheme}://{shown}:{port}")
-
-
-class Backoff:
-    """Jittered exponential backoff: the n-th delay is drawn from ``[d/2, d]``.
-
-    ``d = min(cap, first * 2**n)``. The jitter keeps a fleet of gateways that lost the same
-    broker from reconnecting in lockstep; the lower bound keeps every delay above ``first/2``.
-    """
-
-    def __init__(
-        self, first: float, cap: float, *, rng: Callable[[], float] = random.random
-    ) -> None:
-        self._first = first
-        self._cap = max(cap, 0.1)
-        self._rng = rng
-        self._n = 0
-
-    def next(self) -> float:
-        """The next delay in seconds."""
-        d = min(self._cap, self._first * 2.0 ** min(self._n, 32))
-        self._n += 1
-        return d / 2 + self._rng() * d / 2
-
-    def reset(self) -> None:
-        """Start again from ``first``."""
-        self._n = 0
 
 
 class Uplink:
@@ -149,6 +123,7 @@ class Uplink:
         self._new_rows = asyncio.Event()
         self._backoff = Backoff(_BACKOFF_FIRST, config.reconnect_max)
         self._stragglers: set[asyncio.Task[None]] = set()
+        self._online_since: float | None = None
 
     @property
     def state(self) -> UplinkState:
@@ -181,14 +156,17 @@ class Uplink:
                 self.broker = broker.display
                 self._state = "connecting"
                 self.attempts += 1
-                began = loop.time()
+                self._online_since = None
                 error = await self._attempt(broker)
                 if self._stopping.is_set():
                     break
-                if loop.time() - began >= _STABLE_AFTER:
+                if (
+                    self._online_since is not None
+                    and loop.time() - self._online_since >= _STABLE_AFTER
+                ):
                     self._backoff.reset()
                 index = (index + 1) % len(self._brokers)
-                delay = self._backoff.next()
+                delay = self._backoff.next_delay()
                 self._state = "offline"
                 self.last_error = _describe(error)
                 log.warning(
@@ -248,6 +226,7 @@ class Uplink:
         await self._connect(client)
         try:
             self._state = "online"
+            self._online_since = asyncio.get_running_loop().time()
             self.last_error = None
             try:
                 await self._publish(self.status_topic, client, self._status("online"), retain=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import shutil
 import socket
@@ -92,7 +93,9 @@ class LocalBroker:
 
 
 async def serve_amqtt(host: str, port: int) -> None:
-    from amqtt.broker import Broker
+    # Imported here: amqtt is an optional dependency (the "demo" extra), needed only when
+    # Mosquitto is absent.
+    from amqtt.broker import Broker  # noqa: PLC0415
 
     broker = Broker(
         {
@@ -115,10 +118,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=1883)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_amqtt(args.host, args.port))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

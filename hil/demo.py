@@ -30,6 +30,8 @@ from hil.broker import LocalBroker, port_is_free, wait_for_port
 from hil.simulator import send_control
 
 CONTROL_PORT = 15021
+
+
 @dataclass
 class Injection:
     at: float
@@ -255,8 +257,8 @@ class Demo:
                     "value"
                 ]
             summary = "  ".join(
-                f"{device}: {points.get('residual_current', '?')} mA {points.get('temperature_1', '?')} C"
-                for device, points in sorted(self.last_readings.items())
+                f"{device}: {p.get('residual_current', '?')} mA {p.get('temperature_1', '?')} C"
+                for device, p in sorted(self.last_readings.items())
             )
             self.say("platform", f"telemetry x{len(message.get('readings', []))}  {summary}")
 

@@ -204,6 +204,7 @@ class Simulator:
             self._bridge.close()
             self._bridge = None
         self._unlink()
+        self._ports.clear()
         # Let the transports finish closing before the loop may end.
         await asyncio.sleep(0)
 
@@ -421,8 +422,7 @@ class Simulator:
     def describe(self) -> str:
         """One line saying what is served where."""
         parts = []
-        if "tcp" in self._lines and "tcp" in self._ports:
-            assert self._tcp is not None
+        if self._tcp is not None and "tcp" in self._ports:
             parts.append(
                 f"modbus-tcp {self._tcp[0]}:{self._ports['tcp']} units {_units(self._lines['tcp'])}"
             )

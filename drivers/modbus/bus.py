@@ -248,10 +248,8 @@ class ModbusBus:
                 self.stats.connect_attempts += 1
                 if await client.connect():
                     self.stats.connections += 1
-                    if self._link_up is False:
-                        log.info("bus %s: connected to %s again", self.bus_id, where)
-                    else:
-                        log.debug("bus %s: connected to %s", self.bus_id, where)
+                    again = " again" if self._link_up is False else ""
+                    log.info("bus %s: connected to %s%s", self.bus_id, where, again)
                     self._link_up = True
                     reason = await self._poll_while_connected(client)
                 else:
@@ -295,7 +293,7 @@ class ModbusBus:
     def _connection_down(self, reason: str) -> None:
         if self._link_up is not False:
             log.warning(
-                "bus %s: %s; its devices are offline, retrying every %g-%g s",
+                "bus %s: %s; its devices are offline, retrying with backoff (%g-%g s)",
                 self.bus_id,
                 reason,
                 RECONNECT_INITIAL,

@@ -37,6 +37,7 @@ __all__ = [
     "check_config_main",
     "load_site",
     "parse_site",
+    "report_config",
 ]
 
 #: A place in the parsed data: ``("devices", 1, "address")``.
@@ -168,17 +169,19 @@ def _within(field: str, places: Collection[str]) -> bool:
     return any(field == place or field.startswith((f"{place}.", f"{place}[")) for place in places)
 
 
-def check_config_main(
+def report_config(
     path: str,
     out: TextIO,
     *,
     known_models: Collection[str] | None = None,
     quiet: bool = False,
-) -> int:
-    """The body of ``edge check-config FILE``; returns the process exit status.
+) -> tuple[int, SiteConfig | None]:
+    """Load the site file at ``path`` and report on ``out``; returns the exit status and, when
+    the file is valid, the configuration (so that ``edge run`` reads the file only once).
 
-    0: the file is valid (a one-line summary is printed unless ``quiet``); 1: the file has
-    mistakes (all are printed, one per line, then a count); 2: the file cannot be read.
+    Status 0: the file is valid (a one-line summary is printed unless ``quiet``); 1: the file
+    has mistakes (all are printed, one per line, then a count); 2: the file cannot be read
+    (one line, no traceback).
     """
     try:
         config = load_site(path, known_models=known_models)
@@ -187,18 +190,29 @@ def check_config_main(
             print(issue, file=out)
         count = len(exc.issues)
         print(f"{count} error{'s' if count != 1 else ''}; nothing was started", file=out)
-        return 1
+        return 1, None
     except OSError as exc:
         print(f"error: cannot read {path}: {_os_reason(exc)}", file=out)
-        return 2
-    if quiet:
-        return 0
-    print(
-        f"ok: gateway {config.gateway.id}, {_count(len(config.buses), 'bus', 'buses')}, "
-        f"{_count(len(config.devices), 'device')}, {_count(len(config.rules), 'rule')}",
-        file=out,
-    )
-    return 0
+        return 2, None
+    if not quiet:
+        print(
+            f"ok: gateway {config.gateway.id}, {_count(len(config.buses), 'bus', 'buses')}, "
+            f"{_count(len(config.devices), 'device')}, {_count(len(config.rules), 'rule')}",
+            file=out,
+        )
+    return 0, config
+
+
+def check_config_main(
+    path: str,
+    out: TextIO,
+    *,
+    known_models: Collection[str] | None = None,
+    quiet: bool = False,
+) -> int:
+    """The body of ``edge check-config FILE``: :func:`report_config`'s exit status."""
+    status, _ = report_config(path, out, known_models=known_models, quiet=quiet)
+    return status
 
 
 def _count(n: int, singular: str, plural: str | None = None) -> str:

@@ -30,7 +30,9 @@ def machine() -> str:
 
 
 def unit_of(key: str) -> str:
-    return next((unit for marker, unit in UNITS.items() if marker in key or key.endswith(marker)), "")
+    return next(
+        (unit for marker, unit in UNITS.items() if marker in key or key.endswith(marker)), ""
+    )
 
 
 def main() -> None:

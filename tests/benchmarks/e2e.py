@@ -74,16 +74,31 @@ class Rig:
     async def start(self) -> None:
         self.broker.start()
         simulator = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hil.simulator", "serve",
-            "--tcp", f"127.0.0.1:{self.tcp_port}", "--tcp-devices", "1,2",
-            "--rtu-link", str(self.workdir / "rtu"), "--rtu-devices", "1",
-            "--control", f"127.0.0.1:{self.control_port}",
+            sys.executable,
+            "-m",
+            "hil.simulator",
+            "serve",
+            "--tcp",
+            f"127.0.0.1:{self.tcp_port}",
+            "--tcp-devices",
+            "1,2",
+            "--rtu-link",
+            str(self.workdir / "rtu"),
+            "--rtu-devices",
+            "1",
+            "--control",
+            f"127.0.0.1:{self.control_port}",
             stdout=asyncio.subprocess.DEVNULL,
         )
         self.processes.append(simulator)
         await self._wait_control()
         self.gateway = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge.cli", "run", "--config", str(self.site()),
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "run",
+            "--config",
+            str(self.site()),
             stderr=asyncio.subprocess.PIPE,
         )
         self.processes.append(self.gateway)
@@ -93,8 +108,11 @@ class Rig:
     async def _wait_control(self) -> None:
         for _ in range(200):
             try:
-                await send_control("127.0.0.1", self.control_port, {"cmd": "get", "bus": "tcp",
-                                   "address": 1, "point": "residual_current"})
+                await send_control(
+                    "127.0.0.1",
+                    self.control_port,
+                    {"cmd": "get", "bus": "tcp", "address": 1, "point": "residual_current"},
+                )
                 return
             except OSError:
                 await asyncio.sleep(0.05)
@@ -107,9 +125,11 @@ class Rig:
                 self.buzzer_events.put_nowait((entry["msg"], stamp(entry)))
 
     async def set(self, point: str, value: float) -> None:
-        answer = await send_control("127.0.0.1", self.control_port,
-                                    {"cmd": "set", "bus": "tcp", "address": 1,
-                                     "point": point, "value": value})
+        answer = await send_control(
+            "127.0.0.1",
+            self.control_port,
+            {"cmd": "set", "bus": "tcp", "address": 1, "point": point, "value": value},
+        )
         if not answer.get("ok"):
             raise RuntimeError(f"simulator refused: {answer}")
 
@@ -138,15 +158,18 @@ async def measure_latency(rig: Rig, trials: int) -> tuple[list[float], list[floa
             to_buzzer.append((at - changed) * 1000)
             while True:
                 message = await asyncio.wait_for(anext(messages), 10)
-                event = json.loads(message.payload)  # type: ignore[arg-type]
+                event = json.loads(bytes(message.payload))
                 if event.get("kind") == "alarm-raised":
                     to_platform.append((time.time() - changed) * 1000)
                     break
             await rig.set("residual_current", 120)
             kind, _ = await asyncio.wait_for(rig.buzzer_events.get(), 10)
             assert kind == "buzzer off", kind
-            print(f"  trial {trial + 1}/{trials}: buzzer {to_buzzer[-1]:.0f} ms, "
-                  f"platform {to_platform[-1]:.0f} ms", flush=True)
+            print(
+                f"  trial {trial + 1}/{trials}: buzzer {to_buzzer[-1]:.0f} ms, "
+                f"platform {to_platform[-1]:.0f} ms",
+                flush=True,
+            )
     return to_buzzer, to_platform
 
 
@@ -169,7 +192,9 @@ async def run(trials: int = 20, footprint_seconds: float = 20.0) -> dict[str, fl
             buzzer, platform = await measure_latency(rig, trials)
             assert rig.gateway is not None
             print(f"footprint: sampling the gateway process for {footprint_seconds:g} s")
-            rss, cpu = await asyncio.to_thread(measure_footprint, rig.gateway.pid, footprint_seconds)
+            rss, cpu = await asyncio.to_thread(
+                measure_footprint, rig.gateway.pid, footprint_seconds
+            )
         finally:
             await rig.stop()
     return {

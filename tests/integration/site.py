@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from edge.config import SiteConfig, parse_site
+from hil.simulator import Simulator
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
 
@@ -26,6 +27,18 @@ def site_dict(
     site["uplink"]["batch_interval"] = "200ms"
     site["uplink"]["reconnect_max"] = "1s"
     site["buffer"]["path"] = str(tmp_path / "outbox.sqlite")
+    return site
+
+
+def site_for(
+    sim: Simulator, tmp_path: Path, *, broker_url: str, poll_interval: str | None = "200ms"
+) -> dict[str, Any]:
+    """The example site pointed at ``sim``; devices polled every ``poll_interval``."""
+    assert sim.rtu_link is not None, "the example site has an RTU bus"
+    site = site_dict(tmp_path, broker_url=broker_url, tcp_port=sim.tcp_port, rtu_link=sim.rtu_link)
+    if poll_interval is not None:
+        for device in site["devices"]:
+            device["poll_interval"] = poll_interval
     return site
 
 

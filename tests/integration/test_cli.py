@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,14 +14,14 @@ import pytest
 
 from hil.simulator import Simulator
 from tests.fixtures.broker import free_port
-from tests.integration.site import EXAMPLE, site_dict, write_site
+from tests.integration.site import EXAMPLE, site_dict, site_for, write_site
 
 EDGE = [sys.executable, "-m", "edge.cli"]
 
 
-async def read_until(stream: asyncio.StreamReader, needle: str, timeout: float) -> list[str]:
+async def read_until(stream: asyncio.StreamReader, needle: str, seconds: float) -> list[str]:
     lines: list[str] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(seconds):
         while True:
             line = (await stream.readline()).decode()
             if not line:
@@ -38,10 +39,9 @@ async def test_signal_stops_cleanly_within_5s_and_flushes_buffer(
         tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
     ) as sim:
         # No broker: everything the gateway samples must end up in the outbox file.
-        site = site_dict(tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}",
-                         tcp_port=sim.tcp_port, rtu_link=sim.rtu_link)
-        for device in site["devices"]:
-            device["poll_interval"] = "100ms"
+        site = site_for(
+            sim, tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}", poll_interval="100ms"
+        )
         config = write_site(tmp_path, site)
         process = await asyncio.create_subprocess_exec(
             *EDGE, "run", "--config", str(config), stderr=asyncio.subprocess.PIPE
@@ -60,14 +60,14 @@ async def test_signal_stops_cleanly_within_5s_and_flushes_buffer(
     assert "gateway stopped" in rest
     assert "unbuffered=0" in rest
     with sqlite3.connect(tmp_path / "outbox.sqlite") as conn:
-        streams = dict(conn.execute("SELECT stream, count(*) FROM outbox GROUP BY stream").fetchall())
+        streams = dict(
+            conn.execute("SELECT stream, count(*) FROM outbox GROUP BY stream").fetchall()
+        )
     assert streams["telemetry"] >= 3 * 14, "about one poll of three monitors is the least expected"
     assert streams["event"] >= 1, "gateway-started"
 
 
 def test_check_config_accepts_the_example_site() -> None:
-    import subprocess
-
     result = subprocess.run(
         [*EDGE, "check-config", str(EXAMPLE)], capture_output=True, text=True, check=False
     )
@@ -76,13 +76,15 @@ def test_check_config_accepts_the_example_site() -> None:
 
 
 def test_run_with_bad_config_starts_nothing(tmp_path: Path) -> None:
-    import subprocess
-
     site = site_dict(tmp_path, broker_url="mqtt://127.0.0.1:1", tcp_port=1, rtu_link="x")
     site["devices"][0]["bus"] = "no-such-bus"
     config = write_site(tmp_path, site)
     result = subprocess.run(
-        [*EDGE, "run", "--config", str(config)], capture_output=True, text=True, timeout=30, check=False
+        [*EDGE, "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 1
     assert f"{config}:" in result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,9 @@ from gpiozero.pins.mock import MockFactory
 from edge.gateway import Gateway
 from hil.simulator import Simulator
 from tests.fixtures.broker import Collector, Mosquitto, MosquittoFactory, collect, free_port
-from tests.integration.site import load, site_dict
+from tests.integration.site import load, site_for
 
 PREFIX = "district/v1/gw-demo-0001"
-FAST_POLL = "200ms"
 
 
 @contextlib.asynccontextmanager
@@ -31,12 +31,6 @@ async def simulated_site(tmp_path: Path) -> AsyncIterator[Simulator]:
         tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
     ) as sim:
         yield sim
-
-
-def fast(site: dict[str, Any]) -> dict[str, Any]:
-    for device in site["devices"]:
-        device["poll_interval"] = FAST_POLL
-    return site
 
 
 @contextlib.asynccontextmanager
@@ -50,17 +44,19 @@ async def running(gateway: Gateway) -> AsyncIterator[Gateway]:
         await asyncio.wait_for(task, 10)
 
 
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
     while not condition():
         if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            pytest.fail(f"timed out after {seconds} s waiting for {what}")
         await asyncio.sleep(0.02)
 
 
 def alarm_events(collector: Collector, device: str) -> list[dict[str, Any]]:
     return [
-        e for e in collector.on("/events") if e.get("kind") == "alarm-raised" and e["device"] == device
+        event
+        for event in collector.on("/events")
+        if event.get("kind") == "alarm-raised" and event["device"] == device
     ]
 
 
@@ -73,45 +69,47 @@ def gaps(seqs: set[int]) -> list[int]:
     return sorted(set(range(min(seqs), max(seqs) + 1)) - seqs) if seqs else []
 
 
+@dataclass(frozen=True)
+class Fault:
+    bus: str
+    address: int
+    device: str
+    point: str
+    value: float
+    threshold: float
+    room: str
+
+
 @pytest.mark.parametrize(
-    ("bus", "address", "device", "point", "value", "threshold", "room"),
+    "fault",
     [
-        ("tcp", 1, "efm-shop-101", "residual_current", 350.0, 300.0, "Shop 101"),
-        ("rtu", 1, "efm-workshop-201", "temperature_1", 78.0, 70.0, "Workshop 201"),
+        Fault("tcp", 1, "efm-shop-101", "residual_current", 350.0, 300.0, "Shop 101"),
+        Fault("rtu", 1, "efm-workshop-201", "temperature_1", 78.0, 70.0, "Workshop 201"),
     ],
     ids=["modbus-tcp-residual-current", "modbus-rtu-over-temperature"],
 )
 async def test_injected_fault_sounds_buzzer_and_reaches_platform(
-    tmp_path: Path,
-    mosquitto: Mosquitto,
-    bus: str,
-    address: int,
-    device: str,
-    point: str,
-    value: float,
-    threshold: float,
-    room: str,
+    tmp_path: Path, mosquitto: Mosquitto, fault: Fault
 ) -> None:
     pins = MockFactory()
     async with simulated_site(tmp_path) as sim, collect(mosquitto, f"{PREFIX}/#") as platform:
-        site = fast(site_dict(tmp_path, broker_url=mosquitto.url, tcp_port=sim.tcp_port,
-                              rtu_link=sim.rtu_link))
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
         async with running(Gateway(load(site), pin_factory=pins)):
             await platform.wait_for(lambda c: len(c.on("/telemetry")) > 0, 10)
             assert pins.pin(17).state is False
 
-            sim.set(bus, address, point, value)
+            sim.set(fault.bus, fault.address, fault.point, fault.value)
             await until(lambda: pins.pin(17).state is True, 5, "the buzzer")
             assert pins.pin(27).state is True, "the LED follows the buzzer"
-            await platform.wait_for(lambda c: len(alarm_events(c, device)) == 1, 5)
+            await platform.wait_for(lambda c: len(alarm_events(c, fault.device)) == 1, 5)
 
-    event = alarm_events(platform, device)[0]
+    event = alarm_events(platform, fault.device)[0]
     assert event["gateway_id"] == "gw-demo-0001"
-    assert event["point"] == point
-    assert event["value"] == pytest.approx(value)
-    assert event["threshold"] == threshold
+    assert event["point"] == fault.point
+    assert event["value"] == pytest.approx(fault.value)
+    assert event["threshold"] == fault.threshold
     assert event["severity"] == "critical"
-    assert event["location"]["room"] == room
+    assert event["location"]["room"] == fault.room
     assert isinstance(event["seq"], int)
     assert event["message_id"]
     status = platform.on("/status")
@@ -122,8 +120,7 @@ async def test_silent_device_goes_offline_while_others_keep_reporting(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     async with simulated_site(tmp_path) as sim, collect(mosquitto, f"{PREFIX}/#") as platform:
-        site = fast(site_dict(tmp_path, broker_url=mosquitto.url, tcp_port=sim.tcp_port,
-                              rtu_link=sim.rtu_link))
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
         async with running(Gateway(load(site), pin_factory=MockFactory())):
             await platform.wait_for(lambda c: len(c.on("/telemetry")) > 0, 10)
             sim.set_silent("tcp", 2, True)
@@ -165,17 +162,20 @@ async def test_buzzer_sounds_with_uplink_down_and_buffer_unwritable(tmp_path: Pa
     blocker.write_text("a file where the buffer's folder should be")
     pins = MockFactory()
     async with simulated_site(tmp_path) as sim:
-        site = fast(site_dict(tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}",
-                              tcp_port=sim.tcp_port, rtu_link=sim.rtu_link))
+        site = site_for(sim, tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}")
         site["buffer"]["path"] = str(blocker / "outbox.sqlite")
         gateway = Gateway(load(site), pin_factory=pins)
         async with running(gateway):
-            await until(lambda: gateway.supervisor.restarts.get("buffer", 0) >= 1, 10,
-                        "the buffer to fail to open")
+            await until(
+                lambda: gateway.supervisor.restarts.get("buffer", 0) >= 1,
+                10,
+                "the buffer to fail to open",
+            )
             sim.set("tcp", 1, "residual_current", 500)
             await until(lambda: pins.pin(17).state is True, 5, "the buzzer")
             assert gateway.outbox is None
-            assert gateway.rules.active_alarms() == [("residual-current-over-limit", "efm-shop-101")]
+            alarm = ("residual-current-over-limit", "efm-shop-101")
+            assert gateway.rules.active_alarms() == [alarm]
 
 
 async def test_broker_outage_loses_nothing(
@@ -183,11 +183,11 @@ async def test_broker_outage_loses_nothing(
 ) -> None:
     """Stop the broker, let readings pile up, restart it: every sequence number arrives."""
     broker = mosquitto_factory(persistence=True)
-    async with simulated_site(tmp_path) as sim, collect(
-        broker, f"{PREFIX}/#", session="platform"
-    ) as platform:
-        site = fast(site_dict(tmp_path, broker_url=broker.url, tcp_port=sim.tcp_port,
-                              rtu_link=sim.rtu_link))
+    async with (
+        simulated_site(tmp_path) as sim,
+        collect(broker, f"{PREFIX}/#", session="platform") as platform,
+    ):
+        site = site_for(sim, tmp_path, broker_url=broker.url)
         gateway = Gateway(load(site), pin_factory=MockFactory())
         async with running(gateway):
             await platform.wait_for(lambda c: len(c.on("/telemetry")) >= 2, 10)
@@ -227,4 +227,3 @@ async def test_broker_outage_loses_nothing(
     assert gaps(unique) == []
     assert min(unique) == 1, "the first record (gateway-started) was lost"
     assert any(e["kind"] == "alarm-raised" and e["value"] == 420 for e in platform.on("/events"))
-

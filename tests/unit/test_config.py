@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import edge.config
 from edge.config import ConfigError, ConfigIssue, SiteConfig, load_site, parse_site
-from edge.config.loader import check_config_main
+from edge.config.loader import check_config_main, report_config
 from edge.config.schema import SCHEMA_PATH, render_schema, site_json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -567,7 +567,21 @@ def test_package_exports() -> None:
         "ConfigError",
         "ConfigIssue",
         "check_config_main",
+        "report_config",
     }
+
+
+def test_report_config_returns_the_config(tmp_path: Path) -> None:
+    out = io.StringIO()
+    status, config = report_config(str(EXAMPLE), out, quiet=True)
+    assert status == 0
+    assert config is not None
+    assert config.gateway.id == "gw-demo-0001"
+    assert out.getvalue() == ""
+    status, config = report_config(str(write(tmp_path, BROKEN)), out)
+    assert (status, config) == (1, None)
+    status, config = report_config(str(tmp_path / "absent.yaml"), out)
+    assert (status, config) == (2, None)
 
 
 def test_quiet_check_prints_only_errors(tmp_path: Path) -> None:

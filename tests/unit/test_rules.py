@@ -18,7 +18,7 @@ def reading(value: float, device: str = "efm-1", point: str = "residual_current"
 
 
 def kinds(rule: OverLimit, values: list[float]) -> list[str | None]:
-    results = []
+    results: list[str | None] = []
     for value in values:
         transition = rule.evaluate(reading(value))
         results.append(None if transition is None else transition.kind)
@@ -28,7 +28,14 @@ def kinds(rule: OverLimit, values: list[float]) -> list[str | None]:
 def test_raises_at_limit_and_clears_only_below_hysteresis() -> None:
     rule = OverLimit(RESIDUAL)
     assert kinds(rule, [120, 299.9, 300, 350, 280, 270, 269.9, 120]) == [
-        None, None, "raised", None, None, None, "cleared", None,
+        None,
+        None,
+        "raised",
+        None,
+        None,
+        None,
+        "cleared",
+        None,
     ]
 
 
@@ -41,7 +48,9 @@ def test_transition_carries_rule_reading_and_threshold() -> None:
     transition = OverLimit(RESIDUAL).evaluate(reading(350))
     assert transition is not None
     assert (transition.rule_id, transition.severity, transition.threshold) == (
-        "residual", "critical", 300,
+        "residual",
+        "critical",
+        300,
     )
     assert transition.reading.value == 350
     assert transition.alarm_key == ("residual", "efm-1")

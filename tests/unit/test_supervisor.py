@@ -7,13 +7,13 @@ import logging
 
 import pytest
 
-from edge.supervisor import Backoff, Supervisor
+from edge.supervisor import Supervisor
 
 
 async def test_crashed_service_restarts_and_others_keep_running(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    supervisor = Supervisor(Backoff(initial=0.01, cap=0.05, jitter=0.0))
+    supervisor = Supervisor(restart_initial=0.01, restart_max=0.05)
     attempts = 0
     steady_ticks = 0
     recovered = asyncio.Event()
@@ -46,19 +46,6 @@ async def test_crashed_service_restarts_and_others_keep_running(
     crashes = [r for r in caplog.records if "restarting" in r.getMessage()]
     assert len(crashes) == 2
     assert crashes[0].exc_info is not None
-
-
-def test_backoff_grows_and_is_capped() -> None:
-    backoff = Backoff(initial=0.5, cap=4.0, jitter=0.0)
-    assert [backoff.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-
-
-def test_backoff_jitter_stays_within_bounds() -> None:
-    backoff = Backoff(initial=1.0, cap=1.0, jitter=0.2)
-    delays = [backoff.delay(1) for _ in range(200)]
-    assert min(delays) >= 0.8
-    assert max(delays) <= 1.2
-    assert len(set(delays)) > 1
 
 
 async def test_duplicate_service_name_is_refused() -> None:
