@@ -35,6 +35,9 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as probe:
+        # Servers set SO_REUSEADDR, so connections in TIME_WAIT from a previous run do not
+        # make the port busy for them; the probe must judge the same way.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

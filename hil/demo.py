@@ -112,8 +112,15 @@ class Demo:
         self.alarm_at_platform: set[str] = set()
         self.first_device = self.config.devices[0].id
         self.last_readings: dict[str, dict[str, float]] = {}
+        self.last_summary = ""
+        #: Set by Ctrl-C or SIGTERM: the demo stops everything it started, then exits.
+        self.interrupted = asyncio.Event()
+        self.summary_at = 0.0
 
     async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.interrupted.set)
         uplink = urlsplit(self.config.uplink.brokers[0])
         host, port = uplink.hostname or "127.0.0.1", uplink.port or 1883
         broker = LocalBroker(host, port)
@@ -210,18 +217,24 @@ class Demo:
         async with aiomqtt.Client(host, port, identifier="demo-platform") as client:
             await client.subscribe(f"{prefix}/#", qos=1)
             self.say("platform", f"subscribed to {prefix}/#")
-            inject = asyncio.get_running_loop().create_task(self.inject(steps, begin))
+            tasks = {
+                asyncio.create_task(self.inject(steps, begin)),
+                asyncio.create_task(self.read(client)),
+                asyncio.create_task(self.interrupted.wait()),
+            }
             try:
-                async with asyncio.timeout(self.seconds):
-                    async for message in client.messages:
-                        self.on_platform_message(str(message.topic), message.payload)
-            except TimeoutError:
-                pass
+                await asyncio.wait(tasks, timeout=self.seconds, return_when="FIRST_COMPLETED")
             finally:
-                inject.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         reached = self.first_device in self.alarm_at_platform
         self.say("demo", f"injected alarm reached the platform: {'yes' if reached else 'NO'}")
         return 0 if reached or self.seconds is None else 1
+
+    async def read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self.on_platform_message(str(message.topic), message.payload)
 
     async def inject(self, steps: list[Injection], begin: float) -> None:
         for step in steps:
@@ -232,6 +245,8 @@ class Demo:
                 {**step.command, "bus": step.bus, "address": step.address},
             )
             self.say("inject", step.says + ("" if reply.get("ok") else f" FAILED: {reply}"))
+        self.say("demo", "timeline done; the site keeps running until Ctrl-C")
+        await self.interrupted.wait()
 
     def on_platform_message(self, topic: str, payload: Any) -> None:
         try:
@@ -252,7 +267,8 @@ class Demo:
         elif topic.endswith("/status"):
             self.say("platform", f"status {message.get('state')}")
         elif topic.endswith("/telemetry"):
-            for reading in message.get("readings", []):
+            readings = message.get("readings", [])
+            for reading in readings:
                 self.last_readings.setdefault(reading["device"], {})[reading["point"]] = reading[
                     "value"
                 ]
@@ -260,7 +276,11 @@ class Demo:
                 f"{device}: {p.get('residual_current', '?')} mA {p.get('temperature_1', '?')} C"
                 for device, p in sorted(self.last_readings.items())
             )
-            self.say("platform", f"telemetry x{len(message.get('readings', []))}  {summary}")
+            # Readings arrive every second; say them when they change, else every 10 s.
+            now = time.monotonic()
+            if summary != self.last_summary or now - self.summary_at >= 10:
+                self.last_summary, self.summary_at = summary, now
+                self.say("platform", f"telemetry x{len(readings)}  {summary}")
 
     async def stop_all(self) -> None:
         for process in reversed(self.processes):
@@ -288,8 +308,9 @@ def main() -> int:
     Path(demo.config.buffer.path).parent.mkdir(parents=True, exist_ok=True)
     try:
         return asyncio.run(demo.run())
-    except KeyboardInterrupt:
-        return 130
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        print(f"demo: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -776,6 +776,22 @@ def _cross_check(
     device_ids = unique_ids("devices", "device")
     unique_ids("rules", "rule")
 
+    # Two buses on one serial port would fight over the line (and pyserial's exclusive lock).
+    serial_ports: dict[str, int] = {}
+    for index, bus_entry in _entries(data, "buses") or []:
+        port = _text(bus_entry.get("port"))
+        if bus_entry.get("kind") != "modbus-rtu" or port is None:
+            continue
+        if port in serial_ports:
+            first = serial_ports[port]
+            report(
+                ("buses", index, "port"),
+                f"serial port '{port}' is already used by buses[{first}] "
+                f"(line {line_of(('buses', first, 'port'))}); one port carries one bus",
+            )
+        else:
+            serial_ports[port] = index
+
     devices = _entries(data, "devices") or []
     by_index = dict(devices)
     used: dict[tuple[str, int], int] = {}

@@ -63,7 +63,7 @@ class ModbusTcpBus(Strict):
     kind: Literal["modbus-tcp"]
     host: str
     port: int = Field(default=502, ge=1, le=65535)
-    timeout: Duration = Field(default=1.0, description="Per-request answer timeout.")
+    timeout: Duration = Field(default=1.0, gt=0, description="Per-request answer timeout.")
 
 
 class ModbusRtuBus(Strict):
@@ -75,7 +75,7 @@ class ModbusRtuBus(Strict):
     baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
-    timeout: Duration = Field(default=0.3, description="Per-request answer timeout.")
+    timeout: Duration = Field(default=0.3, gt=0, description="Per-request answer timeout.")
 
 
 Bus = Annotated[ModbusTcpBus | ModbusRtuBus, Field(discriminator="kind")]
@@ -85,8 +85,9 @@ class Device(Strict):
     id: Identifier
     model: Identifier = Field(description="A device model file name, e.g. 'efm-ref'.")
     bus: Identifier
-    address: int = Field(ge=1, le=247, description="Modbus unit (slave) address.")
-    poll_interval: Duration = 1.0
+    # strict: YAML's `true` must not become unit 1.
+    address: int = Field(ge=1, le=247, strict=True, description="Modbus unit (slave) address.")
+    poll_interval: Duration = Field(default=1.0, gt=0)
     location: Location
 
 
@@ -119,7 +120,9 @@ Rule = Annotated[OverLimitRule, Field(discriminator="kind")]
 
 
 class Pin(Strict):
-    pin: int = Field(ge=BCM_PINS.start, le=BCM_PINS.stop - 1, description="BCM GPIO number (2-27).")
+    pin: int = Field(
+        ge=BCM_PINS.start, le=BCM_PINS.stop - 1, strict=True, description="BCM GPIO number (2-27)."
+    )
     active_high: bool = True
 
 
@@ -149,12 +152,14 @@ class Uplink(Strict):
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
-    keepalive: Duration = 30.0
+    keepalive: Duration = Field(default=30.0, ge=1)
     batch_size: int = Field(default=100, ge=1, le=10_000)
     batch_interval: Duration = Field(
         default=1.0, description="How long telemetry may wait to fill a batch."
     )
-    reconnect_max: Duration = Field(default=10.0, description="Cap of the reconnect backoff.")
+    reconnect_max: Duration = Field(
+        default=10.0, ge=0.5, description="Cap of the reconnect backoff (at least 500ms)."
+    )
 
 
 class BufferConfig(Strict):

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -733,3 +734,43 @@ def test_yamlish_fragments_give_a_config_or_a_config_error(text: str) -> None:
 @given(_mutated_minimal())
 def test_mutated_sites_give_a_config_or_a_config_error(text: str) -> None:
     _parse_or_config_error(text)
+
+
+# --- limits added after review: values that validate but would misbehave at run time ---------
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "says"),
+    [
+        (("devices", 0, "poll_interval"), "0s", "devices[0].poll_interval", "greater than 0"),
+        (("buses", 0, "timeout"), "0ms", "buses[0].timeout", "greater than 0"),
+        (("devices", 0, "address"), True, "devices[0].address", "whole number"),
+        (("outputs", "buzzer", "pin"), True, "outputs.buzzer.pin", "whole number"),
+        (("uplink", "reconnect_max"), "100ms", "uplink.reconnect_max", "greater than or equal"),
+    ],
+    ids=["zero-poll", "zero-timeout", "bool-address", "bool-pin", "tiny-reconnect-cap"],
+)
+def test_values_that_would_misbehave_are_refused(
+    path: tuple[str | int, ...], value: object, field: str, says: str
+) -> None:
+    site = yaml.safe_load(EXAMPLE.read_text())
+    node = site
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError) as caught:
+        parse_site(yaml.safe_dump(site, sort_keys=False), "site.yaml")
+    issue = next(i for i in caught.value.issues if i.field == field)
+    assert says in issue.message
+    assert issue.line > 0
+
+
+def test_two_buses_on_one_serial_port_are_refused() -> None:
+    site = yaml.safe_load(EXAMPLE.read_text())
+    rtu = next(b for b in site["buses"] if b["kind"] == "modbus-rtu")
+    site["buses"].append({**rtu, "id": "rs485-2"})
+    with pytest.raises(ConfigError) as caught:
+        parse_site(yaml.safe_dump(site, sort_keys=False), "site.yaml")
+    (issue,) = caught.value.issues
+    assert issue.field == "buses[2].port"
+    assert "already used by buses[1]" in issue.message
