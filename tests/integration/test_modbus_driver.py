@@ -15,9 +15,8 @@ import re
 import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,19 +44,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- hygiene ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def no_threads_left_behind() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 2.0
-    while True:
-        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not extra or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    assert not extra, f"threads left behind: {extra}"
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,88 @@
+"""The alarm path: the buzzer is driven before the reading or its event reach the buffer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
+
+from buffer import Outbox
+from drivers import Reading
+from edge.annunciator import Annunciator
+from edge.config import SiteConfig
+from edge.gateway import Gateway
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
+
+
+def site(tmp_path: Path) -> SiteConfig:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["buffer"]["path"] = str(tmp_path / "outbox.sqlite")
+    return SiteConfig.model_validate(data)
+
+
+def residual(value: float) -> Reading:
+    return Reading("efm-shop-101", "residual_current", value, "mA", time.time(), time.monotonic())
+
+
+@pytest.fixture
+async def gateway_with_spy(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Gateway, list[tuple[str, Any, bool]]]]:
+    """A gateway on a real outbox whose submit notes the buzzer pin at that instant."""
+    pins = MockFactory()
+    gateway = Gateway(site(tmp_path), pin_factory=pins)
+    outbox = await Outbox.open(tmp_path / "outbox.sqlite")
+    seen: list[tuple[str, Any, bool]] = []
+    submit = outbox.submit
+
+    def spy(stream: Any, body: Mapping[str, Any]) -> None:
+        seen.append((stream, body.get("kind"), bool(pins.pin(17).state)))
+        submit(stream, body)
+
+    outbox.submit = spy  # type: ignore[method-assign]
+    gateway.outbox = outbox
+    yield gateway, seen
+    await outbox.close()
+    gateway.annunciator.close()
+
+
+async def test_buzzer_is_on_before_anything_is_buffered(
+    gateway_with_spy: tuple[Gateway, list[tuple[str, Any, bool]]],
+) -> None:
+    gateway, seen = gateway_with_spy
+    gateway.on_sample(residual(350))
+    assert seen == [("telemetry", None, True), ("event", "alarm-raised", True)]
+
+
+async def test_reading_below_limit_is_only_buffered(
+    gateway_with_spy: tuple[Gateway, list[tuple[str, Any, bool]]],
+) -> None:
+    gateway, seen = gateway_with_spy
+    gateway.on_sample(residual(120))
+    assert seen == [("telemetry", None, False)]
+    assert not gateway.annunciator.sounding
+
+
+def test_pin_factory_from_environment_when_config_names_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``outputs.pin_factory``: gpiozero's GPIOZERO_PIN_FACTORY decides."""
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    previous = Device.pin_factory
+    Device.pin_factory = None  # make gpiozero read the environment again
+    try:
+        outputs = site(tmp_path).outputs.model_copy(update={"pin_factory": None})
+        annunciator = Annunciator(outputs)
+        assert isinstance(Device.pin_factory, MockFactory)
+        annunciator.close()
+    finally:
+        if Device.pin_factory is not None:
+            Device.pin_factory.close()
+        Device.pin_factory = previous
