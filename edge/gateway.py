@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 from buffer import Outbox
 from drivers import DeviceStatus, Reading
-from drivers.modbus import ModbusBus, PolledDevice, RtuSettings, TcpSettings, load_model
 from edge import __version__
 from edge.annunciator import Annunciator
-from edge.config.model import ModbusRtuBus, ModbusTcpBus, SiteConfig
+from edge.buses import bus_services
+from edge.config.model import SiteConfig
 from edge.contract import EventKind, event_body, reading_body
 from edge.log import fields
 from edge.rules import RuleEngine, Transition
@@ -189,28 +189,6 @@ class Gateway:
                 ),
             )
 
-    def _bus_services(self) -> dict[str, Callable[[], Any]]:
-        services: dict[str, Callable[[], Any]] = {}
-        for bus in self.config.buses:
-            devices = [
-                PolledDevice(d.id, load_model(d.model), d.address, d.poll_interval)
-                for d in self.config.devices
-                if d.bus == bus.id
-            ]
-            if not devices:
-                continue
-            settings: TcpSettings | RtuSettings
-            if isinstance(bus, ModbusTcpBus):
-                settings = TcpSettings(bus.host, bus.port, bus.timeout)
-            else:
-                assert isinstance(bus, ModbusRtuBus)
-                settings = RtuSettings(
-                    bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.timeout
-                )
-            driver = ModbusBus(bus.id, settings, devices, self.on_sample)
-            services[f"bus:{bus.id}"] = driver.run
-        return services
-
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -238,7 +216,7 @@ class Gateway:
         self.supervisor.start("uplink", self._uplink_service)
         self.supervisor.start("status", self._status_service)
         bus_names = []
-        for name, service in self._bus_services().items():
+        for name, service in bus_services(self.config, self.on_sample).items():
             self.supervisor.start(name, service)
             bus_names.append(name)
         try:
