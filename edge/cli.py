@@ -15,6 +15,7 @@ from edge.config import report_config
 from edge.config.duration import parse_duration
 from edge.gateway import Gateway, config_hash
 from edge.log import fields, setup_logging
+from edge.systemd import Notifier
 
 log = logging.getLogger("edge.cli")
 
@@ -71,10 +72,25 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        notifier = Notifier()
+        watchdog: list[asyncio.Task[None]] = []
+
+        def on_signal() -> None:
+            notifier.stopping()
+            stop.set()
+
+        def on_started() -> None:
+            notifier.ready(f"gateway {config.gateway.id} running")
+            watchdog.extend(filter(None, [notifier.start_watchdog()]))
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal)
         gateway = Gateway(config, config_digest=digest, status_interval=status_every)
-        await gateway.run(stop)
+        try:
+            await gateway.run(stop, on_started=on_started)
+        finally:
+            for task in watchdog:
+                task.cancel()
 
     try:
         asyncio.run(serve())

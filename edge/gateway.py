@@ -191,8 +191,13 @@ class Gateway:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then shut down cleanly (drivers, buffer flush, uplink)."""
+    async def run(
+        self, stop: asyncio.Event, *, on_started: Callable[[], None] | None = None
+    ) -> None:
+        """Run until ``stop`` is set, then shut down cleanly (drivers, buffer flush, uplink).
+
+        ``on_started`` is called once every service has been started (systemd's READY=1).
+        """
         log.info(
             "gateway starting",
             extra=fields(
@@ -220,6 +225,8 @@ class Gateway:
             self.supervisor.start(name, service)
             bus_names.append(name)
         try:
+            if on_started is not None:
+                on_started()
             await stop.wait()
         finally:
             await self.shutdown(bus_names)

@@ -1,0 +1,79 @@
+"""``edge run`` under a service manager: READY, WATCHDOG and STOPPING on $NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from hil.simulator import Simulator
+from tests.fixtures.broker import free_port
+from tests.integration.site import site_for, write_site
+
+EDGE = [sys.executable, "-m", "edge.cli"]
+
+
+async def next_datagram(sock: socket.socket, seconds: float) -> bytes:
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.sock_recv(sock, 4096), seconds)
+
+
+async def test_run_notifies_ready_pings_the_watchdog_and_says_stopping(tmp_path: Path) -> None:
+    notify_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify_path))
+        sock.setblocking(False)
+        async with Simulator(
+            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
+        ) as sim:
+            site = site_for(sim, tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}")
+            config = write_site(tmp_path, site)
+            env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
+            log = (tmp_path / "gateway.log").open("wb")
+            process = await asyncio.create_subprocess_exec(
+                *EDGE, "run", "--config", str(config), env=env, stderr=log
+            )
+            try:
+                first = await next_datagram(sock, 20)
+                assert first.split(b"\n")[0] == b"READY=1", first
+                assert b"STATUS=gateway gw-demo-0001 running" in first
+                pings = [await next_datagram(sock, 2) for _ in range(3)]
+                assert pings == [b"WATCHDOG=1"] * 3
+                process.send_signal(signal.SIGTERM)
+                rest = [await next_datagram(sock, 5)]
+                while rest[-1] == b"WATCHDOG=1":
+                    rest.append(await next_datagram(sock, 5))
+                assert rest[-1] == b"STOPPING=1", rest
+                assert await asyncio.wait_for(process.wait(), 10) == 0
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+                log.close()
+
+
+async def test_run_with_a_bad_config_never_says_ready(tmp_path: Path) -> None:
+    notify_path = tmp_path / "notify"
+    config = tmp_path / "site.yaml"
+    config.write_text("gateway: {id: gw-1}\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify_path))
+        sock.setblocking(False)
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+        process = await asyncio.create_subprocess_exec(
+            *EDGE,
+            "run",
+            "--config",
+            str(config),
+            env=env,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert await asyncio.wait_for(process.wait(), 30) == 1
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            data = b""
+        assert data == b"", "READY must not be sent for a config that fails validation"
