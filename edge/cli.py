@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from drivers.modbus import known_models
-from edge import __version__
+from edge import __version__, doctor, provision
 from edge.config import report_config
 from edge.config.duration import parse_duration
 from edge.gateway import Gateway, config_hash
@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a site file and print every error")
     check.add_argument("file", metavar="FILE")
+    doctor.add_parser(commands)
+    provision.add_parser(commands)
     return parser
 
 
@@ -57,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     if args.command == "run":
         return run(args.config, log_level=args.log_level, status_every=args.status_every)
+    if args.command == "doctor":
+        return doctor.command(args)
+    if args.command == "provision":
+        return provision.command(args)
     raise AssertionError(args.command)  # argparse refuses unknown commands
 
 

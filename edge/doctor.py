@@ -1,0 +1,571 @@
+"""``edge doctor``: can this gateway run, and if not, what must the installer do?
+
+Each check gives a level (``ok``, ``warn``, ``fail``), what it found, and for anything that is
+not ok the fix in plain words. A ``fail`` means the gateway cannot do its job (no config, a
+bus adapter missing, the broker refusing the credentials); a ``warn`` means it runs but
+something needs attention (a certificate expiring next month, an unsynchronised clock).
+The exit status is 0 when nothing failed, 1 otherwise; ``--json`` prints the same results
+for fleet tools.
+
+Doctor only reads: it never writes the outbox, never drives a pin and connects to the broker
+under its own client id, so it is safe to run beside a running gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import grp
+import io
+import json
+import os
+import pwd
+import shutil
+import sqlite3
+import ssl
+import stat
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, TextIO
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from drivers.modbus import known_models
+from edge.certs import check_certificates
+from edge.config import SiteConfig, report_config
+from edge.config.model import ModbusRtuBus, ModbusTcpBus
+from edge.uplink import parse_broker_url
+
+__all__ = ["Check", "exit_status", "print_report", "run_checks"]
+
+Level = Literal["ok", "warn", "fail"]
+
+DEFAULT_CONFIG = Path("/etc/city-safety-edge/site.yaml")
+#: The system user the installer creates; its access to devices is what matters.
+DEFAULT_USER = "edge"
+#: Below this the outbox cannot hold a day of a large site: the gateway is at risk.
+DISK_FAIL_BYTES = 100 * 2**20
+DISK_WARN_BYTES = 500 * 2**20
+#: A TCP connect or an MQTT CONNACK that takes longer than this counts as unreachable.
+NETWORK_TIMEOUT = 5.0
+#: MQTT CONNACK return codes (3.1.1) that mean "wrong credentials", not "unreachable".
+_AUTH_CODES = {4, 5, 134, 135}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The result of one check."""
+
+    name: str
+    level: Level
+    detail: str
+    fix: str = ""
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _user(name: str | None) -> pwd.struct_passwd | None:
+    if name is None:
+        return None
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
+def _groups_of(user: pwd.struct_passwd) -> set[int]:
+    gids = {user.pw_gid}
+    for group in grp.getgrall():
+        if user.pw_name in group.gr_mem:
+            gids.add(group.gr_gid)
+    return gids
+
+
+def _can_read_write(path: Path, user: pwd.struct_passwd | None) -> bool:
+    """Whether ``user`` (else the current process) may open ``path`` for reading and writing."""
+    if user is None:
+        return os.access(path, os.R_OK | os.W_OK)
+    info = path.stat()
+    if user.pw_uid == 0:
+        return True
+    if info.st_uid == user.pw_uid:
+        need = stat.S_IRUSR | stat.S_IWUSR
+    elif info.st_gid in _groups_of(user):
+        need = stat.S_IRGRP | stat.S_IWGRP
+    else:
+        need = stat.S_IROTH | stat.S_IWOTH
+    return info.st_mode & need == need
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+async def _tcp_reachable(host: str, port: int, seconds: float) -> str | None:
+    """``None`` when a TCP connection opens, else why not."""
+    try:
+        async with asyncio.timeout(seconds):
+            _, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return f"no answer within {seconds:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
+
+
+# -- the checks ------------------------------------------------------------------------------
+
+
+def check_config(path: Path) -> tuple[Check, SiteConfig | None]:
+    out = io.StringIO()
+    status, config = report_config(str(path), out, known_models=known_models())
+    lines = out.getvalue().strip().splitlines()
+    if config is not None:
+        return Check("config", "ok", f"{path}: {lines[0].removeprefix('ok: ')}"), config
+    if status == 2:
+        return (
+            Check(
+                "config",
+                "fail",
+                lines[0] if lines else f"cannot read {path}",
+                f"copy the site file to {path} (or pass --config FILE), readable by root",
+            ),
+            None,
+        )
+    shown = lines[:-1][:5]
+    more = len(lines) - 1 - len(shown)
+    detail = "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+    return (
+        Check(
+            "config",
+            "fail",
+            detail,
+            f"correct each line named above, then run `edge check-config {path}` until it says ok",
+        ),
+        None,
+    )
+
+
+def check_serial_ports(config: SiteConfig, user: pwd.struct_passwd | None) -> list[Check]:
+    checks: list[Check] = []
+    for bus in config.buses:
+        if not isinstance(bus, ModbusRtuBus):
+            continue
+        name = f"serial {bus.id}"
+        if "://" in bus.port:
+            checks.append(Check(name, "ok", f"{bus.port} is a network URL (checked as a bus)"))
+            continue
+        path = Path(bus.port)
+        if not path.exists():
+            checks.append(
+                Check(
+                    name,
+                    "fail",
+                    f"{path} does not exist",
+                    "plug in the RS-485 adapter of this bus; `ls -l /dev/serial/by-id/` lists "
+                    "the adapters that are plugged in: put that path in this bus's `port`",
+                )
+            )
+            continue
+        mode = path.stat().st_mode
+        if not stat.S_ISCHR(mode):
+            checks.append(
+                Check(
+                    name,
+                    "fail",
+                    f"{path} is not a serial device",
+                    "put the path of the serial adapter in this bus's `port` (/dev/ttyUSB0, "
+                    "/dev/serial/by-id/...)",
+                )
+            )
+            continue
+        who = user.pw_name if user is not None else "this user"
+        if not _can_read_write(path, user):
+            group = _group_name(path.stat().st_gid)
+            checks.append(
+                Check(
+                    name,
+                    "fail",
+                    f"{path} exists but {who} may not open it (group {group})",
+                    f"add the user to the device's group: `sudo usermod -aG {group} {who}`, "
+                    "then restart the gateway",
+                )
+            )
+            continue
+        checks.append(Check(name, "ok", f"{path} present and accessible to {who}"))
+    return checks
+
+
+async def check_tcp_buses(config: SiteConfig, seconds: float) -> list[Check]:
+    targets: list[tuple[str, str, int]] = []
+    for bus in config.buses:
+        if isinstance(bus, ModbusTcpBus):
+            targets.append((bus.id, bus.host, bus.port))
+        elif bus.port.startswith("socket://"):
+            parts = urlsplit(bus.port)
+            if parts.hostname and parts.port:
+                targets.append((bus.id, parts.hostname, parts.port))
+    results = await asyncio.gather(*(_tcp_reachable(h, p, seconds) for _, h, p in targets))
+    checks = []
+    for (bus_id, host, port), error in zip(targets, results, strict=True):
+        if error is None:
+            checks.append(Check(f"bus {bus_id}", "ok", f"{host}:{port} accepts connections"))
+        else:
+            checks.append(
+                Check(
+                    f"bus {bus_id}",
+                    "fail",
+                    f"{host}:{port}: {error}",
+                    "check the device's power and network cable, and that host and port in "
+                    "this bus match the device's settings",
+                )
+            )
+    return checks
+
+
+def check_gpio(config: SiteConfig, user: pwd.struct_passwd | None, dev: Path) -> Check:
+    factory = config.outputs.pin_factory or os.environ.get("GPIOZERO_PIN_FACTORY")
+    pin = config.outputs.buzzer.pin
+    if factory == "mock":
+        return Check(
+            "gpio",
+            "warn",
+            f"outputs.pin_factory is mock: the buzzer on GPIO {pin} will not sound",
+            "remove `pin_factory: mock` from outputs on a real gateway",
+        )
+    chips = sorted(dev.glob("gpiochip*"))
+    if not chips:
+        return Check(
+            "gpio",
+            "fail",
+            f"no GPIO chip in {dev}: the buzzer on GPIO {pin} cannot sound",
+            "run the gateway on a Raspberry Pi (the GPIO driver comes with Raspberry Pi OS)",
+        )
+    who = user.pw_name if user is not None else "this user"
+    denied = [chip for chip in chips if not _can_read_write(chip, user)]
+    if len(denied) == len(chips):
+        group = _group_name(chips[0].stat().st_gid)
+        return Check(
+            "gpio",
+            "fail",
+            f"{who} may not open {chips[0]} (group {group})",
+            f"add the user to the group: `sudo usermod -aG {group} {who}`, then restart",
+        )
+    return Check("gpio", "ok", f"{len(chips)} GPIO chip(s); buzzer on GPIO {pin}")
+
+
+def tls_context(certs: Path) -> ssl.SSLContext:
+    """The TLS settings doctor uses: the folder's CA and client pair when present."""
+    ca = certs / "ca.pem"
+    context = ssl.create_default_context(cafile=str(ca) if ca.is_file() else None)
+    if (certs / "client.pem").is_file() and (certs / "client.key").is_file():
+        context.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+    return context
+
+
+async def _try_broker(config: SiteConfig, url: str, certs: Path, seconds: float) -> Check:
+    broker = parse_broker_url(url)
+    uplink = config.uplink
+    who = f"as {uplink.username}" if uplink.username else "anonymously"
+    # Its own client id: reusing the gateway's would disconnect a running gateway.
+    identifier = f"{uplink.client_id or 'edge-' + config.gateway.id}-doctor"
+    try:
+        context = tls_context(certs) if broker.tls else None
+    except (ssl.SSLError, OSError) as exc:
+        return Check(
+            f"broker {broker.display}",
+            "fail",
+            f"cannot load the TLS files in {certs}: {exc}",
+            "see the certificate checks below",
+        )
+    client = aiomqtt.Client(
+        broker.host,
+        broker.port,
+        identifier=identifier,
+        username=uplink.username,
+        password=uplink.password,
+        timeout=seconds,
+        tls_context=context,
+    )
+    try:
+        async with asyncio.timeout(seconds + 1):
+            async with client:
+                pass
+    except aiomqtt.MqttCodeError as exc:
+        if (isinstance(exc.rc, int) and exc.rc in _AUTH_CODES) or "authori" in str(exc).lower():
+            return Check(
+                f"broker {broker.display}",
+                "fail",
+                f"refused the credentials ({who}): {exc}",
+                "check uplink.username and uplink.password against what the district "
+                "platform team issued for this gateway",
+            )
+        return Check(
+            f"broker {broker.display}", "fail", f"refused the connection: {exc}", _NETWORK_FIX
+        )
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        text = str(exc) or type(exc).__name__
+        fix = _NETWORK_FIX
+        if "certificate" in text.lower() or isinstance(exc, ssl.SSLError):
+            fix = "check the certificates (below) and the clock; the broker refused TLS"
+        return Check(f"broker {broker.display}", "fail", f"not reachable: {text}", fix)
+    return Check(f"broker {broker.display}", "ok", f"connected {who}")
+
+
+_NETWORK_FIX = (
+    "check the gateway's network (cable or SIM), that the broker's host name resolves, and "
+    "that the firewall lets the port through"
+)
+
+
+async def check_brokers(config: SiteConfig, certs: Path, seconds: float) -> list[Check]:
+    checks = list(
+        await asyncio.gather(
+            *(_try_broker(config, url, certs, seconds) for url in config.uplink.brokers)
+        )
+    )
+    if any(c.level == "ok" for c in checks):
+        # One broker is enough to run: the others are fallbacks.
+        checks = [c if c.level == "ok" else Check(c.name, "warn", c.detail, c.fix) for c in checks]
+    return checks
+
+
+def check_certs(certs: Path, config: SiteConfig | None, now: dt.datetime | None) -> list[Check]:
+    findings = check_certificates(certs, now)
+    checks = [Check(f"certificate {f.file}", f.level, f.detail, f.fix) for f in findings]
+    uses_tls = config is not None and any(u.startswith("mqtts://") for u in config.uplink.brokers)
+    if not findings and uses_tls:
+        checks.append(
+            Check(
+                "certificates",
+                "ok",
+                f"no files in {certs}: the system's certificate authorities are used",
+            )
+        )
+    return checks
+
+
+def check_clock() -> Check:
+    binary = shutil.which("timedatectl")
+    answer = ""
+    if binary is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            result = subprocess.run(
+                [binary, "show", "-p", "NTPSynchronized", "--value"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+            answer = result.stdout.strip() if result.returncode == 0 else ""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if answer == "yes":
+        return Check("clock", "ok", f"synchronised ({now})")
+    if answer == "no":
+        return Check(
+            "clock",
+            "warn",
+            f"not synchronised ({now}): timestamps and certificate checks may be wrong",
+            "connect the gateway to the network; check `timedatectl timesync-status` and that "
+            "the firewall lets NTP (UDP 123) through",
+        )
+    return Check(
+        "clock",
+        "warn",
+        f"unknown: timedatectl cannot tell ({now})",
+        "compare the time above with a phone; when it is off, check that systemd-timesyncd "
+        "runs (`systemctl status systemd-timesyncd`)",
+    )
+
+
+def _existing_parent(path: Path) -> Path:
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def check_disk(buffer: Path) -> Check:
+    folder = _existing_parent(buffer.parent)
+    usage = shutil.disk_usage(folder)
+    free_mb = usage.free / 2**20
+    detail = f"{free_mb:.0f} MiB free of {usage.total / 2**20:.0f} MiB on {folder}"
+    fix = (
+        "free space on the SD card (old logs: `sudo journalctl --vacuum-size=50M`) "
+        "or use a larger card"
+    )
+    if usage.free < DISK_FAIL_BYTES:
+        return Check("disk", "fail", detail, fix)
+    if usage.free < DISK_WARN_BYTES or usage.free < usage.total / 10:
+        return Check("disk", "warn", detail, fix)
+    return Check("disk", "ok", detail)
+
+
+def check_buffer(buffer: Path, user: pwd.struct_passwd | None) -> Check:
+    folder = _existing_parent(buffer.parent)
+    who = user.pw_name if user is not None else "this user"
+    if not buffer.exists():
+        if folder != buffer.parent:
+            return Check(
+                "buffer",
+                "ok",
+                f"{buffer} not created yet; the gateway creates {buffer.parent} at first start",
+            )
+        return Check("buffer", "ok", f"{buffer} not created yet (the gateway creates it)")
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=2)
+        ) as conn:
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            waiting = (
+                conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+                if "outbox" in tables
+                else 0
+            )
+    except sqlite3.Error as exc:
+        verdict = str(exc)
+        waiting = 0
+    if verdict != "ok":
+        return Check(
+            "buffer",
+            "fail",
+            f"{buffer} is damaged: {verdict}",
+            f"stop the gateway, move {buffer.name} aside (keep it for the platform team), start "
+            "the gateway again: it creates a new, empty buffer",
+        )
+    if user is not None and not _can_read_write(buffer, user):
+        return Check(
+            "buffer",
+            "fail",
+            f"{who} may not write {buffer}",
+            f"give the file back to the gateway's user: `sudo chown {who}: {buffer}`",
+        )
+    return Check("buffer", "ok", f"{buffer} healthy, {waiting} records waiting to be sent")
+
+
+# -- running them ----------------------------------------------------------------------------
+
+
+async def run_checks(
+    config_path: Path,
+    *,
+    certs: Path | None = None,
+    user: str | None = DEFAULT_USER,
+    seconds: float = NETWORK_TIMEOUT,
+    dev: Path = Path("/dev"),
+    now: dt.datetime | None = None,
+) -> list[Check]:
+    """Every check, in the order an installer fixes things."""
+    account = _user(user)
+    certs = certs if certs is not None else config_path.parent / "certs"
+    config_check, config = check_config(config_path)
+    checks = [config_check]
+    if config is None:
+        checks += check_certs(certs, None, now)
+        checks += [check_clock()]
+        return checks
+    buffer = Path(config.buffer.path)
+    checks += check_serial_ports(config, account)
+    checks += await check_tcp_buses(config, seconds)
+    checks.append(check_gpio(config, account, dev))
+    checks += check_certs(certs, config, now)
+    checks += await check_brokers(config, certs, seconds)
+    checks.append(check_clock())
+    checks.append(check_disk(buffer))
+    checks.append(check_buffer(buffer, account))
+    return checks
+
+
+def exit_status(checks: Iterable[Check]) -> int:
+    """0 when the gateway can run (warnings allowed), 1 when any check failed."""
+    return 1 if any(c.level == "fail" for c in checks) else 0
+
+
+def print_report(checks: Sequence[Check], out: TextIO, *, as_json: bool = False) -> None:
+    if as_json:
+        json.dump(
+            {"can_run": exit_status(checks) == 0, "checks": [asdict(c) for c in checks]},
+            out,
+            indent=2,
+        )
+        out.write("\n")
+        return
+    width = max(len(c.name) for c in checks)
+    for check in checks:
+        label = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}[check.level]
+        out.write(f"{label:<5} {check.name:<{width}}  {check.detail}\n")
+        if check.fix and check.level != "ok":
+            out.write(f"{'':<5} {'':<{width}}  fix: {check.fix}\n")
+    failed = sum(c.level == "fail" for c in checks)
+    warned = sum(c.level == "warn" for c in checks)
+    verdict = "the gateway can run" if not failed else "the gateway cannot run until fixed"
+    out.write(f"{failed} failed, {warned} warnings: {verdict}\n")
+
+
+def main(
+    config: Path,
+    out: TextIO,
+    *,
+    certs: Path | None = None,
+    user: str | None = DEFAULT_USER,
+    timeout: float = NETWORK_TIMEOUT,
+    as_json: bool = False,
+) -> int:
+    checks = asyncio.run(run_checks(config, certs=certs, user=user, seconds=timeout))
+    print_report(checks, out, as_json=as_json)
+    return exit_status(checks)
+
+
+def add_parser(commands: Any) -> None:
+    """The ``edge doctor`` subcommand (``commands`` is argparse's subparsers object)."""
+    doctor = commands.add_parser(
+        "doctor", help="check that this gateway can run, and say how to fix what is wrong"
+    )
+    doctor.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"the site file (default {DEFAULT_CONFIG})",
+    )
+    doctor.add_argument(
+        "--certs",
+        type=Path,
+        metavar="DIR",
+        help="the TLS files (default: certs/ beside the site file)",
+    )
+    doctor.add_argument(
+        "--user",
+        default=DEFAULT_USER,
+        help=f"the account the gateway runs as, for access checks (default {DEFAULT_USER})",
+    )
+    doctor.add_argument(
+        "--timeout", type=float, default=NETWORK_TIMEOUT, metavar="SECONDS", help="network checks"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run ``edge doctor`` with parsed arguments."""
+    return main(
+        args.config,
+        sys.stdout,
+        certs=args.certs,
+        user=args.user,
+        timeout=args.timeout,
+        as_json=args.json,
+    )

@@ -1,0 +1,162 @@
+"""``edge doctor`` against real parts: a Mosquitto that checks passwords, a real pty, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edge.doctor import Check, run_checks
+from tests.fixtures.broker import Mosquitto, MosquittoFactory
+from tests.fixtures.certs import write_certificate, write_key
+from tests.integration.site import site_dict
+
+EDGE = [sys.executable, "-m", "edge.cli"]
+USER, PASSWORD = "gw-test-0001", "s3cret-for-tests"
+
+
+@pytest.fixture
+def secured_broker(mosquitto_factory: MosquittoFactory, tmp_path: Path) -> Mosquitto:
+    """A broker that accepts only USER with PASSWORD."""
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    password_file = tmp_path / "passwd"
+    subprocess.run([passwd, "-b", "-c", str(password_file), USER, PASSWORD], check=True)
+    os.chmod(password_file, 0o600)
+    broker = mosquitto_factory(start=False)
+    text = broker.config_path.read_text().replace("allow_anonymous true", "allow_anonymous false")
+    broker.config_path.write_text(text + f"password_file {password_file}\n")
+    broker.start()
+    return broker
+
+
+@pytest.fixture
+def tty(tmp_path: Path) -> Iterator[Path]:
+    """A real character device standing in for a USB-RS485 adapter: a pty's follower side."""
+    leader, follower = os.openpty()
+    link = tmp_path / "ttyUSB0"
+    link.symlink_to(os.ttyname(follower))
+    yield link
+    os.close(leader)
+    os.close(follower)
+
+
+def write_site(tmp_path: Path, broker: Mosquitto, port: Path, **uplink: Any) -> Path:
+    site = site_dict(tmp_path, broker_url=broker.url, tcp_port=1, rtu_link=port)
+    site["buses"] = [b for b in site["buses"] if b["kind"] == "modbus-rtu"]
+    site["devices"] = [d for d in site["devices"] if d["bus"] == "rs485-1"]
+    site["uplink"].update(uplink)
+    path = tmp_path / "etc" / "site.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(site, sort_keys=False))
+    return path
+
+
+def by_name(checks: list[Check]) -> dict[str, Check]:
+    return {c.name: c for c in checks}
+
+
+async def test_healthy_gateway_passes(tmp_path: Path, secured_broker: Mosquitto, tty: Path) -> None:
+    config = write_site(tmp_path, secured_broker, tty, username=USER, password=PASSWORD)
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+    assert checks["config"].level == "ok"
+    assert checks["serial rs485-1"].level == "ok", checks["serial rs485-1"]
+    broker = checks[f"broker mqtt://127.0.0.1:{secured_broker.port}"]
+    assert broker.level == "ok", broker
+    assert checks["gpio"].level == "warn", "the example site drives mock pins"
+    assert checks["buffer"].level == "ok"
+    assert checks["disk"].level in {"ok", "warn"}
+    assert checks["clock"].level in {"ok", "warn"}
+    assert all(c.level != "fail" for c in checks.values()), checks
+
+
+async def test_wrong_password_missing_serial_and_expired_certificate_fail_with_fixes(
+    tmp_path: Path, secured_broker: Mosquitto
+) -> None:
+    config = write_site(
+        tmp_path, secured_broker, tmp_path / "ttyUSB9", username=USER, password="wrong"
+    )
+    certs = config.parent / "certs"
+    certs.mkdir()
+    write_certificate(certs / "client.pem", write_key(certs / "client.key"), days_valid=(-90, -2))
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+
+    serial = checks["serial rs485-1"]
+    assert serial.level == "fail"
+    assert "does not exist" in serial.detail
+    assert "/dev/serial/by-id" in serial.fix
+    broker = checks[f"broker mqtt://127.0.0.1:{secured_broker.port}"]
+    assert broker.level == "fail"
+    assert "credentials" in broker.detail
+    assert "uplink.password" in broker.fix
+    assert checks["certificate client.pem"].level == "fail"
+    assert "expired" in checks["certificate client.pem"].detail
+
+
+async def test_unreachable_broker_and_damaged_buffer(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory, tty: Path
+) -> None:
+    down = mosquitto_factory(start=False)
+    config = write_site(tmp_path, down, tty)
+    (tmp_path / "outbox.sqlite").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    checks = by_name(await run_checks(config, user=None, seconds=2))
+    broker = checks[f"broker mqtt://127.0.0.1:{down.port}"]
+    assert broker.level == "fail"
+    assert "not reachable" in broker.detail
+    assert "firewall" in broker.fix
+    assert checks["buffer"].level == "fail"
+    assert "move outbox.sqlite aside" in checks["buffer"].fix
+
+
+async def test_buffer_with_waiting_records_is_reported(tmp_path: Path, tty: Path) -> None:
+    with sqlite3.connect(tmp_path / "outbox.sqlite") as conn:
+        conn.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, body TEXT)")
+        conn.executemany("INSERT INTO outbox (body) VALUES (?)", [("x",)] * 7)
+    conn.close()
+    site = tmp_path / "etc" / "site.yaml"
+    site.parent.mkdir()
+    data = site_dict(tmp_path, broker_url="mqtt://127.0.0.1:1", tcp_port=1, rtu_link=tty)
+    site.write_text(yaml.safe_dump(data))
+    checks = by_name(await run_checks(site, user=None, seconds=1))
+    assert checks["buffer"].level == "ok"
+    assert "7 records waiting" in checks["buffer"].detail
+
+
+def test_command_line_exit_status_and_json(tmp_path: Path) -> None:
+    bad = tmp_path / "site.yaml"
+    bad.write_text("gateway: {id: gw-1}\n")
+    result = subprocess.run(
+        [*EDGE, "doctor", "--config", str(bad), "--json", "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["can_run"] is False
+    config = report["checks"][0]
+    assert config["name"] == "config"
+    assert config["level"] == "fail"
+    assert "buses" in config["detail"]
+    assert config["fix"]
+
+    missing = subprocess.run(
+        [*EDGE, "doctor", "--config", str(tmp_path / "absent.yaml"), "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 1
+    assert "FAIL  config" in missing.stdout
+    assert "fix: copy the site file" in missing.stdout
+    assert "the gateway cannot run until fixed" in missing.stdout

@@ -1,0 +1,173 @@
+"""First boot: files from the boot partition are installed, or refused loudly and kept aside."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from gpiozero.pins.mock import MockFactory
+
+from edge.provision import provision, sound_refusal
+from tests.fixtures.certs import write_certificate, write_key
+from tests.integration.site import site_dict
+
+EDGE = [sys.executable, "-m", "edge.cli"]
+
+
+def valid_site(tmp_path: Path, *, buzzer_pin: int = 17) -> dict[str, Any]:
+    site = site_dict(tmp_path, broker_url="mqtt://127.0.0.1:1883", tcp_port=502, rtu_link="x")
+    site["outputs"]["buzzer"]["pin"] = buzzer_pin
+    site["outputs"].pop("led", None)
+    return site
+
+
+def card(tmp_path: Path, site: dict[str, Any] | str, *, certs: bool = True) -> Path:
+    """The folder an installer copies onto the boot partition."""
+    source = tmp_path / "boot" / "city-safety-edge"
+    source.mkdir(parents=True)
+    text = site if isinstance(site, str) else yaml.safe_dump(site, sort_keys=False)
+    (source / "site.yaml").write_text(text)
+    if certs:
+        (source / "certs").mkdir()
+        key = write_key(source / "certs" / "client.key")
+        write_certificate(source / "certs" / "client.pem", key)
+    return source
+
+
+def no_beeps(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the buzzer must stay quiet when the files are accepted")
+
+
+def test_valid_files_are_installed_private_and_removed_from_the_card(tmp_path: Path) -> None:
+    source = card(tmp_path, valid_site(tmp_path))
+    expected = (source / "site.yaml").read_bytes()
+    etc = tmp_path / "etc"
+    result = provision(source, etc, refusal=no_beeps)
+    assert result.outcome == "installed", result.problems
+    assert (etc / "site.yaml").read_bytes() == expected
+    assert (etc / "site.yaml").stat().st_mode & 0o777 == 0o600
+    assert (etc / "certs").stat().st_mode & 0o777 == 0o700
+    assert (etc / "certs" / "client.key").stat().st_mode & 0o777 == 0o600
+    assert not source.exists(), "secrets must not stay on the FAT boot partition"
+
+
+def test_second_provisioning_keeps_the_previous_generation(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    assert provision(card(tmp_path, valid_site(tmp_path)), etc, refusal=no_beeps).outcome == (
+        "installed"
+    )
+    first = (etc / "site.yaml").read_bytes()
+    site = valid_site(tmp_path)
+    site["gateway"]["id"] = "gw-second"
+    assert provision(card(tmp_path, site), etc, refusal=no_beeps).outcome == "installed"
+    assert (etc / "site.yaml.previous").read_bytes() == first
+    assert b"gw-second" in (etc / "site.yaml").read_bytes()
+    assert (etc / "certs.previous" / "client.pem").exists()
+
+
+def test_invalid_site_is_refused_old_config_kept_and_buzzer_beeps_on_its_pin(
+    tmp_path: Path,
+) -> None:
+    etc = tmp_path / "etc"
+    provision(card(tmp_path, valid_site(tmp_path, buzzer_pin=22)), etc, refusal=no_beeps)
+    in_force = (etc / "site.yaml").read_bytes()
+    bad = valid_site(tmp_path)
+    bad["devices"][0]["bus"] = "no-such-bus"
+    source = card(tmp_path, bad)
+    factory = MockFactory()
+
+    def quick(pin: int, **kwargs: Any) -> None:
+        sound_refusal(pin, repeats=2, unit=0.005, **kwargs)
+
+    result = provision(source, etc, pin_factory=factory, refusal=quick)
+
+    assert result.outcome == "rejected"
+    assert any("no-such-bus" in p and "site.yaml:" in p for p in result.problems)
+    assert (etc / "site.yaml").read_bytes() == in_force, "the config in force must not change"
+    rejected = source.with_name("city-safety-edge.rejected")
+    assert not source.exists()
+    assert "no-such-bus" in (rejected / "REJECTED.txt").read_text()
+    assert (rejected / "site.yaml").exists(), "the installer's files stay for inspection"
+    # The pattern sounded on the pin of the config in force (22), not the default (17).
+    states = [s.state for s in factory.pin(22).states]
+    rises = sum(1 for a, b in itertools.pairwise(states) if not a and b)
+    assert rises == 2 * 4, f"3 short + 1 long, twice: {states}"
+    assert len(factory.pin(17).states) <= 1
+
+
+def test_refusal_pattern_timing_three_short_one_long() -> None:
+    factory = MockFactory()
+    sound_refusal(5, pin_factory=factory, repeats=1, unit=0.02)
+    states = factory.pin(5).states
+    ons = [
+        later.timestamp - earlier.timestamp
+        for earlier, later in itertools.pairwise(states)
+        if earlier.state and not later.state
+    ]
+    assert len(ons) == 4
+    assert max(ons[:3]) < ons[3], "the last beep of the pattern is the long one"
+
+
+def test_expired_certificate_is_refused_and_default_pin_used_without_config(
+    tmp_path: Path,
+) -> None:
+    source = card(tmp_path, valid_site(tmp_path), certs=False)
+    (source / "certs").mkdir()
+    key = write_key(source / "certs" / "client.key")
+    write_certificate(source / "certs" / "client.pem", key, days_valid=(-400, -1))
+    factory = MockFactory()
+    calls: list[int] = []
+    result = provision(
+        source,
+        tmp_path / "etc",
+        pin_factory=factory,
+        default_pin=23,
+        refusal=lambda pin, **kw: calls.append(pin),
+    )
+    assert result.outcome == "rejected"
+    assert any("client.pem" in p and "expired" in p for p in result.problems)
+    assert calls == [23]
+    assert not (tmp_path / "etc" / "site.yaml").exists()
+
+
+def test_missing_site_file_and_garbage_yaml(tmp_path: Path) -> None:
+    source = card(tmp_path, "gateway: [unclosed\n", certs=False)
+    result = provision(source, tmp_path / "etc", refusal=lambda pin, **kw: None)
+    assert result.outcome == "rejected"
+    assert "YAML syntax error" in result.problems[0]
+
+
+def test_nothing_on_the_card_is_not_an_error(tmp_path: Path) -> None:
+    result = provision(tmp_path / "absent", tmp_path / "etc", refusal=no_beeps)
+    assert result.outcome == "nothing"
+
+
+@pytest.mark.parametrize("valid", [True, False], ids=["valid", "invalid"])
+def test_command_line_exit_status_and_log(tmp_path: Path, valid: bool) -> None:
+    site = valid_site(tmp_path)
+    if not valid:
+        site["outputs"]["buzzer"]["pin"] = 99
+    source = card(tmp_path, site)
+    etc = tmp_path / "etc"
+    result = subprocess.run(
+        [*EDGE, "provision", "--source", str(source), "--etc", str(etc), "--fault-repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
+        check=False,
+    )
+    if valid:
+        assert result.returncode == 0, result.stderr
+        assert "msg=provisioned" in result.stderr
+    else:
+        assert result.returncode == 1
+        assert "outputs.buzzer.pin" in result.stderr
+        assert "level=error" in result.stderr
+        assert not etc.exists() or not (etc / "site.yaml").exists()
