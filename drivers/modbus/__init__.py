@@ -7,8 +7,10 @@ and holds the pure codec, :mod:`drivers.modbus.bus` polls devices with pymodbus.
 from drivers.modbus.bus import (
     BusSettings,
     BusStats,
+    Lane,
     ModbusBus,
     PolledDevice,
+    PollObserver,
     RtuSettings,
     TcpSettings,
 )
@@ -30,9 +32,11 @@ __all__ = [
     "BusSettings",
     "BusStats",
     "DeviceModel",
+    "Lane",
     "ModbusBus",
     "ModelError",
     "Point",
+    "PollObserver",
     "PolledDevice",
     "RepeatThrottle",
     "RtuSettings",

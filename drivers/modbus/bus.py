@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
@@ -29,11 +29,14 @@ from drivers.modbus.model import DeviceModel, decode, read_plan
 from drivers.types import DeviceStatus, Reading, Sink
 
 __all__ = [
+    "PROBE_MAX",
     "RECONNECT_INITIAL",
     "RECONNECT_MAX",
     "BusSettings",
     "BusStats",
+    "Lane",
     "ModbusBus",
+    "PollObserver",
     "PolledDevice",
     "RtuSettings",
     "TcpSettings",
@@ -139,24 +142,42 @@ BusSettings: TypeAlias = TcpSettings | RtuSettings
 
 @dataclass(frozen=True, slots=True)
 class PolledDevice:
-    """One device on a bus: what it is, where it answers and how often to ask."""
+    """One device on a bus: what it is, where it answers and how often to ask.
+
+    ``fast_interval`` puts the model's alarm-critical points (``critical: true``) on the bus's
+    fast lane: they are read on their own, that often, between the device's full polls.
+    """
 
     device_id: str
     model: DeviceModel
     #: Modbus unit (slave) address.
     address: int
-    #: Seconds between polls.
+    #: Seconds between full polls.
     poll_interval: float
+    #: Seconds between fast-lane polls of the critical points; None: no fast lane.
+    fast_interval: float | None = None
 
     def __post_init__(self) -> None:
         if not self.device_id:
             raise ValueError("device_id must not be empty")
         if isinstance(self.address, bool) or not isinstance(self.address, int):
             raise ValueError(f"device {self.device_id}: address must be an integer")
-        if isinstance(self.poll_interval, bool) or not isinstance(self.poll_interval, int | float):
-            raise ValueError(f"device {self.device_id}: poll_interval must be a number")
-        if not (math.isfinite(self.poll_interval) and self.poll_interval > 0):
-            raise ValueError(f"device {self.device_id}: poll_interval must be positive")
+        _check_interval(f"device {self.device_id}: poll_interval", self.poll_interval)
+        if self.fast_interval is not None:
+            _check_interval(f"device {self.device_id}: fast_interval", self.fast_interval)
+            if not any(point.critical for point in self.model.points):
+                raise ValueError(
+                    f"device {self.device_id}: fast_interval needs alarm-critical points, "
+                    f"and model {self.model.name} marks none"
+                )
+
+
+def _check_interval(what: str, seconds: object) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ValueError(f"{what} must be a number of seconds, not {seconds!r}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{what} must be positive and finite, not {seconds!r}")
+    return float(seconds)
 
 
 @dataclass(slots=True)
@@ -167,27 +188,74 @@ class BusStats:
     connections: int = 0
     requests: int = 0
     answers: int = 0
-    #: Requests that got no (valid) answer.
+    #: Requests that got no (valid) answer: silence, CRC errors and garbage all end here,
+    #: because pymodbus drops a frame that fails its CRC and waits on.
     timeouts: int = 0
     #: Answers that were Modbus exception responses.
     exceptions: int = 0
+    #: Answers of the wrong size.
+    bad_answers: int = 0
     readings: int = 0
     #: Poll slots skipped because the bus was still busy when they came.
     skipped_slots: int = 0
+    #: Polls of offline devices (re-probes on the backoff schedule).
+    probes: int = 0
+    #: Devices that went offline / came back.
+    offline_events: int = 0
+    online_events: int = 0
+
+
+#: A device that stopped answering is re-probed with exponential backoff, from its poll
+#: interval up to this many seconds.
+PROBE_MAX: Final = 30.0
+
+Lane: TypeAlias = Literal["normal", "fast"]
+#: Callback for measurements: (device id, lane, due, started, finished), monotonic seconds.
+PollObserver: TypeAlias = Callable[[str, Lane, float, float, float], None]
 
 
 @dataclass(slots=True)
 class _DeviceState:
     device: PolledDevice
     plan: list[tuple[int, int]]
-    next_due: float = 0.0
+    fast_plan: list[tuple[int, int]]
+    critical: frozenset[str]
+    backoff: Backoff
     #: None until the first answer or failure.
     online: bool | None = None
+    #: While offline: when the next probe may go.
+    retry_at: float = 0.0
     units: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Job:
+    """One lane of one device: what to read and when."""
+
+    state: _DeviceState
+    lane: Lane
+    interval: float | None
+    configured: float | None
+    next_due: float = math.inf
+
+    def due(self) -> float:
+        """When this job wants the bus; offline devices wait for their re-probe, fast lanes
+        pause while their device is offline (its probe is the normal poll)."""
+        if self.interval is None:
+            return math.inf
+        if self.state.online is False:
+            return self.state.retry_at if self.lane == "normal" else math.inf
+        return self.next_due
+
+
 class ModbusBus:
-    """Polls the devices of one bus until cancelled; see the module docstring."""
+    """Polls the devices of one bus until cancelled; see the module docstring.
+
+    The scheduler keeps one job per device and lane. The job due soonest goes next; on a tie
+    the fast lane wins, so alarm-critical reads never queue behind bulk reads. A device's
+    first polls are spread over its interval, so devices that share an interval do not all
+    fall due at the same instant and wait for each other.
+    """
 
     def __init__(
         self,
@@ -195,6 +263,8 @@ class ModbusBus:
         settings: BusSettings,
         devices: Sequence[PolledDevice],
         sink: Sink,
+        *,
+        observer: PollObserver | None = None,
     ) -> None:
         lowest, highest = (1, 247) if isinstance(settings, RtuSettings) else (0, 255)
         seen_ids: set[str] = set()
@@ -218,23 +288,93 @@ class ModbusBus:
         self.settings = settings
         self.stats = BusStats()
         self._sink = sink
-        self._states = [
-            _DeviceState(
+        self._observer = observer
+        self._states: list[_DeviceState] = []
+        self._jobs: list[_Job] = []
+        self._by_id: dict[str, tuple[_Job, _Job | None]] = {}
+        for device in devices:
+            critical = [point for point in device.model.points if point.critical]
+            state = _DeviceState(
                 device,
                 read_plan(device.model),
+                read_plan(device.model, critical),
+                frozenset(point.name for point in critical),
+                Backoff(device.poll_interval, max(device.poll_interval, PROBE_MAX)),
                 units={point.name: point.unit for point in device.model.points},
             )
-            for device in devices
-        ]
+            self._states.append(state)
+            normal = _Job(state, "normal", device.poll_interval, device.poll_interval)
+            fast = None
+            if critical:
+                fast = _Job(state, "fast", device.fast_interval, device.fast_interval)
+                self._jobs.append(fast)
+            self._jobs.append(normal)
+            self._by_id[device.device_id] = (normal, fast)
         self._backoff = Backoff(RECONNECT_INITIAL, RECONNECT_MAX)
         self._link_up: bool | None = None
         self._last_io_end = -math.inf
+        self._waiter: asyncio.Future[None] | None = None
         throttle_pymodbus_log()
 
     @property
     def devices_online(self) -> dict[str, bool | None]:
         """device id -> online (None until the device first answered or failed)."""
         return {state.device.device_id: state.online for state in self._states}
+
+    def intervals(self, device_id: str) -> tuple[float, float | None]:
+        """The device's current (poll interval, fast interval)."""
+        normal, fast = self._jobs_of(device_id)
+        assert normal.interval is not None  # the normal lane always has one
+        return normal.interval, fast.interval if fast is not None else None
+
+    def set_interval(self, device_id: str, seconds: float | None, *, lane: Lane = "normal") -> None:
+        """Change how often a device is polled, from now on (storm mode); None restores the
+        configured interval.
+
+        A shorter interval takes effect at once: the next poll comes no later than one new
+        interval after the last one. ``lane="fast"`` sets (or, with None, restores) the
+        fast-lane interval of the device's alarm-critical points. Raises ``ValueError`` for an
+        unknown device, a bad interval or a fast lane on a model without critical points.
+        """
+        normal, fast = self._jobs_of(device_id)
+        job = normal if lane == "normal" else fast
+        if job is None:
+            raise ValueError(
+                f"bus {self.bus_id}: device {device_id} has no alarm-critical points, "
+                "so no fast lane"
+            )
+        if lane not in ("normal", "fast"):
+            raise ValueError(f"lane must be 'normal' or 'fast', not {lane!r}")
+        if seconds is None:
+            interval = job.configured
+        else:
+            interval = _check_interval(f"device {device_id}: {lane} interval", seconds)
+        if interval is None:
+            job.interval = None
+            job.next_due = math.inf
+        else:
+            previous = job.interval
+            job.interval = interval
+            now = time.monotonic()
+            if previous is None or job.next_due == math.inf:
+                job.next_due = now
+            else:
+                # The last poll started at next_due - previous (or later); do not wait longer
+                # than the new interval from it.
+                job.next_due = min(job.next_due, max(now, job.next_due - previous + interval))
+        if lane == "normal" and interval is not None:
+            job.state.backoff = Backoff(interval, max(interval, PROBE_MAX))
+        self._wake()
+
+    def _jobs_of(self, device_id: str) -> tuple[_Job, _Job | None]:
+        try:
+            return self._by_id[device_id]
+        except KeyError:
+            raise ValueError(f"bus {self.bus_id} has no device {device_id!r}") from None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def run(self) -> None:
         """Poll until cancelled. Raises nothing for I/O trouble; bugs do propagate."""
@@ -304,51 +444,99 @@ class ModbusBus:
         for state in self._states:
             if state.online is not False:
                 state.online = False
+                self.stats.offline_events += 1
                 self._sink(DeviceStatus(state.device.device_id, False, now, reason))
+            # Once the link is back every device is probed at once; the link was the problem.
+            state.retry_at = 0.0
+            state.backoff.reset()
+
+    def _stagger(self) -> None:
+        """Spread first polls over each lane's interval, in device order."""
+        now = time.monotonic()
+        for lane in ("fast", "normal"):
+            jobs = [job for job in self._jobs if job.lane == lane]
+            for index, job in enumerate(jobs):
+                if job.interval is None:
+                    job.next_due = math.inf
+                else:
+                    job.next_due = now + job.interval * index / len(jobs)
 
     async def _poll_while_connected(self, client: ModbusBaseClient) -> str:
-        """Poll due devices until the connection goes; return why it went."""
+        """Poll due jobs until the connection goes; return why it went."""
         where = self.settings.describe()
-        now = time.monotonic()
-        for state in self._states:
-            state.next_due = now
+        self._stagger()
+        loop = asyncio.get_running_loop()
         while True:
-            state = min(self._states, key=lambda s: s.next_due)
-            delay = state.next_due - time.monotonic()
+            # Soonest first; on a tie the fast lane ("fast" < "normal") goes first.
+            job = min(self._jobs, key=lambda j: (j.due(), j.lane))
+            due = job.due()
+            delay = due - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                # Sleep until due, unless set_interval() changes the plan meanwhile.
+                self._waiter = loop.create_future()
+                handle = loop.call_at(loop.time() + delay, self._wake) if due < math.inf else None
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                    if handle is not None:
+                        handle.cancel()
+                if time.monotonic() < due or job.due() != due:
+                    continue
             if not client.connected:
                 return f"connection to {where} lost"
             started = time.monotonic()
-            if await self._poll_device(client, state):
+            probing = job.state.online is False
+            if probing:
+                self.stats.probes += 1
+            lost = await self._poll_job(client, job)
+            if self._observer is not None:
+                self._observer(job.state.device.device_id, job.lane, due, started, time.monotonic())
+            if lost:
                 return f"connection to {where} lost"
-            self._schedule_next(state, started)
+            self._schedule_next(job, started, due)
 
-    def _schedule_next(self, state: _DeviceState, started: float) -> None:
-        """Set the device's next due time after a poll that started at ``started``.
+    def _schedule_next(self, job: _Job, started: float, due: float) -> None:
+        """Set the job's next due time after a poll that started at ``started``.
 
-        A poll that started on time (less than half an interval late) keeps the device's
-        phase. A later one restarts the phase from its start: the slots that passed while the
-        bus was busy are skipped, not queued, so an overrun never turns into a burst of
-        catch-up polls, and two polls of a device are never less than half an interval apart.
+        A device that failed waits for its backoff (set when it failed). A poll that started on
+        time (less than half an interval late) keeps the job's phase. A later one restarts the
+        phase from its start: the slots that passed while the bus was busy are skipped and
+        counted, not queued, so an overrun never turns into a burst of catch-up polls, and two
+        polls of a device are never less than half an interval apart.
         """
-        interval = state.device.poll_interval
-        late = started - state.next_due
+        interval = job.interval
+        if interval is None:
+            job.next_due = math.inf
+            return
+        if job.state.online is False:
+            # Back online later restarts the phase from the successful probe.
+            job.next_due = job.state.retry_at
+            return
+        if job.next_due == math.inf or due != job.next_due:
+            # This poll was a probe (or the interval changed): restart the phase from it.
+            job.next_due = started + interval
+            return
+        late = started - job.next_due
         if late < interval / 2:
-            state.next_due += interval
+            job.next_due += interval
             return
         self.stats.skipped_slots += math.floor(late / interval)
-        state.next_due = started + interval
+        job.next_due = started + interval
 
-    async def _poll_device(self, client: ModbusBaseClient, state: _DeviceState) -> bool:
-        """Read the device's whole plan; return True if the connection was lost on the way.
+    async def _poll_job(self, client: ModbusBaseClient, job: _Job) -> bool:
+        """Read the job's plan; return True if the connection was lost on the way.
 
         A poll is all or nothing: readings go to the sink only once every read of the plan was
         answered, so a device whose last block fails does not flap online/offline each cycle.
+        The first failed read ends the poll, so a dead device costs one timeout, not one per
+        block.
         """
+        state = job.state
         device = state.device
+        plan = state.plan if job.lane == "normal" else state.fast_plan
         answered: list[tuple[float, float, dict[str, float]]] = []
-        for start, count in state.plan:
+        for start, count in plan:
             await self._frame_gap()
             self.stats.requests += 1
             try:
@@ -379,15 +567,22 @@ class ModbusBus:
                 return False
             registers = list(pdu.registers)
             if len(registers) != count:
+                self.stats.bad_answers += 1
                 why = f"answered {len(registers)} registers, not {count}"
                 self._device_failed(state, start, count, why)
                 return False
             answered.append((ts, mono, decode(device.model, start, registers)))
+        if not answered:
+            return False
         self._device_answered(state, answered[0][0])
+        fast = job.lane == "fast"
+        units = state.units
         for ts, mono, values in answered:
             for name, value in values.items():
+                if fast and name not in state.critical:
+                    continue
                 self.stats.readings += 1
-                self._sink(Reading(device.device_id, name, value, state.units[name], ts, mono))
+                self._sink(Reading(device.device_id, name, value, units[name], ts, mono))
         return False
 
     @staticmethod
@@ -406,22 +601,27 @@ class ModbusBus:
 
     def _device_failed(self, state: _DeviceState, start: int, count: int, why: str) -> None:
         device = state.device
+        state.retry_at = time.monotonic() + state.backoff.next_delay()
         if state.online is False:
             log.debug("bus %s: device %s still failing: %s", self.bus_id, device.device_id, why)
             return
         log.warning(
-            "bus %s: device %s (address %d) registers %d-%d: %s; marking it offline",
+            "bus %s: device %s (address %d) registers %d-%d: %s; marking it offline, "
+            "re-probing with backoff up to %g s",
             self.bus_id,
             device.device_id,
             device.address,
             start,
             start + count - 1,
             why,
+            state.backoff.maximum,
         )
         state.online = False
+        self.stats.offline_events += 1
         self._sink(DeviceStatus(device.device_id, False, time.time(), why))
 
     def _device_answered(self, state: _DeviceState, ts: float) -> None:
+        state.backoff.reset()
         if state.online is True:
             return
         device = state.device
@@ -432,5 +632,6 @@ class ModbusBus:
                 device.device_id,
                 device.address,
             )
+            self.stats.online_events += 1
         state.online = True
         self._sink(DeviceStatus(device.device_id, True, ts))

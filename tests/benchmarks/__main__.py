@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.benchmarks import e2e
+from tests.benchmarks import drivers, e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = {"_ms_": "ms", "_mb": "MiB", "_pct": "% of one core"}
@@ -40,10 +40,20 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20, help="alarm trials for the e2e figures")
     parser.add_argument("--footprint-seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
+    parser.add_argument(
+        "--only", choices=["e2e", "drivers"], action="append", help="run these suites alone"
+    )
     args = parser.parse_args()
+    suites = set(args.only or ["e2e", "drivers"])
 
     results: dict[str, float | str] = {}
-    results.update(asyncio.run(e2e.run(args.trials, args.footprint_seconds)))
+    if args.only and args.out.exists():
+        # One suite alone updates its own keys and keeps the others' last figures.
+        results.update(json.loads(args.out.read_text()))
+    if "e2e" in suites:
+        results.update(asyncio.run(e2e.run(args.trials, args.footprint_seconds)))
+    if "drivers" in suites:
+        results.update(asyncio.run(drivers.run()))
     results["machine"] = machine()
 
     print("\nfigures:")

@@ -272,7 +272,29 @@ def test_read_plan_splits_at_gaps_and_at_the_read_limit() -> None:
     contiguous = wide_model(*(Point(f"p{i}", i, "u16") for i in range(200)))
     assert read_plan(contiguous) == [(0, 125), (125, 75)]
     gappy = wide_model(Point("a", 0, "u16"), Point("b", 1, "u32"), Point("c", 10, "u16"))
-    assert read_plan(gappy) == [(0, 3), (10, 1)]
+    assert read_plan(gappy, max_gap=0) == [(0, 3), (10, 1)]
+
+
+def test_read_plan_reads_through_gaps_cheaper_than_a_request() -> None:
+    # 9 unmapped registers cost 18 characters, a second request 20: read through.
+    near = wide_model(Point("a", 0, "u16"), Point("b", 10, "u16"), Point("c", 30, "u16"))
+    assert read_plan(near) == [(0, 11), (30, 1)]
+    assert read_plan(near, max_gap=19) == [(0, 31)]
+    # ... but never past the read limit.
+    far = wide_model(Point("a", 0, "u16"), Point("b", 120, "u32"), max_read=125)
+    assert read_plan(far, max_gap=124) == [(0, 122)]
+    assert read_plan(far, max_gap=124)[0][1] <= 125
+    limit = wide_model(Point("a", 0, "u16"), Point("b", 124, "u32"))
+    assert read_plan(limit, max_gap=124) == [(0, 1), (124, 2)]
+
+
+def test_read_plan_of_a_subset_for_the_fast_lane() -> None:
+    model = wide_model(
+        Point("alarm", 0, "u16", critical=True), Point("v", 1, "u16"), Point("t", 40, "u16")
+    )
+    critical = [point for point in model.points if point.critical]
+    assert read_plan(model, critical) == [(0, 1)]
+    assert read_plan(model, []) == []
 
 
 def test_read_plan_never_splits_a_point() -> None:

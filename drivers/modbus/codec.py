@@ -1,0 +1,284 @@
+"""Modbus RTU frames, sans-IO: bytes in, frozen frames out, and back.
+
+The poller talks to devices through pymodbus; this codec is the line-timed simulator's side of
+the wire (hil/rtu_line.py), the reference for the CRC and frame-length arithmetic the scheduler's
+timing model uses, and what tests check pymodbus's frames against. It imports no asyncio.
+
+Frames carry the unit address and the CRC-16/MODBUS (polynomial 0xA001 reflected, initial
+0xFFFF, low byte first on the wire). Covered: FC03/FC04 reads, FC06/FC16 writes and exception
+answers, which is everything the gateway's device models use.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from drivers.framing import FrameError
+
+__all__ = [
+    "ExceptionResponse",
+    "FrameError",
+    "ReadRequest",
+    "ReadResponse",
+    "Request",
+    "Response",
+    "WriteRequest",
+    "WriteResponse",
+    "crc16",
+    "decode_request",
+    "decode_response",
+    "encode",
+    "read_chars",
+]
+
+READ_FUNCTIONS: Final = frozenset({3, 4})
+WRITE_FUNCTIONS: Final = frozenset({6, 16})
+#: FC03/FC04 read 1..125 registers, FC16 writes 1..123 (Modbus Application Protocol v1.1b).
+MAX_READ: Final = 125
+MAX_WRITE: Final = 123
+#: An RTU ADU is at most 256 bytes.
+MAX_ADU: Final = 256
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_TABLE: Final = _crc_table()
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/MODBUS of ``data``; on the wire it goes low byte first."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _TABLE[(crc ^ byte) & 0xFF]
+    return crc
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<H", crc16(body))
+
+
+def read_chars(count: int) -> int:
+    """Characters on the wire for one read of ``count`` registers, silences included.
+
+    8 request + (5 + 2N) response + 2 x 3.5 silent character times (devices.md): the physical
+    cost the scheduler's efficiency is measured against.
+    """
+    return 8 + 5 + 2 * count + 7
+
+
+def _check_unit(unit: int) -> None:
+    if not 0 <= unit <= 247:
+        raise ValueError(f"unit address {unit} is not in 0..247")
+
+
+def _check_u16(name: str, value: int) -> None:
+    if not 0 <= value <= 0xFFFF:
+        raise ValueError(f"{name} {value} is not a 16-bit unsigned value")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """FC03 (holding) or FC04 (input): read ``count`` registers from ``address``."""
+
+    unit: int
+    function: int
+    address: int
+    count: int
+
+    def __post_init__(self) -> None:
+        _check_unit(self.unit)
+        if self.function not in READ_FUNCTIONS:
+            raise ValueError(f"function {self.function} is not a register read (3 or 4)")
+        _check_u16("address", self.address)
+        if not 1 <= self.count <= MAX_READ:
+            raise ValueError(f"count {self.count} is not in 1..{MAX_READ}")
+        if self.address + self.count > 0x10000:
+            raise ValueError("the read runs past register 65535")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """FC06 (one register) or FC16 (several): write ``values`` from ``address``."""
+
+    unit: int
+    function: int
+    address: int
+    values: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_unit(self.unit)
+        if self.function not in WRITE_FUNCTIONS:
+            raise ValueError(f"function {self.function} is not a register write (6 or 16)")
+        _check_u16("address", self.address)
+        limit = 1 if self.function == 6 else MAX_WRITE
+        if not 1 <= len(self.values) <= limit:
+            raise ValueError(f"function {self.function} writes 1..{limit} registers")
+        for value in self.values:
+            _check_u16("register value", value)
+        if self.address + len(self.values) > 0x10000:
+            raise ValueError("the write runs past register 65535")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResponse:
+    """The registers a read returned."""
+
+    unit: int
+    function: int
+    registers: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_unit(self.unit)
+        if self.function not in READ_FUNCTIONS:
+            raise ValueError(f"function {self.function} is not a register read (3 or 4)")
+        if not 1 <= len(self.registers) <= MAX_READ:
+            raise ValueError(f"a read answers 1..{MAX_READ} registers")
+        for value in self.registers:
+            _check_u16("register value", value)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResponse:
+    """FC06 echoes address and value; FC16 answers address and register count."""
+
+    unit: int
+    function: int
+    address: int
+    value: int
+
+    def __post_init__(self) -> None:
+        _check_unit(self.unit)
+        if self.function not in WRITE_FUNCTIONS:
+            raise ValueError(f"function {self.function} is not a register write (6 or 16)")
+        _check_u16("address", self.address)
+        _check_u16("value", self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionResponse:
+    """A Modbus exception: the request's function with bit 7 set, and a code."""
+
+    unit: int
+    function: int
+    code: int
+
+    def __post_init__(self) -> None:
+        _check_unit(self.unit)
+        if not 1 <= self.function <= 0x7F:
+            raise ValueError(f"function {self.function} is not in 1..127")
+        if not 1 <= self.code <= 0xFF:
+            raise ValueError(f"exception code {self.code} is not in 1..255")
+
+
+Request: TypeAlias = ReadRequest | WriteRequest
+Response: TypeAlias = ReadResponse | WriteResponse | ExceptionResponse
+
+
+def encode(frame: Request | Response) -> bytes:
+    """The RTU frame for ``frame``, CRC included."""
+    if isinstance(frame, ReadRequest):
+        body = struct.pack(">BBHH", frame.unit, frame.function, frame.address, frame.count)
+    elif isinstance(frame, WriteRequest):
+        if frame.function == 6:
+            body = struct.pack(">BBHH", frame.unit, 6, frame.address, frame.values[0])
+        else:
+            count = len(frame.values)
+            body = struct.pack(">BBHHB", frame.unit, 16, frame.address, count, 2 * count)
+            body += struct.pack(f">{count}H", *frame.values)
+    elif isinstance(frame, ReadResponse):
+        count = len(frame.registers)
+        body = struct.pack(">BBB", frame.unit, frame.function, 2 * count)
+        body += struct.pack(f">{count}H", *frame.registers)
+    elif isinstance(frame, WriteResponse):
+        body = struct.pack(">BBHH", frame.unit, frame.function, frame.address, frame.value)
+    else:
+        body = struct.pack(">BBB", frame.unit, frame.function | 0x80, frame.code)
+    return _with_crc(body)
+
+
+def _checked(buffer: bytes, length: int) -> bytes:
+    """The first ``length`` bytes if their CRC is right; FrameError (skip 1) if not."""
+    frame = buffer[:length]
+    if crc16(frame[:-2]) != struct.unpack("<H", frame[-2:])[0]:
+        raise FrameError(f"CRC error in a {length}-byte frame starting {frame[:2].hex(' ')}")
+    return frame
+
+
+def decode_request(buffer: bytes) -> tuple[int, Request | None]:
+    """A slave's view: the request at the start of ``buffer``.
+
+    Returns ``(0, None)`` until the frame is complete; raises :class:`FrameError` for a bad CRC,
+    an unknown function or impossible fields (drop ``skip`` bytes and try again).
+    """
+    if len(buffer) < 2:
+        return 0, None
+    function = buffer[1]
+    if function in READ_FUNCTIONS or function == 6:
+        length = 8
+    elif function == 16:
+        if len(buffer) < 7:
+            return 0, None
+        length = 9 + buffer[6]
+    else:
+        raise FrameError(f"function {function} is not one this codec decodes")
+    if len(buffer) < length:
+        return 0, None
+    frame = _checked(buffer, length)
+    unit = frame[0]
+    try:
+        if function in READ_FUNCTIONS:
+            address, count = struct.unpack(">HH", frame[2:6])
+            return length, ReadRequest(unit, function, address, count)
+        if function == 6:
+            address, value = struct.unpack(">HH", frame[2:6])
+            return length, WriteRequest(unit, 6, address, (value,))
+        address, count, byte_count = struct.unpack(">HHB", frame[2:7])
+        if byte_count != 2 * count:
+            raise ValueError(f"byte count {byte_count} does not match {count} registers")
+        values = struct.unpack(f">{count}H", frame[7 : 7 + byte_count])
+        return length, WriteRequest(unit, 16, address, values)
+    except ValueError as exc:
+        raise FrameError(f"bad request: {exc}") from None
+
+
+def decode_response(buffer: bytes) -> tuple[int, Response | None]:
+    """A master's view: the answer at the start of ``buffer``; same contract as
+    :func:`decode_request`."""
+    if len(buffer) < 3:
+        return 0, None
+    function = buffer[1]
+    if function & 0x80:
+        length = 5
+    elif function in READ_FUNCTIONS:
+        length = 5 + buffer[2]
+    elif function in WRITE_FUNCTIONS:
+        length = 8
+    else:
+        raise FrameError(f"function {function} is not one this codec decodes")
+    if len(buffer) < length:
+        return 0, None
+    frame = _checked(buffer, length)
+    unit = frame[0]
+    try:
+        if function & 0x80:
+            return length, ExceptionResponse(unit, function & 0x7F, frame[2])
+        if function in READ_FUNCTIONS:
+            byte_count = frame[2]
+            if byte_count % 2:
+                raise ValueError(f"odd byte count {byte_count}")
+            registers = struct.unpack(f">{byte_count // 2}H", frame[3 : 3 + byte_count])
+            return length, ReadResponse(unit, function, registers)
+        address, value = struct.unpack(">HH", frame[2:6])
+        return length, WriteResponse(unit, function, address, value)
+    except ValueError as exc:
+        raise FrameError(f"bad response: {exc}") from None
