@@ -1,31 +1,40 @@
 """The store-and-forward buffer: a SQLite outbox with one writer.
 
-Imports nothing from ``edge`` or ``drivers``: it stores JSON bodies and knows nothing of what
-they mean.
+Imports nothing from ``edge`` or ``drivers``: it stores events as JSON and readings as
+``(series, ts, value)`` rows and knows nothing of what they mean.
 """
 
 from buffer.outbox import (
     SCHEMA_VERSION,
     STREAMS,
+    CapacityPolicy,
     CommitListener,
     Outbox,
     OutboxClosed,
     OutboxCorrupt,
     OutboxError,
     OutboxUnavailable,
+    OutboxUnwritable,
     Record,
+    ResetInfo,
     Stream,
 )
+from buffer.state import StateConflict, StateEntry
 
 __all__ = [
     "SCHEMA_VERSION",
     "STREAMS",
+    "CapacityPolicy",
     "CommitListener",
     "Outbox",
     "OutboxClosed",
     "OutboxCorrupt",
     "OutboxError",
     "OutboxUnavailable",
+    "OutboxUnwritable",
     "Record",
+    "ResetInfo",
+    "StateConflict",
+    "StateEntry",
     "Stream",
 ]

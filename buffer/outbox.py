@@ -6,13 +6,14 @@ submitted, one transaction per batch. The uplink reads the oldest rows with :met
 and deletes them with :meth:`Outbox.ack` once the broker has acknowledged them.
 
 Every sqlite call runs on one thread owned by the outbox, so the event loop never waits for the
-SD card and the connection is only ever touched by the thread that created it.
+SD card and the connection is only ever used by one thread at a time.
 
 The sequence number (``seq``) is the per-gateway message sequence of the contract: it is assigned
-here and nowhere else, is strictly increasing across both streams, and is never reused, not even
-after every row was acked and deleted or after a restart (``AUTOINCREMENT`` keeps the high-water
-mark in ``sqlite_sequence``). The ``epoch`` names one database file: a recreated database starts
-again at seq 1 under a new epoch, so ``(epoch, seq)`` is unique for the life of the gateway.
+here and nowhere else, at commit, in submit order, strictly increasing across both streams, and
+never reused: the high-water mark (``meta.last_seq``) is written in the same transaction as the
+rows, and deleting rows never lowers it. The ``epoch`` names one database file: a recreated
+database starts again at seq 1 under a new epoch, so ``(epoch, seq)`` is unique for the life of
+the gateway. The storage itself is :mod:`buffer.store`; docs/buffer.md has the whole contract.
 """
 
 from __future__ import annotations
@@ -22,53 +23,68 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import sqlite3
+import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self, TypeVar, get_args
+from typing import Any, Final, Self, TypeVar
+
+from buffer.schema import SCHEMA_VERSION, canonical_series
+from buffer.state import (
+    StateEntry,
+    encode,
+    state_delete,
+    state_get,
+    state_items,
+    state_put,
+)
+from buffer.store import (
+    CHECK_AT_OPEN_LIMIT,
+    STREAMS,
+    CapacityPolicy,
+    OutboxCorrupt,
+    OutboxError,
+    OutboxUnwritable,
+    Pending,
+    Record,
+    ResetInfo,
+    Store,
+    Stream,
+    damage_marker,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "STREAMS",
+    "CapacityPolicy",
     "CommitListener",
     "Outbox",
     "OutboxClosed",
     "OutboxCorrupt",
     "OutboxError",
     "OutboxUnavailable",
+    "OutboxUnwritable",
     "Record",
+    "ResetInfo",
     "Stream",
 ]
 
 log = logging.getLogger("buffer.outbox")
 
-Stream = Literal["event", "telemetry"]
-STREAMS: Final[tuple[Stream, ...]] = get_args(Stream)
-
 #: Called on the event loop after each commit, with the streams that got new rows.
 CommitListener = Callable[[frozenset[Stream]], None]
-
-#: The schema this code writes. Older files are migrated on open; newer ones are refused.
-SCHEMA_VERSION: Final = 1
 
 # Backoff of the writer while the disk refuses a commit: from the first to the cap, doubling.
 _RETRY_FIRST: Final = 0.1
 _RETRY_MAX: Final = 5.0
+#: Body fields that are the reading itself; every other field names the series (the point).
+_READING_FIELDS: Final = ("ts", "value")
 
 T = TypeVar("T")
-
-
-class OutboxError(Exception):
-    """Base of the errors the outbox raises."""
-
-
-class OutboxCorrupt(OutboxError):
-    """The database file failed its integrity check or is not an outbox at all."""
 
 
 class OutboxUnavailable(OutboxError):
@@ -79,203 +95,75 @@ class OutboxClosed(OutboxError):
     """The outbox was closed before the operation could complete."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One row of the outbox, as stored."""
-
-    seq: int
-    stream: Stream
-    created: float
-    body: dict[str, Any]
-
-
-@dataclass(slots=True)
-class _Pending:
-    stream: Stream
-    created: float
-    body: str
-    queued_at: float  # loop.time() at submit, for the commit window
-    done: asyncio.Future[int] | None
-
-
-# --- schema -------------------------------------------------------------------------------------
-
-
-def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (str(uuid.uuid4()),))
-    conn.execute(
-        """
-        CREATE TABLE outbox (
-            seq     INTEGER PRIMARY KEY AUTOINCREMENT,
-            stream  TEXT NOT NULL CHECK (stream IN ('event', 'telemetry')),
-            created REAL NOT NULL,
-            body    TEXT NOT NULL
-        )
-        """
-    )
-    # peek() reads one stream in seq order.
-    conn.execute("CREATE INDEX outbox_stream_seq ON outbox (stream, seq)")
-
-
-#: MIGRATIONS[n] takes a database from user_version n to n + 1, inside one transaction.
-MIGRATIONS: Final[Mapping[int, Callable[[sqlite3.Connection], None]]] = {0: _migrate_0_to_1}
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema up to :data:`SCHEMA_VERSION`, one version per transaction."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise OutboxError(
-            f"outbox schema version {version} is newer than this gateway understands "
-            f"({SCHEMA_VERSION}); refusing to touch it"
-        )
-    while version < SCHEMA_VERSION:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            MIGRATIONS[version](conn)
-            # PRAGMA takes no parameters; version is an int we computed.
-            conn.execute(f"PRAGMA user_version = {version + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        log.info("outbox schema migrated from version %d to %d", version, version + 1)
-        version += 1
-
-
-def _connect(path: Path) -> tuple[sqlite3.Connection, str]:
-    """Open, check and migrate the database. Runs on the outbox thread."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # isolation_level=None: no implicit transactions; every write below says BEGIN/COMMIT itself.
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        try:
-            # WAL: readers (peek) never block the writer and a commit appends to one file.
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise OutboxError(f"{path}: cannot switch to WAL mode (got {mode!r})")
-            # FULL: in WAL mode, NORMAL survives a crash of the process but may lose the last
-            # transactions on power loss; FULL syncs the WAL at every commit, so what append()
-            # reported as committed survives pulling the plug. Group commit pays for the fsync.
-            conn.execute("PRAGMA synchronous = FULL")
-            # Tools (the CLI, a technician's sqlite3 shell) may read the file at the same time.
-            conn.execute("PRAGMA busy_timeout = 5000")
-            problems = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
-        except sqlite3.DatabaseError as exc:
-            raise OutboxCorrupt(f"{path}: not a readable outbox database: {exc}") from exc
-        if problems != ["ok"]:
-            raise OutboxCorrupt(f"{path}: integrity check failed: {'; '.join(problems[:5])}")
-        try:
-            migrate(conn)
-        except sqlite3.DatabaseError as exc:
-            raise OutboxCorrupt(f"{path}: cannot read or migrate the schema: {exc}") from exc
-        row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-        if row is None:
-            raise OutboxCorrupt(f"{path}: the meta table has no epoch")
-        return conn, str(row[0])
-    except BaseException:
-        conn.close()
-        raise
-
-
-def _insert_batch(conn: sqlite3.Connection, batch: Sequence[_Pending]) -> list[int]:
-    """Insert a batch in one transaction and return the seqs. Runs on the outbox thread."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        seqs: list[int] = []
-        for item in batch:
-            cur = conn.execute(
-                "INSERT INTO outbox (stream, created, body) VALUES (?, ?, ?)",
-                (item.stream, item.created, item.body),
-            )
-            assert cur.lastrowid is not None
-            seqs.append(cur.lastrowid)
-        conn.execute("COMMIT")
-    except BaseException:
-        # A failed COMMIT may already have ended the transaction; ROLLBACK then fails too.
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-    return seqs
-
-
-def _select(conn: sqlite3.Connection, stream: Stream, limit: int) -> list[Record]:
-    rows = conn.execute(
-        "SELECT seq, stream, created, body FROM outbox WHERE stream = ? ORDER BY seq LIMIT ?",
-        (stream, limit),
-    ).fetchall()
-    return [Record(int(s), st, float(c), json.loads(b)) for s, st, c, b in rows]
-
-
-def _delete(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # Chunks stay under SQLITE_MAX_VARIABLE_NUMBER on any build.
-        for start in range(0, len(seqs), 500):
-            chunk = seqs[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _count(conn: sqlite3.Connection) -> dict[str, int]:
-    counts: dict[str, int] = dict.fromkeys(STREAMS, 0)
-    for stream, n in conn.execute("SELECT stream, count(*) FROM outbox GROUP BY stream"):
-        counts[str(stream)] = int(n)
-    return counts
-
-
-# --- the outbox ---------------------------------------------------------------------------------
-
-
 class Outbox:
     """The store-and-forward buffer of one gateway. Create it with :meth:`open`.
 
-    ``epoch`` is the random id of the database file (see the module docstring).
+    ``epoch`` is the random id of the database file (see the module docstring); ``reset`` is
+    set when :meth:`open` found the file corrupt and started a new one.
     """
 
     def __init__(
         self,
         *,
-        path: Path,
-        conn: sqlite3.Connection,
+        store: Store,
         executor: ThreadPoolExecutor,
-        epoch: str,
         commit_interval: float,
         max_batch: int,
+        policy: CapacityPolicy,
+        capacity_interval: float,
     ) -> None:
         """Use :meth:`open`; this only wires up what it prepared."""
-        self.path = path
-        self.epoch = epoch
-        self._conn = conn
+        self.path = store.path
+        self.epoch = store.epoch
+        self.reset: ResetInfo | None = store.reset
+        #: Set (and logged) if the background integrity check of a large file failed.
+        self.damaged: str | None = None
+        self._store = store
         self._executor = executor
         self._commit_interval = commit_interval
         self._max_batch = max_batch
+        self._policy = policy
+        self._capacity_interval = capacity_interval
         self._loop = asyncio.get_running_loop()
-        self._queue: collections.deque[_Pending] = collections.deque()
-        self._inflight: list[_Pending] = []  # the batch being committed
+        self._queue: collections.deque[Pending] = collections.deque()
+        self._inflight: list[Pending] = []  # the batch being committed
         self._wakeup = asyncio.Event()
         self._submitted = 0  # records ever submitted
         self._committed = 0  # records ever committed (in submit order, so a prefix)
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._listeners: list[CommitListener] = []
+        # Series seen by submit(): the body's other fields -> point id. Keyed by the fields as
+        # a tuple (cheap to build per reading); the canonical text is made once per new series.
+        self._point_by_fields: dict[tuple[tuple[str, Any], ...], int] = {}
+        self._point_by_text = dict(store.point_ids)
+        self._next_point = max(store.point_ids.values(), default=0) + 1
+        self._unsaved_points: list[tuple[int, str]] = []
         self._closing = False
         self._closed = False
+        self._check_conn: sqlite3.Connection | None = None
+        self._checker: threading.Thread | None = None
+        if not store.checked:
+            self._start_background_check()
         self._writer = self._loop.create_task(self._write_loop(), name="outbox-writer")
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, commit_interval: float = 0.05, max_batch: int = 500
+        cls,
+        path: str | Path,
+        *,
+        commit_interval: float = 0.05,
+        max_batch: int = 4096,
+        policy: CapacityPolicy | None = None,
+        capacity_interval: float = 1.0,
+        check_limit: int = CHECK_AT_OPEN_LIMIT,
     ) -> Outbox:
         """Open (creating if needed) the outbox at ``path`` and start its writer.
 
-        Creates the parent folder, switches to WAL, runs ``PRAGMA integrity_check`` and migrates
-        the schema. Raises :class:`OutboxCorrupt` when the file fails the check.
+        Creates the parent folder, switches to WAL, checks the file (in full up to
+        ``check_limit`` bytes, else in the background) and migrates the schema. A corrupt file
+        is moved aside and a new one started (see :attr:`reset`). Raises
+        :class:`OutboxUnwritable` when the folder cannot be written (the message names the path
+        and the fix) and :class:`OutboxError` for a file from a newer gateway.
         """
         if commit_interval < 0:
             raise ValueError("commit_interval must not be negative")
@@ -284,17 +172,19 @@ class Outbox:
         path = Path(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         try:
-            conn, epoch = await asyncio.get_running_loop().run_in_executor(executor, _connect, path)
+            store = await asyncio.get_running_loop().run_in_executor(
+                executor, lambda: Store.open(path, check_limit=check_limit)
+            )
         except BaseException:
             executor.shutdown(wait=False)
             raise
         return cls(
-            path=path,
-            conn=conn,
+            store=store,
             executor=executor,
-            epoch=epoch,
             commit_interval=commit_interval,
             max_batch=max_batch,
+            policy=policy or CapacityPolicy(),
+            capacity_interval=capacity_interval,
         )
 
     async def __aenter__(self) -> Self:
@@ -314,15 +204,21 @@ class Outbox:
         """Queue a record for the next group commit and return at once.
 
         Never blocks and never raises for disk trouble: while the disk refuses commits the records
-        wait in memory and the writer retries. Raises ``ValueError`` for an unknown stream and
-        ``TypeError``/``ValueError`` for a body that is not JSON-serialisable (programming errors).
+        wait in memory and the writer retries. A body that cannot be stored raises ``TypeError``
+        or ``ValueError`` saying why, and nothing is queued (programming errors):
+
+        - an event body must be JSON-serialisable;
+        - a telemetry body needs a finite number ``ts`` (POSIX seconds) and a number or
+          ``None`` as ``value`` (a NaN is stored as ``None``); its other fields name the series
+          and must be JSON-serialisable.
+
         After :meth:`close` the record is dropped with an error in the log. Call it on the event
         loop's thread (from another thread, hand over with ``loop.call_soon_threadsafe``).
         """
         self._enqueue(stream, body, None)
 
     async def append(self, stream: Stream, body: Mapping[str, Any]) -> int:
-        """Submit a record and wait until it is committed; return its seq."""
+        """Submit a record and wait until it is committed (on disk); return its seq."""
         done: asyncio.Future[int] = self._loop.create_future()
         self._enqueue(stream, body, done)
         return await done
@@ -339,29 +235,95 @@ class Outbox:
     def _enqueue(
         self, stream: Stream, body: Mapping[str, Any], done: asyncio.Future[int] | None
     ) -> None:
-        if stream not in STREAMS:
+        if stream == "telemetry":
+            item: Pending = self._reading(body, done)
+        elif stream == "event":
+            if not isinstance(body, Mapping):
+                raise TypeError(f"outbox: an event body is a mapping, not {type(body).__name__}")
+            try:
+                text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"outbox: the event body is not JSON-serialisable ({exc})") from exc
+            item = (True, time.time(), text, None, self._loop.time(), done)
+        else:
             raise ValueError(f"unknown outbox stream {stream!r}; expected one of {STREAMS}")
-        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
         if self._closing:
             log.error("outbox %s is closed: dropped a %s record", self.path, stream)
             if done is not None:
                 done.set_exception(OutboxClosed(f"outbox {self.path} is closed"))
             return
-        self._queue.append(_Pending(stream, time.time(), text, self._loop.time(), done))
+        self._queue.append(item)
         self._submitted += 1
         self._wakeup.set()
 
+    def _reading(self, body: Mapping[str, Any], done: asyncio.Future[int] | None) -> Pending:
+        """Validate a telemetry body and turn it into a pending row (point, ts, value)."""
+        try:
+            ts = body["ts"]
+            value = body["value"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"outbox: a telemetry body needs 'ts' and 'value' fields (got {body!r:.200})"
+            ) from exc
+        if type(ts) is not float:
+            if not isinstance(ts, int | float) or isinstance(ts, bool):
+                raise ValueError(f"outbox: telemetry 'ts' must be a number, not {ts!r}")
+            ts = float(ts)
+        if not math.isfinite(ts):
+            raise ValueError(f"outbox: telemetry 'ts' must be finite, not {ts!r}")
+        if value is not None and type(value) is not float:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(
+                    f"outbox: telemetry 'value' must be a number or None, not {value!r}"
+                )
+            value = float(value)
+        key = tuple(item for item in body.items() if item[0] not in _READING_FIELDS)
+        try:
+            point = self._point_by_fields.get(key)
+        except TypeError:  # an unhashable field value (a list): go by the canonical text
+            point = None
+            key = None  # type: ignore[assignment]
+        if point is None:
+            point = self._new_point(body, key)
+        return (False, point, ts, value, self._loop.time(), done)
+
+    def _new_point(self, body: Mapping[str, Any], key: tuple[tuple[str, Any], ...] | None) -> int:
+        fields = {k: v for k, v in body.items() if k not in _READING_FIELDS}
+        try:
+            text = canonical_series(fields)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"outbox: the telemetry body's fields are not JSON-serialisable ({exc})"
+            ) from exc
+        point = self._point_by_text.get(text)
+        if point is None:
+            point = self._next_point
+            self._next_point += 1
+            self._point_by_text[text] = point
+            self._unsaved_points.append((point, text))
+        if key is not None:
+            self._point_by_fields[key] = point
+        return point
+
     async def _write_loop(self) -> None:
+        capacity_due = self._loop.time()
         while True:
+            if self._policy_active() and self._loop.time() >= capacity_due:
+                over = await self._capacity_step()
+                capacity_due = self._loop.time() + (0 if over else self._capacity_interval)
             if not self._queue:
                 if self._closing:
                     return
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                timeout = max(0.0, capacity_due - self._loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wakeup.wait(), timeout if self._policy_active() else None
+                    )
                 continue
             # The window opens when the oldest waiting record was submitted, so a slow previous
             # commit does not make it wait a second window.
-            deadline = self._queue[0].queued_at + self._commit_interval
+            deadline = self._queue[0][4] + self._commit_interval
             while len(self._queue) < self._max_batch and not self._closing:
                 remaining = deadline - self._loop.time()
                 if remaining <= 0:
@@ -372,22 +334,26 @@ class Outbox:
             n = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
             self._inflight = batch
-            seqs = await self._commit(batch)
+            first = await self._commit(batch)
             self._inflight = []
             self._committed += n
-            for item, seq in zip(batch, seqs, strict=True):
-                if item.done is not None and not item.done.done():
-                    item.done.set_result(seq)
+            streams: set[Stream] = set()
+            for offset, item in enumerate(batch):
+                streams.add("event" if item[0] else "telemetry")
+                done = item[5]
+                if done is not None and not done.done():
+                    done.set_result(first + offset)
             self._wake_flushers()
-            self._notify(frozenset(item.stream for item in batch))
+            self._notify(frozenset(streams))
 
-    async def _commit(self, batch: list[_Pending]) -> list[int]:
-        """Commit one batch, retrying until the disk takes it."""
+    async def _commit(self, batch: list[Pending]) -> int:
+        """Commit one batch, retrying until the disk takes it; return its first seq."""
         delay = _RETRY_FIRST
         failures = 0
         while True:
+            points = list(self._unsaved_points)
             try:
-                seqs = await self._run(_insert_batch, self._conn, batch)
+                first = await self._run(self._store.commit, batch, points)
             except (sqlite3.Error, OSError) as exc:
                 failures += 1
                 log.warning(
@@ -404,13 +370,40 @@ class Outbox:
                 failures += 1
                 log.exception("outbox %s: unexpected error committing a batch", self.path)
             else:
+                del self._unsaved_points[: len(points)]
                 if failures:
                     log.warning(
                         "outbox %s: commit succeeded after %d failed attempts", self.path, failures
                     )
-                return seqs
+                return first
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)
+
+    def _policy_active(self) -> bool:
+        return self._policy.max_size is not None or self._policy.min_free_disk > 0
+
+    async def _capacity_step(self) -> bool:
+        """Check the limits and, when one is crossed, make room once; True if still over."""
+        try:
+            usage = await self._run(self._store.usage, self._policy)
+            if usage.reason is None:
+                return False
+            report = await self._run(self._store.make_room, self._policy, usage.reason)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("outbox %s: capacity check failed (%s); trying again later", self.path, exc)
+            return False
+        if report is None:
+            log.error(
+                "outbox %s: over %s with no telemetry left to thin or drop (%d bytes live, "
+                "%d bytes free on disk); events are kept",
+                self.path,
+                usage.reason,
+                usage.live,
+                usage.free_disk,
+            )
+            return False
+        self._notify(frozenset({"event"}))
+        return True
 
     def _wake_flushers(self) -> None:
         still: list[tuple[int, asyncio.Future[None]]] = []
@@ -448,13 +441,18 @@ class Outbox:
         """Records submitted but not yet committed (they live only in memory)."""
         return self._submitted - self._committed
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """Rows per stream, last seq, rows thinned and dropped so far (a copy)."""
+        return dict(self._store.counters)
+
     # --- reading and acking ---------------------------------------------------------------------
 
-    async def peek(self, stream: Stream, limit: int) -> list[Record]:
-        """The oldest committed rows of ``stream``, oldest first, at most ``limit``."""
+    async def peek(self, stream: Stream, limit: int, *, after: int = 0) -> list[Record]:
+        """The oldest committed rows of ``stream`` (with seq > ``after``), oldest first."""
         if stream not in STREAMS:
             raise ValueError(f"unknown outbox stream {stream!r}; expected one of {STREAMS}")
-        return await self._run_checked(_select, self._conn, stream, limit)
+        return await self._run_checked(self._store.peek, stream, limit, after)
 
     async def ack(self, seqs: Sequence[int]) -> None:
         """Delete the rows ``seqs`` (the platform has them). Unknown seqs are ignored.
@@ -463,11 +461,79 @@ class Outbox:
         and the caller may retry.
         """
         if seqs:
-            await self._run_checked(_delete, self._conn, list(seqs))
+            await self._run_checked(self._store.ack, list(seqs))
 
     async def depth(self) -> dict[str, int]:
-        """Committed rows per stream, e.g. ``{"event": 0, "telemetry": 12}``."""
-        return await self._run_checked(_count, self._conn)
+        """Committed rows per stream, e.g. ``{"event": 0, "telemetry": 12}`` (kept as counters
+        in the file, so this costs nothing at any size)."""
+        return self._store.depth()
+
+    # --- rule state -----------------------------------------------------------------------------
+    # The rules engine's durable key-value state (see buffer/state.py), in the same file. Each
+    # call runs on the outbox's one thread; a write returns once its transaction is committed.
+
+    async def state_get(self, key: str) -> StateEntry | None:
+        """The entry of ``key``, or None."""
+        return await self._run_checked(state_get, self._store.conn, key)
+
+    async def state_items(self, prefix: str = "") -> list[StateEntry]:
+        """Every entry whose key starts with ``prefix``, by key."""
+        return await self._run_checked(state_items, self._store.conn, prefix)
+
+    async def state_put(
+        self, key: str, value: Any, *, schema: int = 1, expect: int | None = None
+    ) -> int:
+        """Store ``value`` (JSON) under ``key``; return its new revision once committed.
+
+        ``schema`` is the caller's version of the value's layout. With ``expect``, write only if
+        the key is at that revision now (0: absent), else raise :class:`buffer.StateConflict`
+        and change nothing. A value JSON cannot hold raises ``TypeError`` before anything is
+        written.
+        """
+        text = encode(key, value)
+        return await self._run_checked(state_put, self._store.conn, key, text, schema, expect)
+
+    async def state_delete(self, key: str, *, expect: int | None = None) -> bool:
+        """Remove ``key``; True if it existed."""
+        return await self._run_checked(state_delete, self._store.conn, key, expect)
+
+    # --- background check -----------------------------------------------------------------------
+
+    def _start_background_check(self) -> None:
+        self._check_conn = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+        )
+        self._checker = threading.Thread(
+            target=self._background_check, name="outbox-check", daemon=True
+        )
+        self._checker.start()
+
+    def _background_check(self) -> None:
+        """``quick_check`` of a file too large to check before opening (on its own connection,
+        which WAL lets read while the writer writes)."""
+        conn = self._check_conn
+        assert conn is not None
+        try:
+            problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+        except sqlite3.Error as exc:
+            if self._closing and "interrupt" in str(exc):
+                return
+            problems = [f"{type(exc).__name__}: {exc}"]
+        finally:
+            conn.close()
+        if problems != ["ok"]:
+            text = "; ".join(problems[:5])
+            self.damaged = text
+            log.error(
+                "outbox %s: the integrity check found damage (%s); it is moved aside at the "
+                "next start",
+                self.path,
+                text,
+            )
+            with contextlib.suppress(OSError):
+                damage_marker(self.path).write_text(text + "\n")
+        else:
+            log.info("outbox %s: integrity check ok", self.path)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -488,7 +554,7 @@ class Outbox:
             log.error(
                 "outbox %s: closing with %d records never committed (the disk kept refusing)",
                 self.path,
-                len(self._queue),
+                len(self._queue) + len(self._inflight),
             )
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -496,20 +562,26 @@ class Outbox:
         finally:
             self._closed = True
             for item in self._queue:
-                if item.done is not None and not item.done.done():
-                    item.done.set_exception(OutboxClosed(f"outbox {self.path} was closed"))
+                done = item[5]
+                if done is not None and not done.done():
+                    done.set_exception(OutboxClosed(f"outbox {self.path} was closed"))
             for _target, waiter in self._flush_waiters:
                 if not waiter.done():
                     waiter.set_exception(OutboxClosed(f"outbox {self.path} was closed"))
             self._flush_waiters.clear()
             self._queue.clear()
             for item in self._inflight:
-                if item.done is not None and not item.done.done():
-                    item.done.set_exception(
+                done = item[5]
+                if done is not None and not done.done():
+                    done.set_exception(
                         OutboxClosed(f"outbox {self.path} was closed during the commit")
                     )
+            if self._checker is not None and self._check_conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._check_conn.interrupt()
+                await self._loop.run_in_executor(None, self._checker.join)
             with contextlib.suppress(Exception):
-                await self._loop.run_in_executor(self._executor, self._conn.close)
+                await self._loop.run_in_executor(self._executor, self._store.close)
             self._executor.shutdown(wait=True)
 
     # --- the one thread -------------------------------------------------------------------------

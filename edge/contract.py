@@ -53,7 +53,15 @@ SCHEMA_EVENT: Final = "edge.event/1"
 SCHEMA_STATUS: Final = "edge.status/1"
 
 EventKind = Literal[
-    "alarm-raised", "alarm-cleared", "device-offline", "device-online", "gateway-started"
+    "alarm-raised",
+    "alarm-cleared",
+    "device-offline",
+    "device-online",
+    "gateway-started",
+    # Written by the outbox itself (buffer/), in the same transaction as what they report.
+    "buffer-reset",
+    "buffer-thinned",
+    "buffer-dropped",
 ]
 EVENT_KINDS: Final[frozenset[str]] = frozenset(get_args(EventKind))
 

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
-from buffer import Outbox
+from buffer import CapacityPolicy, Outbox, OutboxUnwritable
 from drivers import DeviceStatus, Reading
 from edge import __version__
 from edge.annunciator import Annunciator
@@ -150,9 +150,31 @@ class Gateway:
 
     async def _buffer_service(self) -> None:
         """Open the outbox (the supervisor retries with backoff if the disk refuses)."""
-        self.outbox = await Outbox.open(
-            self.config.buffer.path, commit_interval=self.config.buffer.commit_interval
-        )
+        buffer = self.config.buffer
+        try:
+            self.outbox = await Outbox.open(
+                buffer.path,
+                commit_interval=buffer.commit_interval,
+                policy=CapacityPolicy(
+                    max_size=buffer.max_size,
+                    min_free_disk=buffer.min_free_disk,
+                    thin_window=buffer.thin_window,
+                ),
+            )
+        except OutboxUnwritable as exc:
+            # The message names the path and the fix; records wait in memory meanwhile.
+            log.error("buffer unwritable; retrying", extra=fields(error=str(exc)))
+            raise
+        if self.outbox.reset is not None:
+            # The outbox wrote a buffer-reset event into the new file itself; this is for the log.
+            log.error(
+                "buffer-reset",
+                extra=fields(
+                    moved_to=str(self.outbox.reset.moved_to),
+                    reason=self.outbox.reset.reason,
+                    epoch=self.outbox.epoch,
+                ),
+            )
         while self._pending:
             self.outbox.submit(*self._pending.popleft())
         log.info(

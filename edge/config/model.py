@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.config.duration import Duration
+from edge.config.size import Size
 
 #: BCM numbers of the GPIOs on the Raspberry Pi 40-pin header.
 BCM_PINS = range(2, 28)
@@ -165,7 +166,28 @@ class Uplink(Strict):
 class BufferConfig(Strict):
     path: str = Field(description="SQLite file of the outbox; its folder is created when missing.")
     commit_interval: Duration = Field(
-        default=0.05, description="Longest time a record waits to be group-committed."
+        default=0.05,
+        ge=0,
+        le=5.0,
+        description="Longest time a record waits to be group-committed.",
+    )
+    max_size: Size = Field(
+        default=2 * 2**30,
+        ge=2**20,
+        description="Most live data the outbox keeps on disk; beyond it the oldest telemetry "
+        "is thinned, then dropped (events never).",
+    )
+    min_free_disk: Size = Field(
+        default=256 * 2**20,
+        ge=0,
+        description="Free space to leave on the outbox's file system; below it the oldest "
+        "telemetry is thinned, then dropped (events never).",
+    )
+    thin_window: Duration = Field(
+        default=60.0,
+        gt=0,
+        le=86_400.0,
+        description="Thinning keeps the min, max and last reading of each point per window.",
     )
 
 

@@ -22,6 +22,8 @@ from typing import Any
 from edge.config.duration import PATTERN as DURATION_PATTERN
 from edge.config.duration import format_duration
 from edge.config.model import SiteConfig
+from edge.config.size import PATTERN as SIZE_PATTERN
+from edge.config.size import format_size
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "site.schema.json"
 SCHEMA_ID = "urn:city-safety-edge:site-config"
@@ -46,10 +48,25 @@ def _spell_duration_defaults(node: Any) -> None:
             _spell_duration_defaults(value)
 
 
+def _spell_size_defaults(node: Any) -> None:
+    """Defaults of size fields are held as int bytes; spell them as the file would
+    (``2147483648`` -> ``"2GiB"``)."""
+    if isinstance(node, dict):
+        default = node.get("default")
+        if node.get("pattern") == SIZE_PATTERN and isinstance(default, int):
+            node["default"] = format_size(default)
+        for value in node.values():
+            _spell_size_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _spell_size_defaults(value)
+
+
 def site_json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a site file."""
     schema = SiteConfig.model_json_schema()
     _spell_duration_defaults(schema)
+    _spell_size_defaults(schema)
     schema["$schema"] = DIALECT
     schema["$id"] = SCHEMA_ID
     schema["title"] = "City safety edge gateway: site file"

@@ -306,7 +306,9 @@ def test_unknown_key_in_a_discriminated_bus(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_the_allowed_ones(tmp_path: Path) -> None:
     text = edited("  path: var/outbox.sqlite\n", "  path: var/outbox.sqlite\n  zzz: 1\n")
     issue = only_issue(write(tmp_path, text))
-    assert issue.message == "unknown key 'zzz' (allowed here: commit_interval)"
+    assert issue.message == (
+        "unknown key 'zzz' (allowed here: commit_interval, max_size, min_free_disk, thin_window)"
+    )
 
 
 def test_wrong_type(tmp_path: Path) -> None:

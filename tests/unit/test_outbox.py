@@ -12,7 +12,6 @@ import pytest
 from buffer import (
     SCHEMA_VERSION,
     Outbox,
-    OutboxCorrupt,
     OutboxError,
     OutboxUnavailable,
     Stream,
@@ -22,12 +21,29 @@ from buffer import (
 def _rows(path: Path) -> list[tuple[int, str]]:
     """What another process would see in the file right now."""
     with sqlite3.connect(path) as conn:
-        return [(int(s), str(st)) for s, st in conn.execute("SELECT seq, stream FROM outbox")]
+        rows = conn.execute(
+            "SELECT seq, 'event' FROM events UNION ALL SELECT seq, 'telemetry' FROM telemetry"
+        )
+        return sorted((int(s), str(st)) for s, st in rows)
 
 
 def _remove_database(path: Path) -> None:
     for leftover in path.parent.glob(path.name + "*"):  # with its -wal and -shm
         leftover.unlink()
+
+
+def tel(i: int, **series: object) -> dict[str, object]:
+    """A telemetry body: a reading ``i`` of one series (its value and its second)."""
+    return {
+        "device": "efm-1",
+        "point": "residual_current",
+        **series,
+        "value": float(i),
+        "ts": T0 + i,
+    }
+
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
 async def _sql(outbox: Outbox, statement: str) -> None:
@@ -36,7 +52,7 @@ async def _sql(outbox: Outbox, statement: str) -> None:
     def run(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
-    await outbox._run(run, outbox._conn)
+    await outbox._run(run, outbox._store.conn)
 
 
 async def test_seqs_increase_across_streams_and_keep_order_within_a_stream(tmp_path: Path) -> None:
@@ -44,14 +60,15 @@ async def test_seqs_increase_across_streams_and_keep_order_within_a_stream(tmp_p
         seqs = []
         for i in range(10):
             stream: Stream = "event" if i % 3 == 0 else "telemetry"
-            seqs.append(await outbox.append(stream, {"i": i}))
+            body = {"i": i} if stream == "event" else tel(i)
+            seqs.append(await outbox.append(stream, body))
         assert seqs == sorted(seqs)
         assert len(set(seqs)) == len(seqs)
 
         events = await outbox.peek("event", 100)
         telemetry = await outbox.peek("telemetry", 100)
         assert [r.body["i"] for r in events] == [0, 3, 6, 9]
-        assert [r.body["i"] for r in telemetry] == [1, 2, 4, 5, 7, 8]
+        assert [r.body["value"] for r in telemetry] == [1, 2, 4, 5, 7, 8]
         assert [r.seq for r in events] == sorted(r.seq for r in events)
         assert {r.stream for r in events} == {"event"}
         assert await outbox.depth() == {"event": 4, "telemetry": 6}
@@ -61,10 +78,10 @@ async def test_seqs_increase_across_streams_and_keep_order_within_a_stream(tmp_p
 async def test_submitted_records_keep_submit_order(tmp_path: Path) -> None:
     async with await Outbox.open(tmp_path / "o.db", max_batch=7) as outbox:
         for i in range(50):
-            outbox.submit("telemetry", {"i": i})
+            outbox.submit("telemetry", tel(i))
         await outbox.flush()
         records = await outbox.peek("telemetry", 100)
-        assert [r.body["i"] for r in records] == list(range(50))
+        assert [r.body["value"] for r in records] == list(range(50))
         assert [r.seq for r in records] == sorted(r.seq for r in records)
         assert outbox.pending == 0
 
@@ -75,7 +92,7 @@ async def test_seq_is_not_reused_after_ack_all_or_reopen(tmp_path: Path) -> None
         first = [await outbox.append("event", {"n": n}) for n in range(3)]
         await outbox.ack(first)
         assert await outbox.depth() == {"event": 0, "telemetry": 0}
-        after_ack = await outbox.append("telemetry", {"n": 3})
+        after_ack = await outbox.append("telemetry", tel(3))
         assert after_ack > max(first)
         await outbox.ack([after_ack])
     async with await Outbox.open(path) as outbox:
@@ -121,13 +138,13 @@ async def test_many_submits_are_group_committed(tmp_path: Path) -> None:
         def trace(conn: sqlite3.Connection) -> None:
             conn.set_trace_callback(statements.append)
 
-        await outbox._run(trace, outbox._conn)
+        await outbox._run(trace, outbox._store.conn)
         for i in range(1200):
-            outbox.submit("telemetry", {"i": i})
+            outbox.submit("telemetry", tel(i))
         await outbox.flush()
 
         commits = [s for s in statements if s.strip().upper() == "COMMIT"]
-        inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+        inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO TELEMETRY")]
         assert len(inserts) == 1200
         # One transaction per batch: 1200 records in at least 3 (max_batch) and far fewer than
         # 1200 commits. Submitted without awaiting, they all fit 3 batches.
@@ -135,7 +152,7 @@ async def test_many_submits_are_group_committed(tmp_path: Path) -> None:
         # ... and no batch is larger than max_batch.
         sizes, current = [], 0
         for s in statements:
-            if s.lstrip().upper().startswith("INSERT"):
+            if s.lstrip().upper().startswith("INSERT INTO TELEMETRY"):
                 current += 1
             elif s.strip().upper() == "COMMIT":
                 sizes.append(current)
@@ -151,11 +168,11 @@ async def test_records_trickling_in_share_a_commit_window(tmp_path: Path) -> Non
         def trace(conn: sqlite3.Connection) -> None:
             conn.set_trace_callback(statements.append)
 
-        await outbox._run(trace, outbox._conn)
+        await outbox._run(trace, outbox._store.conn)
         # 40 records, one every 5 ms (as a poll loop produces them): about 0.2 s of records,
         # so about two 0.1 s windows, not 40 commits.
         for i in range(40):
-            outbox.submit("telemetry", {"i": i})
+            outbox.submit("telemetry", tel(i))
             await asyncio.sleep(0.005)
         await outbox.flush()
         commits = [s for s in statements if s.strip().upper() == "COMMIT"]
@@ -168,7 +185,7 @@ async def test_commit_listener_hears_each_commit(tmp_path: Path) -> None:
         heard: list[frozenset[str]] = []
         remove = outbox.add_commit_listener(heard.append)
         await outbox.append("event", {})
-        outbox.submit("telemetry", {})
+        outbox.submit("telemetry", tel(0))
         await outbox.flush()
         assert heard == [frozenset({"event"}), frozenset({"telemetry"})]
         remove()
@@ -185,7 +202,7 @@ async def test_journal_mode_is_wal_and_sync_full_and_schema_versioned(tmp_path: 
             settings["journal_mode"] = conn.execute("PRAGMA journal_mode").fetchone()[0]
             settings["synchronous"] = conn.execute("PRAGMA synchronous").fetchone()[0]
 
-        await outbox._run(read, outbox._conn)
+        await outbox._run(read, outbox._store.conn)
     assert settings == {"journal_mode": "wal", "synchronous": 2}  # 2 == FULL
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -199,26 +216,51 @@ async def test_creates_the_parent_folder(tmp_path: Path) -> None:
     assert path.is_file()
 
 
-async def test_garbage_file_is_reported_corrupt(tmp_path: Path) -> None:
+async def _assert_moved_aside_and_restarted(path: Path, original: bytes, reason: str) -> None:
+    async with await Outbox.open(path) as outbox:
+        assert outbox.reset is not None
+        assert reason in outbox.reset.reason
+        moved = outbox.reset.moved_to
+        # Kept, byte for byte, next to the new file, with the time in its name.
+        assert moved.parent == path.parent
+        assert moved.name.startswith(path.name + ".corrupt-20")
+        assert moved.read_bytes() == original
+        # The new file starts a new epoch, and its first event says what happened.
+        (first,) = await outbox.peek("event", 10)
+        assert first.seq == 1
+        assert first.body["kind"] == "buffer-reset"
+        assert first.body["moved_to"] == moved.name
+        assert reason in first.body["reason"]
+        # ... and it is an ordinary, working outbox.
+        assert await outbox.append("telemetry", tel(1)) == 2
+        epoch = outbox.epoch
+    async with await Outbox.open(path) as again:
+        assert again.reset is None
+        assert again.epoch == epoch
+
+
+async def test_garbage_file_is_moved_aside_and_a_new_one_started(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    path.write_bytes(b"this is not a database, it is a shopping list\n" * 200)
-    with pytest.raises(OutboxCorrupt, match="not a readable outbox"):
-        await Outbox.open(path)
+    original = b"this is not a database, it is a shopping list\n" * 200
+    path.write_bytes(original)
+    await _assert_moved_aside_and_restarted(path, original, "not a readable outbox")
 
 
-async def test_damaged_pages_are_reported_corrupt(tmp_path: Path) -> None:
+async def test_damaged_pages_are_moved_aside_and_a_new_one_started(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     async with await Outbox.open(path) as outbox:
+        old_epoch = outbox.epoch
         for i in range(400):
-            outbox.submit("telemetry", {"i": i, "pad": "x" * 200})
+            outbox.submit("telemetry", tel(i, device=f"efm-{i}-" + "x" * 200))
         await outbox.flush()
     # Checkpointed into the main file on close; now scribble over the middle of it.
     data = bytearray(path.read_bytes())
     assert len(data) > 8 * 4096
     data[3 * 4096 : 6 * 4096] = b"\xa5" * (3 * 4096)
     path.write_bytes(bytes(data))
-    with pytest.raises(OutboxCorrupt):
-        await Outbox.open(path)
+    await _assert_moved_aside_and_restarted(path, bytes(data), "")
+    async with await Outbox.open(path) as outbox:
+        assert outbox.epoch != old_epoch
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -260,13 +302,13 @@ async def test_unwritable_disk_keeps_records_until_writable_again(
             def pages(conn: sqlite3.Connection) -> int:
                 return int(conn.execute("PRAGMA page_count").fetchone()[0])
 
-            refuse = f"PRAGMA max_page_count = {await outbox._run(pages, outbox._conn)}"
+            refuse = f"PRAGMA max_page_count = {await outbox._run(pages, outbox._store.conn)}"
         await _sql(outbox, refuse)
 
         with caplog.at_level(logging.WARNING, logger="buffer.outbox"):
             for n in range(1, 301):
                 outbox.submit("event", {"n": n, "pad": "y" * 100})  # must not raise
-            appended = asyncio.create_task(outbox.append("telemetry", {"n": 301}))
+            appended = asyncio.create_task(outbox.append("telemetry", tel(301)))
             await asyncio.sleep(0.4)
             assert not appended.done()
             assert outbox.pending == 301
@@ -293,8 +335,8 @@ async def test_close_commits_what_was_submitted(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     outbox = await Outbox.open(path, commit_interval=10)
     for i in range(5):
-        outbox.submit("telemetry", {"i": i})
+        outbox.submit("telemetry", tel(i))
     await outbox.close()
     assert len(_rows(path)) == 5
-    outbox.submit("telemetry", {"late": True})  # logged and dropped, never raised
+    outbox.submit("telemetry", tel(99))  # logged and dropped, never raised
     assert len(_rows(path)) == 5

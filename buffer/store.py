@@ -1,0 +1,705 @@
+"""The synchronous half of the outbox: one SQLite connection and everything done with it.
+
+Every method runs on the outbox's one thread (see :class:`buffer.Outbox`); nothing here knows
+about asyncio. The command line (``edge buffer ...``) uses the read-only helpers at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
+
+from buffer.schema import COUNTERS, SCHEMA_VERSION, SchemaTooNew, migrate
+
+__all__ = [
+    "STREAMS",
+    "CapacityPolicy",
+    "OutboxCorrupt",
+    "OutboxError",
+    "OutboxUnwritable",
+    "Record",
+    "ResetInfo",
+    "Store",
+    "Stream",
+]
+
+log = logging.getLogger("buffer.outbox")
+
+Stream = Literal["event", "telemetry"]
+STREAMS: Final[tuple[Stream, ...]] = get_args(Stream)
+
+#: A file up to this size is checked in full (``PRAGMA quick_check``) before the outbox opens;
+#: a larger one is opened after a structural check and then checked in the background, so a
+#: gateway with a day of backlog on an SD card still starts in about a second.
+CHECK_AT_OPEN_LIMIT: Final = 64 * 2**20
+
+#: Rows examined per thinning or dropping step: bounded, so that the writer goes back to
+#: committing new records between steps.
+CAPACITY_CHUNK: Final = 20_000
+
+#: A pending record as the writer hands it over: telemetry ``(False, point, ts, value, ...)``,
+#: event ``(True, created, body_text, ...)``. Extra items are the outbox's own bookkeeping.
+Pending = tuple[Any, ...]
+
+
+class OutboxError(Exception):
+    """Base of the errors the outbox raises."""
+
+
+class OutboxCorrupt(OutboxError):
+    """The database file failed its integrity check or is not an outbox at all."""
+
+
+class OutboxUnwritable(OutboxError):
+    """The outbox's folder or file cannot be written: read-only, not a folder, no permission."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored record. ``created`` is the submit time for events, the reading's ``ts`` for
+    telemetry (float POSIX seconds)."""
+
+    seq: int
+    stream: Stream
+    created: float
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ResetInfo:
+    """Why the outbox started a new file, and where the old one went."""
+
+    reason: str
+    moved_to: Path
+    previous_epoch: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityPolicy:
+    """When the outbox must make room: over ``max_size`` bytes of live data (database pages in
+    use; the WAL comes on top, at most ~8 MiB), or under ``min_free_disk`` bytes free on its
+    file system. ``thin_window`` is the time window (seconds) per point in which thinning keeps
+    min, max and last."""
+
+    max_size: int | None = None
+    min_free_disk: int = 0
+    thin_window: float = 60.0
+    #: Room to make once triggered, as a fraction of the limit, so that the policy does not run
+    #: again on every commit.
+    slack: float = 0.05
+
+
+@dataclass(slots=True)
+class _Usage:
+    live: int
+    free_disk: int
+    reason: str | None = None
+    excess: int = 0
+
+
+@dataclass(slots=True)
+class Store:
+    """An open outbox database. Create it with :meth:`open`."""
+
+    path: Path
+    conn: sqlite3.Connection
+    epoch: str
+    counters: dict[str, int]
+    #: id -> the series fields of that point (body fields other than ts and value).
+    series: dict[int, dict[str, Any]]
+    #: canonical series text -> id, for the submit side.
+    point_ids: dict[str, int]
+    page_size: int
+    checked: bool
+    reset: ResetInfo | None = None
+    found_version: int = SCHEMA_VERSION
+    _closed: bool = field(default=False)
+
+    # --- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, check_limit: int = CHECK_AT_OPEN_LIMIT) -> Store:
+        """Open (creating if missing), check and migrate the outbox at ``path``.
+
+        A file that is not a database, fails its check or lacks the outbox's tables is moved
+        aside (``<name>.corrupt-<UTC time>``, kept for inspection) and a new one is started;
+        :attr:`reset` then says so. A folder that cannot be written raises
+        :class:`OutboxUnwritable`; a file from a newer gateway raises :class:`OutboxError`.
+        """
+        _check_writable(path)
+        marker = damage_marker(path)
+        try:
+            if marker.exists():
+                if not path.exists():
+                    marker.unlink()
+                else:
+                    reason = marker.read_text(errors="replace").strip()
+                    raise OutboxCorrupt(f"the last integrity check found damage ({reason})")
+            return cls._open(path, check_limit)
+        except OutboxCorrupt as exc:
+            previous = _read_epoch(path)
+            try:
+                moved = _move_aside(path)
+            except OSError as move_error:
+                raise OutboxUnwritable(
+                    f"{path}: {exc}, and it cannot be moved aside ({move_error}); {_FIX}"
+                ) from move_error
+            marker.unlink(missing_ok=True)
+            log.error("outbox %s: %s; moved it to %s and started a new one", path, exc, moved.name)
+            store = cls._open(path, check_limit)
+            store.reset = ResetInfo(str(exc), moved, previous)
+            # The platform hears of it from the new file's first event: why, where the old
+            # file is kept, and which epoch's numbers end here.
+            now = time.time()
+            body = {
+                "kind": "buffer-reset",
+                "ts": now,
+                "reason": str(exc),
+                "moved_to": moved.name,
+                "previous_epoch": previous,
+            }
+            store.commit([(True, now, json.dumps(body, separators=(",", ":")))], [])
+            return store
+
+    @classmethod
+    def _open(cls, path: Path, check_limit: int) -> Store:
+        fresh = not path.exists() or path.stat().st_size == 0
+        try:
+            # isolation_level=None: no implicit transactions; every write says BEGIN itself.
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            raise _unwritable(path, exc) from exc
+        try:
+            checked = fresh or path.stat().st_size <= check_limit
+            try:
+                _configure(conn, path, fresh=fresh)
+                if checked and not fresh:
+                    problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+                    if problems != ["ok"]:
+                        raise OutboxCorrupt(f"integrity check failed: {'; '.join(problems[:5])}")
+                found = migrate(conn)
+                if found == 1:
+                    # Version 1 files were made without auto_vacuum; VACUUM rebuilds the file
+                    # with it (they were small: the walking skeleton's outbox).
+                    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                    conn.execute("VACUUM")
+                store = cls._load(path, conn, checked)
+                store.found_version = found
+            except SchemaTooNew as exc:
+                raise OutboxError(f"{path}: {exc}") from exc
+            except sqlite3.OperationalError as exc:
+                if _is_corruption(exc):
+                    raise OutboxCorrupt(f"not a readable outbox database: {exc}") from exc
+                raise _unwritable(path, exc) from exc
+            except sqlite3.DatabaseError as exc:
+                raise OutboxCorrupt(f"not a readable outbox database: {exc}") from exc
+            except (KeyError, ValueError, TypeError) as exc:
+                raise OutboxCorrupt(f"the outbox's tables are not as expected: {exc}") from exc
+            return store
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def _load(cls, path: Path, conn: sqlite3.Connection, checked: bool) -> Store:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        epoch = str(meta["epoch"])
+        counters = {key: int(meta.get(key, default)) for key, default in COUNTERS.items()}
+        # Defensive: last_seq is written with every insert, but never trust it below a row.
+        for table in ("events", "telemetry"):
+            top = conn.execute(f"SELECT max(seq) FROM {table}").fetchone()[0]
+            counters["last_seq"] = max(counters["last_seq"], int(top or 0))
+        series: dict[int, dict[str, Any]] = {}
+        point_ids: dict[str, int] = {}
+        for point, text in conn.execute("SELECT id, series FROM points"):
+            series[int(point)] = json.loads(text)
+            point_ids[str(text)] = int(point)
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        return cls(path, conn, epoch, counters, series, point_ids, page_size, checked)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def commit(self, batch: Sequence[Pending], new_points: Sequence[tuple[int, str]]) -> int:
+        """Store ``batch`` in one transaction; return the seq of its first record.
+
+        Records get consecutive seqs in batch order. On failure nothing is stored and nothing
+        changes here, so the same batch can be committed again later with the same outcome.
+        """
+        first = self.counters["last_seq"] + 1
+        events: list[tuple[int, float, str]] = []
+        telemetry: list[tuple[int, int, float, float | None]] = []
+        seq = first
+        for item in batch:
+            if item[0]:
+                events.append((seq, item[1], item[2]))
+            else:
+                telemetry.append((seq, item[1], item[2], item[3]))
+            seq += 1
+        last = seq - 1
+        counters = {
+            "last_seq": last,
+            "rows_event": self.counters["rows_event"] + len(events),
+            "rows_telemetry": self.counters["rows_telemetry"] + len(telemetry),
+        }
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if new_points:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO points (id, series) VALUES (?, ?)", new_points
+                )
+            if telemetry:
+                conn.executemany(
+                    "INSERT INTO telemetry (seq, point, ts, value) VALUES (?, ?, ?, ?)", telemetry
+                )
+            if events:
+                conn.executemany("INSERT INTO events (seq, created, body) VALUES (?, ?, ?)", events)
+            _write_counters(conn, counters)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self.counters.update(counters)
+        for point, text in new_points:
+            if point not in self.series:
+                self.series[point] = json.loads(text)
+        return first
+
+    def ack(self, seqs: Sequence[int]) -> int:
+        """Delete the rows ``seqs`` (whichever stream they are in); return how many went."""
+        ordered = sorted(set(seqs))
+        conn = self.conn
+        removed = {"events": 0, "telemetry": 0}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Chunks stay under SQLITE_MAX_VARIABLE_NUMBER on any build.
+            for start in range(0, len(ordered), 500):
+                chunk = ordered[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for table in removed:
+                    cur = conn.execute(f"DELETE FROM {table} WHERE seq IN ({marks})", chunk)
+                    removed[table] += max(cur.rowcount, 0)
+            counters = {
+                "rows_event": self.counters["rows_event"] - removed["events"],
+                "rows_telemetry": self.counters["rows_telemetry"] - removed["telemetry"],
+            }
+            _write_counters(conn, counters)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self.counters.update(counters)
+        return removed["events"] + removed["telemetry"]
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def peek(self, stream: Stream, limit: int, after: int = 0) -> list[Record]:
+        """The oldest rows of ``stream`` with seq > ``after``, oldest first."""
+        if stream == "event":
+            rows = self.conn.execute(
+                "SELECT seq, created, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            return [Record(seq, "event", created, json.loads(body)) for seq, created, body in rows]
+        rows = self.conn.execute(
+            "SELECT seq, point, ts, value FROM telemetry WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        series = self.series
+        return [
+            Record(seq, "telemetry", ts, {**series[point], "value": value, "ts": ts})
+            for seq, point, ts, value in rows
+        ]
+
+    def depth(self) -> dict[str, int]:
+        return {"event": self.counters["rows_event"], "telemetry": self.counters["rows_telemetry"]}
+
+    # --- capacity -----------------------------------------------------------------------------
+
+    def usage(self, policy: CapacityPolicy) -> _Usage:
+        """Bytes of live data and free disk, and which limit (if any) is crossed by how much."""
+        pages = int(self.conn.execute("PRAGMA page_count").fetchone()[0])
+        free_pages = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
+        # The WAL is left out: it is bounded on its own (checkpoints at ~4 MiB, cut back to
+        # journal_size_limit), and counting it would make small limits unreachable.
+        live = (pages - free_pages) * self.page_size
+        stat = os.statvfs(self.path.parent)
+        free_disk = stat.f_bavail * stat.f_frsize
+        usage = _Usage(live, free_disk)
+        if policy.max_size is not None and live > policy.max_size:
+            usage.reason = "max_size"
+            usage.excess = live - int(policy.max_size * (1 - policy.slack))
+        elif policy.min_free_disk and free_disk < policy.min_free_disk:
+            usage.reason = "min_free_disk"
+            usage.excess = int(policy.min_free_disk * (1 + policy.slack)) - free_disk
+        return usage
+
+    def make_room(self, policy: CapacityPolicy, reason: str) -> dict[str, Any] | None:
+        """One bounded step of the capacity policy; return the report event's body, or None
+        when there is no telemetry left to thin or drop (events are never touched).
+
+        Thinning first: the oldest telemetry not yet thinned, per point and ``thin_window``,
+        keeps the rows with the minimum, the maximum and the last value and deletes the rest.
+        Only when everything has been thinned once are the oldest rows dropped. The report is
+        an event stored in the same transaction as the deletion, so a thinning is never
+        unreported and never reported twice.
+        """
+        now = time.time()
+        conn = self.conn
+        through = self.counters["thinned_through"]
+        rows = conn.execute(
+            "SELECT seq, point, ts, value FROM telemetry WHERE seq > ? ORDER BY seq LIMIT ?",
+            (through, CAPACITY_CHUNK),
+        ).fetchall()
+        if rows:
+            doomed = _thin(rows, policy.thin_window)
+            kind = "buffer-thinned"
+            body: dict[str, Any] = {"kind": kind, "ts": now, "reason": reason}
+            body.update(_span(rows))
+            body.update(rows_removed=len(doomed), rows_kept=len(rows) - len(doomed))
+            body["window_s"] = policy.thin_window
+            new_through = rows[-1][0]
+            total_key = "thinned_rows"
+        else:
+            rows = conn.execute(
+                "SELECT seq, point, ts, value FROM telemetry ORDER BY seq LIMIT ?",
+                (CAPACITY_CHUNK // 4,),
+            ).fetchall()
+            if not rows:
+                return None
+            doomed = [row[0] for row in rows]
+            body = {"kind": "buffer-dropped", "ts": now, "reason": reason}
+            body.update(_span(rows))
+            body["rows_removed"] = len(doomed)
+            new_through = through
+            total_key = "dropped_rows"
+        seq = self.counters["last_seq"] + 1
+        counters = {
+            "last_seq": seq,
+            "rows_event": self.counters["rows_event"] + 1,
+            "rows_telemetry": self.counters["rows_telemetry"] - len(doomed),
+            "thinned_through": new_through,
+            total_key: self.counters[total_key] + len(doomed),
+        }
+        text = json.dumps(body, separators=(",", ":"))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("DELETE FROM telemetry WHERE seq = ?", ((s,) for s in doomed))
+            conn.execute(
+                "INSERT INTO events (seq, created, body) VALUES (?, ?, ?)", (seq, now, text)
+            )
+            _write_counters(conn, counters)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self.counters.update(counters)
+        if reason == "min_free_disk":
+            # Deleted rows free pages inside the file; only this gives them back to the disk.
+            conn.execute("PRAGMA incremental_vacuum")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        log.warning(
+            "outbox %s: %s %d telemetry rows (seq %s..%s) to stay within %s",
+            self.path,
+            "thinned" if total_key == "thinned_rows" else "dropped",
+            len(doomed),
+            body["seq_first"],
+            body["seq_last"],
+            reason,
+        )
+        return body
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.conn.close()
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _configure(conn: sqlite3.Connection, path: Path, *, fresh: bool) -> None:
+    if fresh:
+        # Must precede the first table. Lets a full disk get freed pages back (make_room) with
+        # `PRAGMA incremental_vacuum` instead of a VACUUM that needs twice the space.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    # WAL: readers (the uplink's peek, `edge buffer stats`) never block the writer, and a
+    # commit appends to one file instead of rewriting pages in place and journalling them.
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise OutboxUnwritable(f"{path}: cannot switch to WAL mode (got {mode!r})")
+    # FULL: in WAL mode NORMAL survives a crash of the process but may lose the last
+    # transactions on power loss; FULL fsyncs the WAL at every commit, so what append()
+    # reported as committed survives pulling the plug. Group commit pays for the fsync.
+    conn.execute("PRAGMA synchronous = FULL")
+    # Tools (the CLI, a technician's sqlite3 shell) may hold a lock for a moment.
+    conn.execute("PRAGMA busy_timeout = 5000")
+    # After a checkpoint the WAL is cut back to this, so a burst does not keep a large file.
+    conn.execute("PRAGMA journal_size_limit = 8388608")
+    # Touch the schema now: a file that is not a database fails here, not at the first write.
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+
+def _write_counters(conn: sqlite3.Connection, counters: Mapping[str, int]) -> None:
+    conn.executemany(
+        "UPDATE meta SET value = ? WHERE key = ?", [(v, k) for k, v in counters.items()]
+    )
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # A failed COMMIT may already have ended the transaction; ROLLBACK then fails too.
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("ROLLBACK")
+
+
+def _thin(rows: Sequence[tuple[int, int, float, float | None]], window: float) -> list[int]:
+    """The seqs to delete so that each (point, window) keeps its min, max and last rows."""
+    groups: dict[tuple[int, int], list[tuple[int, int, float, float | None]]] = {}
+    for row in rows:
+        groups.setdefault((row[1], math.floor(row[2] / window)), []).append(row)
+    doomed: list[int] = []
+    for members in groups.values():
+        if len(members) <= 3:
+            continue
+        keep = {max(members, key=lambda r: (r[2], r[0]))[0]}  # last: latest ts, then seq
+        valued = [r for r in members if r[3] is not None]
+        if valued:
+            keep.add(min(valued, key=lambda r: r[3])[0])  # type: ignore[arg-type,return-value]
+            keep.add(max(valued, key=lambda r: r[3])[0])  # type: ignore[arg-type,return-value]
+        doomed.extend(r[0] for r in members if r[0] not in keep)
+    doomed.sort()
+    return doomed
+
+
+def _span(rows: Sequence[tuple[int, int, float, float | None]]) -> dict[str, Any]:
+    """The seq range and the time range (UTC ISO-8601, as on the wire) of ``rows``."""
+    return {
+        "seq_first": rows[0][0],
+        "seq_last": rows[-1][0],
+        "from": _iso(min(r[2] for r in rows)),
+        "to": _iso(max(r[2] for r in rows)),
+    }
+
+
+def _iso(ts: float) -> str:
+    try:
+        moment = datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(ts)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def damage_marker(path: Path) -> Path:
+    """Left by a failed background check: the next open moves the file aside."""
+    return path.with_name(path.name + ".damaged")
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+_FIX = (
+    "make the folder writable by the gateway's user (or remount its file system read-write), "
+    "or set buffer.path in the site file to a writable location"
+)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail early, naming the path and the fix, where SQLite would fail obscurely later."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutboxUnwritable(
+            f"{path}: cannot create its folder {path.parent} ({exc.strerror or exc}); {_FIX}"
+        ) from exc
+    if path.exists() and not path.is_file():
+        raise OutboxUnwritable(f"{path}: exists but is not a file; {_FIX}")
+    # Root passes os.access whatever the mode, and a read-only mount answers only to a real
+    # write, so try one: create and remove an empty file next to the database.
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise OutboxUnwritable(
+            f"{path}: cannot write in {path.parent} ({exc.strerror or exc}); {_FIX}"
+        ) from exc
+
+
+def _unwritable(path: Path, exc: Exception) -> OutboxError:
+    text = str(exc)
+    if "readonly" in text or "unable to open" in text:
+        return OutboxUnwritable(f"{path}: {text}; {_FIX}")
+    # Disk full, I/O error, locked: not the path's fault; the caller retries later.
+    return OutboxError(f"{path}: cannot open the outbox now: {text}")
+
+
+def _is_corruption(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "no such table" in str(exc)
+
+
+def _read_epoch(path: Path) -> str | None:
+    """The epoch of a damaged file, if it can still be read (for the reset event)."""
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            return str(row[0]) if row else None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename the file and its WAL out of the way; keep them (they may still hold data)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    moved = path.with_name(f"{path.name}.corrupt-{stamp}")
+    path.rename(moved)
+    wal = _wal(path)
+    if wal.exists():
+        # Named so that sqlite3 opens the moved file together with its WAL.
+        wal.rename(moved.with_name(moved.name + "-wal"))
+    shm = path.with_name(path.name + "-shm")
+    shm.unlink(missing_ok=True)  # an index of the WAL, rebuilt from it on open
+    return moved
+
+
+# --- read-only access for tools ----------------------------------------------------------------
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection for tools while the gateway may be writing (WAL lets both go on)."""
+    if not path.is_file():
+        raise OutboxError(f"{path}: no such outbox file")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise OutboxCorrupt(f"{path}: not a readable outbox database: {exc}") from exc
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise OutboxError(
+            f"{path}: outbox schema version {version}, this tool reads {SCHEMA_VERSION}; "
+            "start the gateway once to migrate it"
+        )
+    return conn
+
+
+def iter_records(
+    conn: sqlite3.Connection, stream: Stream | None = None, chunk: int = 5000
+) -> Iterator[Record]:
+    """Every record, in seq order (both streams merged when ``stream`` is None)."""
+    series = {int(i): json.loads(text) for i, text in conn.execute("SELECT id, series FROM points")}
+
+    def events() -> Iterator[Record]:
+        after = 0
+        while True:
+            rows = conn.execute(
+                "SELECT seq, created, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            for seq, created, body in rows:
+                yield Record(seq, "event", created, json.loads(body))
+            after = rows[-1][0]
+
+    def telemetry() -> Iterator[Record]:
+        after = 0
+        while True:
+            rows = conn.execute(
+                "SELECT seq, point, ts, value FROM telemetry WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            for seq, point, ts, value in rows:
+                yield Record(seq, "telemetry", ts, {**series[point], "value": value, "ts": ts})
+            after = rows[-1][0]
+
+    if stream == "event":
+        yield from events()
+    elif stream == "telemetry":
+        yield from telemetry()
+    else:
+        yield from heapq.merge(events(), telemetry(), key=lambda r: r.seq)
+
+
+def stats(path: Path) -> dict[str, Any]:
+    """What ``edge buffer stats`` shows: depth, oldest age, size, epoch, counts."""
+    conn = connect_readonly(path)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        now = time.time()
+        oldest_event = conn.execute("SELECT min(created) FROM events").fetchone()[0]
+        first_tel = conn.execute("SELECT min(seq) FROM telemetry").fetchone()[0]
+        oldest_tel = None
+        if first_tel is not None:
+            oldest_tel = conn.execute(
+                "SELECT ts FROM telemetry WHERE seq = ?", (first_tel,)
+            ).fetchone()[0]
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        points = int(conn.execute("SELECT count(*) FROM points").fetchone()[0])
+        state_keys = int(conn.execute("SELECT count(*) FROM state").fetchone()[0])
+    finally:
+        conn.close()
+    return {
+        "path": str(path),
+        "epoch": str(meta["epoch"]),
+        "schema_version": SCHEMA_VERSION,
+        "depth": {"event": int(meta["rows_event"]), "telemetry": int(meta["rows_telemetry"])},
+        "oldest_age_s": {
+            "event": None if oldest_event is None else round(now - float(oldest_event), 3),
+            "telemetry": None if oldest_tel is None else round(now - float(oldest_tel), 3),
+        },
+        "last_seq": int(meta["last_seq"]),
+        "thinned_rows": int(meta["thinned_rows"]),
+        "dropped_rows": int(meta["dropped_rows"]),
+        "points": points,
+        "state_keys": state_keys,
+        "file_bytes": _size(path),
+        "wal_bytes": _size(_wal(path)),
+        "live_bytes": (pages - free_pages) * page_size,
+        "free_bytes_in_file": free_pages * page_size,
+    }
+
+
+def vacuum(path: Path) -> tuple[int, int]:
+    """Rebuild the file without its free pages; return its size (with WAL) before and after."""
+    connect_readonly(path).close()  # a clear error for a missing, foreign or old file
+    before = _size(path) + _size(_wal(path))
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return before, _size(path) + _size(_wal(path))
