@@ -1,0 +1,285 @@
+"""deploy/install.sh into a throwaway system root: install, upgrade, roll back, remove.
+
+Every refusal is checked to leave the root exactly as it was (a snapshot of every path, mode
+and content before and after).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import INSTALL, make_root, need, snapshot
+from tests.fixtures.certs import write_certificate, write_key
+from tests.integration.site import EXAMPLE
+
+APP = "city-safety-edge"
+
+
+def install(
+    root: Path, *args: str | Path, wheels: Path | None = None, source: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = ["bash", str(INSTALL), "--root", str(root)]
+    if source is not None:
+        command += ["--source", str(source)]
+    if wheels is not None:
+        command += ["--wheels", str(wheels)]
+    return subprocess.run(
+        [*command, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def account(root: Path, name: str) -> list[str] | None:
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return fields
+    return None
+
+
+def members(root: Path, user: str) -> set[str]:
+    groups = set()
+    for line in (root / "etc" / "group").read_text().splitlines():
+        name, _, _, users = line.split(":")
+        if user in users.split(","):
+            groups.add(name)
+    return groups
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def installed_edge(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run the installed release's ``edge`` (its python: the shebang names the real /opt)."""
+    python = root / "opt" / APP / "current" / "venv" / "bin" / "python"
+    return subprocess.run(
+        [str(python), "-m", "edge.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_install_upgrade_rollback_uninstall(
+    scratch_root: Path, wheelhouse: Path, project_wheel: Path, tmp_path: Path
+) -> None:
+    root = scratch_root
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    write_certificate(certs / "client.pem", write_key(certs / "client.key"))
+
+    first = install(
+        root, "--config", EXAMPLE, "--certs", certs, wheels=wheelhouse, source=project_wheel
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "installed edge" in first.stdout
+
+    opt, etc, data = root / "opt" / APP, root / "etc" / APP, root / "var" / "lib" / APP
+    user = account(root, "edge")
+    assert user is not None
+    uid, gid = int(user[2]), int(user[3])
+    assert user[6] == "/usr/sbin/nologin"
+    assert members(root, "edge") == {"dialout", "gpio"}, "only the groups it needs"
+    # Secrets: readable by the gateway's user alone.
+    assert mode(etc / "site.yaml") == 0o600
+    assert (etc / "site.yaml").stat().st_uid == uid
+    assert (etc / "site.yaml").read_bytes() == EXAMPLE.read_bytes()
+    assert mode(etc / "certs") == 0o700
+    assert mode(etc / "certs" / "client.key") == 0o600
+    assert mode(data) == 0o750
+    assert (data.stat().st_uid, data.stat().st_gid) == (uid, gid)
+    # The release in service, and the command on the PATH pointing into it.
+    current = opt / "current"
+    assert current.is_symlink()
+    assert (root / "usr" / "local" / "bin" / "edge").readlink() == Path(
+        f"/opt/{APP}/current/venv/bin/edge"
+    )
+    # pip writes a plain shebang, or a /bin/sh trampoline when the build path was long.
+    head = "\n".join((current / "venv" / "bin" / "edge").read_text().splitlines()[:2])
+    assert f"/opt/{APP}/releases/" in head, head
+    staged = subprocess.run(
+        ["grep", "-rlI", str(root), str(opt)], capture_output=True, text=True, check=False
+    )
+    assert staged.stdout == "", f"files name the staging root: {staged.stdout[:500]}"
+    # Units enabled, the way systemctl enable leaves them.
+    wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
+    assert {p.name for p in wants.iterdir()} == {f"{APP}.service", f"{APP}-firstboot.service"}
+    # The installed gateway runs and accepts the installed config.
+    checked = installed_edge(root, "check-config", etc / "site.yaml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # systemd's own verdict on the installed units, resolved inside the root.
+    analyze = need("systemd-analyze", "systemd")
+    for unit in (f"{APP}.service", f"{APP}-firstboot.service"):
+        verify = subprocess.run(
+            [analyze, "verify", f"--root={root}", unit], capture_output=True, text=True, check=False
+        )
+        assert verify.returncode == 0, verify.stderr
+        assert verify.stdout + verify.stderr == "", "verify must be clean, warnings included"
+
+    # Upgrade in place: the buffer and the config stay, the new release takes over.
+    (data / "outbox.sqlite").write_bytes(b"pretend outbox")
+    config_before = (etc / "site.yaml").read_bytes()
+    first_release = current.readlink()
+    second = install(root, wheels=wheelhouse, source=project_wheel)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "upgraded to edge" in second.stdout
+    assert current.readlink() != first_release
+    assert (data / "outbox.sqlite").read_bytes() == b"pretend outbox"
+    assert (etc / "site.yaml").read_bytes() == config_before
+    assert len(list((opt / "releases").iterdir())) == 2, "one previous release kept"
+
+    # A failed upgrade (here: no packages to be had) leaves the gateway in service untouched.
+    before = snapshot(root)
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    broken = install(root, wheels=empty, source=project_wheel)
+    assert broken.returncode == 1
+    assert "installing the gateway's Python packages failed" in broken.stderr
+    assert "nothing was changed" in broken.stderr
+    assert snapshot(root) == before
+
+    back = install(root, "--rollback")
+    assert back.returncode == 0, back.stderr
+    assert current.readlink() == first_release
+
+    gone = install(root, "--uninstall")
+    assert gone.returncode == 0, gone.stderr
+    assert not opt.exists()
+    assert not (root / "etc" / "systemd" / "system" / f"{APP}.service").exists()
+    assert not wants.exists() or not any(wants.iterdir())
+    assert not (root / "usr" / "local" / "bin" / "edge").is_symlink()
+    assert (etc / "site.yaml").read_bytes() == config_before, "config kept"
+    assert (data / "outbox.sqlite").exists(), "buffered data kept"
+
+    purged = install(root, "--uninstall", "--purge")
+    assert purged.returncode == 0, purged.stderr
+    assert not etc.exists()
+    assert not data.exists()
+    assert account(root, "edge") is None
+
+
+@pytest.mark.parametrize(
+    ("os_release", "message"),
+    [
+        (
+            'PRETTY_NAME="Ubuntu 24.04 LTS"\nID=ubuntu\nVERSION_CODENAME=noble\n',
+            "unsupported system",
+        ),
+        (
+            'PRETTY_NAME="Debian GNU/Linux 11 (bullseye)"\nID=debian\nVERSION_CODENAME=bullseye\n',
+            "unsupported release",
+        ),
+        (None, "cannot tell which system"),
+    ],
+    ids=["ubuntu", "bullseye", "no-os-release"],
+)
+def test_unsupported_system_is_refused_untouched(
+    tmp_path: Path, os_release: str | None, message: str
+) -> None:
+    root = make_root(tmp_path / "root", os_release or "")
+    if os_release is None:
+        (root / "etc" / "os-release").unlink()
+    before = snapshot(root)
+    result = install(root)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert snapshot(root) == before
+
+
+def test_raspios_trixie_passes_the_system_check(tmp_path: Path) -> None:
+    trixie = 'PRETTY_NAME="Raspbian GNU/Linux 13 (trixie)"\nID=raspbian\nVERSION_CODENAME=trixie\n'
+    root = make_root(tmp_path / "root", trixie)
+    # Stop right after the system check: a Python that is too old.
+    old = tmp_path / "python3.9"
+    old.write_text("#!/bin/sh\necho 3.9\n")
+    old.chmod(0o755)
+    result = install(root, "--python", old)
+    assert "unsupported" not in result.stderr
+    assert "Python 3.9 is too old" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        ("#!/bin/sh\necho 3.9\n", "Python 3.9 is too old: the gateway needs Python 3.11"),
+        (
+            '#!/bin/sh\ncase "$2" in *ensurepip*) exit 1 ;; esac\necho 3.11\n',
+            "apt-get install python3-venv",
+        ),
+    ],
+    ids=["too-old", "no-venv"],
+)
+def test_unfit_python_is_refused_untouched(
+    scratch_root: Path, tmp_path: Path, script: str, message: str
+) -> None:
+    python = tmp_path / "python3"
+    python.write_text(script)
+    python.chmod(0o755)
+    before = snapshot(scratch_root)
+    result = install(scratch_root, "--python", python)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert snapshot(scratch_root) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frobnicate"], "unknown option: --frobnicate"),
+        (["--config", "/nonexistent/site.yaml"], "no such readable file"),
+        (["--source", "/nonexistent"], "no such file or folder"),
+        (["--purge"], "--purge goes with --uninstall"),
+        (["--keep", "two"], "--keep needs a whole number"),
+    ],
+)
+def test_bad_arguments_are_refused_untouched(
+    scratch_root: Path, args: list[str], message: str
+) -> None:
+    before = snapshot(scratch_root)
+    result = install(scratch_root, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert snapshot(scratch_root) == before
+
+
+def test_invalid_config_and_expired_certificate_refused_after_build_nothing_changed(
+    scratch_root: Path, wheelhouse: Path, project_wheel: Path, tmp_path: Path
+) -> None:
+    site = yaml.safe_load(EXAMPLE.read_text())
+    site["outputs"]["buzzer"]["pin"] = 40
+    bad = tmp_path / "site.yaml"
+    bad.write_text(yaml.safe_dump(site))
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    write_certificate(certs / "client.pem", write_key(certs / "client.key"), days_valid=(-60, -1))
+    before = snapshot(scratch_root)
+    result = install(
+        scratch_root, "--config", bad, "--certs", certs, wheels=wheelhouse, source=project_wheel
+    )
+    assert result.returncode == 1
+    assert "outputs.buzzer.pin" in result.stderr
+    assert "client.pem" in result.stderr
+    assert "expired" in result.stderr
+    assert "nothing was changed" in result.stderr
+    after = snapshot(scratch_root)
+    # The releases folder may remain (empty): the half-built release itself is gone.
+    added = set(after) - set(before)
+    assert added <= {"opt", f"opt/{APP}", f"opt/{APP}/releases"}, added
+    assert account(scratch_root, "edge") is None, "no user created for a refused install"
+
+
+def test_needs_root(scratch_root: Path) -> None:
+    command = ["bash", str(INSTALL), "--root", str(scratch_root)]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    before = snapshot(scratch_root)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "run as root" in result.stderr
+    assert snapshot(scratch_root) == before

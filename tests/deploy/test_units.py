@@ -1,0 +1,78 @@
+"""The systemd units as systemd itself judges them (offline: no running systemd needed)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import UNITS, need
+
+#: The issue's limit for the gateway's unit; systemd calls <= 3.9 "OK".
+MAX_EXPOSURE = 3.0
+
+
+def exposure(unit: Path) -> float:
+    analyze = need("systemd-analyze", "systemd")
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    return float(match.group(1))
+
+
+@pytest.mark.parametrize("name", ["city-safety-edge.service", "city-safety-edge-firstboot.service"])
+def test_exposure_is_at_most_3(name: str) -> None:
+    score = exposure(UNITS / name)
+    assert score <= MAX_EXPOSURE, f"{name}: exposure {score}"
+
+
+def test_a_weakened_unit_scores_worse(tmp_path: Path) -> None:
+    """The measurement itself can fail: strip the hardening and the score must rise."""
+    text = (UNITS / "city-safety-edge.service").read_text()
+    weak = "\n".join(
+        line
+        for line in text.splitlines()
+        if not line.startswith(("Protect", "Private", "Restrict", "SystemCall", "Capability"))
+    )
+    path = tmp_path / "weak.service"
+    path.write_text(weak + "\n")
+    assert exposure(path) > MAX_EXPOSURE
+
+
+def service_section(name: str) -> dict[str, list[str]]:
+    # Not configparser: systemd allows a key several times (DeviceAllow=), in order.
+    values: dict[str, list[str]] = {}
+    for line in (UNITS / name).read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def test_gateway_unit_is_notify_watched_restarted_and_writes_only_its_data() -> None:
+    unit = service_section("city-safety-edge.service")
+    assert unit["Type"] == ["notify"]
+    assert unit["Restart"] == ["always"]
+    assert unit["WatchdogSec"], "a hung event loop must be restarted"
+    assert unit["ProtectSystem"] == ["strict"]
+    assert unit["StateDirectory"] == ["city-safety-edge"], "the only writable path"
+    assert "ReadWritePaths" not in unit
+    assert unit["DevicePolicy"] == ["closed"]
+    devices = {value.split()[0] for value in unit["DeviceAllow"]}
+    assert devices == {
+        "char-ttyUSB",
+        "char-ttyACM",
+        "char-ttyAMA",
+        "char-ttyS",
+        "char-gpiochip",
+        "/dev/gpiomem",
+    }
+    assert unit["User"] == ["edge"]
