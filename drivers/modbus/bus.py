@@ -26,6 +26,7 @@ from pymodbus.pdu import ModbusPDU
 from drivers.backoff import Backoff
 from drivers.modbus.logthrottle import throttle_pymodbus_log
 from drivers.modbus.model import DeviceModel, decode, read_plan
+from drivers.tilt import TILT_AXES, check_gauge_length, displacement_mm, displacement_point
 from drivers.types import DeviceStatus, Reading, Sink
 
 __all__ = [
@@ -156,6 +157,9 @@ class PolledDevice:
     poll_interval: float
     #: Seconds between fast-lane polls of the critical points; None: no fast lane.
     fast_interval: float | None = None
+    #: For tilt sensors: metres over which roll and pitch turn into a displacement in mm
+    #: (``roll_displacement``, ``pitch_displacement`` readings); None: angles only.
+    gauge_length: float | None = None
 
     def __post_init__(self) -> None:
         if not self.device_id:
@@ -169,6 +173,13 @@ class PolledDevice:
                 raise ValueError(
                     f"device {self.device_id}: fast_interval needs alarm-critical points, "
                     f"and model {self.model.name} marks none"
+                )
+        if self.gauge_length is not None:
+            check_gauge_length(self.gauge_length)
+            if not any(self.model.has_point(axis) for axis in TILT_AXES):
+                raise ValueError(
+                    f"device {self.device_id}: gauge_length needs a tilt model with roll or "
+                    f"pitch points, and {self.model.name} has neither"
                 )
 
 
@@ -577,12 +588,18 @@ class ModbusBus:
         self._device_answered(state, answered[0][0])
         fast = job.lane == "fast"
         units = state.units
+        gauge = device.gauge_length
         for ts, mono, values in answered:
             for name, value in values.items():
                 if fast and name not in state.critical:
                     continue
                 self.stats.readings += 1
                 self._sink(Reading(device.device_id, name, value, units[name], ts, mono))
+                if gauge is not None and name in TILT_AXES:
+                    self.stats.readings += 1
+                    shift = displacement_mm(value, gauge)
+                    point = displacement_point(name)
+                    self._sink(Reading(device.device_id, point, shift, "mm", ts, mono))
         return False
 
     @staticmethod

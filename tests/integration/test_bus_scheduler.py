@@ -252,3 +252,26 @@ async def test_sparse_maps_are_read_in_the_fewest_requests() -> None:
     assert line.requests(1) == 2 * len(recorder.polls("g", "c"))
     assert line.requests(2) == 5 * len(recorder.polls("acrel"))
     assert recorder.online("acrel") == [True]
+
+
+async def test_tilt_and_smoke_models_on_one_line() -> None:
+    tilt, smoke = load_model("witmotion-wt901c485"), load_model("system-sensor-faast")
+    recorder = Recorder()
+    async with RtuLine({0x50: tilt, 3: smoke}, baudrate=9600) as line:
+        line.set(0x50, "roll", 0.229)
+        line.set(3, "obscuration", 0.25)
+        line.set(3, "relay_status", 0b1001)  # alert + fire1
+        devices = [
+            PolledDevice("tilt", tilt, 0x50, 0.2, gauge_length=1.0),
+            PolledDevice("smoke", smoke, 3, 0.2),
+        ]
+        bus = ModbusBus("rs485", RtuSettings(line.path, 9600), devices, recorder)
+        async with running(bus):
+            await recorder.wait_for("both", lambda: bool(recorder.polls("smoke", "obscuration")))
+            await recorder.wait_for("tilt", lambda: bool(recorder.polls("tilt", "roll")))
+    assert recorder.values("tilt", "roll")[0] == pytest.approx(0.229, abs=0.006)
+    assert recorder.values("tilt", "roll_displacement")[0] == pytest.approx(4.0, abs=0.1)
+    assert recorder.values("smoke", "obscuration")[0] == pytest.approx(0.25)
+    assert recorder.values("smoke", "relay_status")[0] == 9.0
+    with pytest.raises(ValueError, match="gauge_length needs a tilt model"):
+        PolledDevice("x", EFM, 1, 1.0, gauge_length=1.0)
