@@ -26,7 +26,7 @@ import tty
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal, TypeAlias, get_args
+from typing import Final, Literal, Self, TypeAlias, get_args
 
 from drivers.framing import Deframer
 from drivers.ld2410 import codec as radar
@@ -67,7 +67,7 @@ class SerialDeviceSim:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def __aenter__(self) -> SerialDeviceSim:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
