@@ -1,30 +1,159 @@
-"""From the site file's buses and devices to one driver task per bus."""
+"""From the site file's buses and devices to one driver task per bus (or per UART sensor).
+
+:func:`build_buses` makes the driver objects; :func:`bus_services` turns them into the
+supervisor's ``{"bus:<id>": run}``. A gateway that wants to change poll intervals at run time
+(storm mode) builds the buses first, keeps them, and passes them to :func:`bus_services`; then
+:func:`set_interval` reaches the right bus by device id.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeAlias
 
 from drivers import Sink
-from drivers.modbus import ModbusBus, PolledDevice, RtuSettings, TcpSettings, load_model
-from edge.config.model import ModbusRtuBus, ModbusTcpBus, SiteConfig
+from drivers.catalog import SERIAL_MODELS
+from drivers.ld2410.driver import Ld2410Radar
+from drivers.modbus import Lane, ModbusBus, PolledDevice, RtuSettings, TcpSettings, load_model
+from drivers.pir import PirSensor
+from drivers.witmotion.driver import WitMotionSensor
+from edge.annunciator import make_pin_factory
+from edge.config.model import (
+    Device,
+    GpioBus,
+    ModbusRtuBus,
+    ModbusTcpBus,
+    SerialBus,
+    SiteConfig,
+)
+
+__all__ = ["FieldDriver", "build_buses", "bus_services", "set_interval"]
 
 
-def bus_services(config: SiteConfig, sink: Sink) -> dict[str, Callable[[], Awaitable[None]]]:
-    """``{"bus:<id>": run}`` for every bus that has at least one device."""
-    services: dict[str, Callable[[], Awaitable[None]]] = {}
+class FieldDriver(Protocol):
+    """What the gateway runs per bus: a coroutine that polls until cancelled."""
+
+    async def run(self) -> None: ...
+
+
+Services: TypeAlias = dict[str, Callable[[], Awaitable[None]]]
+
+
+class _GpioSensors:
+    """All PIR sensors of one GPIO bus, run as one service."""
+
+    def __init__(self, sensors: list[PirSensor]) -> None:
+        self.sensors = sensors
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for sensor in self.sensors:
+                group.create_task(sensor.run(), name=f"pir {sensor.device_id}")
+
+
+def build_buses(
+    config: SiteConfig, sink: Sink, *, pin_factory: Any = None
+) -> dict[str, FieldDriver]:
+    """``{"bus:<id>": driver}`` for every bus that has at least one device.
+
+    ``pin_factory`` (a gpiozero factory) is used for GPIO sensors when given, so they share
+    the annunciator's; else the bus's ``pin_factory``, else the outputs', else gpiozero's.
+    """
+    drivers: dict[str, FieldDriver] = {}
     for bus in config.buses:
-        devices = [
-            PolledDevice(d.id, load_model(d.model), d.address, d.poll_interval)
-            for d in config.devices
-            if d.bus == bus.id
-        ]
+        devices = [d for d in config.devices if d.bus == bus.id]
         if not devices:
             continue
-        settings: TcpSettings | RtuSettings
-        if isinstance(bus, ModbusTcpBus):
-            settings = TcpSettings(bus.host, bus.port, bus.timeout)
+        name = f"bus:{bus.id}"
+        if isinstance(bus, ModbusTcpBus | ModbusRtuBus):
+            drivers[name] = _modbus(bus, devices, sink)
+        elif isinstance(bus, SerialBus):
+            # One UART sensor per port (checked when the site file is loaded).
+            drivers[name] = _serial(bus, devices[0], sink)
         else:
-            assert isinstance(bus, ModbusRtuBus)
-            settings = RtuSettings(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.timeout)
-        services[f"bus:{bus.id}"] = ModbusBus(bus.id, settings, devices, sink).run
-    return services
+            assert isinstance(bus, GpioBus)
+            factory = pin_factory
+            if factory is None:
+                factory = make_pin_factory(bus.pin_factory or config.outputs.pin_factory)
+            sensors = [PirSensor(d.id, _pin(d), sink, pin_factory=factory) for d in devices]
+            drivers[name] = _GpioSensors(sensors)
+    return drivers
+
+
+def bus_services(
+    config: SiteConfig,
+    sink: Sink,
+    *,
+    buses: Mapping[str, FieldDriver] | None = None,
+) -> Services:
+    """``{"bus:<id>": run}`` for every bus that has at least one device (from ``buses`` when
+    given, so the caller keeps the objects)."""
+    built = build_buses(config, sink) if buses is None else buses
+    return {name: driver.run for name, driver in built.items()}
+
+
+def set_interval(
+    buses: Mapping[str, FieldDriver],
+    device_id: str,
+    seconds: float | None,
+    *,
+    lane: Lane = "normal",
+) -> None:
+    """Change a Modbus device's poll interval at run time (None restores the configured one).
+
+    Raises ``ValueError`` for a device that is on no Modbus bus, or a bad interval.
+    """
+    for driver in buses.values():
+        if isinstance(driver, ModbusBus) and device_id in driver.devices_online:
+            driver.set_interval(device_id, seconds, lane=lane)
+            return
+    raise ValueError(f"no Modbus device {device_id!r} on any bus")
+
+
+def _modbus(bus: ModbusTcpBus | ModbusRtuBus, devices: list[Device], sink: Sink) -> ModbusBus:
+    polled = [
+        PolledDevice(
+            d.id,
+            load_model(d.model),
+            d.address if d.address is not None else 0,
+            d.poll_interval,
+            fast_interval=d.fast_interval,
+            gauge_length=d.gauge_length,
+        )
+        for d in devices
+    ]
+    settings: TcpSettings | RtuSettings
+    if isinstance(bus, ModbusTcpBus):
+        settings = TcpSettings(bus.host, bus.port, bus.timeout)
+    else:
+        settings = RtuSettings(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.timeout)
+    return ModbusBus(bus.id, settings, polled, sink)
+
+
+def _serial(bus: SerialBus, device: Device, sink: Sink) -> FieldDriver:
+    baudrate = bus.baudrate or SERIAL_MODELS[device.model][1]
+    if device.model == "hlk-ld2410":
+        return Ld2410Radar(
+            device.id,
+            bus.port,
+            sink,
+            baudrate=baudrate,
+            report_interval=device.poll_interval,
+            silence=bus.silence,
+        )
+    return WitMotionSensor(
+        device.id,
+        bus.port,
+        sink,
+        baudrate=baudrate,
+        report_interval=device.poll_interval,
+        gauge_length=device.gauge_length,
+        silence=bus.silence,
+    )
+
+
+def _pin(device: Device) -> int:
+    if device.pin is None:  # the loader rejects this; a hand-built config might not
+        raise ValueError(f"device {device.id}: a GPIO sensor needs a pin")
+    return device.pin

@@ -39,7 +39,7 @@ import aiomqtt
 from drivers.modbus import known_models
 from edge.certs import check_certificates
 from edge.config import SiteConfig, report_config
-from edge.config.model import ModbusRtuBus, ModbusTcpBus
+from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus
 from edge.uplink import parse_broker_url
 
 __all__ = ["Check", "exit_status", "print_report", "run_checks"]
@@ -214,7 +214,7 @@ async def check_tcp_buses(config: SiteConfig, seconds: float) -> list[Check]:
     for bus in config.buses:
         if isinstance(bus, ModbusTcpBus):
             targets.append((bus.id, bus.host, bus.port))
-        elif bus.port.startswith("socket://"):
+        elif isinstance(bus, ModbusRtuBus | SerialBus) and bus.port.startswith("socket://"):
             parts = urlsplit(bus.port)
             if parts.hostname and parts.port:
                 targets.append((bus.id, parts.hostname, parts.port))

@@ -52,7 +52,8 @@ class Narrator:
 def sim_bus_of(config: SiteConfig) -> dict[str, tuple[str, int]]:
     """Device id -> (simulator bus, unit address)."""
     kinds = {b.id: ("tcp" if isinstance(b, ModbusTcpBus) else "rtu") for b in config.buses}
-    return {d.id: (kinds[d.bus], d.address) for d in config.devices}
+    # Only Modbus devices have an address; the demo site has no others.
+    return {d.id: (kinds[d.bus], d.address) for d in config.devices if d.address is not None}
 
 
 def timeline(config: SiteConfig, seconds: float | None) -> list[Injection]:

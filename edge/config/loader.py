@@ -29,6 +29,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from drivers.catalog import BUS_FAMILY, GPIO_MODELS, SERIAL_MODELS, family_of
+from drivers.modbus.model import ModelError, load_model
 from edge.config.model import SiteConfig
 
 __all__ = [
@@ -780,7 +782,7 @@ def _cross_check(
     serial_ports: dict[str, int] = {}
     for index, bus_entry in _entries(data, "buses") or []:
         port = _text(bus_entry.get("port"))
-        if bus_entry.get("kind") != "modbus-rtu" or port is None:
+        if bus_entry.get("kind") not in ("modbus-rtu", "serial") or port is None:
             continue
         if port in serial_ports:
             first = serial_ports[port]
@@ -821,6 +823,9 @@ def _cross_check(
                 used[(bus, address)] = index
 
         model = _text(device.get("model"))
+        if known_models is not None and model is not None:
+            # UART and GPIO sensors have drivers, not model files: they are always known.
+            known_models = {*known_models, *SERIAL_MODELS, *GPIO_MODELS}
         if known_models is not None and model is not None and model not in known_models:
             names = sorted(known_models)
             message = f"unknown device model '{model}'"
@@ -829,6 +834,8 @@ def _cross_check(
                 message += f"; did you mean '{suggestion}'?"
             message += f" (known models: {_listing(names)})" if names else " (no model is known)"
             report(("devices", index, "model"), message)
+
+    _check_device_kinds(data, report, line_of)
 
     if device_ids is not None:
         for index, rule in _entries(data, "rules") or []:
@@ -845,3 +852,95 @@ def _cross_check(
                     report(("rules", index, "devices", position), message)
 
     return issues
+
+
+def _check_device_kinds(
+    data: Mapping[str, Any],
+    report: typing.Callable[[Loc, str], None],
+    line_of: typing.Callable[[Loc], int],
+) -> None:
+    """Devices against the kind of their bus: a model on the wrong kind of bus, a Modbus
+    device without an address, a PIR without a pin or on a pin the outputs use, two sensors on
+    one UART, options that do not apply to the device."""
+    kinds: dict[str, str] = {}
+    for _, bus_entry in _entries(data, "buses") or []:
+        ident, kind = _text(bus_entry.get("id")), _text(bus_entry.get("kind"))
+        if ident is not None and kind is not None:
+            kinds.setdefault(ident, kind)
+    taken: dict[int, str] = {}
+    outputs = data.get("outputs")
+    if isinstance(outputs, Mapping):
+        for name, entry in outputs.items():
+            if isinstance(entry, Mapping) and isinstance(entry.get("pin"), int):
+                taken[entry["pin"]] = f"outputs.{name}"
+    uart_users: dict[str, int] = {}
+    for index, device in _entries(data, "devices") or []:
+        bus, model = _text(device.get("bus")), _text(device.get("model"))
+        kind = kinds.get(bus) if bus is not None else None
+        if kind not in BUS_FAMILY:
+            continue  # an unknown bus or bus kind is reported on its own
+        family = family_of(model) if model is not None else None
+        wanted = BUS_FAMILY[kind]
+        if family is not None and family != wanted:
+            fitting = ", ".join(k for k, f in BUS_FAMILY.items() if f == family)
+            report(
+                ("devices", index, "model"),
+                f"model '{model}' is a {family} device but bus '{bus}' is {kind}; "
+                f"put it on a bus of kind {fitting}",
+            )
+            continue
+        modbus = wanted == "modbus"
+        if modbus and device.get("address") is None:
+            report(("devices", index), "a Modbus device needs an address (its unit id, 1-247)")
+        if not modbus:
+            for option in ("address", "fast_interval"):
+                if device.get(option) is not None:
+                    report(("devices", index, option), f"{option} only applies to Modbus devices")
+        if kind == "gpio":
+            pin = device.get("pin")
+            if pin is None:
+                report(("devices", index), "a GPIO sensor needs a pin (BCM number)")
+            elif isinstance(pin, int) and pin in taken:
+                report(("devices", index, "pin"), f"GPIO {pin} is already used by {taken[pin]}")
+            elif isinstance(pin, int):
+                taken[pin] = f"device '{_text(device.get('id')) or index}'"
+        elif device.get("pin") is not None:
+            report(("devices", index, "pin"), "pin only applies to GPIO sensors (bus kind gpio)")
+        if kind == "serial" and bus is not None:
+            if bus in uart_users:
+                first = uart_users[bus]
+                report(
+                    ("devices", index, "bus"),
+                    f"serial bus '{bus}' already carries devices[{first}] (line "
+                    f"{line_of(('devices', first, 'bus'))}); one UART sensor per port",
+                )
+            else:
+                uart_users[bus] = index
+        if modbus and model is not None and family == "modbus":
+            _check_modbus_options(model, device, index, report)
+        elif device.get("gauge_length") is not None and model != "witmotion-uart":
+            report(("devices", index, "gauge_length"), "gauge_length only applies to tilt sensors")
+
+
+def _check_modbus_options(
+    model: str,
+    device: Mapping[str, Any],
+    index: int,
+    report: typing.Callable[[Loc, str], None],
+) -> None:
+    try:
+        points = load_model(model).points
+    except ModelError:
+        return  # reported as an unknown model
+    if device.get("fast_interval") is not None and not any(point.critical for point in points):
+        report(
+            ("devices", index, "fast_interval"),
+            f"model '{model}' marks no alarm-critical points, so there is nothing for a fast lane",
+        )
+    if device.get("gauge_length") is not None and not any(
+        point.name in ("roll", "pitch") for point in points
+    ):
+        report(
+            ("devices", index, "gauge_length"),
+            f"gauge_length only applies to tilt sensors; model '{model}' has no roll or pitch",
+        )

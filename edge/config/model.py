@@ -79,7 +79,35 @@ class ModbusRtuBus(Strict):
     timeout: Duration = Field(default=0.3, gt=0, description="Per-request answer timeout.")
 
 
-Bus = Annotated[ModbusTcpBus | ModbusRtuBus, Field(discriminator="kind")]
+class SerialBus(Strict):
+    """A UART sensor's port (WitMotion tilt module, LD2410 radar): one sensor per port."""
+
+    id: Identifier
+    kind: Literal["serial"]
+    port: str = Field(
+        description="A serial port URL: a device path, a pty path or socket://host:port."
+    )
+    baudrate: (
+        Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 256000, 460800, 921600]
+        | None
+    ) = Field(default=None, description="Default: the model's (WitMotion 9600, LD2410 256000).")
+    silence: Duration = Field(
+        default=3.0, gt=0, description="No valid frame for this long marks the sensor offline."
+    )
+
+
+class GpioBus(Strict):
+    """The gateway's own GPIO header, for PIR motion sensors (each device names its pin)."""
+
+    id: Identifier
+    kind: Literal["gpio"]
+    pin_factory: Literal["mock", "lgpio", "rpigpio", "pigpio", "native"] | None = Field(
+        default=None,
+        description="gpiozero pin factory; when absent, the outputs' one, else gpiozero's default.",
+    )
+
+
+Bus = Annotated[ModbusTcpBus | ModbusRtuBus | SerialBus | GpioBus, Field(discriminator="kind")]
 
 
 class Device(Strict):
@@ -87,8 +115,37 @@ class Device(Strict):
     model: Identifier = Field(description="A device model file name, e.g. 'efm-ref'.")
     bus: Identifier
     # strict: YAML's `true` must not become unit 1.
-    address: int = Field(ge=1, le=247, strict=True, description="Modbus unit (slave) address.")
-    poll_interval: Duration = Field(default=1.0, gt=0)
+    address: int | None = Field(
+        default=None,
+        ge=1,
+        le=247,
+        strict=True,
+        description="Modbus unit (slave) address; Modbus devices only, and required there.",
+    )
+    poll_interval: Duration = Field(
+        default=1.0,
+        gt=0,
+        description="Modbus: seconds between polls. UART sensors: between reports of the "
+        "latest frame (presence changes are reported at once).",
+    )
+    fast_interval: Duration | None = Field(
+        default=None,
+        gt=0,
+        description="Modbus: also read the model's alarm-critical points this often.",
+    )
+    gauge_length: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description="Tilt sensors: metres over which roll and pitch become a displacement in mm.",
+    )
+    pin: int | None = Field(
+        default=None,
+        ge=BCM_PINS.start,
+        le=BCM_PINS.stop - 1,
+        strict=True,
+        description="GPIO sensors (PIR): BCM GPIO number (2-27).",
+    )
     location: Location
 
 
