@@ -51,7 +51,12 @@ async def test_signal_stops_cleanly_within_5s_and_flushes_buffer(
         await asyncio.sleep(1.0)  # let readings flow
         process.send_signal(signum)
         sent = time.monotonic()
-        rest = (await asyncio.wait_for(process.stderr.read(), 10)).decode()
+        try:
+            rest = (await asyncio.wait_for(process.stderr.read(), 10)).decode()
+        except TimeoutError:
+            process.kill()
+            rest = (await process.stderr.read()).decode()
+            pytest.fail(f"still running 10 s after {signum.name}; its log:\n{rest}")
         code = await process.wait()
         elapsed = time.monotonic() - sent
 
