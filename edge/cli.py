@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from drivers.modbus import known_models
-from edge import __version__, doctor, provision
+from edge import __version__, doctor, installer_cli, provision
 from edge.config import report_config
 from edge.config.duration import parse_duration
 from edge.gateway import Gateway, config_hash
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     doctor.add_parser(commands)
     provision.add_parser(commands)
+    installer_cli.add_parser(commands)
     return parser
 
 
@@ -63,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor.command(args)
     if args.command == "provision":
         return provision.command(args)
+    if args.command in ("scan", "read"):
+        return installer_cli.command(args)
     raise AssertionError(args.command)  # argparse refuses unknown commands
 
 

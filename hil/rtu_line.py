@@ -28,6 +28,7 @@ import os
 import random
 import signal
 import sys
+import termios
 import tty
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ class LineStats:
     collisions: int = 0
     #: Bytes from the master that did not form a valid request.
     bad_frames: int = 0
+    #: Requests sent at another baud rate than the line's (the slaves would read noise).
+    wrong_baud: int = 0
     #: Seconds the line carried characters (requests and answers), for utilisation figures.
     busy_seconds: float = 0.0
 
@@ -259,6 +262,11 @@ class RtuLine:
         assert self._loop is not None
         stats = self.stats
         stats.requests += 1
+        if not self._master_speed_matches():
+            # A pty carries bytes whatever the speed, but the port's settings say what the
+            # master configured: at another baud rate real slaves would only see noise.
+            stats.wrong_baud += 1
+            return
         if now < self._line_free + self._gap - 1e-4:
             stats.collisions += 1
             if now < self._line_free:
@@ -288,6 +296,14 @@ class RtuLine:
         self._line_free = answer_end
         # Answers still in flight at stop() find the port closed and are dropped.
         self._loop.call_at(answer_end, self._send, frame)
+
+    def _master_speed_matches(self) -> bool:
+        wanted = getattr(termios, f"B{self.baudrate}", None)
+        try:
+            speed = termios.tcgetattr(self._slave)[5]
+        except termios.error:
+            return True
+        return wanted is None or speed == wanted
 
     def _send(self, frame: bytes) -> None:
         if self._master < 0:

@@ -1,0 +1,141 @@
+"""Finding what answers on a bus: the installer's ``edge scan``.
+
+Each address (and baud rate, on a serial line) gets one short read of register 0. Any answer
+counts, a Modbus exception too: it proves a device listens at that address. Devices that
+answered are then matched against the known models by reading each model's whole read plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
+from pymodbus.exceptions import ModbusException
+from pymodbus.pdu import ModbusPDU
+
+from drivers.modbus.bus import EXCEPTION_NAMES, BusSettings, RtuSettings, TcpSettings
+from drivers.modbus.logthrottle import throttle_pymodbus_log
+from drivers.modbus.model import DeviceModel, read_plan
+
+__all__ = ["Found", "Progress", "scan"]
+
+#: (probes done, probes in all, what is being probed now)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A device that answered."""
+
+    address: int
+    baudrate: int | None
+    #: What register 0 gave: "answers", or "exception N (name)".
+    answer: str
+    #: Models whose every read the device answered in full.
+    models: tuple[str, ...] = field(default=())
+
+
+def _client(settings: BusSettings) -> ModbusBaseClient:
+    if isinstance(settings, TcpSettings):
+        return AsyncModbusTcpClient(
+            settings.host,
+            port=settings.port,
+            timeout=settings.timeout,
+            retries=0,
+            reconnect_delay=0,
+        )
+    return AsyncModbusSerialClient(
+        settings.port,
+        framer=FramerType.RTU,
+        baudrate=settings.baudrate,
+        parity=settings.parity,
+        stopbits=settings.stopbits,
+        timeout=settings.timeout,
+        retries=0,
+        reconnect_delay=0,
+    )
+
+
+async def _read(
+    client: ModbusBaseClient, address: int, registers: str, start: int, count: int
+) -> ModbusPDU | None:
+    try:
+        if registers == "holding":
+            return await client.read_holding_registers(start, count=count, device_id=address)
+        return await client.read_input_registers(start, count=count, device_id=address)
+    except (ModbusException, OSError):
+        return None
+
+
+async def _answers_plan(
+    client: ModbusBaseClient, address: int, model: DeviceModel, line: BusSettings
+) -> bool:
+    """Whether the device answers every read of the model's plan in full: a device with
+    another map fails one of them (an exception for registers it lacks, or silence)."""
+    for start, count in read_plan(model):
+        if isinstance(line, RtuSettings):
+            await asyncio.sleep(line.frame_gap)
+        reply = await _read(client, address, model.registers, start, count)
+        if reply is None or reply.isError() or len(reply.registers) != count:
+            return False
+    return True
+
+
+async def scan(
+    settings: BusSettings,
+    addresses: Sequence[int],
+    *,
+    baudrates: Sequence[int] = (),
+    models: Iterable[DeviceModel] = (),
+    progress: Progress | None = None,
+) -> list[Found]:
+    """Probe ``addresses`` (at each of ``baudrates`` on a serial line; default its own).
+
+    Raises ``OSError`` if the port or server cannot be opened at all.
+    """
+    throttle_pymodbus_log()
+    candidates = list(models)
+    own: list[int | None] = [settings.baudrate] if isinstance(settings, RtuSettings) else [None]
+    speeds: list[int | None] = [*baudrates] if isinstance(settings, RtuSettings) else []
+    speeds = speeds or own
+    total, done = len(speeds) * len(addresses), 0
+    found: list[Found] = []
+    for speed in speeds:
+        line = settings
+        if speed is not None and isinstance(settings, RtuSettings):
+            line = replace(settings, baudrate=speed)
+        client = _client(line)
+        try:
+            if not await client.connect():
+                raise OSError(f"cannot open {line.describe()}")
+            for address in addresses:
+                if progress is not None:
+                    at = f" at {speed} baud" if speed else ""
+                    progress(done, total, f"address {address}{at}")
+                if isinstance(line, RtuSettings):
+                    await asyncio.sleep(line.frame_gap)
+                pdu = await _read(client, address, "holding", 0, 1)
+                done += 1
+                if pdu is None:
+                    continue
+                if pdu.isError():
+                    code = pdu.exception_code
+                    answer = f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+                else:
+                    answer = "answers"
+                matches = [
+                    model.name
+                    for model in candidates
+                    if await _answers_plan(client, address, model, line)
+                ]
+                found.append(Found(address, speed, answer, tuple(matches)))
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+    if progress is not None:
+        progress(total, total, "done")
+    return found

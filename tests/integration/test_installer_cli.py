@@ -1,0 +1,89 @@
+"""``edge scan`` and ``edge read`` as an installer runs them: the real command in its own
+process, against the line-timed RTU simulator on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hil.rtu_line import RtuLine
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "config" / "example-site.yaml"
+
+
+async def edge(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_scan_lists_what_answers_and_at_which_baud_rate() -> None:
+    async with RtuLine(
+        {2: "efm-ref", 5: "acrel-asj10l-ld1a", 9: "efm-ref"}, baudrate=19200
+    ) as line:
+        line.set_fault(9, "exception", code=2)
+        status, out, err = await edge(
+            "scan", line.path, "--addresses", "1-10", "--bauds", "9600,19200", "--timeout", "60ms"
+        )
+    assert status == 0, err
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert "3 answered" in lines[0]
+    assert lines[1:] == [
+        "address 2 @ 19200 baud: answers; looks like efm-ref",
+        # The relay refuses reads across its gaps, so efm-ref's 14-register read fails there.
+        "address 5 @ 19200 baud: answers; looks like acrel-asj10l-ld1a",
+        "address 9 @ 19200 baud: exception 2 (illegal data address)",
+    ]
+    assert "at 9600, 19200 baud: 3 answered" in lines[0]  # none at the wrong speed
+    assert "20/20 done" in err  # the progress bar reached the end
+
+
+async def test_scan_of_an_unopenable_port_says_why() -> None:
+    status, _, err = await edge("scan", "/nonexistent/ttyUSB7", "--addresses", "1")
+    assert status == 1
+    assert "scan: cannot open" in err
+
+
+async def test_read_prints_every_point_with_its_unit(tmp_path: Path) -> None:
+    async with RtuLine({1: "efm-ref", 2: "efm-ref"}, baudrate=9600) as line:
+        line.set(1, "residual_current", 350)
+        line.set(1, "alarm_bits", 0b1)
+        line.set_fault(2, "silent")
+        site = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+        site["buses"][1]["port"] = line.path
+        site["devices"][1].update(bus="rs485-1", address=2)
+        path = tmp_path / "site.yaml"
+        path.write_text(yaml.safe_dump(site, allow_unicode=True), encoding="utf-8")
+        status, out, err = await edge("read", "efm-workshop-201", "--config", str(path))
+        silent_status, _, silent_err = await edge(
+            "read", "efm-restaurant-102", "--config", str(path), "--timeout", "3s"
+        )
+        unknown_status, _, unknown_err = await edge("read", "nope", "--config", str(path))
+    assert status == 0, err
+    assert out.splitlines()[0] == "efm-workshop-201 (efm-ref on rs485-1)"
+    table = [" ".join(line.split()) for line in out.splitlines()]
+    assert "residual_current 350 mA" in table
+    assert "temperature_1 32 °C" in table
+    assert "voltage_a 228.5 V" in table
+    assert "alarm_bits 1 (residual_current)" in table
+    assert len(table) == 1 + 14
+    assert silent_status == 1
+    assert "no answer within 0.3 s" in silent_err
+    assert unknown_status == 2
+    assert "no device 'nope'" in unknown_err
