@@ -30,12 +30,16 @@ SCHEMA_VERSION: Final = 2
 
 #: Meta keys holding integers, with their value in a new database.
 COUNTERS: Final[Mapping[str, int]] = {
-    # The highest seq ever handed out. Rows are deleted (acked, thinned, dropped) but this
-    # never goes down, so a seq is never reused: it is written in the same transaction as
-    # the rows that use it.
+    # The highest seq handed out when meta was last written. Written in every transaction
+    # that deletes rows (ack, thin, drop) and at least every few seconds with inserts; the
+    # next seq is max(last_seq, max(seq) in the tables) + 1, so it is never reused: a row
+    # above last_seq can only disappear in a transaction that writes last_seq first.
     "last_seq": 0,
+    # Rows per stream with seq <= counted_through. Rows above it (inserted since meta was
+    # last written) are counted on open: a short range at the right edge of each table.
     "rows_event": 0,
     "rows_telemetry": 0,
+    "counted_through": 0,
     # Telemetry rows with seq <= this were already thinned once; thinning moves forward only.
     "thinned_through": 0,
     # Totals over the life of the file, for `edge buffer stats`.
@@ -145,7 +149,12 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     last_seq = max(last_seq, max((r[0] for r in telemetry), default=0))
     conn.executemany(
         "UPDATE meta SET value = ? WHERE key = ?",
-        [(last_seq, "last_seq"), (len(events), "rows_event"), (len(telemetry), "rows_telemetry")],
+        [
+            (last_seq, "last_seq"),
+            (last_seq, "counted_through"),
+            (len(events), "rows_event"),
+            (len(telemetry), "rows_telemetry"),
+        ],
     )
     conn.execute("DROP TABLE outbox")
 

@@ -48,6 +48,11 @@ CHECK_AT_OPEN_LIMIT: Final = 64 * 2**20
 #: committing new records between steps.
 CAPACITY_CHUNK: Final = 20_000
 
+#: Inserts write the counters in meta at most this often (seconds); deletions always do. Each
+#: meta write is a 4 KiB page in the WAL (and again at the checkpoint): at a gateway's pace
+#: of a few readings per commit, writing it with every commit would double the bytes written.
+META_INTERVAL: Final = 5.0
+
 #: A pending record as the writer hands it over: telemetry ``(False, point, ts, value, ...)``,
 #: event ``(True, created, body_text, ...)``. Extra items are the outbox's own bookkeeping.
 Pending = tuple[Any, ...]
@@ -124,6 +129,7 @@ class Store:
     checked: bool
     reset: ResetInfo | None = None
     found_version: int = SCHEMA_VERSION
+    _meta_due: float = 0.0
     _closed: bool = field(default=False)
 
     # --- opening ------------------------------------------------------------------------------
@@ -213,13 +219,8 @@ class Store:
 
     @classmethod
     def _load(cls, path: Path, conn: sqlite3.Connection, checked: bool) -> Store:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        epoch = str(meta["epoch"])
-        counters = {key: int(meta.get(key, default)) for key, default in COUNTERS.items()}
-        # Defensive: last_seq is written with every insert, but never trust it below a row.
-        for table in ("events", "telemetry"):
-            top = conn.execute(f"SELECT max(seq) FROM {table}").fetchone()[0]
-            counters["last_seq"] = max(counters["last_seq"], int(top or 0))
+        epoch = str(conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
+        counters = live_counters(conn)
         series: dict[int, dict[str, Any]] = {}
         point_ids: dict[str, int] = {}
         for point, text in conn.execute("SELECT id, series FROM points"):
@@ -252,6 +253,8 @@ class Store:
             "rows_event": self.counters["rows_event"] + len(events),
             "rows_telemetry": self.counters["rows_telemetry"] + len(telemetry),
         }
+        now = time.monotonic()
+        write_meta = now >= self._meta_due
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -265,12 +268,16 @@ class Store:
                 )
             if events:
                 conn.executemany("INSERT INTO events (seq, created, body) VALUES (?, ?, ?)", events)
-            _write_counters(conn, counters)
+            if write_meta:
+                _write_counters(conn, {**self.counters, **counters, "counted_through": last})
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
             raise
         self.counters.update(counters)
+        if write_meta:
+            self.counters["counted_through"] = last
+            self._meta_due = now + META_INTERVAL
         for point, text in new_points:
             if point not in self.series:
                 self.series[point] = json.loads(text)
@@ -293,8 +300,9 @@ class Store:
             counters = {
                 "rows_event": self.counters["rows_event"] - removed["events"],
                 "rows_telemetry": self.counters["rows_telemetry"] - removed["telemetry"],
+                "counted_through": self.counters["last_seq"],
             }
-            _write_counters(conn, counters)
+            _write_counters(conn, {**self.counters, **counters})
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -391,6 +399,7 @@ class Store:
             "rows_telemetry": self.counters["rows_telemetry"] - len(doomed),
             "thinned_through": new_through,
             total_key: self.counters[total_key] + len(doomed),
+            "counted_through": seq,
         }
         text = json.dumps(body, separators=(",", ":"))
         conn.execute("BEGIN IMMEDIATE")
@@ -399,7 +408,7 @@ class Store:
             conn.execute(
                 "INSERT INTO events (seq, created, body) VALUES (?, ?, ?)", (seq, now, text)
             )
-            _write_counters(conn, counters)
+            _write_counters(conn, {**self.counters, **counters})
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -407,8 +416,9 @@ class Store:
         self.counters.update(counters)
         if reason == "min_free_disk":
             # Deleted rows free pages inside the file; only this gives them back to the disk.
-            conn.execute("PRAGMA incremental_vacuum")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Stepped to the end (fetchall): each step of this pragma frees one page.
+            conn.execute("PRAGMA incremental_vacuum").fetchall()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         log.warning(
             "outbox %s: %s %d telemetry rows (seq %s..%s) to stay within %s",
             self.path,
@@ -423,8 +433,20 @@ class Store:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # Up-to-date counters make the next open count nothing (best effort: a full disk
+            # may refuse, and then the next open counts the rows since the last write).
+            self.conn.execute("BEGIN IMMEDIATE")
+            _write_counters(
+                self.conn, {**self.counters, "counted_through": self.counters["last_seq"]}
+            )
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            _rollback(self.conn)
+        finally:
             self.conn.close()
 
 
@@ -451,6 +473,19 @@ def _configure(conn: sqlite3.Connection, path: Path, *, fresh: bool) -> None:
     conn.execute("PRAGMA journal_size_limit = 8388608")
     # Touch the schema now: a file that is not a database fails here, not at the first write.
     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+
+def live_counters(conn: sqlite3.Connection) -> dict[str, int]:
+    """The counters as they are now: meta's, plus what was inserted since meta was written."""
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    counters = {key: int(meta.get(key, default)) for key, default in COUNTERS.items()}
+    through = counters["counted_through"]
+    for table, key in (("events", "rows_event"), ("telemetry", "rows_telemetry")):
+        top = conn.execute(f"SELECT max(seq) FROM {table}").fetchone()[0]
+        counters["last_seq"] = max(counters["last_seq"], int(top or 0))
+        newer = conn.execute(f"SELECT count(*) FROM {table} WHERE seq > ?", (through,))
+        counters[key] += int(newer.fetchone()[0])
+    return counters
 
 
 def _write_counters(conn: sqlite3.Connection, counters: Mapping[str, int]) -> None:
@@ -655,6 +690,7 @@ def stats(path: Path) -> dict[str, Any]:
     conn = connect_readonly(path)
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        counters = live_counters(conn)
         now = time.time()
         oldest_event = conn.execute("SELECT min(created) FROM events").fetchone()[0]
         first_tel = conn.execute("SELECT min(seq) FROM telemetry").fetchone()[0]
@@ -674,14 +710,14 @@ def stats(path: Path) -> dict[str, Any]:
         "path": str(path),
         "epoch": str(meta["epoch"]),
         "schema_version": SCHEMA_VERSION,
-        "depth": {"event": int(meta["rows_event"]), "telemetry": int(meta["rows_telemetry"])},
+        "depth": {"event": counters["rows_event"], "telemetry": counters["rows_telemetry"]},
         "oldest_age_s": {
             "event": None if oldest_event is None else round(now - float(oldest_event), 3),
             "telemetry": None if oldest_tel is None else round(now - float(oldest_tel), 3),
         },
-        "last_seq": int(meta["last_seq"]),
-        "thinned_rows": int(meta["thinned_rows"]),
-        "dropped_rows": int(meta["dropped_rows"]),
+        "last_seq": counters["last_seq"],
+        "thinned_rows": counters["thinned_rows"],
+        "dropped_rows": counters["dropped_rows"],
         "points": points,
         "state_keys": state_keys,
         "file_bytes": _size(path),

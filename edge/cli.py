@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from drivers.modbus import known_models
-from edge import __version__, doctor, installer_cli, provision
+from edge import __version__, buffer_cli, doctor, installer_cli, provision
 from edge.config import report_config
 from edge.config.duration import parse_duration
 from edge.gateway import Gateway, config_hash
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_parser(commands)
     provision.add_parser(commands)
     installer_cli.add_parser(commands)
+    buffer_cli.add_parser(commands)
     return parser
 
 
@@ -66,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return provision.command(args)
     if args.command in ("scan", "read"):
         return installer_cli.command(args)
+    if args.command == "buffer":
+        return buffer_cli.command(args)
     raise AssertionError(args.command)  # argparse refuses unknown commands
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.benchmarks import drivers, e2e
+from tests.benchmarks import buffer, drivers, e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = {"_ms_": "ms", "_mb": "MiB", "_pct": "% of one core"}
@@ -41,10 +41,16 @@ def main() -> None:
     parser.add_argument("--footprint-seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument(
-        "--only", choices=["e2e", "drivers"], action="append", help="run these suites alone"
+        "--only",
+        choices=["e2e", "drivers", "buffer"],
+        action="append",
+        help="run these suites alone",
     )
+    parser.add_argument("--buffer-readings", type=int, default=2_000_000, metavar="N")
+    parser.add_argument("--buffer-backlog", type=int, default=10_000_000, metavar="N")
+    parser.add_argument("--buffer-kills", type=int, default=100, metavar="N")
     args = parser.parse_args()
-    suites = set(args.only or ["e2e", "drivers"])
+    suites = set(args.only or ["e2e", "drivers", "buffer"])
 
     results: dict[str, float | str] = {}
     if args.only and args.out.exists():
@@ -54,6 +60,12 @@ def main() -> None:
         results.update(asyncio.run(e2e.run(args.trials, args.footprint_seconds)))
     if "drivers" in suites:
         results.update(asyncio.run(drivers.run()))
+    if "buffer" in suites:
+        results.update(
+            buffer.run(
+                readings=args.buffer_readings, backlog=args.buffer_backlog, kills=args.buffer_kills
+            )
+        )
     results["machine"] = machine()
 
     print("\nfigures:")

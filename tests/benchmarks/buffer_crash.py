@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buffer import Outbox
+from buffer.store import live_counters
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Each worker numbers its records from its own block, so numbers never repeat across runs.
@@ -56,11 +57,18 @@ class CrashReport:
     duplicated: int = 0
     renumbered: int = 0
     integrity_failures: int = 0
+    miscounted: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.renumbered or self.integrity_failures)
+        return not (
+            self.lost
+            or self.duplicated
+            or self.renumbered
+            or self.integrity_failures
+            or self.miscounted
+        )
 
 
 # --- the worker ---------------------------------------------------------------------------------
@@ -194,6 +202,13 @@ def _verify(db: Path, logs: Path, report: CrashReport) -> None:
             stored.setdefault(int(number), []).append(int(seq))
         for seq, value in conn.execute("SELECT seq, value FROM telemetry"):
             stored.setdefault(int(value), []).append(int(seq))
+        # The depth the outbox will report on its next open, against a plain count.
+        counters = live_counters(conn)
+        for table, key in (("events", "rows_event"), ("telemetry", "rows_telemetry")):
+            actual = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            if counters[key] != actual:
+                report.miscounted += 1
+                report.problems.append(f"{key} would be {counters[key]}, the table has {actual}")
     report.acked = len(acked)
     report.delivered = len(delivered)
     for n in sorted(acked):

@@ -340,3 +340,57 @@ async def test_close_commits_what_was_submitted(tmp_path: Path) -> None:
     assert len(_rows(path)) == 5
     outbox.submit("telemetry", tel(99))  # logged and dropped, never raised
     assert len(_rows(path)) == 5
+
+
+async def test_a_large_file_is_checked_in_the_background_and_moved_aside_at_the_next_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path) as outbox:
+        for i in range(30_000):
+            outbox.submit("telemetry", tel(i))
+        await outbox.flush()
+    data = bytearray(path.read_bytes())
+    pages = len(data) // 4096
+    middle = pages // 2  # a telemetry leaf: opening reads neither it nor its neighbours
+    data[middle * 4096 : (middle + 1) * 4096] = b"\xa5" * 4096
+    path.write_bytes(bytes(data))
+
+    # check_limit=0: every file counts as large. It opens at once; the check runs behind.
+    with caplog.at_level(logging.ERROR, logger="buffer.outbox"):
+        async with await Outbox.open(path, check_limit=0) as outbox:
+            assert outbox.reset is None
+            for _ in range(500):
+                if outbox.damaged:
+                    break
+                await asyncio.sleep(0.02)
+            assert outbox.damaged, "the background check found nothing"
+            # The gateway keeps running on it meanwhile: new records still go in.
+            await outbox.append("event", {"kind": "alarm-raised"})
+    assert any("moved aside at the next start" in r.getMessage() for r in caplog.records)
+    async with await Outbox.open(path) as outbox:
+        assert outbox.reset is not None
+        assert "integrity check found damage" in outbox.reset.reason
+        (first,) = await outbox.peek("event", 10)
+        assert first.body["kind"] == "buffer-reset"
+    assert not path.with_name("o.db.damaged").exists()
+
+
+async def test_a_healthy_large_file_passes_the_background_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path) as outbox:
+        for i in range(2000):
+            outbox.submit("telemetry", tel(i))
+    with caplog.at_level(logging.INFO, logger="buffer.outbox"):
+        async with await Outbox.open(path, check_limit=0) as outbox:
+            for _ in range(500):
+                if any("integrity check ok" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                pytest.fail("the background check never reported")
+            assert outbox.damaged is None
+    async with await Outbox.open(path) as outbox:
+        assert outbox.reset is None
