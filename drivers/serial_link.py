@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
@@ -36,36 +37,90 @@ _CHUNK: Final = 4096
 BUFFER_LIMIT: Final = 4096
 
 
-class SerialLink:
-    """An open port: ``reader`` for bytes in, :meth:`write` for bytes out."""
+class _Stream(asyncio.Protocol):
+    """Socket side of a link: bytes to ``on_data``, the end to ``on_lost``."""
 
     def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter | None,
-        port: serial.SerialBase | None,
+        self, on_data: Callable[[bytes], None], on_lost: Callable[[Exception | None], None]
     ) -> None:
-        self.reader = reader
-        self._writer = writer
-        self._port = port
+        self._on_data = on_data
+        self._on_lost = on_lost
+
+    def data_received(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost(exc)
+
+
+class SerialLink:
+    """An open port. Received bytes go to ``on_data`` when given, else into :attr:`reader`;
+    :meth:`write` sends. :attr:`lost` tells whether the port went away."""
+
+    def __init__(self, on_data: Callable[[bytes], None] | None) -> None:
+        self.reader = asyncio.StreamReader(limit=BUFFER_LIMIT)
+        self._on_data = on_data or self.reader.feed_data
+        self._transport: asyncio.Transport | None = None
+        self._port: serial.SerialBase | None = None
         self._loop = asyncio.get_running_loop()
+        #: Set once the port or connection went away (EOF, I/O error).
+        self.lost = False
+        self._lost_callbacks: list[Callable[[], None]] = []
 
     @classmethod
-    async def open(cls, url: str, baudrate: int) -> SerialLink:
+    async def open(
+        cls,
+        url: str,
+        baudrate: int,
+        *,
+        parity: str = "N",
+        stopbits: int = 1,
+        on_data: Callable[[bytes], None] | None = None,
+        connect_timeout: float = 5.0,
+    ) -> SerialLink:
         """Open ``url``; ``OSError`` (pyserial's SerialException is one) if it cannot be."""
+        link = cls(on_data)
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme == "socket":
             if not parsed.hostname or not parsed.port:
                 raise OSError(f"{url}: expected socket://host:port")
-            reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port)
-            return cls(reader, writer, None)
+            try:
+                async with asyncio.timeout(connect_timeout):
+                    transport, _ = await link._loop.create_connection(
+                        lambda: _Stream(link._on_data, link._gone), parsed.hostname, parsed.port
+                    )
+            except TimeoutError:
+                raise OSError(f"{url}: no connection within {connect_timeout:g} s") from None
+            link._transport = transport
+            return link
         # Opening a local port is quick and pyserial has no async open; a socket URL (which
         # could block on connect) took the branch above.
-        port = serial.serial_for_url(url, baudrate=baudrate, timeout=0, write_timeout=0)
-        reader = asyncio.StreamReader(limit=BUFFER_LIMIT)
-        link = cls(reader, None, port)
+        port = serial.serial_for_url(
+            url,
+            baudrate=baudrate,
+            parity=parity,
+            stopbits=stopbits,
+            timeout=0,
+            write_timeout=0,
+        )
+        link._port = port
         link._loop.add_reader(port.fileno(), link._readable)
         return link
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the port goes away."""
+        self._lost_callbacks.append(callback)
+
+    def _gone(self, exc: Exception | None) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        if exc is None:
+            self.reader.feed_eof()
+        else:
+            self.reader.set_exception(exc)
+        for callback in self._lost_callbacks:
+            callback()
 
     def _readable(self) -> None:
         assert self._port is not None
@@ -75,29 +130,36 @@ class SerialLink:
             return
         except OSError as exc:
             self._loop.remove_reader(self._port.fileno())
-            self.reader.set_exception(exc)
+            self._gone(exc)
             return
         if not data:
             self._loop.remove_reader(self._port.fileno())
-            self.reader.feed_eof()
+            self._gone(None)
             return
-        self.reader.feed_data(data)
+        self._on_data(data)
 
     def write(self, data: bytes) -> None:
-        """Queue ``data`` for the device (commands are a few bytes: no flow control needed)."""
-        if self._writer is not None:
-            self._writer.write(data)
+        """Send ``data`` (requests and commands are a few bytes: no flow control needed)."""
+        if self._transport is not None:
+            self._transport.write(data)
         elif self._port is not None:
-            with contextlib.suppress(BlockingIOError):
+            try:
                 os.write(self._port.fileno(), data)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self._gone(exc)
 
     async def close(self) -> None:
         """Close the port; safe to call twice."""
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        self.close_now()
+        await asyncio.sleep(0)  # let the transport finish closing
+
+    def close_now(self) -> None:
+        """Close the port without waiting."""
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            transport.close()
         if self._port is not None:
             port, self._port = self._port, None
             with contextlib.suppress(OSError, ValueError):

@@ -18,13 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
-from pymodbus import FramerType
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu import ModbusPDU
-
 from drivers.backoff import Backoff
-from drivers.modbus.logthrottle import throttle_pymodbus_log
+from drivers.modbus.client import LinkDown, ModbusClient, NoAnswer, RtuClient, TcpClient
+from drivers.modbus.codec import ExceptionResponse, ReadResponse
 from drivers.modbus.model import DeviceModel, decode, read_plan
 from drivers.tilt import TILT_AXES, check_gauge_length, displacement_mm, displacement_point
 from drivers.types import DeviceStatus, Reading, Sink
@@ -199,9 +195,11 @@ class BusStats:
     connections: int = 0
     requests: int = 0
     answers: int = 0
-    #: Requests that got no (valid) answer: silence, CRC errors and garbage all end here,
-    #: because pymodbus drops a frame that fails its CRC and waits on.
+    #: Requests that got no valid answer in time: silence, and answers lost to CRC errors or
+    #: garbage (the reason says which).
     timeouts: int = 0
+    #: Received frames that failed their CRC or length checks.
+    bad_frames: int = 0
     #: Answers that were Modbus exception responses.
     exceptions: int = 0
     #: Answers of the wrong size.
@@ -325,7 +323,7 @@ class ModbusBus:
         self._link_up: bool | None = None
         self._last_io_end = -math.inf
         self._waiter: asyncio.Future[None] | None = None
-        throttle_pymodbus_log()
+        self._client: ModbusClient | None = None
 
     @property
     def devices_online(self) -> dict[str, bool | None]:
@@ -394,6 +392,7 @@ class ModbusBus:
             await asyncio.Event().wait()
         where = self.settings.describe()
         client = self._new_client()
+        self._client = client
         try:
             while True:
                 self.stats.connect_attempts += 1
@@ -415,30 +414,16 @@ class ModbusBus:
 
     # ----------------------------------------------------------------------------------------
 
-    def _new_client(self) -> ModbusBaseClient:
-        # retries=0: one poll of a dead device costs one timeout, not (1 + retries) of them.
-        # reconnect_delay=0: pymodbus must not reconnect on its own; run() does, with backoff.
+    def _new_client(self) -> ModbusClient:
         settings = self.settings
         if isinstance(settings, TcpSettings):
-            return AsyncModbusTcpClient(
-                settings.host,
-                port=settings.port,
-                name=self.bus_id,
-                timeout=settings.timeout,
-                retries=0,
-                reconnect_delay=0,
-            )
-        return AsyncModbusSerialClient(
+            return TcpClient(settings.host, settings.port, settings.timeout)
+        return RtuClient(
             settings.port,
-            framer=FramerType.RTU,
-            baudrate=settings.baudrate,
-            bytesize=8,
-            parity=settings.parity,
-            stopbits=settings.stopbits,
-            name=self.bus_id,
-            timeout=settings.timeout,
-            retries=0,
-            reconnect_delay=0,
+            settings.baudrate,
+            settings.parity,
+            settings.stopbits,
+            settings.timeout,
         )
 
     def _connection_down(self, reason: str) -> None:
@@ -487,7 +472,7 @@ class ModbusBus:
                 best, best_due = job, due
         return best, best_due
 
-    async def _poll_while_connected(self, client: ModbusBaseClient) -> str:
+    async def _poll_while_connected(self, client: ModbusClient) -> str:
         """Poll due jobs until the connection goes; return why it went."""
         where = self.settings.describe()
         self._stagger()
@@ -548,7 +533,7 @@ class ModbusBus:
         self.stats.skipped_slots += math.floor(late / interval)
         job.next_due = started + interval
 
-    async def _poll_job(self, client: ModbusBaseClient, job: _Job) -> bool:
+    async def _poll_job(self, client: ModbusClient, job: _Job) -> bool:
         """Read the job's plan; return True if the connection was lost on the way.
 
         A poll is all or nothing: readings go to the sink only once every read of the plan was
@@ -564,32 +549,27 @@ class ModbusBus:
             await self._frame_gap()
             self.stats.requests += 1
             try:
-                pdu = await self._read(client, device, start, count)
-            except ConnectionException:
+                answer = await client.read(device.address, device.model.function_code, start, count)
+            except LinkDown:
                 return True
-            except (ModbusException, OSError) as exc:
+            except NoAnswer as exc:
                 self.stats.timeouts += 1
-                if not client.connected:
-                    return True
-                if isinstance(exc, ModbusIOException) and "No response" in str(exc):
-                    why = f"no answer within {self.settings.timeout:g} s"
-                else:
-                    why = f"no valid answer: {exc}"
-                self._device_failed(state, start, count, why)
+                self._device_failed(state, start, count, exc.reason)
                 return False
             finally:
                 self._last_io_end = time.monotonic()
+                self.stats.bad_frames = client.bad_frames
             ts, mono = time.time(), time.monotonic()
             self.stats.answers += 1
             # The line carries answers again: a later outage starts from the shortest delay.
             self._backoff.reset()
-            if pdu.isError():
+            if isinstance(answer, ExceptionResponse):
                 self.stats.exceptions += 1
-                code = pdu.exception_code
+                code = answer.code
                 name = EXCEPTION_NAMES.get(code, "unknown")
                 self._device_failed(state, start, count, f"exception {code} ({name})")
                 return False
-            registers = list(pdu.registers)
+            registers = answer.registers if isinstance(answer, ReadResponse) else ()
             if len(registers) != count:
                 self.stats.bad_answers += 1
                 why = f"answered {len(registers)} registers, not {count}"
@@ -614,14 +594,6 @@ class ModbusBus:
                     point = displacement_point(name)
                     self._sink(Reading(device.device_id, point, shift, "mm", ts, mono))
         return False
-
-    @staticmethod
-    async def _read(
-        client: ModbusBaseClient, device: PolledDevice, start: int, count: int
-    ) -> ModbusPDU:
-        if device.model.registers == "holding":
-            return await client.read_holding_registers(start, count=count, device_id=device.address)
-        return await client.read_input_registers(start, count=count, device_id=device.address)
 
     async def _frame_gap(self) -> None:
         if isinstance(self.settings, RtuSettings):

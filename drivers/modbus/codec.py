@@ -27,9 +27,13 @@ __all__ = [
     "WriteRequest",
     "WriteResponse",
     "crc16",
+    "decode_pdu_response",
     "decode_request",
     "decode_response",
+    "decode_tcp_response",
     "encode",
+    "encode_pdu",
+    "encode_tcp",
     "read_chars",
 ]
 
@@ -77,8 +81,9 @@ def read_chars(count: int) -> int:
 
 
 def _check_unit(unit: int) -> None:
-    if not 0 <= unit <= 247:
-        raise ValueError(f"unit address {unit} is not in 0..247")
+    # 248-255 are reserved on a serial line but legal unit ids behind Modbus TCP.
+    if not 0 <= unit <= 255:
+        raise ValueError(f"unit address {unit} is not in 0..255")
 
 
 def _check_u16(name: str, value: int) -> None:
@@ -184,26 +189,77 @@ Request: TypeAlias = ReadRequest | WriteRequest
 Response: TypeAlias = ReadResponse | WriteResponse | ExceptionResponse
 
 
+def encode_pdu(frame: Request | Response) -> bytes:
+    """The PDU of ``frame``: function code and data, without unit address or checksum."""
+    if isinstance(frame, ReadRequest):
+        return struct.pack(">BHH", frame.function, frame.address, frame.count)
+    if isinstance(frame, WriteRequest):
+        if frame.function == 6:
+            return struct.pack(">BHH", 6, frame.address, frame.values[0])
+        count = len(frame.values)
+        return struct.pack(f">BHHB{count}H", 16, frame.address, count, 2 * count, *frame.values)
+    if isinstance(frame, ReadResponse):
+        count = len(frame.registers)
+        return struct.pack(f">BB{count}H", frame.function, 2 * count, *frame.registers)
+    if isinstance(frame, WriteResponse):
+        return struct.pack(">BHH", frame.function, frame.address, frame.value)
+    return struct.pack(">BB", frame.function | 0x80, frame.code)
+
+
 def encode(frame: Request | Response) -> bytes:
     """The RTU frame for ``frame``, CRC included."""
-    if isinstance(frame, ReadRequest):
-        body = struct.pack(">BBHH", frame.unit, frame.function, frame.address, frame.count)
-    elif isinstance(frame, WriteRequest):
-        if frame.function == 6:
-            body = struct.pack(">BBHH", frame.unit, 6, frame.address, frame.values[0])
-        else:
-            count = len(frame.values)
-            body = struct.pack(">BBHHB", frame.unit, 16, frame.address, count, 2 * count)
-            body += struct.pack(f">{count}H", *frame.values)
-    elif isinstance(frame, ReadResponse):
-        count = len(frame.registers)
-        body = struct.pack(">BBB", frame.unit, frame.function, 2 * count)
-        body += struct.pack(f">{count}H", *frame.registers)
-    elif isinstance(frame, WriteResponse):
-        body = struct.pack(">BBHH", frame.unit, frame.function, frame.address, frame.value)
-    else:
-        body = struct.pack(">BBB", frame.unit, frame.function | 0x80, frame.code)
-    return _with_crc(body)
+    return _with_crc(bytes([frame.unit]) + encode_pdu(frame))
+
+
+def encode_tcp(transaction: int, frame: Request | Response) -> bytes:
+    """The Modbus TCP ADU for ``frame``: MBAP header (transaction id, protocol 0, length,
+    unit) and the PDU; TCP carries no CRC."""
+    if not 0 <= transaction <= 0xFFFF:
+        raise ValueError(f"transaction id {transaction} is not a u16")
+    pdu = encode_pdu(frame)
+    return struct.pack(">HHHB", transaction, 0, len(pdu) + 1, frame.unit) + pdu
+
+
+def decode_pdu_response(unit: int, pdu: bytes) -> Response:
+    """The answer in ``pdu`` (function code and data) from ``unit``; FrameError if malformed."""
+    if not pdu:
+        raise FrameError("empty PDU")
+    function = pdu[0]
+    try:
+        if function & 0x80:
+            if len(pdu) != 2:
+                raise ValueError(f"exception answer of {len(pdu)} bytes")
+            return ExceptionResponse(unit, function & 0x7F, pdu[1])
+        if function in READ_FUNCTIONS:
+            if len(pdu) < 2 or pdu[1] % 2 or len(pdu) != 2 + pdu[1]:
+                raise ValueError("byte count does not match the answer's length")
+            return ReadResponse(unit, function, struct.unpack(f">{pdu[1] // 2}H", pdu[2:]))
+        if function in WRITE_FUNCTIONS:
+            if len(pdu) != 5:
+                raise ValueError(f"write answer of {len(pdu)} bytes")
+            address, value = struct.unpack(">HH", pdu[1:5])
+            return WriteResponse(unit, function, address, value)
+    except (ValueError, struct.error) as exc:
+        raise FrameError(f"bad response: {exc}") from None
+    raise FrameError(f"function {function} is not one this codec decodes")
+
+
+def decode_tcp_response(buffer: bytes) -> tuple[int, tuple[int, Response] | None]:
+    """A Modbus TCP master's view: ``(consumed, (transaction id, answer))`` for the ADU at
+    the start of ``buffer``; ``(0, None)`` until it is complete. A length no server sends is a
+    FrameError that skips the whole buffer: a TCP stream out of step cannot be resynchronised
+    byte by byte, the connection has to go."""
+    if len(buffer) < 7:
+        return 0, None
+    transaction, protocol, length, unit = struct.unpack(">HHHB", buffer[:7])
+    if protocol != 0 or not 2 <= length <= 254:
+        raise FrameError(
+            f"MBAP header with protocol {protocol} and length {length}", skip=len(buffer)
+        )
+    total = 6 + length
+    if len(buffer) < total:
+        return 0, None
+    return total, (transaction, decode_pdu_response(unit, buffer[7:total]))
 
 
 def _checked(buffer: bytes, length: int) -> bytes:
@@ -268,17 +324,4 @@ def decode_response(buffer: bytes) -> tuple[int, Response | None]:
     if len(buffer) < length:
         return 0, None
     frame = _checked(buffer, length)
-    unit = frame[0]
-    try:
-        if function & 0x80:
-            return length, ExceptionResponse(unit, function & 0x7F, frame[2])
-        if function in READ_FUNCTIONS:
-            byte_count = frame[2]
-            if byte_count % 2:
-                raise ValueError(f"odd byte count {byte_count}")
-            registers = struct.unpack(f">{byte_count // 2}H", frame[3 : 3 + byte_count])
-            return length, ReadResponse(unit, function, registers)
-        address, value = struct.unpack(">HH", frame[2:6])
-        return length, WriteResponse(unit, function, address, value)
-    except ValueError as exc:
-        raise FrameError(f"bad response: {exc}") from None
+    return length, decode_pdu_response(frame[0], frame[1:-2])

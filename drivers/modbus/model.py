@@ -10,8 +10,10 @@ This module is pure code over integers: no I/O apart from reading model files, n
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import os
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -27,6 +29,7 @@ import yaml
 __all__ = [
     "DEFAULT_MAX_GAP",
     "MODBUS_MAX_READ",
+    "MODEL_PATH_VARIABLE",
     "Access",
     "DeviceModel",
     "ModelError",
@@ -366,26 +369,62 @@ def _to_registers(point: Point, value: float) -> list[int]:
 # Model files
 
 
+#: Folders of site-local model files, searched after the shipped ones (``os.pathsep``
+#: separated): a product can be added on a gateway by dropping a file there, without a new
+#: release. The shipped models win on a name clash, so a stray file cannot change them.
+MODEL_PATH_VARIABLE: Final = "EDGE_MODEL_PATH"
+
+
+def _local_folders() -> list[Path]:
+    value = os.environ.get(MODEL_PATH_VARIABLE, "")
+    return [Path(part) for part in value.split(os.pathsep) if part]
+
+
 def known_models() -> list[str]:
-    """Names of the model files shipped in ``drivers/models``."""
+    """Names of the model files shipped in ``drivers/models`` and in ``$EDGE_MODEL_PATH``."""
     folder = resources.files("drivers") / "models"
-    return sorted(
+    names = {
         entry.name.removesuffix(".yaml")
         for entry in folder.iterdir()
         if entry.is_file() and entry.name.endswith(".yaml")
-    )
+    }
+    for local in _local_folders():
+        with contextlib.suppress(OSError):
+            names.update(
+                entry.stem
+                for entry in local.iterdir()
+                if entry.suffix == ".yaml" and _MODEL_NAME_RE.match(entry.stem)
+            )
+    return sorted(names)
 
 
 @cache
 def load_model(name: str) -> DeviceModel:
-    """Load the shipped model ``drivers/models/<name>.yaml`` (cached: models are immutable)."""
+    """Load the model called ``name``: ``drivers/models/<name>.yaml``, else the first
+    ``<name>.yaml`` in ``$EDGE_MODEL_PATH`` (cached: models are immutable)."""
     if not _MODEL_NAME_RE.match(name):
         raise ModelError(f"{name!r} is not a model name")
     resource = resources.files("drivers") / "models" / f"{name}.yaml"
-    if not resource.is_file():
-        raise ModelError(f"unknown device model {name!r} (known: {', '.join(known_models())})")
-    source = f"drivers/models/{name}.yaml"
-    model = parse_model(resource.read_text(encoding="utf-8"), source)
+    if resource.is_file():
+        source = f"drivers/models/{name}.yaml"
+        text = resource.read_text(encoding="utf-8")
+    else:
+        local = next(
+            (
+                folder / f"{name}.yaml"
+                for folder in _local_folders()
+                if (folder / f"{name}.yaml").is_file()
+            ),
+            None,
+        )
+        if local is None:
+            raise ModelError(f"unknown device model {name!r} (known: {', '.join(known_models())})")
+        source = str(local)
+        try:
+            text = local.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ModelError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    model = parse_model(text, source)
     if model.name != name:
         raise ModelError(f"{source}: name is {model.name!r}, but the file is called {name}.yaml")
     return model

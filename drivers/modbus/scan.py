@@ -8,17 +8,12 @@ answered are then matched against the known models by reading each model's whole
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from pymodbus import FramerType
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
-from pymodbus.exceptions import ModbusException
-from pymodbus.pdu import ModbusPDU
-
 from drivers.modbus.bus import EXCEPTION_NAMES, BusSettings, RtuSettings, TcpSettings
-from drivers.modbus.logthrottle import throttle_pymodbus_log
+from drivers.modbus.client import LinkDown, ModbusClient, NoAnswer, RtuClient, TcpClient
+from drivers.modbus.codec import ExceptionResponse, ReadResponse, Response
 from drivers.modbus.model import DeviceModel, read_plan
 
 __all__ = ["Found", "Progress", "scan"]
@@ -39,40 +34,26 @@ class Found:
     models: tuple[str, ...] = field(default=())
 
 
-def _client(settings: BusSettings) -> ModbusBaseClient:
+def _client(settings: BusSettings) -> ModbusClient:
     if isinstance(settings, TcpSettings):
-        return AsyncModbusTcpClient(
-            settings.host,
-            port=settings.port,
-            timeout=settings.timeout,
-            retries=0,
-            reconnect_delay=0,
-        )
-    return AsyncModbusSerialClient(
-        settings.port,
-        framer=FramerType.RTU,
-        baudrate=settings.baudrate,
-        parity=settings.parity,
-        stopbits=settings.stopbits,
-        timeout=settings.timeout,
-        retries=0,
-        reconnect_delay=0,
+        return TcpClient(settings.host, settings.port, settings.timeout)
+    return RtuClient(
+        settings.port, settings.baudrate, settings.parity, settings.stopbits, settings.timeout
     )
 
 
 async def _read(
-    client: ModbusBaseClient, address: int, registers: str, start: int, count: int
-) -> ModbusPDU | None:
+    client: ModbusClient, address: int, registers: str, start: int, count: int
+) -> Response | None:
+    function = 3 if registers == "holding" else 4
     try:
-        if registers == "holding":
-            return await client.read_holding_registers(start, count=count, device_id=address)
-        return await client.read_input_registers(start, count=count, device_id=address)
-    except (ModbusException, OSError):
+        return await client.read(address, function, start, count)
+    except (NoAnswer, LinkDown):
         return None
 
 
 async def _answers_plan(
-    client: ModbusBaseClient, address: int, model: DeviceModel, line: BusSettings
+    client: ModbusClient, address: int, model: DeviceModel, line: BusSettings
 ) -> bool:
     """Whether the device answers every read of the model's plan in full: a device with
     another map fails one of them (an exception for registers it lacks, or silence)."""
@@ -80,7 +61,7 @@ async def _answers_plan(
         if isinstance(line, RtuSettings):
             await asyncio.sleep(line.frame_gap)
         reply = await _read(client, address, model.registers, start, count)
-        if reply is None or reply.isError() or len(reply.registers) != count:
+        if not isinstance(reply, ReadResponse) or len(reply.registers) != count:
             return False
     return True
 
@@ -97,7 +78,6 @@ async def scan(
 
     Raises ``OSError`` if the port or server cannot be opened at all.
     """
-    throttle_pymodbus_log()
     candidates = list(models)
     own: list[int | None] = [settings.baudrate] if isinstance(settings, RtuSettings) else [None]
     speeds: list[int | None] = [*baudrates] if isinstance(settings, RtuSettings) else []
@@ -122,8 +102,8 @@ async def scan(
                 done += 1
                 if pdu is None:
                     continue
-                if pdu.isError():
-                    code = pdu.exception_code
+                if isinstance(pdu, ExceptionResponse):
+                    code = pdu.code
                     answer = f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"
                 else:
                     answer = "answers"
@@ -134,8 +114,7 @@ async def scan(
                 ]
                 found.append(Found(address, speed, answer, tuple(matches)))
         finally:
-            with contextlib.suppress(Exception):
-                client.close()
+            client.close()
     if progress is not None:
         progress(total, total, "done")
     return found

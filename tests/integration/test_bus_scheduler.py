@@ -125,6 +125,9 @@ async def test_faults_are_counted_and_the_bus_keeps_going() -> None:
             )
     assert recorder.online("m1") == [True]
     assert recorder.reasons("m4")[0] == "exception 4 (server device failure)"
+    # A CRC error is named, not just "no answer", and counted per bus.
+    assert recorder.reasons("m2")[0].startswith("no valid answer within 0.15 s (CRC error")
+    assert bus.stats.bad_frames >= 1
     assert bus.stats.exceptions >= 1
     assert bus.stats.timeouts >= 2  # a CRC error and garbage both end as timeouts
     assert bus.stats.offline_events == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import struct
 from pathlib import Path
 
@@ -378,3 +379,27 @@ def test_a_missing_file_or_a_non_mapping_is_a_model_error(tmp_path: Path) -> Non
         load_model_file(tmp_path / "absent.yaml")
     with pytest.raises(ModelError, match="a model file is a mapping"):
         load_model_file(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_site_local_model_files_are_found_after_the_shipped_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "site-meter.yaml").write_text(
+        "name: site-meter\npoints:\n  - {name: energy, address: 0, type: u32, unit: kWh}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "efm-ref.yaml").write_text("name: efm-ref\npoints: []\n", encoding="utf-8")
+    (tmp_path / "wrong-name.yaml").write_text(
+        "name: other\npoints:\n  - {name: a, address: 0, type: u16}\n", encoding="utf-8"
+    )
+    monkeypatch.setenv("EDGE_MODEL_PATH", f"{tmp_path / 'missing'}{os.pathsep}{tmp_path}")
+    load_model.cache_clear()
+    try:
+        assert {"site-meter", "efm-ref", "acrel-asj10l-ld1a"} <= set(known_models())
+        assert load_model("site-meter").point("energy").unit == "kWh"
+        # A local file never replaces a shipped model.
+        assert len(load_model("efm-ref").points) == 14
+        with pytest.raises(ModelError, match=r"file is called wrong-name\.yaml"):
+            load_model("wrong-name")
+    finally:
+        load_model.cache_clear()
