@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,9 @@ class Reading:
     unit: str
     ts: float
     mono: float
+    #: ``"bad"`` when the device flagged the value as unreliable (sensor error, out of range):
+    #: it is kept and sent, but never raises an alarm by itself.
+    quality: Literal["good", "bad"] = "good"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,23 +1,37 @@
-"""The on-site voice of the gateway: buzzer and LED through gpiozero.
+"""The on-site voice of the gateway: buzzer, LED, relay and silence button through gpiozero.
 
-The annunciator is driven synchronously from the reading that raised an alarm, before that
-reading is buffered or sent, so a full disk or a dead uplink can never delay the buzzer.
+:meth:`Annunciator.show` is called synchronously from the reading that raised an alarm, before
+that reading is buffered or sent, and drives the buzzer pin at once: a full disk or a dead
+uplink can never delay the first sound. The rest of a pattern (the off phase of a pulse, the
+next chirp) is driven by :meth:`Annunciator.run`, an asyncio task on an injectable clock.
+gpiozero's own ``beep``/``blink`` are not used: they run threads that would drive pins behind
+the event loop's back.
+
+Patterns by severity (``outputs.patterns``; timings in :data:`PATTERNS`): continuous for fire,
+pulsed for critical and major (electrical faults), short chirps for minor (device faults).
+The LED is on while any alarm is active, silenced or not; the optional relay is closed while
+an alarm at least as severe as ``outputs.relay.severity`` is active.
+
 Pin factories are chosen by configuration (``outputs.pin_factory``), else by gpiozero's own
 ``GPIOZERO_PIN_FACTORY`` environment variable; tests and the demo use gpiozero's MockFactory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Callable
 from typing import Any
 
-from gpiozero import LED, Buzzer
+from gpiozero import LED, Button, Buzzer, OutputDevice
 
-from edge.config.model import Outputs
+from edge.clock import Clock, SystemClock
+from edge.config.model import SEVERITY_ORDER, Outputs, PatternName, Severity
 from edge.log import fields
-from edge.rules import Transition
+
+__all__ = ["PATTERNS", "PIN_FACTORIES", "Annunciator", "make_pin_factory", "pattern_state"]
 
 log = logging.getLogger("edge.annunciator")
 
@@ -31,6 +45,33 @@ PIN_FACTORIES = {
     "native": ("gpiozero.pins.native", "NativeFactory"),
 }
 
+#: Each pattern is a cycle of (buzzer on?, seconds) phases, starting with sound.
+PATTERNS: dict[PatternName, tuple[tuple[bool, float], ...]] = {
+    "continuous": ((True, math.inf),),
+    # 1 Hz, half on: unmistakably different from a fire's continuous tone.
+    "pulsed": ((True, 0.5), (False, 0.5)),
+    # A smoke alarm's low-battery chirp: noticeable, not alarming.
+    "chirp": ((True, 0.1), (False, 4.9)),
+    "off": ((False, math.inf),),
+}
+
+
+_RESOLUTION = 1e-6
+
+
+def pattern_state(pattern: PatternName, elapsed: float) -> tuple[bool, float]:
+    """Whether the buzzer is on ``elapsed`` seconds into ``pattern``, and for how much longer."""
+    phases = PATTERNS[pattern]
+    period = sum(seconds for _, seconds in phases)
+    position = elapsed % period if math.isfinite(period) else elapsed
+    for on, seconds in phases:
+        # A phase that has less than a microsecond left is over: clocks in float seconds
+        # since 1970 cannot resolve less, and waiting "1e-9 s" would spin.
+        if position < seconds - _RESOLUTION:
+            return on, seconds - position
+        position -= seconds
+    return phases[0][0], phases[0][1]  # the cycle starts again
+
 
 def make_pin_factory(name: str | None) -> Any:
     """A gpiozero pin factory for ``name``; ``None`` lets gpiozero choose (env var or default)."""
@@ -41,53 +82,178 @@ def make_pin_factory(name: str | None) -> Any:
 
 
 class Annunciator:
-    """Buzzer and LED on while any alarm is active."""
+    """Buzzer patterns by severity, alarm LED, relay and silence button."""
 
-    def __init__(self, outputs: Outputs, *, pin_factory: Any = None) -> None:
+    def __init__(
+        self, outputs: Outputs, *, pin_factory: Any = None, clock: Clock | None = None
+    ) -> None:
+        self.outputs = outputs
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.pin_factory = (
             pin_factory if pin_factory is not None else make_pin_factory(outputs.pin_factory)
         )
+        factory = self.pin_factory
         self._buzzer = Buzzer(
-            outputs.buzzer.pin, active_high=outputs.buzzer.active_high, pin_factory=self.pin_factory
+            outputs.buzzer.pin, active_high=outputs.buzzer.active_high, pin_factory=factory
         )
         self._led = (
             None
             if outputs.led is None
-            else LED(
-                outputs.led.pin, active_high=outputs.led.active_high, pin_factory=self.pin_factory
+            else LED(outputs.led.pin, active_high=outputs.led.active_high, pin_factory=factory)
+        )
+        self._relay = (
+            None
+            if outputs.relay is None
+            else OutputDevice(
+                outputs.relay.pin,
+                active_high=outputs.relay.active_high,
+                initial_value=False,
+                pin_factory=factory,
             )
         )
-        self._active: set[tuple[str, str]] = set()
+        self._button: Any = None
+        #: Called (on the event loop) when the silence button is pressed.
+        self.on_silence: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if outputs.silence_button is not None:
+            self._button = Button(
+                outputs.silence_button.pin,
+                pull_up=outputs.silence_button.pull_up,
+                pin_factory=factory,
+            )
+            self._button.when_pressed = self._pressed
+        self.pattern: PatternName | None = None
+        self._started = 0.0
+        self._wake: asyncio.Event | None = None
+        self._testing = False
+        #: The pattern the alarms ask for (what a self-test returns to).
+        self._desired: PatternName | None = None
+
+    # -- state ------------------------------------------------------------------------------
 
     @property
     def sounding(self) -> bool:
-        return bool(self._buzzer.is_active)
+        """Whether a buzzer pattern is running (the pin may be in an off phase of it)."""
+        return self.pattern is not None and self.pattern != "off"
 
-    def apply(self, transitions: Iterable[Transition]) -> None:
-        """Follow alarm transitions: on at the first active alarm, off when none is left."""
-        for transition in transitions:
-            if transition.kind == "raised":
-                self._active.add(transition.alarm_key)
-            else:
-                self._active.discard(transition.alarm_key)
-        should_sound = bool(self._active)
-        if should_sound == self.sounding:
+    def show(self, sounding: Severity | None, worst: Severity | None) -> None:
+        """Sound the pattern of ``sounding`` (the worst unsilenced alarm; ``None``: quiet) and
+        light the LED and relay for ``worst`` (the worst active alarm). The buzzer pin is
+        driven before this returns."""
+        pattern: PatternName | None = (
+            None if sounding is None else getattr(self.outputs.patterns, sounding)
+        )
+        if self._led is not None:
+            self._led.value = worst is not None
+        if self._relay is not None and self.outputs.relay is not None:
+            threshold = SEVERITY_ORDER[self.outputs.relay.severity]
+            self._relay.value = worst is not None and SEVERITY_ORDER[worst] <= threshold
+        self._desired = pattern
+        if self._testing:
+            if pattern is None:
+                return
+            # A real alarm ends a self-test at once.
+            self._testing = False
+        elif pattern == self.pattern:
             return
-        if should_sound:
-            self._buzzer.on()
-            if self._led is not None:
-                self._led.on()
-        else:
-            self._buzzer.off()
-            if self._led is not None:
-                self._led.off()
+        previous = self.pattern
+        self._start_pattern(pattern)
         log.warning(
-            "buzzer on" if should_sound else "buzzer off",
-            extra=fields(buzzer="on" if should_sound else "off", active_alarms=len(self._active)),
+            "buzzer on" if self.sounding else "buzzer off",
+            extra=fields(
+                buzzer="on" if self.sounding else "off",
+                pattern=pattern or "none",
+                was=previous or "none",
+                severity=sounding or "none",
+            ),
         )
 
+    def _start_pattern(self, pattern: PatternName | None) -> None:
+        self.pattern = pattern
+        self._started = self.clock.monotonic()
+        on = False if pattern is None else PATTERNS[pattern][0][0]
+        self._buzzer.value = on
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- the pattern task -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Drive the phases of the current pattern; runs until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = wake = asyncio.Event()
+        try:
+            while True:
+                if self.pattern is None:
+                    await wake.wait()
+                    wake.clear()
+                    continue
+                on, remaining = pattern_state(self.pattern, self.clock.monotonic() - self._started)
+                self._buzzer.value = on
+                if math.isinf(remaining):
+                    await wake.wait()
+                else:
+                    await self.clock.wait(wake, remaining)
+                wake.clear()
+        finally:
+            self._wake = None
+            self._loop = None
+
+    # -- silence button ---------------------------------------------------------------------
+
+    def _pressed(self) -> None:
+        # gpiozero calls this on its own thread: hand the press to the event loop.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._silence)
+
+    def _silence(self) -> None:
+        log.warning("silence button pressed", extra=fields(pattern=self.pattern or "none"))
+        if self.on_silence is not None:
+            self.on_silence()
+
+    # -- self-test --------------------------------------------------------------------------
+
+    async def self_test(self, seconds: float = 1.0) -> list[str]:
+        """Sound every pattern for ``seconds``, flash the LED and pulse the relay, then put
+        everything back as it was. Returns what was exercised, for the caller's report."""
+        done: list[str] = []
+        led_value = None if self._led is None else self._led.value
+        relay_value = None if self._relay is None else self._relay.value
+        never = asyncio.Event()
+        self._testing = True
+        try:
+            for pattern in ("continuous", "pulsed", "chirp"):
+                self._start_pattern(pattern)
+                await self.clock.wait(never, seconds)
+                if not self._testing:
+                    break
+                done.append(f"buzzer {pattern}")
+            for name, device in (("led", self._led), ("relay", self._relay)):
+                if device is None or not self._testing:
+                    continue
+                device.on()
+                await self.clock.wait(never, seconds)
+                device.off()
+                done.append(name)
+        finally:
+            aborted = not self._testing
+            self._testing = False
+            if not aborted:
+                self._start_pattern(self._desired)
+            if self._led is not None:
+                self._led.value = led_value
+            if self._relay is not None:
+                self._relay.value = relay_value
+        log.info(
+            "self-test done" if not aborted else "self-test ended by an alarm",
+            extra=fields(exercised=",".join(done)),
+        )
+        return done
+
     def close(self) -> None:
-        """Release the pins (the buzzer goes quiet)."""
-        self._buzzer.close()
-        if self._led is not None:
-            self._led.close()
+        """Release the pins (the buzzer goes quiet, the relay opens)."""
+        self.pattern = None
+        for device in (self._buzzer, self._led, self._relay, self._button):
+            if device is not None:
+                device.close()

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from drivers.modbus import known_models
-from edge import __version__, buffer_cli, doctor, installer_cli, provision
+from edge import __version__, buffer_cli, doctor, installer_cli, provision, replay, selftest
 from edge.config import report_config
 from edge.config.duration import parse_duration
 from edge.gateway import Gateway, config_hash
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_parser(commands)
     installer_cli.add_parser(commands)
     buffer_cli.add_parser(commands)
+    replay.add_parser(commands)
+    selftest.add_parser(commands)
     return parser
 
 
@@ -69,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return installer_cli.command(args)
     if args.command == "buffer":
         return buffer_cli.command(args)
+    if args.command == "replay":
+        return replay.command(args)
+    if args.command == "selftest":
+        return selftest.command(args)
     raise AssertionError(args.command)  # argparse refuses unknown commands
 
 

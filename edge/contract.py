@@ -55,6 +55,15 @@ SCHEMA_STATUS: Final = "edge.status/1"
 EventKind = Literal[
     "alarm-raised",
     "alarm-cleared",
+    # The alarm lifecycle (docs/rules.md): worse severity, silenced, sounding again after the
+    # re-arm time, the room's occupancy changed while active.
+    "alarm-escalated",
+    "alarm-silenced",
+    "alarm-resounded",
+    "alarm-updated",
+    # The SMS fallback: one event per message, with its result.
+    "sms-sent",
+    "sms-failed",
     "device-offline",
     "device-online",
     "gateway-started",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -23,10 +24,19 @@ from drivers import DeviceStatus, Reading
 from edge import __version__
 from edge.annunciator import Annunciator
 from edge.buses import bus_services
+from edge.clock import Clock, SystemClock
 from edge.config.model import SiteConfig
 from edge.contract import EventKind, event_body, reading_body
 from edge.log import fields
-from edge.rules import RuleEngine, Transition
+from edge.occupancy import Occupancy, priority
+from edge.rules import (
+    AlarmBook,
+    RuleEngine,
+    StateStore,
+    Transition,
+    load_rule_state,
+    save_rule_state,
+)
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink
 
@@ -46,6 +56,26 @@ UPLINK_STOP_TIMEOUT = 1.0
 OUTBOX_CLOSE_GRACE = 0.5
 
 
+#: How often time-based rules, re-arm timeouts and occupancy updates are judged.
+TICK_INTERVAL = 1.0
+#: How often changed rule state is written to the store. A restart loses at most this much
+#: of a window's readings (never counts one twice); transitions are saved at once.
+STATE_SAVE_INTERVAL = 30.0
+#: How long the start waits for the buffer to restore rule state before polling anyway.
+STATE_RESTORE_TIMEOUT = 3.0
+#: Shutdown budget for the last state save.
+STATE_SAVE_TIMEOUT = 1.0
+
+_EVENT_OF: dict[str, EventKind] = {
+    "raised": "alarm-raised",
+    "escalated": "alarm-escalated",
+    "cleared": "alarm-cleared",
+    "silenced": "alarm-silenced",
+    "resounded": "alarm-resounded",
+    "updated": "alarm-updated",
+}
+
+
 def config_hash(text: bytes) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
@@ -60,13 +90,28 @@ class Gateway:
         config_digest: str = "",
         pin_factory: Any = None,
         status_interval: float = 10.0,
+        clock: Clock | None = None,
+        state_store: StateStore | None = None,
     ) -> None:
         self.config = config
         self.config_digest = config_digest
         self.status_interval = status_interval
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.boot_time = time.time()
-        self.rules = RuleEngine(config.rules)
-        self.annunciator = Annunciator(config.outputs, pin_factory=pin_factory)
+        self.rules = RuleEngine(
+            config.rules,
+            devices=config.devices,
+            derived=config.derived_points,
+            timezone=config.gateway.timezone,
+        )
+        self.alarms = AlarmBook(rearm_after=config.outputs.rearm_after)
+        self.occupancy = Occupancy(config.zones)
+        #: Zone state each active alarm last reported, to send an update when it changes.
+        self._reported_occupancy: dict[tuple[str, str], str] = {}
+        self.state_store = state_store
+        self._state_due = False
+        self.annunciator = Annunciator(config.outputs, pin_factory=pin_factory, clock=self.clock)
+        self.annunciator.on_silence = self._silence_button
         self.supervisor = Supervisor()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
@@ -82,44 +127,85 @@ class Gateway:
     def on_sample(self, sample: Reading | DeviceStatus) -> None:
         """The drivers' sink. Judges first, sounds second, buffers last."""
         if isinstance(sample, DeviceStatus):
+            transitions = self.rules.on_status(sample)
+            if transitions:
+                self._sound(transitions)
             self._on_status(sample)
+            self._report(transitions)
             return
+        self.occupancy.observe(sample)
         transitions = self.rules.evaluate(sample)
         if transitions:
-            self.annunciator.apply(transitions)
+            self._sound(transitions)
         self._submit("telemetry", reading_body(sample))
+        self._report(transitions)
+
+    def _sound(self, transitions: list[Transition]) -> None:
+        """The alarm book follows the transitions; the buzzer follows the book, at once."""
+        self.alarms.apply(transitions)
+        self.annunciator.show(self.alarms.sounding(), self.alarms.worst())
+
+    def _report(self, transitions: list[Transition]) -> None:
         for transition in transitions:
             self._on_transition(transition)
+        if transitions:
+            self._state_due = True
+
+    def silence(self, source: str = "remote", alarm: tuple[str, str] | None = None) -> int:
+        """Silence the sounding alarms (or one); ``source`` is ``local`` (the button) or
+        ``remote`` (the platform). Returns how many were silenced."""
+        transitions = self.alarms.silence(self.clock.time(), source, alarm)
+        self.annunciator.show(self.alarms.sounding(), self.alarms.worst())
+        self._report(transitions)
+        return len(transitions)
+
+    def _silence_button(self) -> None:
+        self.silence("local")
 
     def _on_transition(self, transition: Transition) -> None:
-        reading = transition.reading
-        kind: EventKind = "alarm-raised" if transition.kind == "raised" else "alarm-cleared"
+        kind = _EVENT_OF[transition.kind]
+        occupancy = transition.occupancy
+        if occupancy is None:
+            occupancy = self.occupancy.report_for(transition.device_id, self.clock.time())
+        state = None if occupancy is None else str(occupancy["state"])
+        if transition.kind == "cleared":
+            self._reported_occupancy.pop(transition.alarm_key, None)
+        elif state is not None:
+            self._reported_occupancy[transition.alarm_key] = state
         for hook in self.transition_hooks:
             hook(transition)
+        reading = transition.reading
         log.warning(
             kind,
             extra=fields(
                 rule=transition.rule_id,
-                device=reading.device_id,
-                point=reading.point,
-                value=reading.value,
+                device=transition.device_id,
+                point=transition.point,
+                value=transition.value,
                 threshold=transition.threshold,
                 severity=transition.severity,
+                reason=transition.reason,
+                occupancy=state or "",
             ),
         )
         self._submit(
             "event",
             event_body(
                 kind,
-                reading.ts,
+                transition.ts,
                 rule=transition.rule_id,
+                rule_kind=transition.rule_kind,
                 severity=transition.severity,
-                device=reading.device_id,
-                point=reading.point,
-                value=reading.value,
-                unit=reading.unit,
+                priority=priority(transition.severity, state),
+                device=transition.device_id,
+                point=transition.point,
+                value=transition.value,
+                unit=None if reading is None else reading.unit,
                 threshold=transition.threshold,
-                location=self._locations.get(reading.device_id),
+                reason=transition.reason,
+                source=transition.source or None,
+                occupancy=occupancy,
+                location=self._locations.get(transition.device_id),
             ),
         )
 
@@ -203,13 +289,90 @@ class Gateway:
                 "status",
                 extra=fields(
                     buzzer="on" if self.annunciator.sounding else "off",
-                    active_alarms=len(self.rules.active_alarms()),
+                    active_alarms=len(self.alarms.alarms),
+                    silenced=sum(1 for a in self.alarms.alarms.values() if a.silenced),
                     outbox_events=depth.get("event", 0),
                     outbox_telemetry=depth.get("telemetry", 0),
                     pending=len(self._pending),
                     uplink=self.uplink.state if self.uplink is not None else "waiting",
                 ),
             )
+
+    # -- time-based judgement and rule state ------------------------------------------------
+
+    def tick(self) -> None:
+        """Let time pass for the rules, the re-arm timeouts and the occupancy of alarms."""
+        now = self.clock.time()
+        transitions = self.rules.tick(now)
+        if transitions:
+            self._sound(transitions)
+        resounded = self.alarms.tick(now)
+        if resounded:
+            self.annunciator.show(self.alarms.sounding(), self.alarms.worst())
+        updates: list[Transition] = []
+        for key, alarm in self.alarms.alarms.items():
+            before = self._reported_occupancy.get(key)
+            if before is None:
+                continue
+            report = self.occupancy.report_for(alarm.latest.device_id, now)
+            if report is not None and report["state"] != before:
+                update = dataclasses.replace(
+                    alarm.latest, kind="updated", ts=now, reading=None, occupancy=report
+                )
+                alarm.latest = update
+                updates.append(update)
+        self._report([*transitions, *resounded, *updates])
+
+    def _store(self) -> StateStore | None:
+        if self.state_store is not None:
+            return self.state_store
+        # The outbox keeps rule state in its own file once it offers the key-value API.
+        if self.outbox is not None and isinstance(self.outbox, StateStore):
+            return self.outbox
+        return None
+
+    async def _restore_rule_state(self) -> None:
+        """Resume windows, baselines and active alarms; an active alarm sounds again at once.
+        A buffer that does not open in time only costs the history, never the start."""
+        if self.state_store is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.outbox_ready.wait(), STATE_RESTORE_TIMEOUT)
+        store = self._store()
+        if store is None:
+            log.warning("rule state not restored: no state store")
+            return
+        try:
+            dropped = await load_rule_state(store, self.rules, self.alarms)
+        except Exception as exc:  # a damaged store must not stop the alarms
+            log.error("rule state not restored", extra=fields(error=repr(exc)))
+            return
+        self.annunciator.show(self.alarms.sounding(), self.alarms.worst())
+        log.info(
+            "rule state restored",
+            extra=fields(active_alarms=len(self.alarms.alarms), dropped=len(dropped)),
+        )
+        self._report(dropped)
+
+    async def _save_rule_state(self, *, budget: float | None = None) -> None:
+        store = self._store()
+        if store is None:
+            return
+        try:
+            await asyncio.wait_for(save_rule_state(store, self.rules, self.alarms), budget)
+        except Exception as exc:  # the next save retries; alarms go on
+            log.error("rule state not saved", extra=fields(error=repr(exc)))
+
+    async def _rules_service(self) -> None:
+        never = asyncio.Event()
+        last_save = self.clock.monotonic()
+        while True:
+            await self.clock.wait(never, TICK_INTERVAL)
+            self.tick()
+            now = self.clock.monotonic()
+            if self._state_due or now - last_save >= STATE_SAVE_INTERVAL:
+                self._state_due = False
+                last_save = now
+                await self._save_rule_state()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -240,6 +403,9 @@ class Gateway:
             ),
         )
         self.supervisor.start("buffer", self._buffer_service)
+        await self._restore_rule_state()
+        self.supervisor.start("annunciator", self.annunciator.run)
+        self.supervisor.start("rules", self._rules_service)
         self.supervisor.start("uplink", self._uplink_service)
         self.supervisor.start("status", self._status_service)
         bus_names = []
@@ -256,6 +422,7 @@ class Gateway:
     async def shutdown(self, bus_names: list[str]) -> None:
         started = time.monotonic()
         await self.supervisor.stop(bus_names)
+        await self._save_rule_state(budget=STATE_SAVE_TIMEOUT)
         if self.outbox is not None:
             try:
                 await asyncio.wait_for(self.outbox.flush(), FLUSH_TIMEOUT)

@@ -32,6 +32,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from drivers.catalog import BUS_FAMILY, GPIO_MODELS, SERIAL_MODELS, family_of
 from drivers.modbus.model import ModelError, load_model
 from edge.config.model import SiteConfig
+from edge.config.rules_check import check_rules
 
 __all__ = [
     "ConfigError",
@@ -836,6 +837,7 @@ def _cross_check(
             report(("devices", index, "model"), message)
 
     _check_device_kinds(data, report, line_of)
+    check_rules(data, report, line_of, known_models, positions.keys())
 
     if device_ids is not None:
         for index, rule in _entries(data, "rules") or []:

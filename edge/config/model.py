@@ -8,11 +8,21 @@ objects. Unknown keys are errors (``extra="forbid"``) so a typo never silently d
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from edge.config.duration import Duration
+from edge.config.duration import Duration, format_duration
 from edge.config.size import Size
 
 #: BCM numbers of the GPIOs on the Raspberry Pi 40-pin header.
@@ -57,6 +67,22 @@ class Site(Strict):
 class Gateway(Strict):
     id: Identifier
     site: Site
+    timezone: str = Field(
+        default="UTC",
+        description="IANA time zone of the site (e.g. Asia/Shanghai): calendar days and months "
+        "of sustained rules start at its midnight.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai"
+            ) from None
+        return value
 
 
 class ModbusTcpBus(Strict):
@@ -149,32 +175,394 @@ class Device(Strict):
     location: Location
 
 
-class OverLimitRule(Strict):
+Severity = Literal["fire", "critical", "major", "minor"]
+#: Most severe first: the annunciator sounds the pattern of the worst unsilenced alarm.
+SEVERITIES: tuple[Severity, ...] = ("fire", "critical", "major", "minor")
+#: Severity -> rank, 0 the most severe.
+SEVERITY_ORDER: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
+
+#: A threshold in the point's unit. ``strict``: YAML's ``true`` must not become 1.
+Threshold = Annotated[float, Field(strict=True)]
+
+#: Longest window a rule keeps every reading of: at a 1 s poll, a day is 86 400 readings.
+MAX_READING_WINDOW = 86_400.0
+#: Longest baseline an ``abnormal`` rule learns from (the readings are capped separately).
+MAX_BASELINE = 90 * 86_400.0
+
+
+def _span(limit: float, *, zero: bool = False) -> AfterValidator:
+    """A duration check that speaks in durations, not in seconds."""
+
+    def check(seconds: float) -> float:
+        if seconds > limit or (seconds <= 0 and not zero):
+            low = "at least 0s" if zero else "longer than 0s"
+            raise ValueError(
+                f"must be {low} and at most {format_duration(limit)} "
+                f"(got {format_duration(seconds) if seconds else '0s'})"
+            )
+        return seconds
+
+    return AfterValidator(check)
+
+
+#: How long a rule may keep every reading (sudden change, debounce): up to a day.
+ReadingWindow = Annotated[Duration, _span(MAX_READING_WINDOW)]
+#: Baselines, faults and offline times: up to 90 days.
+LongSpan = Annotated[Duration, _span(MAX_BASELINE)]
+#: The same, where 0s means "at once".
+LongSpanOrNow = Annotated[Duration, _span(MAX_BASELINE, zero=True)]
+#: A sustained condition on raw readings: up to 31 days (use days or months beyond).
+RawRun = Annotated[Duration, _span(31 * 86_400.0)]
+
+
+def _exactly_one(model: BaseModel, names: tuple[str, ...]) -> None:
+    given = [name for name in names if getattr(model, name) is not None]
+    if len(given) != 1:
+        listed = ", ".join(names[:-1]) + f" or {names[-1]}"
+        found = f" (found {', '.join(given)})" if given else ""
+        raise ValueError(f"give exactly one of {listed}{found}")
+
+
+class Debounce(Strict):
+    """How long a condition must hold before an alarm is raised: a number of consecutive
+    readings, or a duration from the first reading that met it."""
+
+    readings: int | None = Field(default=None, ge=1, le=10_000, strict=True)
+    duration: ReadingWindow | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Debounce:
+        _exactly_one(self, ("readings", "duration"))
+        return self
+
+
+class Escalation(Strict):
+    """A second, worse level of a raised limit alarm (a new, worse alarm re-sounds)."""
+
+    at: Threshold
+    severity: Severity = "fire"
+
+
+#: Keys a per-device override may not change: they decide what the rule is about.
+_NOT_OVERRIDABLE = frozenset({"id", "kind", "point", "devices", "models", "overrides", "unit"})
+
+
+class _PointRule(Strict):
+    """Settings shared by the rules that judge one point of each device they apply to."""
+
+    id: Identifier
+    point: Identifier = Field(
+        description="The point, as named by the device model or a derived point."
+    )
+    devices: list[Identifier] | None = Field(
+        default=None,
+        description="Devices this rule judges; all devices with the point when absent.",
+    )
+    models: list[Identifier] | None = Field(
+        default=None,
+        description="Only devices of these models (combined with devices when both are given).",
+    )
+    unit: str | None = Field(
+        default=None,
+        description="Unit of the thresholds; check-config refuses it when the point has another.",
+    )
+    severity: Severity = "critical"
+    overrides: dict[Identifier, dict[str, Any]] | None = Field(
+        default=None,
+        description="Per-device settings that replace the rule's own, by device id.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _thresholds_with_units(cls, data: Any) -> Any:
+        """``raise_at: "300 mA"`` is ``raise_at: 300`` with ``unit: mA``; every threshold of one
+        rule must be in one unit."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        units = {data["unit"]} if isinstance(data.get("unit"), str) else set()
+        for key in _THRESHOLD_KEYS:
+            parsed = _quantity(data.get(key))
+            if parsed is not None:
+                data[key], unit = parsed
+                units.add(unit)
+        if len(units) > 1:
+            raise ValueError(f"thresholds of one rule must share one unit (found {sorted(units)})")
+        if units:
+            data["unit"] = units.pop()
+        return data
+
+    @model_validator(mode="after")
+    def _valid_overrides(self) -> Self:
+        for device, changes in (self.overrides or {}).items():
+            refused = sorted(set(changes) & _NOT_OVERRIDABLE)
+            if refused:
+                raise ValueError(f"overrides.{device}: {', '.join(refused)} cannot be overridden")
+            try:
+                self.for_device(device)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                message = first["msg"].removeprefix("Value error, ")
+                raise ValueError(
+                    f"overrides.{device}{'.' + where if where else ''}: {message}"
+                ) from None
+        return self
+
+    def for_device(self, device: str) -> Self:
+        """The rule as it applies to ``device``: its override, if any, laid over the rule."""
+        changes = (self.overrides or {}).get(device)
+        if not changes:
+            return self
+        merged = {**self.model_dump(exclude={"overrides"}), **changes}
+        return type(self).model_validate(merged)
+
+
+#: Threshold keys that may be written with a unit ("300 mA").
+_THRESHOLD_KEYS = (
+    "raise_at",
+    "clear_below",
+    "clear_above",
+    "change",
+    "above",
+    "below",
+    "min_deviation",
+)
+_QUANTITY_RE = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([^\d\s.+-][^\s]*)\s*$")
+
+
+def _quantity(value: Any) -> tuple[float, str] | None:
+    if not isinstance(value, str):
+        return None
+    match = _QUANTITY_RE.match(value)
+    if match is None:
+        # Left as written: the field itself then refuses it, at its own line.
+        return None
+    return float(match.group(1)), match.group(2)
+
+
+class OverLimitRule(_PointRule):
     """Raise when a point reaches ``raise_at``; clear when it falls below ``clear_below``.
 
     The gap between the two is the hysteresis that keeps a reading hovering at the limit from
     toggling the buzzer.
     """
 
-    id: Identifier
     kind: Literal["over-limit"]
-    point: Identifier
-    devices: list[Identifier] | None = Field(
-        default=None,
-        description="Devices this rule judges; all devices with the point when absent.",
-    )
-    raise_at: float
-    clear_below: float
-    severity: Literal["critical", "major", "minor"] = "critical"
+    raise_at: Threshold
+    clear_below: Threshold
+    debounce: Debounce | None = None
+    escalate: Escalation | None = None
 
     @model_validator(mode="after")
     def _hysteresis(self) -> OverLimitRule:
         if self.clear_below > self.raise_at:
             raise ValueError("clear_below must not be above raise_at (hysteresis runs downwards)")
+        if self.escalate is not None and self.escalate.at <= self.raise_at:
+            raise ValueError("escalate.at must be above raise_at")
         return self
 
 
-Rule = Annotated[OverLimitRule, Field(discriminator="kind")]
+class UnderLimitRule(_PointRule):
+    """Raise when a point falls to ``raise_at`` or below; clear when it rises above
+    ``clear_above``."""
+
+    kind: Literal["under-limit"]
+    raise_at: Threshold
+    clear_above: Threshold
+    debounce: Debounce | None = None
+    escalate: Escalation | None = None
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> UnderLimitRule:
+        if self.clear_above < self.raise_at:
+            raise ValueError("clear_above must not be below raise_at (hysteresis runs upwards)")
+        if self.escalate is not None and self.escalate.at >= self.raise_at:
+            raise ValueError("escalate.at must be below raise_at")
+        return self
+
+
+class SuddenChangeRule(_PointRule):
+    """Raise when a reading differs from one of the last ``window`` by ``change`` (in the
+    point's unit) or by ``change_percent``."""
+
+    kind: Literal["sudden-change"]
+    change: Threshold | None = Field(default=None, gt=0)
+    change_percent: float | None = Field(default=None, gt=0, strict=True)
+    window: ReadingWindow
+    direction: Literal["rise", "fall", "either"] = "either"
+
+    @model_validator(mode="after")
+    def _one_size(self) -> SuddenChangeRule:
+        _exactly_one(self, ("change", "change_percent"))
+        return self
+
+
+class AbnormalRule(_PointRule):
+    """Raise when a reading strays from the point's learned baseline (median and
+    interquartile range of recent readings) by more than ``sensitivity`` robust deviations."""
+
+    kind: Literal["abnormal"]
+    sensitivity: float = Field(default=6.0, gt=0, le=100, strict=True)
+    baseline: LongSpan = 7 * 86_400.0
+    learning: LongSpanOrNow = 86_400.0
+    min_samples: int = Field(default=30, ge=5, strict=True)
+    max_samples: int = Field(default=1000, ge=5, le=10_000, strict=True)
+    min_deviation: Threshold = Field(default=0.0, ge=0)
+    clear_ratio: float = Field(default=0.8, gt=0, le=1, strict=True)
+
+    @model_validator(mode="after")
+    def _samples(self) -> AbnormalRule:
+        if self.min_samples > self.max_samples:
+            raise ValueError("min_samples must not be above max_samples")
+        if self.learning > self.baseline:
+            raise ValueError("learning must not be longer than baseline")
+        return self
+
+
+class SustainedRule(_PointRule):
+    """Raise when a condition has held throughout a period: of raw readings (``duration``),
+    or of calendar hours, days or months judged on each bucket's aggregate."""
+
+    kind: Literal["sustained"]
+    above: Threshold | None = None
+    below: Threshold | None = None
+    aggregate: Literal["mean", "min", "max"] = "mean"
+    duration: RawRun | None = None
+    hours: int | None = Field(default=None, ge=1, le=24 * 31, strict=True)
+    days: int | None = Field(default=None, ge=1, le=731, strict=True)
+    months: int | None = Field(default=None, ge=1, le=24, strict=True)
+    missing: Literal["break", "ignore"] = Field(
+        default="break",
+        description="A calendar bucket without a good reading breaks the run, or is skipped.",
+    )
+
+    @model_validator(mode="after")
+    def _one_period(self) -> SustainedRule:
+        _exactly_one(self, ("above", "below"))
+        _exactly_one(self, ("duration", "hours", "days", "months"))
+        return self
+
+
+class AlarmBitsRule(_PointRule):
+    """Raise while the device reports any of ``bits`` set in a status point."""
+
+    kind: Literal["alarm-bits"]
+    bits: list[Annotated[int, Field(ge=0, le=15, strict=True)] | Identifier] | None = Field(
+        default=None,
+        description="Bit numbers (0 = least significant) or bit names; all bits when absent.",
+    )
+
+
+class SensorFaultRule(_PointRule):
+    """Raise a fault when a point is stuck at one value or has no good reading for too long."""
+
+    kind: Literal["sensor-fault"]
+    severity: Severity = "minor"
+    stuck_for: LongSpan | None = None
+    stuck_tolerance: Threshold = Field(default=0.0, ge=0)
+    missing_for: LongSpan | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> SensorFaultRule:
+        if self.stuck_for is None and self.missing_for is None:
+            raise ValueError("give stuck_for, missing_for or both")
+        return self
+
+
+class DeviceOfflineRule(Strict):
+    """Raise when a device has been offline (the driver says so) or silent for too long."""
+
+    id: Identifier
+    kind: Literal["device-offline"]
+    devices: list[Identifier] | None = None
+    models: list[Identifier] | None = None
+    severity: Severity = "minor"
+    after: LongSpanOrNow = Field(default=0.0, description="How long offline before raising.")
+    silent_for: LongSpan | None = Field(
+        default=None, description="Also raise when no reading at all arrived for this long."
+    )
+
+
+class CompositeTerm(Strict):
+    rule: Identifier
+    devices: list[Identifier] | None = None
+
+
+class CompositeRule(Strict):
+    """Raise while all (``all``) or any (``any``) of other rules' alarms are active."""
+
+    id: Identifier
+    kind: Literal["composite"]
+    all: list[Identifier | CompositeTerm] | None = Field(default=None, min_length=1)
+    any: list[Identifier | CompositeTerm] | None = Field(default=None, min_length=1)
+    severity: Severity = "fire"
+
+    @model_validator(mode="after")
+    def _one(self) -> CompositeRule:
+        _exactly_one(self, ("all", "any"))
+        return self
+
+    def terms(self) -> list[CompositeTerm]:
+        raw = self.all if self.all is not None else (self.any or [])
+        return [CompositeTerm(rule=t) if isinstance(t, str) else t for t in raw]
+
+
+Rule = Annotated[
+    OverLimitRule
+    | UnderLimitRule
+    | SuddenChangeRule
+    | AbnormalRule
+    | SustainedRule
+    | AlarmBitsRule
+    | SensorFaultRule
+    | DeviceOfflineRule
+    | CompositeRule,
+    Field(discriminator="kind"),
+]
+PointRule = (
+    OverLimitRule
+    | UnderLimitRule
+    | SuddenChangeRule
+    | AbnormalRule
+    | SustainedRule
+    | AlarmBitsRule
+    | SensorFaultRule
+)
+
+
+class DerivedPoint(Strict):
+    """A point computed from another point of the same device, judged like any other.
+
+    ``displacement``: ``gauge_length x tan(source in degrees)``, in the gauge length's unit
+    (mm); ``linear``: ``scale x source + offset``.
+    """
+
+    name: Identifier
+    kind: Literal["displacement", "linear"]
+    source: Identifier
+    devices: list[Identifier] | None = None
+    models: list[Identifier] | None = None
+    unit: str = ""
+    gauge_length: float | None = Field(
+        default=None, gt=0, strict=True, description="Gauge length (displacement), e.g. in mm."
+    )
+    gauge_lengths: dict[Identifier, Annotated[float, Field(gt=0, strict=True)]] | None = Field(
+        default=None, description="Per-device gauge lengths, by device id."
+    )
+    scale: float = Field(default=1.0, strict=True)
+    offset: float = Field(default=0.0, strict=True)
+
+    @model_validator(mode="after")
+    def _gauge(self) -> DerivedPoint:
+        if self.kind == "displacement" and self.gauge_length is None and not self.gauge_lengths:
+            raise ValueError("a displacement needs gauge_length (or gauge_lengths per device)")
+        if self.name == self.source:
+            raise ValueError("a derived point cannot have the name of its source")
+        return self
+
+    def gauge_for(self, device: str) -> float | None:
+        return (self.gauge_lengths or {}).get(device, self.gauge_length)
 
 
 class Pin(Strict):
@@ -182,6 +570,34 @@ class Pin(Strict):
         ge=BCM_PINS.start, le=BCM_PINS.stop - 1, strict=True, description="BCM GPIO number (2-27)."
     )
     active_high: bool = True
+
+
+PatternName = Literal["continuous", "pulsed", "chirp", "off"]
+
+
+class Patterns(Strict):
+    """The buzzer pattern of each severity (see docs/rules.md for their timing)."""
+
+    fire: PatternName = "continuous"
+    critical: PatternName = "pulsed"
+    major: PatternName = "pulsed"
+    minor: PatternName = "chirp"
+
+
+class Relay(Pin):
+    severity: Severity = Field(
+        default="fire",
+        description="The relay closes while an alarm at least this severe is active.",
+    )
+
+
+class SilenceButton(Strict):
+    pin: int = Field(
+        ge=BCM_PINS.start, le=BCM_PINS.stop - 1, strict=True, description="BCM GPIO number (2-27)."
+    )
+    pull_up: bool = Field(
+        default=True, description="True: the button connects the pin to ground when pressed."
+    )
 
 
 class Outputs(Strict):
@@ -193,12 +609,82 @@ class Outputs(Strict):
     )
     buzzer: Pin
     led: Pin | None = None
+    relay: Relay | None = Field(default=None, description="An optional relay; none by default.")
+    silence_button: SilenceButton | None = None
+    patterns: Patterns = Field(default_factory=Patterns)
+    rearm_after: Duration = Field(
+        default=600.0,
+        gt=0,
+        le=86_400.0,
+        description="A silenced alarm that is still active sounds again after this long.",
+    )
 
     @model_validator(mode="after")
     def _distinct_pins(self) -> Outputs:
-        if self.led is not None and self.led.pin == self.buzzer.pin:
-            raise ValueError(f"buzzer and led share GPIO {self.buzzer.pin}")
+        used: dict[int, str] = {}
+        for name in ("buzzer", "led", "relay", "silence_button"):
+            pin = getattr(self, name)
+            if pin is None:
+                continue
+            if pin.pin in used:
+                raise ValueError(f"{used[pin.pin]} and {name} share GPIO {pin.pin}")
+            used[pin.pin] = name
         return self
+
+
+class Evidence(Strict):
+    """One source of occupancy evidence: a radar, a PIR or an electrical load point."""
+
+    device: Identifier
+    point: Identifier
+    kind: Literal["radar", "pir", "load"]
+    above: Threshold = Field(
+        default=0.0, description="The reading is evidence of presence when above this."
+    )
+    hold: Duration | None = Field(
+        default=None,
+        gt=0,
+        le=86_400.0,
+        description="Presence lasts this long after the last positive reading "
+        "(default radar 30s, pir 5m, load 10m).",
+    )
+    stale_after: Duration | None = Field(
+        default=None,
+        gt=0,
+        le=86_400.0,
+        description="Without a reading for this long the source says nothing "
+        "(default radar and load 2m; a PIR reports only changes and never goes stale).",
+    )
+
+
+class Zone(Strict):
+    """A room: the devices whose alarms belong to it and the evidence of people in it."""
+
+    id: Identifier
+    name: str = ""
+    devices: list[Identifier] = Field(
+        default_factory=list, description="Devices in the room (smoke detectors, monitors)."
+    )
+    evidence: list[Evidence] = Field(min_length=1)
+
+
+class Sms(Strict):
+    """Alarm SMS through a 4G modem (AT commands, PDU mode, UCS2 text)."""
+
+    port: str = Field(description="The modem's serial port URL.")
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
+    numbers: list[Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")]] = Field(min_length=1)
+    severity: Severity = Field(
+        default="critical", description="Send for alarms at least this severe."
+    )
+    min_interval: Duration = Field(
+        default=300.0,
+        ge=0,
+        le=86_400.0,
+        description="At most one SMS per number per rule and device within this time.",
+    )
+    max_per_hour: int = Field(default=20, ge=1, le=1000, strict=True)
+    timeout: Duration = Field(default=60.0, gt=0, le=300.0)
 
 
 class Uplink(Strict):
@@ -254,7 +740,10 @@ class SiteConfig(Strict):
     gateway: Gateway
     buses: list[Bus] = Field(min_length=1)
     devices: list[Device] = Field(min_length=1)
+    derived_points: list[DerivedPoint] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
+    zones: list[Zone] = Field(default_factory=list)
     outputs: Outputs
+    sms: Sms | None = None
     uplink: Uplink
     buffer: BufferConfig

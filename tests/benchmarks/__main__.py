@@ -15,10 +15,10 @@ from pathlib import Path
 
 import psutil
 
-from tests.benchmarks import buffer, drivers, e2e
+from tests.benchmarks import buffer, drivers, e2e, rules
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = {"_ms_": "ms", "_mb": "MiB", "_pct": "% of one core"}
+UNITS = {"_us_": "µs", "_ms_": "ms", "_mb": "MiB", "_pct": "% of one core"}
 
 
 def machine() -> str:
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument(
         "--only",
-        choices=["e2e", "drivers", "buffer"],
+        choices=["e2e", "drivers", "buffer", "rules"],
         action="append",
         help="run these suites alone",
     )
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--buffer-backlog", type=int, default=10_000_000, metavar="N")
     parser.add_argument("--buffer-kills", type=int, default=100, metavar="N")
     args = parser.parse_args()
-    suites = set(args.only or ["e2e", "drivers", "buffer"])
+    suites = set(args.only or ["e2e", "drivers", "buffer", "rules"])
 
     results: dict[str, float | str] = {}
     if args.only and args.out.exists():
@@ -66,6 +66,8 @@ def main() -> None:
                 readings=args.buffer_readings, backlog=args.buffer_backlog, kills=args.buffer_kills
             )
         )
+    if "rules" in suites:
+        results.update(rules.run())
     results["machine"] = machine()
 
     print("\nfigures:")

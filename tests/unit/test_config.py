@@ -351,7 +351,7 @@ def test_unknown_and_missing_kind(tmp_path: Path) -> None:
     text = edited("    kind: over-limit\n", "")
     issue = only_issue(write(tmp_path, text))
     assert issue.field == "rules[0].kind"
-    assert issue.message == "missing required key 'kind' (one of 'over-limit')"
+    assert issue.message.startswith("missing required key 'kind' (one of 'over-limit', ")
 
 
 def test_missing_bus_reference(tmp_path: Path) -> None:

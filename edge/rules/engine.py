@@ -1,0 +1,519 @@
+"""The rules engine: routes each reading to the judges of its device and point.
+
+Routing is decided once per (device, point) and cached, so judging a reading costs a dict
+lookup and one call per rule that applies to it. Derived points (a displacement computed from
+a tilt angle) are computed here and judged like any other point. Composite rules are
+re-evaluated only when another alarm changed state.
+
+Time comes from the readings themselves (``Reading.ts``) and from :meth:`RuleEngine.tick`,
+which the gateway calls every second and ``edge replay`` calls with each recorded reading's
+time: the engine never looks at a clock, so months of history replay in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from drivers import DeviceStatus, Reading
+from edge.config.model import (
+    AbnormalRule,
+    AlarmBitsRule,
+    CompositeRule,
+    DerivedPoint,
+    Device,
+    DeviceOfflineRule,
+    OverLimitRule,
+    PointRule,
+    Rule,
+    SensorFaultRule,
+    SuddenChangeRule,
+    SustainedRule,
+    UnderLimitRule,
+)
+from edge.rules.judges import (
+    AbnormalJudge,
+    AlarmBitsJudge,
+    DeviceOfflineJudge,
+    Judge,
+    OverLimitJudge,
+    SensorFaultJudge,
+    SuddenChangeJudge,
+    SustainedJudge,
+    UnderLimitJudge,
+)
+from edge.rules.types import Transition
+
+__all__ = ["STATE_PREFIX", "STATE_SCHEMA", "ModelInfo", "RuleEngine", "model_info_from_drivers"]
+
+#: Layout version of the state values the engine writes (the store's ``schema``).
+STATE_SCHEMA = 1
+#: Every key the engine writes starts with this.
+STATE_PREFIX = "rules/"
+_ACTIVE_KEY = STATE_PREFIX + "active"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine needs to know of a device model: its points, their units and bits."""
+
+    units: Mapping[str, str]
+    bits: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+
+    def has_point(self, point: str) -> bool:
+        return point in self.units
+
+
+def model_info_from_drivers(model: str) -> ModelInfo | None:
+    """The :class:`ModelInfo` of a Modbus device model shipped in ``drivers/models``."""
+    from drivers.modbus import load_model  # noqa: PLC0415 -- only needed when configuring
+
+    try:
+        loaded = load_model(model)
+    except (ValueError, OSError):
+        return None
+    return ModelInfo(
+        units={p.name: p.unit for p in loaded.points},
+        bits={p.name: dict(p.bits) for p in loaded.points if p.bits},
+    )
+
+
+@dataclass
+class _Route:
+    judges: list[Judge]
+    ticking: list[Judge]
+    derived: list[tuple[DerivedPoint, float | None]]
+
+
+@dataclass
+class _Composite:
+    rule: CompositeRule
+    active: bool = False
+
+
+def _rule_hash(rule: Any) -> str:
+    """Changing a rule's settings restarts its state: a window counted against the old limit
+    says nothing about the new one."""
+    return hashlib.sha256(rule.model_dump_json().encode()).hexdigest()[:16]
+
+
+class RuleEngine:
+    """Judges readings against the site's rules; see docs/rules.md for every kind."""
+
+    def __init__(
+        self,
+        rules: Iterable[Rule],
+        *,
+        devices: Sequence[Device] = (),
+        derived: Sequence[DerivedPoint] = (),
+        timezone: str = "UTC",
+        model_info: Callable[[str], ModelInfo | None] | None = model_info_from_drivers,
+    ) -> None:
+        self.zone = ZoneInfo(timezone)
+        self._models = {d.id: d.model for d in devices}
+        self._model_info = model_info
+        self._info_cache: dict[str, ModelInfo | None] = {}
+        self._point_rules: dict[str, list[PointRule]] = {}
+        self._offline_rules: list[DeviceOfflineRule] = []
+        self._composites: list[_Composite] = []
+        self.rules: list[Rule] = list(rules)
+        for rule in self.rules:
+            if isinstance(rule, CompositeRule):
+                self._composites.append(_Composite(rule))
+            elif isinstance(rule, DeviceOfflineRule):
+                self._offline_rules.append(rule)
+            else:
+                self._point_rules.setdefault(rule.point, []).append(rule)
+        self._composites = _in_dependency_order(self._composites)
+        self._derived: dict[str, list[DerivedPoint]] = {}
+        for derived_point in derived:
+            self._derived.setdefault(derived_point.source, []).append(derived_point)
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._offline: dict[str, list[DeviceOfflineJudge]] = {}
+        #: Every judge by its state key, for ticking and persistence.
+        self._judges: dict[str, tuple[Judge, str]] = {}
+        self._ticking: list[Judge] = []
+        self._dirty: set[str] = set()
+        self._restored: dict[str, dict[str, Any]] = {}
+        #: The latest transition of every active alarm, by alarm key.
+        self.active: dict[tuple[str, str], Transition] = {}
+        self._start: float | None = None
+        for device in devices:
+            self._device_judges(device.id)
+            for point in self._points_of(device.id):
+                self._route(device.id, point)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _info(self, device: str) -> ModelInfo | None:
+        model = self._models.get(device)
+        if model is None or self._model_info is None:
+            return None
+        if model not in self._info_cache:
+            self._info_cache[model] = self._model_info(model)
+        return self._info_cache[model]
+
+    def _points_of(self, device: str) -> list[str]:
+        """Points worth a route up front (so that missing-reading faults can fire): those of
+        the device's model that some rule or derived point names."""
+        info = self._info(device)
+        if info is None:
+            return []
+        wanted = set(self._point_rules) | set(self._derived)
+        points = [p for p in info.units if p in wanted]
+        for source in list(points):
+            points.extend(d.name for d in self._derived.get(source, ()) if self._selects(d, device))
+        return points
+
+    def _selects(self, rule: PointRule | DeviceOfflineRule | DerivedPoint, device: str) -> bool:
+        if rule.devices is not None and device not in rule.devices:
+            return False
+        return rule.models is None or self._models.get(device) in rule.models
+
+    def _device_judges(self, device: str) -> list[DeviceOfflineJudge]:
+        judges = self._offline.get(device)
+        if judges is None:
+            judges = []
+            for rule in self._offline_rules:
+                if self._selects(rule, device):
+                    judge = DeviceOfflineJudge(rule, device, self._start)
+                    self._register(judge, rule)
+                    judges.append(judge)
+            self._offline[device] = judges
+        return judges
+
+    def _route(self, device: str, point: str) -> _Route:
+        judges: list[Judge] = list(self._device_judges(device))
+        for rule in self._point_rules.get(point, ()):
+            if self._selects(rule, device):
+                effective = rule.for_device(device)
+                judge = self._judge(effective, device)
+                self._register(judge, effective)
+                judges.append(judge)
+        derived = [
+            (d, d.gauge_for(device))
+            for d in self._derived.get(point, ())
+            if self._selects(d, device)
+        ]
+        route = _Route(judges, [j for j in judges if j.ticks], derived)
+        self._routes[(device, point)] = route
+        return route
+
+    def _judge(self, rule: PointRule, device: str) -> Judge:
+        if isinstance(rule, OverLimitRule):
+            return OverLimitJudge(rule, device)
+        if isinstance(rule, UnderLimitRule):
+            return UnderLimitJudge(rule, device)
+        if isinstance(rule, SuddenChangeRule):
+            return SuddenChangeJudge(rule, device)
+        if isinstance(rule, AbnormalRule):
+            return AbnormalJudge(rule, device)
+        if isinstance(rule, SustainedRule):
+            return SustainedJudge(rule, device, self.zone)
+        if isinstance(rule, AlarmBitsRule):
+            info = self._info(device)
+            bits = {} if info is None else dict(info.bits.get(rule.point, {}))
+            return AlarmBitsJudge(rule, device, bits)
+        if isinstance(rule, SensorFaultRule):
+            return SensorFaultJudge(rule, device, self._start)
+        raise AssertionError(f"no judge for {rule!r}")  # pragma: no cover
+
+    def _register(self, judge: Judge, rule: Any) -> None:
+        key = f"{STATE_PREFIX}{judge.rule_id}/{judge.device}"
+        if judge.point and not isinstance(rule, DeviceOfflineRule):
+            key = f"{key}/{judge.point}"
+        if key in self._judges:
+            # A device-offline judge is shared by every route of its device.
+            return
+        self._judges[key] = (judge, _rule_hash(rule))
+        if judge.ticks:
+            self._ticking.append(judge)
+        restored = self._restored.pop(key, None)
+        if restored is not None:
+            self._load_judge(key, restored)
+
+    # -- judging ----------------------------------------------------------------------------
+
+    def evaluate(self, reading: Reading) -> list[Transition]:
+        """Judge one reading; the transitions it caused, in order (empty almost always)."""
+        route = self._routes.get((reading.device_id, reading.point))
+        if route is None:
+            route = self._route(reading.device_id, reading.point)
+        out: list[Transition] = []
+        for judge in route.ticking:
+            out.extend(judge.tick(reading.ts))
+        for judge in route.judges:
+            transition = judge.feed(reading)
+            if transition is not None:
+                out.append(transition)
+        for point, gauge in route.derived:
+            out.extend(self.evaluate(_derive(point, gauge, reading)))
+        if route.judges:
+            self._touch(route)
+        if out:
+            self._settle(out)
+        return out
+
+    def tick(self, now: float) -> list[Transition]:
+        """Let time pass to ``now`` (POSIX seconds): missing readings, offline devices and the
+        calendar buckets of sustained rules are judged here."""
+        if self._start is None:
+            self._start = now
+        out: list[Transition] = []
+        for judge in self._ticking:
+            found = judge.tick(now)
+            if found:
+                out.extend(found)
+                self._dirty.add(self._key_of(judge))
+        if out:
+            self._settle(out)
+        return out
+
+    def on_status(self, status: DeviceStatus) -> list[Transition]:
+        """A driver says a device went offline or came back."""
+        out: list[Transition] = []
+        for judge in self._device_judges(status.device_id):
+            transition = judge.status(status.online, status.ts, status.reason)
+            self._dirty.add(self._key_of(judge))
+            if transition is not None:
+                out.append(transition)
+        if out:
+            self._settle(out)
+        return out
+
+    def _touch(self, route: _Route) -> None:
+        for judge in route.judges:
+            self._dirty.add(self._key_of(judge))
+
+    def _key_of(self, judge: Judge) -> str:
+        key = f"{STATE_PREFIX}{judge.rule_id}/{judge.device}"
+        if isinstance(judge, DeviceOfflineJudge):
+            return key
+        return f"{key}/{judge.point}"
+
+    def _settle(self, out: list[Transition]) -> None:
+        """Note the alarms that changed, then judge the composites that depend on them."""
+        for transition in out:
+            self._note(transition)
+        if not self._composites:
+            return
+        cause = out[-1]
+        for composite in self._composites:
+            met = self._composite_met(composite.rule)
+            if met == composite.active:
+                continue
+            composite.active = met
+            transition = Transition(
+                rule_id=composite.rule.id,
+                kind="raised" if met else "cleared",
+                severity=composite.rule.severity,
+                device_id=cause.device_id,
+                point=cause.point,
+                ts=cause.ts,
+                value=cause.value,
+                threshold=None,
+                reading=cause.reading,
+                rule_kind="composite",
+                reason=f"{'all' if composite.rule.all is not None else 'any'} of "
+                f"{', '.join(t.rule for t in composite.rule.terms())} "
+                f"{'active' if met else 'no longer active'} ({cause.rule_id} {cause.kind})",
+                scope="",
+            )
+            self._note(transition)
+            self._dirty.add(_ACTIVE_KEY)
+            out.append(transition)
+
+    def _note(self, transition: Transition) -> None:
+        self._dirty.add(_ACTIVE_KEY)
+        if transition.kind == "cleared":
+            self.active.pop(transition.alarm_key, None)
+        else:
+            self.active[transition.alarm_key] = transition
+
+    def _composite_met(self, rule: CompositeRule) -> bool:
+        results = (self._term_met(term.rule, term.devices) for term in rule.terms())
+        return all(results) if rule.all is not None else any(results)
+
+    def _term_met(self, rule_id: str, devices: Sequence[str] | None) -> bool:
+        return any(
+            key[0] == rule_id and (devices is None or key[1] in devices) for key in self.active
+        )
+
+    def active_alarms(self) -> list[tuple[str, str]]:
+        """(rule id, device id) of every alarm now raised."""
+        return sorted(self.active)
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def dump_state(self, *, everything: bool = False) -> dict[str, Any]:
+        """State values changed since the last call (all of them with ``everything``), by
+        key, ready for the store (schema :data:`STATE_SCHEMA`)."""
+        keys = set(self._judges) | {_ACTIVE_KEY} if everything else self._dirty
+        self._dirty = set()
+        values: dict[str, Any] = {}
+        for key in keys:
+            if key == _ACTIVE_KEY:
+                values[key] = {
+                    "alarms": [_dump_transition(t) for t in self.active.values()],
+                    "composites": {c.rule.id: c.active for c in self._composites},
+                }
+            elif key in self._judges:
+                judge, digest = self._judges[key]
+                values[key] = {"rule": digest, **judge.dump()}
+        return values
+
+    def load_state(self, values: Mapping[str, tuple[int, Any]]) -> list[Transition]:
+        """Resume from stored ``{key: (schema, value)}``; returns ``cleared`` transitions for
+        restored alarms whose rule is gone or changed (nothing else judges them any more)."""
+        for key, (schema, value) in values.items():
+            if schema != STATE_SCHEMA or not isinstance(value, dict) or key == _ACTIVE_KEY:
+                continue
+            if key in self._judges:
+                self._load_judge(key, value)
+            else:
+                self._restored[key] = value
+        schema, active = values.get(_ACTIVE_KEY, (STATE_SCHEMA, None))
+        dropped: list[Transition] = []
+        if schema == STATE_SCHEMA and isinstance(active, dict):
+            composites = active.get("composites", {})
+            for composite in self._composites:
+                composite.active = bool(composites.get(composite.rule.id, False))
+            known = {rule.id for rule in self.rules}
+            for item in active.get("alarms", []):
+                transition = _load_transition(item)
+                judge_alive = self._alarm_still_judged(transition, known, values)
+                if judge_alive:
+                    self.active[transition.alarm_key] = transition
+                else:
+                    dropped.append(
+                        _replace_kind(transition, "rule removed or changed since the alarm")
+                    )
+        return dropped
+
+    def _alarm_still_judged(
+        self, transition: Transition, known: set[str], values: Mapping[str, tuple[int, Any]]
+    ) -> bool:
+        if transition.rule_id not in known:
+            return False
+        if transition.rule_kind == "composite":
+            return any(c.rule.id == transition.rule_id and c.active for c in self._composites)
+        for judge, _ in self._judges.values():
+            if judge.rule_id == transition.rule_id and judge.device == transition.device_id:
+                return judge.active
+        # Not routed yet: alive if its stored state was written by the same settings and was
+        # active (the judge takes it over when the device's first reading arrives).
+        rule = next(r for r in self.rules if r.id == transition.rule_id)
+        if isinstance(rule, DeviceOfflineRule | CompositeRule):
+            digest = _rule_hash(rule)
+        else:
+            digest = _rule_hash(rule.for_device(transition.device_id))
+        prefix = f"{STATE_PREFIX}{transition.rule_id}/{transition.device_id}"
+        return any(
+            key.startswith(prefix)
+            and isinstance(v, dict)
+            and v.get("active")
+            and v.get("rule") == digest
+            for key, (_, v) in values.items()
+        )
+
+    def _load_judge(self, key: str, value: dict[str, Any]) -> None:
+        judge, digest = self._judges[key]
+        if value.get("rule") != digest:
+            return
+        try:
+            judge.load(value)
+        except (KeyError, TypeError, ValueError):
+            # A damaged value restarts that judge rather than the gateway.
+            return
+
+
+def _derive(point: DerivedPoint, gauge: float | None, reading: Reading) -> Reading:
+    if point.kind == "displacement":
+        assert gauge is not None
+        value = gauge * math.tan(math.radians(reading.value))
+    else:
+        value = point.scale * reading.value + point.offset
+    return Reading(
+        reading.device_id,
+        point.name,
+        value,
+        point.unit,
+        reading.ts,
+        reading.mono,
+        reading.quality,
+    )
+
+
+def _in_dependency_order(composites: list[_Composite]) -> list[_Composite]:
+    """Composites that refer to composites come after them (cycles are refused by
+    check-config; any left over keep their place)."""
+    by_id = {c.rule.id: c for c in composites}
+    ordered: list[_Composite] = []
+    seen: set[str] = set()
+
+    def visit(composite: _Composite, path: frozenset[str]) -> None:
+        if composite.rule.id in seen or composite.rule.id in path:
+            return
+        for term in composite.rule.terms():
+            if term.rule in by_id:
+                visit(by_id[term.rule], path | {composite.rule.id})
+        seen.add(composite.rule.id)
+        ordered.append(composite)
+
+    for composite in composites:
+        visit(composite, frozenset())
+    return ordered
+
+
+def _dump_transition(t: Transition) -> dict[str, Any]:
+    return {
+        "rule": t.rule_id,
+        "kind": t.kind,
+        "severity": t.severity,
+        "device": t.device_id,
+        "point": t.point,
+        "ts": t.ts,
+        "value": t.value,
+        "threshold": t.threshold,
+        "rule_kind": t.rule_kind,
+        "reason": t.reason,
+        "scope": t.scope,
+    }
+
+
+def _load_transition(item: Mapping[str, Any]) -> Transition:
+    return Transition(
+        rule_id=str(item["rule"]),
+        kind=item["kind"],
+        severity=item["severity"],
+        device_id=str(item["device"]),
+        point=str(item["point"]),
+        ts=float(item["ts"]),
+        value=item["value"],
+        threshold=item["threshold"],
+        reading=None,
+        rule_kind=str(item["rule_kind"]),
+        reason=str(item["reason"]),
+        scope=str(item["scope"]),
+    )
+
+
+def _replace_kind(t: Transition, reason: str) -> Transition:
+    return Transition(
+        rule_id=t.rule_id,
+        kind="cleared",
+        severity=t.severity,
+        device_id=t.device_id,
+        point=t.point,
+        ts=t.ts,
+        value=t.value,
+        threshold=t.threshold,
+        reading=None,
+        rule_kind=t.rule_kind,
+        reason=reason,
+        scope=t.scope,
+    )

@@ -1,0 +1,198 @@
+"""The alarm lifecycle through the gateway: raised -> silenced -> (re-sounded) -> cleared,
+each transition an event with its rule and reading; occupancy on fire alarms; rule state
+across a restart through a state store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from gpiozero.pins.mock import MockFactory
+
+from drivers import Reading
+from edge.clock import VirtualClock
+from edge.config import SiteConfig
+from edge.gateway import Gateway
+from edge.rules import AlarmBook, MemoryStateStore, Severity, Transition, TransitionKind
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
+T0 = 1_700_000_000.0
+
+
+def site(tmp_path: Path, **changes: Any) -> SiteConfig:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["buffer"]["path"] = str(tmp_path / "outbox.sqlite")
+    data.update(changes)
+    return SiteConfig.model_validate(data)
+
+
+class Recorder:
+    """Stands in for the outbox: keeps what the gateway submits, with the buzzer pin then."""
+
+    def __init__(self, pins: MockFactory) -> None:
+        self.pins = pins
+        self.events: list[dict[str, Any]] = []
+
+    def submit(self, stream: str, body: dict[str, Any]) -> None:
+        if stream == "event":
+            self.events.append({**body, "buzzer": bool(self.pins.pin(17).state)})
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[tuple[Gateway, Recorder, VirtualClock]]:
+    pins = MockFactory()
+    clock = VirtualClock(T0)
+    zones = [
+        {
+            "id": "shop-101",
+            "name": "Shop 101",
+            "devices": ["efm-shop-101"],
+            "evidence": [{"device": "radar-101", "point": "target_state", "kind": "radar"}],
+        }
+    ]
+    rules = yaml.safe_load(EXAMPLE.read_text())["rules"]
+    rules[0]["escalate"] = {"at": 500, "severity": "fire"}
+    rules[0]["severity"] = "major"
+    gateway = Gateway(
+        site(tmp_path, zones=zones, rules=rules),
+        pin_factory=pins,
+        clock=clock,
+        state_store=MemoryStateStore(),
+    )
+    recorder = Recorder(pins)
+    gateway._submit = recorder.submit  # type: ignore[method-assign]
+    yield gateway, recorder, clock
+    gateway.annunciator.close()
+    pins.reset()
+
+
+def reading(
+    value: float, ts: float, device: str = "efm-shop-101", point: str = "residual_current"
+) -> Reading:
+    return Reading(device, point, value, "mA", ts, 0.0)
+
+
+def pattern(gateway: Gateway) -> str | None:
+    return gateway.annunciator.pattern
+
+
+async def test_raise_silence_escalate_rearm_clear(
+    rig: tuple[Gateway, Recorder, VirtualClock],
+) -> None:
+    gateway, recorder, clock = rig
+    gateway.on_sample(reading(350, T0))
+    assert pattern(gateway) == "pulsed"
+    assert gateway.silence("local") == 1
+    assert not gateway.annunciator.sounding
+    assert gateway.silence("remote") == 0, "nothing left sounding"
+    gateway.on_sample(reading(520, T0 + 1))
+    assert pattern(gateway) == "continuous", "a worse alarm sounds again"
+    gateway.silence("remote")
+    await clock.advance(600)
+    gateway.tick()
+    assert pattern(gateway) == "continuous", "re-armed after 10 minutes"
+    gateway.on_sample(reading(100, T0 + 700))
+    assert not gateway.annunciator.sounding
+    kinds = [(e["kind"], e.get("source"), e["severity"]) for e in recorder.events]
+    assert kinds == [
+        ("alarm-raised", None, "major"),
+        ("alarm-silenced", "local", "major"),
+        ("alarm-escalated", None, "fire"),
+        ("alarm-silenced", "remote", "fire"),
+        ("alarm-resounded", None, "fire"),
+        ("alarm-cleared", None, "fire"),
+    ]
+    raised = recorder.events[0]
+    assert (raised["rule"], raised["value"], raised["threshold"], raised["unit"]) == (
+        "residual-current-over-limit",
+        350,
+        300,
+        "mA",
+    )
+    assert raised["buzzer"] is True, "the buzzer sounded before the event was submitted"
+
+
+async def test_fire_alarm_carries_occupancy_and_an_update_when_it_changes(
+    rig: tuple[Gateway, Recorder, VirtualClock],
+) -> None:
+    gateway, recorder, clock = rig
+    gateway.on_sample(reading(0, T0, "radar-101", "target_state"))
+    gateway.on_sample(reading(600, T0 + 1))
+    raised = recorder.events[-1]
+    assert raised["kind"] == "alarm-raised"
+    assert raised["occupancy"]["state"] == "vacant"
+    assert raised["priority"] == 3
+    await clock.advance(5)
+    gateway.on_sample(reading(3, T0 + 5, "radar-101", "target_state"))
+    gateway.tick()
+    update = recorder.events[-1]
+    assert update["kind"] == "alarm-updated"
+    assert update["occupancy"]["state"] == "occupied"
+    assert update["priority"] == 1, "occupied + fire is the most urgent"
+    evidence = update["occupancy"]["evidence"][0]
+    assert (evidence["device"], evidence["state"], evidence["last_present"]) == (
+        "radar-101",
+        "present",
+        T0 + 5,
+    )
+    gateway.tick()
+    assert recorder.events[-1] is update, "no second update without a change"
+
+
+async def test_active_alarm_and_silence_survive_a_restart(tmp_path: Path) -> None:
+    store = MemoryStateStore()
+    pins = MockFactory()
+    first = Gateway(site(tmp_path), pin_factory=pins, clock=VirtualClock(T0), state_store=store)
+    first._submit = lambda stream, body: None  # type: ignore[method-assign]
+    first.on_sample(reading(350, T0))
+    first.on_sample(reading(80, T0, point="temperature_1"))
+    first.silence("local")
+    await first._save_rule_state()
+    first.annunciator.close()
+    pins.reset()
+
+    second = Gateway(
+        site(tmp_path), pin_factory=pins, clock=VirtualClock(T0 + 60), state_store=store
+    )
+    events: list[dict[str, Any]] = []
+    second._submit = lambda stream, body: events.append(body)  # type: ignore[method-assign]
+    await second._restore_rule_state()
+    assert sorted(second.alarms.alarms) == [
+        ("cable-over-temperature", "efm-shop-101"),
+        ("residual-current-over-limit", "efm-shop-101"),
+    ]
+    assert all(alarm.silenced for alarm in second.alarms.alarms.values())
+    second.on_sample(reading(350, T0 + 61))
+    assert events == [
+        {
+            "device": "efm-shop-101",
+            "point": "residual_current",
+            "value": 350,
+            "unit": "mA",
+            "ts": T0 + 61,
+        }
+    ], "still raised: no second alarm-raised"
+    second.on_sample(reading(100, T0 + 62))
+    assert events[-1]["kind"] == "alarm-cleared"
+    second.annunciator.close()
+    pins.reset()
+
+
+def test_alarm_book_sounds_the_worst_unsilenced() -> None:
+    book = AlarmBook(rearm_after=60)
+
+    def t(rule: str, kind: TransitionKind, severity: Severity, ts: float) -> Transition:
+        return Transition(rule, kind, severity, "d", "p", ts, 1.0, 0.0, None, "over-limit", "", "d")
+
+    book.apply([t("a", "raised", "minor", 0)])
+    book.apply([t("b", "raised", "critical", 1)])
+    assert (book.sounding(), book.worst()) == ("critical", "critical")
+    assert [x.rule_id for x in book.silence(2, "local", ("b", "d"))] == ["b"]
+    assert (book.sounding(), book.worst()) == ("minor", "critical")
+    assert book.tick(61) == []
+    assert [x.kind for x in book.tick(62)] == ["resounded"]
+    book.apply([t("b", "cleared", "critical", 63)])
+    assert book.worst() == "minor"

@@ -1,0 +1,309 @@
+"""Rules in the site file: every kind is accepted as documented, every mistake is named with
+its file, line and field by check-config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from drivers.modbus import known_models
+from edge.config import ConfigError, ConfigIssue, load_site
+from edge.config.model import OverLimitRule, SustainedRule
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
+MARK = "\noutputs:"
+
+
+def site_with(tmp_path: Path, rules: str, extra: str = "") -> tuple[Path, str]:
+    """The example site with ``rules`` (YAML list items, indented 2) appended to its rules."""
+    text = EXAMPLE.read_text().replace(MARK, rules.rstrip("\n") + "\n" + extra + MARK, 1)
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    return path, text
+
+
+def issues(path: Path) -> list[ConfigIssue]:
+    with pytest.raises(ConfigError) as caught:
+        load_site(path, known_models=known_models())
+    return caught.value.issues
+
+
+def line_of(text: str, needle: str) -> int:
+    return text[: text.index(needle)].count("\n") + 1
+
+
+def only(path: Path, text: str, needle: str) -> ConfigIssue:
+    found = issues(path)
+    assert len(found) == 1, found
+    assert found[0].line == line_of(text, needle), found[0]
+    assert found[0].file == str(path)
+    return found[0]
+
+
+def test_every_kind_is_accepted(tmp_path: Path) -> None:
+    path, _ = site_with(
+        tmp_path,
+        """  - id: undervoltage
+    kind: under-limit
+    point: voltage_a
+    raise_at: 198 V
+    clear_above: 205 V
+    debounce: {duration: 5s}
+    severity: major
+  - id: leak-jump
+    kind: sudden-change
+    point: residual_current
+    change_percent: 50
+    window: 1m
+  - id: leak-odd
+    kind: abnormal
+    point: residual_current
+    learning: 1d
+  - id: hot-for-a-day
+    kind: sustained
+    point: temperature_1
+    above: 55
+    days: 1
+  - id: detector-bits
+    kind: alarm-bits
+    point: alarm_bits
+    bits: [residual_current, 1]
+  - id: stuck
+    kind: sensor-fault
+    point: temperature_1
+    stuck_for: 6h
+  - id: offline
+    kind: device-offline
+    after: 30s
+  - id: leak-and-heat
+    kind: composite
+    all: [residual-current-over-limit, {rule: cable-over-temperature, devices: [efm-shop-101]}]
+""",
+    )
+    config = load_site(path, known_models=known_models())
+    kinds = [rule.kind for rule in config.rules]
+    assert kinds[2:] == [
+        "under-limit",
+        "sudden-change",
+        "abnormal",
+        "sustained",
+        "alarm-bits",
+        "sensor-fault",
+        "device-offline",
+        "composite",
+    ]
+    assert config.gateway.timezone == "UTC"
+
+
+def test_tilt_rule_of_the_district_with_a_derived_displacement(tmp_path: Path) -> None:
+    path, _ = site_with(
+        tmp_path,
+        """  - id: tilt-two-months
+    kind: sustained
+    point: displacement
+    above: 4 mm
+    aggregate: mean
+    months: 2
+""",
+        extra="""derived_points:
+  - name: displacement
+    kind: displacement
+    source: temperature_2
+    unit: mm
+    gauge_length: 1000
+""",
+    )
+    config = load_site(path, known_models=known_models())
+    rule = config.rules[-1]
+    assert isinstance(rule, SustainedRule)
+    assert (rule.above, rule.unit, rule.months) == (4.0, "mm", 2)
+
+
+def test_rule_refers_to_a_missing_device(tmp_path: Path) -> None:
+    path, text = site_with(
+        tmp_path,
+        """  - id: ghost
+    kind: over-limit
+    point: residual_current
+    devices: [efm-ghost]
+    raise_at: 300
+    clear_below: 270
+""",
+    )
+    issue = only(path, text, "devices: [efm-ghost]")
+    assert issue.field.endswith(".devices[0]")
+    assert "unknown device 'efm-ghost'" in issue.message
+
+
+def test_point_unknown_for_the_devices_model(tmp_path: Path) -> None:
+    path, text = site_with(
+        tmp_path,
+        """  - id: typo
+    kind: over-limit
+    point: residual_curent
+    raise_at: 300
+    clear_below: 270
+""",
+    )
+    issue = only(path, text, "point: residual_curent")
+    assert issue.field == "rules[2].point"
+    assert "'residual_curent'" in issue.message
+
+
+def test_threshold_in_the_wrong_unit(tmp_path: Path) -> None:
+    path, text = site_with(
+        tmp_path,
+        """  - id: amps
+    kind: over-limit
+    point: residual_current
+    raise_at: 0.3 A
+    clear_below: 0.27 A
+""",
+    )
+    issue = only(path, text, "raise_at: 0.3 A")
+    assert "thresholds are in 'A' but point 'residual_current' is in 'mA'" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("raise_at: yes", "expected a number, found true"),
+        ("raise_at: three hundred", "expected a number, found 'three hundred'"),
+        ("raise_at: .inf", "finite"),
+    ],
+)
+def test_threshold_of_the_wrong_type(tmp_path: Path, line: str, expected: str) -> None:
+    path, text = site_with(
+        tmp_path,
+        f"""  - id: odd
+    kind: over-limit
+    point: residual_current
+    {line}
+    clear_below: 270
+""",
+    )
+    found = issues(path)
+    assert len(found) == 1, found
+    assert found[0].line in (line_of(text, line), line_of(text, "  - id: odd"))
+    assert expected in found[0].message
+
+
+@pytest.mark.parametrize(
+    ("body", "needle", "expected"),
+    [
+        (
+            "kind: sudden-change\n    point: temperature_1\n    change: 10\n    window: 0s",
+            "window: 0s",
+            "must be longer than 0s",
+        ),
+        (
+            "kind: sudden-change\n    point: temperature_1\n    change: 10\n    window: 400d",
+            "window: 400d",
+            "at most 1d (got 400d)",
+        ),
+        (
+            "kind: sudden-change\n    point: temperature_1\n    change: 10\n    window: 10",
+            "window: 10",
+            "needs a unit",
+        ),
+        (
+            "kind: sustained\n    point: temperature_1\n    above: 4\n    months: 0",
+            "months: 0",
+            "greater than or equal to 1",
+        ),
+        (
+            "kind: sustained\n    point: temperature_1\n    above: 4\n    months: 2\n    days: 3",
+            "days: 3",
+            "exactly one of duration, hours, days or months",
+        ),
+        (
+            "kind: over-limit\n    point: temperature_1\n    raise_at: 70\n    clear_below: 65\n"
+            "    debounce: {readings: 0}",
+            "debounce:",
+            "greater than or equal to 1",
+        ),
+        (
+            "kind: abnormal\n    point: temperature_1\n    baseline: 1d\n    learning: 2d",
+            "learning: 2d",
+            "learning must not be longer than baseline",
+        ),
+    ],
+)
+def test_impossible_windows(tmp_path: Path, body: str, needle: str, expected: str) -> None:
+    path, text = site_with(tmp_path, f"  - id: window\n    {body}\n")
+    found = issues(path)
+    assert len(found) == 1, found
+    assert found[0].line == line_of(text, needle)
+    assert expected in found[0].message
+
+
+def test_composite_refers_to_missing_rules_and_rings(tmp_path: Path) -> None:
+    path, text = site_with(
+        tmp_path,
+        """  - id: loop-a
+    kind: composite
+    all: [loop-b, nowhere]
+  - id: loop-b
+    kind: composite
+    any: [loop-a]
+""",
+    )
+    found = {issue.field: issue for issue in issues(path)}
+    assert "unknown rule 'nowhere'" in found["rules[2].all[1]"].message
+    assert "ring: loop-a -> loop-b -> loop-a" in found["rules[2].id"].message
+    assert found["rules[2].all[1]"].line == line_of(text, "all: [loop-b, nowhere]")
+
+
+def test_unknown_alarm_bit_and_override_of_an_unknown_device(tmp_path: Path) -> None:
+    path, _ = site_with(
+        tmp_path,
+        """  - id: bits
+    kind: alarm-bits
+    point: alarm_bits
+    bits: [smoke]
+  - id: tuned
+    kind: over-limit
+    point: residual_current
+    raise_at: 300
+    clear_below: 270
+    overrides: {efm-ghost: {raise_at: 400}}
+""",
+    )
+    found = {issue.field: issue.message for issue in issues(path)}
+    assert "has no bit 'smoke'" in found["rules[2].bits[0]"]
+    assert "unknown device 'efm-ghost'" in found["rules[3].overrides.efm-ghost"]
+
+
+def test_override_is_validated_like_the_rule(tmp_path: Path) -> None:
+    path, _ = site_with(
+        tmp_path,
+        """  - id: tuned
+    kind: over-limit
+    point: residual_current
+    raise_at: 300
+    clear_below: 270
+    overrides: {efm-shop-101: {raise_at: 250}, efm-restaurant-102: {point: voltage_a}}
+""",
+    )
+    (issue,) = issues(path)
+    assert "cannot be overridden" in issue.message or "must not be above" in issue.message
+    rule = OverLimitRule(
+        id="r",
+        kind="over-limit",
+        point="p",
+        raise_at=300,
+        clear_below=270,
+        overrides={"a": {"raise_at": 400}},
+    )
+    assert rule.for_device("a").raise_at == 400
+    assert rule.for_device("b").raise_at == 300
+
+
+def test_unknown_time_zone(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text().replace("  site:\n", "  timezone: Mars/Olympus\n  site:\n", 1)
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    (issue,) = issues(path)
+    assert issue.field == "gateway.timezone"
+    assert "unknown time zone 'Mars/Olympus'" in issue.message
