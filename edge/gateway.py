@@ -324,12 +324,8 @@ class Gateway:
         self._report([*transitions, *resounded, *updates])
 
     def _store(self) -> StateStore | None:
-        if self.state_store is not None:
-            return self.state_store
-        # The outbox keeps rule state in its own file once it offers the key-value API.
-        if self.outbox is not None and isinstance(self.outbox, StateStore):
-            return self.outbox
-        return None
+        # In the field, rule state lives in the outbox's file (its key-value table).
+        return self.state_store if self.state_store is not None else self.outbox
 
     async def _restore_rule_state(self) -> None:
         """Resume windows, baselines and active alarms; an active alarm sounds again at once.
@@ -358,7 +354,9 @@ class Gateway:
         if store is None:
             return
         try:
-            await asyncio.wait_for(save_rule_state(store, self.rules, self.alarms), budget)
+            await asyncio.wait_for(
+                save_rule_state(store, self.rules, self.alarms, self.clock.monotonic()), budget
+            )
         except Exception as exc:  # the next save retries; alarms go on
             log.error("rule state not saved", extra=fields(error=repr(exc)))
 

@@ -47,6 +47,9 @@ class AlarmBook:
     def __init__(self, *, rearm_after: float = 600.0) -> None:
         self.rearm_after = rearm_after
         self.alarms: dict[tuple[str, str], Alarm] = {}
+        #: What :meth:`dump` returned when it was last stored (so unchanged silence is not
+        #: written again).
+        self.saved: dict[str, Any] | None = None
 
     def apply(self, transitions: Iterable[Transition]) -> None:
         """Follow the rules' transitions."""

@@ -48,13 +48,26 @@ from edge.rules.judges import (
 )
 from edge.rules.types import Transition
 
-__all__ = ["STATE_PREFIX", "STATE_SCHEMA", "ModelInfo", "RuleEngine", "model_info_from_drivers"]
+__all__ = [
+    "ACTIVE_KEY",
+    "SAVE_INTERVAL",
+    "STATE_PREFIX",
+    "STATE_SCHEMA",
+    "ModelInfo",
+    "RuleEngine",
+    "model_info_from_drivers",
+]
 
 #: Layout version of the state values the engine writes (the store's ``schema``).
 STATE_SCHEMA = 1
-#: Every key the engine writes starts with this.
+#: One stored value per rule: ``rules/<rule id>``, holding the state of its judges.
 STATE_PREFIX = "rules/"
-_ACTIVE_KEY = STATE_PREFIX + "active"
+#: The active alarms (and which composites are active).
+ACTIVE_KEY = "alarms/active"
+#: Rules whose state is large and changes slowly are written less often than the gateway saves:
+#: an abnormal baseline holds up to 10 000 readings per device, and losing its last ten
+#: minutes to a restart changes nothing a median would notice. Seconds, by rule kind.
+SAVE_INTERVAL = {"abnormal": 600.0}
 
 
 @dataclass(frozen=True)
@@ -137,7 +150,13 @@ class RuleEngine:
         #: Every judge by its state key, for ticking and persistence.
         self._judges: dict[str, tuple[Judge, str]] = {}
         self._ticking: list[Judge] = []
+        #: Rules whose judges changed since their last save; rules that must be saved now.
         self._dirty: set[str] = set()
+        self._urgent: set[str] = set()
+        self._active_dirty = False
+        self._saved_at: dict[str, float] = {}
+        self._kinds = {rule.id: rule.kind for rule in self.rules}
+        self._by_rule: dict[str, list[str]] = {}
         self._restored: dict[str, dict[str, Any]] = {}
         #: The latest transition of every active alarm, by alarm key.
         self.active: dict[tuple[str, str], Transition] = {}
@@ -230,6 +249,7 @@ class RuleEngine:
             # A device-offline judge is shared by every route of its device.
             return
         self._judges[key] = (judge, _rule_hash(rule))
+        self._by_rule.setdefault(judge.rule_id, []).append(key)
         if judge.ticks:
             self._ticking.append(judge)
         restored = self._restored.pop(key, None)
@@ -268,7 +288,7 @@ class RuleEngine:
             found = judge.tick(now)
             if found:
                 out.extend(found)
-                self._dirty.add(self._key_of(judge))
+                self._dirty.add(judge.rule_id)
         if out:
             self._settle(out)
         return out
@@ -278,7 +298,7 @@ class RuleEngine:
         out: list[Transition] = []
         for judge in self._device_judges(status.device_id):
             transition = judge.status(status.online, status.ts, status.reason)
-            self._dirty.add(self._key_of(judge))
+            self._dirty.add(judge.rule_id)
             if transition is not None:
                 out.append(transition)
         if out:
@@ -287,13 +307,7 @@ class RuleEngine:
 
     def _touch(self, route: _Route) -> None:
         for judge in route.judges:
-            self._dirty.add(self._key_of(judge))
-
-    def _key_of(self, judge: Judge) -> str:
-        key = f"{STATE_PREFIX}{judge.rule_id}/{judge.device}"
-        if isinstance(judge, DeviceOfflineJudge):
-            return key
-        return f"{key}/{judge.point}"
+            self._dirty.add(judge.rule_id)
 
     def _settle(self, out: list[Transition]) -> None:
         """Note the alarms that changed, then judge the composites that depend on them."""
@@ -324,11 +338,11 @@ class RuleEngine:
                 scope="",
             )
             self._note(transition)
-            self._dirty.add(_ACTIVE_KEY)
             out.append(transition)
 
     def _note(self, transition: Transition) -> None:
-        self._dirty.add(_ACTIVE_KEY)
+        self._active_dirty = True
+        self._urgent.add(transition.rule_id)
         if transition.kind == "cleared":
             self.active.pop(transition.alarm_key, None)
         else:
@@ -349,34 +363,62 @@ class RuleEngine:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def dump_state(self, *, everything: bool = False) -> dict[str, Any]:
-        """State values changed since the last call (all of them with ``everything``), by
-        key, ready for the store (schema :data:`STATE_SCHEMA`)."""
-        keys = set(self._judges) | {_ACTIVE_KEY} if everything else self._dirty
-        self._dirty = set()
+    def dump_state(self, now: float | None = None, *, everything: bool = False) -> dict[str, Any]:
+        """The values to store (schema :data:`STATE_SCHEMA`), by key: one per rule whose
+        judges changed since it was last written (and whose :data:`SAVE_INTERVAL` has passed
+        at monotonic time ``now``; rules with a transition go at once), and the active alarms
+        when they changed. ``everything``: every value, changed or not."""
+        if everything:
+            due = set(self._by_rule)
+        else:
+            due = {
+                rule
+                for rule in self._dirty
+                if rule in self._urgent
+                or now is None
+                or now - self._saved_at.get(rule, -math.inf)
+                >= SAVE_INTERVAL.get(self._kinds.get(rule, ""), 0.0)
+            }
+        self._dirty -= due
+        self._urgent.clear()
         values: dict[str, Any] = {}
-        for key in keys:
-            if key == _ACTIVE_KEY:
-                values[key] = {
-                    "alarms": [_dump_transition(t) for t in self.active.values()],
-                    "composites": {c.rule.id: c.active for c in self._composites},
+        for rule in due:
+            keys = self._by_rule.get(rule, [])
+            values[f"{STATE_PREFIX}{rule}"] = {
+                key.removeprefix(f"{STATE_PREFIX}{rule}/"): {
+                    "rule": self._judges[key][1],
+                    **self._judges[key][0].dump(),
                 }
-            elif key in self._judges:
-                judge, digest = self._judges[key]
-                values[key] = {"rule": digest, **judge.dump()}
+                for key in keys
+            }
+            if now is not None:
+                self._saved_at[rule] = now
+        if everything or self._active_dirty:
+            self._active_dirty = False
+            values[ACTIVE_KEY] = {
+                "alarms": [_dump_transition(t) for t in self.active.values()],
+                "composites": {c.rule.id: c.active for c in self._composites},
+            }
         return values
 
     def load_state(self, values: Mapping[str, tuple[int, Any]]) -> list[Transition]:
         """Resume from stored ``{key: (schema, value)}``; returns ``cleared`` transitions for
         restored alarms whose rule is gone or changed (nothing else judges them any more)."""
+        flat: dict[str, tuple[int, Any]] = {}
         for key, (schema, value) in values.items():
-            if schema != STATE_SCHEMA or not isinstance(value, dict) or key == _ACTIVE_KEY:
+            if schema != STATE_SCHEMA or not isinstance(value, dict):
+                continue
+            if key.startswith(STATE_PREFIX):
+                for sub, judged in value.items():
+                    flat[f"{key}/{sub}"] = (schema, judged)
+        for key, (_, value) in flat.items():
+            if not isinstance(value, dict):
                 continue
             if key in self._judges:
                 self._load_judge(key, value)
             else:
                 self._restored[key] = value
-        schema, active = values.get(_ACTIVE_KEY, (STATE_SCHEMA, None))
+        schema, active = values.get(ACTIVE_KEY, (STATE_SCHEMA, None))
         dropped: list[Transition] = []
         if schema == STATE_SCHEMA and isinstance(active, dict):
             composites = active.get("composites", {})
@@ -385,7 +427,7 @@ class RuleEngine:
             known = {rule.id for rule in self.rules}
             for item in active.get("alarms", []):
                 transition = _load_transition(item)
-                judge_alive = self._alarm_still_judged(transition, known, values)
+                judge_alive = self._alarm_still_judged(transition, known, flat)
                 if judge_alive:
                     self.active[transition.alarm_key] = transition
                 else:

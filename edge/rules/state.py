@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from edge.rules.alarms import AlarmBook
-from edge.rules.engine import STATE_PREFIX, STATE_SCHEMA, RuleEngine
+from edge.rules.engine import ACTIVE_KEY, STATE_PREFIX, STATE_SCHEMA, RuleEngine
 from edge.rules.types import Transition
 
 __all__ = [
@@ -82,21 +82,32 @@ async def load_rule_state(
     values: dict[str, tuple[int, Any]] = {
         entry.key: (entry.schema, entry.value) for entry in await store.state_items(STATE_PREFIX)
     }
-    dropped = engine.load_state(values)
     silenced: Mapping[str, Any] = {}
-    for entry in await store.state_items(SILENCE_KEY):
-        if entry.key == SILENCE_KEY and entry.schema == STATE_SCHEMA:
+    for entry in await store.state_items("alarms/"):
+        if entry.key == ACTIVE_KEY:
+            values[entry.key] = (entry.schema, entry.value)
+        elif entry.key == SILENCE_KEY and entry.schema == STATE_SCHEMA:
             silenced = entry.value if isinstance(entry.value, dict) else {}
+    dropped = engine.load_state(values)
     book.load(dict(silenced), engine.active)
     return dropped
 
 
 async def save_rule_state(
-    store: StateStore, engine: RuleEngine, book: AlarmBook, *, everything: bool = False
+    store: StateStore,
+    engine: RuleEngine,
+    book: AlarmBook,
+    now: float | None = None,
+    *,
+    everything: bool = False,
 ) -> int:
-    """Write what changed since the last save; returns the number of values written."""
-    values = engine.dump_state(everything=everything)
-    values[SILENCE_KEY] = book.dump()
+    """Write what changed since the last save (see :meth:`RuleEngine.dump_state` for ``now``);
+    returns the number of values written."""
+    values = engine.dump_state(now, everything=everything)
+    silenced = book.dump()
+    if everything or silenced != book.saved:
+        values[SILENCE_KEY] = silenced
+        book.saved = silenced
     for key, value in values.items():
         await store.state_put(key, value, schema=STATE_SCHEMA)
     return len(values)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from gpiozero.pins.mock import MockFactory
 
+from buffer import Outbox
 from drivers import Reading
 from edge.clock import VirtualClock
 from edge.config import SiteConfig
@@ -196,3 +197,93 @@ def test_alarm_book_sounds_the_worst_unsilenced() -> None:
     assert [x.kind for x in book.tick(62)] == ["resounded"]
     book.apply([t("b", "cleared", "critical", 63)])
     assert book.worst() == "minor"
+
+
+async def test_rule_state_in_the_outbox_file_survives_a_restart(tmp_path: Path) -> None:
+    """The real store: the outbox's key-value table in its SQLite file, closed and reopened."""
+    rules = [
+        {
+            "id": "residual-current-over-limit",
+            "kind": "over-limit",
+            "point": "residual_current",
+            "raise_at": 300,
+            "clear_below": 270,
+        },
+        {
+            "id": "warm-three-days",
+            "kind": "sustained",
+            "point": "temperature_1",
+            "above": 40,
+            "days": 3,
+            "severity": "major",
+        },
+        {"id": "leak-odd", "kind": "abnormal", "point": "residual_current", "learning": "0s"},
+    ]
+    config = site(tmp_path, rules=rules)
+    day = 86_400.0
+    start = 1_735_689_600.0  # 2025-01-01T00:00:00Z
+
+    async def boot(pins: MockFactory, now: float) -> tuple[Gateway, Outbox]:
+        outbox = await Outbox.open(tmp_path / "outbox.sqlite")
+        gateway = Gateway(config, pin_factory=pins, clock=VirtualClock(now))
+        gateway.outbox = outbox
+        gateway.outbox_ready.set()
+        await gateway._restore_rule_state()
+        return gateway, outbox
+
+    pins = MockFactory()
+    first, outbox = await boot(pins, start)
+    first.on_sample(reading(350, start))
+    for hour in range(0, 36):  # a day and a half of a warm cable
+        first.on_sample(reading(45, start + hour * 3600, point="temperature_1"))
+    first.rules.tick(start + 36 * 3600)
+    await first._save_rule_state()
+    first.annunciator.close()
+    await outbox.close()
+
+    second, outbox = await boot(pins, start + 36 * 3600)
+    assert second.annunciator.sounding, "the restored alarm sounds at once"
+    assert list(second.alarms.alarms) == [("residual-current-over-limit", "efm-shop-101")]
+    transitions: list[Transition] = []
+    second.transition_hooks.append(transitions.append)
+    for hour in range(36, 80):
+        second.on_sample(reading(45, start + hour * 3600, point="temperature_1"))
+    second.rules.tick(start + 80 * 3600)
+    second.tick()
+    assert [(t.rule_id, t.kind, t.ts) for t in transitions] == [
+        ("warm-three-days", "raised", start + 3 * day)
+    ], "the window went on from where it was, and counted no day twice"
+    stored = {entry.key for entry in await outbox.state_items("")}
+    assert {"alarms/active", "rules/warm-three-days", "rules/leak-odd"} <= stored
+    second.annunciator.close()
+    await outbox.close()
+    pins.reset()
+
+
+def test_saves_write_one_value_per_changed_rule_and_baselines_seldom(tmp_path: Path) -> None:
+    rules = [
+        {
+            "id": "limit",
+            "kind": "over-limit",
+            "point": "residual_current",
+            "raise_at": 300,
+            "clear_below": 270,
+        },
+        {"id": "odd", "kind": "abnormal", "point": "residual_current"},
+    ]
+    gateway = Gateway(site(tmp_path, rules=rules), pin_factory=MockFactory())
+    engine = gateway.rules
+    for second in range(100):
+        engine.evaluate(reading(120, T0 + second))
+    assert set(engine.dump_state(0.0)) == {"rules/limit", "rules/odd"}
+    for second in range(100, 200):
+        engine.evaluate(reading(120, T0 + second))
+    assert set(engine.dump_state(30.0)) == {"rules/limit"}, "the baseline waits 10 minutes"
+    assert set(engine.dump_state(30.0)) == set(), "nothing changed since"
+    engine.evaluate(reading(121, T0 + 300))
+    assert set(engine.dump_state(600.0)) == {"rules/limit", "rules/odd"}
+    engine.evaluate(reading(400, T0 + 301))
+    assert set(engine.dump_state(601.0)) == {"rules/limit", "alarms/active"}, (
+        "a transition saves its rule at once; the baseline still waits"
+    )
+    gateway.annunciator.close()
