@@ -140,7 +140,7 @@ check_system() {
         case "$(uname -m)" in aarch64) arch=arm64 ;; armv7l) arch=armhf ;; x86_64) arch=amd64 ;; *) arch="$(uname -m)" ;; esac
     fi
     case " $SUPPORTED_ARCHES " in *" $arch "*) ;; *)
-        die 2 "unsupported architecture: $arch; supported: $SUPPORTED_ARCHES (a Raspberry Pi 3, 4 or 5; the Pi Zero and Pi 1 are too old)" ;;
+        die 2 "unsupported architecture: $arch; supported: $SUPPORTED_ARCHES" ;;
     esac
     SYSTEM="${PRETTY_NAME:-$ID $VERSION_CODENAME} ($arch)"
 }
