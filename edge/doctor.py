@@ -305,7 +305,9 @@ async def _try_broker(config: SiteConfig, url: str, certs: Path, seconds: float)
             async with client:
                 pass
     except aiomqtt.MqttCodeError as exc:
-        if (isinstance(exc.rc, int) and exc.rc in _AUTH_CODES) or "authori" in str(exc).lower():
+        text = str(exc).lower()
+        refused = ("authori", "password", "user name")
+        if (isinstance(exc.rc, int) and exc.rc in _AUTH_CODES) or any(w in text for w in refused):
             return Check(
                 f"broker {broker.display}",
                 "fail",

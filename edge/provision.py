@@ -271,6 +271,16 @@ def command(args: argparse.Namespace) -> int:
         if not problems:
             print(f"ok: {args.source} may be installed")
         return 1 if problems else 0
+    if args.owner is not None:
+        try:
+            pwd.getpwnam(args.owner)
+        except KeyError:
+            print(
+                f"error: no user {args.owner!r} on this system: install the gateway first "
+                "(deploy/install.sh creates it)",
+                file=sys.stderr,
+            )
+            return 2
     repeats = max(0, args.fault_repeats)
 
     def refusal(pin: int, **kwargs: Any) -> None:

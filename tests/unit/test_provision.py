@@ -171,3 +171,27 @@ def test_command_line_exit_status_and_log(tmp_path: Path, valid: bool) -> None:
         assert "outputs.buzzer.pin" in result.stderr
         assert "level=error" in result.stderr
         assert not etc.exists() or not (etc / "site.yaml").exists()
+
+
+def test_unknown_owner_is_refused_before_touching_the_card(tmp_path: Path) -> None:
+    source = card(tmp_path, valid_site(tmp_path))
+    result = subprocess.run(
+        [
+            *EDGE,
+            "provision",
+            "--source",
+            str(source),
+            "--etc",
+            str(tmp_path / "etc"),
+            "--owner",
+            "no-such-user-here",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no user 'no-such-user-here'" in result.stderr
+    assert (source / "site.yaml").exists(), "the installer's files stay where they are"
+    assert not (tmp_path / "etc").exists()
