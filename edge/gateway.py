@@ -37,6 +37,7 @@ from edge.rules import (
     load_rule_state,
     save_rule_state,
 )
+from edge.sms import SmsNotifier
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink
 
@@ -112,6 +113,21 @@ class Gateway:
         self._state_due = False
         self.annunciator = Annunciator(config.outputs, pin_factory=pin_factory, clock=self.clock)
         self.annunciator.on_silence = self._silence_button
+        self.sms = (
+            None
+            if config.sms is None
+            else SmsNotifier(
+                config.sms,
+                site=config.gateway.site.name,
+                places={
+                    d.id: f"{d.location.building} {d.location.floor} {d.location.room}"
+                    for d in config.devices
+                },
+                timezone=config.gateway.timezone,
+                report=self._sms_result,
+                uplink_online=lambda: self.uplink is not None and self.uplink.state == "online",
+            )
+        )
         self.supervisor = Supervisor()
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
@@ -208,6 +224,15 @@ class Gateway:
                 location=self._locations.get(transition.device_id),
             ),
         )
+        if self.sms is not None:
+            self.sms.notify(
+                transition
+                if occupancy is transition.occupancy
+                else dataclasses.replace(transition, occupancy=occupancy)
+            )
+
+    def _sms_result(self, kind: EventKind, body: dict[str, Any]) -> None:
+        self._submit("event", event_body(kind, self.clock.time(), **body))
 
     def _on_status(self, status: DeviceStatus) -> None:
         kind: EventKind = "device-online" if status.online else "device-offline"
@@ -404,6 +429,8 @@ class Gateway:
         await self._restore_rule_state()
         self.supervisor.start("annunciator", self.annunciator.run)
         self.supervisor.start("rules", self._rules_service)
+        if self.sms is not None:
+            self.supervisor.start("sms", self.sms.run)
         self.supervisor.start("uplink", self._uplink_service)
         self.supervisor.start("status", self._status_service)
         bus_names = []

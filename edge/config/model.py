@@ -685,6 +685,11 @@ class Sms(Strict):
     )
     max_per_hour: int = Field(default=20, ge=1, le=1000, strict=True)
     timeout: Duration = Field(default=60.0, gt=0, le=300.0)
+    only_when_offline: bool = Field(
+        default=False,
+        description="Send only while the uplink is not connected (the platform sends the "
+        "messages otherwise).",
+    )
 
 
 class Uplink(Strict):

@@ -1,0 +1,315 @@
+"""SMS fallback through a 4G modem (SIM800 / SIM7600 AT commands), in PDU mode with UCS2.
+
+Alarm texts are Chinese, and SIM7600's text-mode UCS2 is reported to fail (``+CMS ERROR``), so
+every message goes in PDU mode (``AT+CMGF=0``): a hex TPDU after ``AT+CMGS=<octets>``, ended by
+Ctrl-Z. UCS2 holds 70 characters in one SMS; a longer text is split into parts of 67 with a
+concatenation header (UDH, 8-bit reference) so phones show one message.
+
+* :func:`submit_pdus` / :func:`decode_submit`: the codec, pure code over strings and bytes;
+* :class:`Modem`: one AT dialogue over a serial port URL (``/dev/ttyUSB2``, ``socket://...``);
+* :class:`SmsNotifier`: which alarms become messages, the rate limits, the send queue, and an
+  event for every result (``sms-sent`` / ``sms-failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from drivers.serial_link import SerialLink
+from edge.config.model import SEVERITY_ORDER, Sms
+from edge.contract import EventKind
+from edge.log import fields
+from edge.rules import Transition
+
+__all__ = [
+    "Modem",
+    "ModemError",
+    "SmsNotifier",
+    "alarm_text",
+    "decode_submit",
+    "submit_pdus",
+]
+
+log = logging.getLogger("edge.sms")
+
+#: UCS2 code units in one SMS, and in each part of a concatenated one (6 octets of UDH).
+SINGLE_UNITS = 70
+PART_UNITS = 67
+#: Relative validity period 0xA7: 24 hours.
+VALIDITY = 0xA7
+CTRL_Z = b"\x1a"
+ESC = b"\x1b"
+
+
+class ModemError(Exception):
+    """The modem refused or did not answer; the message says what it said."""
+
+
+def _semi_octets(digits: str) -> str:
+    padded = digits + ("F" if len(digits) % 2 else "")
+    return "".join(padded[i + 1] + padded[i] for i in range(0, len(padded), 2))
+
+
+def submit_pdus(number: str, text: str, reference: int = 0) -> list[str]:
+    """The SMS-SUBMIT TPDUs (hex, with a leading ``00``: the SIM's own SMS centre) carrying
+    ``text`` to ``number`` in UCS2; one for a short text, several for a long one.
+
+    ``AT+CMGS=`` takes each PDU's length in octets *without* that leading ``00``.
+    """
+    digits = number.lstrip("+")
+    if not digits.isdigit() or not 3 <= len(digits) <= 20:
+        raise ValueError(f"not a phone number: {number!r}")
+    address_type = "91" if number.startswith("+") else "81"
+    address = f"{len(digits):02X}{address_type}{_semi_octets(digits)}"
+    units = text.encode("utf-16-be")
+    if len(units) // 2 <= SINGLE_UNITS:
+        chunks = [units]
+    else:
+        chunks = []
+        start = 0
+        while start < len(units):
+            end = min(start + PART_UNITS * 2, len(units))
+            # Never split a surrogate pair (a character outside the BMP) across two parts.
+            if end < len(units) and 0xD8 <= units[end - 2] <= 0xDB:
+                end -= 2
+            chunks.append(units[start:end])
+            start = end
+        if len(chunks) > 255:
+            raise ValueError("text too long for one concatenated SMS (255 parts)")
+    pdus = []
+    for index, chunk in enumerate(chunks, start=1):
+        if len(chunks) == 1:
+            first, header = 0x11, b""
+        else:
+            first = 0x51  # UDHI: the user data starts with a header
+            header = bytes([5, 0, 3, reference & 0xFF, len(chunks), index])
+        user_data = header + chunk
+        pdus.append(
+            f"00{first:02X}00{address}0008{VALIDITY:02X}{len(user_data):02X}{user_data.hex().upper()}"
+        )
+    return pdus
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What :func:`decode_submit` finds in a TPDU."""
+
+    number: str
+    text: str
+    reference: int | None = None
+    part: int = 1
+    parts: int = 1
+
+
+def decode_submit(pdu: str) -> Submitted:
+    """Read back an SMS-SUBMIT in UCS2 as sent after ``AT+CMGS`` (SMSC field first)."""
+    data = bytes.fromhex(pdu)
+    at = 1 + data[0]  # skip the SMSC field
+    first = data[at]
+    at += 2  # first octet, message reference
+    length, kind = data[at], data[at + 1]
+    at += 2
+    octets = (length + 1) // 2
+    swapped = data[at : at + octets].hex().upper()
+    digits = "".join(swapped[i + 1] + swapped[i] for i in range(0, len(swapped), 2))[:length]
+    at += octets
+    pid, dcs = data[at], data[at + 1]
+    if pid != 0 or dcs != 0x08:
+        raise ValueError(f"not a UCS2 message (PID {pid:#x}, DCS {dcs:#x})")
+    at += 2
+    if first & 0x18:
+        at += 1  # relative validity period
+    user_length = data[at]
+    user = data[at + 1 : at + 1 + user_length]
+    reference, part, parts = None, 1, 1
+    if first & 0x40:
+        header_length = user[0]
+        header = user[1 : 1 + header_length]
+        if header[0] == 0 and header[1] == 3:
+            reference, parts, part = header[2], header[3], header[4]
+        user = user[1 + header_length :]
+    number = ("+" if kind == 0x91 else "") + digits
+    return Submitted(number, user.decode("utf-16-be"), reference, part, parts)
+
+
+class Modem:
+    """AT dialogue with a modem on a serial port URL; one message at a time."""
+
+    def __init__(self, port: str, baudrate: int = 115200, *, timeout: float = 60.0) -> None:
+        self.port = port
+        self.baudrate = baudrate
+        self.timeout = timeout
+
+    async def send(self, number: str, text: str, reference: int = 0) -> list[int]:
+        """Send ``text``; the message references the network gave each part. Raises
+        :class:`ModemError` (``+CMS ERROR``, ``ERROR`` or no answer) or ``OSError``."""
+        link = await SerialLink.open(self.port, self.baudrate)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._command(link, b"ATE0")  # no echo: answers are easier to read
+                await self._command(link, b"AT+CMGF=0")
+                references = []
+                for pdu in submit_pdus(number, text, reference):
+                    octets = len(pdu) // 2 - 1
+                    link.write(f"AT+CMGS={octets}\r".encode())
+                    await self._expect_prompt(link)
+                    link.write(pdu.encode() + CTRL_Z)
+                    answer = await self._until_final(link)
+                    found = re.search(rb"\+CMGS:\s*(\d+)", answer)
+                    references.append(int(found.group(1)) if found else -1)
+                return references
+        except TimeoutError:
+            raise ModemError(
+                f"no answer from the modem on {self.port} within {self.timeout:g} s"
+            ) from None
+        finally:
+            await link.close()
+
+    async def _command(self, link: SerialLink, command: bytes) -> bytes:
+        link.write(command + b"\r")
+        return await self._until_final(link)
+
+    @staticmethod
+    async def _expect_prompt(link: SerialLink) -> None:
+        seen = b""
+        while b">" not in seen:
+            chunk = await link.reader.read(256)
+            if not chunk:
+                raise ModemError("the modem closed the line")
+            seen += chunk
+            if b"ERROR" in seen:
+                raise ModemError(seen.decode(errors="replace").strip())
+
+    @staticmethod
+    async def _until_final(link: SerialLink) -> bytes:
+        seen = b""
+        while True:
+            line = await link.reader.readline()
+            if not line:
+                raise ModemError("the modem closed the line")
+            seen += line
+            text = line.strip()
+            if text == b"OK":
+                return seen
+            if text == b"ERROR" or text.startswith((b"+CMS ERROR", b"+CME ERROR")):
+                raise ModemError(text.decode(errors="replace"))
+
+
+def alarm_text(transition: Transition, site: str, place: str, zone: ZoneInfo) -> str:
+    """The message: what, where, when, in Chinese first (the venue's people) and the rule."""
+    when = datetime.fromtimestamp(transition.ts, zone).strftime("%m-%d %H:%M")
+    level = {"fire": "火警", "critical": "严重告警", "major": "告警", "minor": "故障"}[
+        transition.severity
+    ]
+    occupancy = ""
+    if transition.occupancy is not None:
+        occupancy = {"occupied": " 室内有人", "vacant": " 室内无人", "unknown": " 人员情况不明"}[
+            str(transition.occupancy["state"])
+        ]
+    value = "" if transition.value is None else f" {transition.value:g}"
+    return (
+        f"【{level}】{site} {place}{occupancy} {when} "
+        f"{transition.rule_id}: {transition.point}{value} ({transition.reason})"
+    )
+
+
+class SmsNotifier:
+    """Turns alarms into messages to the configured numbers, within the rate limits.
+
+    A message is queued for each number when an alarm of at least ``sms.severity`` is raised or
+    escalated. Per number, one message per rule and device within ``min_interval`` and at
+    most ``max_per_hour``; what the limits hold back is reported (``sms-failed``, reason
+    ``rate limit``), never silently dropped. :meth:`run` sends the queue, one at a time.
+    """
+
+    def __init__(
+        self,
+        config: Sms,
+        *,
+        site: str,
+        places: dict[str, str],
+        timezone: str,
+        report: Callable[[EventKind, dict[str, Any]], None],
+        modem: Modem | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        uplink_online: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.config = config
+        self.site = site
+        self.places = places
+        self.zone = ZoneInfo(timezone)
+        self.report = report
+        self.modem = modem or Modem(config.port, config.baudrate, timeout=config.timeout)
+        self.clock = clock
+        self.uplink_online = uplink_online
+        self._queue: deque[tuple[str, str, Transition]] = deque()
+        self._wake = asyncio.Event()
+        self._last: dict[tuple[str, str, str], float] = {}
+        self._sent: dict[str, deque[float]] = {n: deque() for n in config.numbers}
+        self._reference = 0
+
+    def notify(self, transition: Transition) -> None:
+        """Queue the messages ``transition`` calls for (a no-op for most transitions)."""
+        if transition.kind not in ("raised", "escalated"):
+            return
+        if SEVERITY_ORDER[transition.severity] > SEVERITY_ORDER[self.config.severity]:
+            return
+        if self.config.only_when_offline and self.uplink_online():
+            return
+        now = self.clock()
+        place = self.places.get(transition.device_id, transition.device_id)
+        text = alarm_text(transition, self.site, place, self.zone)
+        for number in self.config.numbers:
+            key = (number, transition.rule_id, transition.device_id)
+            recent = self._sent[number]
+            while recent and now - recent[0] >= 3600:
+                recent.popleft()
+            if now - self._last.get(key, -1e18) < self.config.min_interval or len(recent) >= (
+                self.config.max_per_hour
+            ):
+                self.report("sms-failed", self._fields(number, transition, reason="rate limit"))
+                continue
+            self._last[key] = now
+            recent.append(now)
+            self._queue.append((number, text, transition))
+        self._wake.set()
+
+    def _fields(self, number: str, transition: Transition, **more: Any) -> dict[str, Any]:
+        return {
+            "number": number,
+            "rule": transition.rule_id,
+            "device": transition.device_id,
+            "severity": transition.severity,
+            **more,
+        }
+
+    async def run(self) -> None:
+        """Send what is queued, oldest first; runs until cancelled."""
+        while True:
+            while self._queue:
+                number, text, transition = self._queue.popleft()
+                self._reference = (self._reference + 1) % 256
+                try:
+                    references = await self.modem.send(number, text, self._reference)
+                except (ModemError, OSError, ValueError) as exc:
+                    log.error("sms failed", extra=fields(number=number, error=str(exc)))
+                    self.report("sms-failed", self._fields(number, transition, reason=str(exc)))
+                    continue
+                log.warning("sms sent", extra=fields(number=number, parts=len(references)))
+                self.report(
+                    "sms-sent",
+                    self._fields(number, transition, parts=len(references), refs=references),
+                )
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await self._wake.wait()
