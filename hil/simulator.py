@@ -39,7 +39,7 @@ from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServe
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.modbus.logthrottle import throttle_pymodbus_log
-from drivers.modbus.model import DeviceModel, decode, encode, load_model
+from drivers.modbus.model import DeviceModel, decode, encode, load_model, read_plan
 from hil.pty_bridge import PtyBridge
 
 __all__ = ["BusName", "Simulator", "main", "send_control"]
@@ -263,9 +263,25 @@ class Simulator:
                 )
                 for point in self.model.points
             ]
+            simdata += self._gap_fillers()
             action = functools.partial(self._on_request, line, address)
             devices.append(SimDevice(address, simdata=simdata, action=action))
         return devices
+
+    def _gap_fillers(self) -> list[SimData]:
+        """Zero registers between points that the poller reads through (the model's
+        ``max_gap``), so a read plan that spans them is answered as the product would."""
+        mapped = {
+            point.address + offset for point in self.model.points for offset in range(point.size)
+        }
+        fillers: list[SimData] = []
+        for start, count in read_plan(self.model):
+            gap = [a for a in range(start, start + count) if a not in mapped]
+            for first in gap:
+                fillers.append(
+                    SimData(first, values=[0], datatype=DataType.REGISTERS, readonly=True)
+                )
+        return fillers
 
     def _silencer(self, line: BusName, framer: FramerType) -> Callable[[bool, bytes], bytes]:
         """A pymodbus ``trace_packet`` hook that swallows answers of silent or unknown units.
