@@ -4,6 +4,7 @@ across a restart through a state store."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from edge.clock import VirtualClock
 from edge.config import SiteConfig
 from edge.gateway import Gateway
 from edge.rules import AlarmBook, MemoryStateStore, Severity, Transition, TransitionKind
+from hil.modem import ModemSimulator
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
 T0 = 1_700_000_000.0
@@ -287,3 +289,38 @@ def test_saves_write_one_value_per_changed_rule_and_baselines_seldom(tmp_path: P
         "a transition saves its rule at once; the baseline still waits"
     )
     gateway.annunciator.close()
+
+
+async def test_fire_alarm_goes_out_by_sms_with_its_occupancy(tmp_path: Path) -> None:
+    async with ModemSimulator() as modem:
+        rules = [{**yaml.safe_load(EXAMPLE.read_text())["rules"][0], "severity": "fire"}]
+        config = site(
+            tmp_path,
+            rules=rules,
+            sms={"port": modem.url, "numbers": ["+8613800138000"], "timeout": "5s"},
+        )
+        pins = MockFactory()
+        gateway = Gateway(config, pin_factory=pins, clock=VirtualClock(T0))
+        events: list[dict[str, Any]] = []
+        sent = asyncio.Event()
+
+        def submit(stream: str, body: dict[str, Any]) -> None:
+            events.append(body)
+            if body.get("kind") in ("sms-sent", "sms-failed"):
+                sent.set()
+
+        gateway._submit = submit  # type: ignore[method-assign]
+        assert gateway.sms is not None
+        task = asyncio.create_task(gateway.sms.run())
+        gateway.on_sample(reading(350, T0))
+        assert pins.pin(17).state, "the buzzer does not wait for the modem"
+        await asyncio.wait_for(sent.wait(), 5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gateway.annunciator.close()
+        pins.reset()
+    assert [e.get("kind") for e in events if "kind" in e] == ["alarm-raised", "sms-sent"]
+    assert {m.message.number for m in modem.messages} == {"+8613800138000"}
+    text = "".join(m.message.text for m in modem.messages)  # a long text goes in parts
+    assert text.startswith("【火警】Guiyuan demo block Block 3 1 Shop 101")
+    assert "350" in text
