@@ -155,6 +155,12 @@ check_python() {
     if [ "$major" -lt "$need_major" ] || { [ "$major" -eq "$need_major" ] && [ "$minor" -lt "$need_minor" ]; }; then
         die 2 "Python $version is too old: the gateway needs Python $MIN_PYTHON or newer (Raspberry Pi OS bookworm has 3.11)"
     fi
+    if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null && [ -z "$R" ] \
+        && command -v apt-get >/dev/null; then
+        # One step for the installer on site: fetch the missing Debian piece ourselves.
+        say "installing python3-venv (apt-get)"
+        apt-get install -y -qq python3-venv >/dev/null || true
+    fi
     "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
         || die 2 "Python $version cannot make virtual environments: apt-get install python3-venv"
     PYTHON_VERSION=$version
