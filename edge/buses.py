@@ -57,8 +57,9 @@ def build_buses(
 ) -> dict[str, FieldDriver]:
     """``{"bus:<id>": driver}`` for every bus that has at least one device.
 
-    ``pin_factory`` (a gpiozero factory) is used for GPIO sensors when given, so they share
-    the annunciator's; else the bus's ``pin_factory``, else the outputs', else gpiozero's.
+    ``pin_factory`` (a gpiozero factory, the annunciator's) is shared with GPIO sensors whose
+    bus names no other factory; else the bus's ``pin_factory``, else the outputs', else
+    gpiozero's default.
     """
     drivers: dict[str, FieldDriver] = {}
     for bus in config.buses:
@@ -73,9 +74,11 @@ def build_buses(
             drivers[name] = _serial(bus, devices[0], sink)
         else:
             assert isinstance(bus, GpioBus)
-            factory = pin_factory
-            if factory is None:
-                factory = make_pin_factory(bus.pin_factory or config.outputs.pin_factory)
+            wanted = bus.pin_factory or config.outputs.pin_factory
+            if pin_factory is not None and bus.pin_factory in (None, config.outputs.pin_factory):
+                factory = pin_factory  # the annunciator's: one factory per kind of pin access
+            else:
+                factory = make_pin_factory(wanted)
             sensors = [PirSensor(d.id, _pin(d), sink, pin_factory=factory) for d in devices]
             drivers[name] = _GpioSensors(sensors)
     return drivers
@@ -86,10 +89,11 @@ def bus_services(
     sink: Sink,
     *,
     buses: Mapping[str, FieldDriver] | None = None,
+    pin_factory: Any = None,
 ) -> Services:
     """``{"bus:<id>": run}`` for every bus that has at least one device (from ``buses`` when
-    given, so the caller keeps the objects)."""
-    built = build_buses(config, sink) if buses is None else buses
+    given, so the caller keeps the objects; else built here with ``pin_factory``)."""
+    built = build_buses(config, sink, pin_factory=pin_factory) if buses is None else buses
     return {name: driver.run for name, driver in built.items()}
 
 

@@ -434,7 +434,8 @@ class Gateway:
         self.supervisor.start("uplink", self._uplink_service)
         self.supervisor.start("status", self._status_service)
         bus_names = []
-        for name, service in bus_services(self.config, self.on_sample).items():
+        pins = self.annunciator.pin_factory  # PIR sensors share the annunciator's pin factory
+        for name, service in bus_services(self.config, self.on_sample, pin_factory=pins).items():
             self.supervisor.start(name, service)
             bus_names.append(name)
         try:
