@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import struct
 from pathlib import Path
@@ -363,6 +364,9 @@ def test_a_well_formed_file_loads_from_any_path(tmp_path: Path) -> None:
         (("scale: 0.1", "scale: 0.1\n    typical: 5000"), "typical value: .* out of range"),
         (("type: u16", "type: [u16"), r"model.yaml:\d+: not valid YAML"),
         (("points:", "pointz:"), "unknown field pointz"),
+        (("registers: holding", "registers: holding\nmax_gap: 125"), r"max_gap 125 must be"),
+        (("registers: holding", "registers: holding\nmax_gap: -1"), r"max_gap -1 must be"),
+        (("unit: mA", "unit: mA\n    critical: yes please"), "critical must be true or false"),
     ],
 )
 def test_a_malformed_file_gives_a_clear_error(
@@ -403,3 +407,53 @@ def test_site_local_model_files_are_found_after_the_shipped_ones(
             load_model("wrong-name")
     finally:
         load_model.cache_clear()
+
+
+@st.composite
+def sparse_models(draw: st.DrawFn) -> DeviceModel:
+    """Models of up to 40 non-overlapping points anywhere in the first 400 registers."""
+    points: list[Point] = []
+    address = draw(st.integers(0, 20))
+    for index in range(draw(st.integers(1, 40))):
+        kind = draw(st.sampled_from(["u16", "u32"]))
+        points.append(Point(f"p{index}", address, kind))  # type: ignore[arg-type]
+        address += (2 if kind == "u32" else 1) + draw(st.integers(0, 15))
+    max_read = draw(st.integers(2, 125))
+    return wide_model(*points, max_read=max_read)
+
+
+def fewest_reads(model: DeviceModel, gap: int) -> int:
+    """The optimum by dynamic programming: a read covers consecutive points whose span fits
+    ``max_read`` and whose gaps fit ``gap``; best[i] is the fewest reads for the first i."""
+    spans = sorted((p.address, p.end) for p in model.points)
+    best = [0] + [len(spans)] * len(spans)
+    for last in range(1, len(spans) + 1):
+        for first in range(last, 0, -1):
+            group = spans[first - 1 : last]
+            if group[-1][1] - group[0][0] > model.max_read:
+                break
+            if any(b[0] - a[1] > gap for a, b in itertools.pairwise(group)):
+                break
+            best[last] = min(best[last], best[first - 1] + 1)
+    return best[-1]
+
+
+@given(sparse_models(), st.integers(0, 30))
+def test_read_plans_are_the_fewest_reads_within_the_limits(model: DeviceModel, gap: int) -> None:
+    plan = read_plan(model, max_gap=gap)
+    assert all(1 <= count <= model.max_read for _, count in plan)
+    # Every point lies wholly inside exactly one read: none is split, none read twice.
+    for point in model.points:
+        holders = [s for s, c in plan if s <= point.address and point.end <= s + c]
+        assert len(holders) == 1
+    # Reads are ordered and disjoint, start and end on points, and span no gap too long.
+    for (a, a_count), (b, _) in itertools.pairwise(plan):
+        assert a + a_count <= b
+    spans = sorted((p.address, p.end) for p in model.points)
+    for start, count in plan:
+        inside = [(s, e) for s, e in spans if start <= s and e <= start + count]
+        assert inside[0][0] == start
+        assert inside[-1][1] == start + count
+        for (_, end), (next_start, _) in itertools.pairwise(inside):
+            assert next_start - end <= gap
+    assert len(plan) == fewest_reads(model, gap)
