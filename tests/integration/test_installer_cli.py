@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from hil.rtu_line import RtuLine
+from hil.serial_sim import WitMotionSim
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +88,28 @@ async def test_read_prints_every_point_with_its_unit(tmp_path: Path) -> None:
     assert "no answer within 0.3 s" in silent_err
     assert unknown_status == 2
     assert "no device 'nope'" in unknown_err
+
+
+async def test_read_a_uart_tilt_sensor(tmp_path: Path) -> None:
+    async with WitMotionSim(rate=10) as tilt:
+        tilt.set_angles(-0.458, 0.1, 45.0)
+        site = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+        site["buses"].append({"id": "tilt-port", "kind": "serial", "port": tilt.path})
+        site["devices"].append(
+            {
+                "id": "tilt-1",
+                "model": "witmotion-uart",
+                "bus": "tilt-port",
+                "gauge_length": 1.0,
+                "location": site["devices"][0]["location"],
+            }
+        )
+        path = tmp_path / "site.yaml"
+        path.write_text(yaml.safe_dump(site, allow_unicode=True), encoding="utf-8")
+        status, out, err = await edge("read", "tilt-1", "--config", str(path))
+    assert status == 0, err
+    table = [" ".join(line.split()) for line in out.splitlines()]
+    assert table[0] == "tilt-1 (witmotion-uart on tilt-port)"
+    assert "roll -0.4559 °" in table  # -0.458 to the sensor's 0.0055-degree step
+    assert "roll_displacement -7.96 mm" in table
+    assert "yaw 45 °" in table
