@@ -2,7 +2,8 @@
 
 Three gateways in two sites, each with its own system root. The first is installed and
 healthy; the second's RS-485 adapter is missing, so it fails its health check
-(``edge doctor``); the rollout must stop there and never touch the third.
+(``edge doctor``); the rollout must stop there and never touch the third. Then an upgrade
+of the first that fails its health check is rolled back: release and site file.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ async def test_rolling_run_stops_at_the_first_unhealthy_gateway(
 
         lan = {"id": "lan", "kind": "modbus-tcp", "host": "127.0.0.1", "port": sim.tcp_port}
         missing = {"id": "rs485-1", "kind": "modbus-rtu", "port": str(tmp_path / "ttyUSB0")}
-        inventory = {
+        inventory: dict[str, Any] = {
             "all": {
                 "vars": {
                     "ansible_connection": "local",
@@ -122,6 +123,18 @@ async def test_rolling_run_stops_at_the_first_unhealthy_gateway(
 
         code, out = await playbook(tmp_path, path)
 
+        # Then an upgrade of gw1 whose new site file passes check-config but not the health
+        # check (its adapter is not plugged in): release and site file must be rolled back.
+        current = roots["gw1"] / "opt" / APP / "current"
+        release_before = current.readlink()
+        site_before = (roots["gw1"] / "etc" / APP / "site.yaml").read_bytes()
+        gw1 = inventory["all"]["children"]["site_a"]["hosts"]["gw1"]
+        gw1["edge_force_install"] = True
+        gw1["edge_site_host"]["buses"] = [missing]
+        gw1["edge_site_host"]["devices"][0]["bus"] = missing["id"]
+        path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+        upgrade_code, upgrade = await playbook(tmp_path, path, "--limit", "gw1")
+
     assert code != 0, out
     assert "gw2 failed its health check; the rollout stops here" in out
     assert "[serial rs485-1]" in out
@@ -139,3 +152,10 @@ async def test_rolling_run_stops_at_the_first_unhealthy_gateway(
     assert "gw3" not in recap or "ok=0" in recap["gw3"], recap
     assert not (roots["gw3"] / "opt").exists(), "the rollout must stop before gw3"
     assert not (roots["gw3"] / "etc" / APP).exists()
+
+    assert upgrade_code != 0, upgrade
+    assert "gw1 failed its health check; the rollout stops here" in upgrade
+    assert "TASK [edge_gateway : Install or upgrade]" in upgrade
+    assert current.readlink() == release_before, "the release that ran before is back"
+    assert (roots["gw1"] / "etc" / APP / "site.yaml").read_bytes() == site_before
+    assert len(list((roots["gw1"] / "opt" / APP / "releases").iterdir())) == 2
