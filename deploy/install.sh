@@ -184,7 +184,9 @@ check_inputs() {
     fi
     [ -z "$WHEELS" ] || [ -d "$WHEELS" ] || die 2 "--wheels $WHEELS: no such folder"
     if [ -n "$CONFIG" ]; then
-        [ -f "$CONFIG" ] && [ -r "$CONFIG" ] || die 2 "--config $CONFIG: no such readable file"
+        if [ ! -f "$CONFIG" ] || [ ! -r "$CONFIG" ]; then
+            die 2 "--config $CONFIG: no such readable file"
+        fi
     fi
     if [ -n "$CERTS" ]; then
         [ -d "$CERTS" ] || die 2 "--certs $CERTS: no such folder"

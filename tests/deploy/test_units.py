@@ -1,4 +1,4 @@
-"""The systemd units as systemd itself judges them (offline: no running systemd needed)."""
+"""The systemd units and the installer, judged by their own tools (offline: no systemd)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import UNITS, need
+from tests.deploy.conftest import INSTALL, UNITS, need
 
 #: The issue's limit for the gateway's unit; systemd calls <= 3.9 "OK".
 MAX_EXPOSURE = 3.0
@@ -76,3 +76,15 @@ def test_gateway_unit_is_notify_watched_restarted_and_writes_only_its_data() -> 
         "/dev/gpiomem",
     }
     assert unit["User"] == ["edge"]
+
+
+def test_installer_passes_shellcheck() -> None:
+    shellcheck = need("shellcheck", "shellcheck")
+    result = subprocess.run(
+        [shellcheck, "--severity=info", str(INSTALL)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
