@@ -28,7 +28,7 @@ import ssl
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -136,15 +136,12 @@ def check_config(path: Path) -> tuple[Check, SiteConfig | None]:
     if config is not None:
         return Check("config", "ok", f"{path}: {lines[0].removeprefix('ok: ')}"), config
     if status == 2:
-        return (
-            Check(
-                "config",
-                "fail",
-                lines[0] if lines else f"cannot read {path}",
-                f"copy the site file to {path} (or pass --config FILE), readable by root",
-            ),
-            None,
-        )
+        detail = lines[0] if lines else f"cannot read {path}"
+        fix = f"copy the site file to {path} (or pass --config FILE)"
+        if "permission" in detail.lower():
+            # Installed site files are readable by the gateway's user only (mode 0600).
+            fix = "run it as root: `sudo edge doctor`"
+        return Check("config", "fail", detail, fix), None
     shown = lines[:-1][:5]
     more = len(lines) - 1 - len(shown)
     detail = "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
@@ -477,19 +474,30 @@ async def run_checks(
     config_check, config = check_config(config_path)
     checks = [config_check]
     if config is None:
-        checks += check_certs(certs, None, now)
-        checks += [check_clock()]
+        checks += _guarded("certificates", lambda: check_certs(certs, None, now))
+        checks += _guarded("clock", lambda: [check_clock()])
         return checks
     buffer = Path(config.buffer.path)
-    checks += check_serial_ports(config, account)
+    checks += _guarded("serial", lambda: check_serial_ports(config, account))
     checks += await check_tcp_buses(config, seconds)
-    checks.append(check_gpio(config, account, dev))
-    checks += check_certs(certs, config, now)
+    checks += _guarded("gpio", lambda: [check_gpio(config, account, dev)])
+    checks += _guarded("certificates", lambda: check_certs(certs, config, now))
     checks += await check_brokers(config, certs, seconds)
-    checks.append(check_clock())
-    checks.append(check_disk(buffer))
-    checks.append(check_buffer(buffer, account))
+    checks += _guarded("clock", lambda: [check_clock()])
+    checks += _guarded("disk", lambda: [check_disk(buffer)])
+    checks += _guarded("buffer", lambda: [check_buffer(buffer, account)])
     return checks
+
+
+def _guarded(name: str, check: Callable[[], list[Check]]) -> list[Check]:
+    """A check that could not even look (a folder it may not enter) is a failed check with
+    the reason, never a traceback that hides every other result."""
+    try:
+        return check()
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        fix = "run it as root: `sudo edge doctor`" if isinstance(exc, PermissionError) else ""
+        return [Check(name, "fail", f"cannot check{where}: {exc.strerror or exc}", fix)]
 
 
 def exit_status(checks: Iterable[Check]) -> int:

@@ -160,3 +160,17 @@ def test_command_line_exit_status_and_json(tmp_path: Path) -> None:
     assert "FAIL  config" in missing.stdout
     assert "fix: copy the site file" in missing.stdout
     assert "the gateway cannot run until fixed" in missing.stdout
+
+
+def test_unreadable_site_file_says_to_run_as_root(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("gateway: {id: gw-1}\n")
+    site.chmod(0o600)
+    command = [*EDGE, "doctor", "--config", str(site), "--timeout", "1"]
+    if os.geteuid() == 0:
+        tmp_path.chmod(0o755)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "permission denied" in result.stdout
+    assert "sudo edge doctor" in result.stdout
