@@ -39,8 +39,11 @@ class SystemClock:
         return time.monotonic()
 
     async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        # asyncio.timeout rather than wait_for: on Python 3.11, wait_for swallows a
+        # cancellation that arrives as the event is set, and the task would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await event.wait()
         return event.is_set()
 
 

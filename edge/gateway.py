@@ -357,7 +357,8 @@ class Gateway:
         A buffer that does not open in time only costs the history, never the start."""
         if self.state_store is None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.outbox_ready.wait(), STATE_RESTORE_TIMEOUT)
+                async with asyncio.timeout(STATE_RESTORE_TIMEOUT):
+                    await self.outbox_ready.wait()
         store = self._store()
         if store is None:
             log.warning("rule state not restored: no state store")
@@ -379,9 +380,8 @@ class Gateway:
         if store is None:
             return
         try:
-            await asyncio.wait_for(
-                save_rule_state(store, self.rules, self.alarms, self.clock.monotonic()), budget
-            )
+            async with asyncio.timeout(budget):
+                await save_rule_state(store, self.rules, self.alarms, self.clock.monotonic())
         except Exception as exc:  # the next save retries; alarms go on
             log.error("rule state not saved", extra=fields(error=repr(exc)))
 
