@@ -211,8 +211,9 @@ ReadingWindow = Annotated[Duration, _span(MAX_READING_WINDOW)]
 LongSpan = Annotated[Duration, _span(MAX_BASELINE)]
 #: The same, where 0s means "at once".
 LongSpanOrNow = Annotated[Duration, _span(MAX_BASELINE, zero=True)]
-#: A sustained condition on raw readings: up to 31 days (use days or months beyond).
-RawRun = Annotated[Duration, _span(31 * 86_400.0)]
+#: A sustained condition on raw readings: its state is one start time, so any length up to
+#: two years is fine.
+RawRun = Annotated[Duration, _span(731 * 86_400.0)]
 
 
 def _exactly_one(model: BaseModel, names: tuple[str, ...]) -> None:
