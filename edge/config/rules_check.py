@@ -18,6 +18,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from drivers.tilt import TILT_AXES, displacement_point
+
 __all__ = ["PointTable", "check_rules"]
 
 Loc = tuple[str | int, ...]
@@ -76,19 +78,30 @@ def check_rules(
     the installer actually wrote.
     """
     devices: dict[str, str] = {}
+    #: Devices whose driver adds displacement points (a tilt sensor with a gauge length).
+    gauged: set[str] = set()
     for item in data.get("devices") or []:
         if isinstance(item, dict) and isinstance(item.get("id"), str):
             model = item.get("model")
             devices[item["id"]] = model if isinstance(model, str) else ""
+            if item.get("gauge_length") is not None:
+                gauged.add(item["id"])
     tables: dict[str, PointTable | None] = {}
 
-    def table_of(device: str) -> PointTable | None:
-        if known_models is None:
+    def model_table(model: str) -> PointTable | None:
+        if known_models is None or model not in known_models:
             return None
-        model = devices.get(device, "")
         if model not in tables:
-            tables[model] = point_table(model) if model in known_models else None
+            tables[model] = point_table(model)
         return tables[model]
+
+    def table_of(device: str) -> PointTable | None:
+        table = model_table(devices.get(device, ""))
+        if table is None or device not in gauged:
+            return table
+        # The driver reports <axis>_displacement in mm next to each tilt angle.
+        extra = {displacement_point(a): "mm" for a in TILT_AXES if a in table.units}
+        return PointTable({**table.units, **extra}, table.bits)
 
     def check_devices(loc: Loc, value: Any) -> None:
         for position, target in enumerate(_strings(value) or []):

@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from drivers import DeviceStatus, Reading
+from drivers.tilt import TILT_AXES, displacement_point
 from edge.config.model import (
     AbnormalRule,
     AlarmBitsRule,
@@ -128,6 +129,7 @@ class RuleEngine:
     ) -> None:
         self.zone = ZoneInfo(timezone)
         self._models = {d.id: d.model for d in devices}
+        self._gauged = {d.id for d in devices if d.gauge_length is not None}
         self._model_info = model_info
         self._info_cache: dict[str, ModelInfo | None] = {}
         self._point_rules: dict[str, list[PointRule]] = {}
@@ -183,7 +185,11 @@ class RuleEngine:
         if info is None:
             return []
         wanted = set(self._point_rules) | set(self._derived)
-        points = [p for p in info.units if p in wanted]
+        known = list(info.units)
+        if device in self._gauged:
+            # The driver reports <axis>_displacement next to each tilt angle.
+            known += [displacement_point(axis) for axis in TILT_AXES if axis in info.units]
+        points = [p for p in known if p in wanted]
         for source in list(points):
             points.extend(d.name for d in self._derived.get(source, ()) if self._selects(d, device))
         return points

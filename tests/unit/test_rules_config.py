@@ -307,3 +307,33 @@ def test_unknown_time_zone(tmp_path: Path) -> None:
     (issue,) = issues(path)
     assert issue.field == "gateway.timezone"
     assert "unknown time zone 'Mars/Olympus'" in issue.message
+
+
+def test_displacement_reported_by_a_tilt_driver_can_be_judged(tmp_path: Path) -> None:
+    """A tilt sensor with a gauge length reports <axis>_displacement in mm (drivers/tilt.py)."""
+    tilt = """  - id: tilt-stair-3f
+    model: witmotion-wt901c485
+    bus: lan
+    address: 80
+    gauge_length: 3
+    location: {building: Block 3, floor: "3", room: Stairwell, venue_type: residential}
+"""
+    rule = """  - id: tilt-two-months
+    kind: sustained
+    point: pitch_displacement
+    above: 4 mm
+    months: 2
+    devices: [tilt-stair-3f]
+"""
+    path, text = site_with(tmp_path, rule)
+    text = text.replace("\nrules:\n", "\n" + tilt + "\nrules:\n", 1)
+    path.write_text(text)
+    config = load_site(path, known_models=known_models())
+    assert config.rules[-1].kind == "sustained"
+
+    path.write_text(text.replace("point: pitch_displacement", "point: yaw_displacement"))
+    (issue,) = issues(path)
+    assert "has no point 'yaw_displacement'" in issue.message
+    path.write_text(text.replace("above: 4 mm", "above: 4 cm"))
+    (issue,) = issues(path)
+    assert "thresholds are in 'cm' but point 'pitch_displacement' is in 'mm'" in issue.message
