@@ -111,6 +111,7 @@ class Gateway:
         self._reported_occupancy: dict[tuple[str, str], str] = {}
         self.state_store = state_store
         self._state_due = False
+        self._state_restored = False
         self.annunciator = Annunciator(config.outputs, pin_factory=pin_factory, clock=self.clock)
         self.annunciator.on_silence = self._silence_button
         self.sms = (
@@ -352,17 +353,23 @@ class Gateway:
         # In the field, rule state lives in the outbox's file (its key-value table).
         return self.state_store if self.state_store is not None else self.outbox
 
-    async def _restore_rule_state(self) -> None:
+    async def _restore_rule_state(self, *, wait: bool = True) -> None:
         """Resume windows, baselines and active alarms; an active alarm sounds again at once.
-        A buffer that does not open in time only costs the history, never the start."""
-        if self.state_store is None:
+
+        At start the buses wait for this at most :data:`STATE_RESTORE_TIMEOUT`: a buffer that
+        opens later has its state restored then (by the rules task), laid over the few
+        seconds already judged, so a slow disk costs seconds of a window, never the window.
+        """
+        if wait and self.state_store is None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STATE_RESTORE_TIMEOUT):
                     await self.outbox_ready.wait()
         store = self._store()
         if store is None:
-            log.warning("rule state not restored: no state store")
+            if wait:
+                log.warning("rule state not restored yet: the buffer is not open")
             return
+        self._state_restored = True
         try:
             dropped = await load_rule_state(store, self.rules, self.alarms)
         except Exception as exc:  # a damaged store must not stop the alarms
@@ -377,7 +384,8 @@ class Gateway:
 
     async def _save_rule_state(self, *, budget: float | None = None) -> None:
         store = self._store()
-        if store is None:
+        if store is None or not self._state_restored:
+            # Saving before restoring would overwrite the stored windows with young ones.
             return
         try:
             async with asyncio.timeout(budget):
@@ -391,6 +399,8 @@ class Gateway:
         while True:
             await self.clock.wait(never, TICK_INTERVAL)
             self.tick()
+            if not self._state_restored:
+                await self._restore_rule_state(wait=False)
             now = self.clock.monotonic()
             if self._state_due or now - last_save >= STATE_SAVE_INTERVAL:
                 self._state_due = False

@@ -150,6 +150,7 @@ async def test_active_alarm_and_silence_survive_a_restart(tmp_path: Path) -> Non
     pins = MockFactory()
     first = Gateway(site(tmp_path), pin_factory=pins, clock=VirtualClock(T0), state_store=store)
     first._submit = lambda stream, body: None  # type: ignore[method-assign]
+    await first._restore_rule_state()  # nothing stored yet; saving is allowed from now on
     first.on_sample(reading(350, T0))
     first.on_sample(reading(80, T0, point="temperature_1"))
     first.silence("local")
@@ -324,3 +325,36 @@ async def test_fire_alarm_goes_out_by_sms_with_its_occupancy(tmp_path: Path) -> 
     text = "".join(m.message.text for m in modem.messages)  # a long text goes in parts
     assert text.startswith("【火警】Guiyuan demo block Block 3 1 Shop 101")
     assert "350" in text
+
+
+async def test_a_buffer_that_opens_late_still_restores_the_window(tmp_path: Path) -> None:
+    rules = [{"id": "warm", "kind": "sustained", "point": "temperature_1", "above": 40, "days": 2}]
+    config = site(tmp_path, rules=rules)
+    start = 1_735_689_600.0
+    pins = MockFactory()
+
+    first = Gateway(config, pin_factory=pins, clock=VirtualClock(start))
+    first.outbox = await Outbox.open(tmp_path / "outbox.sqlite")
+    await first._restore_rule_state(wait=False)
+    for hour in range(30):
+        first.on_sample(reading(45, start + hour * 3600, point="temperature_1"))
+    await first._save_rule_state()
+    first.annunciator.close()
+    await first.outbox.close()
+
+    second = Gateway(config, pin_factory=pins, clock=VirtualClock(start + 30 * 3600))
+    await second._restore_rule_state(wait=False)  # the buffer is not open yet
+    await second._save_rule_state()  # must not overwrite the stored window
+    second.on_sample(reading(45, start + 30 * 3600 + 1, point="temperature_1"))
+    second.outbox = await Outbox.open(tmp_path / "outbox.sqlite")
+    await second._restore_rule_state(wait=False)  # what the rules task does once it opens
+    transitions: list[Transition] = []
+    second.transition_hooks.append(transitions.append)
+    for hour in range(31, 49):
+        second.on_sample(reading(45, start + hour * 3600, point="temperature_1"))
+    assert [(t.rule_id, t.kind, t.ts) for t in transitions] == [
+        ("warm", "raised", start + 2 * 86400)
+    ]
+    second.annunciator.close()
+    await second.outbox.close()
+    pins.reset()
