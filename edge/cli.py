@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -81,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> int:
     """Validate the site file, then run the gateway until SIGTERM or SIGINT."""
     setup_logging(log_level)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr (the journal): the one way to
+    # see where a gateway in the field is stuck without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     status, config = report_config(path, sys.stderr, known_models=known_models(), quiet=True)
     if config is None:
         return status
