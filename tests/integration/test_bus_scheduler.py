@@ -125,8 +125,10 @@ async def test_faults_are_counted_and_the_bus_keeps_going() -> None:
                 lambda: all(recorder.online(f"m{a}") == [False] for a in range(2, 5)),
             )
             healthy_before = len(recorder.polls("m1"))
-            await asyncio.sleep(1.0)
-            assert len(recorder.polls("m1")) - healthy_before >= 3
+            await asyncio.sleep(2.0)
+            # Two devices that answer garbage cost a 0.15 s timeout per probe, but probes back
+            # off (0.2, 0.4, 0.8 s ...): the healthy one keeps most of its 0.2 s polls.
+            assert len(recorder.polls("m1")) - healthy_before >= 4
             for address in range(2, 6):
                 line.set_fault(address, "none")
             await recorder.wait_for(
