@@ -30,7 +30,11 @@ from drivers.types import Reading
 __all__ = [
     "CONTRACT_VERSION",
     "EVENT_KINDS",
+    "SCHEMA_ACK",
+    "SCHEMA_COMMAND",
     "SCHEMA_EVENT",
+    "SCHEMA_HEALTH",
+    "SCHEMA_METADATA",
     "SCHEMA_STATUS",
     "SCHEMA_TELEMETRY",
     "Carried",
@@ -51,6 +55,11 @@ CONTRACT_VERSION: Final = 1
 SCHEMA_TELEMETRY: Final = "edge.telemetry/1"
 SCHEMA_EVENT: Final = "edge.event/1"
 SCHEMA_STATUS: Final = "edge.status/1"
+# Defined by the JSON Schemas in edge/schemas/ (docs/asyncapi.yaml); not all emitted yet.
+SCHEMA_HEALTH: Final = "edge.health/1"
+SCHEMA_METADATA: Final = "edge.metadata/1"
+SCHEMA_COMMAND: Final = "edge.command/1"
+SCHEMA_ACK: Final = "edge.ack/1"
 
 EventKind = Literal[
     "alarm-raised",
@@ -76,7 +85,18 @@ EVENT_KINDS: Final[frozenset[str]] = frozenset(get_args(EventKind))
 
 #: Envelope fields of an event message; an event body may not use them for its own fields.
 _EVENT_RESERVED: Final = frozenset(
-    {"schema", "gateway_id", "epoch", "message_id", "seq", "sent_at", "ts", "kind"}
+    {
+        "schema",
+        "gateway_id",
+        "epoch",
+        "message_id",
+        "seq",
+        "sent_at",
+        "clock_synced",
+        "historical",
+        "ts",
+        "kind",
+    }
 )
 
 
@@ -150,9 +170,18 @@ def message_id(epoch: str, first_seq: int, last_seq: int) -> str:
 
 
 def telemetry_message(
-    gateway_id: str, epoch: str, records: Sequence[Carried], *, sent_at: float | None = None
+    gateway_id: str,
+    epoch: str,
+    records: Sequence[Carried],
+    *,
+    clock_synced: bool,
+    historical: bool,
+    sent_at: float | None = None,
 ) -> bytes:
-    """A telemetry batch carrying ``records`` (outbox telemetry rows, oldest first)."""
+    """A telemetry batch carrying ``records`` (outbox telemetry rows, oldest first).
+
+    ``historical``: the rows waited through an outage (backfill) rather than being live data.
+    """
     if not records:
         raise ValueError("a telemetry message carries at least one record")
     first, last = records[0].seq, records[-1].seq
@@ -176,13 +205,21 @@ def telemetry_message(
             "seq_first": first,
             "seq_last": last,
             "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
+            "clock_synced": clock_synced,
+            "historical": historical,
             "readings": readings,
         }
     )
 
 
 def event_message(
-    gateway_id: str, epoch: str, record: Carried, *, sent_at: float | None = None
+    gateway_id: str,
+    epoch: str,
+    record: Carried,
+    *,
+    clock_synced: bool,
+    historical: bool,
+    sent_at: float | None = None,
 ) -> bytes:
     """One event carrying one outbox event row: the envelope, then the body's own fields."""
     body = dict(record.body)
@@ -195,6 +232,8 @@ def event_message(
         "message_id": message_id(epoch, record.seq, record.seq),
         "seq": record.seq,
         "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
+        "clock_synced": clock_synced,
+        "historical": historical,
         "ts": _iso_or_none(ts),
         "kind": kind,
     }
@@ -209,9 +248,14 @@ def status_message(
     *,
     version: str,
     boot_time: float,
+    config_hash: str,
+    clock_synced: bool,
     sent_at: float | None = None,
 ) -> bytes:
-    """The retained status. The offline one is also the MQTT will, built at connect time."""
+    """The retained status. The offline one is also the MQTT will, built at connect time.
+
+    ``config_hash`` identifies the site file the gateway runs (empty when unknown).
+    """
     return _dumps(
         {
             "schema": SCHEMA_STATUS,
@@ -219,9 +263,11 @@ def status_message(
             "epoch": epoch,
             "message_id": str(uuid.uuid4()),
             "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
+            "clock_synced": clock_synced,
             "state": state,
             "version": version,
             "boot_time": iso_utc(boot_time),
+            "config_hash": config_hash,
         }
     )
 

@@ -40,7 +40,10 @@ from drivers.modbus import known_models
 from edge.certs import check_certificates
 from edge.config import SiteConfig, report_config
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus
+from edge.config.model import Uplink as UplinkConfig
+from edge.uplink import PROTOCOLS as _PROTOCOLS
 from edge.uplink import parse_broker_url
+from edge.uplink import tls_context as uplink_tls_context
 
 __all__ = ["Check", "exit_status", "print_report", "run_checks"]
 
@@ -264,8 +267,11 @@ def check_gpio(config: SiteConfig, user: pwd.struct_passwd | None, dev: Path) ->
     return Check("gpio", "ok", f"{len(chips)} GPIO chip(s); buzzer on GPIO {pin}")
 
 
-def tls_context(certs: Path) -> ssl.SSLContext:
-    """The TLS settings doctor uses: the folder's CA and client pair when present."""
+def tls_context(certs: Path, uplink: UplinkConfig | None = None) -> ssl.SSLContext:
+    """The TLS settings doctor uses: the site file's (``uplink.ca_file``, ``cert_file``,
+    ``key_file``) when it names any, else the folder's CA and client pair when present."""
+    if uplink is not None and (uplink.ca_file or uplink.cert_file):
+        return uplink_tls_context(uplink)
     ca = certs / "ca.pem"
     context = ssl.create_default_context(cafile=str(ca) if ca.is_file() else None)
     if (certs / "client.pem").is_file() and (certs / "client.key").is_file():
@@ -280,17 +286,19 @@ async def _try_broker(config: SiteConfig, url: str, certs: Path, seconds: float)
     # Its own client id: reusing the gateway's would disconnect a running gateway.
     identifier = f"{uplink.client_id or 'edge-' + config.gateway.id}-doctor"
     try:
-        context = tls_context(certs) if broker.tls else None
+        context = tls_context(certs, uplink) if broker.tls else None
     except (ssl.SSLError, OSError) as exc:
+        where = "named in uplink" if uplink.ca_file or uplink.cert_file else f"in {certs}"
         return Check(
             f"broker {broker.display}",
             "fail",
-            f"cannot load the TLS files in {certs}: {exc}",
+            f"cannot load the TLS files {where}: {exc}",
             "see the certificate checks below",
         )
     client = aiomqtt.Client(
         broker.host,
         broker.port,
+        protocol=_PROTOCOLS[uplink.protocol],
         identifier=identifier,
         username=uplink.username,
         password=uplink.password,

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from buffer import CapacityPolicy, Outbox, OutboxUnwritable
@@ -25,6 +25,7 @@ from edge import __version__
 from edge.annunciator import Annunciator
 from edge.buses import bus_services
 from edge.clock import Clock, SystemClock
+from edge.commands import CommandError
 from edge.config.model import SiteConfig
 from edge.contract import EventKind, event_body, reading_body
 from edge.log import fields
@@ -304,8 +305,43 @@ class Gateway:
             self.outbox,
             version=__version__,
             boot_time=self.boot_time,
+            config_hash=self.config_digest,
+            command_handlers={
+                "ping": self._command_ping,
+                "get-status": self._command_status,
+                "silence": self._command_silence,
+            },
         )
         await self.uplink.run()
+
+    # -- downlink commands (edge/commands.py validates them and answers) ----------------------
+
+    async def _command_ping(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"pong": True}
+
+    async def _command_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        depth = await self.outbox.depth() if self.outbox is not None else {}
+        return {
+            "version": __version__,
+            "config_hash": self.config_digest,
+            "uptime_s": round(time.time() - self.boot_time, 3),
+            "buzzer": "on" if self.annunciator.sounding else "off",
+            "active_alarms": [
+                {"rule": rule, "device": device, "silenced": alarm.silenced}
+                for (rule, device), alarm in sorted(self.alarms.alarms.items())
+            ],
+            "outbox": {"events": depth.get("event", 0), "telemetry": depth.get("telemetry", 0)},
+            "uplink": self.uplink.state if self.uplink is not None else "waiting",
+        }
+
+    async def _command_silence(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        key = (str(params["rule"]), str(params["device"]))
+        alarm = self.alarms.alarms.get(key)
+        if alarm is None:
+            raise CommandError(f"no active alarm of rule {key[0]!r} on device {key[1]!r}")
+        if alarm.silenced:
+            return {"silenced": 0, "already": True}
+        return {"silenced": self.silence("remote", key)}
 
     async def _status_service(self) -> None:
         while True:

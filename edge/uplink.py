@@ -20,19 +20,31 @@ import functools
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from buffer import Outbox, OutboxUnavailable, Record, Stream
 from drivers.backoff import Backoff
-from edge import contract
+from edge import contract, timesync
+from edge.commands import Commands, Handler
 from edge.config.model import Uplink as UplinkConfig
+from edge.timesync import SyncProbe
 
-__all__ = ["BrokerAddress", "Uplink", "UplinkState", "parse_broker_url"]
+__all__ = [
+    "PROTOCOLS",
+    "BrokerAddress",
+    "Uplink",
+    "UplinkState",
+    "parse_broker_url",
+    "tls_context",
+]
 
 log = logging.getLogger("edge.uplink")
 
@@ -53,6 +65,58 @@ _STATUS_TIMEOUT: Final = 1.0
 _EVENT_CHUNK: Final = 50
 _ACK_RETRY_FIRST: Final = 0.2
 _ACK_RETRY_MAX: Final = 5.0
+
+
+#: ``uplink.protocol`` to aiomqtt's protocol version.
+PROTOCOLS: Final = {"3.1.1": aiomqtt.ProtocolVersion.V311, "5": aiomqtt.ProtocolVersion.V5}
+
+
+def tls_context(config: UplinkConfig) -> ssl.SSLContext:
+    """The TLS settings of ``config``: its CA file (else the system's), its client pair if any.
+
+    Raises :class:`OSError` (``ssl.SSLError`` is one) naming the file that cannot be loaded;
+    the uplink then backs off like for any other failed attempt.
+    """
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file)
+    except OSError as exc:
+        raise OSError(f"cannot load ca_file {config.ca_file}: {exc}") from exc
+    if config.cert_file is not None and config.key_file is not None:
+        try:
+            context.load_cert_chain(config.cert_file, config.key_file)
+        except OSError as exc:
+            raise OSError(
+                f"cannot load cert_file {config.cert_file} with key_file {config.key_file}: {exc}"
+            ) from exc
+    return context
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, failing the connect at once when the broker closes before CONNACK.
+
+    aiomqtt 2.5.1 ignores a disconnect that comes before the CONNACK and waits for the
+    operation timeout instead. A TLS 1.3 broker refusing our client certificate does exactly
+    that (the handshake completes on our side, the alert follows), as does a broker at its
+    connection limit: without this, every such attempt would hang for 10 s.
+    """
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        if not self._connected.done():
+            self._connected.set_exception(
+                aiomqtt.MqttError(
+                    f"the broker closed the connection before accepting it ({reason_code}); "
+                    "with mutual TLS, check that it accepts cert_file"
+                )
+            )
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +155,20 @@ class Uplink:
         *,
         version: str,
         boot_time: float,
+        config_hash: str = "",
+        clock_synced: SyncProbe | None = None,
+        command_handlers: Mapping[str, Handler] | None = None,
     ) -> None:
         self._config = config
         self._gateway_id = gateway_id
         self._outbox = outbox
         self._version = version
         self._boot_time = boot_time
+        self._config_hash = config_hash
+        self._clock_synced = clock_synced or timesync.cached(timesync.kernel_clock_synced)
+        #: Wall time of the current session's start: rows stored before it waited through an
+        #: outage and go out marked historical (backfill).
+        self._session_wall_start = float("inf")
         self._brokers = [parse_broker_url(url) for url in config.brokers]
         self._client_id = config.client_id or f"edge-{gateway_id}"
         self._keepalive = max(1, round(config.keepalive))
@@ -104,6 +176,20 @@ class Uplink:
         self.telemetry_topic = contract.telemetry_topic(prefix, gateway_id)
         self.events_topic = contract.events_topic(prefix, gateway_id)
         self.status_topic = contract.status_topic(prefix, gateway_id)
+        self.commands_topic = f"{prefix}/{gateway_id}/commands"
+        self.acks_topic = f"{prefix}/{gateway_id}/acks"
+        #: Downlink commands, answered on the acks topic; off without handlers.
+        self._commands = (
+            None
+            if not command_handlers
+            else Commands(
+                gateway_id,
+                lambda: self._outbox.epoch,
+                command_handlers,
+                ttl=config.command_ttl,
+                clock_synced=self._clock_synced,
+            )
+        )
 
         self._state: UplinkState = "offline"
         #: The broker of the current or last attempt, as logged (no credentials).
@@ -211,7 +297,7 @@ class Uplink:
         return error
 
     async def _session(self, broker: BrokerAddress) -> None:
-        client = aiomqtt.Client(
+        client = _Client(
             broker.host,
             broker.port,
             identifier=self._client_id,
@@ -220,16 +306,20 @@ class Uplink:
             will=aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True),
             keepalive=self._keepalive,
             timeout=_OPERATION_TIMEOUT,
-            # TLS settings (CA, client certificates) come with mutual TLS; for now the system CAs.
-            tls_context=ssl.create_default_context() if broker.tls else None,
+            protocol=PROTOCOLS[self._config.protocol],
+            # Built per attempt, so certificates renewed on disk are picked up by a reconnect.
+            tls_context=tls_context(self._config) if broker.tls else None,
         )
         await self._connect(client)
         try:
             self._state = "online"
             self._online_since = asyncio.get_running_loop().time()
+            self._session_wall_start = time.time()
             self.last_error = None
             try:
                 await self._publish(self.status_topic, client, self._status("online"), retain=True)
+                if self._commands is not None:
+                    await client.subscribe(self.commands_topic, qos=1)
                 log.info("uplink: online via %s as %s", broker.display, self._client_id)
                 await self._pump(client)
             except asyncio.CancelledError:
@@ -288,18 +378,24 @@ class Uplink:
                 raise error
         raise aiomqtt.MqttError("connection ended")
 
-    @staticmethod
-    async def _watch(client: aiomqtt.Client) -> None:
-        """Raise :class:`aiomqtt.MqttError` as soon as the connection is lost.
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Answer commands; raise :class:`aiomqtt.MqttError` as soon as the connection is lost.
 
-        We subscribe to nothing, so no message ever arrives; aiomqtt ends the iteration with
-        an error when the client disconnects. Without this, a publish waiting for its PUBACK on
-        a dead connection would wait for the operation timeout, and an idle uplink would not
-        notice the loss until it had something to send.
+        The only subscription is the commands topic (when commands are on); aiomqtt ends the
+        iteration with an error when the client disconnects. Without this, a publish waiting
+        for its PUBACK on a dead connection would wait for the operation timeout, and an idle
+        uplink would not notice the loss until it had something to send.
         """
         try:
-            async for _ in client.messages:
-                pass
+            async for message in client.messages:
+                if self._commands is None or not message.topic.matches(self.commands_topic):
+                    continue
+                payload = message.payload
+                raw = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+                ack = await self._commands.handle(raw)
+                # QoS 1 like everything else; acks are not stored: a command whose ack is lost
+                # is repeated by the platform and answered again from the remembered ack.
+                await client.publish(self.acks_topic, ack, qos=1)
         except aiomqtt.MqttError as exc:
             reason = exc.__cause__ or exc
             raise aiomqtt.MqttError(f"connection lost ({reason})") from reason
@@ -318,7 +414,13 @@ class Uplink:
             events = await self._outbox.peek("event", _EVENT_CHUNK)
             if events:
                 for record in events:
-                    payload = contract.event_message(self._gateway_id, epoch, record)
+                    payload = contract.event_message(
+                        self._gateway_id,
+                        epoch,
+                        record,
+                        clock_synced=self._clock_synced(),
+                        historical=self._historical(record.created),
+                    )
                     await self._publish(self.events_topic, client, payload)
                     await self._ack([record])
                 continue
@@ -334,7 +436,13 @@ class Uplink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._new_rows.wait(), fill_wait)
                 continue
-            payload = contract.telemetry_message(self._gateway_id, epoch, batch)
+            payload = contract.telemetry_message(
+                self._gateway_id,
+                epoch,
+                batch,
+                clock_synced=self._clock_synced(),
+                historical=self._historical(batch[0].created),
+            )
             await self._publish(self.telemetry_topic, client, payload)
             await self._ack(batch)
 
@@ -372,7 +480,15 @@ class Uplink:
             state,
             version=self._version,
             boot_time=self._boot_time,
+            config_hash=self._config_hash,
+            clock_synced=self._clock_synced(),
         )
+
+    def _historical(self, created: float) -> bool:
+        # A grace of one batch interval plus a second: rows committed while the connection was
+        # being set up are live data, not backfill.
+        grace = self._config.batch_interval + 1.0
+        return created < self._session_wall_start - grace
 
 
 def _describe(error: BaseException | None) -> str:

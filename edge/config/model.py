@@ -710,6 +710,41 @@ class Uplink(Strict):
     reconnect_max: Duration = Field(
         default=10.0, ge=0.5, description="Cap of the reconnect backoff (at least 500ms)."
     )
+    command_ttl: Duration = Field(
+        default=300.0,
+        gt=0,
+        description="Commands from the platform issued longer ago than this are refused.",
+    )
+    protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1", description="MQTT protocol version spoken to the brokers."
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the certificate authorities that may sign the brokers' "
+        "certificates (mqtts:// only); without it, the system's.",
+    )
+    cert_file: str | None = Field(
+        default=None, description="The gateway's client certificate (PEM), for mutual TLS."
+    )
+    key_file: str | None = Field(
+        default=None, description="The private key (PEM) of cert_file, for mutual TLS."
+    )
+
+    @model_validator(mode="after")
+    def _tls_and_login(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(
+                "cert_file and key_file go together: mutual TLS needs the certificate and its key"
+            )
+        tls_files = [f for f in ("ca_file", "cert_file", "key_file") if getattr(self, f)]
+        if tls_files and not any(url.startswith("mqtts://") for url in self.brokers):
+            raise ValueError(
+                f"{', '.join(tls_files)} set but no broker URL is mqtts://: the files would "
+                "never be used"
+            )
+        if self.password is not None and self.username is None:
+            raise ValueError("password without username: MQTT sends a password only with a user")
+        return self
 
 
 class BufferConfig(Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from edge.gateway import Gateway
+from edge.schemas import validate_message
 from hil.simulator import Simulator
 from tests.fixtures.broker import Collector, Mosquitto, MosquittoFactory, collect, free_port
 from tests.integration.site import load, site_for
@@ -114,6 +116,12 @@ async def test_injected_fault_sounds_buzzer_and_reaches_platform(
     assert event["message_id"]
     status = platform.on("/status")
     assert status[0]["state"] == "online"
+    assert status[0]["config_hash"] == ""  # built without a site file's digest
+    # Every message the gateway emitted, the offline status of its clean stop included, follows
+    # the JSON Schemas of contract v1.
+    kinds = {validate_message(json.loads(bytes(m.payload))) for m in platform.messages}
+    assert kinds == {"status", "event", "telemetry"}
+    assert status[-1]["state"] == "offline"
 
 
 async def test_silent_device_goes_offline_while_others_keep_reporting(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ from buffer import Outbox
 from drivers.types import Reading
 from edge import contract
 from edge.config.model import Uplink as UplinkConfig
+from edge.schemas import validate_message
 from edge.uplink import Uplink
 from tests.fixtures.broker import Collector, Mosquitto, MosquittoFactory, collect
 
@@ -360,3 +362,71 @@ async def test_broker_restart_mid_stream_loses_nothing(
         ids.setdefault(message["seq"], set()).add(message["message_id"])
     assert all(len(v) == 1 for v in ids.values())
     assert uplink.attempts >= 2
+
+
+async def test_backlog_is_marked_historical_live_data_not_and_every_message_validates(
+    mosquitto_factory: MosquittoFactory, outbox: Outbox
+) -> None:
+    broker = mosquitto_factory(start=False)
+    synced = [False]
+    config = UplinkConfig.model_validate(
+        {"brokers": [broker.url], "batch_interval": "50ms", "reconnect_max": "500ms"}
+    )
+    uplink = Uplink(
+        config,
+        GATEWAY,
+        outbox,
+        version="0.1.0-test",
+        boot_time=time.time(),
+        config_hash="0123456789abcdef",
+        clock_synced=lambda: synced[0],
+    )
+    task = asyncio.create_task(uplink.run())
+    try:
+        # Stored while the broker is down: backfill once it is back.
+        old_event = await outbox.append(
+            "event", contract.event_body("device-offline", time.time(), device="efm-2")
+        )
+        old = [
+            await outbox.append("telemetry", contract.reading_body(reading("efm-1", float(i))))
+            for i in range(3)
+        ]
+        await asyncio.sleep(1.5)
+        synced[0] = True
+        broker.start()
+        async with collect(broker, ALL) as got:
+            await got.wait_for(lambda c: {old_event, *old} <= set(carried_seqs(c)), within=10)
+            live = await outbox.append("telemetry", contract.reading_body(reading("efm-1", 9.0)))
+            await got.wait_for(lambda c: live in carried_seqs(c))
+            await uplink.stop()
+            await asyncio.wait_for(task, 5)
+            await got.wait_for(lambda c: c.on("/status")[-1]["state"] == "offline")
+    finally:
+        await uplink.stop()
+        await asyncio.wait_for(task, 5)
+
+    for message in got.messages:
+        validate_message(json.loads(bytes(message.payload)))
+    (event,) = got.on("/events")
+    assert event["historical"] is True
+    flags = {r["seq"]: b["historical"] for b in got.on("/telemetry") for r in b["readings"]}
+    assert all(flags[seq] is True for seq in old)
+    assert flags[live] is False
+    assert all(m["clock_synced"] is True for m in got.on("/telemetry") + got.on("/events"))
+    assert {s["config_hash"] for s in got.on("/status")} == {"0123456789abcdef"}
+
+
+async def test_clock_not_synchronised_is_flagged_on_every_message(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    config = UplinkConfig.model_validate({"brokers": [mosquitto.url], "batch_interval": "50ms"})
+    uplink = Uplink(
+        config, GATEWAY, outbox, version="x", boot_time=time.time(), clock_synced=lambda: False
+    )
+    seq = await outbox.append("telemetry", contract.reading_body(reading("efm-1", 1.0)))
+    async with collect(mosquitto, ALL) as got, running(uplink):
+        await got.wait_for(lambda c: seq in carried_seqs(c))
+    assert [m["clock_synced"] for m in got.on("/status") + got.on("/telemetry")] == [False] * len(
+        got.on("/status") + got.on("/telemetry")
+    )
+    assert got.on("/telemetry")[0]["historical"] is False

@@ -1,0 +1,70 @@
+"""JSON Schemas of contract v1, shipped with the package.
+
+The gateway, the reference receiver (``hil.receiver``) and the tests read the same files, so a
+message that passes here passes on the platform side. ``docs/asyncapi.yaml`` refers to them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any, Final
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+__all__ = ["NAMES", "ContractError", "load", "validate", "validate_message"]
+
+#: File stem of every schema, i.e. the kind in ``edge.<kind>/1``.
+NAMES: Final = ("telemetry", "event", "status", "health", "metadata", "command", "ack")
+
+
+class ContractError(ValueError):
+    """A message that does not follow the contract; the text says which field and why."""
+
+
+@functools.cache
+def load(name: str) -> dict[str, Any]:
+    """The schema ``name`` (one of :data:`NAMES`) as a dict."""
+    if name not in NAMES:
+        raise ValueError(f"no schema {name!r}; expected one of {list(NAMES)}")
+    text = resources.files(__name__).joinpath(f"{name}.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@functools.cache
+def _validator(name: str) -> Draft202012Validator:
+    schema = load(name)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def validate(name: str, message: Any) -> None:
+    """Raise :class:`ContractError` naming the first offending field if ``message`` is not a
+    valid ``name`` message."""
+    # best_match picks the most specific error, which names the field a person has to fix.
+    error = _best(_validator(name), message)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(the message)"
+        raise ContractError(f"{name}: {where}: {error.message}")
+
+
+def validate_message(message: Any) -> str:
+    """Validate a message by its own ``schema`` field (``edge.<kind>/1``); return the kind."""
+    if not isinstance(message, dict):
+        raise ContractError(f"a message is a JSON object, not {type(message).__name__}")
+    tag = message.get("schema")
+    if not isinstance(tag, str) or not tag.startswith("edge.") or not tag.endswith("/1"):
+        raise ContractError(f"unknown schema {tag!r}; expected edge.<kind>/1")
+    kind = tag[len("edge.") : -len("/1")]
+    if kind not in NAMES:
+        raise ContractError(f"unknown schema {tag!r}; kinds are {list(NAMES)}")
+    validate(kind, message)
+    return kind
+
+
+def _best(validator: Draft202012Validator, message: Any) -> ValidationError | None:
+    error: ValidationError | None = best_match(validator.iter_errors(message))
+    return error
