@@ -1,0 +1,148 @@
+"""The reference receiver as the platform: a real Mosquitto, a real uplink and outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from buffer import Outbox
+from drivers.types import Reading
+from edge import contract
+from edge.config.model import Uplink as UplinkConfig
+from edge.uplink import Uplink
+from hil.receiver import Receiver, receive
+from tests.fixtures.broker import MosquittoFactory
+
+pytestmark = pytest.mark.integration
+
+GW = "gw-rx"
+PREFIX = "district/v1"
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    async with await Outbox.open(tmp_path / "outbox.db", commit_interval=0.01) as box:
+        yield box
+
+
+def reading(value: float) -> dict[str, object]:
+    now = time.time()
+    return contract.reading_body(
+        Reading("efm-1", "residual_current", value, "mA", now, time.monotonic())
+    )
+
+
+async def until(condition: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_broker_restarted_mid_stream_loses_nothing_and_duplicates_share_ids(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory, outbox: Outbox
+) -> None:
+    broker = mosquitto_factory(persistence=True)
+    config = UplinkConfig.model_validate(
+        {"brokers": [broker.url], "batch_interval": "20ms", "batch_size": 20,
+         "reconnect_max": "500ms"}
+    )  # fmt: skip
+    uplink = Uplink(config, GW, outbox, version="t", boot_time=time.time())
+    receiver = Receiver(tmp_path / "rx.sqlite")
+    stop, ready = asyncio.Event(), asyncio.Event()
+    rx = asyncio.create_task(
+        receive(receiver, broker.url, PREFIX, stop=stop, client_id="platform", ready=ready)
+    )
+    link = asyncio.create_task(uplink.run())
+    stored: list[int] = []
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        for i in range(400):
+            stored.append(await outbox.append("telemetry", reading(float(i))))
+            if i == 150:
+                broker.stop()
+            if i == 250:
+                stored.append(
+                    await outbox.append(
+                        "event", contract.event_body("alarm-raised", time.time(), device="efm-1")
+                    )
+                )
+                broker.start()
+            await asyncio.sleep(0.005)
+        await until(lambda: not (set(stored) - received_seqs(receiver)), 20, "every seq")
+    finally:
+        await uplink.stop()
+        await asyncio.wait_for(link, 5)
+        stop.set()
+        await asyncio.wait_for(rx, 5)
+
+    summary = receiver.summary()
+    receiver.close()
+    g = summary.gateways[GW]
+    assert g.gaps == {outbox.epoch: []}
+    assert g.epoch_resets == 0
+    assert summary.rejected == 0
+    # A message sent twice keeps its id: no seq is in two kept messages.
+    db = sqlite3.connect(tmp_path / "rx.sqlite")
+    carried = [
+        seq
+        for (payload,) in db.execute("SELECT payload FROM messages WHERE kind = 'telemetry'")
+        for seq in (r["seq"] for r in json.loads(payload)["readings"])
+    ]
+    assert len(carried) == len(set(carried))
+    assert set(carried) | {e for e in stored if e not in carried} == set(stored)
+    db.close()
+
+
+def received_seqs(receiver: Receiver) -> set[int]:
+    db = receiver._db
+    return {int(r[0]) for r in db.execute("SELECT seq FROM readings UNION SELECT seq FROM events")}
+
+
+async def test_the_command_prints_a_summary(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory, outbox: Outbox
+) -> None:
+    broker = mosquitto_factory()
+    db = tmp_path / "rx.sqlite"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hil.receiver", "--broker", broker.url, "--prefix", PREFIX,
+        "--db", str(db), "--seconds", "4", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.sleep(1.5)  # let it subscribe (a new receiver has no session to catch up)
+    config = UplinkConfig.model_validate({"brokers": [broker.url], "batch_interval": "20ms"})
+    uplink = Uplink(config, GW, outbox, version="t", boot_time=time.time())
+    seqs = [await outbox.append("telemetry", reading(float(i))) for i in range(5)]
+    link = asyncio.create_task(uplink.run())
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        await uplink.stop()
+        await asyncio.wait_for(link, 5)
+    assert proc.returncode == 0, err.decode()
+    summary = json.loads(out)
+    assert summary["rejected"] == 0
+    assert summary["gateways"][GW]["readings"] == len(seqs)
+    assert summary["gateways"][GW]["gaps"] == {outbox.epoch: []}
+    assert db.is_file()
+
+
+def test_a_bad_broker_url_is_refused_clearly(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hil.receiver", "--broker", "http://x", "--db", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "not a broker URL" in result.stderr
