@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.benchmarks import buffer, drivers, e2e, rules
+from tests.benchmarks import buffer, drivers, e2e, rules, uplink
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = {"_us_": "µs", "_ms_": "ms", "_mb": "MiB", "_pct": "% of one core"}
@@ -42,15 +42,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument(
         "--only",
-        choices=["e2e", "drivers", "buffer", "rules"],
+        choices=["e2e", "drivers", "buffer", "rules", "uplink"],
         action="append",
         help="run these suites alone",
     )
     parser.add_argument("--buffer-readings", type=int, default=2_000_000, metavar="N")
     parser.add_argument("--buffer-backlog", type=int, default=10_000_000, metavar="N")
     parser.add_argument("--buffer-kills", type=int, default=100, metavar="N")
+    parser.add_argument("--uplink-backlog", type=int, default=1_000_000, metavar="N")
     args = parser.parse_args()
-    suites = set(args.only or ["e2e", "drivers", "buffer", "rules"])
+    suites = set(args.only or ["e2e", "drivers", "buffer", "rules", "uplink"])
 
     results: dict[str, float | str] = {}
     if args.only and args.out.exists():
@@ -68,6 +69,8 @@ def main() -> None:
         )
     if "rules" in suites:
         results.update(rules.run())
+    if "uplink" in suites:
+        results.update(uplink.run(backlog=args.uplink_backlog))
     results["machine"] = machine()
 
     print("\nfigures:")
