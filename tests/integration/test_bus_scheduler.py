@@ -7,10 +7,9 @@ before the t3.5 silence, so these tests see the scheduler as a real RS-485 bus w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -27,6 +26,7 @@ from drivers.modbus import (
 from drivers.types import DeviceStatus, Reading
 from hil.rtu_line import RtuLine
 from hil.simulator import Simulator
+from tests.fixtures.tasks import running
 
 pytestmark = pytest.mark.integration
 
@@ -73,27 +73,13 @@ class Recorder:
             await asyncio.sleep(0.01)
 
 
-@contextlib.asynccontextmanager
-async def running(bus: ModbusBus) -> AsyncIterator[None]:
-    task = asyncio.create_task(bus.run(), name=f"bus {bus.bus_id}")
-    try:
-        yield
-    finally:
-        if task.done():
-            task.result()
-            pytest.fail("run() returned on its own")
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def test_ten_live_devices_keep_their_interval_with_one_dead_on_the_bus() -> None:
     recorder = Recorder()
     async with RtuLine(dict.fromkeys(range(1, 12), EFM), baudrate=9600) as line:
         line.set_fault(11, "silent")
         devices = [PolledDevice(f"m{a}", EFM, a, 1.0) for a in range(1, 12)]
         bus = ModbusBus("rs485", RtuSettings(line.path, 9600, timeout=0.3), devices, recorder)
-        async with running(bus):
+        async with running(bus.run):
             await asyncio.sleep(6.0)
         collisions, dead_asked = line.stats.collisions, line.requests(11)
     for address in range(1, 11):
@@ -119,7 +105,7 @@ async def test_faults_are_counted_and_the_bus_keeps_going() -> None:
         line.set_fault(5, "slow", delay=0.05)  # late, but within the master's timeout
         devices = [PolledDevice(f"m{a}", EFM, a, 0.2) for a in range(1, 6)]
         bus = ModbusBus("rs485", RtuSettings(line.path, 19200, timeout=0.15), devices, recorder)
-        async with running(bus):
+        async with running(bus.run):
             await recorder.wait_for(
                 "three devices offline",
                 lambda: all(recorder.online(f"m{a}") == [False] for a in range(2, 5)),
@@ -152,7 +138,7 @@ async def test_an_answer_later_than_the_timeout_disturbs_the_line_but_never_stal
         line.set_fault(2, "slow", delay=0.3)
         devices = [PolledDevice("m1", EFM, 1, 0.2), PolledDevice("late", EFM, 2, 0.2)]
         bus = ModbusBus("rs485", RtuSettings(line.path, 19200, timeout=0.1), devices, recorder)
-        async with running(bus):
+        async with running(bus.run):
             await asyncio.sleep(1.5)
             # A late answer still occupies the wire and garbles requests sent over it, as on
             # a real RS-485 bus; the master cannot hear it coming. RTU has no transaction id,
@@ -177,7 +163,7 @@ async def test_stuck_values_are_read_as_they_are() -> None:
         )
         line.set_fault(1, "stuck")
         line.set(1, "residual_current", 450)
-        async with running(bus):
+        async with running(bus.run):
             await recorder.wait_for("polls", lambda: len(recorder.polls("m")) >= 3)
             assert set(recorder.values("m", "residual_current")) == {120.0}
             line.set_fault(1, "none")
@@ -194,7 +180,7 @@ async def test_the_fast_lane_reads_critical_points_between_full_polls() -> None:
             PolledDevice("plain", EFM, 2, 1.0),
         ]
         bus = ModbusBus("rs485", RtuSettings(line.path, 19200), devices, recorder)
-        async with running(bus):
+        async with running(bus.run):
             await asyncio.sleep(1.6)
     assert len(recorder.polls("watched", "alarm_bits")) >= 10
     assert len(recorder.polls("watched", "temperature_1")) >= 10
@@ -208,7 +194,7 @@ async def test_intervals_change_at_run_time() -> None:
         bus = ModbusBus(
             "rs485", RtuSettings(line.path, 19200), [PolledDevice("m", EFM, 1, 2.0)], recorder
         )
-        async with running(bus):
+        async with running(bus.run):
             await recorder.wait_for("first poll", lambda: len(recorder.polls("m")) == 1)
             # Storm mode: a shorter interval applies at once, not after the 2 s slot.
             bus.set_interval("m", 0.1)
@@ -259,7 +245,7 @@ async def test_sparse_maps_are_read_in_the_fewest_requests() -> None:
             [PolledDevice("g", gappy, 1, 0.5), PolledDevice("acrel", ACREL, 2, 0.5)],
             recorder,
         )
-        async with running(bus):
+        async with running(bus.run):
             await recorder.wait_for("a poll of each", lambda: bool(recorder.polls("g", "c")))
             await recorder.wait_for("acrel", lambda: bool(recorder.polls("acrel")))
     # 'a' and 'b' share a read across their 5-register gap; 'c' is too far: 2 reads. The
@@ -281,7 +267,7 @@ async def test_tilt_and_smoke_models_on_one_line() -> None:
             PolledDevice("smoke", smoke, 3, 0.2),
         ]
         bus = ModbusBus("rs485", RtuSettings(line.path, 9600), devices, recorder)
-        async with running(bus):
+        async with running(bus.run):
             await recorder.wait_for("both", lambda: bool(recorder.polls("smoke", "obscuration")))
             await recorder.wait_for("tilt", lambda: bool(recorder.polls("tilt", "roll")))
     assert recorder.values("tilt", "roll")[0] == pytest.approx(0.229, abs=0.006)
@@ -305,7 +291,7 @@ async def test_every_shipped_model_is_read_whole_from_the_pymodbus_simulator(nam
             [PolledDevice("d", model, 7, 0.2)],
             recorder,
         )
-        async with running(bus):
+        async with running(bus.run):
             await recorder.wait_for("a poll", lambda: len(recorder.events) > len(model.points))
     latest = {e.point: e.value for e in recorder.events if isinstance(e, Reading)}
     assert latest == pytest.approx({p.name: p.typical for p in model.points}, rel=1e-6)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from gpiozero.pins.mock import MockFactory
@@ -18,6 +17,7 @@ from drivers.types import DeviceStatus, Reading
 from drivers.witmotion import codec as wit
 from drivers.witmotion.driver import WitMotionSensor
 from hil.serial_sim import Ld2410Sim, WitMotionSim
+from tests.fixtures.tasks import running
 
 pytestmark = pytest.mark.integration
 
@@ -41,20 +41,6 @@ class Recorder:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {what} within {within} s; last: {self.events[-3:]}")
             await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def running(run: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
-    task = asyncio.create_task(run())
-    try:
-        yield
-    finally:
-        if task.done():
-            task.result()
-            pytest.fail("run() returned on its own")
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_witmotion_angles_and_displacement_over_a_pty() -> None:
