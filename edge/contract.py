@@ -76,6 +76,15 @@ EventKind = Literal[
     "device-offline",
     "device-online",
     "gateway-started",
+    # What downlink commands changed (docs/commands.md): a rule threshold set remotely, storm
+    # mode (faster polling, tighter thresholds) switched on and ended, a pushed site config
+    # applied, refused, or rolled back because it did not start.
+    "threshold-changed",
+    "storm-mode-started",
+    "storm-mode-ended",
+    "config-applied",
+    "config-rejected",
+    "config-rolled-back",
     # Written by the outbox itself (buffer/), in the same transaction as what they report.
     "buffer-reset",
     "buffer-thinned",
