@@ -729,6 +729,41 @@ class Uplink(Strict):
     key_file: str | None = Field(
         default=None, description="The private key (PEM) of cert_file, for mutual TLS."
     )
+    inflight: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Most QoS 1 messages awaiting the broker's PUBACK at once.",
+    )
+    backfill_messages_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most backfill (backlog) messages per second; none: no limit. Events and "
+        "live telemetry are never limited.",
+    )
+    backfill_bytes_per_s: Size | None = Field(
+        default=None,
+        ge=1024,
+        description="Most backfill payload bytes per second, e.g. '16KiB' for a metered link; "
+        "none: no limit. Events and live telemetry are never limited.",
+    )
+    max_message_bytes: Size = Field(
+        default=256 * 2**10,
+        ge=1024,
+        le=256 * 2**20,
+        description="Largest payload of one message; larger telemetry batches are split.",
+    )
+    compression: Literal["none", "deflate"] = Field(
+        default="none", description="deflate: telemetry payloads are zlib-compressed."
+    )
+    telemetry_encoding: Literal["columnar", "verbose"] = Field(
+        default="columnar",
+        description="columnar: the compact telemetry form with metric aliases (when the "
+        "gateway announces them); verbose: every reading with its device, point and unit.",
+    )
+    health_interval: Duration = Field(
+        default=60.0, ge=1, le=86_400.0, description="How often the health message is published."
+    )
 
     @model_validator(mode="after")
     def _tls_and_login(self) -> Self:

@@ -51,3 +51,53 @@ def test_inconsistent_connection_settings_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(ValidationError, match=needle):
         uplink(**settings)
+
+
+def test_delivery_settings_have_defaults_and_take_units() -> None:
+    config = uplink()
+    assert config.inflight == 10
+    assert config.backfill_messages_per_s is None
+    assert config.backfill_bytes_per_s is None
+    assert config.max_message_bytes == 256 * 1024
+    assert config.compression == "none"
+    assert config.telemetry_encoding == "columnar"
+    assert config.health_interval == 60.0
+    tuned = uplink(
+        inflight=50,
+        backfill_messages_per_s=2.5,
+        backfill_bytes_per_s="64KiB",
+        max_message_bytes="16KiB",
+        compression="deflate",
+        telemetry_encoding="verbose",
+        health_interval="5m",
+    )
+    assert (tuned.inflight, tuned.backfill_messages_per_s) == (50, 2.5)
+    assert (tuned.backfill_bytes_per_s, tuned.max_message_bytes) == (65536, 16384)
+    assert (tuned.compression, tuned.telemetry_encoding, tuned.health_interval) == (
+        "deflate",
+        "verbose",
+        300.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        ({"inflight": 0}, "inflight"),
+        ({"inflight": 1001}, "inflight"),
+        ({"backfill_messages_per_s": 0}, "backfill_messages_per_s"),
+        ({"backfill_bytes_per_s": 65536}, "needs a unit"),
+        ({"backfill_bytes_per_s": "10B"}, "backfill_bytes_per_s"),
+        ({"max_message_bytes": "100B"}, "max_message_bytes"),
+        ({"max_message_bytes": "lots"}, "not a size"),
+        ({"compression": "gzip"}, "compression"),
+        ({"telemetry_encoding": "compact"}, "telemetry_encoding"),
+        ({"health_interval": 60}, "health_interval"),
+        ({"health_interval": "100ms"}, "health_interval"),
+    ],
+)
+def test_bad_delivery_settings_are_refused_with_the_reason(
+    settings: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(ValidationError, match=needle):
+        uplink(**settings)
