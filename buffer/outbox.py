@@ -448,11 +448,24 @@ class Outbox:
 
     # --- reading and acking ---------------------------------------------------------------------
 
-    async def peek(self, stream: Stream, limit: int, *, after: int = 0) -> list[Record]:
-        """The oldest committed rows of ``stream`` (with seq > ``after``), oldest first."""
+    async def peek(
+        self, stream: Stream, limit: int, *, after: int = 0, through: int | None = None
+    ) -> list[Record]:
+        """The oldest committed rows of ``stream`` with ``after`` < seq <= ``through`` (no upper
+        bound when None), oldest first.
+
+        ``through`` lets the uplink read the backlog that was waiting when it connected apart
+        from the rows committed since (see :attr:`last_seq`).
+        """
         if stream not in STREAMS:
             raise ValueError(f"unknown outbox stream {stream!r}; expected one of {STREAMS}")
-        return await self._run_checked(self._store.peek, stream, limit, after)
+        return await self._run_checked(self._store.peek, stream, limit, after, through)
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq committed so far (0 for a new file): rows committed later have a
+        higher one."""
+        return int(self._store.counters["last_seq"])
 
     async def ack(self, seqs: Sequence[int]) -> None:
         """Delete the rows ``seqs`` (the platform has them). Unknown seqs are ignored.

@@ -312,17 +312,23 @@ class Store:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def peek(self, stream: Stream, limit: int, after: int = 0) -> list[Record]:
-        """The oldest rows of ``stream`` with seq > ``after``, oldest first."""
+    def peek(
+        self, stream: Stream, limit: int, after: int = 0, through: int | None = None
+    ) -> list[Record]:
+        """The oldest rows of ``stream`` with ``after`` < seq <= ``through``, oldest first."""
+        # SQLite integers stop at 2**63 - 1: "no upper bound" as the largest seq there can be.
+        upper = 2**63 - 1 if through is None else through
         if stream == "event":
             rows = self.conn.execute(
-                "SELECT seq, created, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
+                "SELECT seq, created, body FROM events WHERE seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
+                (after, upper, limit),
             ).fetchall()
             return [Record(seq, "event", created, json.loads(body)) for seq, created, body in rows]
         rows = self.conn.execute(
-            "SELECT seq, point, ts, value FROM telemetry WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
+            "SELECT seq, point, ts, value FROM telemetry WHERE seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?",
+            (after, upper, limit),
         ).fetchall()
         series = self.series
         return [

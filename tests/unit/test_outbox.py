@@ -75,6 +75,24 @@ async def test_seqs_increase_across_streams_and_keep_order_within_a_stream(tmp_p
         assert len(await outbox.peek("telemetry", 2)) == 2
 
 
+async def test_peek_reads_a_seq_range_and_last_seq_marks_what_is_committed(
+    tmp_path: Path,
+) -> None:
+    async with await Outbox.open(tmp_path / "o.db") as outbox:
+        assert outbox.last_seq == 0
+        seqs = [await outbox.append("telemetry", tel(i)) for i in range(6)]
+        event = await outbox.append("event", {"i": 99})
+        assert outbox.last_seq == event
+        # The backlog up to a mark, apart from what came after it.
+        window = await outbox.peek("telemetry", 100, after=seqs[1], through=seqs[3])
+        assert [r.seq for r in window] == seqs[2:4]
+        assert await outbox.peek("event", 10, through=seqs[-1]) == []
+        assert [r.seq for r in await outbox.peek("event", 10, through=event)] == [event]
+        assert [r.seq for r in await outbox.peek("telemetry", 2, through=seqs[4])] == seqs[:2]
+        await outbox.ack(seqs)
+        assert outbox.last_seq == event  # deleting never lowers it
+
+
 async def test_submitted_records_keep_submit_order(tmp_path: Path) -> None:
     async with await Outbox.open(tmp_path / "o.db", max_batch=7) as outbox:
         for i in range(50):
