@@ -47,6 +47,14 @@ from edge.rules.judges import (
     SustainedJudge,
     UnderLimitJudge,
 )
+from edge.rules.tuning import (
+    Override,
+    current_value,
+    default_field,
+    is_tunable,
+    storm_tightened,
+    with_threshold,
+)
 from edge.rules.types import Transition
 
 __all__ = [
@@ -56,6 +64,7 @@ __all__ = [
     "STATE_SCHEMA",
     "ModelInfo",
     "RuleEngine",
+    "ThresholdChange",
     "model_info_from_drivers",
 ]
 
@@ -94,6 +103,25 @@ def model_info_from_drivers(model: str) -> ModelInfo | None:
         units={p.name: p.unit for p in loaded.points},
         bits={p.name: dict(p.bits) for p in loaded.points if p.bits},
     )
+
+
+@dataclass(frozen=True)
+class ThresholdChange:
+    """What :meth:`RuleEngine.set_threshold` changed: the value before and after, per device
+    the rule judges (``""`` for a rule that judges no configured device yet)."""
+
+    rule: str
+    field: str
+    value: float
+    device: str | None
+    before: Mapping[str, float | None]
+    after: Mapping[str, float | None]
+
+    @property
+    def old(self) -> float | None:
+        """The value before, when every device had the same (else None)."""
+        values = set(self.before.values())
+        return values.pop() if len(values) == 1 else None
 
 
 @dataclass
@@ -136,6 +164,11 @@ class RuleEngine:
         self._offline_rules: list[DeviceOfflineRule] = []
         self._composites: list[_Composite] = []
         self.rules: list[Rule] = list(rules)
+        self._rule_by_id: dict[str, Rule] = {rule.id: rule for rule in self.rules}
+        #: Thresholds set at run time, in the order they were set (later ones win).
+        self.overrides: list[Override] = []
+        #: Storm mode's tightening: (devices, factor), or None.
+        self._storm: tuple[frozenset[str], float] | None = None
         for rule in self.rules:
             if isinstance(rule, CompositeRule):
                 self._composites.append(_Composite(rule))
@@ -215,9 +248,11 @@ class RuleEngine:
         judges: list[Judge] = list(self._device_judges(device))
         for rule in self._point_rules.get(point, ()):
             if self._selects(rule, device):
-                effective = rule.for_device(device)
-                judge = self._judge(effective, device)
-                self._register(judge, effective)
+                configured = rule.for_device(device)
+                judge = self._judge(self._tuned(configured, device), device)
+                # The state key's hash is the site file's rule: a threshold set at run time
+                # keeps the judge's windows and counts, across restarts too.
+                self._register(judge, configured)
                 judges.append(judge)
         derived = [
             (d, d.gauge_for(device))
@@ -261,6 +296,114 @@ class RuleEngine:
         restored = self._restored.pop(key, None)
         if restored is not None:
             self._load_judge(key, restored)
+
+    # -- thresholds changed at run time (edge/rules/tuning.py) -------------------------------
+
+    def _tuned(self, rule: PointRule, device: str, *, storm: bool = True) -> PointRule:
+        """``rule`` (already for ``device``) with the overrides, then storm mode, laid over."""
+        if not is_tunable(rule) or (not self.overrides and self._storm is None):
+            return rule
+        for override in self.overrides:
+            if override.rule == rule.id and override.device in (None, device):
+                rule = with_threshold(rule, override.field, override.value)
+        if storm and self._storm is not None and device in self._storm[0]:
+            rule = storm_tightened(rule, self._storm[1])
+        return rule
+
+    def devices_of(self, rule: Rule) -> list[str]:
+        """The configured devices ``rule`` judges (for device-offline, composite: none)."""
+        if isinstance(rule, CompositeRule):
+            return []
+        return [device for device in self._models if self._selects(rule, device)]
+
+    def set_threshold(
+        self, rule_id: str, value: float, *, field: str | None = None, device: str | None = None
+    ) -> ThresholdChange:
+        """Set a threshold of rule ``rule_id`` (on ``device`` only, or on every device it
+        judges), from the next reading on. Raises ``ValueError`` naming the problem, and then
+        nothing has changed."""
+        rule = self._rule_by_id.get(rule_id)
+        if rule is None:
+            known = ", ".join(sorted(self._rule_by_id)) or "none"
+            raise ValueError(f"no rule {rule_id!r} (rules: {known})")
+        if not is_tunable(rule):
+            raise ValueError(f"rule {rule_id!r} is {rule.kind}, which has no settable threshold")
+        assert not isinstance(rule, DeviceOfflineRule | CompositeRule)
+        chosen = default_field(rule) if field is None else field
+        judged = self.devices_of(rule)
+        if device is not None and device not in judged:
+            if device not in self._models:
+                raise ValueError(f"no device {device!r} in the site")
+            raise ValueError(f"rule {rule_id!r} does not judge device {device!r}")
+        override = Override(rule_id, chosen, value, device)
+        targets = [device] if device is not None else (judged or [""])
+        before: dict[str, float | None] = {}
+        after: dict[str, float | None] = {}
+        for target in targets:
+            configured = rule.for_device(target) if target else rule
+            tuned = self._tuned(configured, target, storm=False)
+            before[target] = current_value(tuned, chosen)
+            try:
+                changed = with_threshold(tuned, chosen, value)
+            except ValueError as exc:
+                where = f" on device {target!r}" if target and len(targets) > 1 else ""
+                raise ValueError(f"rule {rule_id!r}{where}: {exc}") from None
+            after[target] = current_value(changed, chosen)
+        # Setting the same field again replaces the earlier value (and moves it last).
+        self.overrides = [
+            o for o in self.overrides if (o.rule, o.field, o.device) != (rule_id, chosen, device)
+        ]
+        self.overrides.append(override)
+        self._retune({rule_id})
+        return ThresholdChange(rule_id, chosen, float(value), device, before, after)
+
+    def load_overrides(self, overrides: Sequence[Override]) -> list[str]:
+        """Re-apply stored overrides in order; returns why each refused one was dropped (its
+        rule was removed or changed so that the value no longer fits)."""
+        self.overrides = []
+        problems: list[str] = []
+        for override in overrides:
+            try:
+                self.set_threshold(
+                    override.rule, override.value, field=override.field, device=override.device
+                )
+            except ValueError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def clear_overrides(self) -> None:
+        """Back to the site file's thresholds (storm mode still applies)."""
+        if self.overrides:
+            self.overrides = []
+            self._retune(None)
+
+    def set_storm(self, devices: Iterable[str] | None, factor: float = 1.0) -> None:
+        """Tighten over-limit rules on ``devices`` by ``factor`` (see tuning.py); ``None``
+        ends it, restoring the thresholds exactly."""
+        if devices is None:
+            self._storm = None
+        else:
+            if not (math.isfinite(factor) and 0 < factor <= 1):
+                raise ValueError(f"threshold_factor must be in (0, 1], not {factor!r}")
+            self._storm = (frozenset(devices), factor)
+        self._retune(None)
+
+    def thresholds(self, rule_id: str, device: str) -> PointRule | None:
+        """The rule as it judges ``device`` now (overrides and storm mode included)."""
+        rule = self._rule_by_id.get(rule_id)
+        if rule is None or isinstance(rule, DeviceOfflineRule | CompositeRule):
+            return None
+        return self._tuned(rule.for_device(device), device)
+
+    def _retune(self, rule_ids: set[str] | None) -> None:
+        for judge, _ in self._judges.values():
+            if rule_ids is not None and judge.rule_id not in rule_ids:
+                continue
+            rule = self._rule_by_id.get(judge.rule_id)
+            if rule is None or not is_tunable(rule):
+                continue
+            assert not isinstance(rule, DeviceOfflineRule | CompositeRule)
+            judge.retune(self._tuned(rule.for_device(judge.device), judge.device))
 
     # -- judging ----------------------------------------------------------------------------
 

@@ -78,6 +78,10 @@ class Judge:
     def tick(self, now: float) -> list[Transition]:
         return []
 
+    def retune(self, rule: Any) -> None:
+        """Take the thresholds of ``rule`` (the same rule, changed at run time); the judge's
+        windows and counts stay. Kinds without thresholds ignore it."""
+
     # One positional argument per field of the transition reads best at the many call sites.
     def make(  # noqa: PLR0917
         self,
@@ -162,6 +166,12 @@ class LimitJudge(Judge):
 
     def _beyond(self, value: float, limit: float) -> bool:
         return value >= limit if self.upward else value <= limit
+
+    def retune(self, rule: Any) -> None:
+        assert isinstance(rule, OverLimitRule | UnderLimitRule)
+        self.raise_at = rule.raise_at
+        self.clear = rule.clear_below if isinstance(rule, OverLimitRule) else rule.clear_above
+        self.escalate_at = None if rule.escalate is None else rule.escalate.at
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
@@ -266,6 +276,11 @@ class SuddenChangeJudge(Judge):
         self.lows: deque[tuple[float, float]] = deque()
         self.highs: deque[tuple[float, float]] = deque()
 
+    def retune(self, rule: Any) -> None:
+        assert isinstance(rule, SuddenChangeRule)
+        self.change = rule.change
+        self.percent = rule.change_percent
+
     def _size(self, delta: float, reference: float) -> float | None:
         """How big a change of ``delta`` from ``reference`` is, in the rule's terms."""
         if self.change is not None:
@@ -359,6 +374,11 @@ class AbnormalJudge(Judge):
         self.first_ts: float | None = None
         self.history: deque[tuple[float, float]] = deque()
         self.ordered: list[float] = []
+
+    def retune(self, rule: Any) -> None:
+        assert isinstance(rule, AbnormalRule)
+        self.sensitivity = rule.sensitivity
+        self.min_deviation = rule.min_deviation
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
@@ -460,6 +480,12 @@ class SustainedJudge(Judge):
         self.month: tuple[int, int] | None = None
         self.month_days = 0
         self.month_failed = False
+
+    def retune(self, rule: Any) -> None:
+        assert isinstance(rule, SustainedRule)
+        threshold = rule.above if rule.above is not None else rule.below
+        assert threshold is not None
+        self.threshold = threshold
 
     def _meets(self, value: float) -> bool:
         return value > self.threshold if self.above else value < self.threshold

@@ -1,0 +1,202 @@
+"""Thresholds changed at run time: ``set-threshold`` overrides and storm mode's tightening.
+
+The site file stays the reference. What the platform changes remotely is kept apart from it,
+as an ordered list of :class:`Override` (rule, field, value, optional device), and laid over
+each rule when its judges are tuned. A change is validated exactly as the site file would be:
+the rule with the new value goes through the same model and its checks (hysteresis direction,
+escalation above the limit, ...), so a value the site file could not hold is refused here too.
+
+Which threshold a rule kind has, and what ``field`` may name (the first is the default):
+
+========================  ==========================================================
+over-limit                ``raise_at`` (``clear_below`` moves by the same amount, so the
+                          hysteresis gap is kept), ``clear_below``, ``escalate_at``
+under-limit               ``raise_at`` (``clear_above`` moves with it), ``clear_above``,
+                          ``escalate_at``
+sudden-change             ``change`` or ``change_percent``: the one the rule uses
+sustained                 ``above`` or ``below``: the one the rule uses
+abnormal                  ``sensitivity``, ``min_deviation``
+========================  ==========================================================
+
+``alarm-bits``, ``sensor-fault``, ``device-offline`` and ``composite`` rules have no threshold.
+
+Storm mode multiplies the ``raise_at``, ``clear_below`` and ``escalate.at`` of ``over-limit``
+rules by a factor (at most 1: tighter) on the storm's devices, after the overrides. Rules whose
+``raise_at`` is not above zero are left alone: scaling a negative limit would loosen it.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic.fields import FieldInfo
+
+from edge.config.duration import format_duration, parse_duration
+from edge.config.model import (
+    AbnormalRule,
+    OverLimitRule,
+    PointRule,
+    SuddenChangeRule,
+    SustainedRule,
+    UnderLimitRule,
+)
+
+__all__ = [
+    "SETTABLE",
+    "Override",
+    "current_value",
+    "default_field",
+    "is_tunable",
+    "storm_tightened",
+    "with_threshold",
+]
+
+#: The thresholds a rule kind lets the platform set; the first is the default ``field``.
+SETTABLE: Final[dict[str, tuple[str, ...]]] = {
+    "over-limit": ("raise_at", "clear_below", "escalate_at"),
+    "under-limit": ("raise_at", "clear_above", "escalate_at"),
+    "sudden-change": ("change", "change_percent"),
+    "sustained": ("above", "below"),
+    "abnormal": ("sensitivity", "min_deviation"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """One threshold set by the platform: ``device`` None means every device of the rule."""
+
+    rule: str
+    field: str
+    value: float
+    device: str | None = None
+
+    def dump(self) -> dict[str, Any]:
+        return {"rule": self.rule, "field": self.field, "value": self.value, "device": self.device}
+
+    @classmethod
+    def load(cls, data: Any) -> Override:
+        """From :meth:`dump`'s output; raises ``ValueError`` for anything else."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an override is a mapping, not {type(data).__name__}")
+        rule, field, value, device = (data.get(k) for k in ("rule", "field", "value", "device"))
+        if not isinstance(rule, str) or not isinstance(field, str):
+            raise ValueError(f"override without rule or field: {data!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"override value is not a number: {data!r}")
+        if device is not None and not isinstance(device, str):
+            raise ValueError(f"override device is not text: {data!r}")
+        return cls(rule, field, float(value), device)
+
+
+def default_field(rule: PointRule) -> str:
+    """The threshold ``set-threshold`` changes when it names no ``field``."""
+    if isinstance(rule, SuddenChangeRule):
+        return "change" if rule.change is not None else "change_percent"
+    if isinstance(rule, SustainedRule):
+        return "above" if rule.above is not None else "below"
+    fields = SETTABLE.get(rule.kind)
+    if fields is None:
+        raise ValueError(f"rule {rule.id!r} is {rule.kind}, which has no settable threshold")
+    return fields[0]
+
+
+def current_value(rule: PointRule, field: str) -> float | None:
+    """The value of threshold ``field`` in ``rule`` (None when the rule does not use it)."""
+    if field == "escalate_at":
+        escalate = getattr(rule, "escalate", None)
+        return None if escalate is None else float(escalate.at)
+    value = getattr(rule, field, None)
+    return None if value is None else float(value)
+
+
+def with_threshold(rule: PointRule, field: str, value: float) -> PointRule:
+    """``rule`` with threshold ``field`` set to ``value``, validated like the site file.
+
+    Raises ``ValueError`` naming the problem: a kind without thresholds, a field the kind does
+    not have or the rule does not use, a value that is not finite, or one the rule's checks
+    refuse (``clear_below`` above ``raise_at``, ...).
+    """
+    fields = SETTABLE.get(rule.kind)
+    if fields is None:
+        raise ValueError(f"rule {rule.id!r} is {rule.kind}, which has no settable threshold")
+    if field not in fields:
+        raise ValueError(
+            f"rule {rule.id!r} ({rule.kind}) has no threshold {field!r}; "
+            f"settable: {', '.join(fields)}"
+        )
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"threshold must be a finite number, not {value!r}")
+    data = _as_written(rule)
+    data.pop("overrides", None)
+    if field == "escalate_at":
+        if data.get("escalate") is None:
+            raise ValueError(f"rule {rule.id!r} has no escalate level to set")
+        data["escalate"]["at"] = float(value)
+    elif field == "raise_at":
+        clear = "clear_below" if isinstance(rule, OverLimitRule) else "clear_above"
+        # The hysteresis gap is part of the rule's design; moving the limit keeps it.
+        data[clear] = float(value) - data["raise_at"] + data[clear]
+        data["raise_at"] = float(value)
+    else:
+        if data.get(field) is None:
+            used = default_field(rule)
+            raise ValueError(f"rule {rule.id!r} judges by {used}, not {field}")
+        data[field] = float(value)
+    try:
+        return type(rule).model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{where + ': ' if where else ''}{message}") from None
+
+
+def _as_written(model: BaseModel) -> dict[str, Any]:
+    """``model`` as a site file would hold it: durations back in words ("10s"), because the
+    model refuses bare numbers for them (a bare 3 could be seconds or milliseconds)."""
+    data: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            data[name] = _as_written(value)
+        elif isinstance(value, float) and _is_duration(info):
+            data[name] = format_duration(value)
+        else:
+            data[name] = value.model_dump() if isinstance(value, BaseModel) else value
+    return data
+
+
+def _is_duration(info: FieldInfo) -> bool:
+    def found(items: Any) -> bool:
+        for item in items:
+            if isinstance(item, BeforeValidator) and item.func is parse_duration:
+                return True
+            if found(typing.get_args(item)) or found(getattr(item, "__metadata__", ())):
+                return True
+        return False
+
+    return found(info.metadata) or found([info.annotation])
+
+
+def storm_tightened(rule: PointRule, factor: float) -> PointRule:
+    """``rule`` as storm mode judges it: an over-limit rule's limits times ``factor``."""
+    if not isinstance(rule, OverLimitRule) or rule.raise_at <= 0 or factor == 1.0:
+        return rule
+    update: dict[str, Any] = {
+        "raise_at": rule.raise_at * factor,
+        "clear_below": rule.clear_below * factor,
+    }
+    if rule.escalate is not None:
+        update["escalate"] = rule.escalate.model_copy(update={"at": rule.escalate.at * factor})
+    return rule.model_copy(update=update)
+
+
+def is_tunable(rule: Any) -> bool:
+    """Whether ``rule`` is of a kind with a settable threshold."""
+    return isinstance(
+        rule, OverLimitRule | UnderLimitRule | SuddenChangeRule | SustainedRule | AbnormalRule
+    )
