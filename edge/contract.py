@@ -3,11 +3,16 @@
 Topics and payloads are built here and nowhere else, so the wire format has one owner.
 ``docs/contract.md`` describes the same thing for the platform side, with examples.
 
-Three kinds of message, all compact UTF-8 JSON:
+The kinds of message, all compact UTF-8 JSON (optionally deflated, see :func:`compress`):
 
 * telemetry (``{prefix}/{gateway_id}/telemetry``): a batch of readings, ``seq_first``/``seq_last``;
+  ``edge.telemetry/1`` names every reading in full (the readable form), ``edge.telemetry/2`` is
+  the compact columnar form that refers to points by the aliases of the metadata message;
 * event (``{prefix}/{gateway_id}/events``): one alarm or device event, ``seq``;
-* status (``{prefix}/{gateway_id}/status``, retained, also the MQTT will): online/offline.
+* status (``{prefix}/{gateway_id}/status``, retained, also the MQTT will): online/offline;
+* metadata (``{prefix}/{gateway_id}/metadata``, retained): the devices, where they are, their
+  points with units and aliases;
+* health (``{prefix}/{gateway_id}/health``): buffer depth, bus errors, uplink counters.
 
 ``message_id`` of telemetry and events is ``"{epoch}:{first_seq}-{last_seq}"``: the same rows sent
 again after a reconnect carry the same id, so the platform can drop the duplicate. Timestamps on
@@ -17,19 +22,29 @@ seconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, Final, Literal, Protocol, get_args
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 
+from drivers.tilt import TILT_AXES, displacement_point
 from drivers.types import Reading
+from edge.schemas import ContractError
+
+if TYPE_CHECKING:
+    from edge.config.model import SiteConfig
 
 __all__ = [
+    "COMPRESS_LEVEL",
     "CONTRACT_VERSION",
     "EVENT_KINDS",
+    "FIXED_POINTS",
+    "MAX_INFLATED",
     "SCHEMA_ACK",
     "SCHEMA_COMMAND",
     "SCHEMA_EVENT",
@@ -37,13 +52,23 @@ __all__ = [
     "SCHEMA_METADATA",
     "SCHEMA_STATUS",
     "SCHEMA_TELEMETRY",
+    "SCHEMA_TELEMETRY_COMPACT",
+    "Aliases",
     "Carried",
+    "ContractError",
     "EventKind",
+    "compress",
+    "decode_payload",
+    "decode_telemetry",
     "event_body",
     "event_message",
     "events_topic",
+    "health_message",
+    "health_topic",
     "iso_utc",
     "message_id",
+    "metadata_message",
+    "metadata_topic",
     "reading_body",
     "status_message",
     "status_topic",
@@ -53,12 +78,19 @@ __all__ = [
 
 CONTRACT_VERSION: Final = 1
 SCHEMA_TELEMETRY: Final = "edge.telemetry/1"
+#: The compact columnar telemetry (docs/contract.md): points by alias, seqs and times implicit.
+SCHEMA_TELEMETRY_COMPACT: Final = "edge.telemetry/2"
 SCHEMA_EVENT: Final = "edge.event/1"
 SCHEMA_STATUS: Final = "edge.status/1"
-# Defined by the JSON Schemas in edge/schemas/ (docs/asyncapi.yaml); not all emitted yet.
 SCHEMA_HEALTH: Final = "edge.health/1"
 SCHEMA_METADATA: Final = "edge.metadata/1"
 SCHEMA_COMMAND: Final = "edge.command/1"
+#: zlib level of :func:`compress`: the Pi must deflate tens of thousands of readings a second,
+#: and higher levels cost several times the CPU for a few per cent (tests/benchmarks/wire.py).
+COMPRESS_LEVEL: Final = 6
+#: Largest inflated payload :func:`decode_payload` accepts: far above a 10 000-reading batch,
+#: far below what hurts a receiver (a deflate bomb inflates 1000:1).
+MAX_INFLATED: Final = 16 * 2**20
 SCHEMA_ACK: Final = "edge.ack/1"
 
 EventKind = Literal[
@@ -137,6 +169,16 @@ def status_topic(prefix: str, gateway_id: str) -> str:
     return f"{prefix}/{gateway_id}/status"
 
 
+def metadata_topic(prefix: str, gateway_id: str) -> str:
+    """``{prefix}/{gateway_id}/metadata`` (retained)."""
+    return f"{prefix}/{gateway_id}/metadata"
+
+
+def health_topic(prefix: str, gateway_id: str) -> str:
+    """``{prefix}/{gateway_id}/health``."""
+    return f"{prefix}/{gateway_id}/health"
+
+
 # --- outbox bodies: what producers submit --------------------------------------------------------
 
 
@@ -185,14 +227,28 @@ def telemetry_message(
     *,
     clock_synced: bool,
     historical: bool,
+    aliases: Aliases | None = None,
     sent_at: float | None = None,
 ) -> bytes:
     """A telemetry batch carrying ``records`` (outbox telemetry rows, oldest first).
 
     ``historical``: the rows waited through an outage (backfill) rather than being live data.
+    Without ``aliases``, the readable ``edge.telemetry/1`` that names every reading in full;
+    with them, the compact ``edge.telemetry/2`` (docs/contract.md), whose records must come in
+    ascending seq order (``ValueError`` otherwise). :func:`decode_telemetry` reads both.
     """
     if not records:
         raise ValueError("a telemetry message carries at least one record")
+    if aliases is not None:
+        return _compact_telemetry(
+            gateway_id,
+            epoch,
+            records,
+            aliases,
+            clock_synced=clock_synced,
+            historical=historical,
+            sent_at=sent_at,
+        )
     first, last = records[0].seq, records[-1].seq
     readings = [
         {
@@ -281,9 +337,553 @@ def status_message(
     )
 
 
+# --- aliases: points as small numbers ------------------------------------------------------------
+
+#: Points of the UART and GPIO sensor models, which have no model file, in the order their
+#: drivers report them (drivers/witmotion/driver.py, drivers/ld2410/driver.py, drivers/pir.py).
+FIXED_POINTS: Final[Mapping[str, tuple[tuple[str, str], ...]]] = {
+    "witmotion-uart": (("roll", "°"), ("pitch", "°"), ("yaw", "°")),
+    "hlk-ld2410": (
+        ("presence", ""),
+        ("target_state", ""),
+        ("moving_distance", "cm"),
+        ("moving_energy", ""),
+        ("still_distance", "cm"),
+        ("still_energy", ""),
+        ("detection_distance", "cm"),
+    ),
+    "pir": (("presence", ""),),
+}
+
+
+class Aliases:
+    """A stable table (device id, point) -> alias, a small int, with each point's unit.
+
+    Compact telemetry names a point by its alias; the retained metadata message publishes the
+    table, and ``table_id`` (a short hash of the table) ties the two together. Devices come in
+    order of id and each device's points in the order its driver reports them, so one poll of a
+    device is a run of consecutive aliases and the same site file always gives the same table.
+    """
+
+    __slots__ = ("_entries", "_index", "table_id", "units")
+
+    def __init__(self, entries: Iterable[tuple[str, str, str]]) -> None:
+        """``entries``: (device, point, unit) in alias order (alias = position)."""
+        self._entries: tuple[tuple[str, str, str], ...] = tuple(
+            (device, point, unit) for device, point, unit in entries
+        )
+        self._index: dict[tuple[str, str], int] = {}
+        for alias, (device, point, unit) in enumerate(self._entries):
+            if not all(isinstance(part, str) for part in (device, point, unit)):
+                raise ValueError(f"alias {alias}: device, point and unit must be strings")
+            if (device, point) in self._index:
+                raise ValueError(f"point {point!r} of device {device!r} is listed twice")
+            self._index[(device, point)] = alias
+        #: The unit of each alias: ``units[alias]``.
+        self.units: tuple[str, ...] = tuple(unit for _, _, unit in self._entries)
+        canonical = json.dumps(self._entries, separators=(",", ":"), ensure_ascii=False)
+        self.table_id: str = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+    @classmethod
+    def of_site(cls, config: SiteConfig) -> Aliases:
+        """Every point every device of ``config`` can report.
+
+        Modbus devices: the points of their model file; UART and GPIO sensors: their
+        :data:`FIXED_POINTS`; a tilt sensor with a gauge length also reports
+        ``<axis>_displacement`` (mm) right after each tilt angle. Derived points are not
+        aliased: the rules compute them, the outbox never receives them.
+        """
+        entries: list[tuple[str, str, str]] = []
+        for device in sorted(config.devices, key=lambda d: d.id):
+            for point, unit in _points_of(device.model):
+                entries.append((device.id, point, unit))
+                if device.gauge_length is not None and point in TILT_AXES:
+                    entries.append((device.id, displacement_point(point), "mm"))
+        return cls(entries)
+
+    @classmethod
+    def from_metadata(cls, message: Mapping[str, Any]) -> Aliases:
+        """The table a metadata message publishes; :class:`ContractError` if it is not whole
+        (aliases not exactly 0..n-1) or does not hash to its ``aliases_id``."""
+        devices = message.get("devices")
+        if not isinstance(devices, list):
+            raise ContractError("metadata: devices must be a list")
+        found: dict[int, tuple[str, str, str]] = {}
+        for device in devices:
+            points = device.get("points") if isinstance(device, dict) else None
+            if not isinstance(points, list):
+                raise ContractError("metadata: every device needs a list of points")
+            for point in points:
+                if not isinstance(point, dict):
+                    raise ContractError("metadata: a point is an object")
+                alias, name, unit = point.get("alias"), point.get("point"), point.get("unit")
+                if alias is None:
+                    continue
+                if type(alias) is not int or not isinstance(name, str):
+                    raise ContractError(f"metadata: point {name!r}: alias must be an integer")
+                if alias in found:
+                    raise ContractError(f"metadata: alias {alias} given twice")
+                found[alias] = (str(device.get("id")), name, unit if isinstance(unit, str) else "")
+        if sorted(found) != list(range(len(found))):
+            raise ContractError("metadata: aliases must be exactly 0..n-1")
+        try:
+            table = cls(found[alias] for alias in range(len(found)))
+        except ValueError as exc:
+            raise ContractError(f"metadata: {exc}") from exc
+        if message.get("aliases_id") != table.table_id:
+            raise ContractError(
+                f"metadata: aliases_id {message.get('aliases_id')!r} does not match its "
+                f"points (they hash to {table.table_id!r})"
+            )
+        return table
+
+    def alias(self, device: str, point: str) -> int | None:
+        """The alias of ``point`` of ``device``; ``None`` when the table has no such point."""
+        return self._index.get((device, point))
+
+    def entry(self, alias: int) -> tuple[str, str, str]:
+        """(device, point, unit) of ``alias``; ``IndexError`` if there is no such alias."""
+        if alias < 0:
+            raise IndexError(f"no alias {alias}")
+        return self._entries[alias]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[tuple[str, str, str]]:
+        return iter(self._entries)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Aliases) and other._entries == self._entries
+
+    def __hash__(self) -> int:
+        return hash(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Aliases({len(self._entries)} points, table_id={self.table_id!r})"
+
+
+def _points_of(model: str) -> tuple[tuple[str, str], ...]:
+    if model in FIXED_POINTS:
+        return FIXED_POINTS[model]
+    from drivers.modbus.model import load_model  # noqa: PLC0415 -- only when building aliases
+
+    try:
+        loaded = load_model(model)
+    except (ValueError, OSError):
+        return ()  # an unknown model reports nothing; its readings would go as fallback rows
+    return tuple((p.name, p.unit) for p in loaded.points)
+
+
+# --- metadata and health --------------------------------------------------------------------------
+
+
+def metadata_message(
+    gateway_id: str,
+    epoch: str,
+    config: SiteConfig,
+    aliases: Aliases,
+    *,
+    clock_synced: bool,
+    sent_at: float | None = None,
+) -> bytes:
+    """The retained device metadata: the site, each device with its model, bus, location and
+    points (unit and alias), and ``aliases_id``, the table compact telemetry refers to.
+
+    ``ValueError`` if ``aliases`` names a device the site does not have (a table built from
+    another site file would be published incomplete).
+    """
+    bus_kinds = {bus.id: bus.kind for bus in config.buses}
+    points: dict[str, list[dict[str, Any]]] = {}
+    for alias, (device, point, unit) in enumerate(aliases):
+        points.setdefault(device, []).append({"point": point, "unit": unit, "alias": alias})
+    devices = [
+        {
+            "id": d.id,
+            "model": d.model,
+            "bus": d.bus,
+            "bus_kind": bus_kinds.get(d.bus),
+            "poll_interval_s": d.poll_interval,
+            "location": d.location.model_dump(),
+            "points": points.pop(d.id, []),
+        }
+        for d in sorted(config.devices, key=lambda d: d.id)
+    ]
+    if points:
+        raise ValueError(f"aliases name devices the site does not have: {sorted(points)}")
+    site = config.gateway.site
+    return _dumps(
+        {
+            "schema": SCHEMA_METADATA,
+            "gateway_id": gateway_id,
+            "epoch": epoch,
+            "message_id": str(uuid.uuid4()),
+            "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
+            "clock_synced": clock_synced,
+            "site": {
+                "name": site.name,
+                "district": site.district,
+                "address": site.address,
+                "latitude": site.latitude,
+                "longitude": site.longitude,
+                "timezone": config.gateway.timezone,
+            },
+            "aliases_id": aliases.table_id,
+            "devices": devices,
+        }
+    )
+
+
+def health_message(
+    gateway_id: str,
+    epoch: str,
+    health: Mapping[str, Any],
+    *,
+    clock_synced: bool,
+    sent_at: float | None = None,
+) -> bytes:
+    """A health message: the envelope, then the fields of ``health`` (edge/schemas/health.json).
+
+    Required: ``uptime_s``, ``buffer_rows`` (records waiting), ``oldest_unsent_age_s`` (None
+    when nothing waits) and ``bus_errors`` ({bus id: errors since boot}). Optional:
+    ``buffer_streams`` ({stream: records waiting}), ``buses`` ({bus id: {"errors",
+    "timeouts", "offline_devices"}}), ``uplink`` ({counter: int}, e.g. published, acked,
+    reconnects, dropped). :class:`ContractError` names the field that is missing or wrong.
+    """
+    envelope = {
+        "schema": SCHEMA_HEALTH,
+        "gateway_id": gateway_id,
+        "epoch": epoch,
+        "message_id": str(uuid.uuid4()),
+        "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
+        "clock_synced": clock_synced,
+    }
+    message = _finite({**envelope, **{k: v for k, v in health.items() if k not in envelope}})
+    from edge.schemas import validate  # noqa: PLC0415 -- jsonschema only where health is built
+
+    validate("health", message)
+    return _dumps(message)
+
+
+# --- compact telemetry ---------------------------------------------------------------------------
+
+_EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS: Final = timedelta(milliseconds=1)
+#: Floats that print shorter as ints without changing value (doubles hold every int below 2**53).
+_INT_EXACT: Final = float(2**53)
+
+
+def _ms_of(ts: object) -> int | None:
+    """Milliseconds since the epoch, the very ones :func:`iso_utc` prints; None if unprintable."""
+    if type(ts) is not float and type(ts) is not int:
+        return None
+    try:
+        moment = datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return (moment - _EPOCH_UTC) // _MS
+
+
+def _iso_of_ms(ms: int) -> str:
+    moment = _EPOCH_UTC + timedelta(milliseconds=ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _compact_telemetry(
+    gateway_id: str,
+    epoch: str,
+    records: Sequence[Carried],
+    aliases: Aliases,
+    *,
+    clock_synced: bool,
+    historical: bool,
+    sent_at: float | None,
+) -> bytes:
+    index = aliases._index  # the hot loop skips the method call
+    units = aliases.units
+    groups: list[list[Any]] = []
+    fallback: list[list[Any]] = []
+    skip: list[list[int]] = []
+    t0: int | None = None
+    group: list[Any] = []
+    group_ms: int | None = None
+    next_alias = -1
+    last_ts: object = None
+    last_ms: int | None = None
+    previous: int | None = None
+    for record in records:
+        seq = record.seq
+        if previous is not None:
+            if seq <= previous:
+                raise ValueError(f"records must be in ascending seq order ({seq} after {previous})")
+            if seq > previous + 1:
+                skip.append([previous + 1, seq - 1])
+        previous = seq
+        body = record.body
+        device, point, value = body.get("device"), body.get("point"), body.get("value")
+        ts = body.get("ts")
+        if ts != last_ts:  # one poll's readings share their time: convert it once
+            last_ts, last_ms = ts, _ms_of(ts)
+        ms = last_ms
+        alias = (
+            index.get((device, point))
+            if type(device) is str and type(point) is str and ms is not None
+            else None
+        )
+        if type(value) is float:
+            if not math.isfinite(value):
+                value = None
+            elif (
+                value.is_integer()
+                and -_INT_EXACT < value < _INT_EXACT
+                and (value or math.copysign(1.0, value) > 0)  # -0.0 keeps its sign
+            ):
+                value = int(value)  # 35.0 mA travels as 35: two bytes less, the same number
+        elif type(value) is not int and value is not None:
+            alias = None  # not a number: only the fallback row carries it as it is
+        if alias is None or body.get("unit") != units[alias]:
+            fallback.append(
+                [seq, device, point, body.get("value"), body.get("unit"), _iso_or_none(ts)]
+            )
+            continue
+        if ms == group_ms and alias == next_alias:
+            group.append(value)
+        else:
+            assert ms is not None  # an alias is only looked up for a printable time
+            if t0 is None:
+                t0 = ms
+            group = [ms - t0, alias, value]
+            groups.append(group)
+            group_ms = ms
+        next_alias = alias + 1
+    if previous is None:
+        raise ValueError("a telemetry message carries at least one record")
+    first, last = records[0].seq, previous
+    message: dict[str, Any] = {
+        "schema": SCHEMA_TELEMETRY_COMPACT,
+        "gateway_id": gateway_id,
+        "epoch": epoch,
+        "message_id": message_id(epoch, first, last),
+        "seq_first": first,
+        "seq_last": last,
+        "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
+        "clock_synced": clock_synced,
+        "historical": historical,
+        "aliases_id": aliases.table_id,
+        "t0": 0 if t0 is None else t0,
+    }
+    if skip:
+        message["skip"] = skip
+    if fallback:
+        message["fallback"] = fallback
+    message["groups"] = groups
+    return _dumps(message)
+
+
+def decode_telemetry(
+    message: Mapping[str, Any], aliases: Aliases | None = None
+) -> list[dict[str, Any]]:
+    """The readings of a telemetry message, as ``edge.telemetry/1`` lists them: one dict per
+    reading with ``seq``, ``device``, ``point``, ``value``, ``unit`` and ``ts`` (ISO, ms), in
+    seq order.
+
+    A compact message needs ``aliases``, the table its ``aliases_id`` names (see
+    :meth:`Aliases.from_metadata`). :class:`ContractError` for anything malformed or
+    inconsistent: a wrong table, seqs that do not add up, an unknown alias, a wrong type.
+    """
+    if not isinstance(message, Mapping):
+        raise ContractError(f"a message is a JSON object, not {type(message).__name__}")
+    schema = message.get("schema")
+    if schema == SCHEMA_TELEMETRY:
+        readings = message.get("readings")
+        if not isinstance(readings, list) or not all(isinstance(r, dict) for r in readings):
+            raise ContractError("telemetry: readings must be a list of objects")
+        return [dict(r) for r in readings]
+    if schema != SCHEMA_TELEMETRY_COMPACT:
+        raise ContractError(f"not a telemetry message: schema {schema!r}")
+    wanted = message.get("aliases_id")
+    if aliases is None:
+        raise ContractError(f"telemetry: no metadata with aliases_id {wanted!r} to decode it")
+    if wanted != aliases.table_id:
+        raise ContractError(
+            f"telemetry: aliases_id {wanted!r} is not the table given ({aliases.table_id!r})"
+        )
+    first, last, t0 = (_whole(message, name) for name in ("seq_first", "seq_last", "t0"))
+    if not 1 <= first <= last:
+        raise ContractError(f"telemetry: seq_first {first} and seq_last {last} out of order")
+    skip = _skip_ranges(message.get("skip", []), first, last)
+    rows: list[dict[str, Any]] = []
+    taken: set[int] = set()
+    fallback = message.get("fallback", [])
+    if not isinstance(fallback, list):
+        raise ContractError("telemetry: fallback must be a list")
+    for row in fallback:
+        rows.append(_fallback_row(row, first, last, skip, taken))
+    groups = message.get("groups")
+    if not isinstance(groups, list):
+        raise ContractError("telemetry: groups must be a list")
+    carried = sum(len(g) - 2 for g in groups if isinstance(g, list))
+    expected = last - first + 1 - sum(b - a + 1 for a, b in skip)
+    if carried + len(taken) != expected:
+        raise ContractError(
+            f"telemetry: {carried + len(taken)} readings carried, but seqs {first}..{last} "
+            f"less skip make {expected}"
+        )
+    seqs = _implicit_seqs(first, last, skip, taken)
+    size = len(aliases)
+    for position, group in enumerate(groups):
+        if not isinstance(group, list) or len(group) < 3:
+            raise ContractError(f"telemetry: groups/{position}: [dt_ms, alias, value, ...]")
+        dt, alias, *values = group
+        if type(dt) is not int or type(alias) is not int:
+            raise ContractError(f"telemetry: groups/{position}: dt_ms and alias are integers")
+        if alias < 0 or alias + len(values) > size:
+            raise ContractError(
+                f"telemetry: groups/{position}: aliases {alias}..{alias + len(values) - 1} "
+                f"outside the table of {size}"
+            )
+        try:
+            ts = _iso_of_ms(t0 + dt)
+        except (OverflowError, ValueError) as exc:
+            raise ContractError(f"telemetry: groups/{position}: time out of range") from exc
+        for offset, value in enumerate(values):
+            if not (value is None or type(value) is int or type(value) is float):
+                raise ContractError(f"telemetry: groups/{position}: value {value!r} not a number")
+            device, point, unit = aliases.entry(alias + offset)
+            rows.append(
+                {
+                    "seq": next(seqs),
+                    "device": device,
+                    "point": point,
+                    "value": value,
+                    "unit": unit,
+                    "ts": ts,
+                }
+            )
+    rows.sort(key=lambda r: int(r["seq"]))
+    return rows
+
+
+def _whole(message: Mapping[str, Any], name: str) -> int:
+    value = message.get(name)
+    if type(value) is not int:
+        raise ContractError(f"telemetry: {name} must be an integer, not {value!r}")
+    return value
+
+
+def _skip_ranges(value: object, first: int, last: int) -> list[tuple[int, int]]:
+    if not isinstance(value, list):
+        raise ContractError("telemetry: skip must be a list of [first, last] seq ranges")
+    ranges: list[tuple[int, int]] = []
+    floor = first
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(type(part) is int for part in item)
+        ):
+            raise ContractError(f"telemetry: skip: {item!r} is not a [first, last] seq range")
+        a, b = item
+        if not floor < a <= b < last:
+            raise ContractError(
+                f"telemetry: skip: range {a}..{b} must lie inside {first}..{last}, ascending, "
+                "apart from the ones before"
+            )
+        ranges.append((a, b))
+        floor = b + 1
+    return ranges
+
+
+def _fallback_row(
+    row: object, first: int, last: int, skip: list[tuple[int, int]], taken: set[int]
+) -> dict[str, Any]:
+    if not isinstance(row, list) or len(row) != 6:
+        raise ContractError(f"telemetry: fallback row {row!r} is not [seq, device, point, ...]")
+    seq, device, point, value, unit, ts = row
+    if type(seq) is not int or not first <= seq <= last or seq in taken:
+        raise ContractError(f"telemetry: fallback seq {seq!r} outside {first}..{last} or repeated")
+    if any(a <= seq <= b for a, b in skip):
+        raise ContractError(f"telemetry: fallback seq {seq} is also skipped")
+    for name, part in (("device", device), ("point", point), ("unit", unit), ("ts", ts)):
+        if not (part is None or isinstance(part, str)):
+            raise ContractError(f"telemetry: fallback seq {seq}: {name} {part!r} is not text")
+    if not (value is None or type(value) is int or type(value) is float):
+        raise ContractError(f"telemetry: fallback seq {seq}: value {value!r} is not a number")
+    taken.add(seq)
+    return {"seq": seq, "device": device, "point": point, "value": value, "unit": unit, "ts": ts}
+
+
+def _implicit_seqs(
+    first: int, last: int, skip: list[tuple[int, int]], taken: set[int]
+) -> Iterator[int]:
+    """The seqs of ``first..last`` not skipped and not in a fallback row, ascending; the walk
+    jumps over skipped ranges, so a huge range costs nothing."""
+    seq = first
+    for a, b in [*skip, (last + 1, last + 1)]:
+        while seq < a:
+            if seq not in taken:
+                yield seq
+            seq += 1
+        seq = b + 1
+
+
+# --- payload encoding ----------------------------------------------------------------------------
+
+
+def compress(payload: bytes) -> bytes:
+    """``payload`` deflated as a zlib stream (RFC 1950), which starts with byte 0x78; JSON
+    starts with ``{``, so :func:`decode_payload` tells the two apart by the first byte."""
+    return zlib.compress(payload, COMPRESS_LEVEL)
+
+
+def decode_payload(payload: bytes, *, max_inflated: int = MAX_INFLATED) -> dict[str, Any]:
+    """The JSON object a payload carries: plain JSON when it starts with ``{``, a zlib stream
+    when it starts with 0x78 (inflated to at most ``max_inflated`` bytes, so a deflate bomb
+    costs nothing). Anything else, or a broken stream, is a :class:`ContractError` that says
+    what was wrong."""
+    if not payload:
+        raise ContractError("empty payload")
+    lead = payload[0]
+    if lead == 0x78:
+        inflater = zlib.decompressobj()
+        try:
+            text = inflater.decompress(payload, max_inflated + 1)
+        except zlib.error as exc:
+            raise ContractError(f"broken zlib stream: {exc}") from exc
+        if len(text) > max_inflated:
+            raise ContractError(f"zlib payload inflates to over {max_inflated} bytes")
+        if not inflater.eof:
+            raise ContractError("truncated zlib stream")
+        if inflater.unused_data:
+            raise ContractError(f"{len(inflater.unused_data)} bytes after the zlib stream")
+        if not text.startswith(b"{"):
+            raise ContractError("the zlib stream does not hold a JSON object")
+    elif lead == ord("{"):
+        text = payload
+    else:
+        raise ContractError(
+            f"payload starts with byte 0x{lead:02x}: neither a JSON object ('{{') nor a zlib "
+            "stream (0x78)"
+        )
+    try:
+        message = json.loads(text, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ContractError(f"not JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise ContractError(f"a message is a JSON object, not {type(message).__name__}")
+    return message
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _iso_or_none(ts: object) -> str | None:
     if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
-        return iso_utc(float(ts))
+        try:
+            return iso_utc(float(ts))
+        except (OverflowError, OSError, ValueError):
+            return None  # outside years 1..9999: no real reading, and no reason to wedge a batch
     return None
 
 

@@ -1,5 +1,8 @@
 """JSON Schemas of contract v1, shipped with the package.
 
+Every kind is at version 1 except telemetry, which also has version 2, the compact columnar
+form (``edge.telemetry/2``); ``telemetry.json`` describes both.
+
 The gateway, the reference receiver (``hil.receiver``) and the tests read the same files, so a
 message that passes here passes on the platform side. ``docs/asyncapi.yaml`` refers to them.
 """
@@ -14,10 +17,14 @@ from typing import Any, Final
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-__all__ = ["NAMES", "ContractError", "load", "validate", "validate_message"]
+__all__ = ["NAMES", "VERSIONS", "ContractError", "load", "validate", "validate_message"]
 
-#: File stem of every schema, i.e. the kind in ``edge.<kind>/1``.
+#: File stem of every schema, i.e. the kind in ``edge.<kind>/<version>``.
 NAMES: Final = ("telemetry", "event", "status", "health", "metadata", "command", "ack")
+#: The versions of each kind a message may carry.
+VERSIONS: Final[dict[str, tuple[str, ...]]] = dict.fromkeys(NAMES, ("1",)) | {
+    "telemetry": ("1", "2")
+}
 
 
 class ContractError(ValueError):
@@ -52,15 +59,18 @@ def validate(name: str, message: Any) -> None:
 
 
 def validate_message(message: Any) -> str:
-    """Validate a message by its own ``schema`` field (``edge.<kind>/1``); return the kind."""
+    """Validate a message by its own ``schema`` field (``edge.<kind>/<version>``); return the
+    kind."""
     if not isinstance(message, dict):
         raise ContractError(f"a message is a JSON object, not {type(message).__name__}")
     tag = message.get("schema")
-    if not isinstance(tag, str) or not tag.startswith("edge.") or not tag.endswith("/1"):
-        raise ContractError(f"unknown schema {tag!r}; expected edge.<kind>/1")
-    kind = tag[len("edge.") : -len("/1")]
+    if not isinstance(tag, str) or not tag.startswith("edge.") or "/" not in tag:
+        raise ContractError(f"unknown schema {tag!r}; expected edge.<kind>/<version>")
+    kind, _, version = tag[len("edge.") :].partition("/")
     if kind not in NAMES:
         raise ContractError(f"unknown schema {tag!r}; kinds are {list(NAMES)}")
+    if version not in VERSIONS[kind]:
+        raise ContractError(f"unknown schema {tag!r}; {kind} versions are {list(VERSIONS[kind])}")
     validate(kind, message)
     return kind
 

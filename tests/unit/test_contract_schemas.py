@@ -88,9 +88,9 @@ def command(name: str, params: dict[str, Any], **overrides: Any) -> dict[str, An
 def test_every_schema_is_valid_draft_2020_12_and_names_its_version(name: str) -> None:
     schema = schemas.load(name)
     Draft202012Validator.check_schema(schema)
-    assert schema["properties"]["schema"] == {"const": f"edge.{name}/1"} or (
-        schema["properties"]["schema"]["const"] == f"edge.{name}/1"
-    )
+    tag = schema["properties"]["schema"]
+    tags = tag["enum"] if "enum" in tag else [tag["const"]]
+    assert tags == [f"edge.{name}/{version}" for version in schemas.VERSIONS[name]]
 
 
 def test_built_messages_validate_and_carry_the_flags() -> None:
@@ -213,15 +213,17 @@ def test_ack_health_and_metadata_examples_validate() -> None:
     device = {
         "id": "efm-1",
         "model": "acrel-arcm300",
+        "bus": "rs485-1",
+        "bus_kind": "modbus-rtu",
         "location": {"building": "B3", "floor": "1", "room": "102", "venue_type": "restaurant"},
         "points": [{"point": "residual_current", "unit": "mA", "alias": 0}],
     }
-    validate("metadata", {**envelope, "schema": "edge.metadata/1", "devices": [device]})
+    metadata = {**envelope, "schema": "edge.metadata/1", "aliases_id": "a1", "devices": [device]}
+    validate("metadata", metadata)
     with pytest.raises(ContractError, match="location"):
-        validate(
-            "metadata",
-            {**envelope, "schema": "edge.metadata/1", "devices": [{**device, "location": 3}]},
-        )
+        validate("metadata", {**metadata, "devices": [{**device, "location": 3}]})
+    with pytest.raises(ContractError, match="aliases_id"):
+        validate("metadata", {k: v for k, v in metadata.items() if k != "aliases_id"})
 
 
 def test_asyncapi_document_names_every_schema_file() -> None:
