@@ -1,36 +1,50 @@
 """The uplink: drains the outbox to the district broker over MQTT, ack then delete.
 
 One connection at a time, brokers tried in the configured order (the next one after each
-failure), a fresh :class:`aiomqtt.Client` per attempt. While connected the uplink publishes
-events first (one message each), then telemetry in batches; every message goes out with QoS 1
-and its rows are deleted from the outbox only after the broker's PUBACK. A connection lost
-mid-drain leaves the rows in place; after the reconnect they go out again with the same
-``message_id`` (see :mod:`edge.contract`), so the platform can drop the duplicate.
+failure), a fresh :class:`aiomqtt.Client` per attempt. Every message goes out with QoS 1, up to
+``uplink.inflight`` of them awaiting their PUBACK at once, and a message's rows are deleted
+from the outbox only after its own PUBACK (PUBACKs may come in any order).
+
+Order while connected: first the messages that were built but not acknowledged when the last
+connection dropped, byte for byte as before (same ``message_id``, same rows); then events,
+oldest first; then telemetry committed since this connection came up (live data); then the
+backlog that was waiting when it came up, oldest first, in the gaps and within the
+``backfill_*`` rate limits. No payload exceeds ``max_message_bytes`` (or the broker's MQTT 5
+Maximum Packet Size): telemetry batches are cut to fit; an event too large loses its own
+fields and says ``truncated: true``.
 
 The retained status topic says "online" once connected; the MQTT will says "offline" for an
 unclean loss, and :meth:`Uplink.stop` (or cancelling :meth:`Uplink.run`) publishes "offline"
 before a clean disconnect, since a clean DISCONNECT makes the broker discard the will.
+
+Reconnecting: the wait grows from 0.5 s to ``reconnect_max``; while waiting after the broker
+went away, a bare TCP connect every half second tells when its port accepts again, and the next
+attempt starts at once (a refused login or TLS handshake keeps the full wait).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
+import json
 import logging
+import random
 import ssl
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import aiomqtt
 import paho.mqtt.client as mqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from buffer import Outbox, OutboxUnavailable, Record, Stream
+from buffer import Outbox, OutboxClosed, OutboxUnavailable, Record, Stream
 from drivers.backoff import Backoff
 from edge import contract, timesync
 from edge.commands import Commands, Handler
@@ -65,6 +79,17 @@ _STATUS_TIMEOUT: Final = 1.0
 _EVENT_CHUNK: Final = 50
 _ACK_RETRY_FIRST: Final = 0.2
 _ACK_RETRY_MAX: Final = 5.0
+#: While waiting to reconnect after the broker went away: a bare TCP connect this often (with
+#: a fifth of jitter), so that the uplink is back within about this long of the broker.
+_PROBE_EVERY: Final = 0.5
+_PROBE_TIMEOUT: Final = 1.0
+#: Room an MQTT PUBLISH needs besides topic and payload: fixed header (up to 5), topic length
+#: (2), packet id (2) and, for MQTT 5, the properties length and a few properties.
+_PUBLISH_OVERHEAD: Final = 32
+#: An event field longer than this (as JSON) is the first to go when an event must be cut.
+_FIELD_KEEP: Final = 256
+#: Reading fields longer than this (characters) are cut when a single reading does not fit.
+_TEXT_KEEP: Final = 128
 
 
 #: ``uplink.protocol`` to aiomqtt's protocol version.
@@ -91,14 +116,35 @@ def tls_context(config: UplinkConfig) -> ssl.SSLContext:
     return context
 
 
+class _ClosedBeforeConnack(aiomqtt.MqttError):
+    """The broker closed the connection before its CONNACK (TLS refusal, connection limit)."""
+
+
 class _Client(aiomqtt.Client):
-    """aiomqtt's client, failing the connect at once when the broker closes before CONNACK.
+    """aiomqtt's client, failing the connect at once when the broker closes before CONNACK,
+    and keeping the Maximum Packet Size an MQTT 5 broker announces in its CONNACK.
 
     aiomqtt 2.5.1 ignores a disconnect that comes before the CONNACK and waits for the
     operation timeout instead. A TLS 1.3 broker refusing our client certificate does exactly
     that (the handshake completes on our side, the alert follows), as does a broker at its
     connection limit: without this, every such attempt would hang for 10 s.
     """
+
+    #: The broker's limit on a packet's size (MQTT 5 CONNACK), None when it set none.
+    max_packet_size: int | None = None
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        limit = getattr(properties, "MaximumPacketSize", None)
+        if isinstance(limit, int) and limit > 0:
+            self.max_packet_size = limit
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_disconnect(
         self,
@@ -110,7 +156,7 @@ class _Client(aiomqtt.Client):
     ) -> None:
         if not self._connected.done():
             self._connected.set_exception(
-                aiomqtt.MqttError(
+                _ClosedBeforeConnack(
                     f"the broker closed the connection before accepting it ({reason_code}); "
                     "with mutual TLS, check that it accepts cert_file"
                 )
@@ -139,6 +185,56 @@ def parse_broker_url(url: str) -> BrokerAddress:
     host = parts.hostname
     shown = f"[{host}]" if ":" in host else host
     return BrokerAddress(host=host, port=port, tls=tls, display=f"{parts.scheme}://{shown}:{port}")
+
+
+@dataclass(slots=True)
+class _Message:
+    """A message built from outbox rows: kept, exact, until its PUBACK, so that a resend after
+    a reconnect is the same message (same ``message_id``, same rows, same bytes)."""
+
+    topic: str
+    payload: bytes
+    seqs: tuple[int, ...]
+    #: "event", "live" or "backfill": for the counters and the rate limits.
+    lane: str
+
+
+class _TokenBucket:
+    """``rate`` units a second on average, ``burst`` at most at once. A message may take the
+    bucket into debt (one larger than the burst must still go some time); the next waits until
+    the debt is paid back."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._stamp = clock()
+
+    def delay(self) -> float:
+        """Seconds until the bucket lets the next message go (0: now)."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        return 0.0 if self._tokens > 0 else (1e-3 - self._tokens) / self.rate
+
+    def take(self, amount: float) -> None:
+        self.delay()  # refill up to now first
+        self._tokens -= amount
+
+
+@dataclass(slots=True)
+class _Lanes:
+    """Where one session has read up to in each lane (rows with a seq up to the mark are either
+    built into a message or will not be sent by this session)."""
+
+    #: Highest seq committed when the session came up: telemetry above it is live data.
+    live_from: int
+    event_after: int = 0
+    live_after: int = 0
+    backlog_after: int = 0
+    backlog_done: bool = False
+    events: collections.deque[Record] = field(default_factory=collections.deque)
 
 
 class Uplink:
@@ -200,6 +296,12 @@ class Uplink:
         self.acked = 0
         #: Connection attempts so far.
         self.attempts = 0
+        #: Backlog (backfill) messages acknowledged, a part of ``published``.
+        self.backfill_published = 0
+        #: Messages sent again after a reconnect, identical to the first time.
+        self.resent = 0
+        #: Events sent with their own fields cut because they exceeded the size limit.
+        self.truncated = 0
         #: The error that ended the last attempt, for display.
         self.last_error: str | None = None
 
@@ -210,12 +312,42 @@ class Uplink:
         self._backoff = Backoff(_BACKOFF_FIRST, config.reconnect_max)
         self._stragglers: set[asyncio.Task[None]] = set()
         self._online_since: float | None = None
+        #: Messages built and not yet acknowledged, in the order they were built. Survives a
+        #: lost connection: they go first, unchanged, on the next one. Never more than the
+        #: window, since a message is built only when a window slot is free.
+        self._unacked: dict[int, _Message] = {}
+        self._next_key = 0
+        #: Seqs of rows in a message built but not yet deleted: a session does not read them
+        #: into a second message.
+        self._claimed: set[int] = set()
+        #: Deletions of acknowledged rows; they outlive the session that started them.
+        self._deletions: set[asyncio.Task[None]] = set()
+        #: Payload limit of the current session.
+        self._max_payload = config.max_message_bytes
+        clock = time.monotonic
+        self._backfill_limits = [
+            _TokenBucket(config.backfill_messages_per_s, 1.0, clock)
+            if config.backfill_messages_per_s is not None
+            else None,
+            _TokenBucket(
+                float(config.backfill_bytes_per_s),
+                float(config.backfill_bytes_per_s),
+                clock,
+            )
+            if config.backfill_bytes_per_s is not None
+            else None,
+        ]
 
     @property
     def state(self) -> UplinkState:
         """``connecting``, ``online``, ``offline`` (backing off before the next attempt) or
         ``stopped``."""
         return self._state
+
+    @property
+    def inflight(self) -> int:
+        """Messages sent (or to be sent again) and not yet acknowledged."""
+        return len(self._unacked)
 
     async def stop(self) -> None:
         """Publish the offline status if connected, disconnect and make :meth:`run` return.
@@ -262,15 +394,57 @@ class Uplink:
                     self._brokers[index].display,
                     delay,
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                await self._wait_to_retry(self._brokers[index], delay, error)
         finally:
             remove_listener()
-            if self._stragglers:
-                await asyncio.wait(self._stragglers, timeout=_STOP_TIMEOUT)
+            leftovers = self._stragglers | self._deletions
+            if leftovers:
+                await asyncio.wait(leftovers, timeout=_STOP_TIMEOUT)
             self._state = "stopped"
             self._running = False
             self._stopped.set()
+
+    async def _wait_to_retry(
+        self, broker: BrokerAddress, delay: float, error: BaseException | None
+    ) -> None:
+        """Wait ``delay`` before the next attempt, or less once the broker is back.
+
+        A broker that went away (restart, outage) comes back at some moment the backoff knows
+        nothing about; waiting out the rest of a 10 s backoff then delays every alarm that
+        waited through the outage. So a bare TCP connect (closed at once: no MQTT session, just
+        the port) looks every half second, and when the port that was seen closed accepts
+        again the attempt starts. A port that accepts all along does not shorten the wait: a
+        broker that takes the TCP connection but drops the session must not see a tight loop,
+        nor must one that refused our login or certificate (no probing then at all).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        probing = not _refused_by_broker(error)
+        seen_closed = False
+        while True:
+            if probing:
+                if not await self._port_accepts(broker):
+                    seen_closed = True
+                elif seen_closed:
+                    log.info("uplink: %s accepts connections again", broker.display)
+                    return
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._stopping.is_set():
+                return
+            pause = min(remaining, _PROBE_EVERY * random.uniform(0.8, 1.2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
+
+    async def _port_accepts(self, broker: BrokerAddress) -> bool:
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT):
+                _, writer = await asyncio.open_connection(broker.host, broker.port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     # --- one connection -------------------------------------------------------------------------
 
@@ -309,6 +483,8 @@ class Uplink:
             protocol=PROTOCOLS[self._config.protocol],
             # Built per attempt, so certificates renewed on disk are picked up by a reconnect.
             tls_context=tls_context(self._config) if broker.tls else None,
+            # Our window plus room for the status, acks of commands and health.
+            max_inflight_messages=self._config.inflight + 4,
         )
         await self._connect(client)
         try:
@@ -316,6 +492,7 @@ class Uplink:
             self._online_since = asyncio.get_running_loop().time()
             self._session_wall_start = time.time()
             self.last_error = None
+            self._max_payload = self._payload_limit(client.max_packet_size)
             try:
                 await self._publish(self.status_topic, client, self._status("online"), retain=True)
                 if self._commands is not None:
@@ -328,6 +505,20 @@ class Uplink:
         finally:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.__aexit__(None, None, None)
+
+    def _payload_limit(self, max_packet_size: int | None) -> int:
+        limit = self._config.max_message_bytes
+        if max_packet_size is not None:
+            longest_topic = max(len(self.telemetry_topic), len(self.events_topic))
+            broker_limit = max_packet_size - _PUBLISH_OVERHEAD - longest_topic
+            if broker_limit < limit:
+                log.info(
+                    "uplink: the broker takes packets up to %d bytes: payloads up to %d bytes",
+                    max_packet_size,
+                    broker_limit,
+                )
+                limit = broker_limit
+        return max(limit, 1)
 
     async def _connect(self, client: aiomqtt.Client) -> None:
         # aiomqtt connects on a worker thread; cancelling the await does not stop it. Shield the
@@ -364,16 +555,26 @@ class Uplink:
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         """Drain until the connection fails; raise what failed."""
-        drain = asyncio.create_task(self._drain(client), name="uplink-drain")
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        window = asyncio.Semaphore(self._config.inflight)
+        sending: set[asyncio.Task[None]] = set()
+        drain = asyncio.create_task(
+            self._drain(client, window, failed, sending), name="uplink-drain"
+        )
         watch = asyncio.create_task(self._watch(client), name="uplink-watch")
         try:
-            done, _ = await asyncio.wait({drain, watch}, return_when=asyncio.FIRST_COMPLETED)
+            ended: set[asyncio.Future[None]] = {drain, watch, failed}
+            done, _ = await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
         finally:
             drain.cancel()
             watch.cancel()
-            await asyncio.wait({drain, watch})
-        for task in done:
-            error = task.exception()
+            for task in sending:
+                task.cancel()
+            await asyncio.wait({drain, watch, *sending})
+            if not failed.done():
+                failed.cancel()
+        for future in done:
+            error = future.exception()
             if error is not None:
                 raise error
         raise aiomqtt.MqttError("connection ended")
@@ -405,46 +606,224 @@ class Uplink:
     def _on_commit(self, streams: frozenset[Stream]) -> None:
         self._new_rows.set()
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
-        epoch = self._outbox.epoch
-        batch_size = self._config.batch_size
-        while True:
+    async def _drain(
+        self,
+        client: aiomqtt.Client,
+        window: asyncio.Semaphore,
+        failed: asyncio.Future[None],
+        sending: set[asyncio.Task[None]],
+    ) -> None:
+        """Send what the outbox holds, in order, up to ``window`` messages awaiting PUBACK."""
+
+        def launch(message: _Message) -> None:
+            task = asyncio.create_task(self._send(client, message, window, failed))
+            sending.add(task)
+            task.add_done_callback(sending.discard)
+
+        # What the last connection left unacknowledged goes first and unchanged.
+        for message in list(self._unacked.values()):
+            await window.acquire()
+            self.resent += 1
+            launch(message)
+        lanes = _Lanes(live_from=self._outbox.last_seq)
+        lanes.live_after = lanes.live_from
+        while not failed.done():
+            await window.acquire()
             # Cleared before looking, so a commit during the look wakes the next wait.
             self._new_rows.clear()
-            events = await self._outbox.peek("event", _EVENT_CHUNK)
-            if events:
-                for record in events:
-                    payload = contract.event_message(
-                        self._gateway_id,
-                        epoch,
-                        record,
-                        clock_synced=self._clock_synced(),
-                        historical=self._historical(record.created),
-                    )
-                    await self._publish(self.events_topic, client, payload)
-                    await self._ack([record])
+            try:
+                built, wait = await self._next_message(lanes)
+            except BaseException:
+                window.release()
+                raise
+            if built is not None:
+                self._unacked[self._next_key] = built
+                self._next_key += 1
+                self._claimed.update(built.seqs)
+                launch(built)
                 continue
-            batch = await self._outbox.peek("telemetry", batch_size)
-            if not batch:
-                await self._new_rows.wait()
-                continue
+            window.release()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_rows.wait(), wait)
+
+    async def _next_message(self, lanes: _Lanes) -> tuple[_Message | None, float | None]:
+        """The next message to send, or None and how long to wait at most (None: until new rows
+        are committed)."""
+        epoch = self._outbox.epoch
+        # 1. Events, oldest first, one message each.
+        if not lanes.events:
+            peeked = await self._outbox.peek("event", _EVENT_CHUNK, after=lanes.event_after)
+            if peeked:
+                lanes.event_after = peeked[-1].seq
+                lanes.events.extend(r for r in peeked if r.seq not in self._claimed)
+        if lanes.events:
+            return self._event(lanes.events.popleft(), epoch), 0
+
+        # 2. Live telemetry: rows committed since the session came up.
+        batch_size = self._config.batch_size
+        wait: float | None = None
+        live = await self._unclaimed(lanes.live_after, None, batch_size)
+        if live:
             # Wall clock, because `created` is; a clock stepped backwards sends at once.
-            age = time.time() - batch[0].created
+            age = time.time() - live[0].created
             fill_wait = self._config.batch_interval - age
-            if len(batch) < batch_size and age >= 0 and fill_wait > 0:
-                # Let the batch fill, but any commit (an event above all) wakes us to look again.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._new_rows.wait(), fill_wait)
-                continue
-            payload = contract.telemetry_message(
+            if len(live) >= batch_size or age < 0 or fill_wait <= 0:
+                message = self._telemetry(live, epoch, "live")
+                lanes.live_after = message.seqs[-1]
+                return message, 0
+            # Let the batch fill; the backlog may use the time meanwhile.
+            wait = fill_wait
+
+        # 3. The backlog that waited when the session came up, oldest first, rate-limited.
+        if not lanes.backlog_done:
+            hold = max((b.delay() for b in self._backfill_limits if b is not None), default=0.0)
+            if hold > 0:
+                return None, hold if wait is None else min(wait, hold)
+            backlog = await self._unclaimed(lanes.backlog_after, lanes.live_from, batch_size)
+            if backlog:
+                message = self._telemetry(backlog, epoch, "backfill")
+                lanes.backlog_after = message.seqs[-1]
+                messages, volume = self._backfill_limits
+                if messages is not None:
+                    messages.take(1)
+                if volume is not None:
+                    volume.take(len(message.payload))
+                return message, 0
+            lanes.backlog_done = True
+        return None, wait
+
+    async def _unclaimed(self, after: int, through: int | None, limit: int) -> list[Record]:
+        """Telemetry rows in (``after``, ``through``] not already in a message, up to ``limit``
+        (skipping claimed rows, which only a previous session leaves behind)."""
+        while True:
+            rows = await self._outbox.peek("telemetry", limit, after=after, through=through)
+            if not rows or not self._claimed:
+                return rows
+            free = [r for r in rows if r.seq not in self._claimed]
+            if free:
+                # Stop at the first claimed row: a message carries a run of rows, oldest first.
+                run: list[Record] = []
+                for r in rows:
+                    if r.seq in self._claimed:
+                        if run:
+                            break
+                        continue
+                    run.append(r)
+                return run
+            after = rows[-1].seq
+
+    def _event(self, record: Record, epoch: str) -> _Message:
+        historical = self._historical(record.created)
+        payload = contract.event_message(
+            self._gateway_id,
+            epoch,
+            record,
+            clock_synced=self._clock_synced(),
+            historical=historical,
+        )
+        if len(payload) > self._max_payload:
+            payload = self._cut_event(record, epoch, historical, len(payload))
+        return _Message(self.events_topic, payload, (record.seq,), "event")
+
+    def _cut_event(self, record: Record, epoch: str, historical: bool, size: int) -> bytes:
+        """An event that cannot be split: keep its envelope and as many of its own fields as
+        fit (short ones first), mark it ``truncated``; its seq and message_id stay."""
+        body = dict(record.body)
+        kept: dict[str, Any] = {"kind": body.pop("kind", None), "ts": body.pop("ts", None)}
+        kept["truncated"] = True
+        dropped: list[str] = []
+        for name, value in body.items():
+            if len(json.dumps(value, default=str)) > _FIELD_KEEP:
+                dropped.append(name)
+            else:
+                kept[name] = value
+        payload = b""
+        while True:
+            cut = Record(record.seq, record.stream, record.created, kept)
+            payload = contract.event_message(
                 self._gateway_id,
                 epoch,
-                batch,
+                cut,
                 clock_synced=self._clock_synced(),
-                historical=self._historical(batch[0].created),
+                historical=historical,
             )
-            await self._publish(self.telemetry_topic, client, payload)
-            await self._ack(batch)
+            own = [k for k in kept if k not in ("kind", "ts", "truncated")]
+            if len(payload) <= self._max_payload or not own:
+                break
+            dropped.append(own[-1])
+            del kept[own[-1]]
+        self.truncated += 1
+        log.error(
+            "uplink: event seq %d (%s) is %d bytes, over the %d-byte message limit: sent "
+            "without its fields %s",
+            record.seq,
+            kept["kind"],
+            size,
+            self._max_payload,
+            ", ".join(sorted(dropped)) or "(none)",
+        )
+        return payload
+
+    def _telemetry(self, rows: list[Record], epoch: str, lane: str) -> _Message:
+        """A telemetry message of the longest run of ``rows`` (from the first) that fits."""
+        count = len(rows)
+        while True:
+            chunk = rows[:count]
+            payload = self._telemetry_payload(chunk, epoch)
+            if len(payload) <= self._max_payload:
+                break
+            if count == 1:
+                payload = self._telemetry_payload([_shortened(chunk[0])], epoch)
+                log.error(
+                    "uplink: reading seq %d does not fit in %d bytes even alone: its text "
+                    "fields were cut to %d characters",
+                    chunk[0].seq,
+                    self._max_payload,
+                    _TEXT_KEEP,
+                )
+                break
+            # Cut in proportion to the excess (readings are of similar size), with a margin.
+            count = max(1, min(count - 1, int(count * self._max_payload / len(payload) * 0.95)))
+        return _Message(self.telemetry_topic, payload, tuple(r.seq for r in chunk), lane)
+
+    def _telemetry_payload(self, rows: Sequence[Record], epoch: str) -> bytes:
+        return contract.telemetry_message(
+            self._gateway_id,
+            epoch,
+            rows,
+            clock_synced=self._clock_synced(),
+            historical=self._historical(rows[0].created),
+        )
+
+    async def _send(
+        self,
+        client: aiomqtt.Client,
+        message: _Message,
+        window: asyncio.Semaphore,
+        failed: asyncio.Future[None],
+    ) -> None:
+        """Publish one message holding one window slot; on its PUBACK, delete its rows."""
+        try:
+            await client.publish(message.topic, message.payload, qos=1)
+        except aiomqtt.MqttError as exc:
+            # The message stays in _unacked and goes again, unchanged, after the reconnect.
+            if not failed.done():
+                failed.set_exception(exc)
+            return
+        finally:
+            window.release()
+        for key, kept in self._unacked.items():
+            if kept is message:
+                del self._unacked[key]
+                break
+        self.published += 1
+        if message.lane == "backfill":
+            self.backfill_published += 1
+        # The deletion outlives this session: rows acknowledged must go even if the connection
+        # drops now, or they would stay claimed (never re-read) until the next start.
+        deletion = asyncio.get_running_loop().create_task(self._ack(message.seqs))
+        self._deletions.add(deletion)
+        deletion.add_done_callback(self._deletions.discard)
 
     async def _publish(
         self, topic: str, client: aiomqtt.Client, payload: bytes, *, retain: bool = False
@@ -453,25 +832,28 @@ class Uplink:
         # paho marks a QoS>0 message published (and calls on_publish, which sets the event
         # publish() waits on) only from _handle_pubackcomp, i.e. on PUBACK; for QoS 0 it would
         # return as soon as the bytes were written. A lost connection or no PUBACK within the
-        # timeout raises aiomqtt.MqttError, and then nothing is acked.
+        # timeout raises aiomqtt.MqttError.
         await client.publish(topic, payload, qos=1, retain=retain)
-        if not retain:
-            self.published += 1
 
-    async def _ack(self, records: Sequence[Record]) -> None:
-        """Delete rows the broker acknowledged; while the disk refuses, retry (stay connected)."""
-        seqs = [r.seq for r in records]
+    async def _ack(self, seqs: Sequence[int]) -> None:
+        """Delete rows the broker acknowledged; while the disk refuses, retry."""
         delay = _ACK_RETRY_FIRST
-        while True:
-            try:
-                await self._outbox.ack(seqs)
-            except OutboxUnavailable as exc:
-                log.warning("uplink: cannot delete %d sent rows yet (%s)", len(seqs), exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _ACK_RETRY_MAX)
-            else:
-                self.acked += len(seqs)
-                return
+        try:
+            while True:
+                try:
+                    await self._outbox.ack(seqs)
+                except OutboxUnavailable as exc:
+                    log.warning("uplink: cannot delete %d sent rows yet (%s)", len(seqs), exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _ACK_RETRY_MAX)
+                except OutboxClosed:
+                    # Shutting down: the rows go again after the next start (same seqs).
+                    return
+                else:
+                    self.acked += len(seqs)
+                    return
+        finally:
+            self._claimed.difference_update(seqs)
 
     def _status(self, state: Literal["online", "offline"]) -> bytes:
         return contract.status_message(
@@ -500,3 +882,23 @@ def _describe(error: BaseException | None) -> str:
     if cause is not None and str(cause) and str(cause) not in text:
         text = f"{text}: {cause}"
     return text
+
+
+def _refused_by_broker(error: BaseException | None) -> bool:
+    """True when the broker was reached and said no (login, TLS): nothing to wait for but the
+    backoff. False for a broker that went away (refused, unreachable, reset, lost)."""
+    if isinstance(error, MqttConnectError | _ClosedBeforeConnack):
+        return True
+    # aiomqtt turns connect-time OSErrors (ssl.SSLError among them) into a bare MqttError with
+    # the text only; tls_context() raises "cannot load ..." before any connection is made.
+    text = str(error)
+    return any(mark in text for mark in ("SSL", "certificate", "cannot load"))
+
+
+def _shortened(record: Record) -> Record:
+    """``record`` with its long text fields cut, for a reading too large for any message."""
+    body = {
+        k: v[:_TEXT_KEEP] if isinstance(v, str) and len(v) > _TEXT_KEEP else v
+        for k, v in record.body.items()
+    }
+    return Record(record.seq, record.stream, record.created, body)
