@@ -28,7 +28,14 @@ from edge.config.model import (
     SiteConfig,
 )
 
-__all__ = ["FieldDriver", "build_buses", "bus_services", "set_interval"]
+__all__ = [
+    "FieldDriver",
+    "build_buses",
+    "bus_health",
+    "bus_services",
+    "modbus_devices",
+    "set_interval",
+]
 
 
 class FieldDriver(Protocol):
@@ -113,6 +120,44 @@ def set_interval(
             driver.set_interval(device_id, seconds, lane=lane)
             return
     raise ValueError(f"no Modbus device {device_id!r} on any bus")
+
+
+def modbus_devices(buses: Mapping[str, FieldDriver]) -> dict[str, tuple[float, float | None]]:
+    """Every polled Modbus device: device id -> its (poll interval, fast interval) now."""
+    found: dict[str, tuple[float, float | None]] = {}
+    for driver in buses.values():
+        if isinstance(driver, ModbusBus):
+            for device_id in driver.devices_online:
+                found[device_id] = driver.intervals(device_id)
+    return found
+
+
+def bus_health(buses: Mapping[str, FieldDriver]) -> dict[str, dict[str, Any]]:
+    """Per bus (by id): what the field technician asks first. For Modbus buses, the
+    scheduler's counters (they only grow): requests, timeouts, errors (bad frames, exception
+    and wrong-size answers), overruns (poll slots skipped because the bus was still busy) and
+    the devices offline now."""
+    health: dict[str, dict[str, Any]] = {}
+    for name, driver in buses.items():
+        bus_id = name.removeprefix("bus:")
+        if isinstance(driver, ModbusBus):
+            stats = driver.stats
+            health[bus_id] = {
+                "kind": "modbus",
+                "requests": stats.requests,
+                "answers": stats.answers,
+                "timeouts": stats.timeouts,
+                "errors": stats.bad_frames + stats.exceptions + stats.bad_answers,
+                "overruns": stats.skipped_slots,
+                "offline_devices": sorted(
+                    d for d, online in driver.devices_online.items() if online is False
+                ),
+            }
+        elif isinstance(driver, _GpioSensors):
+            health[bus_id] = {"kind": "gpio", "devices": len(driver.sensors)}
+        else:
+            health[bus_id] = {"kind": "serial"}
+    return health
 
 
 def _modbus(bus: ModbusTcpBus | ModbusRtuBus, devices: list[Device], sink: Sink) -> ModbusBus:

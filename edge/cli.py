@@ -9,13 +9,15 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from drivers.modbus import known_models
 from edge import __version__, buffer_cli, doctor, installer_cli, provision, replay, selftest
 from edge.config import report_config
 from edge.config.duration import parse_duration
-from edge.gateway import Gateway, config_hash
+from edge.gateway import config_hash
 from edge.log import fields, setup_logging
+from edge.reload import SiteRunner
 from edge.systemd import Notifier
 
 log = logging.getLogger("edge.cli")
@@ -107,9 +109,17 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
-        gateway = Gateway(config, config_digest=digest, status_interval=status_every)
+        # A pushed config (push-config) restarts the gateway inside this loop, and rolls it
+        # back when it does not start (edge/reload.py).
+        runner = SiteRunner(
+            Path(path),
+            config,
+            digest,
+            status_interval=status_every,
+            known_models=known_models(),
+        )
         try:
-            await gateway.run(stop, on_started=on_started)
+            await runner.run(stop, on_started=on_started)
         finally:
             for task in watchdog:
                 task.cancel()

@@ -22,13 +22,14 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Final
 
 from edge import contract
 from edge.schemas import ContractError, validate
 
-__all__ = ["MAX_COMMAND_BYTES", "CommandError", "Commands", "Handler"]
+__all__ = ["MAX_COMMAND_BYTES", "CommandError", "Commands", "Handler", "current_command_id"]
 
 #: Largest command payload read; a whole site file fits many times over.
 MAX_COMMAND_BYTES: Final = 256 * 1024
@@ -37,6 +38,16 @@ _REMEMBERED: Final = 1024
 
 #: A command's action: its params in, what the ack's ``data`` carries out.
 Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+#: The id of the command whose handler is running, so that the events a command causes can
+#: name it without every handler taking it as an argument.
+_COMMAND_ID: ContextVar[str | None] = ContextVar("command_id", default=None)
+
+
+def current_command_id() -> str | None:
+    """The ``command_id`` of the command being handled (None outside a handler)."""
+    return _COMMAND_ID.get()
 
 
 class CommandError(Exception):
@@ -86,7 +97,11 @@ class Commands:
                 raise CommandError(
                     f"command issued {age:.0f} s ago, older than the {self._ttl:g} s TTL"
                 )
-            data = await handler(command["params"])
+            token = _COMMAND_ID.set(command_id)
+            try:
+                data = await handler(command["params"])
+            finally:
+                _COMMAND_ID.reset(token)
         except (ContractError, CommandError) as exc:
             ack = self._ack(command_id, "error", str(exc), None)
         except Exception as exc:  # a handler's bug must still be answered

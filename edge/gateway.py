@@ -14,23 +14,34 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Final, Literal
 
 from buffer import CapacityPolicy, Outbox, OutboxUnwritable
 from drivers import DeviceStatus, Reading
-from edge import __version__
+from drivers.modbus import known_models
+from edge import __version__, reload
 from edge.annunciator import Annunciator
-from edge.buses import bus_services
+from edge.buses import (
+    FieldDriver,
+    build_buses,
+    bus_health,
+    bus_services,
+    modbus_devices,
+    set_interval,
+)
 from edge.clock import Clock, SystemClock
-from edge.commands import CommandError
+from edge.commands import CommandError, current_command_id
 from edge.config.model import SiteConfig
-from edge.contract import EventKind, event_body, reading_body
+from edge.contract import EventKind, event_body, iso_utc, reading_body
 from edge.log import fields
 from edge.occupancy import Occupancy, priority
 from edge.rules import (
+    STATE_SCHEMA,
     AlarmBook,
     RuleEngine,
     StateStore,
@@ -38,6 +49,7 @@ from edge.rules import (
     load_rule_state,
     save_rule_state,
 )
+from edge.rules.tuning import Override
 from edge.sms import SmsNotifier
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink
@@ -68,6 +80,38 @@ STATE_RESTORE_TIMEOUT = 3.0
 #: Shutdown budget for the last state save.
 STATE_SAVE_TIMEOUT = 1.0
 
+#: Storm mode: the fastest poll it sets (a bus of 30 devices at 0.2 s is already busy), and
+#: the longest it may last before it ends by itself.
+STORM_MIN_INTERVAL: Final = 0.2
+STORM_MAX_DURATION: Final = 7 * 86_400.0
+#: Where the thresholds set at run time and the storm mode are kept in the state store.
+OVERRIDES_KEY: Final = "overrides/thresholds"
+STORM_KEY: Final = "storm/active"
+#: A pushed config is applied this long after its ack was handed to the uplink, so that the
+#: ack goes out on the connection it came in on before the uplink stops.
+PUSH_ACK_GRACE: Final = 0.5
+
+
+@dataclasses.dataclass
+class Storm:
+    """Storm mode now: the devices polled faster, at which intervals, the thresholds' factor
+    and when it ends by itself (POSIX seconds; ``deadline`` on the monotonic clock)."""
+
+    intervals: dict[str, float]
+    factor: float
+    until: float
+    deadline: float
+    command_id: str | None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "devices": sorted(self.intervals),
+            "intervals": dict(sorted(self.intervals.items())),
+            "threshold_factor": self.factor,
+            "until": iso_utc(self.until),
+        }
+
+
 _EVENT_OF: dict[str, EventKind] = {
     "raised": "alarm-raised",
     "escalated": "alarm-escalated",
@@ -94,9 +138,21 @@ class Gateway:
         status_interval: float = 10.0,
         clock: Clock | None = None,
         state_store: StateStore | None = None,
+        config_path: str | None = None,
     ) -> None:
         self.config = config
         self.config_digest = config_digest
+        #: The site file this gateway was built from; push-config replaces it (None: refused).
+        self.config_path = config_path
+        #: Set when a pushed config was written and this gateway stops to let it start.
+        self.restart: reload.RestartRequest | None = None
+        #: The command that pushed this gateway's config (set by the runner that started it).
+        self.pushed_by: str | None = None
+        self._stop: asyncio.Event | None = None
+        #: The field drivers by service name, kept for storm mode (built by :meth:`run`).
+        self.buses: dict[str, FieldDriver] = {}
+        self.storm: Storm | None = None
+        self._storm_task: asyncio.Task[None] | None = None
         self.status_interval = status_interval
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.boot_time = time.time()
@@ -250,6 +306,10 @@ class Gateway:
             ),
         )
 
+    def report(self, kind: EventKind, **body: Any) -> None:
+        """Submit an event of the gateway's own (commands, config changes), timestamped now."""
+        self._submit("event", event_body(kind, self.clock.time(), **body))
+
     def _submit(self, stream: Stream, body: dict[str, Any]) -> None:
         if self.outbox is not None:
             self.outbox.submit(stream, body)
@@ -310,6 +370,9 @@ class Gateway:
                 "ping": self._command_ping,
                 "get-status": self._command_status,
                 "silence": self._command_silence,
+                "set-threshold": self._command_set_threshold,
+                "storm-mode": self._command_storm_mode,
+                "push-config": self._command_push_config,
             },
         )
         await self.uplink.run()
@@ -320,7 +383,8 @@ class Gateway:
         return {"pong": True}
 
     async def _command_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        depth = await self.outbox.depth() if self.outbox is not None else {}
+        health = await self.health()
+        depth = health["buffer_streams"]
         return {
             "version": __version__,
             "config_hash": self.config_digest,
@@ -332,6 +396,48 @@ class Gateway:
             ],
             "outbox": {"events": depth.get("event", 0), "telemetry": depth.get("telemetry", 0)},
             "uplink": self.uplink.state if self.uplink is not None else "waiting",
+            "oldest_unsent_age_s": health["oldest_unsent_age_s"],
+            "buses": health["buses"],
+            "storm": health["storm"],
+            "threshold_overrides": health["threshold_overrides"],
+        }
+
+    async def health(self) -> dict[str, Any]:
+        """How the gateway is doing, for get-status and the uplink's health messages
+        (edge/schemas/health.json): outbox depth per stream and the age of the oldest record
+        waiting, per-bus counters, uptime, alarms, storm mode and thresholds set remotely."""
+        depth: dict[str, int] = {}
+        oldest: float | None = None
+        if self.outbox is not None:
+            depth = await self.outbox.depth()
+            now = time.time()
+            for stream in ("event", "telemetry"):
+                try:
+                    # One row from the left edge of the stream's index: cheap at any depth.
+                    first = await self.outbox.peek(stream, 1) if depth.get(stream) else []
+                except Exception:
+                    continue
+                if first:
+                    age = max(0.0, now - first[0].created)
+                    oldest = age if oldest is None else max(oldest, age)
+        buses = bus_health(self.buses)
+        return {
+            "uptime_s": round(time.time() - self.boot_time, 3),
+            "buffer_rows": sum(depth.values()),
+            "buffer_streams": {
+                "event": depth.get("event", 0),
+                "telemetry": depth.get("telemetry", 0),
+            },
+            "oldest_unsent_age_s": None if oldest is None else round(oldest, 3),
+            "pending_in_memory": len(self._pending),
+            "bus_errors": {
+                bus: int(b.get("errors", 0)) + int(b.get("timeouts", 0)) for bus, b in buses.items()
+            },
+            "buses": buses,
+            "active_alarms": len(self.alarms.alarms),
+            "buzzer": "on" if self.annunciator.sounding else "off",
+            "storm": None if self.storm is None else self.storm.describe(),
+            "threshold_overrides": [o.dump() for o in self.rules.overrides],
         }
 
     async def _command_silence(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -342,6 +448,237 @@ class Gateway:
         if alarm.silenced:
             return {"silenced": 0, "already": True}
         return {"silenced": self.silence("remote", key)}
+
+    async def _command_set_threshold(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if not self._state_restored:
+            # Overrides are stored next to the rule state; restore first so the stored ones
+            # are not overwritten by this one alone.
+            await self._restore_rule_state(wait=False)
+        device = params.get("device")
+        try:
+            change = self.rules.set_threshold(
+                str(params["rule"]),
+                params["threshold"],
+                field=params.get("field"),
+                device=device,
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self.report(
+            "threshold-changed",
+            rule=change.rule,
+            field=change.field,
+            old=change.old,
+            new=change.value,
+            device=device,
+            devices={d: {"old": change.before[d], "new": change.after[d]} for d in change.after},
+            command_id=current_command_id(),
+        )
+        log.warning(
+            "threshold-changed",
+            extra=fields(rule=change.rule, field=change.field, old=change.old, new=change.value),
+        )
+        await self._save_tuning()
+        return {
+            "rule": change.rule,
+            "field": change.field,
+            "old": change.old,
+            "new": change.value,
+            "devices": {d: {"old": change.before[d], "new": change.after[d]} for d in change.after},
+            "overrides": [o.dump() for o in self.rules.overrides],
+        }
+
+    async def _save_tuning(self) -> None:
+        """Store the overrides, tagged with the site file's hash: a different site file (a
+        push, or an installer's edit) starts from its own thresholds."""
+        store = self._store()
+        if store is None or not self._state_restored:
+            return
+        value = {
+            "config_hash": self.config_digest,
+            "overrides": [o.dump() for o in self.rules.overrides],
+        }
+        try:
+            await store.state_put(OVERRIDES_KEY, value, schema=STATE_SCHEMA)
+        except Exception as exc:
+            log.error("threshold overrides not saved", extra=fields(error=repr(exc)))
+
+    async def _restore_tuning(self, store: StateStore) -> None:
+        entries = {e.key: e for e in await store.state_items("overrides/")}
+        entries.update({e.key: e for e in await store.state_items("storm/")})
+        stored = entries.get(OVERRIDES_KEY)
+        value = None if stored is None else stored.value
+        if isinstance(value, dict) and value.get("config_hash") == self.config_digest:
+            overrides = []
+            for item in value.get("overrides", []):
+                try:
+                    overrides.append(Override.load(item))
+                except ValueError as exc:
+                    log.error("threshold override dropped", extra=fields(error=str(exc)))
+            for problem in self.rules.load_overrides(overrides):
+                log.error("threshold override dropped", extra=fields(error=problem))
+            if overrides:
+                log.warning(
+                    "threshold overrides restored", extra=fields(count=len(self.rules.overrides))
+                )
+        storm = entries.get(STORM_KEY)
+        if storm is not None and isinstance(storm.value, dict) and storm.value.get("devices"):
+            # Storm mode does not survive a restart: the platform hears that it ended and may
+            # switch it on again; the buses start at their configured intervals.
+            self.report(
+                "storm-mode-ended",
+                reason="restart",
+                devices=storm.value.get("devices"),
+                command_id=storm.value.get("command_id"),
+            )
+            await store.state_put(STORM_KEY, {}, schema=STATE_SCHEMA)
+
+    async def _command_storm_mode(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if not params["on"]:
+            if self.storm is None:
+                return {"active": False, "already": True}
+            await self._end_storm("command")
+            return {"active": False}
+        duration = params.get("duration_s")
+        if duration is None:
+            raise CommandError("storm-mode on needs duration_s (it ends by itself after it)")
+        _check_number("duration_s", duration, above=0, most=STORM_MAX_DURATION)
+        factor = params.get("threshold_factor", 1.0)
+        _check_number("threshold_factor", factor, above=0, most=1)
+        wanted = params.get("interval_s")
+        if wanted is not None:
+            _check_number("interval_s", wanted, least=STORM_MIN_INTERVAL, most=86_400.0)
+        polled = modbus_devices(self.buses)
+        if not polled:
+            raise CommandError("no Modbus device is being polled (yet); nothing to speed up")
+        devices = params.get("devices")
+        if devices is None:
+            devices = sorted(polled)
+        if not devices:
+            raise CommandError("devices is empty; leave it out for every polled device")
+        known = {d.id: d for d in self.config.devices}
+        for device_id in devices:
+            if device_id not in known:
+                raise CommandError(f"unknown device {device_id!r}")
+            if device_id not in polled:
+                raise CommandError(
+                    f"device {device_id!r} is not polled over Modbus; storm mode speeds up polls"
+                )
+        intervals: dict[str, float] = {}
+        for device_id in dict.fromkeys(devices):
+            device = known[device_id]
+            default = device.fast_interval or device.poll_interval / 2
+            chosen = float(wanted) if wanted is not None else default
+            # Never slower than the site file asks, never faster than the floor.
+            intervals[device_id] = max(STORM_MIN_INTERVAL, min(chosen, device.poll_interval))
+        renewed = self.storm is not None
+        if self.storm is not None:
+            for device_id in set(self.storm.intervals) - set(intervals):
+                set_interval(self.buses, device_id, None)
+            if self._storm_task is not None:
+                self._storm_task.cancel()
+        for device_id, seconds in intervals.items():
+            set_interval(self.buses, device_id, seconds)
+        self.rules.set_storm(intervals, float(factor))
+        now = self.clock.time()
+        self.storm = Storm(
+            intervals,
+            float(factor),
+            now + float(duration),
+            self.clock.monotonic() + float(duration),
+            current_command_id(),
+        )
+        self._storm_task = asyncio.create_task(self._storm_expiry(self.storm), name="storm")
+        described = self.storm.describe()
+        self.report(
+            "storm-mode-started",
+            **described,
+            duration_s=float(duration),
+            renewed=renewed,
+            command_id=current_command_id(),
+        )
+        log.warning(
+            "storm-mode-started", extra=fields(devices=len(intervals), until=described["until"])
+        )
+        await self._save_storm()
+        return {"active": True, "renewed": renewed, **described}
+
+    async def _storm_expiry(self, storm: Storm) -> None:
+        never = asyncio.Event()
+        while self.storm is storm:
+            remaining = storm.deadline - self.clock.monotonic()
+            if remaining <= 0:
+                self._storm_task = None  # ending it must not cancel this very task
+                await self._end_storm("expired")
+                return
+            await self.clock.wait(never, remaining)
+
+    async def _end_storm(self, reason: str) -> None:
+        storm, self.storm = self.storm, None
+        if storm is None:
+            return
+        if self._storm_task is not None:
+            self._storm_task.cancel()
+            self._storm_task = None
+        for device_id in storm.intervals:
+            with contextlib.suppress(ValueError):
+                set_interval(self.buses, device_id, None)
+        self.rules.set_storm(None)
+        self.report(
+            "storm-mode-ended",
+            reason=reason,
+            devices=sorted(storm.intervals),
+            command_id=current_command_id() if reason == "command" else storm.command_id,
+        )
+        log.warning("storm-mode-ended", extra=fields(reason=reason))
+        await self._save_storm()
+
+    async def _save_storm(self) -> None:
+        store = self._store()
+        if store is None:
+            return
+        value = (
+            {}
+            if self.storm is None
+            else {**self.storm.describe(), "command_id": self.storm.command_id}
+        )
+        try:
+            await store.state_put(STORM_KEY, value, schema=STATE_SCHEMA)
+        except Exception as exc:
+            log.error("storm mode not saved", extra=fields(error=repr(exc)))
+
+    async def _command_push_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if self.config_path is None or self._stop is None:
+            raise CommandError("this gateway was not started from a site file; cannot replace it")
+        if self.restart is not None:
+            raise CommandError("a pushed config is already being applied")
+        path = Path(self.config_path)
+        try:
+            pushed = reload.check_pushed(
+                params, self.config, filename=path.name, known_models=known_models()
+            )
+        except reload.PushRejected as exc:
+            self.report("config-rejected", command_id=current_command_id(), errors=exc.errors)
+            log.error("config-rejected", extra=fields(errors=len(exc.errors)))
+            raise
+        digest = config_hash(pushed.text.encode())
+        if digest == self.config_digest:
+            # The platform repeating a push that was applied (its first ack lost in the
+            # restart): nothing to do, and no second restart.
+            return {"config_hash": digest, "unchanged": True}
+        try:
+            reload.write_site(path, pushed.text)
+        except OSError as exc:
+            raise CommandError(f"cannot write the site file: {exc}") from None
+        self.restart = reload.RestartRequest(current_command_id(), digest, self.config_digest)
+        log.warning("pushed config written; restarting", extra=fields(config_hash=digest))
+        asyncio.get_running_loop().call_later(PUSH_ACK_GRACE, self._stop.set)
+        return {
+            "config_hash": digest,
+            "previous_hash": self.config_digest,
+            "restarting": True,
+            "settle_s": reload.SETTLE_TIME,
+        }
 
     async def _status_service(self) -> None:
         while True:
@@ -411,6 +748,10 @@ class Gateway:
         except Exception as exc:  # a damaged store must not stop the alarms
             log.error("rule state not restored", extra=fields(error=repr(exc)))
             return
+        try:
+            await self._restore_tuning(store)
+        except Exception as exc:  # the site file's thresholds are a safe place to be
+            log.error("threshold overrides not restored", extra=fields(error=repr(exc)))
         self.annunciator.show(self.alarms.sounding(), self.alarms.worst())
         log.info(
             "rule state restored",
@@ -479,9 +820,16 @@ class Gateway:
             self.supervisor.start("sms", self.sms.run)
         self.supervisor.start("uplink", self._uplink_service)
         self.supervisor.start("status", self._status_service)
-        bus_names = []
+        self._stop = stop
+        bus_names: list[str] = []
         pins = self.annunciator.pin_factory  # PIR sensors share the annunciator's pin factory
-        for name, service in bus_services(self.config, self.on_sample, pin_factory=pins).items():
+        try:
+            # Kept: storm mode reaches the buses through these objects.
+            self.buses = build_buses(self.config, self.on_sample, pin_factory=pins)
+        except BaseException:
+            await self.shutdown(bus_names)
+            raise
+        for name, service in bus_services(self.config, self.on_sample, buses=self.buses).items():
             self.supervisor.start(name, service)
             bus_names.append(name)
         try:
@@ -493,6 +841,10 @@ class Gateway:
 
     async def shutdown(self, bus_names: list[str]) -> None:
         started = time.monotonic()
+        if self._storm_task is not None:
+            # Storm mode stays recorded: the next start reports it ended (reason restart).
+            self._storm_task.cancel()
+            self._storm_task = None
         await self.supervisor.stop(bus_names)
         await self._save_rule_state(budget=STATE_SAVE_TIMEOUT)
         if self.outbox is not None:
@@ -514,3 +866,22 @@ class Gateway:
                 unbuffered=len(self._pending),
             ),
         )
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    *,
+    above: float | None = None,
+    least: float | None = None,
+    most: float | None = None,
+) -> None:
+    """Refuse what the schema lets through: NaN passes every JSON Schema bound."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CommandError(f"{name} must be a finite number, not {value!r}")
+    if above is not None and not value > above:
+        raise CommandError(f"{name} must be above {above:g}, not {value!r}")
+    if least is not None and value < least:
+        raise CommandError(f"{name} must be at least {least:g}, not {value!r}")
+    if most is not None and value > most:
+        raise CommandError(f"{name} must be at most {most:g}, not {value!r}")
