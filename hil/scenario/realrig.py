@@ -1,0 +1,146 @@
+"""Real-rig mode: the same scenarios against real adapters and a real buzzer pin.
+
+A rig file (``--rig FILE`` or ``EDGE_RIG=FILE``) says how the gateway under test reaches the
+devices and how the runner sees its buzzer (docs/hil.md has the wiring):
+
+.. code-block:: yaml
+
+    ports:                      # site bus id -> the rig's USB-RS485 adapter (or socket://)
+      rs485-1: /dev/ttyUSB0
+    tcp:                        # site bus id -> simulators on a second machine
+      lan: 192.168.10.2:15020
+    control: 192.168.10.2:15021 # that machine's simulator control channel
+    buzzer:
+      output_pin: 17            # BCM pin the gateway drives (outputs.buzzer.pin)
+      readback_pin: 22          # BCM input wired to it through the loopback wire
+      pin_factory: lgpio
+
+With no rig configured the real-rig tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["BuzzerReadback", "Rig", "RigConfigError", "load_rig", "rig_from_env"]
+
+_BCM = range(2, 28)
+
+
+class RigConfigError(Exception):
+    """The rig file is wrong or missing; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class Rig:
+    path: Path
+    ports: dict[str, str]
+    tcp: dict[str, tuple[str, int]]
+    control: tuple[str, int] | None
+    output_pin: int
+    readback_pin: int
+    pin_factory: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def adapt_site(self, site: dict[str, Any]) -> None:
+        """Point the site's buses at the rig's adapters and its buzzer at the output pin."""
+        for bus in site.get("buses", []):
+            bus_id = bus.get("id")
+            if bus_id in self.ports:
+                bus["port"] = self.ports[bus_id]
+            if bus_id in self.tcp:
+                bus["host"], bus["port"] = self.tcp[bus_id]
+        outputs = site.setdefault("outputs", {})
+        outputs["pin_factory"] = self.pin_factory
+        if outputs.get("pin_factory") is None:
+            outputs.pop("pin_factory")
+        outputs.setdefault("buzzer", {})["pin"] = self.output_pin
+
+
+def _host_port(text: Any, where: str) -> tuple[str, int]:
+    if isinstance(text, str):
+        host, _, port = text.rpartition(":")
+        if host and port.isdigit() and 0 < int(port) < 65536:
+            return host, int(port)
+    raise RigConfigError(f"{where}: expected HOST:PORT, got {text!r}")
+
+
+def _pin(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _BCM:
+        raise RigConfigError(f"{where}: a BCM GPIO number 2-27, not {value!r}")
+    return value
+
+
+def load_rig(path: str | os.PathLike[str]) -> Rig:
+    """Read a rig file; :class:`RigConfigError` names what is wrong."""
+    name = os.fspath(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RigConfigError(f"{name}: cannot read the rig file: {exc}") from None
+    if not isinstance(data, dict):
+        raise RigConfigError(f"{name}: a rig file is a mapping (ports, tcp, control, buzzer)")
+    unknown = set(data) - {"ports", "tcp", "control", "buzzer"}
+    if unknown:
+        raise RigConfigError(f"{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    ports = data.get("ports") or {}
+    tcp = data.get("tcp") or {}
+    if not isinstance(ports, dict) or not all(isinstance(v, str) for v in ports.values()):
+        raise RigConfigError(f"{name}: ports: a mapping of bus id -> serial port")
+    if not isinstance(tcp, dict):
+        raise RigConfigError(f"{name}: tcp: a mapping of bus id -> HOST:PORT")
+    buzzer = data.get("buzzer")
+    if not isinstance(buzzer, dict):
+        raise RigConfigError(f"{name}: buzzer: output_pin and readback_pin are required")
+    factory = buzzer.get("pin_factory")
+    if factory is not None and factory not in ("lgpio", "rpigpio", "pigpio", "native"):
+        raise RigConfigError(f"{name}: buzzer.pin_factory: lgpio, rpigpio, pigpio or native")
+    control = data.get("control")
+    return Rig(
+        path=Path(path),
+        ports={str(k): v for k, v in ports.items()},
+        tcp={str(k): _host_port(v, f"{name}: tcp.{k}") for k, v in tcp.items()},
+        control=_host_port(control, f"{name}: control") if control is not None else None,
+        output_pin=_pin(buzzer.get("output_pin"), f"{name}: buzzer.output_pin"),
+        readback_pin=_pin(buzzer.get("readback_pin"), f"{name}: buzzer.readback_pin"),
+        pin_factory=factory,
+    )
+
+
+def rig_from_env() -> Rig | None:
+    """The rig named by ``EDGE_RIG``, or ``None`` when no rig is configured."""
+    path = os.environ.get("EDGE_RIG")
+    return load_rig(path) if path else None
+
+
+class BuzzerReadback:
+    """The buzzer output read back through the loopback wire: every edge with its time."""
+
+    def __init__(self, pin: int, pin_factory: Any = None) -> None:
+        # Imported here: gpiozero picks a pin factory at import on some versions.
+        from gpiozero import DigitalInputDevice  # noqa: PLC0415
+
+        self._lock = threading.Lock()
+        self.changes: list[tuple[float, bool]] = []
+        self._input = DigitalInputDevice(pin, pull_up=False, pin_factory=pin_factory)
+        # gpiozero calls these from its own thread; the lock keeps the list whole.
+        self._input.when_activated = lambda: self._note(True)
+        self._input.when_deactivated = lambda: self._note(False)
+
+    def _note(self, on: bool) -> None:
+        with self._lock:
+            self.changes.append((time.time(), on))
+
+    def snapshot(self) -> list[tuple[float, bool]]:
+        with self._lock:
+            return list(self.changes)
+
+    def close(self) -> None:
+        self._input.close()

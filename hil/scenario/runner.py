@@ -1,0 +1,737 @@
+"""Running scenarios: the rig up, the timeline played, every expectation judged.
+
+A live scenario starts its own Mosquitto, one simulator per bus of the site, the reference
+receiver (in this process) and the gateway as a real ``edge run`` process with gpiozero's mock
+pins. The buzzer is observed through the gateway's ``buzzer on``/``buzzer off`` log lines and
+their timestamps (taken right after the pin was driven); the LED through the alarm
+transitions it follows (lit while any alarm is active); the platform through the receiver.
+
+A replay scenario generates its readings (months of them) and runs them through the site's
+rules with ``edge replay``'s engine, on the readings' own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import math
+import random
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from drivers import Reading
+from edge.config.model import ModbusRtuBus, ModbusTcpBus
+from edge.replay import replay
+from edge.rules import Transition
+from hil.rtu_line import RtuLine
+from hil.scenario.model import Expectation, Scenario, SimDevice, Step
+from hil.scenario.rig import (
+    Disk,
+    GatewayProcess,
+    Mosquitto,
+    ObservingReceiver,
+    RigError,
+    RigSkip,
+    Sim,
+    make_serial_sim,
+    publish,
+    receiving,
+)
+from hil.serial_sim import Ld2410Sim, SerialDeviceSim, WitMotionSim
+from hil.simulator import Simulator
+
+__all__ = ["Outcome", "ScenarioResult", "run_scenario"]
+
+Status = Literal["passed", "failed", "skipped", "error"]
+#: How long the rig may take to come up: every device reporting at the platform.
+WARMUP_TIMEOUT = 20.0
+#: How long the outbox may take to drain before the gateway is stopped at the end.
+DRAIN_TIMEOUT = 15.0
+
+
+@dataclass
+class Outcome:
+    expectation: Expectation
+    passed: bool
+    detail: str
+    #: Seconds measured (time to buzzer, to platform), when the expectation measures one.
+    measured: float | None = None
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    status: Status
+    outcomes: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
+    reason: str = ""
+    workdir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.passed]
+
+
+Say = Callable[[str], None]
+
+
+async def run_scenario(
+    scenario: Scenario,
+    workdir: Path | None = None,
+    *,
+    say: Say = print,
+    rig: Any = None,
+) -> ScenarioResult:
+    """Run one scenario; never raises for a failing rig or expectation (see ``status``)."""
+    began = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="scenario-")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            if scenario.mode == "replay":
+                result = run_replay(scenario, say)
+            else:
+                result = await LiveRun(scenario, workdir, say, rig).run()
+        except RigSkip as exc:
+            result = ScenarioResult(scenario, "skipped", reason=str(exc))
+        except (RigError, OSError, ValueError) as exc:
+            result = ScenarioResult(scenario, "error", reason=f"{type(exc).__name__}: {exc}")
+        result.seconds = time.monotonic() - began
+        result.workdir = workdir
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# Live
+
+
+def gateway_handles(command: str) -> bool:
+    """Whether this gateway answers ``command`` (the downlink commands grow over releases)."""
+    import edge.gateway  # noqa: PLC0415
+
+    return f'"{command}"' in inspect.getsource(edge.gateway)
+
+
+class LiveRun:
+    def __init__(self, scenario: Scenario, workdir: Path, say: Say, rig: Any) -> None:
+        self.scenario = scenario
+        self.workdir = workdir
+        self.say = say
+        self.rig = rig
+        self.random = random.Random(scenario.seed)
+        self.sims: dict[str, Sim] = {}
+        self.step_times: dict[str, float] = {}
+        self.background: list[asyncio.Task[None]] = []
+        self.disk: Disk | None = None
+        self.broker = Mosquitto(workdir / "broker")
+        self.receiver = ObservingReceiver(workdir / "platform.sqlite")
+        self.gateway: GatewayProcess | None = None
+        self.notes: list[str] = []
+        self.acks_wanted: list[tuple[str, str, Step]] = []
+        self.kills: list[float] = []
+
+    async def run(self) -> ScenarioResult:
+        scenario = self.scenario
+        if "push-config" in scenario.needs and not gateway_handles("push-config"):
+            raise RigSkip("this gateway does not handle the push-config command yet")
+        if "tmpfs" in scenario.needs:
+            self.disk = Disk(self.workdir / "disk")
+            self.disk.mount()
+        try:
+            return await self._run()
+        finally:
+            for task in self.background:
+                task.cancel()
+            await asyncio.gather(*self.background, return_exceptions=True)
+            if self.gateway is not None:
+                await self.gateway.stop()
+            await self._stop_sims()
+            self.broker.stop()
+            self.receiver.close()
+            if self.disk is not None:
+                self.disk.unmount()
+
+    async def _run(self) -> ScenarioResult:
+        scenario = self.scenario
+        await self._start_sims()
+        site_path = self.workdir / "site.yaml"
+        site = self.site_data()
+        site_path.write_text(yaml.safe_dump(site, sort_keys=False))
+        self.broker.start()
+        prefix = f"{site['uplink'].get('topic_prefix', 'district/v1')}"
+        self.topic = f"{prefix}/{scenario.site.gateway.id}"
+        self.gateway = GatewayProcess(site_path, self.workdir / "gateway.log")
+        async with receiving(self.receiver, self.broker.url, prefix):
+            await self.gateway.start()
+            await self._warm_up()
+            start = time.time()
+            self.step_times["start"] = start
+            self.say(f"  rig up: {len(self.sims)} simulated bus(es), broker :{self.broker.port}")
+            for step in scenario.steps:
+                await asyncio.sleep(max(0.0, start + step.at - time.time()))
+                self.step_times[step.label] = time.time()
+                self.say(f"  +{time.time() - start:5.1f}s {step.label}: {_describe_step(step)}")
+                await self.perform(step)
+            await asyncio.sleep(max(0.0, start + scenario.duration - time.time()))
+            for task in self.background:
+                task.cancel()
+            if any(e.kind in ("nothing_lost", "no_gaps") for e in scenario.expectations):
+                await self._drain()
+            self.step_times["end"] = time.time()
+            status = await self.gateway.stop()
+            await asyncio.sleep(0.5)  # the last acks and the retained status
+        if status not in (0, None):
+            self.notes.append(f"the gateway exited with status {status} on SIGTERM")
+        outcomes = [self.judge(e) for e in scenario.expectations]
+        outcomes += await self._acks()
+        if status not in (0, None):
+            outcomes.append(
+                Outcome(
+                    Expectation("nothing_lost", 0),
+                    False,
+                    f"the gateway exited with status {status} when stopped (SIGTERM)",
+                )
+            )
+        failed = any(not o.passed for o in outcomes)
+        return ScenarioResult(
+            scenario, "failed" if failed else "passed", outcomes, notes=self.notes
+        )
+
+    # -- the rig ----------------------------------------------------------------------------
+
+    async def _start_sims(self) -> None:
+        buses = {bus.id: bus for bus in self.scenario.site.buses}
+        by_bus: dict[str, list[SimDevice]] = {}
+        for device in self.scenario.devices:
+            by_bus.setdefault(device.bus, []).append(device)
+        for bus_id, devices in by_bus.items():
+            bus = buses[bus_id]
+            sim: Sim
+            if isinstance(bus, ModbusTcpBus):
+                sim = Simulator(
+                    model=devices[0].model,
+                    tcp=("127.0.0.1", 0),
+                    tcp_devices=[d.address or 1 for d in devices],
+                    seed=self.scenario.seed,
+                )
+                await sim.start()
+            elif isinstance(bus, ModbusRtuBus):
+                sim = RtuLine(
+                    {d.address or 1: d.model for d in devices},
+                    baudrate=bus.baudrate,
+                    seed=self.scenario.seed,
+                )
+                await sim.start()
+            else:
+                sim = make_serial_sim(devices[0].sim, self.scenario.seed)
+                await sim.start()
+            self.sims[bus_id] = sim
+            for device in devices:
+                for point, value in device.values.items():
+                    self.set_value(device, point, value)
+
+    async def _stop_sims(self) -> None:
+        for sim in self.sims.values():
+            with contextlib.suppress(Exception):
+                if isinstance(sim, RtuLine):
+                    sim.stop()
+                else:
+                    await sim.stop()
+
+    def site_data(self) -> dict[str, Any]:
+        """The scenario's site pointed at this rig's simulators, broker and outbox."""
+        site: dict[str, Any] = yaml.safe_load(yaml.safe_dump(self.scenario.site_data))
+        for bus in site["buses"]:
+            sim = self.sims.get(bus["id"])
+            if isinstance(sim, Simulator):
+                bus["host"], bus["port"] = "127.0.0.1", sim.tcp_port
+            elif isinstance(sim, RtuLine | SerialDeviceSim):
+                bus["port"] = sim.path
+            elif bus.get("kind") == "gpio":
+                bus["pin_factory"] = "mock"
+        uplink = site["uplink"]
+        uplink["brokers"] = [self.broker.url]
+        for key in ("ca_file", "cert_file", "key_file", "username", "password"):
+            uplink.pop(key, None)
+        outbox_dir = self.disk.mountpoint if self.disk is not None else self.workdir
+        site["buffer"]["path"] = str(outbox_dir / "outbox.sqlite")
+        site["outputs"]["pin_factory"] = "mock"
+        # No modem on the simulated rig; SMS has its own tests.
+        site.pop("sms", None)
+        if self.rig is not None:
+            self.rig.adapt_site(site)
+        return site
+
+    async def _warm_up(self) -> None:
+        """Wait until every simulated device has a reading at the platform."""
+        wanted = {d.id for d in self.scenario.devices}
+        deadline = time.monotonic() + WARMUP_TIMEOUT
+        while True:
+            seen = {
+                r.get("device")
+                for a in self.receiver.arrivals
+                if a.topic.endswith("/telemetry")
+                for r in a.message.get("readings", [])
+            }
+            if wanted <= seen:
+                return
+            assert self.gateway is not None
+            if not self.gateway.running:
+                code = self.gateway.process.returncode if self.gateway.process else None
+                raise RigError(
+                    f"the gateway exited with {code} while starting; see {self.gateway.log_path}"
+                )
+            if time.monotonic() > deadline:
+                raise RigError(
+                    f"no reading from {', '.join(sorted(wanted - seen))} at the platform within "
+                    f"{WARMUP_TIMEOUT:g} s; see {self.gateway.log_path}"
+                )
+            self.receiver.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self.receiver.arrived.wait()
+
+    async def _drain(self) -> None:
+        """Wait (bounded) until the gateway's status says its outbox is empty and it is online."""
+        assert self.gateway is not None
+        if not self.gateway.running:
+            return
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        count = len(self.gateway.lines)
+        while time.monotonic() < deadline:
+            for line in self.gateway.lines[count:]:
+                entry = line.entry
+                if (
+                    entry.get("msg") == "status"
+                    and entry.get("outbox_events") == "0"
+                    and entry.get("outbox_telemetry") == "0"
+                    and entry.get("uplink") == "online"
+                ):
+                    return
+            count = len(self.gateway.lines)
+            await asyncio.sleep(0.2)
+        self.notes.append(f"the outbox did not drain within {DRAIN_TIMEOUT:g} s")
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def device(self, device_id: str) -> SimDevice:
+        return next(d for d in self.scenario.devices if d.id == device_id)
+
+    def set_value(self, device: SimDevice, point: str, value: float) -> None:
+        sim = self.sims[device.bus]
+        if isinstance(sim, Simulator):
+            sim.set("tcp", device.address or 1, point, value)
+        elif isinstance(sim, RtuLine):
+            sim.set(device.address or 1, point, value)
+        elif isinstance(sim, WitMotionSim):
+            angles = {"roll": sim.roll, "pitch": sim.pitch, "yaw": sim.yaw}
+            if point == "temperature":
+                sim.temperature = value
+            else:
+                angles[point] = value
+                sim.set_angles(angles["roll"], angles["pitch"], angles["yaw"])
+        elif isinstance(sim, Ld2410Sim):
+            target = sim.target
+            state = int(value) if point == "state" else target.state
+            distance = int(value) if point == "distance" else target.detection_distance
+            sim.set_target(state, distance, distance)
+
+    def set_fault(self, device: SimDevice, kind: str, delay: float = 0.0) -> None:
+        sim = self.sims[device.bus]
+        if isinstance(sim, Simulator):
+            sim.set_silent("tcp", device.address or 1, kind == "silent")
+        elif isinstance(sim, RtuLine):
+            sim.set_fault(device.address or 1, kind, delay=delay)  # type: ignore[arg-type]
+        elif isinstance(sim, SerialDeviceSim):
+            sim.set_fault(kind)  # type: ignore[arg-type]
+
+    async def perform(self, step: Step) -> None:
+        args = step.args
+        action = step.action
+        if action == "set":
+            self.set_value(self.device(args["device"]), args["point"], args["value"])
+        elif action in ("ramp", "noise", "toggle"):
+            self.background.append(asyncio.create_task(self._wave(step)))
+        elif action == "fault":
+            self.set_fault(self.device(args["device"]), args["kind"], args.get("delay") or 0.0)
+        elif action in ("silent", "back", "garbage"):
+            kind = {"silent": "silent", "back": "none", "garbage": "garbage"}[action]
+            self.set_fault(self.device(args["device"]), kind)
+        elif action == "broker":
+            if args["what"] == "down":
+                await asyncio.to_thread(self.broker.stop)
+            else:
+                await asyncio.to_thread(self.broker.start)
+        elif action == "disk":
+            assert self.disk is not None
+            if args["what"] == "full":
+                written = await asyncio.to_thread(self.disk.fill)
+                self.say(f"         disk full after {written / 1024:.0f} KiB more")
+            else:
+                self.disk.free()
+        elif action == "gateway":
+            assert self.gateway is not None
+            what = args["what"]
+            if what == "kill":
+                self.kills.append(time.time())
+                await self.gateway.kill()
+            elif what == "stop":
+                await self.gateway.stop()
+            elif what == "start":
+                await self.gateway.start()
+            else:
+                if self.gateway.running:
+                    await self.gateway.stop()
+                await self.gateway.start()
+        elif action == "push-config":
+            command_id = f"scenario-{uuid.uuid4().hex[:12]}"
+            await publish(
+                self.broker.url,
+                f"{self.topic}/commands",
+                {
+                    "schema": "edge.command/1",
+                    "command_id": command_id,
+                    "command": "push-config",
+                    "issued_at": datetime.now(UTC)
+                    .isoformat(timespec="milliseconds")
+                    .replace("+00:00", "Z"),
+                    "params": {"site": self._pushed_site(args["site"])},
+                },
+            )
+            self.acks_wanted.append((command_id, args["expect"], step))
+
+    def _pushed_site(self, site: dict[str, Any]) -> dict[str, Any]:
+        """The pushed site pointed at this rig like the first one (ports, broker, outbox)."""
+        current = self.site_data()
+        pushed: dict[str, Any] = yaml.safe_load(yaml.safe_dump(site))
+        ports = {b["id"]: b for b in current["buses"]}
+        for bus in pushed.get("buses", []) if isinstance(pushed.get("buses"), list) else []:
+            if isinstance(bus, dict) and bus.get("id") in ports:
+                for key in ("host", "port", "pin_factory"):
+                    if key in ports[bus["id"]]:
+                        bus[key] = ports[bus["id"]][key]
+        for section, keys in (("uplink", ("brokers",)), ("buffer", ("path",))):
+            if isinstance(pushed.get(section), dict):
+                for key in keys:
+                    pushed[section][key] = current[section][key]
+        if isinstance(pushed.get("outputs"), dict):
+            pushed["outputs"]["pin_factory"] = "mock"
+        return pushed
+
+    async def _wave(self, step: Step) -> None:
+        args = step.args
+        device = self.device(args["device"])
+        point = args["point"]
+        begin = time.monotonic()
+        if step.action == "ramp":
+            while True:
+                share = min(1.0, (time.monotonic() - begin) / args["over"])
+                self.set_value(device, point, args["from"] + (args["to"] - args["from"]) * share)
+                if share >= 1.0:
+                    return
+                await asyncio.sleep(0.1)
+        if step.action == "noise":
+            while time.monotonic() - begin < args["for"]:
+                offset = self.random.uniform(-args["amplitude"], args["amplitude"])
+                self.set_value(device, point, args["around"] + offset)
+                await asyncio.sleep(args["every"])
+            self.set_value(device, point, args["around"])
+            return
+        index = 0
+        while time.monotonic() - begin < args["for"]:
+            self.set_value(device, point, args["values"][index % len(args["values"])])
+            index += 1
+            await asyncio.sleep(args["every"])
+
+    async def _acks(self) -> list[Outcome]:
+        outcomes = []
+        for command_id, wanted, step in self.acks_wanted:
+            acks = [
+                a
+                for a in self.receiver.arrivals
+                if a.topic.endswith("/acks") and a.message.get("command_id") == command_id
+            ]
+            expectation = Expectation("event", step.line, match={"ack": wanted}, after=step.label)
+            if not acks:
+                outcomes.append(Outcome(expectation, False, f"no ack for {step.label}"))
+                continue
+            result = acks[0].message.get("result")
+            delay = acks[0].at - self.step_times[step.label]
+            outcomes.append(
+                Outcome(
+                    expectation,
+                    result == wanted,
+                    f"ack {result} after {delay:.2f} s"
+                    + (f": {acks[0].message.get('error')}" if acks[0].message.get("error") else ""),
+                    delay,
+                )
+            )
+        return outcomes
+
+    # -- judging ----------------------------------------------------------------------------
+
+    def time_of(self, label: str) -> float:
+        return self.step_times.get(label, self.step_times.get("end", time.time()))
+
+    def buzzer_changes(self) -> list[tuple[float, bool]]:
+        assert self.gateway is not None
+        return [
+            (line.at, line.entry["msg"] == "buzzer on")
+            for line in self.gateway.lines
+            if line.entry.get("msg") in ("buzzer on", "buzzer off")
+        ]
+
+    def led_changes(self) -> list[tuple[float, bool]]:
+        """The LED follows the active alarms: lit while there is one (edge/annunciator.py)."""
+        assert self.gateway is not None
+        active: set[tuple[str, str]] = set()
+        changes: list[tuple[float, bool]] = []
+        instance = 0
+        for line in self.gateway.lines:
+            if line.instance != instance:
+                instance = line.instance
+                active.clear()
+            msg = line.entry.get("msg", "")
+            key = (line.entry.get("rule", ""), line.entry.get("device", ""))
+            before = bool(active)
+            if msg == "alarm-raised":
+                active.add(key)
+            elif msg == "alarm-cleared":
+                active.discard(key)
+            if bool(active) != before:
+                changes.append((line.at, bool(active)))
+        return changes
+
+    def judge(self, e: Expectation) -> Outcome:
+        if e.kind in ("buzzer", "led"):
+            changes = self.buzzer_changes() if e.kind == "buzzer" else self.led_changes()
+            return _judge_state(e, changes, self.time_of(e.after))
+        if e.kind == "no_buzzer":
+            begin, until = self.time_of(e.window[0]), self.time_of(e.window[1])
+            changes = self.buzzer_changes()
+            on_at_start = _state_at(changes, begin)
+            ons = [at for at, on in changes if on and begin <= at <= until]
+            if on_at_start or ons:
+                when = "already on" if on_at_start else f"on at +{ons[0] - begin:.2f} s"
+                return Outcome(e, False, f"the buzzer was {when}")
+            return Outcome(e, True, "the buzzer stayed off")
+        events = self.receiver.events()
+        if e.kind == "event":
+            since = self.time_of(e.after)
+            after = [a for a in events if a.at >= since]
+            hits = [a for a in after if _matches(a.message, e.match)]
+            if not hits:
+                kinds = ", ".join(str(a.message.get("kind")) for a in after[:8]) or "none"
+                return Outcome(e, False, f"never arrived (events after {e.after}: {kinds})")
+            delay = hits[0].at - since
+            if e.first:
+                first = next(
+                    (
+                        a
+                        for a in self.receiver.arrivals
+                        if a.at >= since and a.topic.endswith(("/events", "/telemetry"))
+                    ),
+                    None,
+                )
+                if first is not hits[0]:
+                    what = first.topic.rsplit("/", 1)[-1] if first else "nothing"
+                    return Outcome(
+                        e, False, f"arrived after {delay:.2f} s but {what} came first", delay
+                    )
+            return Outcome(e, delay <= e.within, f"arrived {delay:.2f} s after {e.after}", delay)
+        if e.kind == "no_event":
+            begin, until = self.time_of(e.window[0]), self.time_of(e.window[1])
+            hits = [a for a in events if begin <= a.at <= until and _matches(a.message, e.match)]
+            if hits:
+                return Outcome(
+                    e, False, f"{len(hits)} arrived, first at +{hits[0].at - begin:.2f} s"
+                )
+            return Outcome(e, True, "none arrived")
+        if e.kind == "count":
+            n = sum(1 for a in events if _matches(a.message, e.match))
+            return Outcome(e, _within_bounds(n, e), f"{n} arrived")
+        summary = self.receiver.summary()
+        gaps = {
+            f"{gw}/{epoch[:8]}": missing
+            for gw, g in summary.gateways.items()
+            for epoch, missing in g.gaps.items()
+            if missing
+        }
+        if not summary.gateways:
+            return Outcome(e, False, "nothing arrived at the platform")
+        if gaps:
+            return Outcome(e, False, f"seqs missing at the platform: {gaps}")
+        ranges = [
+            f"{low}-{high}" for g in summary.gateways.values() for low, high in g.seq_range.values()
+        ]
+        if e.kind == "no_gaps":
+            return Outcome(e, True, f"seqs {', '.join(ranges)} without a gap")
+        left = self._outbox_left()
+        if left:
+            return Outcome(e, False, f"{left} record(s) still in the outbox, never delivered")
+        return Outcome(e, True, f"seqs {', '.join(ranges)} without a gap; the outbox is empty")
+
+    def _outbox_left(self) -> int:
+        site = self.site_data()
+        path = Path(site["buffer"]["path"])
+        if not path.exists():
+            return 0
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            try:
+                rows = db.execute(
+                    "SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM telemetry)"
+                ).fetchone()
+            except sqlite3.Error:
+                return 0
+        return int(rows[0])
+
+
+def _state_at(changes: list[tuple[float, bool]], moment: float) -> bool:
+    state = False
+    for at, on in changes:
+        if at > moment:
+            break
+        state = on
+    return state
+
+
+def _judge_state(e: Expectation, changes: list[tuple[float, bool]], since: float) -> Outcome:
+    wanted = e.state == "on"
+    if _state_at(changes, since) == wanted:
+        return Outcome(e, True, f"already {e.state} at {e.after}", 0.0)
+    reached = next((at for at, on in changes if at > since and on == wanted), None)
+    if reached is None:
+        return Outcome(e, False, f"never {e.state} after {e.after}")
+    delay = reached - since
+    return Outcome(e, delay <= e.within, f"{e.state} {delay * 1000:.0f} ms after {e.after}", delay)
+
+
+def _matches(message: dict[str, Any], match: dict[str, Any]) -> bool:
+    for key, wanted in match.items():
+        value: Any = message
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(wanted, bool) or not isinstance(wanted, int | float):
+            if value != wanted and str(value) != str(wanted):
+                return False
+        elif not isinstance(value, int | float) or not math.isclose(value, wanted, abs_tol=1e-6):
+            return False
+    return True
+
+
+def _within_bounds(n: int, e: Expectation) -> bool:
+    return (
+        (e.equals is None or n == e.equals)
+        and (e.at_least is None or n >= e.at_least)
+        and (e.at_most is None or n <= e.at_most)
+    )
+
+
+def _describe_step(step: Step) -> str:
+    args = step.args
+    if step.action in ("broker", "disk", "gateway"):
+        return f"{step.action} {args['what']}"
+    if step.action == "push-config":
+        return f"push-config (expect {args['expect']})"
+    detail = " ".join(f"{k}={v}" for k, v in args.items() if k not in ("device",))
+    return f"{step.action} {args['device']} {detail}".rstrip()
+
+
+# --------------------------------------------------------------------------------------------
+# Replay (time-compressed)
+
+
+def generate(scenario: Scenario) -> Iterator[Reading]:
+    """Every series' readings, merged oldest first."""
+    rng = random.Random(scenario.seed)
+    streams = []
+    for series in scenario.readings:
+        count = int(series.span // series.every) + 1
+        items = []
+        for index in range(count):
+            share = index / max(1, count - 1)
+            if series.shape == "ramp":
+                value = series.value + (series.to - series.value) * share
+            elif series.shape == "noise":
+                value = series.value + rng.uniform(-series.amplitude, series.amplitude)
+            else:
+                value = series.value
+            items.append(
+                (
+                    series.start + index * series.every,
+                    series.device,
+                    series.point,
+                    value,
+                    series.unit,
+                )
+            )
+        streams.append(items)
+    merged = sorted((item for stream in streams for item in stream), key=lambda item: item[0])
+    for ts, device, point, value, unit in merged:
+        yield Reading(device_id=device, point=point, value=value, unit=unit, ts=ts, mono=ts)
+
+
+def run_replay(scenario: Scenario, say: Say) -> ScenarioResult:
+    transitions: list[Transition] = []
+    summary = replay(scenario.site, iter(generate(scenario)), transitions.append)
+    span_days = ((summary.last_ts or 0) - (summary.first_ts or 0)) / 86400
+    say(
+        f"  replayed {summary.readings:,} readings over {span_days:.0f} days in "
+        f"{summary.seconds:.2f} s: {summary.transitions} transition(s)"
+    )
+    outcomes = []
+    for e in scenario.expectations:
+        hits = [
+            t
+            for t in transitions
+            if _matches(
+                {
+                    "kind": t.kind,
+                    "rule": t.rule_id,
+                    "device": t.device_id,
+                    "point": t.point,
+                    "severity": t.severity,
+                },
+                e.match,
+            )
+        ]
+        if e.kind == "no_transition":
+            outcomes.append(
+                Outcome(
+                    e,
+                    not hits,
+                    f"{len(hits)} found" + (f", first {_when(hits[0].ts)}" if hits else ""),
+                )
+            )
+            continue
+        if not hits:
+            outcomes.append(Outcome(e, False, f"none among {len(transitions)} transition(s)"))
+            continue
+        ok = e.not_before is None or hits[0].ts >= e.not_before
+        has_bounds = any(b is not None for b in (e.equals, e.at_least, e.at_most))
+        if has_bounds:
+            ok = ok and _within_bounds(len(hits), e)
+        outcomes.append(Outcome(e, ok, f"{len(hits)} found, first {_when(hits[0].ts)}"))
+    failed = any(not o.passed for o in outcomes)
+    result = ScenarioResult(scenario, "failed" if failed else "passed", outcomes)
+    result.notes.append(
+        f"{summary.readings:,} readings over {span_days:.0f} days replayed "
+        f"in {summary.seconds:.2f} s"
+    )
+    return result
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
