@@ -66,6 +66,7 @@ _EXPECT_KINDS: Final[tuple[ExpectKind, ...]] = (
     "buzzer",
     "led",
     "event",
+    "reading",
     "no_event",
     "no_buzzer",
     "count",
@@ -79,6 +80,7 @@ _MODIFIERS: Final[dict[str, tuple[str, ...]]] = {
     "buzzer": ("after", "within"),
     "led": ("after", "within"),
     "event": ("after", "within", "first"),
+    "reading": ("after", "within"),
     "no_event": ("from", "until"),
     "no_buzzer": ("from", "until"),
     "count": ("equals", "at_least", "at_most"),
@@ -629,7 +631,7 @@ class _Checker:
             return None
         within = 0.0
         first = False
-        if kind == "event":
+        if kind in ("event", "reading"):
             within = self.duration(item, base, "within", required=True) or 0.0
             first = item.get("first", False)
             if not isinstance(first, bool):

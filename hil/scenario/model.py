@@ -78,6 +78,7 @@ ExpectKind: TypeAlias = Literal[
     "buzzer",
     "led",
     "event",
+    "reading",
     "no_event",
     "no_buzzer",
     "count",
@@ -116,6 +117,8 @@ class Expectation:
         if self.kind == "event":
             first = " (first to arrive)" if self.first else ""
             return f"event {what} within {_s(self.within)} of {self.after}{first}"
+        if self.kind == "reading":
+            return f"reading {what} within {_s(self.within)} of {self.after}"
         if self.kind == "no_event":
             return f"no event {what} from {self.window[0]} until {self.window[1]}"
         if self.kind == "no_buzzer":

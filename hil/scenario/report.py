@@ -101,7 +101,8 @@ def figures(results: list[ScenarioResult], wall: float) -> dict[str, Any]:
                 "passed": o.passed,
             }
             for o in result.outcomes
-            if o.measured is not None and o.expectation.kind in ("buzzer", "led", "event")
+            if o.measured is not None
+            and o.expectation.kind in ("buzzer", "led", "event", "reading")
         ]
         per[result.scenario.name] = {
             "status": result.status,

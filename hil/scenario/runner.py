@@ -17,6 +17,7 @@ import contextlib
 import inspect
 import math
 import random
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -98,6 +99,9 @@ async def run_scenario(
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="scenario-")))
+        else:
+            # A scenario starts from nothing: no outbox, broker sessions or logs of a last run.
+            shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             if scenario.mode == "replay":
@@ -550,6 +554,22 @@ class LiveRun:
                     return Outcome(
                         e, False, f"arrived after {delay:.2f} s but {what} came first", delay
                     )
+            return Outcome(e, delay <= e.within, f"arrived {delay:.2f} s after {e.after}", delay)
+        if e.kind == "reading":
+            since = self.time_of(e.after)
+            reading = next(
+                (
+                    a.at
+                    for a in self.receiver.arrivals
+                    if a.at >= since and a.topic.endswith("/telemetry")
+                    for r in a.message.get("readings", [])
+                    if _matches(r, e.match)
+                ),
+                None,
+            )
+            if reading is None:
+                return Outcome(e, False, f"no such reading arrived after {e.after}")
+            delay = reading - since
             return Outcome(e, delay <= e.within, f"arrived {delay:.2f} s after {e.after}", delay)
         if e.kind == "no_event":
             begin, until = self.time_of(e.window[0]), self.time_of(e.window[1])
