@@ -667,7 +667,8 @@ class Gateway:
             # restart): nothing to do, and no second restart.
             return {"config_hash": digest, "unchanged": True}
         try:
-            reload.write_site(path, pushed.text)
+            # In a thread: an fsync on an SD card can take long, and the alarms go on meanwhile.
+            await asyncio.to_thread(reload.write_site, path, pushed.text)
         except OSError as exc:
             raise CommandError(f"cannot write the site file: {exc}") from None
         self.restart = reload.RestartRequest(current_command_id(), digest, self.config_digest)

@@ -242,38 +242,34 @@ class SiteRunner:
                 if stop.is_set():
                     # Stopped before the new config proved itself: the file goes back, and
                     # the next start runs the config that is known to work.
-                    restore_previous(self.path)
+                    await asyncio.to_thread(restore_previous, self.path)
                     return
-                gateway = self._roll_back(pushed, outcome.failure)
+                gateway = await self._roll_back(pushed, outcome.failure)
                 pushed = None
                 continue
             pushed = outcome.restart
             if pushed is None or stop.is_set():
                 return
-            gateway = self._start_pushed(pushed)
-            if gateway is None:
-                gateway = self._roll_back(pushed, self._last_failure)
+            try:
+                gateway = await self._start_pushed(pushed)
+            except Exception as exc:  # any failure to build is a failure to start
+                reason = f"did not start: {type(exc).__name__}: {exc}"
+                gateway = await self._roll_back(pushed, reason)
                 pushed = None
 
-    _last_failure = ""
-
-    def _start_pushed(self, request: RestartRequest) -> Gateway | None:
-        try:
-            config = load_site(self.path, known_models=self.known_models)
-            gateway = self._make(config, request.config_hash)
-        except Exception as exc:  # any failure to build is a failure to start
-            self._last_failure = f"did not start: {type(exc).__name__}: {exc}"
-            return None
+    async def _start_pushed(self, request: RestartRequest) -> Gateway:
+        config = await asyncio.to_thread(load_site, self.path, known_models=self.known_models)
+        gateway = self._make(config, request.config_hash)
         gateway.pushed_by = request.command_id
         return gateway
 
-    def _roll_back(self, request: RestartRequest, reason: str) -> Gateway:
+    async def _roll_back(self, request: RestartRequest, reason: str) -> Gateway:
         self.rolled_back += 1
         log.error(
             "pushed config rolled back",
             extra=fields(reason=reason, config_hash=request.config_hash),
         )
-        restore_previous(self.path)
+        await asyncio.to_thread(restore_previous, self.path)
         gateway = self._make(self.config, self.digest)
         gateway.report(
             "config-rolled-back",

@@ -1,0 +1,235 @@
+"""push-config through a real Mosquitto into ``edge run``'s loop (edge/reload.py): a good
+config is written and started with the alarms kept, a bad one is refused and changes nothing,
+one that does not start is rolled back."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from gpiozero.pins.mock import MockFactory
+
+from drivers.modbus import known_models
+from edge.commands import MAX_COMMAND_BYTES
+from edge.config import load_site
+from edge.gateway import config_hash
+from edge.reload import SiteRunner
+from hil.simulator import Simulator
+from tests.fixtures.broker import Collector, Mosquitto, collect
+from tests.integration.site import site_for, write_site
+from tests.integration.test_commands import PREFIX, ack_for, command, send, until
+
+pytestmark = pytest.mark.integration
+
+
+def events(platform: Collector, kind: str) -> list[dict[str, Any]]:
+    return [e for e in platform.on("/events") if e["kind"] == kind]
+
+
+@asynccontextmanager
+async def running(
+    path: Path, pins: Any, platform: Collector
+) -> AsyncIterator[tuple[SiteRunner, asyncio.Event]]:
+    digest = config_hash(await asyncio.to_thread(path.read_bytes))
+    runner = SiteRunner(
+        path,
+        await asyncio.to_thread(load_site, path, known_models=known_models()),
+        digest,
+        pin_factory=pins,
+        settle=1.5,
+        known_models=known_models(),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await platform.wait_for(lambda c: len(c.on("/telemetry")) > 0, 15)
+        yield runner, stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    pins = MockFactory()
+    async with (
+        Simulator(
+            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
+        ) as sim,
+        collect(mosquitto, f"{PREFIX}/#") as platform,
+    ):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        path = write_site(tmp_path, site)
+        original = path.read_bytes()
+        async with running(path, pins, platform) as (runner, _):
+            first = runner.gateway
+            assert first is not None
+            old_hash = first.config_digest
+            sim.set("tcp", 1, "residual_current", 350.0)
+            await until(lambda: pins.pin(17).state is True, 5, "the buzzer")
+
+            pushed = copy.deepcopy(site)
+            pushed["devices"][1]["id"] = "efm-kitchen-102"
+            await send(mosquitto, command("push-1", "push-config", {"site": pushed}))
+            ack = await ack_for(platform, "push-1")
+            assert ack["result"] == "ok", ack
+            new_hash = ack["data"]["config_hash"]
+            assert new_hash != old_hash
+            await platform.wait_for(lambda c: len(events(c, "config-applied")) == 1, 20)
+            applied = events(platform, "config-applied")[0]
+            assert (applied["command_id"], applied["config_hash"]) == ("push-1", new_hash)
+            assert applied["previous_hash"] == old_hash
+            gateway = runner.gateway
+            assert gateway is not None
+            assert gateway is not first
+            assert gateway.config_digest == new_hash
+            # The alarm came back from the state store and sounds on the new gateway.
+            assert gateway.rules.active_alarms() == [
+                ("residual-current-over-limit", "efm-shop-101")
+            ]
+            assert gateway.annunciator.sounding
+            await until(lambda: pins.pin(17).state is True, 5, "the buzzer on the new gateway")
+            await platform.wait_for(
+                lambda c: any(
+                    r.get("device") == "efm-kitchen-102"
+                    for m in c.on("/telemetry")
+                    for r in m.get("readings", [])
+                ),
+                10,
+            )
+            await send(mosquitto, command("g-1", "get-status", {}))
+            assert (await ack_for(platform, "g-1"))["data"]["config_hash"] == new_hash
+            assert path.with_name("site.yaml.previous").read_bytes() == original
+            assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
+
+            # The platform repeating the push (its ack lost): no second restart.
+            await send(mosquitto, command("push-1b", "push-config", {"site": pushed}))
+            again = await ack_for(platform, "push-1b")
+            assert again["data"] == {"config_hash": new_hash, "unchanged": True}
+            assert runner.gateway is gateway
+            assert runner.applied == 1
+
+
+async def test_a_bad_push_is_refused_with_field_paths_and_changes_nothing(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with (
+        Simulator(
+            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
+        ) as sim,
+        collect(mosquitto, f"{PREFIX}/#") as platform,
+    ):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        path = write_site(tmp_path, site)
+        original = path.read_bytes()
+        async with running(path, MockFactory(), platform) as (runner, _):
+            gateway = runner.gateway
+            unknown_key = copy.deepcopy(site)
+            unknown_key["devices"][0]["gauge_lenght"] = 1.5
+            bad_address = copy.deepcopy(site)
+            bad_address["devices"][1]["address"] = 1  # the address of efm-shop-101 on lan
+            other_id = copy.deepcopy(site)
+            other_id["gateway"]["id"] = "gw-somebody-else"
+            other_buffer = copy.deepcopy(site)
+            other_buffer["buffer"]["path"] = str(tmp_path / "elsewhere.sqlite")
+            text = path.read_text()
+            cases: dict[str, tuple[dict[str, Any], str]] = {
+                "key": ({"site": unknown_key}, "devices[0].gauge_lenght: unknown key"),
+                "addr": ({"site": bad_address}, "devices[1].address"),
+                "id": ({"site": other_id}, "gateway.id"),
+                "buffer": ({"site": other_buffer}, "buffer.path"),
+                "yaml": ({"site_yaml": text.replace("gateway:", "gateway: [", 1)}, "line "),
+                "both": ({"site": site, "site_yaml": text}, "params"),
+                "none": ({}, "params"),
+            }
+            for cid, (params, words) in cases.items():
+                await send(mosquitto, command(cid, "push-config", params))
+                ack = await ack_for(platform, cid)
+                assert ack["result"] == "error", (cid, ack)
+                assert words in ack["error"], (cid, ack["error"])
+            huge = {"site_yaml": text + "#" * MAX_COMMAND_BYTES}
+            await send(mosquitto, command("huge", "push-config", huge))
+            # Too large to be read at all: the answer cannot name the command.
+            assert "bytes, over" in (await ack_for(platform, None))["error"]
+            # Refusals by the site checks are reported as events too, with every error.
+            await platform.wait_for(lambda c: len(events(c, "config-rejected")) == 5, 5)
+            rejected = {e["command_id"]: e for e in events(platform, "config-rejected")}
+            assert rejected["key"]["errors"] == [
+                "devices[0].gauge_lenght: unknown key 'gauge_lenght'; did you mean 'gauge_length'?"
+            ]
+            assert path.read_bytes() == original
+            assert not path.with_name("site.yaml.previous").exists()
+            assert runner.gateway is gateway
+            assert events(platform, "config-applied") == []
+
+
+async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with (
+        Simulator(
+            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
+        ) as sim,
+        collect(mosquitto, f"{PREFIX}/#") as platform,
+    ):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        path = write_site(tmp_path, site)
+        original = path.read_bytes()
+        # The site's own mock pin factory (no shared one): the pushed file decides the pins.
+        async with running(path, None, platform) as (runner, _):
+            old_hash = config_hash(original)
+            # Valid to check-config, but written for a board this one is not: building the
+            # buzzer's pin factory fails.
+            other_board = copy.deepcopy(site)
+            other_board["outputs"]["pin_factory"] = "native"
+            # Valid too, but a PIR on a GPIO bus with a factory this board lacks: the gateway
+            # is built, and fails while starting its buses.
+            pir_bus = copy.deepcopy(site)
+            pir_bus["buses"].append({"id": "hall", "kind": "gpio", "pin_factory": "native"})
+            pir_bus["devices"].append(
+                {
+                    "id": "pir-hall",
+                    "model": "pir",
+                    "bus": "hall",
+                    "pin": 5,
+                    "location": {
+                        "building": "Block 3",
+                        "floor": "1",
+                        "room": "Hall",
+                        "venue_type": "shop",
+                    },
+                }
+            )
+            for number, pushed in enumerate([other_board, pir_bus], start=1):
+                cid = f"push-bad-{number}"
+                await send(mosquitto, command(cid, "push-config", {"site": pushed}))
+                ack = await ack_for(platform, cid)
+                assert ack["result"] == "ok", ack  # written; the outcome is an event
+
+                def rolled_back(c: Collector, n: int = number) -> bool:
+                    return len(events(c, "config-rolled-back")) == n
+
+                await platform.wait_for(rolled_back, 20)
+                back = events(platform, "config-rolled-back")[-1]
+                assert back["command_id"] == cid
+                assert back["config_hash"] == old_hash
+                assert "did not start" in back["reason"]
+                assert path.read_bytes() == original
+                await until(lambda: runner.gateway is not None, 10, "the old config running")
+                assert runner.gateway is not None
+                assert runner.gateway.config_digest == old_hash
+            assert runner.rolled_back == 2
+            assert "PinUnknownPi" in events(platform, "config-rolled-back")[0]["reason"]
+            await send(mosquitto, command("g-1", "get-status", {}))
+            status = await ack_for(platform, "g-1")
+            assert status["data"]["config_hash"] == old_hash
+            assert events(platform, "config-applied") == []
+            json.dumps(status)  # the status is plain JSON
