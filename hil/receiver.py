@@ -3,11 +3,16 @@
     python -m hil.receiver --broker mqtt://127.0.0.1:1883 --prefix district/v1 --db rx.sqlite
 
 It subscribes to every gateway under the prefix (QoS 1, persistent session, so nothing is
-lost while the receiver itself reconnects), validates every message against the JSON Schemas
-in ``edge/schemas/``, drops duplicates by ``message_id``, stores what it kept in SQLite and
-prints a summary when it stops (Ctrl-C, SIGTERM or ``--seconds``):
+lost while the receiver itself reconnects), inflates deflated payloads, validates every
+message against the JSON Schemas in ``edge/schemas/``, drops duplicates by ``message_id``,
+stores what it kept in SQLite and prints a summary when it stops (Ctrl-C, SIGTERM or
+``--seconds``):
 
-- messages received, kept, duplicates and rejected (with the reason of each rejection);
+- messages received, kept, duplicates and rejected (with the reason of each rejection), and
+  how many were health and metadata messages;
+- compact telemetry (``edge.telemetry/2``) is decoded with the alias table of the gateway's
+  metadata message that has the same ``aliases_id``; one that names a table not seen yet is
+  counted as undecoded and kept raw, and decoded as soon as that metadata arrives;
 - per gateway and outbox epoch: the seq range seen and the seqs missing from it that no
   ``buffer-thinned`` or ``buffer-dropped`` event accounts for (a gap is a loss);
 - epoch resets: a gateway seen under more than one epoch (its outbox was recreated).
@@ -34,6 +39,13 @@ from typing import Any
 
 import aiomqtt
 
+from edge.contract import (
+    MAX_INFLATED,
+    SCHEMA_TELEMETRY_COMPACT,
+    Aliases,
+    decode_payload,
+    decode_telemetry,
+)
 from edge.schemas import ContractError, validate_message
 from edge.uplink import parse_broker_url
 
@@ -66,9 +78,25 @@ CREATE TABLE IF NOT EXISTS statuses (
 CREATE TABLE IF NOT EXISTS rejected (
     received_at REAL NOT NULL, topic TEXT NOT NULL, error TEXT NOT NULL, payload BLOB
 );
+CREATE TABLE IF NOT EXISTS metadata (
+    gateway_id TEXT PRIMARY KEY, aliases_id TEXT NOT NULL, received_at REAL NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alias_tables (
+    gateway_id TEXT NOT NULL, aliases_id TEXT NOT NULL, payload TEXT NOT NULL,
+    PRIMARY KEY (gateway_id, aliases_id)
+);
+CREATE TABLE IF NOT EXISTS health (
+    gateway_id TEXT NOT NULL, received_at REAL NOT NULL, payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS undecoded (
+    received_at REAL NOT NULL, topic TEXT NOT NULL, gateway_id TEXT NOT NULL,
+    aliases_id TEXT NOT NULL, payload TEXT NOT NULL
+);
 """
 
-#: Largest payload the receiver decodes; a bigger one is rejected unread.
+#: Largest payload the receiver decodes; a bigger one is rejected unread. A deflated payload
+#: may inflate to at most edge.contract.MAX_INFLATED.
 MAX_PAYLOAD = 1 << 20
 
 
@@ -83,7 +111,11 @@ class GatewaySummary:
     gaps: dict[str, list[int]] = field(default_factory=dict)
     readings: int = 0
     events: int = 0
+    health: int = 0
+    metadata: int = 0
     status: str | None = None
+    #: The aliases_id of the latest metadata message.
+    aliases_id: str | None = None
 
     @property
     def epoch_resets(self) -> int:
@@ -98,18 +130,25 @@ class Summary:
     rejected: int = 0
     #: The reason of each rejection, in arrival order.
     rejections: list[str] = field(default_factory=list)
+    #: Compact telemetry naming an alias table no metadata has given yet: an error until the
+    #: metadata arrives, when they are decoded (then counted as kept).
+    undecoded: int = 0
+    health: int = 0
+    metadata: int = 0
     gateways: dict[str, GatewaySummary] = field(default_factory=dict)
 
     def text(self) -> str:
         lines = [
             f"received {self.received} messages: kept {self.kept}, duplicates {self.duplicates}, "
-            f"rejected {self.rejected}"
+            f"rejected {self.rejected}, undecoded {self.undecoded}; "
+            f"health {self.health}, metadata {self.metadata}"
         ]
         lines += [f"  rejected: {reason}" for reason in self.rejections[:20]]
         for gateway, g in sorted(self.gateways.items()):
             lines.append(
-                f"gateway {gateway}: {g.readings} readings, {g.events} events, status "
-                f"{g.status or '-'}, epoch resets {g.epoch_resets}"
+                f"gateway {gateway}: {g.readings} readings, {g.events} events, "
+                f"{g.health} health, {g.metadata} metadata (aliases {g.aliases_id or '-'}), "
+                f"status {g.status or '-'}, epoch resets {g.epoch_resets}"
             )
             for epoch in g.epochs:
                 low, high = g.seq_range.get(epoch, (0, 0))
@@ -130,6 +169,9 @@ class Summary:
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "rejections": self.rejections,
+            "undecoded": self.undecoded,
+            "health": self.health,
+            "metadata": self.metadata,
             "gateways": {
                 name: {
                     "epochs": g.epochs,
@@ -138,11 +180,18 @@ class Summary:
                     "gaps": g.gaps,
                     "readings": g.readings,
                     "events": g.events,
+                    "health": g.health,
+                    "metadata": g.metadata,
+                    "aliases_id": g.aliases_id,
                     "status": g.status,
                 }
                 for name, g in self.gateways.items()
             },
         }
+
+
+class _UnknownTable(Exception):
+    """Compact telemetry naming an alias table no metadata message has given yet."""
 
 
 class Receiver:
@@ -152,32 +201,79 @@ class Receiver:
         self._db = sqlite3.connect(str(db))
         self._db.executescript(_SCHEMA_SQL)
         self._counts = Summary()
+        #: Alias tables by (gateway, aliases_id), from every metadata message kept, so a
+        #: restarted receiver still decodes what a gateway sends before its next metadata.
+        self._tables: dict[tuple[str, str], Aliases] = {}
+        for gateway, aliases_id, payload in self._db.execute(
+            "SELECT gateway_id, aliases_id, payload FROM alias_tables"
+        ):
+            with contextlib.suppress(ContractError, ValueError):
+                self._tables[(gateway, aliases_id)] = Aliases.from_metadata(json.loads(payload))
 
     def close(self) -> None:
         self._db.close()
 
     def handle(self, topic: str, payload: bytes, received_at: float | None = None) -> str:
-        """Take one message; return ``kept``, ``duplicate`` or ``rejected: <reason>``."""
+        """Take one message; return ``kept``, ``duplicate``, ``undecoded: <reason>`` (compact
+        telemetry whose alias table has not arrived: kept raw until it does) or
+        ``rejected: <reason>``."""
         now = time.time() if received_at is None else received_at
         self._counts.received += 1
         try:
             message = self._decode(payload)
             kind = validate_message(message)
             self._check_topic(topic, message, kind)
+            table = Aliases.from_metadata(message) if kind == "metadata" else None
+            rows = self.readings_of(message) if kind == "telemetry" else []
+        except _UnknownTable as exc:
+            return self._hold(topic, message, str(exc), now)
         except ContractError as exc:
             return self._reject(topic, payload, str(exc), now)
+        result = self._store(topic, message, kind, rows, now)
+        if table is not None:
+            self._learn(message, table)
+        return result
+
+    def readings_of(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """The readings of a telemetry message, compact ones decoded with the alias table of
+        the gateway's metadata; :class:`ContractError` if the message is malformed."""
+        table = None
+        if message.get("schema") == SCHEMA_TELEMETRY_COMPACT:
+            gateway, aliases_id = message["gateway_id"], str(message.get("aliases_id"))
+            table = self._tables.get((gateway, aliases_id))
+            if table is None:
+                raise _UnknownTable(
+                    f"no metadata with aliases_id {aliases_id!r} from {gateway!r} yet"
+                )
+        return decode_telemetry(message, table)
+
+    def _store(
+        self, topic: str, message: dict[str, Any], kind: str, rows: list[dict[str, Any]], now: float
+    ) -> str:
+        gateway = message["gateway_id"]
         with self._db:
             if kind == "status":
                 # Retained and re-sent on every connect: the latest one is what matters.
                 self._db.execute(
                     "INSERT OR REPLACE INTO statuses VALUES (?, ?, ?, ?)",
-                    (message["gateway_id"], message["state"], now, json.dumps(message)),
+                    (gateway, message["state"], now, json.dumps(message)),
+                )
+            elif kind == "metadata":
+                # Retained too; every table stays known for telemetry still on its way.
+                text = json.dumps(message)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO metadata VALUES (?, ?, ?, ?)",
+                    (gateway, message["aliases_id"], now, text),
+                )
+                self._db.execute(
+                    "INSERT OR IGNORE INTO alias_tables VALUES (?, ?, ?)",
+                    (gateway, message["aliases_id"], text),
                 )
             inserted = self._db.execute(
                 "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     message["message_id"],
-                    message["gateway_id"],
+                    gateway,
                     kind,
                     message["epoch"],
                     topic,
@@ -193,7 +289,7 @@ class Receiver:
                     "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
-                            message["gateway_id"],
+                            gateway,
                             message["epoch"],
                             r["seq"],
                             r["device"],
@@ -203,14 +299,14 @@ class Receiver:
                             r["ts"],
                             int(message["historical"]),
                         )
-                        for r in message["readings"]
+                        for r in rows
                     ],
                 )
             elif kind == "event":
                 self._db.execute(
                     "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
-                        message["gateway_id"],
+                        gateway,
                         message["epoch"],
                         message["seq"],
                         message["kind"],
@@ -219,19 +315,47 @@ class Receiver:
                         json.dumps(message),
                     ),
                 )
+            elif kind == "health":
+                self._db.execute(
+                    "INSERT INTO health VALUES (?, ?, ?)", (gateway, now, json.dumps(message))
+                )
         self._counts.kept += 1
         return "kept"
 
+    def _learn(self, message: dict[str, Any], table: Aliases) -> None:
+        """Keep the table, and decode the telemetry that waited for it."""
+        gateway = message["gateway_id"]
+        self._tables[(gateway, table.table_id)] = table
+        waiting = self._db.execute(
+            "SELECT rowid, received_at, topic, payload FROM undecoded "
+            "WHERE gateway_id = ? AND aliases_id = ? ORDER BY rowid",
+            (gateway, table.table_id),
+        ).fetchall()
+        for rowid, received_at, topic, payload in waiting:
+            with self._db:
+                self._db.execute("DELETE FROM undecoded WHERE rowid = ?", (rowid,))
+            held = json.loads(payload)
+            try:
+                rows = decode_telemetry(held, table)
+            except ContractError as exc:
+                self._reject(topic, payload.encode(), str(exc), received_at)
+                continue
+            self._store(topic, held, "telemetry", rows, received_at)
+
     def summary(self) -> Summary:
         """Counts so far, and per gateway its epochs, seq ranges and gaps, from the database."""
+        db = self._db
+        kinds = dict(db.execute("SELECT kind, COUNT(*) FROM messages GROUP BY kind").fetchall())
         s = Summary(
             received=self._counts.received,
             kept=self._counts.kept,
             duplicates=self._counts.duplicates,
             rejected=self._counts.rejected,
             rejections=list(self._counts.rejections),
+            undecoded=int(db.execute("SELECT COUNT(*) FROM undecoded").fetchone()[0]),
+            health=int(kinds.get("health", 0)),
+            metadata=int(kinds.get("metadata", 0)),
         )
-        db = self._db
         order = db.execute(
             "SELECT gateway_id, epoch FROM messages WHERE kind IN ('telemetry', 'event') "
             "GROUP BY gateway_id, epoch ORDER BY MIN(received_at)"
@@ -255,16 +379,20 @@ class Receiver:
                 for seq in range(low, high + 1)
                 if seq not in seqs and not any(a <= seq <= b for a, b in removed)
             ]
-        for gateway, readings, events in db.execute(
+        for gateway, readings, events, health, metadata in db.execute(
             "SELECT gateway_id, "
             "(SELECT COUNT(*) FROM readings r WHERE r.gateway_id = m.gateway_id), "
-            "(SELECT COUNT(*) FROM events e WHERE e.gateway_id = m.gateway_id) "
+            "(SELECT COUNT(*) FROM events e WHERE e.gateway_id = m.gateway_id), "
+            "SUM(kind = 'health'), SUM(kind = 'metadata') "
             "FROM messages m GROUP BY gateway_id"
         ):
             g = s.gateways.setdefault(gateway, GatewaySummary())
             g.readings, g.events = int(readings), int(events)
+            g.health, g.metadata = int(health), int(metadata)
         for gateway, state in db.execute("SELECT gateway_id, state FROM statuses"):
             s.gateways.setdefault(gateway, GatewaySummary()).status = state
+        for gateway, aliases_id in db.execute("SELECT gateway_id, aliases_id FROM metadata"):
+            s.gateways.setdefault(gateway, GatewaySummary()).aliases_id = aliases_id
         return s
 
     def _removed_ranges(self, gateway: str, epoch: str) -> list[tuple[int, int]]:
@@ -280,13 +408,10 @@ class Receiver:
         return ranges
 
     @staticmethod
-    def _decode(payload: bytes) -> Any:
+    def _decode(payload: bytes) -> dict[str, Any]:
         if len(payload) > MAX_PAYLOAD:
             raise ContractError(f"payload of {len(payload)} bytes, over {MAX_PAYLOAD}")
-        try:
-            return json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ContractError(f"not JSON: {exc}") from exc
+        return decode_payload(payload, max_inflated=MAX_INFLATED)
 
     @staticmethod
     def _check_topic(topic: str, message: dict[str, Any], kind: str) -> None:
@@ -297,6 +422,14 @@ class Receiver:
                 f"a {kind} message from {message['gateway_id']!r} on topic {topic!r} "
                 f"(expected .../{message['gateway_id']}/{expected})"
             )
+
+    def _hold(self, topic: str, message: dict[str, Any], reason: str, now: float) -> str:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO undecoded VALUES (?, ?, ?, ?, ?)",
+                (now, topic, message["gateway_id"], message["aliases_id"], json.dumps(message)),
+            )
+        return f"undecoded: {reason}"
 
     def _reject(self, topic: str, payload: bytes, reason: str, now: float) -> str:
         self._counts.rejected += 1

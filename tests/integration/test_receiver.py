@@ -10,12 +10,15 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
 import pytest
 
 from buffer import Outbox
 from drivers.types import Reading
 from edge import contract
+from edge.config.loader import load_site
 from edge.config.model import Uplink as UplinkConfig
 from edge.uplink import Uplink
 from hil.receiver import Receiver, receive
@@ -23,6 +26,7 @@ from tests.fixtures.broker import MosquittoFactory
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 GW = "gw-rx"
 PREFIX = "district/v1"
 
@@ -86,7 +90,6 @@ async def test_broker_restarted_mid_stream_loses_nothing_and_duplicates_share_id
         await asyncio.wait_for(rx, 5)
 
     summary = receiver.summary()
-    receiver.close()
     g = summary.gateways[GW]
     assert g.gaps == {outbox.epoch: []}
     assert g.epoch_resets == 0
@@ -94,13 +97,77 @@ async def test_broker_restarted_mid_stream_loses_nothing_and_duplicates_share_id
     # A message sent twice keeps its id: no seq is in two kept messages.
     db = sqlite3.connect(tmp_path / "rx.sqlite")
     carried = [
-        seq
+        r["seq"]
         for (payload,) in db.execute("SELECT payload FROM messages WHERE kind = 'telemetry'")
-        for seq in (r["seq"] for r in json.loads(payload)["readings"])
+        for r in receiver.readings_of(json.loads(payload))
     ]
     assert len(carried) == len(set(carried))
     assert set(carried) | {e for e in stored if e not in carried} == set(stored)
     db.close()
+    receiver.close()
+
+
+async def test_compact_deflated_telemetry_through_the_broker_with_retained_metadata(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory
+) -> None:
+    broker = mosquitto_factory()
+    site = load_site(ROOT / "config" / "example-site.yaml")
+    aliases = contract.Aliases.of_site(site)
+    epoch = "e-compact"
+    gateway = aiomqtt.Client("127.0.0.1", broker.port, identifier="gateway")
+    async with gateway:
+        # Retained, as the uplink publishes it at connect: a receiver that subscribes later
+        # gets it first.
+        await gateway.publish(
+            contract.metadata_topic(PREFIX, GW),
+            contract.metadata_message(GW, epoch, site, aliases, clock_synced=True),
+            qos=1,
+            retain=True,
+        )
+        receiver = Receiver(tmp_path / "rx.sqlite")
+        stop, ready = asyncio.Event(), asyncio.Event()
+        rx = asyncio.create_task(receive(receiver, broker.url, PREFIX, stop=stop, ready=ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            seq = 0
+            sent: list[Any] = []
+            for second in range(5):
+                rows = []
+                for device, point, unit in aliases:
+                    seq += 1
+                    body = {"device": device, "point": point, "value": 20.0 + second + seq / 10,
+                            "unit": unit, "ts": 1_714_550_400.0 + second}  # fmt: skip
+                    rows.append(_Row(seq, body))
+                sent += [(r.seq, r.body["device"], r.body["point"]) for r in rows]
+                payload = contract.telemetry_message(
+                    GW, epoch, rows, clock_synced=True, historical=False, aliases=aliases
+                )
+                await gateway.publish(
+                    contract.telemetry_topic(PREFIX, GW), contract.compress(payload), qos=1
+                )
+            health = {"uptime_s": 5.0, "buffer_rows": 0, "oldest_unsent_age_s": None,
+                      "bus_errors": {"lan": 0}}  # fmt: skip
+            await gateway.publish(
+                contract.health_topic(PREFIX, GW),
+                contract.compress(contract.health_message(GW, epoch, health, clock_synced=True)),
+                qos=1,
+            )
+            await until(lambda: receiver.summary().health == 1, 10, "the health message")
+        finally:
+            stop.set()
+            await asyncio.wait_for(rx, 5)
+    summary = receiver.summary()
+    stored = receiver._db.execute("SELECT seq, device, point FROM readings ORDER BY seq").fetchall()
+    receiver.close()
+    assert (summary.rejected, summary.undecoded, summary.metadata) == (0, 0, 1)
+    assert stored == sent
+    assert summary.gateways[GW].gaps == {epoch: []}
+
+
+class _Row:
+    def __init__(self, seq: int, body: dict[str, Any]) -> None:
+        self.seq = seq
+        self.body = body
 
 
 def received_seqs(receiver: Receiver) -> set[int]:

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge import contract
+from edge.config.loader import load_site
 from hil.receiver import MAX_PAYLOAD, Receiver
 
+ROOT = Path(__file__).resolve().parents[2]
 GW = "gw-1"
 TELEMETRY = f"district/v1/{GW}/telemetry"
 EVENTS = f"district/v1/{GW}/events"
+METADATA = f"district/v1/{GW}/metadata"
+HEALTH = f"district/v1/{GW}/health"
+SITE = load_site(ROOT / "config" / "example-site.yaml")
+ALIASES = contract.Aliases.of_site(SITE)
+DEVICE = "efm-shop-101"
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,29 @@ def batch(epoch: str, *seqs: int) -> bytes:
         for s in seqs
     ]  # fmt: skip
     return contract.telemetry_message(GW, epoch, rows, clock_synced=True, historical=False)
+
+
+def compact(epoch: str, *seqs: int, aliases: contract.Aliases = ALIASES) -> bytes:
+    """Readings of one device's points in alias order, one poll per 3 seqs."""
+    points = [(p, u) for d, p, u in ALIASES if d == DEVICE]
+    rows = [
+        Row(s, {"device": DEVICE, "point": points[s % 3][0], "value": s + 0.5,
+                "unit": points[s % 3][1], "ts": 1_714_550_400.0 + s // 3})
+        for s in seqs
+    ]  # fmt: skip
+    return contract.telemetry_message(
+        GW, epoch, rows, clock_synced=True, historical=False, aliases=aliases
+    )
+
+
+def metadata() -> bytes:
+    return contract.metadata_message(GW, "e1", SITE, ALIASES, clock_synced=True)
+
+
+def stored_readings(receiver: Receiver) -> list[tuple[Any, ...]]:
+    return receiver._db.execute(
+        "SELECT epoch, seq, device, point, value, unit, ts FROM readings ORDER BY epoch, seq"
+    ).fetchall()
 
 
 def event(epoch: str, seq: int, kind: contract.EventKind = "alarm-raised", **fields: Any) -> bytes:
@@ -84,7 +117,8 @@ def test_counts_an_epoch_reset(receiver: Receiver) -> None:
     ("topic", "payload", "reason"),
     [
         (TELEMETRY, b"{not json", "not JSON"),
-        (TELEMETRY, b"\xff\xfe", "not JSON"),
+        (TELEMETRY, b"\xff\xfe", "byte 0xff"),
+        (TELEMETRY, b"\x78\x9c\x00", "zlib"),
         (TELEMETRY, b"[1, 2]", "JSON object"),
         (TELEMETRY, json.dumps({"schema": "edge.telemetry/9"}).encode(), "unknown schema"),
         (EVENTS, batch("e1", 1), "expected .../gw-1/telemetry"),
@@ -109,3 +143,116 @@ def test_rejects_a_message_missing_a_contract_field(receiver: Receiver) -> None:
     result = receiver.handle(TELEMETRY, json.dumps(message).encode())
     assert "clock_synced" in result
     assert receiver.summary().gateways == {}
+
+
+def test_compact_telemetry_is_decoded_with_the_metadata_aliases(receiver: Receiver) -> None:
+    assert receiver.handle(METADATA, metadata()) == "kept"
+    assert receiver.handle(TELEMETRY, compact("e1", 3, 4, 5, 7)) == "kept"
+    assert receiver.handle(TELEMETRY, contract.compress(compact("e1", 8, 9))) == "kept"
+    assert receiver.handle(EVENTS, event("e1", 6)) == "kept"
+    assert receiver.handle(TELEMETRY, compact("e1", 8, 9)) == "duplicate"
+    rows = stored_readings(receiver)
+    assert [r[1] for r in rows] == [3, 4, 5, 7, 8, 9]
+    assert rows[0][2:] == (DEVICE, "residual_current", 3.5, "mA", "2024-05-01T08:00:01.000Z")
+    summary = receiver.summary()
+    assert (summary.kept, summary.duplicates, summary.metadata, summary.undecoded) == (4, 1, 1, 0)
+    g = summary.gateways[GW]
+    assert g.aliases_id == ALIASES.table_id
+    assert g.gaps == {"e1": []}
+    assert g.readings == 6
+    assert "metadata 1" in summary.text()
+
+
+def test_compact_telemetry_before_its_metadata_waits_raw_then_is_decoded(
+    receiver: Receiver,
+) -> None:
+    result = receiver.handle(TELEMETRY, compact("e1", 1, 2, 3))
+    assert result.startswith("undecoded")
+    assert ALIASES.table_id in result
+    assert receiver.summary().undecoded == 1
+    assert stored_readings(receiver) == []
+    # Another site's table does not decode it.
+    other = contract.Aliases([("x", "y", "")])
+    assert receiver.handle(TELEMETRY, compact("e1", 5, aliases=other)).startswith("undecoded")
+    assert receiver.handle(METADATA, metadata()) == "kept"
+    assert [r[1] for r in stored_readings(receiver)] == [1, 2, 3]
+    summary = receiver.summary()
+    assert (summary.undecoded, summary.rejected) == (1, 0)
+    assert summary.gateways[GW].gaps == {"e1": []}
+
+
+def test_alias_tables_outlive_a_receiver_restart(tmp_path: Path) -> None:
+    first = Receiver(tmp_path / "rx.sqlite")
+    first.handle(METADATA, metadata())
+    first.close()
+    again = Receiver(tmp_path / "rx.sqlite")
+    try:
+        assert again.handle(TELEMETRY, compact("e1", 1, 2)) == "kept"
+    finally:
+        again.close()
+
+
+def test_gaps_and_epoch_resets_are_found_in_compact_telemetry(receiver: Receiver) -> None:
+    receiver.handle(METADATA, metadata())
+    receiver.handle(TELEMETRY, compact("e1", 1, 2, 5, 6))  # 3 and 4 skipped: events...
+    receiver.handle(EVENTS, event("e1", 3))  # ...of which only 3 arrives
+    receiver.handle(TELEMETRY, compact("e2", 1, 2))
+    g = receiver.summary().gateways[GW]
+    assert g.gaps == {"e1": [4], "e2": []}
+    assert g.epoch_resets == 1
+
+
+def test_health_and_metadata_are_kept_and_counted(receiver: Receiver) -> None:
+    health: dict[str, Any] = {
+        "uptime_s": 5.0,
+        "buffer_rows": 0,
+        "oldest_unsent_age_s": None,
+        "bus_errors": {},
+    }
+    payload = contract.health_message(GW, "e1", health, clock_synced=True)
+    assert receiver.handle(HEALTH, payload) == "kept"
+    assert receiver.handle(HEALTH, contract.compress(payload)) == "duplicate"
+    assert receiver.handle(METADATA, metadata()) == "kept"
+    assert receiver.handle(METADATA, metadata()) == "kept"  # re-published at each connect
+    summary = receiver.summary()
+    assert (summary.health, summary.metadata) == (1, 2)
+    assert (summary.gateways[GW].health, summary.gateways[GW].metadata) == (1, 2)
+    assert receiver.handle(TELEMETRY, payload).startswith("rejected")  # health on telemetry
+
+
+def test_metadata_whose_table_does_not_match_its_id_is_rejected(receiver: Receiver) -> None:
+    message = json.loads(metadata())
+    message["devices"][0]["points"][0]["unit"] = "A"
+    result = receiver.handle(METADATA, json.dumps(message).encode())
+    assert result.startswith("rejected")
+    assert "does not match" in result
+    assert receiver.handle(TELEMETRY, compact("e1", 1)).startswith("undecoded")
+
+
+def test_malformed_compact_telemetry_is_rejected_not_stored(receiver: Receiver) -> None:
+    receiver.handle(METADATA, metadata())
+    message = json.loads(compact("e1", 1, 2, 3))
+    message["groups"][0].append(99.0)  # one value more than the seqs carry
+    result = receiver.handle(TELEMETRY, json.dumps(message).encode())
+    assert result.startswith("rejected")
+    assert "carried" in result
+    assert stored_readings(receiver) == []
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_any_payload_is_kept_or_rejected_never_raises(payload: bytes) -> None:
+    receiver = Receiver(":memory:")
+    try:
+        for candidate in (payload, b"{" + payload, zlib.compress(payload)):
+            result = receiver.handle(TELEMETRY, candidate)
+            assert result.startswith(("kept", "rejected", "undecoded", "duplicate"))
+    finally:
+        receiver.close()
+
+
+def test_a_deflate_bomb_is_rejected(receiver: Receiver) -> None:
+    bomb = zlib.compress(b"{" + b" " * (contract.MAX_INFLATED + 1) + b"}", 9)
+    result = receiver.handle(TELEMETRY, bomb)
+    assert "inflates to over" in result
+    assert receiver.handle(TELEMETRY, batch("e1", 1)) == "kept"
