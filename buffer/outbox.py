@@ -461,6 +461,14 @@ class Outbox:
             raise ValueError(f"unknown outbox stream {stream!r}; expected one of {STREAMS}")
         return await self._run_checked(self._store.peek, stream, limit, after, through)
 
+    async def recent_since(self, since: float) -> int:
+        """The seq after which every telemetry row's ``ts`` is ``since`` or later (0: all are).
+
+        Found by walking back from the newest row (bounded; ``ts`` has no index), so it is cheap
+        when few rows are that recent: the uplink's split between live data and backlog.
+        """
+        return await self._run_checked(self._store.recent_since, since)
+
     @property
     def last_seq(self) -> int:
         """The highest seq committed so far (0 for a new file): rows committed later have a

@@ -336,6 +336,27 @@ class Store:
             for seq, point, ts, value in rows
         ]
 
+    def recent_since(self, since: float, scan_limit: int = 100_000) -> int:
+        """The seq after which every telemetry row is from ``since`` or later: walking back from
+        the newest row, the first one older than ``since`` (0 when there is none). At most
+        ``scan_limit`` rows are looked at (the ``ts`` column has no index); beyond that the
+        rest counts as older."""
+        before = self.counters["last_seq"] + 1
+        scanned = 0
+        while scanned < scan_limit:
+            rows = self.conn.execute(
+                "SELECT seq, ts FROM telemetry WHERE seq < ? ORDER BY seq DESC LIMIT 1000",
+                (before,),
+            ).fetchall()
+            if not rows:
+                return 0
+            for seq, ts in rows:
+                if ts < since:
+                    return int(seq)
+            before = int(rows[-1][0])
+            scanned += len(rows)
+        return before - 1
+
     def depth(self) -> dict[str, int]:
         return {"event": self.counters["rows_event"], "telemetry": self.counters["rows_telemetry"]}
 

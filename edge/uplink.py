@@ -228,12 +228,15 @@ class _Lanes:
     """Where one session has read up to in each lane (rows with a seq up to the mark are either
     built into a message or will not be sent by this session)."""
 
-    #: Highest seq committed when the session came up: telemetry above it is live data.
+    #: Telemetry above this seq is live data (from about the session's start on); the rest,
+    #: up to it, is the backlog.
     live_from: int
     event_after: int = 0
     live_after: int = 0
     backlog_after: int = 0
     backlog_done: bool = False
+    #: Whether live telemetry was looked at yet this session.
+    live_started: bool = False
     events: collections.deque[Record] = field(default_factory=collections.deque)
 
 
@@ -348,6 +351,12 @@ class Uplink:
     def inflight(self) -> int:
         """Messages sent (or to be sent again) and not yet acknowledged."""
         return len(self._unacked)
+
+    @property
+    def unacknowledged(self) -> list[bytes]:
+        """The payloads of those messages, oldest first: exactly what goes again first after a
+        reconnect."""
+        return [message.payload for message in self._unacked.values()]
 
     async def stop(self) -> None:
         """Publish the offline status if connected, disconnect and make :meth:`run` return.
@@ -625,8 +634,10 @@ class Uplink:
             await window.acquire()
             self.resent += 1
             launch(message)
-        lanes = _Lanes(live_from=self._outbox.last_seq)
-        lanes.live_after = lanes.live_from
+        # Live data: readings from the session's start on, with the same grace as the
+        # historical flag (rows committed while connecting are live data, not backfill).
+        live_from = await self._outbox.recent_since(self._session_wall_start - self._grace())
+        lanes = _Lanes(live_from=live_from, live_after=live_from)
         while not failed.done():
             await window.acquire()
             # Cleared before looking, so a commit during the look wakes the next wait.
@@ -663,11 +674,15 @@ class Uplink:
         batch_size = self._config.batch_size
         wait: float | None = None
         live = await self._unclaimed(lanes.live_after, None, batch_size)
-        if live:
+        if not live:
+            lanes.live_started = True
+        else:
             # Wall clock, because `created` is; a clock stepped backwards sends at once.
             age = time.time() - live[0].created
             fill_wait = self._config.batch_interval - age
-            if len(live) >= batch_size or age < 0 or fill_wait <= 0:
+            # Rows waiting at the session's start go at once: they waited through the outage.
+            if not lanes.live_started or len(live) >= batch_size or age < 0 or fill_wait <= 0:
+                lanes.live_started = True
                 message = self._telemetry(live, epoch, "live")
                 lanes.live_after = message.seqs[-1]
                 return message, 0
@@ -866,11 +881,13 @@ class Uplink:
             clock_synced=self._clock_synced(),
         )
 
+    def _grace(self) -> float:
+        # One batch interval plus a second: rows committed while the connection was being set
+        # up are live data, not backfill.
+        return self._config.batch_interval + 1.0
+
     def _historical(self, created: float) -> bool:
-        # A grace of one batch interval plus a second: rows committed while the connection was
-        # being set up are live data, not backfill.
-        grace = self._config.batch_interval + 1.0
-        return created < self._session_wall_start - grace
+        return created < self._session_wall_start - self._grace()
 
 
 def _describe(error: BaseException | None) -> str:

@@ -89,8 +89,13 @@ async def test_peek_reads_a_seq_range_and_last_seq_marks_what_is_committed(
         assert await outbox.peek("event", 10, through=seqs[-1]) == []
         assert [r.seq for r in await outbox.peek("event", 10, through=event)] == [event]
         assert [r.seq for r in await outbox.peek("telemetry", 2, through=seqs[4])] == seqs[:2]
+        # Readings at T0+0 .. T0+5: those from T0+3 on are the recent tail.
+        assert await outbox.recent_since(T0 + 3) == seqs[2]
+        assert await outbox.recent_since(T0 + 100) == seqs[-1]  # none that recent
+        assert await outbox.recent_since(T0 - 1) == 0  # all of them
         await outbox.ack(seqs)
         assert outbox.last_seq == event  # deleting never lowers it
+        assert await outbox.recent_since(T0 + 3) == 0
 
 
 async def test_submitted_records_keep_submit_order(tmp_path: Path) -> None:

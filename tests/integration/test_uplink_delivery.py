@@ -1,0 +1,345 @@
+"""The uplink's delivery against a real Mosquitto: the in-flight window, resending unchanged,
+live data before the backlog, backfill limits, the size limit, a broker that stops answering,
+and reconnecting as soon as a broker is back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import edge.uplink
+from buffer import Outbox
+from edge import contract
+from edge.config.model import Uplink as UplinkConfig
+from edge.schemas import validate_message
+from edge.uplink import Uplink
+from tests.fixtures.broker import Collector, Mosquitto, MosquittoFactory, collect
+
+pytestmark = pytest.mark.integration
+
+GATEWAY = "gw-test"
+PREFIX = "district/v1"
+ALL = f"{PREFIX}/#"
+
+
+def make_uplink(outbox: Outbox, *urls: str, **settings: Any) -> Uplink:
+    config = UplinkConfig.model_validate(
+        {
+            "brokers": list(urls),
+            "batch_interval": "50ms",
+            "reconnect_max": "1s",
+            "keepalive": "5s",
+            **settings,
+        }
+    )
+    return Uplink(config, GATEWAY, outbox, version="0.1.0-test", boot_time=time.time() - 60)
+
+
+@asynccontextmanager
+async def running(uplink: Uplink) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(uplink.run(), name="uplink-under-test")
+    try:
+        yield task
+    finally:
+        await uplink.stop()
+        await asyncio.wait_for(task, 5)
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    async with await Outbox.open(tmp_path / "outbox.db", commit_interval=0.01) as box:
+        yield box
+
+
+def body(value: float, ts: float | None = None, device: str = "efm-1") -> dict[str, Any]:
+    return {
+        "device": device,
+        "point": "residual_current",
+        "value": value,
+        "unit": "mA",
+        "ts": time.time() if ts is None else ts,
+    }
+
+
+def carried(collector: Collector) -> list[int]:
+    seqs: list[int] = [m["seq"] for m in collector.on("/events")]
+    for message in collector.on("/telemetry"):
+        seqs.extend(r["seq"] for r in message["readings"])
+    return seqs
+
+
+async def wait_until(condition: Any, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within} s")
+        await asyncio.sleep(0.02)
+
+
+@contextmanager
+def frozen(broker: Mosquitto) -> Iterator[int]:
+    """The broker process stopped (SIGSTOP): its port still accepts, nothing is answered."""
+    proc = broker._proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed meanwhile
+            os.kill(proc.pid, signal.SIGCONT)
+
+
+async def test_unacknowledged_messages_go_again_unchanged_after_the_broker_dies(
+    mosquitto_factory: MosquittoFactory, outbox: Outbox
+) -> None:
+    broker = mosquitto_factory(persistence=True)
+    # Register the platform's session and have it saved, so it outlives the broker's crash.
+    async with collect(broker, ALL, session="platform"):
+        pass
+    broker.stop()
+    broker.start()
+    uplink = make_uplink(outbox, broker.url, batch_size=7, inflight=4)
+    submitted: list[int] = []
+    producing = True
+
+    async def produce() -> None:
+        i = 0
+        while producing:
+            if i % 40 == 0:
+                event = contract.event_body("alarm-raised", time.time(), device="efm-1", n=i)
+                submitted.append(await outbox.append("event", event))
+            else:
+                submitted.append(await outbox.append("telemetry", body(float(i))))
+            i += 1
+            await asyncio.sleep(0.003)
+
+    async with collect(broker, ALL, session="platform") as got, running(uplink):
+        producer = asyncio.create_task(produce())
+        await got.wait_for(lambda c: len(carried(c)) >= 50, within=10)
+        with frozen(broker):
+            # Nothing is acknowledged now: the window fills with messages built from live rows.
+            await wait_until(lambda: uplink.inflight == 4)
+            kept = uplink.unacknowledged
+            broker.kill()  # the broker dies with them unacknowledged
+        broker.start()
+        await wait_until(lambda: uplink.resent >= 4, within=10)
+        producing = False
+        await producer
+        await wait_until(lambda: uplink.acked >= len(submitted), within=15)
+
+    assert await outbox.depth() == {"event": 0, "telemetry": 0}
+    # The platform got the kept messages byte for byte, not re-cut batches of the same rows.
+    payloads = {bytes(m.payload) for m in got.messages}
+    assert all(p in payloads for p in kept)
+    ids: dict[int, set[str]] = {}
+    for message in got.on("/telemetry"):
+        for reading in message["readings"]:
+            ids.setdefault(reading["seq"], set()).add(message["message_id"])
+    for message in got.on("/events"):
+        ids.setdefault(message["seq"], set()).add(message["message_id"])
+    assert ids, "nothing arrived"
+    assert all(len(v) == 1 for v in ids.values()), {k: v for k, v in ids.items() if len(v) > 1}
+
+
+async def test_live_readings_go_before_the_backlog_which_goes_oldest_first(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    old = time.time() - 600
+    backlog = [await outbox.append("telemetry", body(float(i), old + i)) for i in range(30)]
+    live = [await outbox.append("telemetry", body(100.0 + i)) for i in range(3)]
+    uplink = make_uplink(outbox, mosquitto.url, batch_size=10, inflight=1)
+
+    async with collect(mosquitto, ALL) as got, running(uplink):
+        await got.wait_for(lambda c: set(carried(c)) == {*backlog, *live})
+
+    batches = got.on("/telemetry")
+    first = batches[0]
+    assert [r["seq"] for r in first["readings"]] == live
+    assert first["historical"] is False
+    rest = [r["seq"] for b in batches[1:] for r in b["readings"]]
+    assert rest == backlog  # oldest first
+    assert all(b["historical"] is True for b in batches[1:])
+
+
+async def test_backfill_keeps_to_its_rate_while_live_data_flows(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    old = time.time() - 3600
+    backlog = [await outbox.append("telemetry", body(float(i), old + i)) for i in range(300)]
+    uplink = make_uplink(
+        outbox, mosquitto.url, batch_size=10, batch_interval="200ms", backfill_messages_per_s=5
+    )
+    live: list[int] = []
+    sent_at: dict[int, float] = {}
+
+    async with collect(mosquitto, ALL) as got, running(uplink):
+        await wait_until(lambda: uplink.state == "online")
+        began = time.monotonic()
+        while time.monotonic() - began < 3.0:
+            seq = await outbox.append("telemetry", body(1.0))
+            live.append(seq)
+            sent_at[seq] = time.monotonic()
+            await asyncio.sleep(0.05)
+        await got.wait_for(lambda c: set(live) <= set(carried(c)), within=3)
+        elapsed = time.monotonic() - began
+
+    backfill = [b for b in got.on("/telemetry") if b["historical"]]
+    # 5 a second over about 3 s, plus the first one at once: well below an unlimited drain
+    # (30 messages within the first second here).
+    assert 3 <= len(backfill) <= 5 * elapsed + 3, (len(backfill), elapsed)
+    assert [r["seq"] for b in backfill for r in b["readings"]] == backlog[: 10 * len(backfill)]
+    # Live data was not held back by the limit: every reading went in its own batch window.
+    live_batches = [b for b in got.on("/telemetry") if not b["historical"]]
+    assert len(live_batches) >= 5
+
+
+async def test_oversized_batches_are_split_and_an_oversized_event_is_cut_mqtt311(
+    mosquitto_factory: MosquittoFactory, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Mosquitto 2.0.11 drops a 3.1.1 client that sends a larger packet (no PUBACK, no error
+    # code): max_message_bytes must stay under the broker's limit, and then nothing is lost.
+    broker = mosquitto_factory(extra_config=["max_packet_size 4096"])
+    await oversized_delivery(
+        broker, outbox, caplog, protocol="3.1.1", max_message_bytes="3KiB", limit=3 * 1024
+    )
+
+
+async def test_the_brokers_maximum_packet_size_is_honoured_mqtt5(
+    mosquitto_factory: MosquittoFactory, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    # MQTT 5: the broker announces its limit in the CONNACK, below the configured one.
+    broker = mosquitto_factory(extra_config=["max_packet_size 4096"])
+    await oversized_delivery(broker, outbox, caplog, protocol="5", limit=4096)
+
+
+async def oversized_delivery(
+    broker: Mosquitto,
+    outbox: Outbox,
+    caplog: pytest.LogCaptureFixture,
+    *,
+    protocol: str,
+    limit: int,
+    max_message_bytes: str | None = None,
+) -> None:
+    rows = [await outbox.append("telemetry", body(float(i))) for i in range(200)]
+    huge = contract.event_body(
+        "alarm-raised", time.time(), device="efm-1", rule="rc", trace="x" * 20_000, value=312.0
+    )
+    event = await outbox.append("event", huge)
+    settings: dict[str, Any] = {"batch_size": 200, "protocol": protocol}
+    if max_message_bytes is not None:
+        settings["max_message_bytes"] = max_message_bytes
+    uplink = make_uplink(outbox, broker.url, **settings)
+    with caplog.at_level(logging.ERROR, logger="edge.uplink"):
+        async with collect(broker, ALL) as got, running(uplink):
+            await got.wait_for(lambda c: set(carried(c)) == {*rows, event}, within=10)
+            await wait_until(lambda: uplink.acked == 201)
+            assert uplink.attempts == 1  # no disconnect, no loop
+    assert await outbox.depth() == {"event": 0, "telemetry": 0}
+    sizes = [len(bytes(m.payload)) for m in got.messages]
+    assert max(sizes) <= limit
+    assert len(got.on("/telemetry")) >= 2  # 200 readings of ~110 bytes do not fit in one
+    (sent,) = got.on("/events")
+    assert sent["truncated"] is True
+    assert (sent["seq"], sent["message_id"]) == (event, f"{outbox.epoch}:{event}-{event}")
+    assert (sent["kind"], sent["device"], sent["value"]) == ("alarm-raised", "efm-1", 312.0)
+    assert "trace" not in sent
+    validate_message(sent)
+    assert uplink.truncated == 1
+    assert any(f"event seq {event}" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_broker_that_stops_answering_fills_the_window_then_the_next_one_gets_it_all(
+    mosquitto_factory: MosquittoFactory, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shorter PUBACK wait than the field's 10 s keeps the test short; the logic is the same.
+    monkeypatch.setattr(edge.uplink, "_OPERATION_TIMEOUT", 2.0)
+    stuck = mosquitto_factory()
+    spare = mosquitto_factory()
+    uplink = make_uplink(outbox, stuck.url, spare.url, batch_size=5, inflight=3, keepalive="30s")
+    submitted: list[int] = []
+
+    async def produce(count: int) -> None:
+        for i in range(count):
+            submitted.append(await outbox.append("telemetry", body(float(i))))
+            await asyncio.sleep(0.01)
+
+    async with collect(spare, ALL) as got, running(uplink):
+        await wait_until(lambda: uplink.state == "online")
+        with frozen(stuck):
+            producer = asyncio.create_task(produce(150))
+            await wait_until(lambda: uplink.inflight == 3, within=3)
+            published = uplink.published
+            depth = await outbox.depth()
+            most, published_meanwhile = 0, published
+            while uplink.broker == stuck.url:
+                if uplink.state == "online":  # read in one step with the counters below
+                    most = max(most, uplink.inflight)
+                    published_meanwhile = uplink.published
+                await asyncio.sleep(0.01)
+            # Never more than the window in memory, nothing acknowledged, nothing deleted.
+            assert most == 3
+            assert published_meanwhile == published
+            assert (await outbox.depth())["telemetry"] >= depth["telemetry"]
+            await wait_until(lambda: uplink.broker == spare.url, within=10)
+            await producer
+            await got.wait_for(lambda c: set(carried(c)) == set(submitted), within=10)
+        await wait_until(lambda: uplink.acked >= len(submitted))
+    assert uplink.attempts >= 2
+    assert uplink.resent >= 1
+    assert await outbox.depth() == {"event": 0, "telemetry": 0}
+
+
+async def test_reconnects_as_soon_as_the_broker_is_back_not_after_the_backoff(
+    mosquitto_factory: MosquittoFactory, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = mosquitto_factory()
+    uplink = make_uplink(outbox, broker.url, reconnect_max="10s")
+    long_wait = [0.0]
+
+    def waiting_long() -> bool:
+        for record in caplog.records:
+            text = record.getMessage()
+            if "next attempt" in text and float(text.rsplit(" in ", 1)[1].split()[0]) >= 3.0:
+                long_wait[0] = time.monotonic()
+                return True
+        return False
+
+    with caplog.at_level(logging.WARNING, logger="edge.uplink"):
+        async with running(uplink):
+            await wait_until(lambda: uplink.state == "online")
+            broker.stop()
+            # The backoff doubles from 0.5 s; wait until the uplink means to wait 3 s or more.
+            await wait_until(waiting_long, within=15)
+            attempts = uplink.attempts
+            broker.start()
+            await wait_until(lambda: uplink.state == "online", within=2.0)
+            back_after = time.monotonic() - long_wait[0]
+            assert uplink.attempts == attempts + 1
+    assert back_after < 2.5
+
+
+async def test_a_refused_login_keeps_the_full_backoff(
+    mosquitto_factory: MosquittoFactory, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = mosquitto_factory(users={"gw": "right"})
+    uplink = make_uplink(outbox, broker.url, username="gw", password="wrong")
+    with caplog.at_level(logging.WARNING, logger="edge.uplink"):
+        async with running(uplink):
+            await asyncio.sleep(2.5)
+            # 0.25-0.5 s, 0.5-1 s, then at the 1 s cap: 3 to 5 attempts, not a probe-fast loop.
+            assert 2 <= uplink.attempts <= 5, uplink.attempts
+            assert uplink.state != "online"
+    messages = [r.getMessage() for r in caplog.records if r.name == "edge.uplink"]
+    assert messages
+    assert all("not authori" in m.lower() for m in messages), messages
