@@ -546,9 +546,11 @@ def health_message(
 
     Required: ``uptime_s``, ``buffer_rows`` (records waiting), ``oldest_unsent_age_s`` (None
     when nothing waits) and ``bus_errors`` ({bus id: errors since boot}). Optional:
-    ``buffer_streams`` ({stream: records waiting}), ``buses`` ({bus id: {"errors",
-    "timeouts", "offline_devices"}}), ``uplink`` ({counter: int}, e.g. published, acked,
-    reconnects, dropped). :class:`ContractError` names the field that is missing or wrong.
+    ``buffer_streams`` ({stream: records waiting}), ``buses`` (per bus id, what
+    :func:`edge.buses.bus_health` gives: ``kind``, counters such as ``timeouts`` and
+    ``errors``, ``offline_devices``), ``uplink`` ({counter: number}, e.g. published, acked,
+    reconnects); ``Gateway.health()`` fits as it is. :class:`ContractError` names the field
+    that is missing or wrong.
     """
     envelope = {
         "schema": SCHEMA_HEALTH,

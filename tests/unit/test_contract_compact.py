@@ -178,7 +178,24 @@ HEALTH: dict[str, Any] = {
     "buffer_streams": {"telemetry": 11, "event": 1},
     "oldest_unsent_age_s": 2.5,
     "bus_errors": {"rs485-1": 3},
-    "buses": {"rs485-1": {"errors": 3, "timeouts": 2, "offline_devices": ["efm-2"]}},
+    "buses": {
+        "rs485-1": {
+            "kind": "modbus",
+            "requests": 90,
+            "answers": 85,
+            "timeouts": 2,
+            "errors": 3,
+            "overruns": 0,
+            "offline_devices": ["efm-2"],
+        },
+        "header": {"kind": "gpio", "devices": 1},
+        "tilt-port": {"kind": "serial"},
+    },
+    "pending_in_memory": 0,
+    "active_alarms": 1,
+    "buzzer": "on",
+    "storm": None,
+    "threshold_overrides": [],
     "uplink": {"published": 120, "acked": 118, "reconnects": 1},
 }
 
@@ -193,7 +210,7 @@ def test_health_message_validates_and_names_a_missing_field() -> None:
         )
     with pytest.raises(ContractError, match="timeouts"):
         contract.health_message(
-            GW, EPOCH, {**HEALTH, "buses": {"rs485-1": {"errors": 1}}}, clock_synced=True
+            GW, EPOCH, {**HEALTH, "buses": {"rs485-1": {"timeouts": -1}}}, clock_synced=True
         )
     # The envelope is the builder's: a health field cannot replace it.
     forged = json.loads(
