@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from edge import contract
-from edge.commands import MAX_COMMAND_BYTES, CommandError, Commands
+from edge.commands import MAX_COMMAND_BYTES, CommandError, Commands, current_command_id
 from edge.schemas import validate
 
 NOW = 1_700_000_000.0
@@ -93,6 +93,16 @@ async def test_a_repeated_command_id_gets_the_same_answer_without_running_again(
         (command("set-threshold", {"rule": "rc", "threshold": 1}), "not supported", "c-1"),
         (command("silence", {"device": "efm-1", "rule": "no-such-rule"}), "no rule", "c-1"),
         (command("ping", {}, age=61), "TTL", "c-1"),
+        (command("storm-mode", {"on": True}), "duration_s", "c-1"),
+        (command("storm-mode", {"on": True, "duration_s": 604801}), "604800", "c-1"),
+        (command("storm-mode", {"on": True, "duration_s": 0}), "0", "c-1"),
+        (command("storm-mode", {"on": True, "duration_s": 9, "devices": []}), "devices", "c-1"),
+        (command("storm-mode", {"on": False, "threshold_factor": 2}), "threshold_factor", "c-1"),
+        (command("set-threshold", {"rule": "rc", "threshold": True}), "threshold", "c-1"),
+        (command("set-threshold", {"rule": "rc", "threshold": 1, "field": "x"}), "field", "c-1"),
+        (command("push-config", {"site": {}, "site_yaml": "a: 1"}), "params", "c-1"),
+        (command("push-config", {"site_yaml": ""}), "site_yaml", "c-1"),
+        (command("push-config", {"site": {}, "extra": 1}), "extra", "c-1"),
     ],
 )
 async def test_bad_commands_get_an_error_ack_naming_the_problem(
@@ -120,3 +130,18 @@ async def test_a_handler_that_crashes_is_still_answered() -> None:
     assert ack["result"] == "error"
     assert "boom" in ack["error"]
     assert ack["clock_synced"] is False
+
+
+async def test_a_handler_knows_the_id_of_the_command_it_runs() -> None:
+    seen: list[str | None] = []
+
+    async def ping(params: Mapping[str, Any]) -> dict[str, Any] | None:
+        seen.append(current_command_id())
+        return None
+
+    handler = Commands(
+        "gw-1", lambda: "e", {"ping": ping}, ttl=60, clock_synced=lambda: True, now=lambda: NOW
+    )
+    await answer(handler, command("ping", {}, cid="p-7"))
+    assert seen == ["p-7"]
+    assert current_command_id() is None  # only while the handler runs
