@@ -7,6 +7,7 @@ step or expectation that failed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
 
@@ -135,7 +136,11 @@ class Expectation:
             ]
             return f"count of {what or 'events'} {' and '.join(bounds)}"
         if self.kind == "transition":
-            return f"transition {what}"
+            when = ""
+            if self.not_before is not None:
+                stamp = datetime.fromtimestamp(self.not_before, UTC).strftime("%Y-%m-%d %H:%M UTC")
+                when = f" not before {stamp}"
+            return f"transition {what}{when}"
         if self.kind == "no_transition":
             return f"no transition {what}"
         return self.kind.replace("_", " ")
