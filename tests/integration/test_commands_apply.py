@@ -11,6 +11,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from edge.gateway import Gateway
+from edge.schemas import validate_message
 from hil.simulator import Simulator
 from tests.fixtures.broker import Collector, Mosquitto, collect
 from tests.integration.site import load, site_for
@@ -23,7 +24,10 @@ RULE = "residual-current-over-limit"
 
 
 def events(platform: Collector, kind: str) -> list[dict[str, Any]]:
-    return [e for e in platform.on("/events") if e["kind"] == kind]
+    found = [e for e in platform.on("/events") if e["kind"] == kind]
+    for event in found:
+        validate_message(event)  # every event the commands cause follows the contract
+    return found
 
 
 async def refused(mosquitto: Mosquitto, platform: Collector, cid: str, payload: bytes) -> str:

@@ -21,6 +21,7 @@ from edge.commands import MAX_COMMAND_BYTES
 from edge.config import load_site
 from edge.gateway import config_hash
 from edge.reload import SiteRunner
+from edge.schemas import validate_message
 from hil.simulator import Simulator
 from tests.fixtures.broker import Collector, Mosquitto, collect
 from tests.integration.site import site_for, write_site
@@ -30,7 +31,10 @@ pytestmark = pytest.mark.integration
 
 
 def events(platform: Collector, kind: str) -> list[dict[str, Any]]:
-    return [e for e in platform.on("/events") if e["kind"] == kind]
+    found = [e for e in platform.on("/events") if e["kind"] == kind]
+    for event in found:
+        validate_message(event)  # every event the commands cause follows the contract
+    return found
 
 
 @asynccontextmanager
