@@ -32,6 +32,7 @@ from edge.config.loader import parse_site
 from edge.config.model import SiteConfig
 from edge.contract import Aliases, ContractError
 from edge.schemas import validate_message
+from tests.benchmarks import wire
 
 GW = "gw-1"
 EPOCH = "0b6c1f7e-3c1a-4d55-9a59-2f4f1c8e7d10"
@@ -492,3 +493,12 @@ def test_plain_payloads_stay_readable_json() -> None:
     message = good()
     assert contract.decode_payload(json.dumps(message).encode()) == message
     assert contract.compress(b"{}")[0] == 0x78
+
+
+def test_the_reference_site_meets_the_wire_targets_at_the_default_batch() -> None:
+    # Byte counts, not timings: the benchmark's site is seeded, so these are exact.
+    figures = wire.measure(readings_per_device=20, devices=50, seconds=5)
+    assert figures["wire_batch_size"] == 100
+    assert figures["wire_bytes_per_reading_plain"] <= 14
+    assert figures["wire_bytes_per_reading_compressed"] <= 6
+    assert figures["wire_bytes_per_reading_v1"] > 100
