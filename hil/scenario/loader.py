@@ -133,6 +133,7 @@ class _Checker:
         self.issues: list[tuple[int, str]] = []
         self.lines: dict[Loc, int] = {}
         self._count = 0
+        self.step_labels: set[str] = set()
         self._constructor = yaml.constructor.SafeConstructor()
 
     # -- reporting ------------------------------------------------------------------------------
@@ -242,7 +243,8 @@ class _Checker:
             readings = self.readings(data, site)
             if "steps" in data:
                 self.issue(("steps",), "replay scenarios take readings, not steps")
-        labels = {"start", "end", *(s.label for s in steps)}
+        # Labels of refused steps count too: one mistake is reported once, not at every use.
+        labels = {"start", "end", *self.step_labels}
         expectations = self.expectations(data, labels, mode)
         last = max((s.at for s in steps), default=0.0)
         duration = last + 5.0
@@ -395,7 +397,7 @@ class _Checker:
 
     def steps(self, data: dict[str, Any], devices: dict[str, SimDevice]) -> list[Step]:
         steps: list[Step] = []
-        labels: set[str] = set()
+        labels = self.step_labels
         for loc, item in self.items(data, (), "steps", required=False):
             if not isinstance(item, dict):
                 self.issue(loc, "a step is a mapping: at, an action, optionally label")
@@ -418,11 +420,11 @@ class _Checker:
                 elif label in labels or label in ("start", "end"):
                     self.issue((*loc, "label"), f"label {label!r} is used twice or reserved")
                 labels.add(str(label))
-            if unknown or len(known) != 1 or at is None:
+            if unknown or len(known) != 1:
                 continue
             action = known[0]
             args = self.action((*loc, action), action, item[action], devices)
-            if args is not None:
+            if args is not None and at is not None:
                 steps.append(Step(at, action, args, str(label), self.line(loc)))
         return steps
 
