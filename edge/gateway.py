@@ -534,6 +534,10 @@ class Gateway:
             await store.state_put(STORM_KEY, {}, schema=STATE_SCHEMA)
 
     async def _command_storm_mode(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if not self._state_restored:
+            # The stored storm state is read at restore; a storm started before that would be
+            # taken for one a restart ended.
+            await self._restore_rule_state(wait=False)
         if not params["on"]:
             if self.storm is None:
                 return {"active": False, "already": True}
@@ -635,7 +639,7 @@ class Gateway:
 
     async def _save_storm(self) -> None:
         store = self._store()
-        if store is None:
+        if store is None or not self._state_restored:
             return
         value = (
             {}

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from edge import contract
 from edge.gateway import Gateway
 from edge.schemas import validate_message
 from hil.simulator import Simulator
@@ -218,6 +219,10 @@ async def test_storm_mode_off_by_command_restores_at_once_and_a_restart_reports_
             assert health["storm"]["devices"] == sorted(ok["intervals"])
             assert set(health["buses"]) == {"lan", "rs485-1"}
             assert health["buses"]["lan"]["requests"] > 0
+            assert health["buses"]["lan"]["kind"] == "modbus"
+            assert isinstance(health["buffer_rows"], int)
+            # What the uplink's health message carries: it must pass the health schema.
+            contract.health_message("gw-demo-0001", "e-1", health, clock_synced=True)
             renewed = {"on": True, "duration_s": 600, "devices": ["efm-shop-101"]}
             await send(mosquitto, command("on-2", "storm-mode", renewed))
             assert (await ack_for(platform, "on-2"))["data"]["renewed"] is True
