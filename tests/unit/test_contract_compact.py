@@ -466,6 +466,7 @@ def test_a_truncated_stream_is_refused(cut: int) -> None:
         (b"\x1f\x8b\x08\x00", "0x1f"),  # gzip is not the contract's deflate
         (b'{"a": NaN}', "not JSON"),
         (b"{" * 100_000, "not JSON"),
+        (b'{"a":' + b"[" * 100_000, "not JSON"),  # deep enough to exhaust the recursion
         (b'{"a": 1', "not JSON"),
         (b'{"a": "\xff"}', "not JSON"),
         (zlib.compress(b"[1, 2]"), "does not hold a JSON object"),
@@ -502,3 +503,27 @@ def test_the_reference_site_meets_the_wire_targets_at_the_default_batch() -> Non
     assert figures["wire_bytes_per_reading_plain"] <= 14
     assert figures["wire_bytes_per_reading_compressed"] <= 6
     assert figures["wire_bytes_per_reading_v1"] > 100
+
+
+@given(st.sampled_from(["id", "points", "alias", "point", "unit"]), json_values)
+@settings(max_examples=200, deadline=None)
+def test_metadata_with_any_field_replaced_gives_a_table_or_is_refused(
+    field: str, value: Any
+) -> None:
+    message: dict[str, Any] = {
+        "aliases_id": TABLE.table_id,
+        "devices": [
+            {"id": d, "points": [{"point": p, "unit": u, "alias": a}]}
+            for a, (d, p, u) in enumerate(TABLE)
+        ],
+    }
+    target = message["devices"][1]
+    if field in ("id", "points"):
+        target[field] = value
+    else:
+        target["points"][0][field] = value
+    try:
+        table = Aliases.from_metadata(message)
+    except ContractError:
+        return
+    assert table.table_id == TABLE.table_id
