@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 from pathlib import Path
@@ -13,7 +14,8 @@ import yaml
 from drivers.modbus import known_models
 from edge.config import parse_site
 from edge.config.model import SiteConfig
-from edge.reload import PushRejected, check_pushed, restore_previous, write_site
+from edge.reload import PushRejected, _settle, check_pushed, restore_previous, write_site
+from edge.supervisor import Supervisor
 from tests.integration.site import site_dict
 
 
@@ -97,3 +99,35 @@ def test_a_write_that_fails_leaves_the_site_file_as_it_was(
         write_site(path, "new: 2\n")
     assert path.read_text() == "old: 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site.yaml"]  # no temporary left
+
+
+class _Starting:
+    """A gateway as far as the settle watch sees it: its supervisor and its run task."""
+
+    def __init__(self, crash: bool) -> None:
+        self.supervisor = Supervisor(restart_initial=0.01, restart_max=0.01)
+        self.crash = crash
+
+    async def run(self) -> None:
+        async def service() -> None:
+            if self.crash:
+                raise OSError("cannot open the outbox")
+            await asyncio.Event().wait()
+
+        self.supervisor.start("buffer", service)
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("crash", [True, False])
+async def test_a_service_that_crashes_while_settling_fails_the_start(crash: bool) -> None:
+    gateway = _Starting(crash)
+    task = asyncio.create_task(gateway.run())
+    try:
+        failure = await _settle(gateway, task, 0.5)  # type: ignore[arg-type]
+    finally:
+        task.cancel()
+        await gateway.supervisor.stop()
+    if crash:
+        assert failure == "service buffer crashed within 0.5 s of starting"
+    else:
+        assert failure is None
