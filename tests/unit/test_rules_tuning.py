@@ -141,3 +141,30 @@ async def test_overrides_keep_the_judges_state_and_reload_in_order() -> None:
     changed = two_devices({**OVER, "escalate": {"at": 320}})
     assert "escalate.at" in changed.load_overrides(judge.overrides)[0]
     assert changed.overrides == []
+
+
+def test_rules_with_durations_take_a_new_threshold_and_keep_their_periods() -> None:
+    sustained = {
+        "id": "warm",
+        "kind": "sustained",
+        "point": "temperature_1",
+        "above": 60,
+        "duration": "90s",
+    }
+    abnormal = {
+        "id": "odd",
+        "kind": "abnormal",
+        "point": "residual_current",
+        "baseline": "7d",
+        "learning": "1h",
+    }
+    judge = two_devices(sustained, abnormal, {**OVER, "debounce": {"duration": "2500ms"}})
+    judge.set_threshold("warm", 55)
+    judge.set_threshold("odd", 4.5)
+    judge.set_threshold("rc", 280)
+    warm, odd, rc = (judge.thresholds(r, "efm-1") for r in ("warm", "odd", "rc"))
+    assert (warm.above, warm.duration) == (55.0, 90.0)  # type: ignore[union-attr]
+    assert (odd.sensitivity, odd.baseline, odd.learning) == (4.5, 604_800.0, 3_600.0)  # type: ignore[union-attr]
+    assert rc.debounce.duration == 2.5  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="less than or equal to 100"):
+        judge.set_threshold("odd", 101)
