@@ -33,7 +33,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
@@ -44,7 +44,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from buffer import Outbox, OutboxClosed, OutboxUnavailable, Record, Stream
+from buffer import STREAMS, Outbox, OutboxClosed, OutboxUnavailable, Record, Stream
 from drivers.backoff import Backoff
 from edge import contract, timesync
 from edge.commands import Commands, Handler
@@ -257,7 +257,16 @@ class Uplink:
         config_hash: str = "",
         clock_synced: SyncProbe | None = None,
         command_handlers: Mapping[str, Handler] | None = None,
+        metadata: Callable[[str], bytes] | None = None,
+        health: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
+        aliases: contract.Aliases | None = None,
     ) -> None:
+        """``metadata(epoch)`` builds the retained metadata message, published on every connect
+        before any telemetry (and by :meth:`republish_metadata`). ``health()`` gives the
+        gateway's part of the health message (bus errors, ...); the uplink adds the buffer and
+        its own counters and publishes it every ``health_interval``. ``aliases``: the point
+        table the metadata announces; with it (and ``telemetry_encoding: columnar``) telemetry
+        goes in the compact form. Set :attr:`aliases` anew along with a new metadata."""
         self._config = config
         self._gateway_id = gateway_id
         self._outbox = outbox
@@ -275,6 +284,12 @@ class Uplink:
         self.telemetry_topic = contract.telemetry_topic(prefix, gateway_id)
         self.events_topic = contract.events_topic(prefix, gateway_id)
         self.status_topic = contract.status_topic(prefix, gateway_id)
+        self.metadata_topic = contract.metadata_topic(prefix, gateway_id)
+        self.health_topic = contract.health_topic(prefix, gateway_id)
+        self._metadata = metadata
+        self._health = health
+        #: The point table compact telemetry refers to (None: the verbose form).
+        self.aliases = aliases
         self.commands_topic = f"{prefix}/{gateway_id}/commands"
         self.acks_topic = f"{prefix}/{gateway_id}/acks"
         #: Downlink commands, answered on the acks topic; off without handlers.
@@ -305,6 +320,10 @@ class Uplink:
         self.resent = 0
         #: Events sent with their own fields cut because they exceeded the size limit.
         self.truncated = 0
+        #: Payload bytes of the outbox's messages acknowledged so far.
+        self.bytes_sent = 0
+        #: Health messages acknowledged.
+        self.health_published = 0
         #: The error that ended the last attempt, for display.
         self.last_error: str | None = None
 
@@ -327,6 +346,8 @@ class Uplink:
         self._deletions: set[asyncio.Task[None]] = set()
         #: Payload limit of the current session.
         self._max_payload = config.max_message_bytes
+        #: The connected client, while online (for republish_metadata).
+        self._client: aiomqtt.Client | None = None
         clock = time.monotonic
         self._backfill_limits = [
             _TokenBucket(config.backfill_messages_per_s, 1.0, clock)
@@ -367,6 +388,21 @@ class Uplink:
         if self._running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), _STOP_TIMEOUT + 0.5)
+
+    async def republish_metadata(self) -> bool:
+        """Publish the metadata again now (after a config change); True once the broker has it.
+
+        While offline this does nothing and says False: every connect publishes it anyway.
+        """
+        client = self._client
+        if client is None or self._metadata is None:
+            return False
+        try:
+            return await self._publish_metadata(client)
+        except aiomqtt.MqttError as exc:
+            # The session notices a lost connection itself; the next connect publishes it.
+            log.warning("uplink: metadata not republished (%s)", exc)
+            return False
 
     async def run(self) -> None:
         """Connect, drain, reconnect, until :meth:`stop` or cancellation. Never raises else."""
@@ -504,14 +540,18 @@ class Uplink:
             self._max_payload = self._payload_limit(client.max_packet_size)
             try:
                 await self._publish(self.status_topic, client, self._status("online"), retain=True)
+                # Before any telemetry: compact telemetry refers to the table it announces.
+                await self._publish_metadata(client)
                 if self._commands is not None:
                     await client.subscribe(self.commands_topic, qos=1)
                 log.info("uplink: online via %s as %s", broker.display, self._client_id)
+                self._client = client
                 await self._pump(client)
             except asyncio.CancelledError:
                 await self._say_offline(client)
                 raise
         finally:
+            self._client = None
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.__aexit__(None, None, None)
 
@@ -571,15 +611,16 @@ class Uplink:
             self._drain(client, window, failed, sending), name="uplink-drain"
         )
         watch = asyncio.create_task(self._watch(client), name="uplink-watch")
+        ended: set[asyncio.Future[None]] = {drain, watch, failed}
+        if self._health is not None:
+            ended.add(asyncio.create_task(self._report_health(client), name="uplink-health"))
         try:
-            ended: set[asyncio.Future[None]] = {drain, watch, failed}
             done, _ = await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            drain.cancel()
-            watch.cancel()
-            for task in sending:
-                task.cancel()
-            await asyncio.wait({drain, watch, *sending})
+            for task in (*ended, *sending):
+                if task is not failed:
+                    task.cancel()
+            await asyncio.wait({*(t for t in ended if t is not failed), *sending})
             if not failed.done():
                 failed.cancel()
         for future in done:
@@ -587,6 +628,75 @@ class Uplink:
             if error is not None:
                 raise error
         raise aiomqtt.MqttError("connection ended")
+
+    async def _publish_metadata(self, client: aiomqtt.Client) -> bool:
+        if self._metadata is None:
+            return False
+        try:
+            payload = self._metadata(self._outbox.epoch)
+        except Exception:
+            # A bug in building it must not keep the alarms from going out.
+            log.exception("uplink: cannot build the metadata message")
+            return False
+        await self._publish(self.metadata_topic, client, payload, retain=True)
+        return True
+
+    async def _report_health(self, client: aiomqtt.Client) -> None:
+        """The health message at connect and every ``health_interval``, QoS 1, never stored:
+        a missed one is superseded by the next. Only when the gateway gave a ``health``."""
+        while True:
+            payload = await self._health_message()
+            if payload is not None:
+                await client.publish(self.health_topic, payload, qos=1)
+                self.health_published += 1
+            await asyncio.sleep(self._config.health_interval)
+
+    async def _health_message(self) -> bytes | None:
+        try:
+            depth = await self._outbox.depth()
+            oldest = await self._oldest_waiting()
+            report: dict[str, Any] = {
+                "uptime_s": max(0.0, time.time() - self._boot_time),
+                "buffer_rows": sum(depth.values()),
+                "buffer_streams": depth,
+                "oldest_unsent_age_s": None if oldest is None else max(0.0, time.time() - oldest),
+                "bus_errors": {},
+            }
+            if self._health is not None:
+                report.update(await self._health())
+            report["uplink"] = {**report.get("uplink", {}), **self.counters}
+            return contract.health_message(
+                self._gateway_id, self._outbox.epoch, report, clock_synced=self._clock_synced()
+            )
+        except (OutboxUnavailable, OutboxClosed) as exc:
+            log.warning("uplink: no health message this time (%s)", exc)
+        except Exception:
+            log.exception("uplink: cannot build the health message")
+        return None
+
+    async def _oldest_waiting(self) -> float | None:
+        """When the oldest row waiting was made: two indexed reads, the first row of each
+        stream (by seq, which is about by time)."""
+        times: list[float] = []
+        for stream in STREAMS:
+            rows = await self._outbox.peek(stream, 1)
+            if rows:
+                times.append(rows[0].created)
+        return min(times, default=None)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The uplink's counters since it was made, as the health message carries them."""
+        return {
+            "published": self.published,
+            "acked": self.acked,
+            "attempts": self.attempts,
+            "resent": self.resent,
+            "backfill_published": self.backfill_published,
+            "truncated": self.truncated,
+            "inflight": self.inflight,
+            "bytes_sent": self.bytes_sent,
+        }
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Answer commands; raise :class:`aiomqtt.MqttError` as soon as the connection is lost.
@@ -802,13 +912,20 @@ class Uplink:
         return _Message(self.telemetry_topic, payload, tuple(r.seq for r in chunk), lane)
 
     def _telemetry_payload(self, rows: Sequence[Record], epoch: str) -> bytes:
-        return contract.telemetry_message(
+        columnar = self._config.telemetry_encoding == "columnar"
+        payload = contract.telemetry_message(
             self._gateway_id,
             epoch,
             rows,
             clock_synced=self._clock_synced(),
             historical=self._historical(rows[0].created),
+            aliases=self.aliases if columnar else None,
         )
+        # Telemetry only: a batch of similar readings deflates to a fraction. An event is one
+        # short message that compresses little, and stays readable by any subscriber.
+        if self._config.compression == "deflate":
+            payload = contract.compress(payload)
+        return payload
 
     async def _send(
         self,
@@ -832,6 +949,7 @@ class Uplink:
                 del self._unacked[key]
                 break
         self.published += 1
+        self.bytes_sent += len(message.payload)
         if message.lane == "backfill":
             self.backfill_published += 1
         # The deletion outlives this session: rows acknowledged must go even if the connection
