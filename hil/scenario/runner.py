@@ -59,6 +59,8 @@ Status = Literal["passed", "failed", "skipped", "error"]
 WARMUP_TIMEOUT = 20.0
 #: How long the outbox may take to drain before the gateway is stopped at the end.
 DRAIN_TIMEOUT = 15.0
+#: How long a pushed command may take to be answered (it is answered before any restart).
+ACK_WITHIN = 5.0
 
 
 @dataclass
@@ -199,6 +201,7 @@ class LiveRun:
             await asyncio.sleep(0.5)  # the last acks and the retained status
         if status not in (0, None):
             self.notes.append(f"the gateway exited with status {status} on SIGTERM")
+        self.notes += [f"the reference receiver failed on {c}" for c in self.receiver.crashes]
         outcomes = [self.judge(e) for e in scenario.expectations]
         outcomes += await self._acks()
         if status not in (0, None):
@@ -468,7 +471,13 @@ class LiveRun:
                 for a in self.receiver.arrivals
                 if a.topic.endswith("/acks") and a.message.get("command_id") == command_id
             ]
-            expectation = Expectation("event", step.line, match={"ack": wanted}, after=step.label)
+            expectation = Expectation(
+                "event",
+                step.line,
+                match={"ack": wanted, "command": "push-config"},
+                after=step.label,
+                within=ACK_WITHIN,
+            )
             if not acks:
                 outcomes.append(Outcome(expectation, False, f"no ack for {step.label}"))
                 continue
@@ -477,7 +486,7 @@ class LiveRun:
             outcomes.append(
                 Outcome(
                     expectation,
-                    result == wanted,
+                    result == wanted and delay <= ACK_WITHIN,
                     f"ack {result} after {delay:.2f} s"
                     + (f": {acks[0].message.get('error')}" if acks[0].message.get("error") else ""),
                     delay,
