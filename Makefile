@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint schema clean
+.PHONY: demo test bench lint schema clean hil
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+## Hardware-in-the-loop scenarios against the simulated rig (SCENARIO=FILE runs one, EDGE_RIG=FILE
+## a real rig); reports in var/hil/ (report.txt, junit.xml, figures.json). docs/hil.md.
+SCENARIO ?= hil/scenarios/*.yaml
+hil: $(STAMP)
+	$(BIN)/python -m hil.scenario run $(SCENARIO) --report var/hil
 
 ## Measure; prints the figures and writes bench-results.json.
 bench: $(STAMP)

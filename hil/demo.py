@@ -300,10 +300,46 @@ class _Missing(dict[str, str]):
         return "?"
 
 
+def run_scenario_live(path: str) -> int:
+    """Play one HIL scenario (hil/scenarios/, docs/hil.md), narrated like the demo: what the
+    gateway logs and the platform receives, second by second, then the verdict."""
+    # Imported here: the plain demo needs none of the scenario machinery.
+    from hil.scenario import ScenarioError, load_scenario, run_scenario  # noqa: PLC0415
+    from hil.scenario.report import text_report  # noqa: PLC0415
+
+    try:
+        scenario = load_scenario(path)
+    except ScenarioError as exc:
+        print("\n".join(exc.issues), file=sys.stderr)
+        return 2
+    narrator = Narrator()
+    narrator.say("scenario", f"{scenario.name}: {scenario.proves}")
+    workdir = Path("var") / "demo" / "scenario" / scenario.name
+    result = asyncio.run(
+        run_scenario(
+            scenario,
+            workdir,
+            say=lambda text: narrator.say("scenario", text.strip()),
+            watch=narrator.say,
+        )
+    )
+    print(text_report([result], result.seconds), end="")
+    print(f"gateway log and databases: {workdir}")
+    return 0 if result.status in ("passed", "skipped") else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run a simulated site end to end.")
     parser.add_argument("--config", default="config/example-site.yaml")
+    parser.add_argument(
+        "--scenario",
+        default=os.environ.get("SCENARIO") or None,
+        metavar="FILE",
+        help="play a HIL scenario live instead (also: SCENARIO=FILE make demo)",
+    )
     args = parser.parse_args()
+    if args.scenario:
+        return run_scenario_live(args.scenario)
     seconds = float(os.environ["DEMO_SECONDS"]) if os.environ.get("DEMO_SECONDS") else None
     demo = Demo(args.config, seconds)
     Path(demo.config.buffer.path).parent.mkdir(parents=True, exist_ok=True)

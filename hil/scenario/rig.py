@@ -140,6 +140,8 @@ class ObservingReceiver(Receiver):
         self.arrivals: list[Arrival] = []
         #: Messages the reference receiver failed on (it should reject, never raise).
         self.crashes: list[str] = []
+        #: Called with every message kept (the demo narrates them).
+        self.on_arrival: Callable[[Arrival], None] | None = None
         self.arrived = asyncio.Event()
 
     def handle(self, topic: str, payload: bytes, received_at: float | None = None) -> str:
@@ -158,8 +160,11 @@ class ObservingReceiver(Receiver):
             with contextlib.suppress(ValueError):
                 message = json.loads(payload)
                 if isinstance(message, dict):
-                    self.arrivals.append(Arrival(now, topic, message))
+                    arrival = Arrival(now, topic, message)
+                    self.arrivals.append(arrival)
                     self.arrived.set()
+                    if self.on_arrival is not None:
+                        self.on_arrival(arrival)
         return result
 
     def events(self) -> list[Arrival]:

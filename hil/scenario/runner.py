@@ -38,8 +38,10 @@ from edge.rules import Transition
 from hil.rtu_line import RtuLine
 from hil.scenario.model import Expectation, Scenario, SimDevice, Step
 from hil.scenario.rig import (
+    Arrival,
     Disk,
     GatewayProcess,
+    LogLine,
     Mosquitto,
     ObservingReceiver,
     RigError,
@@ -88,6 +90,8 @@ class ScenarioResult:
 
 
 Say = Callable[[str], None]
+#: Live narration: ``watch(who, text)`` for what the gateway logs and the platform receives.
+Watch = Callable[[str, str], None]
 
 
 async def run_scenario(
@@ -96,6 +100,7 @@ async def run_scenario(
     *,
     say: Say = print,
     rig: Any = None,
+    watch: Watch | None = None,
 ) -> ScenarioResult:
     """Run one scenario; never raises for a failing rig or expectation (see ``status``)."""
     began = time.monotonic()
@@ -110,7 +115,7 @@ async def run_scenario(
             if scenario.mode == "replay":
                 result = run_replay(scenario, say)
             else:
-                result = await LiveRun(scenario, workdir, say, rig).run()
+                result = await LiveRun(scenario, workdir, say, rig, watch).run()
         except RigSkip as exc:
             result = ScenarioResult(scenario, "skipped", reason=str(exc))
         except (RigError, OSError, ValueError) as exc:
@@ -132,8 +137,11 @@ def gateway_handles(command: str) -> bool:
 
 
 class LiveRun:
-    def __init__(self, scenario: Scenario, workdir: Path, say: Say, rig: Any) -> None:
+    def __init__(
+        self, scenario: Scenario, workdir: Path, say: Say, rig: Any, watch: Watch | None = None
+    ) -> None:
         self.scenario = scenario
+        self.watch = watch
         self.workdir = workdir
         self.say = say
         self.rig = rig
@@ -180,6 +188,20 @@ class LiveRun:
         prefix = f"{site['uplink'].get('topic_prefix', 'district/v1')}"
         self.topic = f"{prefix}/{scenario.site.gateway.id}"
         self.gateway = GatewayProcess(site_path, self.workdir / "gateway.log")
+        if self.watch is not None:
+            self.gateway.on_line = self._narrate_line
+            self.receiver.on_arrival = self._narrate_arrival
+        # The receiver says every reconnect attempt on stderr; during a broker outage that is
+        # noise between the progress lines, so it goes to the scenario's folder instead.
+        with (
+            (self.workdir / "receiver.log").open("w") as receiver_log,
+            contextlib.redirect_stderr(receiver_log),
+        ):
+            return await self._play(prefix)
+
+    async def _play(self, prefix: str) -> ScenarioResult:
+        scenario = self.scenario
+        assert self.gateway is not None
         async with receiving(self.receiver, self.broker.url, prefix):
             await self.gateway.start()
             await self._warm_up()
@@ -216,6 +238,34 @@ class LiveRun:
         return ScenarioResult(
             scenario, "failed" if failed else "passed", outcomes, notes=self.notes
         )
+
+    def _narrate_line(self, line: LogLine) -> None:
+        assert self.watch is not None
+        entry = line.entry
+        msg, level = entry.get("msg", ""), entry.get("level", "")
+        if msg.startswith(("alarm-", "device-", "buzzer", "config-")) or level in (
+            "error",
+            "critical",
+        ):
+            extra = " ".join(
+                f"{k}={v}"
+                for k, v in entry.items()
+                if k in ("rule", "device", "point", "value", "pattern", "severity", "error")
+            )
+            self.watch("gateway", f"{msg.upper() if level != 'error' else msg} {extra}".strip())
+
+    def _narrate_arrival(self, arrival: Arrival) -> None:
+        assert self.watch is not None
+        message = arrival.message
+        if arrival.topic.endswith("/events"):
+            detail = " ".join(
+                f"{k}={message[k]}"
+                for k in ("device", "point", "value", "rule", "priority", "seq")
+                if k in message
+            )
+            self.watch("platform", f"EVENT {message.get('kind')} {detail}")
+        elif arrival.topic.endswith("/acks"):
+            self.watch("platform", f"ACK {message.get('result')} {message.get('error') or ''}")
 
     # -- the rig ----------------------------------------------------------------------------
 

@@ -129,3 +129,22 @@ def test_a_wrong_scenario_file_stops_the_run_before_anything_starts(tmp_path: Pa
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{wrong}:3: site: cannot read the site file 'nowhere.yaml'" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_demo_plays_a_scenario_live_and_narrates_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hil.demo"],
+        cwd=tmp_path,  # the scenario's folder lands in var/demo/scenario/ here
+        env={**os.environ, "SCENARIO": str(LIBRARY / "over-voltage.yaml")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "scenario  over-voltage:" in output
+    assert "gateway   BUZZER ON" in output
+    assert "platform  EVENT alarm-raised device=efm-shop-101" in output
+    assert "PASSED  over-voltage" in output
+    assert (tmp_path / "var" / "demo" / "scenario" / "over-voltage" / "gateway.log").is_file()
