@@ -90,6 +90,10 @@ _PUBLISH_OVERHEAD: Final = 32
 _FIELD_KEEP: Final = 256
 #: Reading fields longer than this (characters) are cut when a single reading does not fit.
 _TEXT_KEEP: Final = 128
+#: Connections in a row that must end with the same message unacknowledged before the uplink
+#: takes it for too large for the broker, and the smallest payload limit it will learn.
+_REFUSED_AFTER: Final = 3
+_SMALLEST_LIMIT: Final = 1024
 
 
 #: ``uplink.protocol`` to aiomqtt's protocol version.
@@ -346,6 +350,14 @@ class Uplink:
         self._deletions: set[asyncio.Task[None]] = set()
         #: Payload limit of the current session.
         self._max_payload = config.max_message_bytes
+        #: Keys of the messages resent at the start of the current session.
+        self._resent_keys: set[int] = set()
+        #: The oldest unacknowledged message and how many sessions in a row ended with it
+        #: resent and still unacknowledged.
+        self._stuck: tuple[int, int] = (-1, 0)
+        #: A payload limit learnt from a broker that drops larger messages (MQTT 3.1.1 has no
+        #: way to announce one).
+        self._learnt_limit: int | None = None
         #: The connected client, while online (for republish_metadata).
         self._client: aiomqtt.Client | None = None
         clock = time.monotonic
@@ -555,8 +567,46 @@ class Uplink:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.__aexit__(None, None, None)
 
+    def _check_refused_message(self) -> None:
+        """A message the broker never acknowledges over several connections, each of which it
+        dropped, is most likely over the broker's packet limit: Mosquitto closes the
+        connection of a client that sends one (MQTT 3.1.1 cannot tell us the limit). Resent
+        unchanged it would fail forever, so it is taken apart and its rows go again in smaller
+        messages (the platform never had it: no duplicate under another id)."""
+        if not self._unacked:
+            self._stuck = (-1, 0)
+            return
+        key, message = next(iter(self._unacked.items()))
+        if key not in self._resent_keys:
+            self._stuck = (-1, 0)
+            return
+        count = self._stuck[1] + 1 if self._stuck[0] == key else 1
+        self._stuck = (key, count)
+        if count < _REFUSED_AFTER or len(message.payload) <= _SMALLEST_LIMIT:
+            return
+        limit = max(_SMALLEST_LIMIT, len(message.payload) // 2)
+        log.error(
+            "uplink: a %d-byte message (rows %d-%d) was not acknowledged over %d connections, "
+            "each dropped: the broker seems to refuse messages this large; sending its rows "
+            "again in messages up to %d bytes (lower uplink.max_message_bytes to match the "
+            "broker)",
+            len(message.payload),
+            message.seqs[0],
+            message.seqs[-1],
+            count,
+            limit,
+        )
+        # The others over the new limit as well: they stood behind it on the same connection,
+        # so the broker never took them either.
+        for other in [k for k, m in self._unacked.items() if len(m.payload) > limit]:
+            self._claimed.difference_update(self._unacked.pop(other).seqs)
+        self._learnt_limit = limit
+        self._stuck = (-1, 0)
+
     def _payload_limit(self, max_packet_size: int | None) -> int:
         limit = self._config.max_message_bytes
+        if self._learnt_limit is not None:
+            limit = min(limit, self._learnt_limit)
         if max_packet_size is not None:
             longest_topic = max(len(self.telemetry_topic), len(self.events_topic))
             broker_limit = max_packet_size - _PUBLISH_OVERHEAD - longest_topic
@@ -623,6 +673,7 @@ class Uplink:
             await asyncio.wait({*(t for t in ended if t is not failed), *sending})
             if not failed.done():
                 failed.cancel()
+            self._check_refused_message()
         for future in done:
             error = future.exception()
             if error is not None:
@@ -740,9 +791,11 @@ class Uplink:
             task.add_done_callback(sending.discard)
 
         # What the last connection left unacknowledged goes first and unchanged.
-        for message in list(self._unacked.values()):
+        self._resent_keys.clear()
+        for key, message in list(self._unacked.items()):
             await window.acquire()
             self.resent += 1
+            self._resent_keys.add(key)
             launch(message)
         # Live data: readings from the session's start on, with the same grace as the
         # historical flag (rows committed while connecting are live data, not backfill).

@@ -1,15 +1,16 @@
 """Uplink figures against a real local Mosquitto (``--only uplink``).
 
 - ``uplink_drain_readings_per_s``: readings acknowledged per second while the uplink drains a
-  backlog (1 million readings by default) with live readings still arriving (1,000/s);
-- ``uplink_bytes_per_reading_plain``: bytes on the wire per reading, PUBLISH packets as MQTT
-  3.1.1 frames them (fixed header, topic, packet id, payload) divided by the readings carried,
-  for 50 devices x 20 points every second with realistic values, at the default batch size;
+  backlog (1 million readings by default) with live readings still arriving (1,000/s), with
+  the default in-flight window (``uplink_drain_inflight``) and ``uplink_drain_batch_size``;
+- ``uplink_bytes_per_reading_plain`` / ``_compressed``: bytes on the wire per reading, PUBLISH
+  packets as MQTT 3.1.1 frames them (fixed header, topic, packet id, payload) as a subscriber
+  received them through the broker, divided by the readings carried, for 50 devices x 20 points
+  every second with slowly varying values, at the default batch size, in the compact columnar
+  form (the gateway announces its aliases), without and with deflate;
 - ``uplink_alarm_after_outage_s``: from the broker's return after an outage (with a backlog
   waiting) until a subscriber has the alarm raised during the outage, at the default
-  reconnect cap (``uplink_backoff_cap_s``; the wait is drawn between half and all of it).
-
-No compressed figure: the uplink does not compress yet.
+  reconnect cap (``uplink_backoff_cap_s``).
 """
 
 from __future__ import annotations
@@ -32,53 +33,48 @@ from tests.fixtures.broker import Mosquitto, find_mosquitto, free_port
 
 GATEWAY = "gw-bench-0001"
 PREFIX = "district/v1"
+DEVICES = 50
+POINTS = 20
+#: Per point of an electrical fire monitor: range, step of the random walk per second, unit,
+#: decimals (residual current, cable temperatures, voltages, currents).
+_KINDS = (
+    *[(20.0, 60.0, 0.3, "mA", 1)] * 4,
+    *[(25.0, 45.0, 0.1, "°C", 1)] * 4,
+    *[(215.0, 235.0, 0.4, "V", 1)] * 6,
+    *[(0.0, 32.0, 0.2, "A", 2)] * 6,
+)
 
 
-def _site_readings(second: int, rng: random.Random) -> list[Reading]:
-    """One second of 50 devices x 20 points, values as an electrical fire monitor gives them."""
-    now = 1_700_000_000.0 + second
-    out = []
-    for d in range(50):
-        for p in range(20):
-            if p < 4:
-                value, unit = round(rng.uniform(20, 60), 1), "mA"  # residual current
-            elif p < 8:
-                value, unit = round(rng.uniform(25, 45), 1), "°C"  # cable temperatures
-            elif p < 14:
-                value, unit = round(rng.uniform(215, 235), 1), "V"
-            else:
-                value, unit = round(rng.uniform(0, 32), 2), "A"
-            out.append(Reading(f"efm-{d:03d}", f"point_{p:02d}", value, unit, now, now))
-    return out
+class _Site:
+    """50 devices x 20 points polled once a second, each device a little after the previous
+    one (the poll scheduler staggers them); values wander slowly as real measurements do."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self._values = [
+            [self._rng.uniform(lo, hi) for lo, hi, *_ in _KINDS] for _ in range(DEVICES)
+        ]
+
+    def readings(self, second: int) -> list[Reading]:
+        out = []
+        for d in range(DEVICES):
+            ts = 1_700_000_000.0 + second + d * 0.013
+            for p, (lo, hi, step, unit, decimals) in enumerate(_KINDS):
+                value = min(hi, max(lo, self._values[d][p] + self._rng.gauss(0, step)))
+                self._values[d][p] = value
+                out.append(
+                    Reading(f"efm-{d:03d}", f"point_{p:02d}", round(value, decimals), unit, ts, ts)
+                )
+        return out
 
 
-def bytes_per_reading_plain(seconds: int = 10) -> float:
-    """Wire bytes per reading for the site above, batches of the default size."""
-    rng = random.Random(1)
-    batch_size = UplinkConfig.model_validate({"brokers": ["mqtt://x:1"]}).batch_size
-    topic = contract.telemetry_topic(PREFIX, GATEWAY).encode()
-    total = readings = 0
-    seq = 1
-    for second in range(seconds):
-        rows = []
-        for reading in _site_readings(second, rng):
-            rows.append(_Row(seq, contract.reading_body(reading)))
-            seq += 1
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            payload = contract.telemetry_message(
-                GATEWAY, "0b6c1f7e-3c1a-4d55-9a59-2f4f1c8e7d10", chunk,
-                clock_synced=True, historical=False,
-            )  # fmt: skip
-            total += _publish_size(len(topic), len(payload))
-            readings += len(chunk)
-    return total / readings
-
-
-class _Row:
-    def __init__(self, seq: int, body: dict[str, object]) -> None:
-        self.seq = seq
-        self.body = body
+def site_aliases() -> contract.Aliases:
+    """The point table of the reference site, as the gateway announces it."""
+    return contract.Aliases(
+        (f"efm-{d:03d}", f"point_{p:02d}", _KINDS[p][3])
+        for d in range(DEVICES)
+        for p in range(POINTS)
+    )
 
 
 def _publish_size(topic_len: int, payload_len: int) -> int:
@@ -93,17 +89,69 @@ def _publish_size(topic_len: int, payload_len: int) -> int:
     return header + remaining
 
 
-async def drain(backlog: int, live_per_s: float = 1000.0) -> float:
+def _carried(message: dict[str, object]) -> int:
+    """Readings a telemetry message carries: its seq range less the skipped ranges."""
+    first, last = message["seq_first"], message["seq_last"]
+    skipped = message.get("skip") or []
+    if not isinstance(first, int) or not isinstance(last, int) or not isinstance(skipped, list):
+        raise TypeError(f"not a telemetry message: {message!r:.200}")
+    return last - first + 1 - sum(int(b) - int(a) + 1 for a, b in skipped)
+
+
+async def bytes_per_reading(compression: str, seconds: int = 10) -> tuple[float, int]:
+    """Wire bytes per reading through the broker; the batch size used."""
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         broker = Mosquitto(find_mosquitto(), work / "mosquitto", free_port())
         broker.start()
         try:
             async with await Outbox.open(work / "outbox.db", commit_interval=0.05) as outbox:
-                rng = random.Random(2)
+                site = _Site(1)
+                for second in range(seconds):
+                    for reading in site.readings(second):
+                        outbox.submit("telemetry", contract.reading_body(reading))
+                await outbox.flush()
+                expected = seconds * DEVICES * POINTS
+                config = UplinkConfig.model_validate(
+                    {"brokers": [broker.url], "compression": compression}
+                )
+                uplink = Uplink(
+                    config,
+                    GATEWAY,
+                    outbox,
+                    version="bench",
+                    boot_time=time.time(),
+                    aliases=site_aliases(),
+                )
+                wire = readings = 0
+                async with asyncio.timeout(120), aiomqtt.Client(broker.host, broker.port) as client:
+                    await client.subscribe(uplink.telemetry_topic, qos=1)
+                    task = asyncio.create_task(uplink.run())
+                    async for message in client.messages:
+                        payload = message.payload
+                        assert isinstance(payload, bytes)
+                        wire += _publish_size(len(message.topic.value.encode()), len(payload))
+                        readings += _carried(contract.decode_payload(payload))
+                        if readings >= expected:
+                            break
+                    await uplink.stop()
+                    await task
+                return wire / readings, config.batch_size
+        finally:
+            broker.stop()
+
+
+async def drain(backlog: int, batch_size: int = 1000, live_per_s: float = 1000.0) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        broker = Mosquitto(find_mosquitto(), work / "mosquitto", free_port())
+        broker.start()
+        try:
+            async with await Outbox.open(work / "outbox.db", commit_interval=0.05) as outbox:
+                site = _Site(2)
                 second = 0
                 while outbox.pending + sum((await outbox.depth()).values()) < backlog:
-                    for reading in _site_readings(second, rng):
+                    for reading in site.readings(second):
                         outbox.submit("telemetry", contract.reading_body(reading))
                     second += 1
                     if second % 50 == 0:
@@ -111,15 +159,22 @@ async def drain(backlog: int, live_per_s: float = 1000.0) -> float:
                 await outbox.flush()
                 stored = sum((await outbox.depth()).values())
                 config = UplinkConfig.model_validate(
-                    {"brokers": [broker.url], "batch_size": 1000, "batch_interval": "100ms"}
+                    {"brokers": [broker.url], "batch_size": batch_size, "batch_interval": "100ms"}
                 )
-                uplink = Uplink(config, GATEWAY, outbox, version="bench", boot_time=time.time())
+                uplink = Uplink(
+                    config,
+                    GATEWAY,
+                    outbox,
+                    version="bench",
+                    boot_time=time.time(),
+                    aliases=site_aliases(),
+                )
                 stop_live = asyncio.Event()
 
                 async def live() -> int:
                     sent = 0
                     while not stop_live.is_set():
-                        for reading in _site_readings(second + sent, rng)[: int(live_per_s / 10)]:
+                        for reading in site.readings(second + sent)[: int(live_per_s / 10)]:
                             outbox.submit("telemetry", contract.reading_body(reading))
                             sent += 1
                         await asyncio.sleep(0.1)
@@ -157,9 +212,9 @@ async def alarm_after_outage(outage_s: float = 15.0, trials: int = 3) -> tuple[f
                 while uplink.state != "online":  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
                 broker.stop()
-                rng = random.Random(3)
+                site = _Site(3)
                 for second in range(int(outage_s)):
-                    for reading in _site_readings(second, rng):
+                    for reading in site.readings(second):
                         outbox.submit("telemetry", contract.reading_body(reading))
                     if second == int(outage_s) // 2:
                         outbox.submit(
@@ -170,7 +225,7 @@ async def alarm_after_outage(outage_s: float = 15.0, trials: int = 3) -> tuple[f
                 broker.start()
                 back = time.perf_counter()
                 # Subscribed within milliseconds of the restart; the uplink's next attempt comes
-                # after its backoff wait (at least a quarter second), so nothing is missed.
+                # after its next look at the port (every half second), so nothing is missed.
                 async with (
                     asyncio.timeout(120),
                     aiomqtt.Client(broker.host, broker.port) as client,
@@ -187,13 +242,22 @@ async def alarm_after_outage(outage_s: float = 15.0, trials: int = 3) -> tuple[f
     return statistics.median(results), cap
 
 
+DRAIN_BATCH_SIZE = 2000
+
+
 def run(backlog: int = 1_000_000) -> dict[str, float]:
-    plain = bytes_per_reading_plain()
-    rate = asyncio.run(drain(backlog))
+    plain, batch_size = asyncio.run(bytes_per_reading("none"))
+    compressed, _ = asyncio.run(bytes_per_reading("deflate"))
+    rate = asyncio.run(drain(backlog, DRAIN_BATCH_SIZE))
     alarm, cap = asyncio.run(alarm_after_outage())
+    inflight = UplinkConfig.model_validate({"brokers": ["mqtt://x:1"]}).inflight
     return {
         "uplink_drain_readings_per_s": round(rate),
-        "uplink_bytes_per_reading_plain": round(plain, 1),
+        "uplink_drain_batch_size": DRAIN_BATCH_SIZE,
+        "uplink_drain_inflight": inflight,
+        "uplink_bytes_per_reading_plain": round(plain, 2),
+        "uplink_bytes_per_reading_compressed": round(compressed, 2),
+        "uplink_bytes_batch_size": batch_size,
         "uplink_alarm_after_outage_s": round(alarm, 2),
         "uplink_backoff_cap_s": cap,
     }

@@ -343,3 +343,22 @@ async def test_a_refused_login_keeps_the_full_backoff(
     messages = [r.getMessage() for r in caplog.records if r.name == "edge.uplink"]
     assert messages
     assert all("not authori" in m.lower() for m in messages), messages
+
+
+async def test_a_broker_dropping_large_messages_silently_is_learnt_and_nothing_is_lost(
+    mosquitto_factory: MosquittoFactory, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    # MQTT 3.1.1 with max_message_bytes left above the broker's limit: Mosquitto drops the
+    # connection at each oversized message, which resent unchanged would fail for ever.
+    broker = mosquitto_factory(extra_config=["max_packet_size 4096"])
+    rows = [await outbox.append("telemetry", body(float(i))) for i in range(300)]
+    uplink = make_uplink(outbox, broker.url, batch_size=100, reconnect_max="500ms")
+    with caplog.at_level(logging.ERROR, logger="edge.uplink"):
+        async with collect(broker, ALL) as got, running(uplink):
+            await got.wait_for(lambda c: set(carried(c)) == set(rows), within=20)
+            await wait_until(lambda: uplink.acked == 300)
+    assert await outbox.depth() == {"event": 0, "telemetry": 0}
+    # Three drops per halving of the limit (11 KiB -> 5.5 -> 2.7), then it all goes.
+    assert 4 <= uplink.attempts <= 12, uplink.attempts
+    assert max(len(bytes(m.payload)) for m in got.messages) <= 4096
+    assert any("seems to refuse messages this large" in r.getMessage() for r in caplog.records)
