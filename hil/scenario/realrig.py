@@ -15,6 +15,13 @@ devices and how the runner sees its buzzer (docs/hil.md has the wiring):
       readback_pin: 22          # BCM input wired to it through the loopback wire
       pin_factory: lgpio
 
+The devices are served by ``python -m hil.simulator serve`` on the second machine (Modbus TCP,
+and the RS-485 line as RTU over TCP or through its own adapter); the runner drives them through
+that simulator's control channel, so the steps a real rig can play are ``set`` (and ``ramp``,
+``noise``, ``toggle``), ``silent``/``back``, broker, disk, gateway and push-config steps.
+Without ``readback_pin`` the buzzer is observed through the gateway's log, as on the simulated
+rig (for checking a rig file before the loopback wire is in place).
+
 With no rig configured the real-rig tests are skipped with the reason.
 """
 
@@ -43,9 +50,9 @@ class Rig:
     path: Path
     ports: dict[str, str]
     tcp: dict[str, tuple[str, int]]
-    control: tuple[str, int] | None
+    control: tuple[str, int]
     output_pin: int
-    readback_pin: int
+    readback_pin: int | None
     pin_factory: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -58,10 +65,22 @@ class Rig:
             if bus_id in self.tcp:
                 bus["host"], bus["port"] = self.tcp[bus_id]
         outputs = site.setdefault("outputs", {})
-        outputs["pin_factory"] = self.pin_factory
-        if outputs.get("pin_factory") is None:
-            outputs.pop("pin_factory")
+        if self.readback_pin is not None:
+            # Real pins: the gateway drives the buzzer pin the loopback wire reads back.
+            outputs["pin_factory"] = self.pin_factory
+            if outputs["pin_factory"] is None:
+                outputs.pop("pin_factory")
         outputs.setdefault("buzzer", {})["pin"] = self.output_pin
+
+    def sim_bus(self, bus_id: str, kind: str) -> str:
+        """The remote simulator's bus name (``tcp`` or ``rtu``) serving a site bus."""
+        if kind == "modbus-tcp":
+            return "tcp"
+        if kind == "modbus-rtu":
+            return "rtu"
+        raise RigConfigError(
+            f"{self.path}: bus {bus_id!r} ({kind}): the rig's simulator serves Modbus buses only"
+        )
 
 
 def _host_port(text: Any, where: str) -> tuple[str, int]:
@@ -96,20 +115,30 @@ def load_rig(path: str | os.PathLike[str]) -> Rig:
         raise RigConfigError(f"{name}: ports: a mapping of bus id -> serial port")
     if not isinstance(tcp, dict):
         raise RigConfigError(f"{name}: tcp: a mapping of bus id -> HOST:PORT")
+    control = data.get("control")
     buzzer = data.get("buzzer")
     if not isinstance(buzzer, dict):
-        raise RigConfigError(f"{name}: buzzer: output_pin and readback_pin are required")
+        raise RigConfigError(f"{name}: buzzer: output_pin (and readback_pin) are required")
     factory = buzzer.get("pin_factory")
     if factory is not None and factory not in ("lgpio", "rpigpio", "pigpio", "native"):
         raise RigConfigError(f"{name}: buzzer.pin_factory: lgpio, rpigpio, pigpio or native")
-    control = data.get("control")
+    unknown = set(buzzer) - {"output_pin", "readback_pin", "pin_factory"}
+    if unknown:
+        raise RigConfigError(
+            f"{name}: buzzer: unknown key(s) {', '.join(sorted(map(str, unknown)))}"
+        )
+    if control is None:
+        raise RigConfigError(
+            f"{name}: control: HOST:PORT of the simulator's control channel is required"
+        )
+    readback = buzzer.get("readback_pin")
     return Rig(
         path=Path(path),
         ports={str(k): v for k, v in ports.items()},
         tcp={str(k): _host_port(v, f"{name}: tcp.{k}") for k, v in tcp.items()},
-        control=_host_port(control, f"{name}: control") if control is not None else None,
+        control=_host_port(control, f"{name}: control"),
         output_pin=_pin(buzzer.get("output_pin"), f"{name}: buzzer.output_pin"),
-        readback_pin=_pin(buzzer.get("readback_pin"), f"{name}: buzzer.readback_pin"),
+        readback_pin=None if readback is None else _pin(readback, f"{name}: buzzer.readback_pin"),
         pin_factory=factory,
     )
 

@@ -221,13 +221,17 @@ class GatewayProcess:
     on_line: Callable[[LogLine], None] | None = None
     process: asyncio.subprocess.Process | None = None
     instance: int = 0
+    #: gpiozero's mock pins (the simulated rig); a real rig drives real ones.
+    mock_pins: bool = True
     _reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self.running:
             return
         self.instance += 1
-        env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.mock_pins:
+            env["GPIOZERO_PIN_FACTORY"] = "mock"
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

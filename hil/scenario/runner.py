@@ -37,6 +37,7 @@ from edge.replay import replay
 from edge.rules import Transition
 from hil.rtu_line import RtuLine
 from hil.scenario.model import Expectation, Scenario, SimDevice, Step
+from hil.scenario.realrig import BuzzerReadback, Rig, RigConfigError
 from hil.scenario.rig import (
     Arrival,
     Disk,
@@ -52,7 +53,7 @@ from hil.scenario.rig import (
     receiving,
 )
 from hil.serial_sim import Ld2410Sim, SerialDeviceSim, WitMotionSim
-from hil.simulator import Simulator
+from hil.simulator import Simulator, send_control
 
 __all__ = ["Outcome", "ScenarioResult", "run_scenario"]
 
@@ -99,7 +100,7 @@ async def run_scenario(
     workdir: Path | None = None,
     *,
     say: Say = print,
-    rig: Any = None,
+    rig: Rig | None = None,
     watch: Watch | None = None,
 ) -> ScenarioResult:
     """Run one scenario; never raises for a failing rig or expectation (see ``status``)."""
@@ -138,7 +139,12 @@ def gateway_handles(command: str) -> bool:
 
 class LiveRun:
     def __init__(
-        self, scenario: Scenario, workdir: Path, say: Say, rig: Any, watch: Watch | None = None
+        self,
+        scenario: Scenario,
+        workdir: Path,
+        say: Say,
+        rig: Rig | None,
+        watch: Watch | None = None,
     ) -> None:
         self.scenario = scenario
         self.watch = watch
@@ -156,11 +162,15 @@ class LiveRun:
         self.notes: list[str] = []
         self.acks_wanted: list[tuple[str, str, Step]] = []
         self.kills: list[float] = []
+        self.bus_kinds = {bus.id: bus.kind for bus in scenario.site.buses}
+        self.readback: BuzzerReadback | None = None
 
     async def run(self) -> ScenarioResult:
         scenario = self.scenario
         if "push-config" in scenario.needs and not gateway_handles("push-config"):
             raise RigSkip("this gateway does not handle the push-config command yet")
+        if self.rig is not None:
+            self.check_rig()
         if "tmpfs" in scenario.needs:
             self.disk = Disk(self.workdir / "disk")
             self.disk.mount()
@@ -177,6 +187,28 @@ class LiveRun:
             self.receiver.close()
             if self.disk is not None:
                 self.disk.unmount()
+            if self.readback is not None:
+                self.readback.close()
+
+    def check_rig(self) -> None:
+        """Skip what a real rig cannot play: line faults need the simulated line."""
+        assert self.rig is not None
+        for step in self.scenario.steps:
+            if step.action in ("fault", "garbage") and step.args.get("kind") not in (
+                "silent",
+                "none",
+            ):
+                raise RigSkip(
+                    f"step {step.label!r} ({step.action}) needs the simulated line; the real "
+                    "rig's simulator can set values and silence units"
+                )
+        for device in self.scenario.devices:
+            try:
+                self.rig.sim_bus(device.bus, self.bus_kinds[device.bus])
+            except RigConfigError as exc:
+                raise RigSkip(str(exc)) from None
+        if self.rig.readback_pin is not None:
+            self.readback = BuzzerReadback(self.rig.readback_pin)
 
     async def _run(self) -> ScenarioResult:
         scenario = self.scenario
@@ -188,6 +220,7 @@ class LiveRun:
         prefix = f"{site['uplink'].get('topic_prefix', 'district/v1')}"
         self.topic = f"{prefix}/{scenario.site.gateway.id}"
         self.gateway = GatewayProcess(site_path, self.workdir / "gateway.log")
+        self.gateway.mock_pins = self.readback is None
         if self.watch is not None:
             self.gateway.on_line = self._narrate_line
             self.receiver.on_arrival = self._narrate_arrival
@@ -270,6 +303,12 @@ class LiveRun:
     # -- the rig ----------------------------------------------------------------------------
 
     async def _start_sims(self) -> None:
+        if self.rig is not None:
+            # The second machine serves the devices; they start from the scenario's values.
+            for device in self.scenario.devices:
+                for point, value in device.values.items():
+                    await self.set_value(device, point, value)
+            return
         buses = {bus.id: bus for bus in self.scenario.site.buses}
         by_bus: dict[str, list[SimDevice]] = {}
         for device in self.scenario.devices:
@@ -298,7 +337,7 @@ class LiveRun:
             self.sims[bus_id] = sim
             for device in devices:
                 for point, value in device.values.items():
-                    self.set_value(device, point, value)
+                    await self.set_value(device, point, value)
 
     async def _stop_sims(self) -> None:
         for sim in self.sims.values():
@@ -312,6 +351,8 @@ class LiveRun:
         """The scenario's site pointed at this rig's simulators, broker and outbox."""
         site: dict[str, Any] = yaml.safe_load(yaml.safe_dump(self.scenario.site_data))
         for bus in site["buses"]:
+            if self.rig is not None:
+                break  # the rig file says where the buses are (adapt_site, below)
             sim = self.sims.get(bus["id"])
             if isinstance(sim, Simulator):
                 bus["host"], bus["port"] = "127.0.0.1", sim.tcp_port
@@ -387,7 +428,24 @@ class LiveRun:
     def device(self, device_id: str) -> SimDevice:
         return next(d for d in self.scenario.devices if d.id == device_id)
 
-    def set_value(self, device: SimDevice, point: str, value: float) -> None:
+    async def remote(self, device: SimDevice, command: dict[str, Any]) -> None:
+        """One command to the real rig's simulator (on the second machine)."""
+        assert self.rig is not None
+        bus = self.rig.sim_bus(device.bus, self.bus_kinds[device.bus])
+        host, port = self.rig.control
+        message = {**command, "bus": bus, "address": device.address or 1}
+        try:
+            async with asyncio.timeout(5):
+                answer = await send_control(host, port, message)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise RigError(f"the rig's simulator at {host}:{port}: {exc or 'no answer'}") from exc
+        if not answer.get("ok"):
+            raise RigError(f"the rig's simulator refused {message}: {answer.get('error')}")
+
+    async def set_value(self, device: SimDevice, point: str, value: float) -> None:
+        if self.rig is not None:
+            await self.remote(device, {"cmd": "set", "point": point, "value": value})
+            return
         sim = self.sims[device.bus]
         if isinstance(sim, Simulator):
             sim.set("tcp", device.address or 1, point, value)
@@ -406,7 +464,11 @@ class LiveRun:
             distance = int(value) if point == "distance" else target.detection_distance
             sim.set_target(state, distance, distance)
 
-    def set_fault(self, device: SimDevice, kind: str, delay: float = 0.0) -> None:
+    async def set_fault(self, device: SimDevice, kind: str, delay: float = 0.0) -> None:
+        if self.rig is not None:
+            # The rig's simulator can only silence a unit (checked before the run).
+            await self.remote(device, {"cmd": "silent", "on": kind == "silent"})
+            return
         sim = self.sims[device.bus]
         if isinstance(sim, Simulator):
             sim.set_silent("tcp", device.address or 1, kind == "silent")
@@ -419,14 +481,16 @@ class LiveRun:
         args = step.args
         action = step.action
         if action == "set":
-            self.set_value(self.device(args["device"]), args["point"], args["value"])
+            await self.set_value(self.device(args["device"]), args["point"], args["value"])
         elif action in ("ramp", "noise", "toggle"):
             self.background.append(asyncio.create_task(self._wave(step)))
         elif action == "fault":
-            self.set_fault(self.device(args["device"]), args["kind"], args.get("delay") or 0.0)
+            await self.set_fault(
+                self.device(args["device"]), args["kind"], args.get("delay") or 0.0
+            )
         elif action in ("silent", "back", "garbage"):
             kind = {"silent": "silent", "back": "none", "garbage": "garbage"}[action]
-            self.set_fault(self.device(args["device"]), kind)
+            await self.set_fault(self.device(args["device"]), kind)
         elif action == "broker":
             if args["what"] == "down":
                 await asyncio.to_thread(self.broker.stop)
@@ -496,20 +560,22 @@ class LiveRun:
         if step.action == "ramp":
             while True:
                 share = min(1.0, (time.monotonic() - begin) / args["over"])
-                self.set_value(device, point, args["from"] + (args["to"] - args["from"]) * share)
+                await self.set_value(
+                    device, point, args["from"] + (args["to"] - args["from"]) * share
+                )
                 if share >= 1.0:
                     return
                 await asyncio.sleep(0.1)
         if step.action == "noise":
             while time.monotonic() - begin < args["for"]:
                 offset = self.random.uniform(-args["amplitude"], args["amplitude"])
-                self.set_value(device, point, args["around"] + offset)
+                await self.set_value(device, point, args["around"] + offset)
                 await asyncio.sleep(args["every"])
-            self.set_value(device, point, args["around"])
+            await self.set_value(device, point, args["around"])
             return
         index = 0
         while time.monotonic() - begin < args["for"]:
-            self.set_value(device, point, args["values"][index % len(args["values"])])
+            await self.set_value(device, point, args["values"][index % len(args["values"])])
             index += 1
             await asyncio.sleep(args["every"])
 
@@ -550,6 +616,9 @@ class LiveRun:
         return self.step_times.get(label, self.step_times.get("end", time.time()))
 
     def buzzer_changes(self) -> list[tuple[float, bool]]:
+        if self.readback is not None:
+            # The real pin, read back through the loopback wire.
+            return self.readback.snapshot()
         assert self.gateway is not None
         return [
             (line.at, line.entry["msg"] == "buzzer on")
