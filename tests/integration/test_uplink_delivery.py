@@ -71,6 +71,14 @@ def body(value: float, ts: float | None = None, device: str = "efm-1") -> dict[s
     }
 
 
+async def store(outbox: Outbox, bodies: list[dict[str, Any]]) -> list[int]:
+    """Store readings in one go (one commit rather than one each); their seqs."""
+    for reading in bodies:
+        outbox.submit("telemetry", reading)
+    await outbox.flush()
+    return list(range(outbox.last_seq - len(bodies) + 1, outbox.last_seq + 1))
+
+
 def carried(collector: Collector) -> list[int]:
     seqs: list[int] = [m["seq"] for m in collector.on("/events")]
     for message in collector.on("/telemetry"):
@@ -155,8 +163,8 @@ async def test_live_readings_go_before_the_backlog_which_goes_oldest_first(
     mosquitto: Mosquitto, outbox: Outbox
 ) -> None:
     old = time.time() - 600
-    backlog = [await outbox.append("telemetry", body(float(i), old + i)) for i in range(30)]
-    live = [await outbox.append("telemetry", body(100.0 + i)) for i in range(3)]
+    backlog = await store(outbox, [body(float(i), old + i) for i in range(30)])
+    live = await store(outbox, [body(100.0 + i) for i in range(3)])
     uplink = make_uplink(outbox, mosquitto.url, batch_size=10, inflight=1)
 
     async with collect(mosquitto, ALL) as got, running(uplink):
@@ -175,7 +183,7 @@ async def test_backfill_keeps_to_its_rate_while_live_data_flows(
     mosquitto: Mosquitto, outbox: Outbox
 ) -> None:
     old = time.time() - 3600
-    backlog = [await outbox.append("telemetry", body(float(i), old + i)) for i in range(300)]
+    backlog = await store(outbox, [body(float(i), old + i) for i in range(300)])
     uplink = make_uplink(
         outbox, mosquitto.url, batch_size=10, batch_interval="200ms", backfill_messages_per_s=5
     )
@@ -201,6 +209,30 @@ async def test_backfill_keeps_to_its_rate_while_live_data_flows(
     # Live data was not held back by the limit: every reading went in its own batch window.
     live_batches = [b for b in got.on("/telemetry") if not b["historical"]]
     assert len(live_batches) >= 5
+
+
+async def test_backfill_keeps_to_its_byte_rate(mosquitto: Mosquitto, outbox: Outbox) -> None:
+    old = time.time() - 3600
+    await store(outbox, [body(float(i), old + i) for i in range(400)])
+    # Ten verbose readings make a message of about 1.2 kB: some 3 messages a second.
+    uplink = make_uplink(
+        outbox,
+        mosquitto.url,
+        batch_size=10,
+        backfill_bytes_per_s="4KiB",
+        telemetry_encoding="verbose",
+    )
+    async with collect(mosquitto, ALL) as got, running(uplink):
+        await wait_until(lambda: uplink.state == "online")
+        began = time.monotonic()
+        await asyncio.sleep(3.0)
+        elapsed = time.monotonic() - began
+        received = sum(
+            len(bytes(m.payload)) for m in got.messages if b'"historical":true' in bytes(m.payload)
+        )
+    # The rate over the time plus the one-second burst and one message of debt; unlimited, the
+    # 400 readings (about 48 kB) would all be there within the first second.
+    assert 4096 <= received <= 4096 * (elapsed + 1) + 1300, (received, elapsed)
 
 
 async def test_oversized_batches_are_split_and_an_oversized_event_is_cut_mqtt311(
@@ -231,7 +263,7 @@ async def oversized_delivery(
     limit: int,
     max_message_bytes: str | None = None,
 ) -> None:
-    rows = [await outbox.append("telemetry", body(float(i))) for i in range(200)]
+    rows = await store(outbox, [body(float(i)) for i in range(200)])
     huge = contract.event_body(
         "alarm-raised", time.time(), device="efm-1", rule="rc", trace="x" * 20_000, value=312.0
     )
@@ -351,7 +383,7 @@ async def test_a_broker_dropping_large_messages_silently_is_learnt_and_nothing_i
     # MQTT 3.1.1 with max_message_bytes left above the broker's limit: Mosquitto drops the
     # connection at each oversized message, which resent unchanged would fail for ever.
     broker = mosquitto_factory(extra_config=["max_packet_size 4096"])
-    rows = [await outbox.append("telemetry", body(float(i))) for i in range(300)]
+    rows = await store(outbox, [body(float(i)) for i in range(300)])
     uplink = make_uplink(outbox, broker.url, batch_size=100, reconnect_max="500ms")
     with caplog.at_level(logging.ERROR, logger="edge.uplink"):
         async with collect(broker, ALL) as got, running(uplink):
