@@ -105,25 +105,29 @@ async def run_scenario(
 ) -> ScenarioResult:
     """Run one scenario; never raises for a failing rig or expectation (see ``status``)."""
     began = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        if workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="scenario-")))
+    temporary = workdir is None
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix=f"scenario-{scenario.name}-"))
+    else:
+        # A scenario starts from nothing: no outbox, broker sessions or logs of a last run.
+        shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if scenario.mode == "replay":
+            result = run_replay(scenario, say)
         else:
-            # A scenario starts from nothing: no outbox, broker sessions or logs of a last run.
-            shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            if scenario.mode == "replay":
-                result = run_replay(scenario, say)
-            else:
-                result = await LiveRun(scenario, workdir, say, rig, watch).run()
-        except RigSkip as exc:
-            result = ScenarioResult(scenario, "skipped", reason=str(exc))
-        except (RigError, OSError, ValueError) as exc:
-            result = ScenarioResult(scenario, "error", reason=f"{type(exc).__name__}: {exc}")
-        result.seconds = time.monotonic() - began
-        result.workdir = workdir
-        return result
+            result = await LiveRun(scenario, workdir, say, rig, watch).run()
+    except RigSkip as exc:
+        result = ScenarioResult(scenario, "skipped", reason=str(exc))
+    except (RigError, OSError, ValueError) as exc:
+        result = ScenarioResult(scenario, "error", reason=f"{type(exc).__name__}: {exc}")
+    result.seconds = time.monotonic() - began
+    result.workdir = workdir
+    if temporary and result.status in ("passed", "skipped"):
+        # A temporary folder is kept only when its logs explain a failure.
+        shutil.rmtree(workdir, ignore_errors=True)
+        result.workdir = None
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,19 +407,21 @@ class LiveRun:
                     await self.receiver.arrived.wait()
 
     async def _drain(self) -> None:
-        """Wait (bounded) until the gateway's status says its outbox is empty and it is online."""
+        """Wait (bounded) until the gateway's status says it is online with no event waiting and
+        at most one batch of readings (a site polled every 250 ms always has a few)."""
         assert self.gateway is not None
         if not self.gateway.running:
             return
         deadline = time.monotonic() + DRAIN_TIMEOUT
         count = len(self.gateway.lines)
+        batch = self.scenario.site.uplink.batch_size
         while time.monotonic() < deadline:
             for line in self.gateway.lines[count:]:
                 entry = line.entry
                 if (
                     entry.get("msg") == "status"
                     and entry.get("outbox_events") == "0"
-                    and entry.get("outbox_telemetry") == "0"
+                    and int(entry.get("outbox_telemetry", "0") or 0) <= batch
                     and entry.get("uplink") == "online"
                 ):
                     return
