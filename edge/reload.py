@@ -248,7 +248,16 @@ class SiteRunner:
                 pushed = None
                 continue
             pushed = outcome.restart
-            if pushed is None or stop.is_set():
+            if pushed is not None and stop.is_set():
+                # Stopped between the write and the start: the new file never ran, so the
+                # file that is known to work goes back for the next start.
+                log.warning(
+                    "pushed config not started: stopping",
+                    extra=fields(config_hash=pushed.config_hash),
+                )
+                await asyncio.to_thread(restore_previous, self.path)
+                return
+            if pushed is None:
                 return
             try:
                 gateway = await self._start_pushed(pushed)

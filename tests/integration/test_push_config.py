@@ -237,3 +237,27 @@ async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
             assert status["data"]["config_hash"] == old_hash
             assert events(platform, "config-applied") == []
             json.dumps(status)  # the status is plain JSON
+
+
+async def test_a_stop_before_the_pushed_config_proved_itself_puts_the_old_file_back(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with (
+        Simulator(
+            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
+        ) as sim,
+        collect(mosquitto, f"{PREFIX}/#") as platform,
+    ):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        path = write_site(tmp_path, site)
+        original = path.read_bytes()
+        async with running(path, MockFactory(), platform) as (runner, stop):
+            pushed = copy.deepcopy(site)
+            pushed["devices"][1]["id"] = "efm-kitchen-102"
+            await send(mosquitto, command("push-2", "push-config", {"site": pushed}))
+            assert (await ack_for(platform, "push-2"))["result"] == "ok"
+            # SIGTERM now: before the restart, or within the new config's settle time.
+            stop.set()
+        assert path.read_bytes() == original
+        assert runner.applied == 0
+        assert events(platform, "config-applied") == []
