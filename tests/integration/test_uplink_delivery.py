@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import edge.uplink
+import edge.uplink.service
 from buffer import Outbox
 from edge import contract
 from edge.config.model import Uplink as UplinkConfig
@@ -295,7 +295,7 @@ async def test_a_broker_that_stops_answering_fills_the_window_then_the_next_one_
     mosquitto_factory: MosquittoFactory, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A shorter PUBACK wait than the field's 10 s keeps the test short; the logic is the same.
-    monkeypatch.setattr(edge.uplink, "_OPERATION_TIMEOUT", 2.0)
+    monkeypatch.setattr(edge.uplink.service, "_OPERATION_TIMEOUT", 2.0)
     stuck = mosquitto_factory()
     spare = mosquitto_factory()
     uplink = make_uplink(outbox, stuck.url, spare.url, batch_size=5, inflight=3, keepalive="30s")
