@@ -17,7 +17,7 @@ from edge.config import report_config
 from edge.config.duration import parse_duration
 from edge.gateway import config_hash
 from edge.log import fields, setup_logging
-from edge.reload import SiteRunner
+from edge.reload import SiteRunner, recover_unsettled
 from edge.systemd import Notifier
 
 log = logging.getLogger("edge.cli")
@@ -87,6 +87,15 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
     # `kill -USR1 <pid>` prints every thread's stack to stderr (the journal): the one way to
     # see where a gateway in the field is stuck without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        # A pushed config that had not proved it starts when the gateway last stopped (a power
+        # cut, a crash) is undone: the file known to work runs.
+        recovered = recover_unsettled(Path(path))
+    except OSError as exc:
+        log.error("pushed config not checked", extra=fields(config=path, error=str(exc)))
+        recovered = None
+    if recovered is not None:
+        log.error("pushed config rolled back at start", extra=fields(config=path))
     status, config = report_config(path, sys.stderr, known_models=known_models(), quiet=True)
     if config is None:
         return status
@@ -117,6 +126,7 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
             digest,
             status_interval=status_every,
             known_models=known_models(),
+            recovered=recovered,
         )
         try:
             await runner.run(stop, on_started=on_started)

@@ -672,7 +672,12 @@ class Gateway:
             return {"config_hash": digest, "unchanged": True}
         try:
             # In a thread: an fsync on an SD card can take long, and the alarms go on meanwhile.
-            await asyncio.to_thread(reload.write_site, path, pushed.text)
+            await asyncio.to_thread(
+                reload.write_site,
+                path,
+                pushed.text,
+                pending={"config_hash": digest, "command_id": current_command_id()},
+            )
         except OSError as exc:
             raise CommandError(f"cannot write the site file: {exc}") from None
         self.restart = reload.RestartRequest(current_command_id(), digest, self.config_digest)

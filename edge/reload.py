@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from edge.gateway import Gateway
 
 __all__ = [
+    "PENDING_SUFFIX",
     "PREVIOUS_SUFFIX",
     "SETTLE_TIME",
     "PushRejected",
@@ -50,7 +53,9 @@ __all__ = [
     "RestartRequest",
     "SiteRunner",
     "check_pushed",
+    "recover_unsettled",
     "restore_previous",
+    "settled",
     "write_site",
 ]
 
@@ -62,6 +67,8 @@ log = logging.getLogger("edge.reload")
 SETTLE_TIME: Final = 3.0
 #: The file a push replaced, next to the site file.
 PREVIOUS_SUFFIX: Final = ".previous"
+#: Next to the site file while a pushed config has not proved it starts.
+PENDING_SUFFIX: Final = ".pending"
 #: How often the settle watch looks at the new gateway's services.
 _SETTLE_POLL: Final = 0.1
 
@@ -141,12 +148,18 @@ def _described(issue: Any, *, lines: bool) -> str:
     return f"{where}{issue.field}: {issue.message}" if issue.field else f"{where}{issue.message}"
 
 
-def write_site(path: Path, text: str) -> Path:
+def write_site(path: Path, text: str, *, pending: Mapping[str, Any] | None = None) -> Path:
     """Replace the site file at ``path`` with ``text``, atomically; the replaced file is kept
-    as ``<name>.previous`` (returned). A crash at any point leaves either file whole."""
+    as ``<name>.previous`` (returned). A crash at any point leaves either file whole.
+
+    ``pending`` (the push's ``config_hash`` and ``command_id``) is written as
+    ``<name>.pending`` before the new file: until :func:`settled` removes it, the new file has
+    not proved it starts, and :func:`recover_unsettled` puts the previous one back."""
     previous = path.with_name(path.name + PREVIOUS_SUFFIX)
     if path.exists():
         _atomic_write(previous, path.read_bytes())
+    if pending is not None:
+        _atomic_write(_pending(path), json.dumps(dict(pending)).encode())
     _atomic_write(path, text.encode())
     return previous
 
@@ -155,6 +168,43 @@ def restore_previous(path: Path) -> None:
     """Put ``<name>.previous`` back as the site file (atomically; the copy stays)."""
     previous = path.with_name(path.name + PREVIOUS_SUFFIX)
     _atomic_write(path, previous.read_bytes())
+    settled(path)
+
+
+def settled(path: Path) -> None:
+    """The site file at ``path`` is the one to keep: no push is pending any more."""
+    with contextlib.suppress(FileNotFoundError):
+        _pending(path).unlink()
+
+
+def recover_unsettled(path: Path) -> dict[str, Any] | None:
+    """At start: a push whose gateway stopped (a power cut, a crash) before it settled leaves
+    ``<name>.pending``; if the site file is still that push's, the previous file goes back.
+    Returns what was pending when it did (for a ``config-rolled-back`` event), else None."""
+    marker = _pending(path)
+    try:
+        pending = json.loads(marker.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        pending = {}  # a marker cut short: the site file decides below
+    if not isinstance(pending, dict):
+        pending = {}
+    previous = path.with_name(path.name + PREVIOUS_SUFFIX)
+    if previous.exists() and _hash(path.read_bytes()) == pending.get("config_hash"):
+        restore_previous(path)
+        return pending
+    settled(path)  # the site file is not the pushed one (it was never written, or edited since)
+    return None
+
+
+def _pending(path: Path) -> Path:
+    return path.with_name(path.name + PENDING_SUFFIX)
+
+
+def _hash(data: bytes) -> str:
+    # The gateway's config_hash (edge.gateway imports this module, so not from there).
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -200,8 +250,11 @@ class SiteRunner:
         pin_factory: Any = None,
         settle: float = SETTLE_TIME,
         known_models: Collection[str] | None = None,
+        recovered: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = path
+        #: What :func:`recover_unsettled` undid before this start, reported once it runs.
+        self.recovered = recovered
         #: The config known to start, and its hash: where a failed push comes back to.
         self.config = config
         self.digest = digest
@@ -230,7 +283,16 @@ class SiteRunner:
         self, stop: asyncio.Event, *, on_started: Callable[[], None] | None = None
     ) -> None:
         """Run until ``stop`` is set. The known-good config failing to start raises."""
-        gateway: Gateway | None = self._make(self.config, self.digest)
+        first = self._make(self.config, self.digest)
+        if self.recovered is not None:
+            first.report(
+                "config-rolled-back",
+                command_id=self.recovered.get("command_id"),
+                reason="the gateway stopped before the pushed config had settled",
+                rejected_hash=self.recovered.get("config_hash"),
+                config_hash=self.digest,
+            )
+        gateway: Gateway | None = first
         pushed: RestartRequest | None = None
         while gateway is not None:
             outcome = await self._serve(
@@ -312,6 +374,8 @@ class SiteRunner:
                     with contextlib.suppress(Exception):
                         await task
                     return _Outcome(failure=failure)
+                # The new file is the one to keep from now on, before anyone hears so.
+                await asyncio.to_thread(settled, self.path)
                 gateway.report(
                     "config-applied",
                     command_id=gateway.pushed_by,

@@ -112,6 +112,7 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
             await send(mosquitto, command("g-1", "get-status", {}))
             assert (await ack_for(platform, "g-1"))["data"]["config_hash"] == new_hash
             assert path.with_name("site.yaml.previous").read_bytes() == original
+            assert not path.with_name("site.yaml.pending").exists()  # it settled
             assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
 
             # The platform repeating the push (its ack lost): no second restart.
@@ -231,6 +232,7 @@ async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
                 assert runner.gateway is not None
                 assert runner.gateway.config_digest == old_hash
             assert runner.rolled_back == 2
+            assert not path.with_name("site.yaml.pending").exists()
             assert "PinUnknownPi" in events(platform, "config-rolled-back")[0]["reason"]
             await send(mosquitto, command("g-1", "get-status", {}))
             status = await ack_for(platform, "g-1")

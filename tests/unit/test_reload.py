@@ -14,7 +14,16 @@ import yaml
 from drivers.modbus import known_models
 from edge.config import parse_site
 from edge.config.model import SiteConfig
-from edge.reload import PushRejected, _settle, check_pushed, restore_previous, write_site
+from edge.gateway import config_hash
+from edge.reload import (
+    PushRejected,
+    _settle,
+    check_pushed,
+    recover_unsettled,
+    restore_previous,
+    settled,
+    write_site,
+)
 from edge.supervisor import Supervisor
 from tests.integration.site import site_dict
 
@@ -131,3 +140,30 @@ async def test_a_service_that_crashes_while_settling_fails_the_start(crash: bool
         assert failure == "service buffer crashed within 0.5 s of starting"
     else:
         assert failure is None
+
+
+def test_a_push_that_never_settled_is_undone_at_the_next_start(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("old: 1\n")
+    pending = {"config_hash": config_hash(b"new: 2\n"), "command_id": "push-9"}
+    write_site(path, "new: 2\n", pending=pending)
+    assert (tmp_path / "site.yaml.pending").exists()
+    # The power was cut within the settle time: the next start finds the marker.
+    assert recover_unsettled(path) == pending
+    assert path.read_text() == "old: 1\n"
+    assert not (tmp_path / "site.yaml.pending").exists()
+    assert recover_unsettled(path) is None  # once
+
+
+def test_a_settled_or_edited_site_file_is_left_alone_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("old: 1\n")
+    write_site(path, "new: 2\n", pending={"config_hash": config_hash(b"new: 2\n")})
+    settled(path)
+    assert recover_unsettled(path) is None
+    assert path.read_text() == "new: 2\n"
+    write_site(path, "newer: 3\n", pending={"config_hash": config_hash(b"newer: 3\n")})
+    path.write_text("edited: 4\n")  # an installer's edit since: theirs wins
+    assert recover_unsettled(path) is None
+    assert path.read_text() == "edited: 4\n"
+    assert not (tmp_path / "site.yaml.pending").exists()
