@@ -8,7 +8,9 @@
    ``buffer.path`` (the outbox holds the unsent records and the alarms' state). Refused: an
    error ack listing every problem by field path, a ``config-rejected`` event, nothing changed.
 2. :func:`write_site` replaces the site file atomically (a temporary file in the same folder,
-   fsync, rename, fsync of the folder) and keeps the file it replaced as ``<name>.previous``.
+   fsync, rename, fsync of the folder) and keeps the file it replaced as ``<name>.previous``;
+   ``<name>.pending`` says the new file has not proved itself yet (:func:`recover_unsettled`
+   undoes such a push at the next start, after a power cut or a crash).
 3. The ack goes out (``ok``, with the new config hash) and the running gateway stops in the
    normal order (buses, rule state saved, outbox flushed, uplink); :class:`SiteRunner` then
    builds a new :class:`~edge.gateway.Gateway` from the file.
