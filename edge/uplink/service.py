@@ -161,6 +161,8 @@ class Uplink:
         #: Seqs of rows in a message built but not yet deleted: a session does not read them
         #: into a second message.
         self._claimed: set[int] = set()
+        #: Backfill messages awaiting their PUBACK now.
+        self._backfill_sending = 0
         #: Deletions of acknowledged rows; they outlive the session that started them.
         self._deletions: set[asyncio.Task[None]] = set()
         self._build = MessageBuilder(
@@ -611,10 +613,14 @@ class Uplink:
         """Send what the outbox holds, in order, up to ``window`` messages awaiting PUBACK."""
 
         def launch(message: Message) -> None:
+            if message.lane == "backfill":
+                self._backfill_sending += 1
             task = asyncio.create_task(self._send(client, message, window, failed))
             sending.add(task)
             task.add_done_callback(sending.discard)
 
+        # Every send task of the last session has ended (_pump waits for them).
+        self._backfill_sending = 0
         # What the last connection left unacknowledged goes first and unchanged.
         self._resent_keys.clear()
         for key, message in list(self._unacked.items()):
@@ -679,8 +685,12 @@ class Uplink:
             # Let the batch fill; the backlog may use the time meanwhile.
             wait = fill_wait
 
-        # 3. The backlog that waited when the session came up, oldest first, rate-limited.
+        # 3. The backlog that waited when the session came up, oldest first, rate-limited. It
+        # leaves one slot of the window free, so that an alarm raised meanwhile does not wait
+        # for a backfill PUBACK to get a slot (a round trip of a second or more over 4G).
         if not lanes.backlog_done:
+            if 1 < self._config.inflight <= self._backfill_sending + 1:
+                return None, wait  # a backfill PUBACK wakes the loop
             hold = max((b.delay() for b in self._backfill_limits if b is not None), default=0.0)
             if hold > 0:
                 return None, hold if wait is None else min(wait, hold)
@@ -725,6 +735,7 @@ class Uplink:
         failed: asyncio.Future[None],
     ) -> None:
         """Publish one message holding one window slot; on its PUBACK, delete its rows."""
+        backfill = message.lane == "backfill"  # counted by launch() in _drain
         try:
             await client.publish(message.topic, message.payload, qos=1)
         except aiomqtt.MqttError as exc:
@@ -734,6 +745,9 @@ class Uplink:
             return
         finally:
             window.release()
+            if backfill:
+                self._backfill_sending -= 1
+                self._new_rows.set()  # the backlog may take the next slot
         for key, kept in self._unacked.items():
             if kept is message:
                 del self._unacked[key]
