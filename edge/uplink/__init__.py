@@ -7,11 +7,19 @@ from the outbox only after its own PUBACK (PUBACKs may come in any order).
 
 Order while connected: first the messages that were built but not acknowledged when the last
 connection dropped, byte for byte as before (same ``message_id``, same rows); then events,
-oldest first; then telemetry committed since this connection came up (live data); then the
-backlog that was waiting when it came up, oldest first, in the gaps and within the
-``backfill_*`` rate limits. No payload exceeds ``max_message_bytes`` (or the broker's MQTT 5
-Maximum Packet Size): telemetry batches are cut to fit; an event too large loses its own
-fields and says ``truncated: true``.
+oldest first; then telemetry from about the connection's start on (live data); then the
+backlog that was waiting when it came up, oldest first, in the gaps, within the ``backfill_*``
+rate limits and leaving one window slot for alarms. No payload exceeds ``max_message_bytes``
+(or the broker's MQTT 5 Maximum Packet Size): telemetry batches are cut to fit; an event too
+large loses its own fields and says ``truncated: true``. A message that a broker drops the
+connection over three times running (an MQTT 3.1.1 broker's packet limit) is taken apart.
+
+On connect, before any telemetry, the retained metadata (the point aliases compact telemetry
+refers to); then the health message every ``health_interval``, never stored.
+
+Modules: :mod:`.connection` (broker URLs, TLS, the MQTT client, the port look),
+:mod:`.messages` (building messages, the size limit, the rate buckets), :mod:`.service` (the
+:class:`Uplink`).
 
 The retained status topic says "online" once connected; the MQTT will says "offline" for an
 unclean loss, and :meth:`Uplink.stop` (or cancelling :meth:`Uplink.run`) publishes "offline"
