@@ -355,10 +355,12 @@ async def test_reconnects_as_soon_as_the_broker_is_back_not_after_the_backoff(
             await wait_until(waiting_long, within=15)
             attempts = uplink.attempts
             broker.start()
-            await wait_until(lambda: uplink.state == "online", within=2.0)
+            await wait_until(lambda: uplink.state == "online", within=2.5)
             back_after = time.monotonic() - long_wait[0]
             assert uplink.attempts == attempts + 1
-    assert back_after < 2.5
+    # Waiting out the backoff would take 3 s or more from the log line; a look at the port
+    # every half second finds the broker back within about that.
+    assert back_after < 2.8
 
 
 async def test_a_refused_login_keeps_the_full_backoff(
