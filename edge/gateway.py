@@ -90,6 +90,8 @@ STORM_KEY: Final = "storm/active"
 #: A pushed config is applied this long after its ack was handed to the uplink, so that the
 #: ack goes out on the connection it came in on before the uplink stops.
 PUSH_ACK_GRACE: Final = 0.5
+#: A refused push's event lists at most this many errors (a file of garbage has thousands).
+MAX_REPORTED_ERRORS: Final = 50
 
 
 @dataclasses.dataclass
@@ -658,11 +660,22 @@ class Gateway:
             raise CommandError("a pushed config is already being applied")
         path = Path(self.config_path)
         try:
-            pushed = reload.check_pushed(
-                params, self.config, filename=path.name, known_models=known_models()
+            # In a thread: checking a large site file takes a while, and the loop judges
+            # readings meanwhile.
+            pushed = await asyncio.to_thread(
+                reload.check_pushed,
+                params,
+                self.config,
+                filename=path.name,
+                known_models=known_models(),
             )
         except reload.PushRejected as exc:
-            self.report("config-rejected", command_id=current_command_id(), errors=exc.errors)
+            self.report(
+                "config-rejected",
+                command_id=current_command_id(),
+                errors=exc.errors[:MAX_REPORTED_ERRORS],
+                error_count=len(exc.errors),
+            )
             log.error("config-rejected", extra=fields(errors=len(exc.errors)))
             raise
         digest = config_hash(pushed.text.encode())
