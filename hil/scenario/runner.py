@@ -58,8 +58,9 @@ from hil.simulator import Simulator, send_control
 __all__ = ["Outcome", "ScenarioResult", "run_scenario"]
 
 Status = Literal["passed", "failed", "skipped", "error"]
-#: How long the rig may take to come up: every device reporting at the platform.
-WARMUP_TIMEOUT = 20.0
+#: How long the rig may take to come up: every device reporting at the platform (generous: a
+#: loaded 2-core CI machine starts a Python process slowly).
+WARMUP_TIMEOUT = 30.0
 #: How long the outbox may take to drain before the gateway is stopped at the end.
 DRAIN_TIMEOUT = 15.0
 #: How long a pushed command may take to be answered (it is answered before any restart).
@@ -397,9 +398,15 @@ class LiveRun:
                     f"the gateway exited with {code} while starting; see {self.gateway.log_path}"
                 )
             if time.monotonic() > deadline:
+                said = "; ".join(
+                    line.entry.get("msg", "?")
+                    for line in self.gateway.lines[-5:]
+                    if line.entry.get("msg") != "status"
+                )
                 raise RigError(
                     f"no reading from {', '.join(sorted(wanted - seen))} at the platform within "
-                    f"{WARMUP_TIMEOUT:g} s; see {self.gateway.log_path}"
+                    f"{WARMUP_TIMEOUT:g} s ({len(self.receiver.arrivals)} message(s) arrived; "
+                    f"the gateway's last words: {said or 'none'}); see {self.gateway.log_path}"
                 )
             self.receiver.arrived.clear()
             with contextlib.suppress(TimeoutError):
