@@ -726,7 +726,8 @@ class LiveRun:
             return Outcome(e, _within_bounds(n, e), f"{n} arrived")
         summary = self.receiver.summary()
         gaps = {
-            f"{gw}/{epoch[:8]}": missing
+            # The first few of each epoch say enough; a broken run can miss thousands.
+            f"{gw}/{epoch[:8]}": missing[:10]
             for gw, g in summary.gateways.items()
             for epoch, missing in g.gaps.items()
             if missing
@@ -819,7 +820,11 @@ def _matches(message: dict[str, Any], match: dict[str, Any]) -> bool:
         if isinstance(wanted, bool) or not isinstance(wanted, int | float):
             if value != wanted and str(value) != str(wanted):
                 return False
-        elif not isinstance(value, int | float) or not math.isclose(value, wanted, abs_tol=1e-6):
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isclose(value, wanted, abs_tol=1e-6)
+        ):
             return False
     return True
 
