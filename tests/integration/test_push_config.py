@@ -17,6 +17,7 @@ import yaml
 from gpiozero.pins.mock import MockFactory
 
 from drivers.modbus import known_models
+from edge import contract
 from edge.commands import MAX_COMMAND_BYTES
 from edge.config import load_site
 from edge.gateway import config_hash
@@ -101,14 +102,19 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
             ]
             assert gateway.annunciator.sounding
             await until(lambda: pins.pin(17).state is True, 5, "the buzzer on the new gateway")
-            await platform.wait_for(
-                lambda c: any(
-                    r.get("device") == "efm-kitchen-102"
+            # Whichever telemetry form the uplink sends: compact telemetry names points by the
+            # aliases of the running config.
+            aliases = contract.Aliases.of_site(gateway.config)
+
+            def renamed_reports(c: Collector) -> bool:
+                return any(
+                    r["device"] == "efm-kitchen-102"
                     for m in c.on("/telemetry")
-                    for r in m.get("readings", [])
-                ),
-                10,
-            )
+                    if m.get("aliases_id") in (None, aliases.table_id)
+                    for r in contract.decode_telemetry(m, aliases)
+                )
+
+            await platform.wait_for(renamed_reports, 10)
             await send(mosquitto, command("g-1", "get-status", {}))
             assert (await ack_for(platform, "g-1"))["data"]["config_hash"] == new_hash
             assert path.with_name("site.yaml.previous").read_bytes() == original
