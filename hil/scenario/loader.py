@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from drivers.modbus.model import load_model
+from drivers.modbus.model import encode, load_model
 from edge.config import ConfigError, parse_site
 from edge.config.duration import parse_duration
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus, SiteConfig
@@ -353,8 +353,10 @@ class _Checker:
                 continue
             checked: dict[str, float] = {}
             for point, value in values.items():
-                if self.point_ok((*loc, point), sim, device.model, point) and self.number(
-                    (*loc, point), value
+                if (
+                    self.point_ok((*loc, point), sim, device.model, point)
+                    and self.number((*loc, point), value)
+                    and self.value_ok((*loc, point), sim, device.model, point, float(value))
                 ):
                     checked[point] = float(value)
             result.append(
@@ -394,6 +396,25 @@ class _Checker:
             self.issue(loc, str(exc))
             return False
         return True
+
+    def value_ok(self, loc: Loc, sim: SimKind, model: str, point: str, value: float) -> bool:
+        """Whether the simulator can serve ``value``: a register holds it, a radar state is
+        0-3; so a run never stops half-way on a value nobody could send."""
+        problem = ""
+        if sim in ("modbus-tcp", "rtu-line"):
+            try:
+                encode(load_model(model), {point: value})
+            except ValueError as exc:
+                problem = str(exc)
+        elif sim == "ld2410":
+            top = 3 if point == "state" else 65535
+            if value != int(value) or not 0 <= value <= top:
+                problem = f"{point} is a whole number 0-{top}"
+        elif not -180 <= value <= 180 and point != "temperature":
+            problem = "angles are -180 to 180 degrees"
+        if problem:
+            self.issue(loc, f"the simulator cannot serve {value:g}: {problem}")
+        return not problem
 
     def steps(self, data: dict[str, Any], devices: dict[str, SimDevice]) -> list[Step]:
         steps: list[Step] = []
@@ -525,6 +546,12 @@ class _Checker:
             if args.get("amplitude", 0) < 0:
                 self.issue((*loc, "amplitude"), "must not be negative")
                 ok = False
+        if ok:
+            edges = [args[k] for k in ("value", "from", "to") if k in args]
+            if action == "noise":
+                edges = [args["around"] - args["amplitude"], args["around"] + args["amplitude"]]
+            for value in edges:
+                ok = ok and self.value_ok(loc, device.sim, device.model, point, value)
         if action == "toggle":
             values = raw.get("values")
             if (
@@ -536,6 +563,10 @@ class _Checker:
                 ok = False
             else:
                 args["values"] = [float(v) for v in values]
+                for value in args["values"]:
+                    ok = ok and self.value_ok(
+                        (*loc, "values"), device.sim, device.model, point, value
+                    )
         return args if ok else None
 
     def device_ref(self, loc: Loc, raw: Any, devices: dict[str, SimDevice]) -> SimDevice | None:

@@ -330,3 +330,21 @@ def test_fuzz_text_gives_a_scenario_error(text: str) -> None:
 @given(cut=st.integers(0, len(GOOD)), junk=st.text(max_size=6))
 def test_fuzz_damaged_good_files_give_a_scenario_or_a_scenario_error(cut: int, junk: str) -> None:
     _check(GOOD[:cut] + junk + GOOD[cut:])
+
+
+def test_a_value_the_simulator_cannot_serve_is_refused_at_its_line() -> None:
+    text = GOOD.replace("{residual_current: 120}", "{residual_current: -5}").replace(
+        "value: 350}}", "value: 70000}}"
+    )
+    text = text.replace(
+        "expect:",
+        "  - {at: 2s, ramp: {device: efm-shop-101, point: voltage_a, from: 230, to: 1000000.0, "
+        "over: 1s}}\nexpect:",
+    )
+    issues = issues_of(text)
+    assert [i.split(": the simulator")[0] for i in issues] == [
+        f"{HERE}:5: devices[0].values.residual_current",
+        f"{HERE}:7: steps[0].set",
+        f"{HERE}:8: steps[1].ramp",
+    ]
+    assert "cannot serve 70000: residual_current=70000.0 mA is out of range" in issues[1]
