@@ -683,11 +683,15 @@ class LiveRun:
                 return Outcome(e, False, f"never arrived (events after {e.after}: {kinds})")
             delay = hits[0].at - since
             if e.first:
+                # Sent after the step: a message the broker kept from before an outage and
+                # delivers late was not sent first, it was sent earlier.
                 first = next(
                     (
                         a
                         for a in self.receiver.arrivals
-                        if a.at >= since and a.topic.endswith(("/events", "/telemetry"))
+                        if a.at >= since
+                        and a.topic.endswith(("/events", "/telemetry"))
+                        and _sent_at(a.message) >= since
                     ),
                     None,
                 )
@@ -790,6 +794,15 @@ class LiveRun:
             f"all {last} committed seqs accounted for: {len(arrived)} at the platform, "
             f"{len(pending)} still in the outbox (sent at the next start)",
         )
+
+
+def _sent_at(message: dict[str, Any]) -> float:
+    """When the gateway sent a message (its ``sent_at``); +inf when unreadable, so an odd
+    message counts as sent late rather than hiding behind the step."""
+    try:
+        return datetime.fromisoformat(str(message["sent_at"])).timestamp()
+    except (KeyError, ValueError):
+        return math.inf
 
 
 def _state_at(changes: list[tuple[float, bool]], moment: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from hil.receiver import Receiver
 from hil.scenario import parse_scenario
 from hil.scenario.model import Expectation
 from hil.scenario.report import figures, junit, text_report
+from hil.scenario.rig import Arrival
 from hil.scenario.runner import LiveRun, Outcome, ScenarioResult, _judge_state, _matches
 
 LIBRARY = Path(__file__).resolve().parents[2] / "hil" / "scenarios"
@@ -137,3 +139,38 @@ def test_reports_name_the_failing_expectation_with_its_line_and_figures() -> Non
         (43.0, 1000.0, True),
         (3500.0, 3000.0, False),
     ]
+
+
+def test_first_means_first_sent_after_the_step_not_a_late_delivery(tmp_path: Path) -> None:
+    path = LIBRARY / "broker-outage.yaml"
+    run = LiveRun(parse_scenario(path.read_text(), path), tmp_path, print, None)
+    first = next(e for e in run.scenario.expectations if e.first)
+    run.step_times = {"start": 1000.0, "return": 1004.0, "end": 1010.0}
+
+    def arrive(at: float, stream: str, sent: float, **fields: object) -> Arrival:
+        stamp = datetime.fromtimestamp(sent, UTC).isoformat().replace("+00:00", "Z")
+        topic = f"district/v1/gw-hil-0001/{stream}"
+        return Arrival(at, topic, {"sent_at": stamp, **fields})
+
+    alarm = {
+        "kind": "alarm-raised",
+        "rule": "residual-current-over-limit",
+        "device": "efm-shop-101",
+    }
+    try:
+        # Telemetry the broker kept from before the outage arrives first: that is no reorder.
+        run.receiver.arrivals = [
+            arrive(1004.1, "telemetry", 1000.9),
+            arrive(1004.2, "events", 1004.15, **alarm),
+            arrive(1004.3, "telemetry", 1004.25),
+        ]
+        verdict = run.judge(first)
+        assert verdict.passed, verdict.detail
+        assert verdict.measured == pytest.approx(0.2)
+        # Telemetry sent after the return, before the alarm: the alarm was not first.
+        run.receiver.arrivals.insert(1, arrive(1004.15, "telemetry", 1004.12))
+        verdict = run.judge(first)
+        assert not verdict.passed
+        assert verdict.detail == "arrived after 0.20 s but telemetry came first"
+    finally:
+        run.receiver.close()
