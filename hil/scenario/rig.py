@@ -28,7 +28,9 @@ from typing import Any
 
 import aiomqtt
 
+from edge.contract import decode_payload
 from edge.log import parse_logfmt
+from edge.schemas import ContractError
 from hil.broker import wait_for_port
 from hil.receiver import Receiver, receive
 from hil.rtu_line import RtuLine
@@ -130,6 +132,9 @@ class Arrival:
     at: float
     topic: str
     message: dict[str, Any]
+    #: For telemetry: its readings, whatever the encoding (verbose, or compact columnar
+    #: decoded with the gateway's alias table), each with device, point, value, unit, ts.
+    readings: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ObservingReceiver(Receiver):
@@ -157,10 +162,12 @@ class ObservingReceiver(Receiver):
             return f"rejected: {exc!r}"
         # Acks are kept whatever the receiver makes of them: a command's answer is evidence.
         if result == "kept" or topic.endswith("/acks"):
-            with contextlib.suppress(ValueError):
-                message = json.loads(payload)
+            with contextlib.suppress(ContractError, ValueError):
+                # Plain JSON or a deflated payload, as the receiver itself reads it.
+                message = decode_payload(payload)
                 if isinstance(message, dict):
-                    arrival = Arrival(now, topic, message)
+                    readings = self.readings_of(message) if topic.endswith("/telemetry") else []
+                    arrival = Arrival(now, topic, message, readings)
                     self.arrivals.append(arrival)
                     self.arrived.set()
                     if self.on_arrival is not None:

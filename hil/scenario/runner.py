@@ -387,7 +387,7 @@ class LiveRun:
                 r.get("device")
                 for a in self.receiver.arrivals
                 if a.topic.endswith("/telemetry")
-                for r in a.message.get("readings", [])
+                for r in a.readings
             }
             if wanted <= seen:
                 return
@@ -708,7 +708,7 @@ class LiveRun:
                     a.at
                     for a in self.receiver.arrivals
                     if a.at >= since and a.topic.endswith("/telemetry")
-                    for r in a.message.get("readings", [])
+                    for r in a.readings
                     if _matches(r, e.match)
                 ),
                 None,
