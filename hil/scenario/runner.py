@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -122,6 +123,15 @@ async def run_scenario(
         result = ScenarioResult(scenario, "skipped", reason=str(exc))
     except (RigError, OSError, ValueError) as exc:
         result = ScenarioResult(scenario, "error", reason=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        # A fault of the runner itself: this scenario is an error with where it happened, and
+        # the scenarios after it still run and are reported.
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        result = ScenarioResult(
+            scenario,
+            "error",
+            reason=f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})",
+        )
     result.seconds = time.monotonic() - began
     result.workdir = workdir
     if temporary and result.status in ("passed", "skipped"):

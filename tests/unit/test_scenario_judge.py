@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hil.receiver import Receiver
-from hil.scenario import parse_scenario
+from hil.scenario import parse_scenario, run_scenario
 from hil.scenario.model import Expectation
 from hil.scenario.report import figures, junit, text_report
 from hil.scenario.rig import Arrival
@@ -174,3 +174,17 @@ def test_first_means_first_sent_after_the_step_not_a_late_delivery(tmp_path: Pat
         assert verdict.detail == "arrived after 0.20 s but telemetry came first"
     finally:
         run.receiver.close()
+
+
+async def test_a_fault_of_the_runner_is_an_error_of_that_scenario_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async def broken(self: LiveRun) -> ScenarioResult:
+        raise KeyError("gateway_id")
+
+    monkeypatch.setattr(LiveRun, "_run", broken)
+    path = LIBRARY / "overcurrent.yaml"
+    result = await run_scenario(parse_scenario(path.read_text(), path), tmp_path / "run")
+    assert result.status == "error"
+    assert result.reason.startswith("KeyError: 'gateway_id' (at test_scenario_judge.py:")
+    assert result.workdir == tmp_path / "run"
