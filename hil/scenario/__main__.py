@@ -61,7 +61,11 @@ async def run_all(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil.scenario", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m hil.scenario",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="check scenario files; every error with file:line")
     check.add_argument("files", nargs="+")
