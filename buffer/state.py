@@ -15,6 +15,7 @@ A write returns once it is committed (WAL, ``synchronous = FULL``), like ``Outbo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -88,7 +89,7 @@ def state_put(
         )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     return current + 1
 
@@ -102,7 +103,7 @@ def state_delete(conn: sqlite3.Connection, key: str, expect: int | None) -> bool
         conn.execute("DELETE FROM state WHERE key = ?", (key,))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     return row is not None
 
@@ -110,3 +111,10 @@ def state_delete(conn: sqlite3.Connection, key: str, expect: int | None) -> bool
 def _entry(row: tuple[Any, ...]) -> StateEntry:
     key, text, revision, schema, updated = row
     return StateEntry(str(key), json.loads(text), int(revision), int(schema), float(updated))
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # A COMMIT refused by a full disk has already ended the transaction, and a ROLLBACK then
+    # fails with "no transaction is active", hiding the real error the caller should see.
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("ROLLBACK")

@@ -218,6 +218,10 @@ class Receiver:
         telemetry whose alias table has not arrived: kept raw until it does) or
         ``rejected: <reason>``."""
         now = time.time() if received_at is None else received_at
+        if topic.endswith("/commands"):
+            # The platform's own downlink, seen because the subscription covers the gateway's
+            # whole subtree: not a gateway message, neither kept nor counted.
+            return "ignored: a command to the gateway"
         self._counts.received += 1
         try:
             message = self._decode(payload)
@@ -417,10 +421,12 @@ class Receiver:
     def _check_topic(topic: str, message: dict[str, Any], kind: str) -> None:
         parts = topic.split("/")
         expected = {"event": "events"}.get(kind, kind)
-        if len(parts) < 3 or parts[-1] != expected or parts[-2] != message["gateway_id"]:
+        # A command carries no gateway_id: it is the platform's, never a gateway's message.
+        gateway = message.get("gateway_id")
+        if len(parts) < 3 or parts[-1] != expected or parts[-2] != gateway:
             raise ContractError(
-                f"a {kind} message from {message['gateway_id']!r} on topic {topic!r} "
-                f"(expected .../{message['gateway_id']}/{expected})"
+                f"a {kind} message from {gateway!r} on topic {topic!r} "
+                f"(expected .../{gateway}/{expected})"
             )
 
     def _hold(self, topic: str, message: dict[str, Any], reason: str, now: float) -> str:
@@ -463,6 +469,7 @@ async def receive(
     context = ssl.create_default_context(cafile=ca_file) if broker.tls else None
 
     async def session() -> None:
+        last_error: str | None = None
         while True:
             client = aiomqtt.Client(
                 broker.host,
@@ -483,7 +490,13 @@ async def receive(
                         if isinstance(message.payload, bytes | bytearray):
                             receiver.handle(message.topic.value, bytes(message.payload))
             except aiomqtt.MqttError as exc:
-                print(f"receiver: {broker.display}: {exc}; reconnecting", file=sys.stderr)
+                # Said once per outage, not at every 0.2 s retry.
+                text = f"{broker.display}: {exc}"
+                if text != last_error:
+                    print(f"receiver: {text}; reconnecting", file=sys.stderr)
+                    last_error = text
+            else:
+                last_error = None
             await asyncio.sleep(0.2)
 
     task = asyncio.create_task(session(), name="receiver")

@@ -275,3 +275,23 @@ async def test_a_read_only_file_system_is_a_clear_error_naming_path_and_fix(
 
 if __name__ == "__main__":
     _child(Path(sys.argv[1]))
+
+
+async def test_rule_state_refused_by_a_full_disk_names_the_disk_not_the_rollback(
+    tmp_path: Path,
+) -> None:
+    # A COMMIT refused for lack of space has already ended the transaction; the error the
+    # caller sees must be the disk's, not "cannot rollback - no transaction is active".
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        if disk is None:
+            pytest.fail("this test needs a tmpfs mount (run as root)")
+        async with await Outbox.open(disk / "outbox.sqlite", commit_interval=0.01) as outbox:
+            await outbox.state_put("rules/small", {"n": 1})
+            filler = fill(disk)
+            with pytest.raises(Exception) as caught:  # noqa: PT011 -- the message is the test
+                await outbox.state_put("rules/big", {"blob": "x" * 400_000})
+            text = str(caught.value).lower()
+            assert "rollback" not in text, text
+            assert "full" in text or "space" in text, text
+            filler.unlink()
+            assert await outbox.state_put("rules/big", {"blob": "y"}) == 1

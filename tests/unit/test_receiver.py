@@ -256,3 +256,24 @@ def test_a_deflate_bomb_is_rejected(receiver: Receiver) -> None:
     result = receiver.handle(TELEMETRY, bomb)
     assert "inflates to over" in result
     assert receiver.handle(TELEMETRY, batch("e1", 1)) == "kept"
+
+
+def _command() -> bytes:
+    return json.dumps({
+        "schema": contract.SCHEMA_COMMAND, "command_id": "c-1", "command": "ping",
+        "issued_at": contract.iso_utc(time.time()), "params": {},
+    }).encode()  # fmt: skip
+
+
+def test_the_platforms_own_commands_are_ignored_not_counted(receiver: Receiver) -> None:
+    # The subscription covers each gateway's whole subtree, commands to it included.
+    assert receiver.handle(f"district/v1/{GW}/commands", _command()).startswith("ignored")
+    summary = receiver.summary()
+    assert (summary.received, summary.kept, summary.rejected) == (0, 0, 0)
+
+
+def test_a_command_on_a_gateway_topic_is_rejected_not_a_crash(receiver: Receiver) -> None:
+    # A command has no gateway_id; where a gateway message belongs it is an error, reported.
+    result = receiver.handle(EVENTS, _command())
+    assert result.startswith("rejected"), result
+    assert receiver.summary().rejected == 1
