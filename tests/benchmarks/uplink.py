@@ -29,6 +29,7 @@ from drivers.types import Reading
 from edge import contract
 from edge.config.model import Uplink as UplinkConfig
 from edge.uplink import Uplink
+from tests.benchmarks.wire import publish_size
 from tests.fixtures.broker import Mosquitto, find_mosquitto, free_port
 
 GATEWAY = "gw-bench-0001"
@@ -77,18 +78,6 @@ def site_aliases() -> contract.Aliases:
     )
 
 
-def _publish_size(topic_len: int, payload_len: int) -> int:
-    remaining = 2 + topic_len + 2 + payload_len  # topic length, topic, packet id, payload
-    header = 1
-    length = remaining
-    while True:
-        header += 1
-        length //= 128
-        if length == 0:
-            break
-    return header + remaining
-
-
 def _carried(message: dict[str, object]) -> int:
     """Readings a telemetry message carries: its seq range less the skipped ranges."""
     first, last = message["seq_first"], message["seq_last"]
@@ -130,7 +119,7 @@ async def bytes_per_reading(compression: str, seconds: int = 10) -> tuple[float,
                     async for message in client.messages:
                         payload = message.payload
                         assert isinstance(payload, bytes)
-                        wire += _publish_size(len(message.topic.value.encode()), len(payload))
+                        wire += publish_size(len(message.topic.value.encode()), len(payload))
                         readings += _carried(contract.decode_payload(payload))
                         if readings >= expected:
                             break
