@@ -1,9 +1,11 @@
 """The demo: a whole simulated site on this machine, narrated live.
 
 Starts a local broker, the device simulator and the gateway (``edge run``) as separate
-processes, subscribes where the platform would, injects faults on a timeline and prints what
-each part sees. Ctrl-C (or ``DEMO_SECONDS``) stops everything it started. With
-``DEMO_SECONDS=N`` the exit status says whether the injected alarm reached the subscriber.
+processes, subscribes where the platform would with the reference receiver (``hil.receiver``:
+every message validated, de-duplicated, checked for gaps and stored), injects faults on a
+timeline and prints what each part sees. Ctrl-C (or ``DEMO_SECONDS``) stops everything it
+started. With ``DEMO_SECONDS=N`` the exit status says whether the injected alarm reached the
+platform.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -25,8 +26,10 @@ import aiomqtt
 
 from edge.config import load_site
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SiteConfig
+from edge.contract import ContractError, decode_payload
 from edge.log import parse_logfmt
 from hil.broker import LocalBroker, port_is_free, wait_for_port
+from hil.receiver import Receiver
 from hil.simulator import send_control
 
 CONTROL_PORT = 15021
@@ -117,6 +120,11 @@ class Demo:
         #: Set by Ctrl-C or SIGTERM: the demo stops everything it started, then exits.
         self.interrupted = asyncio.Event()
         self.summary_at = 0.0
+        #: The platform: the reference receiver, storing next to the gateway's outbox.
+        platform_db = Path(self.config.buffer.path).parent / "platform.sqlite"
+        platform_db.parent.mkdir(parents=True, exist_ok=True)
+        platform_db.unlink(missing_ok=True)
+        self.receiver = Receiver(platform_db)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -229,6 +237,9 @@ class Demo:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+        for line in self.receiver.summary().text().splitlines():
+            self.say("platform", line)
+        self.receiver.close()
         reached = self.first_device in self.alarm_at_platform
         self.say("demo", f"injected alarm reached the platform: {'yes' if reached else 'NO'}")
         return 0 if reached or self.seconds is None else 1
@@ -250,11 +261,13 @@ class Demo:
         await self.interrupted.wait()
 
     def on_platform_message(self, topic: str, payload: Any) -> None:
-        try:
-            message = json.loads(payload)
-        except (TypeError, ValueError):
-            self.say("platform", f"{topic}: unreadable payload")
+        raw = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+        verdict = self.receiver.handle(topic, raw)
+        if verdict.startswith(("rejected", "ignored")):
+            if verdict.startswith("rejected"):
+                self.say("platform", f"REJECTED {topic}: {verdict}")
             return
+        message = decode_payload(raw)  # the receiver has just decoded it: cannot fail here
         if topic.endswith("/events"):
             kind = message.get("kind", "?")
             if kind == "alarm-raised":
@@ -268,7 +281,12 @@ class Demo:
         elif topic.endswith("/status"):
             self.say("platform", f"status {message.get('state')}")
         elif topic.endswith("/telemetry"):
-            readings = message.get("readings", [])
+            try:
+                # Compact telemetry names its points by alias; the receiver knows the table.
+                readings = self.receiver.readings_of(message)
+            except (ContractError, LookupError):
+                self.say("platform", f"telemetry waiting for its metadata ({verdict})")
+                return
             for reading in readings:
                 self.last_readings.setdefault(reading["device"], {})[reading["point"]] = reading[
                     "value"

@@ -190,7 +190,7 @@ class Summary:
         }
 
 
-class _UnknownTable(Exception):
+class _UnknownTable(LookupError):
     """Compact telemetry naming an alias table no metadata message has given yet."""
 
 

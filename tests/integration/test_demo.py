@@ -26,4 +26,8 @@ def test_demo_runs_unattended_and_its_alarm_reaches_the_subscriber(tmp_path: Pat
     assert "EVENT alarm-raised device=efm-shop-101" in output
     assert "injected alarm reached the platform: yes" in output
     assert "everything stopped" in output
+    # The platform is the reference receiver: every message valid, no seq missing.
+    assert ", rejected 0," in output, output
+    assert "no gaps" in output, output
+    assert "telemetry x" in output, "no reading was narrated: telemetry not decoded"
     assert (tmp_path / "var" / "demo" / "gateway.log").stat().st_size > 0
