@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 from buffer import CapacityPolicy, Outbox, OutboxUnwritable
 from drivers import DeviceStatus, Reading
 from drivers.modbus import known_models
-from edge import __version__, reload
+from edge import __version__, contract, reload, timesync
 from edge.annunciator import Annunciator
 from edge.buses import (
     FieldDriver,
@@ -190,6 +190,9 @@ class Gateway:
         )
         self.supervisor = Supervisor()
         self.outbox: Outbox | None = None
+        #: The point alias table the uplink's compact telemetry and metadata message share.
+        self.aliases = contract.Aliases.of_site(config)
+        self._clock_synced = timesync.cached(timesync.kernel_clock_synced)
         self.uplink: Uplink | None = None
         self.outbox_ready = asyncio.Event()
         self._pending: deque[tuple[Stream, dict[str, Any]]] = deque()
@@ -368,6 +371,10 @@ class Gateway:
             version=__version__,
             boot_time=self.boot_time,
             config_hash=self.config_digest,
+            clock_synced=self._clock_synced,
+            metadata=self._metadata_message,
+            health=self.health,
+            aliases=self.aliases,
             command_handlers={
                 "ping": self._command_ping,
                 "get-status": self._command_status,
@@ -378,6 +385,16 @@ class Gateway:
             },
         )
         await self.uplink.run()
+
+    def _metadata_message(self, epoch: str) -> bytes:
+        """The retained device metadata (locations, points, aliases), sent at every connect."""
+        return contract.metadata_message(
+            self.config.gateway.id,
+            epoch,
+            self.config,
+            self.aliases,
+            clock_synced=self._clock_synced(),
+        )
 
     # -- downlink commands (edge/commands.py validates them and answers) ----------------------
 

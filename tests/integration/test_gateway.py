@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from edge.contract import decode_payload
 from edge.gateway import Gateway
 from edge.schemas import validate_message
 from hil.simulator import Simulator
@@ -63,7 +63,7 @@ def alarm_events(collector: Collector, device: str) -> list[dict[str, Any]]:
 
 
 def received_seqs(collector: Collector) -> set[int]:
-    seqs = {r["seq"] for batch in collector.on("/telemetry") for r in batch["readings"]}
+    seqs = {r["seq"] for r in collector.readings()}
     return seqs | {e["seq"] for e in collector.on("/events")}
 
 
@@ -119,8 +119,8 @@ async def test_injected_fault_sounds_buzzer_and_reaches_platform(
     assert status[0]["config_hash"] == ""  # built without a site file's digest
     # Every message the gateway emitted, the offline status of its clean stop included, follows
     # the JSON Schemas of contract v1.
-    kinds = {validate_message(json.loads(bytes(m.payload))) for m in platform.messages}
-    assert kinds == {"status", "event", "telemetry"}
+    kinds = {validate_message(decode_payload(bytes(m.payload))) for m in platform.messages}
+    assert kinds == {"status", "event", "telemetry", "metadata", "health"}
     assert status[-1]["state"] == "offline"
 
 
@@ -145,9 +145,7 @@ async def test_silent_device_goes_offline_while_others_keep_reporting(
 
             def fresh_reading(c: Collector) -> bool:
                 return any(
-                    r["device"] == "efm-shop-101" and r["value"] == 131
-                    for batch in c.on("/telemetry")
-                    for r in batch["readings"]
+                    r["device"] == "efm-shop-101" and r["value"] == 131 for r in c.readings()
                 )
 
             await platform.wait_for(fresh_reading, 10)

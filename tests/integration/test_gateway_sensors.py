@@ -37,10 +37,7 @@ async def running(gateway: Gateway) -> AsyncIterator[None]:
 
 def latest(collector: Collector, device: str, point: str) -> float | None:
     values = [
-        r["value"]
-        for batch in collector.on("/telemetry")
-        for r in batch["readings"]
-        if r["device"] == device and r["point"] == point
+        r["value"] for r in collector.readings() if r["device"] == device and r["point"] == point
     ]
     return values[-1] if values else None
 
