@@ -279,7 +279,8 @@ ensure_user() {
 
 ensure_folders() {
     install -d -m 0755 "$R/etc" "$R/var/lib" "$R/usr/local/bin" "$UNIT_DIR"
-    install -d -m 0750 -o 0 -g "$SERVICE_GID" "$ETC"
+    # Group-writable: a pushed site config (docs/commands.md) is written here by the gateway.
+    install -d -m 0770 -o 0 -g "$SERVICE_GID" "$ETC"
     install -d -m 0750 -o "$SERVICE_UID" -g "$SERVICE_GID" "$DATA"
 }
 

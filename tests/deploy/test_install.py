@@ -93,6 +93,9 @@ def test_install_upgrade_rollback_uninstall(
     assert mode(etc / "certs") == 0o700
     assert mode(etc / "certs" / "client.key") == 0o600
     assert mode(data) == 0o750
+    # The gateway's group may write the site folder (push-config), not the world.
+    assert mode(etc) == 0o770
+    assert etc.stat().st_gid == gid
     assert (data.stat().st_uid, data.stat().st_gid) == (uid, gid)
     # The release in service, and the command on the PATH pointing into it.
     current = opt / "current"

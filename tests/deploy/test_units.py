@@ -63,8 +63,9 @@ def test_gateway_unit_is_notify_watched_restarted_and_writes_only_its_data() -> 
     assert unit["Restart"] == ["always"]
     assert unit["WatchdogSec"], "a hung event loop must be restarted"
     assert unit["ProtectSystem"] == ["strict"]
-    assert unit["StateDirectory"] == ["city-safety-edge"], "the only writable path"
-    assert "ReadWritePaths" not in unit
+    assert unit["StateDirectory"] == ["city-safety-edge"], "the outbox"
+    # And the site file's folder, for push-config; nothing else.
+    assert unit["ReadWritePaths"] == ["/etc/city-safety-edge"]
     assert unit["DevicePolicy"] == ["closed"]
     devices = {value.split()[0] for value in unit["DeviceAllow"]}
     assert devices == {
