@@ -15,10 +15,10 @@ from pathlib import Path
 
 import psutil
 
-from tests.benchmarks import buffer, drivers, e2e, rules, uplink, wire
+from tests.benchmarks import buffer, commands, drivers, e2e, rules, uplink, wire
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = {"_us_": "µs", "_ms_": "ms", "_mb": "MiB", "_pct": "% of one core"}
+UNITS = {"_us_": "µs", "_ms_": "ms", "_ms": "ms", "_s": "s", "_mb": "MiB", "_pct": "% of one core"}
 
 
 def machine() -> str:
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument(
         "--only",
-        choices=["e2e", "drivers", "buffer", "rules", "uplink", "wire"],
+        choices=["e2e", "drivers", "buffer", "rules", "uplink", "wire", "commands"],
         action="append",
         help="run these suites alone",
     )
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--buffer-kills", type=int, default=100, metavar="N")
     parser.add_argument("--uplink-backlog", type=int, default=1_000_000, metavar="N")
     args = parser.parse_args()
-    suites = set(args.only or ["e2e", "drivers", "buffer", "rules", "uplink", "wire"])
+    suites = set(args.only or ["e2e", "drivers", "buffer", "rules", "uplink", "wire", "commands"])
 
     results: dict[str, float | str] = {}
     if args.only and args.out.exists():
@@ -73,6 +73,8 @@ def main() -> None:
         results.update(uplink.run(backlog=args.uplink_backlog))
     if "wire" in suites:
         results.update(wire.measure())
+    if "commands" in suites:
+        results.update(commands.run())
     results["machine"] = machine()
 
     print("\nfigures:")
