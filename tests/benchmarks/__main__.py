@@ -18,7 +18,9 @@ import psutil
 from tests.benchmarks import buffer, commands, drivers, e2e, rules, uplink, wire
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = {"_us_": "µs", "_ms_": "ms", "_ms": "ms", "_s": "s", "_mb": "MiB", "_pct": "% of one core"}
+#: A unit named inside a key (``..._ms_p99``), then by how a key ends (``..._per_s``).
+UNITS_INSIDE = {"_us_": "µs", "_ms_": "ms"}
+UNITS_AT_END = {"_per_s": "/s", "_ms": "ms", "_s": "s", "_mb": "MiB", "_pct": "% of one core"}
 
 
 def machine() -> str:
@@ -30,9 +32,10 @@ def machine() -> str:
 
 
 def unit_of(key: str) -> str:
-    return next(
-        (unit for marker, unit in UNITS.items() if marker in key or key.endswith(marker)), ""
-    )
+    inside = next((unit for marker, unit in UNITS_INSIDE.items() if marker in key), None)
+    if inside is not None:
+        return inside
+    return next((unit for end, unit in UNITS_AT_END.items() if key.endswith(end)), "")
 
 
 def main() -> None:
