@@ -324,12 +324,9 @@ def status_message(
     """
     return _dumps(
         {
-            "schema": SCHEMA_STATUS,
-            "gateway_id": gateway_id,
-            "epoch": epoch,
-            "message_id": str(uuid.uuid4()),
-            "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
-            "clock_synced": clock_synced,
+            **_envelope(
+                SCHEMA_STATUS, gateway_id, epoch, clock_synced=clock_synced, sent_at=sent_at
+            ),
             "state": state,
             "version": version,
             "boot_time": iso_utc(boot_time),
@@ -515,12 +512,9 @@ def metadata_message(
     site = config.gateway.site
     return _dumps(
         {
-            "schema": SCHEMA_METADATA,
-            "gateway_id": gateway_id,
-            "epoch": epoch,
-            "message_id": str(uuid.uuid4()),
-            "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
-            "clock_synced": clock_synced,
+            **_envelope(
+                SCHEMA_METADATA, gateway_id, epoch, clock_synced=clock_synced, sent_at=sent_at
+            ),
             "site": {
                 "name": site.name,
                 "district": site.district,
@@ -553,14 +547,9 @@ def health_message(
     reconnects); ``Gateway.health()`` fits as it is. :class:`ContractError` names the field
     that is missing or wrong.
     """
-    envelope = {
-        "schema": SCHEMA_HEALTH,
-        "gateway_id": gateway_id,
-        "epoch": epoch,
-        "message_id": str(uuid.uuid4()),
-        "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
-        "clock_synced": clock_synced,
-    }
+    envelope = _envelope(
+        SCHEMA_HEALTH, gateway_id, epoch, clock_synced=clock_synced, sent_at=sent_at
+    )
     message = _finite({**envelope, **{k: v for k, v in health.items() if k not in envelope}})
     from edge.schemas import validate  # noqa: PLC0415 -- jsonschema only where health is built
 
@@ -879,6 +868,21 @@ def decode_payload(payload: bytes, *, max_inflated: int = MAX_INFLATED) -> dict[
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _envelope(
+    schema: str, gateway_id: str, epoch: str, *, clock_synced: bool, sent_at: float | None
+) -> dict[str, Any]:
+    """The fields every message starts with, for messages that carry no outbox rows (their
+    id is a fresh UUID: nothing to de-duplicate against)."""
+    return {
+        "schema": schema,
+        "gateway_id": gateway_id,
+        "epoch": epoch,
+        "message_id": str(uuid.uuid4()),
+        "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
+        "clock_synced": clock_synced,
+    }
 
 
 def _iso_or_none(ts: object) -> str | None:

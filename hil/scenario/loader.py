@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, cast, get_args
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -62,19 +62,7 @@ _TOP_KEYS: Final = (
     "seed",
     "readings",
 )
-_EXPECT_KINDS: Final[tuple[ExpectKind, ...]] = (
-    "buzzer",
-    "led",
-    "event",
-    "reading",
-    "no_event",
-    "no_buzzer",
-    "count",
-    "no_gaps",
-    "nothing_lost",
-    "transition",
-    "no_transition",
-)
+_EXPECT_KINDS: Final[tuple[ExpectKind, ...]] = get_args(ExpectKind)
 #: Which modifiers each expectation kind takes.
 _MODIFIERS: Final[dict[str, tuple[str, ...]]] = {
     "buzzer": ("after", "within"),
