@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 GW = "gw-rx"
 PREFIX = "district/v1"
-
-
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    async with await Outbox.open(tmp_path / "outbox.db", commit_interval=0.01) as box:
-        yield box
 
 
 def reading(value: float) -> dict[str, object]:

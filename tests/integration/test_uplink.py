@@ -11,10 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,43 +23,12 @@ from edge.config.model import Uplink as UplinkConfig
 from edge.schemas import validate_message
 from edge.uplink import Uplink
 from tests.fixtures.broker import Collector, Mosquitto, MosquittoFactory, collect
+from tests.integration.uplink_parts import ALL, GATEWAY, PREFIX, make_uplink, running
 
 pytestmark = pytest.mark.integration
 
-GATEWAY = "gw-test"
-PREFIX = "district/v1"
-ALL = f"{PREFIX}/#"
 ROOT = Path(__file__).resolve().parents[2]
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def make_uplink(outbox: Outbox, *urls: str, **settings: Any) -> Uplink:
-    config = UplinkConfig.model_validate(
-        {
-            "brokers": list(urls),
-            "batch_interval": "50ms",
-            "reconnect_max": "1s",
-            "keepalive": "5s",
-            **settings,
-        }
-    )
-    return Uplink(config, GATEWAY, outbox, version="0.1.0-test", boot_time=time.time() - 60)
-
-
-@asynccontextmanager
-async def running(uplink: Uplink) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(uplink.run(), name="uplink-under-test")
-    try:
-        yield task
-    finally:
-        await uplink.stop()
-        await asyncio.wait_for(task, 5)
-
-
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    async with await Outbox.open(tmp_path / "outbox.db", commit_interval=0.01) as box:
-        yield box
 
 
 def reading(device: str, value: float, point: str = "residual_current") -> Reading:

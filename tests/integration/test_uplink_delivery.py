@@ -10,9 +10,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -20,45 +19,11 @@ import pytest
 import edge.uplink.service
 from buffer import Outbox
 from edge import contract
-from edge.config.model import Uplink as UplinkConfig
 from edge.schemas import validate_message
-from edge.uplink import Uplink
 from tests.fixtures.broker import Collector, Mosquitto, MosquittoFactory, collect
+from tests.integration.uplink_parts import ALL, make_uplink, running
 
 pytestmark = pytest.mark.integration
-
-GATEWAY = "gw-test"
-PREFIX = "district/v1"
-ALL = f"{PREFIX}/#"
-
-
-def make_uplink(outbox: Outbox, *urls: str, **settings: Any) -> Uplink:
-    config = UplinkConfig.model_validate(
-        {
-            "brokers": list(urls),
-            "batch_interval": "50ms",
-            "reconnect_max": "1s",
-            "keepalive": "5s",
-            **settings,
-        }
-    )
-    return Uplink(config, GATEWAY, outbox, version="0.1.0-test", boot_time=time.time() - 60)
-
-
-@asynccontextmanager
-async def running(uplink: Uplink) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(uplink.run(), name="uplink-under-test")
-    try:
-        yield task
-    finally:
-        await uplink.stop()
-        await asyncio.wait_for(task, 5)
-
-
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    async with await Outbox.open(tmp_path / "outbox.db", commit_interval=0.01) as box:
-        yield box
 
 
 def body(value: float, ts: float | None = None, device: str = "efm-1") -> dict[str, Any]:

@@ -30,12 +30,6 @@ ALL = f"{PREFIX}/#"
 
 
 @pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    async with await Outbox.open(tmp_path / "outbox.db", commit_interval=0.01) as box:
-        yield box
-
-
-@pytest.fixture
 def site(tmp_path: Path, mosquitto: Mosquitto) -> SiteConfig:
     return load(site_dict(tmp_path, broker_url=mosquitto.url, tcp_port=1, rtu_link="/dev/null"))
 

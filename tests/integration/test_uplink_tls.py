@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,6 @@ pytestmark = pytest.mark.integration
 
 GATEWAY = "gw-tls"
 ALL = "district/v1/#"
-
-
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    async with await Outbox.open(tmp_path / "outbox.db", commit_interval=0.01) as box:
-        yield box
 
 
 @pytest.fixture
