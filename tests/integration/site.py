@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import yaml
 
 from edge.config import SiteConfig, parse_site
 from hil.simulator import Simulator
+from tests.fixtures.broker import Collector, Mosquitto, collect
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
 
@@ -50,3 +53,18 @@ def write_site(tmp_path: Path, site: dict[str, Any]) -> Path:
 
 def load(site: dict[str, Any]) -> SiteConfig:
     return parse_site(yaml.safe_dump(site, sort_keys=False), "site.yaml")
+
+
+@asynccontextmanager
+async def simulated_site(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> AsyncIterator[tuple[Simulator, Collector]]:
+    """The example site's monitors (two on Modbus TCP, one on RTU over a pty) and a platform
+    subscribed to every gateway topic on ``mosquitto``, for the length of the block."""
+    async with (
+        Simulator(
+            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
+        ) as sim,
+        collect(mosquitto, "district/v1/#") as platform,
+    ):
+        yield sim, platform

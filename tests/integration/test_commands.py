@@ -15,9 +15,8 @@ from gpiozero.pins.mock import MockFactory
 from edge import contract
 from edge.gateway import Gateway
 from edge.schemas import validate
-from hil.simulator import Simulator
-from tests.fixtures.broker import Collector, Mosquitto, collect
-from tests.integration.site import load, site_for
+from tests.fixtures.broker import Collector, Mosquitto
+from tests.integration.site import load, simulated_site, site_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +63,7 @@ async def test_commands_are_answered_and_bad_ones_change_nothing(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     pins = MockFactory()
-    async with (
-        Simulator(
-            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
-        ) as sim,
-        collect(mosquitto, f"{PREFIX}/#") as platform,
-    ):
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
         site = site_for(sim, tmp_path, broker_url=mosquitto.url)
         stop = asyncio.Event()
         gateway = Gateway(load(site), pin_factory=pins)

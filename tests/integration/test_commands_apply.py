@@ -13,10 +13,9 @@ from gpiozero.pins.mock import MockFactory
 from edge import contract
 from edge.gateway import Gateway
 from edge.schemas import validate_message
-from hil.simulator import Simulator
-from tests.fixtures.broker import Collector, Mosquitto, collect
-from tests.integration.site import load, site_for
-from tests.integration.test_commands import PREFIX, ack_for, command, send, until
+from tests.fixtures.broker import Collector, Mosquitto
+from tests.integration.site import load, simulated_site, site_for
+from tests.integration.test_commands import ack_for, command, send, until
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +42,7 @@ async def test_set_threshold_refuses_bad_values_and_a_good_one_alarms_and_surviv
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     pins = MockFactory()
-    async with (
-        Simulator(
-            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
-        ) as sim,
-        collect(mosquitto, f"{PREFIX}/#") as platform,
-    ):
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
         site = site_for(sim, tmp_path, broker_url=mosquitto.url)
         sim.set("tcp", 1, "residual_current", 260.0)  # under the site's 300 mA
         stop = asyncio.Event()
@@ -122,12 +116,7 @@ async def test_storm_mode_polls_faster_tightens_thresholds_and_ends_by_itself(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     pins = MockFactory()
-    async with (
-        Simulator(
-            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
-        ) as sim,
-        collect(mosquitto, f"{PREFIX}/#") as platform,
-    ):
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
         site = site_for(sim, tmp_path, broker_url=mosquitto.url, poll_interval="1s")
         sim.set("tcp", 1, "residual_current", 260.0)  # alarms at 300 x 0.8 = 240 only
         stop = asyncio.Event()
@@ -195,12 +184,7 @@ async def test_storm_mode_polls_faster_tightens_thresholds_and_ends_by_itself(
 async def test_storm_mode_off_by_command_restores_at_once_and_a_restart_reports_it_ended(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with (
-        Simulator(
-            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
-        ) as sim,
-        collect(mosquitto, f"{PREFIX}/#") as platform,
-    ):
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
         site = site_for(sim, tmp_path, broker_url=mosquitto.url, poll_interval="1s")
         stop = asyncio.Event()
         gateway = Gateway(load(site), pin_factory=MockFactory())

@@ -23,10 +23,9 @@ from edge.config import load_site
 from edge.gateway import config_hash
 from edge.reload import SiteRunner
 from edge.schemas import validate_message
-from hil.simulator import Simulator
-from tests.fixtures.broker import Collector, Mosquitto, collect
-from tests.integration.site import site_for, write_site
-from tests.integration.test_commands import PREFIX, ack_for, command, send, until
+from tests.fixtures.broker import Collector, Mosquitto
+from tests.integration.site import simulated_site, site_for, write_site
+from tests.integration.test_commands import ack_for, command, send, until
 
 pytestmark = pytest.mark.integration
 
@@ -65,12 +64,7 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     pins = MockFactory()
-    async with (
-        Simulator(
-            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
-        ) as sim,
-        collect(mosquitto, f"{PREFIX}/#") as platform,
-    ):
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
         site = site_for(sim, tmp_path, broker_url=mosquitto.url)
         path = write_site(tmp_path, site)
         original = path.read_bytes()
@@ -132,12 +126,7 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
 async def test_a_bad_push_is_refused_with_field_paths_and_changes_nothing(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with (
-        Simulator(
-            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
-        ) as sim,
-        collect(mosquitto, f"{PREFIX}/#") as platform,
-    ):
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
         site = site_for(sim, tmp_path, broker_url=mosquitto.url)
         path = write_site(tmp_path, site)
         original = path.read_bytes()
@@ -185,12 +174,7 @@ async def test_a_bad_push_is_refused_with_field_paths_and_changes_nothing(
 async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with (
-        Simulator(
-            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
-        ) as sim,
-        collect(mosquitto, f"{PREFIX}/#") as platform,
-    ):
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
         site = site_for(sim, tmp_path, broker_url=mosquitto.url)
         path = write_site(tmp_path, site)
         original = path.read_bytes()
@@ -250,12 +234,7 @@ async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
 async def test_a_stop_before_the_pushed_config_proved_itself_puts_the_old_file_back(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with (
-        Simulator(
-            tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
-        ) as sim,
-        collect(mosquitto, f"{PREFIX}/#") as platform,
-    ):
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
         site = site_for(sim, tmp_path, broker_url=mosquitto.url)
         path = write_site(tmp_path, site)
         original = path.read_bytes()
