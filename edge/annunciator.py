@@ -144,7 +144,14 @@ class Annunciator:
             None if sounding is None else getattr(self.outputs.patterns, sounding)
         )
         if self._led is not None:
-            self._led.value = worst is not None
+            lit = worst is not None
+            if lit != bool(self._led.value):
+                self._led.value = lit
+                # Logged like the buzzer, so a test rig (docs/hil.md) sees the pin change.
+                log.info(
+                    "led on" if lit else "led off",
+                    extra=fields(led="on" if lit else "off", severity=worst or "none"),
+                )
         if self._relay is not None and self.outputs.relay is not None:
             threshold = SEVERITY_ORDER[self.outputs.relay.severity]
             self._relay.value = worst is not None and SEVERITY_ORDER[worst] <= threshold

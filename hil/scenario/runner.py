@@ -650,25 +650,13 @@ class LiveRun:
         ]
 
     def led_changes(self) -> list[tuple[float, bool]]:
-        """The LED follows the active alarms: lit while there is one (edge/annunciator.py)."""
+        """The gateway's ``led on`` / ``led off`` lines (logged right after the pin is set)."""
         assert self.gateway is not None
-        active: set[tuple[str, str]] = set()
-        changes: list[tuple[float, bool]] = []
-        instance = 0
-        for line in self.gateway.lines:
-            if line.instance != instance:
-                instance = line.instance
-                active.clear()
-            msg = line.entry.get("msg", "")
-            key = (line.entry.get("rule", ""), line.entry.get("device", ""))
-            before = bool(active)
-            if msg == "alarm-raised":
-                active.add(key)
-            elif msg == "alarm-cleared":
-                active.discard(key)
-            if bool(active) != before:
-                changes.append((line.at, bool(active)))
-        return changes
+        return [
+            (line.at, line.entry["msg"] == "led on")
+            for line in self.gateway.lines
+            if line.entry.get("msg") in ("led on", "led off")
+        ]
 
     def judge(self, e: Expectation) -> Outcome:
         if e.kind in ("buzzer", "led"):

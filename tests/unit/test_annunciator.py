@@ -170,3 +170,20 @@ def test_active_low_buzzer_drives_pin_low(factory: MockFactory) -> None:
 def test_pin_factory_by_name() -> None:
     assert isinstance(make_pin_factory("mock"), MockFactory)
     assert make_pin_factory(None) is None
+
+
+def test_the_led_is_logged_once_per_change_right_after_its_pin(
+    factory: MockFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    annunciator = Annunciator(OUTPUTS, pin_factory=factory)
+    caplog.set_level("INFO", logger="edge.annunciator")
+    try:
+        annunciator.show("fire", "fire")
+        annunciator.show("fire", "fire")  # unchanged: not logged again
+        annunciator.show(None, "minor")  # silenced but still active: still lit
+        annunciator.show(None, None)
+        led = [r.getMessage() for r in caplog.records if r.getMessage().startswith("led")]
+        assert led == ["led on", "led off"]
+        assert history(factory, 27) == [False, True, False]
+    finally:
+        annunciator.close()
