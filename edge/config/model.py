@@ -750,8 +750,11 @@ class Uplink(Strict):
     max_message_bytes: Size = Field(
         default=256 * 2**10,
         ge=1024,
-        le=256 * 2**20,
-        description="Largest payload of one message; larger telemetry batches are split.",
+        # Larger messages gain nothing per reading and hold more rows per PUBACK; a platform
+        # may refuse them (the reference receiver takes up to 1 MiB).
+        le=2**20,
+        description="Largest payload of one message (1KiB to 1MiB); larger telemetry batches "
+        "are split.",
     )
     compression: Literal["none", "deflate"] = Field(
         default="none", description="deflate: telemetry payloads are zlib-compressed."

@@ -89,6 +89,7 @@ def test_delivery_settings_have_defaults_and_take_units() -> None:
         ({"backfill_bytes_per_s": 65536}, "needs a unit"),
         ({"backfill_bytes_per_s": "10B"}, "backfill_bytes_per_s"),
         ({"max_message_bytes": "100B"}, "max_message_bytes"),
+        ({"max_message_bytes": "2MiB"}, "max_message_bytes"),
         ({"max_message_bytes": "lots"}, "not a size"),
         ({"compression": "gzip"}, "compression"),
         ({"telemetry_encoding": "compact"}, "telemetry_encoding"),
