@@ -264,14 +264,16 @@ def telemetry_message(
     ]
     return _dumps(
         {
-            "schema": SCHEMA_TELEMETRY,
-            "gateway_id": gateway_id,
-            "epoch": epoch,
-            "message_id": message_id(epoch, first, last),
+            **_envelope(
+                SCHEMA_TELEMETRY,
+                gateway_id,
+                epoch,
+                clock_synced=clock_synced,
+                sent_at=sent_at,
+                carries=(first, last),
+            ),
             "seq_first": first,
             "seq_last": last,
-            "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
-            "clock_synced": clock_synced,
             "historical": historical,
             "readings": readings,
         }
@@ -652,14 +654,16 @@ def _compact_telemetry(
         raise ValueError("a telemetry message carries at least one record")
     first, last = records[0].seq, previous
     message: dict[str, Any] = {
-        "schema": SCHEMA_TELEMETRY_COMPACT,
-        "gateway_id": gateway_id,
-        "epoch": epoch,
-        "message_id": message_id(epoch, first, last),
+        **_envelope(
+            SCHEMA_TELEMETRY_COMPACT,
+            gateway_id,
+            epoch,
+            clock_synced=clock_synced,
+            sent_at=sent_at,
+            carries=(first, last),
+        ),
         "seq_first": first,
         "seq_last": last,
-        "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
-        "clock_synced": clock_synced,
         "historical": historical,
         "aliases_id": aliases.table_id,
         "t0": 0 if t0 is None else t0,
@@ -871,15 +875,22 @@ def _no_constant(name: str) -> Any:
 
 
 def _envelope(
-    schema: str, gateway_id: str, epoch: str, *, clock_synced: bool, sent_at: float | None
+    schema: str,
+    gateway_id: str,
+    epoch: str,
+    *,
+    clock_synced: bool,
+    sent_at: float | None,
+    carries: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The fields every message starts with, for messages that carry no outbox rows (their
-    id is a fresh UUID: nothing to de-duplicate against)."""
+    """The fields every message starts with. ``carries``: the first and last seq of the
+    outbox rows the message carries, which make its id; without rows the id is a fresh UUID
+    (nothing to de-duplicate against)."""
     return {
         "schema": schema,
         "gateway_id": gateway_id,
         "epoch": epoch,
-        "message_id": str(uuid.uuid4()),
+        "message_id": str(uuid.uuid4()) if carries is None else message_id(epoch, *carries),
         "sent_at": iso_utc(time.time() if sent_at is None else sent_at),
         "clock_synced": clock_synced,
     }
