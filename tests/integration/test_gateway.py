@@ -205,12 +205,11 @@ async def test_broker_outage_loses_nothing(
                 return (await outbox.depth()).get("telemetry", 0)
 
             deadline = asyncio.get_running_loop().time() + 10
-            while await backlog() < 30:
+            while (piled_up := await backlog()) < 30:
                 assert asyncio.get_running_loop().time() < deadline, "readings did not pile up"
                 await asyncio.sleep(0.1)
             sim.set("tcp", 1, "residual_current", 420)  # an alarm raised during the outage
             await until(lambda: gateway.annunciator.sounding, 5, "the buzzer during the outage")
-            piled_up = await backlog()
             broker.start()
 
             async def drained() -> bool:
