@@ -20,6 +20,8 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiomqtt
@@ -87,102 +89,100 @@ def _carried(message: dict[str, object]) -> int:
     return last - first + 1 - sum(int(b) - int(a) + 1 for a, b in skipped)
 
 
-async def bytes_per_reading(compression: str, seconds: int = 10) -> tuple[float, int]:
-    """Wire bytes per reading through the broker; the batch size used."""
+@asynccontextmanager
+async def _rig() -> AsyncIterator[tuple[Mosquitto, Outbox]]:
+    """A Mosquitto on a free loopback port and a fresh outbox, both gone after the block."""
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         broker = Mosquitto(find_mosquitto(), work / "mosquitto", free_port())
         broker.start()
         try:
             async with await Outbox.open(work / "outbox.db", commit_interval=0.05) as outbox:
-                site = _Site(1)
-                for second in range(seconds):
-                    for reading in site.readings(second):
-                        outbox.submit("telemetry", contract.reading_body(reading))
-                await outbox.flush()
-                expected = seconds * DEVICES * POINTS
-                config = UplinkConfig.model_validate(
-                    {"brokers": [broker.url], "compression": compression}
-                )
-                uplink = Uplink(
-                    config,
-                    GATEWAY,
-                    outbox,
-                    version="bench",
-                    boot_time=time.time(),
-                    aliases=site_aliases(),
-                )
-                wire = readings = 0
-                async with asyncio.timeout(120), aiomqtt.Client(broker.host, broker.port) as client:
-                    await client.subscribe(uplink.telemetry_topic, qos=1)
-                    task = asyncio.create_task(uplink.run())
-                    async for message in client.messages:
-                        payload = message.payload
-                        assert isinstance(payload, bytes)
-                        wire += publish_size(len(message.topic.value.encode()), len(payload))
-                        readings += _carried(contract.decode_payload(payload))
-                        if readings >= expected:
-                            break
-                    await uplink.stop()
-                    await task
-                return wire / readings, config.batch_size
+                yield broker, outbox
         finally:
             broker.stop()
+
+
+async def bytes_per_reading(compression: str, seconds: int = 10) -> tuple[float, int]:
+    """Wire bytes per reading through the broker; the batch size used."""
+    async with _rig() as (broker, outbox):
+        site = _Site(1)
+        for second in range(seconds):
+            for reading in site.readings(second):
+                outbox.submit("telemetry", contract.reading_body(reading))
+        await outbox.flush()
+        expected = seconds * DEVICES * POINTS
+        config = UplinkConfig.model_validate({"brokers": [broker.url], "compression": compression})
+        uplink = Uplink(
+            config,
+            GATEWAY,
+            outbox,
+            version="bench",
+            boot_time=time.time(),
+            aliases=site_aliases(),
+        )
+        wire = readings = 0
+        async with asyncio.timeout(120), aiomqtt.Client(broker.host, broker.port) as client:
+            await client.subscribe(uplink.telemetry_topic, qos=1)
+            task = asyncio.create_task(uplink.run())
+            async for message in client.messages:
+                payload = message.payload
+                assert isinstance(payload, bytes)
+                wire += publish_size(len(message.topic.value.encode()), len(payload))
+                readings += _carried(contract.decode_payload(payload))
+                if readings >= expected:
+                    break
+            await uplink.stop()
+            await task
+        return wire / readings, config.batch_size
 
 
 async def drain(backlog: int, batch_size: int = 1000, live_per_s: float = 1000.0) -> float:
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        broker = Mosquitto(find_mosquitto(), work / "mosquitto", free_port())
-        broker.start()
-        try:
-            async with await Outbox.open(work / "outbox.db", commit_interval=0.05) as outbox:
-                site = _Site(2)
-                second = 0
-                while outbox.pending + sum((await outbox.depth()).values()) < backlog:
-                    for reading in site.readings(second):
-                        outbox.submit("telemetry", contract.reading_body(reading))
-                    second += 1
-                    if second % 50 == 0:
-                        await outbox.flush()
+    async with _rig() as (broker, outbox):
+        site = _Site(2)
+        second = 0
+        while outbox.pending + sum((await outbox.depth()).values()) < backlog:
+            for reading in site.readings(second):
+                outbox.submit("telemetry", contract.reading_body(reading))
+            second += 1
+            if second % 50 == 0:
                 await outbox.flush()
-                stored = sum((await outbox.depth()).values())
-                config = UplinkConfig.model_validate(
-                    {"brokers": [broker.url], "batch_size": batch_size, "batch_interval": "100ms"}
-                )
-                uplink = Uplink(
-                    config,
-                    GATEWAY,
-                    outbox,
-                    version="bench",
-                    boot_time=time.time(),
-                    aliases=site_aliases(),
-                )
-                stop_live = asyncio.Event()
+        await outbox.flush()
+        stored = sum((await outbox.depth()).values())
+        config = UplinkConfig.model_validate(
+            {"brokers": [broker.url], "batch_size": batch_size, "batch_interval": "100ms"}
+        )
+        uplink = Uplink(
+            config,
+            GATEWAY,
+            outbox,
+            version="bench",
+            boot_time=time.time(),
+            aliases=site_aliases(),
+        )
+        stop_live = asyncio.Event()
 
-                async def live() -> int:
-                    sent = 0
-                    while not stop_live.is_set():
-                        for reading in site.readings(second + sent)[: int(live_per_s / 10)]:
-                            outbox.submit("telemetry", contract.reading_body(reading))
-                            sent += 1
-                        await asyncio.sleep(0.1)
-                    return sent
+        async def live() -> int:
+            sent = 0
+            while not stop_live.is_set():
+                for reading in site.readings(second + sent)[: int(live_per_s / 10)]:
+                    outbox.submit("telemetry", contract.reading_body(reading))
+                    sent += 1
+                await asyncio.sleep(0.1)
+            return sent
 
-                began = time.perf_counter()
-                task = asyncio.create_task(uplink.run())
-                feeder = asyncio.create_task(live())
-                # Polling a counter: the uplink has no event for "this many acked".
-                while uplink.acked < stored:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
-                elapsed = time.perf_counter() - began
-                stop_live.set()
-                await feeder
-                await uplink.stop()
-                await task
-                return uplink.acked / elapsed
-        finally:
-            broker.stop()
+        began = time.perf_counter()
+        task = asyncio.create_task(uplink.run())
+        feeder = asyncio.create_task(live())
+        # Polling a counter: the uplink has no event for "this many acked".
+        while uplink.acked < stored:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - began
+        stop_live.set()
+        await feeder
+        await uplink.stop()
+        await task
+        return uplink.acked / elapsed
 
 
 async def alarm_after_outage(outage_s: float = 15.0, trials: int = 3) -> tuple[float, float]:
@@ -190,44 +190,39 @@ async def alarm_after_outage(outage_s: float = 15.0, trials: int = 3) -> tuple[f
     results = []
     cap = UplinkConfig.model_validate({"brokers": ["mqtt://x:1"]}).reconnect_max
     for _ in range(trials):
-        with tempfile.TemporaryDirectory() as folder:
-            work = Path(folder)
-            broker = Mosquitto(find_mosquitto(), work / "mosquitto", free_port())
-            broker.start()
-            async with await Outbox.open(work / "outbox.db", commit_interval=0.05) as outbox:
-                config = UplinkConfig.model_validate({"brokers": [broker.url]})
-                uplink = Uplink(config, GATEWAY, outbox, version="bench", boot_time=time.time())
-                task = asyncio.create_task(uplink.run())
-                while uplink.state != "online":  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
-                broker.stop()
-                site = _Site(3)
-                for second in range(int(outage_s)):
-                    for reading in site.readings(second):
-                        outbox.submit("telemetry", contract.reading_body(reading))
-                    if second == int(outage_s) // 2:
-                        outbox.submit(
-                            "event",
-                            contract.event_body("alarm-raised", time.time(), device="efm-007"),
-                        )
-                    await asyncio.sleep(1.0)
-                broker.start()
-                back = time.perf_counter()
-                # Subscribed within milliseconds of the restart; the uplink's next attempt comes
-                # after its next look at the port (every half second), so nothing is missed.
-                async with (
-                    asyncio.timeout(120),
-                    aiomqtt.Client(broker.host, broker.port) as client,
-                ):
-                    await client.subscribe(f"{PREFIX}/+/events", qos=1)
-                    async for message in client.messages:
-                        payload = message.payload
-                        if isinstance(payload, bytes) and b"alarm-raised" in payload:
-                            results.append(time.perf_counter() - back)
-                            break
-                await uplink.stop()
-                await task
+        async with _rig() as (broker, outbox):
+            config = UplinkConfig.model_validate({"brokers": [broker.url]})
+            uplink = Uplink(config, GATEWAY, outbox, version="bench", boot_time=time.time())
+            task = asyncio.create_task(uplink.run())
+            while uplink.state != "online":  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
             broker.stop()
+            site = _Site(3)
+            for second in range(int(outage_s)):
+                for reading in site.readings(second):
+                    outbox.submit("telemetry", contract.reading_body(reading))
+                if second == int(outage_s) // 2:
+                    outbox.submit(
+                        "event",
+                        contract.event_body("alarm-raised", time.time(), device="efm-007"),
+                    )
+                await asyncio.sleep(1.0)
+            broker.start()
+            back = time.perf_counter()
+            # Subscribed within milliseconds of the restart; the uplink's next attempt comes
+            # after its next look at the port (every half second), so nothing is missed.
+            async with (
+                asyncio.timeout(120),
+                aiomqtt.Client(broker.host, broker.port) as client,
+            ):
+                await client.subscribe(f"{PREFIX}/+/events", qos=1)
+                async for message in client.messages:
+                    payload = message.payload
+                    if isinstance(payload, bytes) and b"alarm-raised" in payload:
+                        results.append(time.perf_counter() - back)
+                        break
+            await uplink.stop()
+            await task
     return statistics.median(results), cap
 
 
