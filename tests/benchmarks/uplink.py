@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import statistics
 import tempfile
@@ -23,61 +24,33 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
 from buffer import Outbox
-from drivers.types import Reading
 from edge import contract
 from edge.config.model import Uplink as UplinkConfig
 from edge.uplink import Uplink
-from tests.benchmarks.wire import publish_size
+from tests.benchmarks.wire import publish_size, site_aliases, site_rows
 from tests.fixtures.broker import Mosquitto, find_mosquitto, free_port
 
 GATEWAY = "gw-bench-0001"
 PREFIX = "district/v1"
 DEVICES = 50
 POINTS = 20
-#: Per point of an electrical fire monitor: range, step of the random walk per second, unit,
-#: decimals (residual current, cable temperatures, voltages, currents).
-_KINDS = (
-    *[(20.0, 60.0, 0.3, "mA", 1)] * 4,
-    *[(25.0, 45.0, 0.1, "°C", 1)] * 4,
-    *[(215.0, 235.0, 0.4, "V", 1)] * 6,
-    *[(0.0, 32.0, 0.2, "A", 2)] * 6,
-)
 
 
 class _Site:
-    """50 devices x 20 points polled once a second, each device a little after the previous
-    one (the poll scheduler staggers them); values wander slowly as real measurements do."""
+    """The reference site of the wire benchmark (50 monitors x 20 points polled every second,
+    values drifting with noise), one second of outbox bodies after another."""
 
     def __init__(self, seed: int) -> None:
-        self._rng = random.Random(seed)
-        self._values = [
-            [self._rng.uniform(lo, hi) for lo, hi, *_ in _KINDS] for _ in range(DEVICES)
-        ]
+        # Seqs are the outbox's to give; the generator's own are left out.
+        self._rows = site_rows(POINTS, DEVICES, 10**9, random.Random(seed))
 
-    def readings(self, second: int) -> list[Reading]:
-        out = []
-        for d in range(DEVICES):
-            ts = 1_700_000_000.0 + second + d * 0.013
-            for p, (lo, hi, step, unit, decimals) in enumerate(_KINDS):
-                value = min(hi, max(lo, self._values[d][p] + self._rng.gauss(0, step)))
-                self._values[d][p] = value
-                out.append(
-                    Reading(f"efm-{d:03d}", f"point_{p:02d}", round(value, decimals), unit, ts, ts)
-                )
-        return out
-
-
-def site_aliases() -> contract.Aliases:
-    """The point table of the reference site, as the gateway announces it."""
-    return contract.Aliases(
-        (f"efm-{d:03d}", f"point_{p:02d}", _KINDS[p][3])
-        for d in range(DEVICES)
-        for p in range(POINTS)
-    )
+    def next_second(self) -> list[dict[str, Any]]:
+        return [dict(row.body) for row in itertools.islice(self._rows, POINTS * DEVICES)]
 
 
 def _carried(message: dict[str, object]) -> int:
@@ -107,9 +80,9 @@ async def bytes_per_reading(compression: str, seconds: int = 10) -> tuple[float,
     """Wire bytes per reading through the broker; the batch size used."""
     async with _rig() as (broker, outbox):
         site = _Site(1)
-        for second in range(seconds):
-            for reading in site.readings(second):
-                outbox.submit("telemetry", contract.reading_body(reading))
+        for _ in range(seconds):
+            for body in site.next_second():
+                outbox.submit("telemetry", body)
         await outbox.flush()
         expected = seconds * DEVICES * POINTS
         config = UplinkConfig.model_validate({"brokers": [broker.url], "compression": compression})
@@ -119,22 +92,22 @@ async def bytes_per_reading(compression: str, seconds: int = 10) -> tuple[float,
             outbox,
             version="bench",
             boot_time=time.time(),
-            aliases=site_aliases(),
+            aliases=site_aliases(POINTS, DEVICES),
         )
-        wire = readings = 0
+        on_wire = readings = 0
         async with asyncio.timeout(120), aiomqtt.Client(broker.host, broker.port) as client:
             await client.subscribe(uplink.telemetry_topic, qos=1)
             task = asyncio.create_task(uplink.run())
             async for message in client.messages:
                 payload = message.payload
                 assert isinstance(payload, bytes)
-                wire += publish_size(len(message.topic.value.encode()), len(payload))
+                on_wire += publish_size(len(message.topic.value.encode()), len(payload))
                 readings += _carried(contract.decode_payload(payload))
                 if readings >= expected:
                     break
             await uplink.stop()
             await task
-        return wire / readings, config.batch_size
+        return on_wire / readings, config.batch_size
 
 
 async def drain(backlog: int, batch_size: int = 1000, live_per_s: float = 1000.0) -> float:
@@ -142,8 +115,8 @@ async def drain(backlog: int, batch_size: int = 1000, live_per_s: float = 1000.0
         site = _Site(2)
         second = 0
         while outbox.pending + sum((await outbox.depth()).values()) < backlog:
-            for reading in site.readings(second):
-                outbox.submit("telemetry", contract.reading_body(reading))
+            for body in site.next_second():
+                outbox.submit("telemetry", body)
             second += 1
             if second % 50 == 0:
                 await outbox.flush()
@@ -158,15 +131,15 @@ async def drain(backlog: int, batch_size: int = 1000, live_per_s: float = 1000.0
             outbox,
             version="bench",
             boot_time=time.time(),
-            aliases=site_aliases(),
+            aliases=site_aliases(POINTS, DEVICES),
         )
         stop_live = asyncio.Event()
 
         async def live() -> int:
             sent = 0
             while not stop_live.is_set():
-                for reading in site.readings(second + sent)[: int(live_per_s / 10)]:
-                    outbox.submit("telemetry", contract.reading_body(reading))
+                for body in site.next_second()[: int(live_per_s / 10)]:
+                    outbox.submit("telemetry", body)
                     sent += 1
                 await asyncio.sleep(0.1)
             return sent
@@ -199,8 +172,8 @@ async def alarm_after_outage(outage_s: float = 15.0, trials: int = 3) -> tuple[f
             broker.stop()
             site = _Site(3)
             for second in range(int(outage_s)):
-                for reading in site.readings(second):
-                    outbox.submit("telemetry", contract.reading_body(reading))
+                for body in site.next_second():
+                    outbox.submit("telemetry", body)
                 if second == int(outage_s) // 2:
                     outbox.submit(
                         "event",
