@@ -315,6 +315,7 @@ class LogPipeline:
         self.handler = QueueingHandler(self.queue)
         self._capture = capture
         self._saved_handlers: list[logging.Handler] = []
+        self._stopped = False
 
     @property
     def dropped(self) -> int:
@@ -350,7 +351,11 @@ class LogPipeline:
 
     def stop(self, timeout: float = 1.0) -> None:
         """Write what is queued (for at most ``timeout`` seconds: a stalled journal must not
-        hold up a stop), then restore the handlers and streams."""
+        hold up a stop), then restore the handlers and streams. The output descriptor is
+        the pipeline's own: it is closed once the writer has ended."""
+        if self._stopped:
+            return
+        self._stopped = True
         deadline = time.monotonic() + timeout
         if self._saved_streams is not None:
             for stream in (sys.stdout, sys.stderr):
