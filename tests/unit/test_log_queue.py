@@ -134,7 +134,12 @@ def test_a_closed_stderr_costs_counted_lines_only() -> None:
     pipeline.start()
     log = logging.getLogger("edge.test")
     try:
-        assert returns(lambda: [log.warning("buzzer on") for _ in range(20)])
+
+        def alarms() -> None:
+            for _ in range(20):
+                log.warning("buzzer on")
+
+        assert returns(alarms)
         pipeline.stop(timeout=DEADLINE)
     finally:
         pipeline.stop(timeout=DEADLINE)
