@@ -89,7 +89,9 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
     try:
         return _run(path, status_every)
     finally:
-        logs.stop()
+        # The process ends now: what is still said at exit goes to the queue, never to a
+        # stderr that may block.
+        logs.stop(release=False)
 
 
 def _run(path: str, status_every: float) -> int:

@@ -349,14 +349,23 @@ class LogPipeline:
         )
         self._relay.start()
 
-    def stop(self, timeout: float = 1.0) -> None:
+    def stop(self, timeout: float = 1.0, *, release: bool = True) -> None:
         """Write what is queued (for at most ``timeout`` seconds: a stalled journal must not
         hold up a stop), then restore the handlers and streams. The output descriptor is
-        the pipeline's own: it is closed once the writer has ended."""
+        the pipeline's own: it is closed once the writer has ended.
+
+        ``release=False`` (a process about to exit) keeps the queue's streams and handler in
+        place, so that nothing said at exit can block on the real stderr: it is dropped."""
         if self._stopped:
             return
         self._stopped = True
         deadline = time.monotonic() + timeout
+        if not release:
+            while len(self.queue) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.writer.stop()
+            self.writer.join(max(0.0, deadline - time.monotonic()))
+            return
         if self._saved_streams is not None:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
