@@ -185,6 +185,8 @@ class Outbox:
             raise ValueError("commit_interval must not be negative")
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if memory_limit < 1:
+            raise ValueError("memory_limit must be at least 1 (readings that may wait in memory)")
         path = Path(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         try:

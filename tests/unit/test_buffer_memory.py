@@ -219,5 +219,11 @@ async def test_before_the_outbox_opens_readings_are_shed_and_reported_events_kep
     assert event_body("readings-lost", T0)["kind"] == "readings-lost"
 
 
+async def test_a_memory_limit_below_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="memory_limit must be at least 1"):
+        await Outbox.open(tmp_path / "outbox.sqlite", memory_limit=0)
+    assert not (tmp_path / "outbox.sqlite").exists(), "nothing is created for a bad argument"
+
+
 if __name__ == "__main__":
     _child(Path(sys.argv[1]))
