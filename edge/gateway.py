@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from buffer import CapacityPolicy, Outbox, OutboxUnwritable
+from buffer import CapacityPolicy, LossTally, Outbox, OutboxUnwritable
 from drivers import DeviceStatus, Reading
 from drivers.modbus import known_models
 from edge import __version__, contract, reload, timesync
@@ -38,7 +38,7 @@ from edge.clock import Clock, SystemClock
 from edge.commands import CommandError, current_command_id
 from edge.config.model import SiteConfig
 from edge.contract import EventKind, event_body, iso_utc, reading_body
-from edge.log import fields
+from edge.log import fields, lines_dropped
 from edge.occupancy import Occupancy, priority
 from edge.rules import (
     STATE_SCHEMA,
@@ -58,8 +58,9 @@ log = logging.getLogger("edge.gateway")
 
 Stream = Literal["event", "telemetry"]
 
-#: Records waiting for the outbox to open. Bounded so that a buffer that never opens costs
-#: bounded memory; at 1 reading/s per point this is hours of a small site.
+#: Readings waiting for the outbox to open. Bounded so that a buffer that never opens costs
+#: bounded memory; at 1 reading/s per point this is hours of a small site. Readings beyond it
+#: are counted and reported by a readings-lost event; events always wait.
 PENDING_LIMIT = 200_000
 
 #: Shutdown budget, inside systemd's and the issue's 5 s: drivers stop at once, then the
@@ -196,7 +197,9 @@ class Gateway:
         self.uplink: Uplink | None = None
         self.outbox_ready = asyncio.Event()
         self._pending: deque[tuple[Stream, dict[str, Any]]] = deque()
-        self.pending_dropped = 0
+        self._pending_readings = 0
+        #: Readings shed while the outbox was not open (reported once it opens).
+        self.pending_lost = LossTally()
         self._locations = {d.id: d.location.model_dump() for d in config.devices}
         #: Called with every transition after the buzzer has been driven (tests, demo).
         self.transition_hooks: list[Callable[[Transition], None]] = []
@@ -319,9 +322,11 @@ class Gateway:
         if self.outbox is not None:
             self.outbox.submit(stream, body)
             return
-        if len(self._pending) >= PENDING_LIMIT:
-            self._pending.popleft()
-            self.pending_dropped += 1
+        if stream == "telemetry":
+            if self._pending_readings >= PENDING_LIMIT:
+                self.pending_lost.add(body)
+                return
+            self._pending_readings += 1
         self._pending.append((stream, body))
 
     # -- services ---------------------------------------------------------------------------
@@ -355,6 +360,13 @@ class Gateway:
             )
         while self._pending:
             self.outbox.submit(*self._pending.popleft())
+        self._pending_readings = 0
+        if self.pending_lost:
+            body = self.pending_lost.take_event(time.time(), "the buffer was not open")
+            log.error(
+                "readings-lost", extra=fields(readings=body["readings"], reason=body["reason"])
+            )
+            self.outbox.submit("event", body)
         log.info(
             "outbox open",
             extra=fields(path=self.config.buffer.path, epoch=self.outbox.epoch),
@@ -449,6 +461,9 @@ class Gateway:
             },
             "oldest_unsent_age_s": None if oldest is None else round(oldest, 3),
             "pending_in_memory": len(self._pending),
+            "readings_lost": self.pending_lost.total
+            + (self.outbox.lost.total if self.outbox is not None else 0),
+            "log_lines_dropped": lines_dropped(),
             "bus_errors": {
                 bus: int(b.get("errors", 0)) + int(b.get("timeouts", 0)) for bus, b in buses.items()
             },
