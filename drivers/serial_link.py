@@ -105,10 +105,11 @@ async def _open_in_thread(
         _opening[path] = future
 
     def work() -> None:
-        # Running: a waiter that gives up cannot cancel it; its result is closed instead.
-        future.set_running_or_notify_cancel()
+        # Running: a waiter that gives up from now on cannot cancel it; its result is closed
+        # instead. One that gave up before the thread started leaves nothing to open.
         try:
-            future.set_result(_open_device(path, baudrate, parity, stopbits))
+            if future.set_running_or_notify_cancel():
+                future.set_result(_open_device(path, baudrate, parity, stopbits))
         except BaseException as exc:
             future.set_exception(exc)
         finally:
@@ -324,9 +325,10 @@ class SerialLink:
             closing = self._closing
 
             def close() -> None:
-                closing.set_running_or_notify_cancel()
+                waited_for = closing.set_running_or_notify_cancel()
                 _close_quietly(port)
-                closing.set_result(None)
+                if waited_for:
+                    closing.set_result(None)
 
             threading.Thread(target=close, name="close serial port", daemon=True).start()
 
