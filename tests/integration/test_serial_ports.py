@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import serial
 
 from drivers.ld2410.driver import Ld2410Radar
 from drivers.modbus import ModbusBus, PolledDevice, RtuSettings, load_model
 from drivers.serial_link import WRITE_LIMIT, SerialLink
 from drivers.types import DeviceStatus, Reading
+from hil.port_faults import HeldOpen
 from hil.rtu_line import RtuLine
 from tests.fixtures.tasks import running
 
@@ -101,38 +101,16 @@ async def test_a_port_that_is_no_longer_a_serial_line_is_refused_when_opened(
     assert victim.stat().st_mtime_ns == before.st_mtime_ns
 
 
-async def test_a_port_whose_open_hangs_costs_only_its_own_bus(
-    tmp_path: Path, pty: tuple[int, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_port_whose_open_hangs_costs_only_its_own_bus(pty: tuple[int, str]) -> None:
     """A USB adapter can hang its driver's open for seconds; here the open of one real pty is
-    held in the kernel on a FIFO (an open for reading waits for a writer) until the test lets
-    it go. Meanwhile another bus keeps polling on the same event loop."""
+    held in the kernel (hil/port_faults.py) until the test lets it go. Meanwhile another bus
+    keeps polling on the same event loop."""
     hung = pty[1]
-    gate = tmp_path / "gate"
-    os.mkfifo(gate)
-    held, passed = threading.Event(), threading.Event()
-    original = serial.Serial.open
-
-    def open_behind_the_gate(self: serial.Serial) -> None:
-        if self.port == hung and not passed.is_set():
-            held.set()
-            os.close(os.open(gate, os.O_RDONLY))  # blocks until a writer opens the FIFO
-            passed.set()
-        original(self)
-
-    def release() -> None:
-        with contextlib.suppress(OSError):  # ENXIO: nobody is held (any more)
-            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
-
-    monkeypatch.setattr(serial.Serial, "open", open_behind_the_gate)
-    # Should the loop freeze after all, this frees it, and the counts below fail the test.
-    valve = threading.Timer(60.0, release)
-    valve.start()
     recorder = Recorder()
     hung_bus = ModbusBus(
         "hung", RtuSettings(hung, timeout=0.3), [PolledDevice("h", EFM, 1, 0.1)], recorder
     )
-    try:
+    with HeldOpen(hung) as gate:
         async with RtuLine({1: "efm-ref"}) as line:
             live_bus = ModbusBus(
                 "live",
@@ -142,7 +120,7 @@ async def test_a_port_whose_open_hangs_costs_only_its_own_bus(
             )
             async with running(live_bus.run):
                 async with running(hung_bus.run):
-                    await until("the open held", held.is_set)
+                    await until("the open held", gate.held.is_set)
                     since = time.monotonic()
                     await until(
                         "ten polls of the other bus",
@@ -155,17 +133,14 @@ async def test_a_port_whose_open_hangs_costs_only_its_own_bus(
                     await until("retries", lambda: hung_bus.stats.connect_attempts >= 3)
                     openers = [t for t in threading.enumerate() if t.name == f"open {hung}"]
                     assert len(openers) == 1
-                    assert not passed.is_set()
+                    assert not gate.passed.is_set()
                 released = time.monotonic()
-                release()
-                await until("the held open returned", passed.is_set)
+                gate.release()
+                await until("the held open returned", gate.passed.is_set)
                 await until(
                     "the late port closed",
                     lambda: open_fds_on(hung) == 1 and not any(t.is_alive() for t in openers),
                 )
-    finally:
-        valve.cancel()
-        release()
     polls_while_held = {r.mono for r in recorder.readings("a") if since < r.mono < released}
     assert len(polls_while_held) >= 10
     (offline,) = recorder.statuses("h")
