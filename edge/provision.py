@@ -116,7 +116,7 @@ def _open_folder(name: str | Path, shown: Path, dir_fd: int | None = None) -> in
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise UnsafeFile(
-                f"{shown}: not a folder (a link or a file); copy the folder itself"
+                f"{shown}: a link or a file, not a folder; nothing is read or written through it"
             ) from None
         raise
 

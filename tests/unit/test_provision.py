@@ -330,7 +330,7 @@ def test_a_card_folder_that_is_a_link_is_not_read_or_written_into(tmp_path: Path
     etc = tmp_path / "etc"
     result = provision(source, etc, refusal=lambda pin, **kw: None)
     assert result.outcome == "rejected"
-    assert "not a folder" in result.problems[0]
+    assert "a link or a file, not a folder" in result.problems[0]
     assert not (etc / "site.yaml").exists()
     assert sorted(p.name for p in elsewhere.iterdir()) == ["site.yaml"], "no note written there"
     assert (boot / "city-safety-edge.rejected").is_symlink(), "the link itself was renamed"
@@ -365,3 +365,14 @@ def test_the_command_line_reports_a_planted_link(tmp_path: Path) -> None:
     assert "a symbolic link" in result.stderr
     assert not etc.exists() or not (etc / "certs").exists()
     outside.assert_untouched()
+
+
+def test_a_configuration_folder_that_is_a_link_is_not_written_into(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    etc = tmp_path / "etc"
+    etc.symlink_to(elsewhere)
+    result, note = refused_quietly(card(tmp_path, valid_site(tmp_path)), etc)
+    assert result.outcome == "rejected"
+    assert f"{etc}: a link or a file, not a folder" in note
+    assert list(elsewhere.iterdir()) == []
