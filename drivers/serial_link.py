@@ -369,7 +369,7 @@ class SerialSensor(abc.ABC, Generic[F]):
         silence: float = 3.0,
     ) -> None:
         if not url:
-            raise ValueError(f"device {device_id}: the port URL must not be empty")
+            raise ValueError(f"device {device_id}: the port must not be empty")
         if baudrate <= 0:
             raise ValueError(f"device {device_id}: baudrate {baudrate} must be positive")
         if not silence > 0:

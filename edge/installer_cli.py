@@ -67,7 +67,9 @@ def add_parser(commands: Any) -> None:
     """Add ``scan`` and ``read`` to the ``edge`` command's subparsers."""
     scan_parser = commands.add_parser("scan", help="list the Modbus devices that answer on a bus")
     scan_parser.add_argument(
-        "bus", metavar="BUS", help="a bus id (with --config), a serial port URL or tcp://host:port"
+        "bus",
+        metavar="BUS",
+        help="a bus id (with --config), a serial port (/dev/ttyUSB0, socket://host:port) or tcp://host:port",
     )
     scan_parser.add_argument("--config", metavar="FILE", help="the site YAML file")
     scan_parser.add_argument(

@@ -1,4 +1,4 @@
-"""A small asyncio Modbus master for RTU (any port URL) and TCP, on the project's own codec.
+"""A small asyncio Modbus master for RTU (any serial port) and TCP, on the project's own codec.
 
 Why not pymodbus's client: the bus scheduler needs one thing, "send this read, give me the
 answer or say why not within the timeout", at up to hundreds of requests a second on a gateway
