@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -190,7 +191,7 @@ def test_a_device_that_is_not_there_yet_is_not_a_form_error(tmp_path: Path) -> N
             resolve_device(missing)
 
 
-def site_with_port(tmp_path: Path, port: str) -> dict[str, object]:
+def site_with_port(tmp_path: Path, port: str) -> dict[str, Any]:
     return site_dict(tmp_path, broker_url="mqtt://127.0.0.1:1883", tcp_port=502, rtu_link=port)
 
 
@@ -228,3 +229,13 @@ def test_a_site_file_naming_a_link_to_a_regular_file_is_refused(tmp_path: Path) 
     with pytest.raises(ConfigError, match="not a serial device"):
         load_site(path)
     assert victim.read_text() == "keep me"
+
+
+def test_the_sms_modem_port_is_checked_the_same_way(tmp_path: Path) -> None:
+    site = site_with_port(tmp_path, str(tmp_path / "rtu"))
+    site["sms"] = {"port": "rfc2217://127.0.0.1:1?timeout=4", "numbers": ["+8613800138000"]}
+    with pytest.raises(ConfigError) as refused:
+        parse_site(yaml.safe_dump(site, sort_keys=False), "site.yaml")
+    assert [issue.field for issue in refused.value.issues] == ["sms.port"]
+    site["sms"]["port"] = "/dev/ttyUSB2"
+    assert parse_site(yaml.safe_dump(site, sort_keys=False), "site.yaml").sms is not None
