@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from drivers.ports import check_port
 from edge.config.duration import Duration, format_duration
 from edge.config.size import Size
 
@@ -35,6 +36,23 @@ Identifier = Annotated[
         max_length=64,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Letters, digits, '-', '_' and '.', starting with a letter or digit.",
+    ),
+]
+
+
+def _serial_port(value: str) -> str:
+    check_port(value)  # PortError (a ValueError) names the allowed forms
+    return value
+
+
+#: A serial port: its form, and what it leads to if it exists already (drivers/ports.py).
+SerialPortPath = Annotated[
+    str,
+    AfterValidator(_serial_port),
+    Field(
+        description="A serial port: /dev/ttyUSB0 (any /dev/tty<letters><digits>), "
+        "/dev/serial0, /dev/serial/by-id/..., /dev/serial/by-path/..., /dev/pts/N, a link to "
+        "one of these, or socket://host:port."
     ),
 ]
 
@@ -96,9 +114,7 @@ class ModbusTcpBus(Strict):
 class ModbusRtuBus(Strict):
     id: Identifier
     kind: Literal["modbus-rtu"]
-    port: str = Field(
-        description="A serial port URL: a device path, a pty path or socket://host:port."
-    )
+    port: SerialPortPath
     baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
@@ -110,9 +126,7 @@ class SerialBus(Strict):
 
     id: Identifier
     kind: Literal["serial"]
-    port: str = Field(
-        description="A serial port URL: a device path, a pty path or socket://host:port."
-    )
+    port: SerialPortPath
     baudrate: (
         Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 256000, 460800, 921600]
         | None
@@ -672,7 +686,7 @@ class Zone(Strict):
 class Sms(Strict):
     """Alarm SMS through a 4G modem (AT commands, PDU mode, UCS2 text)."""
 
-    port: str = Field(description="The modem's serial port URL.")
+    port: SerialPortPath
     baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
     numbers: list[Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")]] = Field(min_length=1)
     severity: Severity = Field(
