@@ -22,6 +22,7 @@ from tests.fixtures.command_keys import KEY_IDS, install, key_ring, sign
 
 NOW = 1_700_000_000.0
 GW = "gw-1"
+OPERATIONS = KEY_IDS["operations"]
 
 
 class Clock:
@@ -148,7 +149,7 @@ def _withdrawn_key(command: dict[str, Any]) -> dict[str, Any]:
         (lambda c: {**sign(c, GW), "issued_at": contract.iso_utc(NOW)}, "bad signature"),
         (lambda c: {**sign(c, GW), "command_id": "c-9"}, "bad signature"),
         (_withdrawn_key, "does not have"),
-        (lambda c: {**c, "signature": {"key": KEY_IDS["operations"], "ed25519": "AA=="}}, "ed25519"),
+        (lambda c: {**c, "signature": {"key": OPERATIONS, "ed25519": "AA=="}}, "ed25519"),
         (lambda c: {**c, "signature": "deadbeef"}, "signature"),
     ],
     ids=[
