@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,47 @@ async def test_only_signed_commands_within_the_bounds_change_a_running_gateway(
         e["message_id"]: e for e in platform.on("/events") if e["kind"] == "threshold-changed"
     }
     assert [e["command_id"] for e in changed.values()] == ["t-1"]
+
+
+async def test_the_reference_platforms_keygen_and_signer_command_a_real_gateway(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async def cli(*args: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hil.receiver", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    keys = tmp_path / "platform-keys"
+    code, out, _ = await cli("keygen", "--out", str(keys), "--key-id", "operations-2026a")
+    assert code == 0, out
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "operations-2026a.pub").write_bytes((keys / "operations-2026a.pub").read_bytes())
+    private = str(keys / "operations-2026a.private.pem")
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        site["commands"] = {"keys": str(certs)}
+        stop = asyncio.Event()
+        gateway = Gateway(load(site), pin_factory=MockFactory())
+        task = asyncio.create_task(gateway.run(stop))
+        try:
+            await platform.wait_for(lambda c: len(c.on("/telemetry")) > 0, 15)
+            params = '{"rule": "residual-current-over-limit", "threshold": 250}'
+            sign = ["sign", "--key", private, "--gateway", GATEWAY, "--command", "set-threshold"]
+            code, out, err = await cli(*sign, "--params", params, "--send", mosquitto.url)
+            assert code == 0, (out, err)
+            assert '"result": "ok"' in out
+            judged = gateway.rules.thresholds("residual-current-over-limit", "efm-shop-101")
+            assert getattr(judged, "raise_at", None) == 250
+            # Beyond the bound: the ack says which, and the exit status says it failed.
+            code, out, _ = await cli(*sign, "--params", params.replace("250", "1e308"),
+                                     "--send", mosquitto.url)  # fmt: skip
+            assert code == 1
+            assert "beyond the bound" in out
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
