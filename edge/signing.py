@@ -40,6 +40,7 @@ from edge.canonical import CanonicalError, canonical_json
 
 __all__ = [
     "KEY_CLASSES",
+    "PRIVATE_KEY_SUFFIX",
     "PUBLIC_KEY_SUFFIX",
     "CommandKey",
     "KeyClass",

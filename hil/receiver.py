@@ -422,7 +422,8 @@ class Receiver:
     @staticmethod
     def _check_topic(topic: str, message: dict[str, Any], kind: str) -> None:
         parts = topic.split("/")
-        expected = {"event": "events"}.get(kind, kind)
+        # The topics of events and acks are plural (docs/contract.md).
+        expected = {"event": "events", "ack": "acks"}.get(kind, kind)
         # A command carries no gateway_id: it is the platform's, never a gateway's message.
         gateway = message.get("gateway_id")
         if len(parts) < 3 or parts[-1] != expected or parts[-2] != gateway:
