@@ -250,3 +250,31 @@ async def test_the_reference_platforms_keygen_and_signer_command_a_real_gateway(
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)
+
+
+async def test_a_site_without_command_keys_runs_and_refuses_every_command(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    pins = MockFactory()
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        del site["commands"]
+        stop = asyncio.Event()
+        gateway = Gateway(load(site), pin_factory=pins)
+        task = asyncio.create_task(gateway.run(stop))
+        try:
+            await platform.wait_for(lambda c: len(c.on("/telemetry")) > 0, 15)
+            sim.set("tcp", 1, "residual_current", 350.0)
+            await until(lambda: pins.pin(17).state is True, 5, "the buzzer")
+            rule, device = gateway.rules.active_alarms()[0]
+            await send(mosquitto, command("s-1", "silence", {"rule": rule, "device": device}))
+            ack = await ack_for(platform, "s-1")
+            assert ack["result"] == "error"
+            assert "no command keys" in ack["error"]
+            assert pins.pin(17).state is True  # not silenced
+            await platform.wait_for(
+                lambda c: any(e["kind"] == "alarm-raised" for e in c.on("/events")), 10
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
