@@ -10,8 +10,9 @@ a site as surely as a forged one. Two bounds, both pure functions of the site fi
 - :func:`engineering_reasons`: what a pushed site changes that needs the engineering key
   (edge/signing.py): where the data goes (brokers, credentials, TLS files, the topic prefix),
   who may command (the ``commands`` section), the outputs that sound the alarm, the alarm SMS,
-  and any fire or critical rule, or a device or derived point one of them judges. Whether a
-  change to such a rule weakens it is not guessed: any change needs the engineering key.
+  and any fire or critical rule, or a device, its bus or a derived point one of them judges.
+  Whether a change to such a rule weakens it is not guessed: any change needs the engineering
+  key.
 """
 
 from __future__ import annotations
@@ -150,6 +151,16 @@ def engineering_reasons(old: SiteConfig, new: SiteConfig) -> list[str]:
             continue
         what = "removed" if device.id not in new_devices else "changed"
         reasons.append(f"device {device.id} {what} (judged by {', '.join(judged_by)})")
+    guarded_buses = {
+        device.bus
+        for device in old.devices
+        if any(_judges(rule, device.id, device.model) for rule in guarded)
+    }
+    new_buses = {bus.id: bus for bus in new.buses}
+    for bus in old.buses:
+        if bus.id in guarded_buses and new_buses.get(bus.id) != bus:
+            what = "removed" if bus.id not in new_buses else "changed"
+            reasons.append(f"bus {bus.id} {what} (it carries devices a fire/critical rule judges)")
     guarded_points = {getattr(rule, "point", None) for rule in guarded}
     new_derived = {point.name: point for point in new.derived_points}
     for point in old.derived_points:

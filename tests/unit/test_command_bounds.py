@@ -141,6 +141,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (lambda d: d["rules"].pop(1), "rule cable-over-temperature (critical) removed"),
         (lambda d: d["devices"].pop(2), "device efm-workshop-201 removed"),
         (_set("devices.0.poll_interval", "1h"), "device efm-shop-101 changed"),
+        (_set("buses.0.port", 1502), "bus lan changed"),
     ],
 )
 def test_a_push_that_changes_what_guards_the_site_needs_the_engineering_key(
