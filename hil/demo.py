@@ -332,9 +332,12 @@ class Demo:
             self.say("platform", f"status {message.get('state')}")
         elif topic.endswith("/acks"):
             data = message.get("data") or {}
-            said = message.get("error") or (
-                f"buzzer={data.get('buzzer')} active_alarms={len(data.get('active_alarms', []))}"
-            )
+            if message.get("error"):
+                said = message["error"]
+            elif "buzzer" in data:  # get-status: what the platform would show
+                said = f"buzzer={data['buzzer']} active_alarms={len(data['active_alarms'])}"
+            else:
+                said = json.dumps(data)[:200]
             self.say("platform", f"ACK {message.get('command_id')} {message.get('result')}: {said}")
         elif topic.endswith("/telemetry"):
             try:
