@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from buffer import Outbox
 from edge import contract
 from edge.canonical import CanonicalError, canonical_json
 from edge.commands import Commands, current_key_class
 from edge.schemas import validate
-from edge.signing import generate_key, load_key_ring, load_private_key, sign_command
+from edge.signing import generate_key, load_key_ring, load_private_key, sign_command, verify
 from tests.fixtures.command_keys import KEY_IDS, install, key_ring, sign
 
 NOW = 1_700_000_000.0
@@ -355,3 +357,33 @@ def test_a_generated_private_key_is_private_and_never_overwritten(tmp_path: Path
         generate_key(tmp_path, "engineering-2027")
     with pytest.raises(ValueError, match="operations-NAME"):
         generate_key(tmp_path, "admin-1")
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    params=st.dictionaries(st.text(max_size=8), _JSON_VALUES, max_size=5),
+    indent=st.sampled_from([None, 2]),
+    ascii_only=st.booleans(),
+    sort_keys=st.booleans(),
+)
+def test_a_signature_survives_however_the_json_is_written(
+    params: dict[str, Any], indent: int | None, ascii_only: bool, sort_keys: bool
+) -> None:
+    # The platform's JSON writer may space, order and escape as it likes: the canonical form
+    # of what the gateway parses is the one that was signed.
+    signed = sign(body("push-config", params), GW)
+    wire = json.dumps(signed, indent=indent, ensure_ascii=ascii_only, sort_keys=sort_keys)
+    assert verify(json.loads(wire), GW, key_ring()).key_class == "operations"
