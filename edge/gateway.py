@@ -23,8 +23,9 @@ from typing import Any, Final, Literal
 
 from buffer import CapacityPolicy, LossTally, Outbox, OutboxUnwritable
 from drivers import DeviceStatus, Reading
-from drivers.modbus import known_models
-from edge import __version__, contract, reload, timesync
+from drivers.catalog import family_of
+from drivers.modbus import known_models, load_model
+from edge import __version__, command_bounds, contract, reload, timesync
 from edge.annunciator import Annunciator
 from edge.buses import (
     FieldDriver,
@@ -35,7 +36,7 @@ from edge.buses import (
     set_interval,
 )
 from edge.clock import Clock, SystemClock
-from edge.commands import CommandError, current_command_id
+from edge.commands import CommandError, current_command_id, current_key_class
 from edge.config.model import SiteConfig
 from edge.contract import EventKind, event_body, iso_utc, reading_body
 from edge.log import fields, lines_dropped
@@ -387,6 +388,7 @@ class Gateway:
             metadata=self._metadata_message,
             health=self.health,
             aliases=self.aliases,
+            command_policy=self.config.commands,
             command_handlers={
                 "ping": self._command_ping,
                 "get-status": self._command_status,
@@ -483,12 +485,43 @@ class Gateway:
             return {"silenced": 0, "already": True}
         return {"silenced": self.silence("remote", key)}
 
+    def _threshold_refusal(self, params: Mapping[str, Any]) -> str | None:
+        """Why a set-threshold is beyond the site file's bounds (edge/command_bounds.py)."""
+        rule = next((r for r in self.config.rules if r.id == params["rule"]), None)
+        if rule is None:
+            return None
+        device = params.get("device")
+        devices = [str(device)] if device is not None else self.rules.devices_of(rule)
+        models = {d.id: d.model for d in self.config.devices}
+
+        def point_range(device_id: str, point: str) -> command_bounds.PointRange | None:
+            model = models.get(device_id)
+            if model is None or family_of(model) != "modbus":
+                return None  # UART and GPIO sensors, derived points: the factor bounds them
+            found = load_model(model)
+            if not found.has_point(point):
+                return None
+            spec = found.point(point)
+            return command_bounds.reportable_range(spec.type, spec.scale)
+
+        return command_bounds.threshold_refusal(
+            self.config,
+            str(params["rule"]),
+            params.get("field"),
+            params["threshold"],
+            devices,
+            point_range=point_range,
+        )
+
     async def _command_set_threshold(self, params: Mapping[str, Any]) -> dict[str, Any]:
         if not self._state_restored:
             # Overrides are stored next to the rule state; restore first so the stored ones
             # are not overwritten by this one alone.
             await self._restore_rule_state(wait=False)
         device = params.get("device")
+        refusal = self._threshold_refusal(params)
+        if refusal is not None:
+            raise CommandError(refusal)
         try:
             change = self.rules.set_threshold(
                 str(params["rule"]),
@@ -710,6 +743,12 @@ class Gateway:
             )
             log.error("config-rejected", extra=fields(errors=len(exc.errors)))
             raise
+        needs_engineering = command_bounds.engineering_reasons(self.config, pushed.config)
+        if needs_engineering and current_key_class() != "engineering":
+            raise CommandError(
+                "push-config needs the engineering key, not the operations key: "
+                + "; ".join(needs_engineering)
+            )
         digest = config_hash(pushed.text.encode())
         if digest == self.config_digest:
             # The platform repeating a push that was applied (its first ack lost in the

@@ -6,6 +6,7 @@ adapter can write; ``/boot/firmware`` on Raspberry Pi OS Bookworm and Trixie)::
     city-safety-edge/
         site.yaml
         certs/ca.pem, certs/client.pem, certs/client.key      (optional)
+        certs/operations-NAME.pub, certs/engineering-NAME.pub (the platform's command keys)
 
 At boot ``edge provision`` (run by ``city-safety-edge-firstboot.service`` before the gateway)
 checks all of it. When everything is valid the files are moved into ``/etc/city-safety-edge``
@@ -50,6 +51,7 @@ from edge.annunciator import make_pin_factory
 from edge.certs import check_certificates
 from edge.config import ConfigError, load_site, parse_site
 from edge.log import fields, setup_logging
+from edge.signing import load_key_ring
 
 __all__ = [
     "CardFiles",
@@ -209,6 +211,10 @@ def check_card(files: CardFiles, source: Path, now: dt.datetime | None = None) -
                     problems.append(
                         f"{source / CERTS_DIR / finding.file}: {finding.detail}; {finding.fix}"
                     )
+            # The platform's command keys travel with the certificates; one the gateway could
+            # not use is refused here rather than found missing when a command arrives.
+            for problem in load_key_ring(copy / CERTS_DIR).problems:
+                problems.append(f"{source / CERTS_DIR}/{problem}")
     return problems
 
 

@@ -727,7 +727,11 @@ class Uplink(Strict):
     command_ttl: Duration = Field(
         default=300.0,
         gt=0,
-        description="Commands from the platform issued longer ago than this are refused.",
+        # A signed command is a bearer token until it expires; an hour bounds how long a
+        # captured one may be replayed at a gateway that has forgotten it.
+        le=3600.0,
+        description="Commands from the platform issued longer ago than this are refused "
+        "(at most 1h).",
     )
     protocol: Literal["3.1.1", "5"] = Field(
         default="3.1.1", description="MQTT protocol version spoken to the brokers."
@@ -799,6 +803,43 @@ class Uplink(Strict):
         return self
 
 
+class CommandPolicy(Strict):
+    """Who may command this gateway and how far (docs/commands.md)."""
+
+    keys: str | None = Field(
+        default=None,
+        description="Folder of the platform's command public keys, operations-NAME.pub and "
+        "engineering-NAME.pub (usually the certificates' folder). Without keys every command "
+        "is refused; telemetry and alarms run as usual.",
+    )
+    insecure_unsigned_commands: bool = Field(
+        default=False,
+        description="DEMO ONLY: also run unsigned commands (with operations authority). "
+        "Anybody who can publish to the commands topic then commands the gateway.",
+    )
+    max_clock_skew: Duration = Field(
+        default=60.0,
+        ge=0,
+        le=600.0,
+        description="A command issued further in the future than this is refused.",
+    )
+    max_per_minute: int = Field(
+        default=30,
+        ge=1,
+        le=600,
+        strict=True,
+        description="Most commands answered per minute (a burst of this many, then this rate); "
+        "the rest get an error ack.",
+    )
+    threshold_factor: float = Field(
+        default=4.0,
+        gt=1,
+        le=100,
+        description="set-threshold stays within this factor of the site file's value "
+        "(between value/factor and value*factor).",
+    )
+
+
 class BufferConfig(Strict):
     path: str = Field(description="SQLite file of the outbox; its folder is created when missing.")
     commit_interval: Duration = Field(
@@ -839,4 +880,5 @@ class SiteConfig(Strict):
     outputs: Outputs
     sms: Sms | None = None
     uplink: Uplink
+    commands: CommandPolicy = Field(default_factory=CommandPolicy)
     buffer: BufferConfig

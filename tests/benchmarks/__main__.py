@@ -20,7 +20,14 @@ from tests.benchmarks import buffer, commands, drivers, e2e, log_stall, rules, u
 ROOT = Path(__file__).resolve().parents[2]
 #: A unit named inside a key (``..._ms_p99``), then by how a key ends (``..._per_s``).
 UNITS_INSIDE = {"_us_": "µs", "_ms_": "ms"}
-UNITS_AT_END = {"_per_s": "/s", "_ms": "ms", "_s": "s", "_mb": "MiB", "_pct": "% of one core"}
+UNITS_AT_END = {
+    "_per_s": "/s",
+    "_us": "µs",
+    "_ms": "ms",
+    "_s": "s",
+    "_mb": "MiB",
+    "_pct": "% of one core",
+}
 
 
 def machine() -> str:

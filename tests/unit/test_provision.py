@@ -15,6 +15,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.provision import provision, sound_refusal
 from tests.fixtures.certs import write_certificate, write_key
+from tests.fixtures.command_keys import install as install_command_keys
 from tests.integration.site import site_dict
 
 EDGE = [sys.executable, "-m", "edge.cli"]
@@ -37,6 +38,7 @@ def card(tmp_path: Path, site: dict[str, Any] | str, *, certs: bool = True) -> P
         (source / "certs").mkdir()
         key = write_key(source / "certs" / "client.key")
         write_certificate(source / "certs" / "client.pem", key)
+        install_command_keys(source / "certs")
     return source
 
 
@@ -54,7 +56,29 @@ def test_valid_files_are_installed_private_and_removed_from_the_card(tmp_path: P
     assert (etc / "site.yaml").stat().st_mode & 0o777 == 0o600
     assert (etc / "certs").stat().st_mode & 0o777 == 0o700
     assert (etc / "certs" / "client.key").stat().st_mode & 0o777 == 0o600
+    # The platform's command keys are installed with the certificates.
+    assert (etc / "certs" / "operations-test-a.pub").is_file()
+    assert (etc / "certs" / "engineering-test-a.pub").is_file()
     assert not source.exists(), "secrets must not stay on the FAT boot partition"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("operations-x.pub", "garbage", "not a readable PEM public key"),
+        ("root.pub", "garbage", "operations-NAME.pub"),
+        ("operations-x.private.pem", "-----BEGIN PRIVATE KEY-----", "not a readable PEM cert"),
+    ],
+    ids=["unreadable", "unnamed-class", "private-key-on-the-card"],
+)
+def test_a_command_key_the_gateway_could_not_use_is_refused(
+    tmp_path: Path, name: str, text: str, needle: str
+) -> None:
+    source = card(tmp_path, valid_site(tmp_path))
+    (source / "certs" / name).write_text(text)
+    result = provision(source, tmp_path / "etc", refusal=lambda pin, **kw: None)
+    assert result.outcome == "rejected"
+    assert any(name in p and needle in p for p in result.problems), result.problems
 
 
 def test_second_provisioning_keeps_the_previous_generation(tmp_path: Path) -> None:
