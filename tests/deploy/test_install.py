@@ -68,6 +68,7 @@ def installed_edge(root: Path, *args: str | Path) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.integration  # builds and installs releases: a minute
 def test_install_upgrade_rollback_uninstall(
     scratch_root: Path, wheelhouse: Path, project_wheel: Path, tmp_path: Path
 ) -> None:
@@ -253,6 +254,7 @@ def test_bad_arguments_are_refused_untouched(
     assert snapshot(scratch_root) == before
 
 
+@pytest.mark.integration  # builds and installs releases: a minute
 def test_invalid_config_and_expired_certificate_refused_after_build_nothing_changed(
     scratch_root: Path, wheelhouse: Path, project_wheel: Path, tmp_path: Path
 ) -> None:
