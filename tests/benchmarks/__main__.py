@@ -174,7 +174,10 @@ def run_suites(
         try:
             figures = suite.measure(chosen)
         except KeyboardInterrupt:
-            raise
+            # Ctrl-C: no further suite, but what was measured is still written.
+            outcome.failed[suite.name] = "interrupted (Ctrl-C); the suites after it did not run"
+            print(f"== {suite.name}: {outcome.failed[suite.name]}", flush=True)
+            break
         except BaseException as exc:
             # One suite's failure must not stop the rest. BaseException: the test fixtures the
             # suites share stop with pytest's Failed, which is no Exception.

@@ -116,3 +116,20 @@ def test_units_are_read_from_the_keys() -> None:
     assert unit_of("e2e_change_to_buzzer_ms_p99") == "ms"
     assert unit_of("wire_encode_us_per_reading") == "µs"
     assert unit_of("rules_active") == ""
+
+
+def test_ctrl_c_stops_the_run_but_keeps_what_was_measured(tmp_path: Path) -> None:
+    def interrupted() -> dict[str, float]:
+        raise KeyboardInterrupt
+
+    table = (
+        Suite("good", GOOD),
+        Suite("stopped", _module("stopped", interrupted, ("stopped_s",), {})),
+        Suite("async", ASYNC),
+    )
+    out = tmp_path / "results.json"
+    assert main(["--out", str(out)], table) == 1
+    results = json.loads(out.read_text())
+    assert results["good_per_s"] == 500.0
+    assert "interrupted" in results["failed"]["stopped"]
+    assert "async_trials_s" not in results  # not started after Ctrl-C
