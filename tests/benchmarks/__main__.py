@@ -86,6 +86,11 @@ class Suite:
     def tiny(self) -> Mapping[str, Any]:
         return dict(self.module.TINY)
 
+    @property
+    def parameters(self) -> list[str]:
+        """The names ``run`` takes."""
+        return list(inspect.signature(self.module.run).parameters)
+
     def measure(self, params: Mapping[str, Any]) -> dict[str, float]:
         result = self.module.run(**params)
         if inspect.iscoroutine(result):
@@ -240,6 +245,12 @@ def main(argv: Sequence[str] | None = None, suites: Sequence[Suite] = SUITES) ->
         if suite_name not in names:
             parser.error(f"--param {suite_name}.{name}: no suite {suite_name!r}; one of {names}")
         params.setdefault(suite_name, {})[name] = value
+    for suite in suites:
+        # A misspelt parameter is refused now, not after the suites before it have run.
+        accepted = suite.parameters
+        unknown = sorted(set(params.get(suite.name, {})) - set(accepted))
+        if unknown:
+            parser.error(f"suite {suite.name} has no parameter {unknown}; it takes {accepted}")
     chosen = [suite for suite in suites if not args.only or suite.name in args.only]
 
     began = time.monotonic()

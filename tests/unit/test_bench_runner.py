@@ -104,6 +104,16 @@ def test_a_malformed_param_is_refused_with_the_expected_form(
     assert "SUITE.NAME=VALUE" in capsys.readouterr().err
 
 
+def test_a_misspelt_param_is_refused_before_any_suite_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.json"
+    with pytest.raises(SystemExit):
+        main(["--param", "async.trails=3", "--out", str(out)], TABLE)
+    assert "suite async has no parameter ['trails']; it takes ['trials']" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_param_for_an_unknown_suite_names_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--param", "nosuch.size=3"], TABLE)
