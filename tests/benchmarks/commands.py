@@ -38,7 +38,7 @@ from gpiozero.pins.mock import MockFactory
 
 from drivers.modbus import known_models
 from edge.config import load_site
-from edge.contract import iso_utc
+from edge.contract import decode_payload, iso_utc
 from edge.gateway import config_hash
 from edge.reload import SiteRunner
 from edge.signing import verify
@@ -154,7 +154,7 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
 
                     async def listen() -> None:
                         async for message in client.messages:
-                            body = json.loads(bytes(message.payload))
+                            body = decode_payload(bytes(message.payload))
                             if message.topic.value.endswith("/acks"):
                                 acks[body["command_id"]] = time.monotonic()
                             elif body.get("kind") == "config-applied":
@@ -195,6 +195,18 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
         "push_buzzer_gap_ms": round(statistics.median(figures["gap"]), 1),
         "push_buzzer_gap_ms_max": round(max(figures["gap"]), 1),
     }
+
+
+KEYS = (
+    "push_ack_ms",
+    "push_applied_s",
+    "push_buzzer_gap_ms",
+    "push_buzzer_gap_ms_max",
+    "command_verify_us",
+    "command_verify_push_us",
+)
+#: A run of a few seconds that goes through every step (tests/integration/test_benchmarks.py).
+TINY = {"trials": 1}
 
 
 def run(trials: int = 5) -> dict[str, float]:

@@ -236,6 +236,21 @@ async def stall(config: SiteConfig, workdir: Path, seconds: float) -> dict[str, 
     }
 
 
+KEYS = (
+    "alarm_to_buzzer_ms_p50",
+    "alarm_to_buzzer_ms_p99",
+    "alarm_to_buzzer_ms_stderr_blocked_p50",
+    "alarm_to_buzzer_ms_stderr_blocked_p99",
+    "log_queue_dropped",
+    "log_queue_dropped_during_stall",
+    "log_queue_alarm_lines_after_stall",
+    "log_stall_readings_per_s",
+    "alarm_to_buzzer_ms_during_stall_max",
+)
+#: A run of a few seconds that goes through every step (tests/integration/test_benchmarks.py).
+TINY = {"trials": 50, "stall_seconds": 2.0}
+
+
 def run(trials: int = 2_000, stall_seconds: float = 60.0) -> dict[str, float]:
     """Every figure of this suite; prints them as it goes."""
     with tempfile.TemporaryDirectory() as workdir:
