@@ -12,17 +12,20 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import paho.mqtt.client as mqtt
-from aiomqtt.exceptions import MqttConnectError
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError
+from aiomqtt.types import PayloadType
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config.model import Uplink as UplinkConfig
+from edge.uplink.refusals import Refusal
 
 __all__ = [
     "PROTOCOLS",
     "BrokerAddress",
     "ClosedBeforeConnack",
     "MqttClient",
+    "PublishRefused",
     "describe",
     "parse_broker_url",
     "port_accepts",
@@ -58,9 +61,24 @@ class ClosedBeforeConnack(aiomqtt.MqttError):
     """The broker closed the connection before its CONNACK (TLS refusal, connection limit)."""
 
 
+class PublishRefused(Exception):
+    """The broker answered a QoS 1 PUBLISH with a PUBACK whose reason code is a failure
+    (0x80 or above, MQTT 5 only): it did not take the message, e.g. 0x87 Not authorized for a
+    topic its ACL denies, 0x97 Quota exceeded. The connection stays up.
+
+    Not an :class:`aiomqtt.MqttError` on purpose: the connection is fine, and every caller
+    must decide what a refusal means rather than treat it as a lost connection.
+    """
+
+    def __init__(self, topic: str, reason: ReasonCode) -> None:
+        self.refusal = Refusal(topic, int(reason.value), str(reason))
+        super().__init__(f"the broker refused the message on {topic}: {self.refusal.describe()}")
+
+
 class MqttClient(aiomqtt.Client):
     """aiomqtt's client, failing the connect at once when the broker closes before CONNACK,
-    and keeping the Maximum Packet Size an MQTT 5 broker announces in its CONNACK.
+    keeping the Maximum Packet Size an MQTT 5 broker announces in its CONNACK, and reading
+    the reason code of every PUBACK (:class:`PublishRefused`).
 
     aiomqtt 2.5.1 ignores a disconnect that comes before the CONNACK and waits for the
     operation timeout instead. A TLS 1.3 broker refusing our client certificate does exactly
@@ -70,6 +88,81 @@ class MqttClient(aiomqtt.Client):
 
     #: The broker's limit on a packet's size (MQTT 5 CONNACK), None when it set none.
     max_packet_size: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Failure reason codes of PUBACKs that arrived, by packet id, until publish() reads
+        #: them.
+        self._refusals: dict[int, ReasonCode] = {}
+
+    async def publish(  # type: ignore[override]
+        self,
+        /,
+        topic: str,
+        payload: PayloadType = None,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (aiomqtt's signature)
+    ) -> None:
+        """aiomqtt 2.5.1's publish, plus the PUBACK's verdict: raises :class:`PublishRefused`
+        when the broker answered with a failure reason code.
+
+        aiomqtt sets the same event for every PUBACK whatever its reason code, and the packet
+        id that would tell them apart stays inside its publish(); so this is its publish again
+        (same steps, same errors), reading the verdict by packet id at the end. It returns only
+        on the PUBACK for QoS 1: paho marks a QoS 1 message published, and calls on_publish,
+        only from its PUBACK handler.
+        """
+        info = self._client.publish(topic, payload, qos, retain, properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            if self._disconnected.done() and self._disconnected.exception():
+                raise MqttCodeError(
+                    info.rc, "Could not publish message"
+                ) from self._disconnected.exception()
+            raise MqttCodeError(info.rc, "Could not publish message")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                await self._acknowledged(confirmation, timeout)
+        reason = self._refusals.pop(info.mid, None)
+        if reason is not None:
+            raise PublishRefused(topic, reason)
+
+    async def _acknowledged(self, confirmation: asyncio.Event, within: float | None) -> None:
+        """Wait for the PUBACK, or fail as soon as the connection is lost.
+
+        aiomqtt's publish waits out its whole timeout on a connection that is already gone:
+        nothing wakes a pending publish on a disconnect. A broker that hangs up on every
+        PUBLISH would make each attempt last the operation timeout instead of failing at once.
+        """
+        acked: asyncio.Future[Any] = asyncio.ensure_future(confirmation.wait())
+        lost: asyncio.Future[Any] = self._disconnected
+        try:
+            await self._wait_for(
+                asyncio.wait({acked, lost}, return_when=asyncio.FIRST_COMPLETED), within
+            )
+        finally:
+            acked.cancel()
+        if not confirmation.is_set():
+            cause = lost.exception() if lost.done() and not lost.cancelled() else None
+            raise aiomqtt.MqttError("connection lost before the PUBACK") from cause
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if reason_code.is_failure:
+            self._refusals[mid] = reason_code
+        else:
+            # A packet id is reused once acknowledged: no stale verdict may stay behind.
+            self._refusals.pop(mid, None)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
 
     def _on_connect(
         self,

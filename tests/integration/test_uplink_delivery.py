@@ -351,7 +351,9 @@ async def test_a_broker_dropping_large_messages_silently_is_learnt_and_nothing_i
     # connection at each oversized message, which resent unchanged would fail for ever.
     broker = mosquitto_factory(extra_config=["max_packet_size 4096"])
     rows = await store(outbox, [body(float(i)) for i in range(300)])
-    uplink = make_uplink(outbox, broker.url, batch_size=100, reconnect_max="500ms")
+    uplink = make_uplink(
+        outbox, broker.url, batch_size=100, reconnect_max="500ms", protocol="3.1.1"
+    )
     with caplog.at_level(logging.ERROR, logger="edge.uplink"):
         async with collect(broker, ALL) as got, running(uplink):
             await got.wait_for(lambda c: set(carried(c)) == set(rows), within=20)
