@@ -16,6 +16,7 @@ import pytest
 
 from buffer import Outbox
 from edge import contract
+from edge.schemas import validate_message
 from tests.fixtures.broker import Mosquitto, MosquittoFactory, collect
 from tests.fixtures.mqtt_proxy import dropping_proxy
 from tests.integration.uplink_parts import ALL, GATEWAY, PREFIX, make_uplink, running
@@ -125,6 +126,7 @@ async def test_a_broker_refusing_only_events_keeps_them_and_telemetry_still_goes
         assert await outbox.depth() == {"event": 2, "telemetry": 0}
         assert uplink.state == "refused"
     health = [h for h in got.on("/health") if h.get("uplink_state") == "refused"][-1]
+    assert validate_message(health) == "health"
     assert health["uplink_refused_topics"] == [f"{PREFIX}/{GATEWAY}/events"]
     assert health["uplink"]["refused"] >= 2
     assert got.on("/events") == []
