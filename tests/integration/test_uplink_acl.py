@@ -15,10 +15,13 @@ import pytest
 
 from buffer import Outbox
 from edge import contract
+from edge.config.model import SiteConfig
 from edge.config.model import Uplink as UplinkConfig
+from edge.doctor import check_brokers
 from edge.uplink import Uplink, tls_context
 from tests.fixtures.broker import Mosquitto, MosquittoFactory, TlsListener, collect
 from tests.fixtures.certs import Authority
+from tests.integration.site import site_dict
 from tests.integration.uplink_parts import running
 
 pytestmark = pytest.mark.integration
@@ -172,3 +175,14 @@ async def test_a_gateway_reads_only_its_own_commands(
                     break
     # The gateway's own commands (once per matching subscription), never gw-b's.
     assert set(received) == {b"for-a", b"last"}, received
+
+
+async def test_edge_doctor_proves_delivery_under_the_documented_acl(
+    broker: Mosquitto, authority: Authority, tmp_path: Path
+) -> None:
+    cert, key = authority.issue("client-gw-a", "gw-a")
+    site = site_dict(tmp_path, broker_url=broker.url, tcp_port=1, rtu_link=tmp_path / "tty")
+    site["gateway"]["id"] = "gw-a"
+    site["uplink"].update(ca_file=str(authority.cert_path), cert_file=str(cert), key_file=str(key))
+    checks = await check_brokers(SiteConfig.model_validate(site), tmp_path / "certs", 3)
+    assert [(c.name.split()[0], c.level) for c in checks] == [("broker", "ok"), ("delivery", "ok")]
