@@ -5,23 +5,17 @@ from edge.config.loader import (
     ConfigIssue,
     check_config_main,
     load_site,
-    load_site_checked,
     parse_site,
-    parse_site_checked,
     report_config,
 )
 from edge.config.model import SiteConfig
-from edge.config.warning_checks import ConfigWarning
 
 __all__ = [
     "ConfigError",
     "ConfigIssue",
-    "ConfigWarning",
     "SiteConfig",
     "check_config_main",
     "load_site",
-    "load_site_checked",
     "parse_site",
-    "parse_site_checked",
     "report_config",
 ]

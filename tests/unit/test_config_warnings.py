@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.config import parse_site_checked
+from edge.config.loader import parse_site_checked
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
 SECRET = "hunter2-s3cret"
