@@ -33,7 +33,7 @@ from drivers.catalog import BUS_FAMILY, GPIO_MODELS, SERIAL_MODELS, family_of
 from drivers.modbus.model import ModelError, load_model
 from edge.config.model import SiteConfig
 from edge.config.rules_check import check_rules
-from edge.config.warning_checks import ConfigWarning, site_warnings
+from edge.config.warning_checks import ConfigWarning, site_warnings, url_without_login
 
 __all__ = [
     "ConfigError",
@@ -276,6 +276,13 @@ class _Abort(Exception):
 
 def _position(node: Node) -> Position:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _is_secret(loc: Loc) -> bool:
+    """Whether the value at ``loc`` is a secret that no message may repeat."""
+    return any(
+        isinstance(part, str) and part.endswith(("password", "secret", "token")) for part in loc
+    )
 
 
 def _describe(value: object) -> str:
@@ -667,6 +674,12 @@ def _issue_from_error(
     kind = err["type"]
     value = err.get("input")
     got = _describe(value)
+    secret = _is_secret(loc)
+    if secret:
+        # An error message goes to terminals, logs and tickets: a password never does.
+        got = "a value that is not shown here (it is a secret)"
+    elif isinstance(value, str):
+        got = _describe(url_without_login(value))
     message = err["msg"]
 
     if kind == "missing":
@@ -707,7 +720,7 @@ def _issue_from_error(
     elif kind == "list_type":
         message = f"expected a list, found {got}"
     elif kind == "string_type":
-        if isinstance(value, bool | int | float):
+        if isinstance(value, bool | int | float) and not secret:
             message = f'expected text, found {got}; put it in quotes: "{got}"'
         else:
             message = f"expected text, found {got}"

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from edge.config.model import SiteConfig
 
-__all__ = ["CHECKS", "ConfigWarning", "Place", "site_warnings"]
+__all__ = ["CHECKS", "ConfigWarning", "Place", "site_warnings", "url_without_login"]
 
 #: A place in the site file's data: ``("uplink", "brokers", 1)``.
 Place = tuple[str | int, ...]
@@ -39,7 +39,7 @@ class ConfigWarning:
         return f"{self.file}:{self.line}:{self.column}: warning: {self.field}: {self.message}"
 
 
-def shown(url: str) -> str:
+def url_without_login(url: str) -> str:
     """``url`` without the user and password it may carry."""
     parts = urlsplit(url)
     if "@" not in parts.netloc:
@@ -53,10 +53,11 @@ def _uplink_tls(config: SiteConfig) -> Iterable[tuple[Place, str]]:
     for index, url in enumerate(uplink.brokers):
         place: Place = ("uplink", "brokers", index)
         parts = urlsplit(url)
+        plain = url_without_login(url)
         if "@" in parts.netloc:
             yield (
                 place,
-                f"{shown(url)} carries a user or password in the URL: it is not used (the "
+                f"{plain} carries a user or password in the URL: it is not used (the "
                 "login is uplink.username and uplink.password) and shows wherever the URL is "
                 "shown; remove it from the URL",
             )
@@ -67,19 +68,19 @@ def _uplink_tls(config: SiteConfig) -> Iterable[tuple[Place, str]]:
         if parts.scheme == "mqtts" and port == _PLAIN_PORT:
             yield (
                 place,
-                f"{shown(url)} speaks TLS to port 1883, the plain MQTT port: use mqtts:// with "
+                f"{plain} speaks TLS to port 1883, the plain MQTT port: use mqtts:// with "
                 "the broker's TLS port (usually 8883), or mqtt:// if 1883 is really plain",
             )
         if parts.scheme == "mqtt" and port == _TLS_PORT:
             yield (
                 place,
-                f"{shown(url)} speaks plain MQTT to port 8883, the MQTT-over-TLS port: use "
+                f"{plain} speaks plain MQTT to port 8883, the MQTT-over-TLS port: use "
                 "mqtts:// for it",
             )
         if parts.scheme == "mqtt" and uplink.password is not None:
             yield (
                 place,
-                f"the password goes in clear text to {shown(url)}: use mqtts:// (TLS) for every "
+                f"the password goes in clear text to {plain}: use mqtts:// (TLS) for every "
                 "broker that gets a password",
             )
     if schemes == {"mqtt", "mqtts"}:

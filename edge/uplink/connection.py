@@ -18,6 +18,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config.model import Uplink as UplinkConfig
+from edge.config.warning_checks import url_without_login
 from edge.uplink.refusals import Refusal
 
 __all__ = [
@@ -210,7 +211,10 @@ def parse_broker_url(url: str) -> BrokerAddress:
     """``mqtt://host:port`` (default port 1883) or ``mqtts://host:port`` (default 8883)."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"not a broker URL: {url!r} (expected mqtt://host:port or mqtts://...)")
+        raise ValueError(
+            f"not a broker URL: {url_without_login(url)!r} (expected mqtt://host:port or "
+            "mqtts://...)"
+        )
     tls = parts.scheme == "mqtts"
     port = parts.port or (8883 if tls else 1883)
     host = parts.hostname
