@@ -270,16 +270,10 @@ def check_gpio(config: SiteConfig, user: pwd.struct_passwd | None, dev: Path) ->
     return Check("gpio", "ok", f"{len(chips)} GPIO chip(s); buzzer on GPIO {pin}")
 
 
-def tls_context(certs: Path, uplink: UplinkConfig | None = None) -> ssl.SSLContext:
-    """The TLS settings doctor uses: the site file's (``uplink.ca_file``, ``cert_file``,
-    ``key_file``) when it names any, else the folder's CA and client pair when present."""
-    if uplink is not None and (uplink.ca_file or uplink.cert_file):
-        return uplink_tls_context(uplink)
-    ca = certs / "ca.pem"
-    context = ssl.create_default_context(cafile=str(ca) if ca.is_file() else None)
-    if (certs / "client.pem").is_file() and (certs / "client.key").is_file():
-        context.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
-    return context
+def tls_context(certs: Path, uplink: UplinkConfig) -> ssl.SSLContext:
+    """The TLS settings doctor uses, the gateway's own: the site file's (``uplink.ca_file``,
+    ``cert_file``, ``key_file``) when it names any, else the folder's CA and client pair."""
+    return uplink_tls_context(uplink, certs)
 
 
 async def _try_broker(

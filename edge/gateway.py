@@ -375,6 +375,8 @@ class Gateway:
             metadata=self._metadata_message,
             health=self.health,
             aliases=self.aliases,
+            # The installed TLS files beside the site file, as edge doctor uses them.
+            certs=None if self.config_path is None else Path(self.config_path).parent / "certs",
             command_handlers={
                 "ping": self._command_ping,
                 "get-status": self._command_status,

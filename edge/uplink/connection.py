@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -32,28 +33,55 @@ __all__ = [
     "port_accepts",
     "refused_by_broker",
     "tls_context",
+    "tls_files",
 ]
 
 #: ``uplink.protocol`` to aiomqtt's protocol version.
 PROTOCOLS: Final = {"3.1.1": aiomqtt.ProtocolVersion.V311, "5": aiomqtt.ProtocolVersion.V5}
 
 
-def tls_context(config: UplinkConfig) -> ssl.SSLContext:
-    """The TLS settings of ``config``: its CA file (else the system's), its client pair if any.
+#: The TLS files an installed gateway keeps beside its site file (docs/deploy.md).
+CA_FILE: Final = "ca.pem"
+CLIENT_CERT: Final = "client.pem"
+CLIENT_KEY: Final = "client.key"
+
+
+def tls_files(
+    config: UplinkConfig, certs: Path | None = None
+) -> tuple[str | None, str | None, str | None]:
+    """``(ca_file, cert_file, key_file)`` for TLS: the site file's when it names any, else the
+    installed ones in ``certs`` (``ca.pem``, and ``client.pem`` with ``client.key``) that
+    exist; None where neither has one (the system's authorities, no client certificate)."""
+    if config.ca_file or config.cert_file or certs is None:
+        return config.ca_file, config.cert_file, config.key_file
+    ca = certs / CA_FILE
+    cert, key = certs / CLIENT_CERT, certs / CLIENT_KEY
+    pair = cert.is_file() and key.is_file()
+    return (
+        str(ca) if ca.is_file() else None,
+        str(cert) if pair else None,
+        str(key) if pair else None,
+    )
+
+
+def tls_context(config: UplinkConfig, certs: Path | None = None) -> ssl.SSLContext:
+    """The TLS settings of :func:`tls_files`: the CA file (else the system's), the client pair
+    if any.
 
     Raises :class:`OSError` (``ssl.SSLError`` is one) naming the file that cannot be loaded;
     the uplink then backs off like for any other failed attempt.
     """
+    ca_file, cert_file, key_file = tls_files(config, certs)
     try:
-        context = ssl.create_default_context(cafile=config.ca_file)
+        context = ssl.create_default_context(cafile=ca_file)
     except OSError as exc:
-        raise OSError(f"cannot load ca_file {config.ca_file}: {exc}") from exc
-    if config.cert_file is not None and config.key_file is not None:
+        raise OSError(f"cannot load ca_file {ca_file}: {exc}") from exc
+    if cert_file is not None and key_file is not None:
         try:
-            context.load_cert_chain(config.cert_file, config.key_file)
+            context.load_cert_chain(cert_file, key_file)
         except OSError as exc:
             raise OSError(
-                f"cannot load cert_file {config.cert_file} with key_file {config.key_file}: {exc}"
+                f"cannot load cert_file {cert_file} with key_file {key_file}: {exc}"
             ) from exc
     return context
 

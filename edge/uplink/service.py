@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import aiomqtt
@@ -90,14 +91,18 @@ class Uplink:
         metadata: Callable[[str], bytes] | None = None,
         health: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
         aliases: contract.Aliases | None = None,
+        certs: Path | None = None,
     ) -> None:
         """``metadata(epoch)`` builds the retained metadata message, published on every connect
         before any telemetry (and by :meth:`republish_metadata`). ``health()`` gives the
         gateway's part of the health message (bus errors, ...); the uplink adds the buffer and
         its own counters and publishes it every ``health_interval``. ``aliases``: the point
         table the metadata announces; with it (and ``telemetry_encoding: columnar``) telemetry
-        goes in the compact form. Set :attr:`aliases` anew along with a new metadata."""
+        goes in the compact form. Set :attr:`aliases` anew along with a new metadata.
+        ``certs``: the folder of the installed TLS files (``ca.pem``, ``client.pem``,
+        ``client.key``), used for mqtts:// when the site file names none of its own."""
         self._config = config
+        self._certs = certs
         self._gateway_id = gateway_id
         self._outbox = outbox
         self._version = version
@@ -377,7 +382,7 @@ class Uplink:
             timeout=_OPERATION_TIMEOUT,
             protocol=PROTOCOLS[self._config.protocol],
             # Built per attempt, so certificates renewed on disk are picked up by a reconnect.
-            tls_context=tls_context(self._config) if broker.tls else None,
+            tls_context=tls_context(self._config, self._certs) if broker.tls else None,
             # Our window plus room for the status, acks of commands and health.
             max_inflight_messages=self._config.inflight + 4,
         )
