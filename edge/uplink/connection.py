@@ -154,29 +154,15 @@ class MqttClient(aiomqtt.Client):
         if not info.is_published():
             confirmation = asyncio.Event()
             with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                await self._acknowledged(confirmation, timeout)
+                await self._wait_for(confirmation.wait(), timeout=timeout)
+            if not info.is_published():
+                # Woken by _on_disconnect: the connection went before the PUBACK.
+                lost = self._disconnected
+                cause = lost.exception() if lost.done() and not lost.cancelled() else None
+                raise aiomqtt.MqttError("connection lost before the PUBACK") from cause
         reason = self._refusals.pop(info.mid, None)
         if reason is not None:
             raise PublishRefused(topic, reason)
-
-    async def _acknowledged(self, confirmation: asyncio.Event, within: float | None) -> None:
-        """Wait for the PUBACK, or fail as soon as the connection is lost.
-
-        aiomqtt's publish waits out its whole timeout on a connection that is already gone:
-        nothing wakes a pending publish on a disconnect. A broker that hangs up on every
-        PUBLISH would make each attempt last the operation timeout instead of failing at once.
-        """
-        acked: asyncio.Future[Any] = asyncio.ensure_future(confirmation.wait())
-        lost: asyncio.Future[Any] = self._disconnected
-        try:
-            await self._wait_for(
-                asyncio.wait({acked, lost}, return_when=asyncio.FIRST_COMPLETED), within
-            )
-        finally:
-            acked.cancel()
-        if not confirmation.is_set():
-            cause = lost.exception() if lost.done() and not lost.cancelled() else None
-            raise aiomqtt.MqttError("connection lost before the PUBACK") from cause
 
     def _on_publish(
         self,
@@ -223,6 +209,11 @@ class MqttClient(aiomqtt.Client):
             )
             return
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
+        # aiomqtt leaves a pending publish waiting out its whole timeout on a connection that
+        # is gone: a broker that hangs up on every PUBLISH would make each attempt last the
+        # operation timeout. Wake them; publish() sees no PUBACK and raises at once.
+        for waiting in self._pending_publishes.values():
+            waiting.set()
 
 
 @dataclass(frozen=True, slots=True)

@@ -544,7 +544,11 @@ class Uplink:
                 if task is not failed:
                     task.cancel()
             await asyncio.wait({*(t for t in ended if t is not failed), *sending})
-            if not failed.done():
+            if failed.done():
+                # Marked as seen: when another task ended the session first, this error is
+                # not raised, and asyncio would log it (with a traceback) at garbage collection.
+                failed.exception()
+            else:
                 failed.cancel()
             self._check_refused_message()
         for future in done:
