@@ -140,7 +140,17 @@ def check_config(path: Path) -> tuple[Check, SiteConfig | None]:
     status, config = report_config(str(path), out, known_models=known_models())
     lines = out.getvalue().strip().splitlines()
     if config is not None:
-        return Check("config", "ok", f"{path}: {lines[0].removeprefix('ok: ')}"), config
+        # The summary comes last, after the warnings about the valid file, if any.
+        summary = f"{path}: {lines[-1].removeprefix('ok: ')}"
+        warnings = [line for line in lines[:-1] if ": warning: " in line]
+        if warnings:
+            return Check(
+                "config",
+                "warn",
+                f"{summary}; " + "; ".join(warnings[:5]),
+                f"each warning says what to change; `edge check-config {path}` lists them",
+            ), config
+        return Check("config", "ok", summary), config
     if status == 2:
         detail = lines[0] if lines else f"cannot read {path}"
         fix = f"copy the site file to {path} (or pass --config FILE)"

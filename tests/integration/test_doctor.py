@@ -67,7 +67,8 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
 async def test_healthy_gateway_passes(tmp_path: Path, secured_broker: Mosquitto, tty: Path) -> None:
     config = write_site(tmp_path, secured_broker, tty, username=USER, password=PASSWORD)
     checks = by_name(await run_checks(config, user=None, seconds=3))
-    assert checks["config"].level == "ok"
+    # A warning only: the test broker takes the password over plain mqtt://.
+    assert checks["config"].level == "warn", checks["config"]
     assert checks["serial rs485-1"].level == "ok", checks["serial rs485-1"]
     broker = checks[f"broker mqtt://127.0.0.1:{secured_broker.port}"]
     assert broker.level == "ok", broker
@@ -203,3 +204,15 @@ async def test_a_broker_whose_acl_denies_the_gateway_fails_the_delivery_check(
     assert delivery.level == "fail", delivery
     assert says in delivery.detail
     assert "per-gateway ACL" in delivery.fix
+
+
+async def test_a_config_warning_is_a_doctor_warning_without_the_password(
+    tmp_path: Path, secured_broker: Mosquitto, tty: Path
+) -> None:
+    # A password over plain mqtt://: the gateway runs, the doctor says what is at risk.
+    config = write_site(tmp_path, secured_broker, tty, username=USER, password=PASSWORD)
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+    assert checks["config"].level == "warn", checks["config"]
+    assert "uplink.brokers[0]: the password goes in clear text" in checks["config"].detail
+    assert "gateway" in checks["config"].detail
+    assert PASSWORD not in checks["config"].detail
