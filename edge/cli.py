@@ -101,7 +101,13 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
         recovered = None
     if recovered is not None:
         log.error("pushed config rolled back at start", extra=fields(config=path))
-    status, config = report_config(path, sys.stderr, known_models=known_models(), quiet=True)
+    status, config = report_config(
+        path,
+        sys.stderr,
+        known_models=known_models(),
+        quiet=True,
+        warn=lambda w: log.warning("site file warning", extra=fields(warning=str(w))),
+    )
     if config is None:
         return status
     with open(path, "rb") as file:

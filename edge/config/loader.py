@@ -19,7 +19,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
@@ -198,6 +198,7 @@ def report_config(
     known_models: Collection[str] | None = None,
     quiet: bool = False,
     strict: bool = False,
+    warn: Callable[[ConfigWarning], None] | None = None,
 ) -> tuple[int, SiteConfig | None]:
     """Load the site file at ``path`` and report on ``out``; returns the exit status and, when
     the file is valid, the configuration (so that ``edge run`` reads the file only once).
@@ -205,7 +206,8 @@ def report_config(
     Status 0: the file is valid (its warnings, one per line, and a one-line summary are printed
     unless ``quiet``); 1: the file has mistakes (all are printed, one per line, then a count),
     or with ``strict`` it has warnings (printed, then counted as errors); 2: the file cannot be
-    read (one line, no traceback).
+    read (one line, no traceback). ``warn`` takes each warning instead of ``out`` (``edge run``
+    logs them).
     """
     try:
         config, warnings = load_site_checked(path, known_models=known_models)
@@ -224,9 +226,12 @@ def report_config(
         count = len(warnings)
         print(f"{count} warning{'s' if count != 1 else ''} taken as errors (--strict)", file=out)
         return 1, None
-    if not quiet:
-        for warning in warnings:
+    for warning in warnings:
+        if warn is not None:
+            warn(warning)
+        elif not quiet:
             print(warning, file=out)
+    if not quiet:
         print(
             f"ok: gateway {config.gateway.id}, {_count(len(config.buses), 'bus', 'buses')}, "
             f"{_count(len(config.devices), 'device')}, {_count(len(config.rules), 'rule')}",
