@@ -15,12 +15,29 @@ from pathlib import Path
 
 import psutil
 
-from tests.benchmarks import buffer, commands, drivers, e2e, refusal, rules, uplink, wire
+from tests.benchmarks import (
+    buffer,
+    commands,
+    drivers,
+    e2e,
+    log_stall,
+    refusal,
+    rules,
+    uplink,
+    wire,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 #: A unit named inside a key (``..._ms_p99``), then by how a key ends (``..._per_s``).
 UNITS_INSIDE = {"_us_": "µs", "_ms_": "ms"}
-UNITS_AT_END = {"_per_s": "/s", "_ms": "ms", "_s": "s", "_mb": "MiB", "_pct": "% of one core"}
+UNITS_AT_END = {
+    "_per_s": "/s",
+    "_us": "µs",
+    "_ms": "ms",
+    "_s": "s",
+    "_mb": "MiB",
+    "_pct": "% of one core",
+}
 
 
 def machine() -> str:
@@ -45,7 +62,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument(
         "--only",
-        choices=["e2e", "drivers", "buffer", "rules", "uplink", "wire", "commands", "refusal"],
+        choices=[
+            "e2e",
+            "drivers",
+            "buffer",
+            "rules",
+            "uplink",
+            "wire",
+            "commands",
+            "logs",
+            "refusal",
+        ],
         action="append",
         help="run these suites alone",
     )
@@ -53,9 +80,11 @@ def main() -> None:
     parser.add_argument("--buffer-backlog", type=int, default=10_000_000, metavar="N")
     parser.add_argument("--buffer-kills", type=int, default=100, metavar="N")
     parser.add_argument("--uplink-backlog", type=int, default=1_000_000, metavar="N")
+    parser.add_argument("--stall-seconds", type=float, default=60.0, metavar="S")
     args = parser.parse_args()
     suites = set(
-        args.only or ["e2e", "drivers", "buffer", "rules", "uplink", "wire", "commands", "refusal"]
+        args.only
+        or ["e2e", "drivers", "buffer", "rules", "uplink", "wire", "commands", "logs", "refusal"]
     )
 
     results: dict[str, float | str] = {}
@@ -80,6 +109,8 @@ def main() -> None:
         results.update(wire.measure())
     if "commands" in suites:
         results.update(commands.run())
+    if "logs" in suites:
+        results.update(log_stall.run(stall_seconds=args.stall_seconds))
     if "refusal" in suites:
         results.update(refusal.run())
     results["machine"] = machine()

@@ -8,6 +8,9 @@
 - ``poll_jitter_ms_p99``: 60 monitors on 4 buses at 9600 baud (15 per bus, 1 s interval,
   about 83 % of each line's time busy), all four buses in one event loop. Jitter is how late a
   poll starts after it was due; p99 over every poll of the run.
+- ``poll_jitter_ms_p99_one_port_hung``: the same, while a fifth bus's port hangs in its open
+  (held in the kernel, hil/port_faults.py) for the whole run: what a hung adapter costs the
+  other buses.
 - ``tcp_1000rps_cpu_pct`` / ``tcp_1000rps_rss_mb``: the whole gateway (``edge run``, its
   own process) polling 50 Modbus TCP monitors of 20 registers each every second, served by
   the simulator (another process), every reading going through the rules into the SQLite
@@ -40,6 +43,7 @@ from drivers.modbus import ModbusBus, PolledDevice, RtuSettings, load_model
 from drivers.modbus.codec import read_chars
 from drivers.types import DeviceStatus, Reading
 from hil.broker import LocalBroker
+from hil.port_faults import HeldOpen
 from hil.rtu_line import RtuLine
 from tests.fixtures.broker import free_port
 
@@ -93,15 +97,23 @@ async def efficiency(baudrate: int, seconds: float, devices: int = 16) -> dict[s
     return {"efficiency": achieved / ceiling, "registers_per_s": achieved}
 
 
-async def jitter(seconds: float, buses: int = 4, per_bus: int = 15) -> dict[str, float]:
-    """Poll lateness over ``buses`` x ``per_bus`` monitors at 1 s."""
+async def jitter(
+    seconds: float, buses: int = 4, per_bus: int = 15, *, one_port_hung: bool = False
+) -> dict[str, float]:
+    """Poll lateness over ``buses`` x ``per_bus`` monitors at 1 s; with ``one_port_hung`` a
+    fifth bus's port hangs in its open the whole time (hil/port_faults.py)."""
     late: list[float] = []
 
     def observe(_device: str, _lane: str, due: float, started: float, _end: float) -> None:
         late.append(started - due)
 
     lines = [RtuLine(dict.fromkeys(range(1, per_bus + 1), EFM)) for _ in range(buses)]
+    leader, follower = os.openpty()
+    hung_port = os.ttyname(follower)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(os.close, leader)
+        stack.callback(os.close, follower)
+        gate = stack.enter_context(HeldOpen(hung_port)) if one_port_hung else None
         for line in lines:
             await stack.enter_async_context(line)
         tasks = []
@@ -114,16 +126,27 @@ async def jitter(seconds: float, buses: int = 4, per_bus: int = 15) -> dict[str,
                 observer=observe,
             )
             tasks.append(asyncio.create_task(bus.run()))
+        if gate is not None:
+            hung = ModbusBus(
+                "hung",
+                RtuSettings(hung_port, 9600, timeout=0.3),
+                [PolledDevice(f"hung-m{a}", EFM, a, 1.0) for a in range(1, per_bus + 1)],
+                _discard,
+            )
+            tasks.append(asyncio.create_task(hung.run()))
         try:
             await asyncio.sleep(2.0)  # connect; the first staggered cycle settles
             late.clear()
             await asyncio.sleep(seconds)
+            if gate is not None and not (gate.held.is_set() and not gate.passed.is_set()):
+                raise RuntimeError("the hung port's open was not held for the whole run")
         finally:
             for task in tasks:
                 await _stop(task)
     p50, p99 = percentile(late, 50) * 1000, percentile(late, 99) * 1000
+    what = ", a fifth bus's open hung" if one_port_hung else ""
     print(
-        f"  jitter: {len(late)} polls of {buses * per_bus} devices on {buses} buses, "
+        f"  jitter{what}: {len(late)} polls of {buses * per_bus} devices on {buses} buses, "
         f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(late) * 1000:.2f} ms"
     )
     return {"p50": p50, "p99": p99, "polls": float(len(late))}
@@ -256,6 +279,7 @@ async def run(seconds: float = 10.0, footprint_seconds: float = 30.0) -> dict[st
     slow = await efficiency(9600, seconds)
     fast = await efficiency(19200, seconds)
     spread = await jitter(seconds)
+    spread_hung = await jitter(seconds, one_port_hung=True)
     print(f"drivers: the gateway at 1,000 readings/s over Modbus TCP ({footprint_seconds:g} s)")
     tcp = await tcp_footprint(footprint_seconds)
     return {
@@ -263,6 +287,7 @@ async def run(seconds: float = 10.0, footprint_seconds: float = 30.0) -> dict[st
         "rtu_bus_efficiency_19200": round(fast["efficiency"], 4),
         "poll_jitter_ms_p99": round(spread["p99"], 2),
         "poll_jitter_ms_p50": round(spread["p50"], 2),
+        "poll_jitter_ms_p99_one_port_hung": round(spread_hung["p99"], 2),
         "tcp_1000rps_cpu_pct": round(tcp["cpu_pct"], 2),
         "tcp_1000rps_rss_mb": round(tcp["rss_mb"], 1),
         "tcp_1000rps_readings_per_s": round(tcp["readings_per_s"], 1),
