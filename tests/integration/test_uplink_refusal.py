@@ -102,6 +102,10 @@ async def test_a_broker_refusing_every_topic_keeps_every_row_and_says_refused(
             # The ACL is fixed: everything the broker refused goes, nothing twice.
             reload_acl(broker, allow("#"))
             await wait_until(lambda: uplink.acked == 43)
+            # The status refused at connect went again with backoff, and is now retained.
+            await got.wait_for(
+                lambda c: any(m.get("state") == "online" for m in c.on("/status")), within=15
+            )
             assert str(uplink.state) == "online"  # the state moved on meanwhile
     assert await outbox.depth() == {"event": 0, "telemetry": 0}
     seqs = [e["seq"] for e in got.on("/events")]
