@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a site file and print every error")
     check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--strict", action="store_true", help="treat warnings as errors (exit 1 when any)"
+    )
     doctor.add_parser(commands)
     provision.add_parser(commands)
     installer_cli.add_parser(commands)
@@ -62,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
-        status, _ = report_config(args.file, sys.stdout, known_models=known_models())
+        status, _ = report_config(
+            args.file, sys.stdout, known_models=known_models(), strict=args.strict
+        )
         return status
     if args.command == "run":
         return run(args.config, log_level=args.log_level, status_every=args.status_every)
@@ -108,7 +113,13 @@ def _run(path: str, status_every: float) -> int:
         recovered = None
     if recovered is not None:
         log.error("pushed config rolled back at start", extra=fields(config=path))
-    status, config = report_config(path, sys.stderr, known_models=known_models(), quiet=True)
+    status, config = report_config(
+        path,
+        sys.stderr,
+        known_models=known_models(),
+        quiet=True,
+        warn=lambda w: log.warning("site file warning", extra=fields(warning=str(w))),
+    )
     if config is None:
         return status
     with open(path, "rb") as file:
