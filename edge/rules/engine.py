@@ -6,12 +6,17 @@ a tilt angle) are computed here and judged like any other point. Composite rules
 re-evaluated only when another alarm changed state.
 
 Time comes from the readings themselves (``Reading.ts``) and from :meth:`RuleEngine.tick`,
-which the gateway calls every second and ``edge replay`` calls with each recorded reading's
-time: the engine never looks at a clock, so months of history replay in seconds.
+which the gateway calls every second and ``edge replay`` calls every second of the recorded
+time (jumping over the seconds in which :meth:`RuleEngine.next_due` proves a tick does
+nothing): the engine never looks at a clock, so months of history replay in seconds.
+
+A value that is not a number (NaN) or infinite is judged as a ``bad`` reading: absence of
+evidence, never a verdict.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -196,6 +201,9 @@ class RuleEngine:
         #: The latest transition of every active alarm, by alarm key.
         self.active: dict[tuple[str, str], Transition] = {}
         self._start: float | None = None
+        #: The latest time the engine was ticked (or skipped) to: a late reading (one older
+        #: than that) is judged by the time-based judges at this time, not at its own.
+        self._now = -math.inf
         for device in devices:
             self._device_judges(device.id)
             for point in self._points_of(device.id):
@@ -225,6 +233,24 @@ class RuleEngine:
         points = [p for p in known if p in wanted]
         for source in list(points):
             points.extend(d.name for d in self._derived.get(source, ()) if self._selects(d, device))
+        return points
+
+    def knows_device(self, device: str) -> bool:
+        """Whether ``device`` is one of the site's devices."""
+        return device in self._models
+
+    def known_points(self, device: str) -> set[str] | None:
+        """Every point ``device`` can report: its model's, the tilt displacements of a gauged
+        device and the derived points it has; ``None`` when its model has no point table
+        (UART and GPIO sensors), so that any point is possible."""
+        info = self._info(device)
+        if info is None:
+            return None
+        points = set(info.units)
+        if device in self._gauged:
+            points |= {displacement_point(axis) for axis in TILT_AXES if axis in info.units}
+        for derived in self._derived.values():
+            points |= {d.name for d in derived if self._selects(d, device)}
         return points
 
     def _selects(self, rule: PointRule | DeviceOfflineRule | DerivedPoint, device: str) -> bool:
@@ -409,12 +435,17 @@ class RuleEngine:
 
     def evaluate(self, reading: Reading) -> list[Transition]:
         """Judge one reading; the transitions it caused, in order (empty almost always)."""
+        value = reading.value
+        # NaN and infinities: x - x is 0.0 for every finite number and NaN for these.
+        if value - value != 0.0 and reading.quality == "good":
+            reading = dataclasses.replace(reading, quality="bad")
         route = self._routes.get((reading.device_id, reading.point))
         if route is None:
             route = self._route(reading.device_id, reading.point)
         out: list[Transition] = []
+        now = reading.ts if reading.ts > self._now else self._now
         for judge in route.ticking:
-            out.extend(judge.tick(reading.ts))
+            out.extend(judge.tick(now))
         for judge in route.judges:
             transition = judge.feed(reading)
             if transition is not None:
@@ -432,6 +463,7 @@ class RuleEngine:
         calendar buckets of sustained rules are judged here."""
         if self._start is None:
             self._start = now
+        self._now = max(self._now, now)
         out: list[Transition] = []
         for judge in self._ticking:
             found = judge.tick(now)
@@ -441,6 +473,19 @@ class RuleEngine:
         if out:
             self._settle(out)
         return out
+
+    def next_due(self) -> float:
+        """A time before which :meth:`tick` changes nothing (every judge's :meth:`Judge.due`,
+        the earliest): ``-inf`` before the first tick, ``inf`` when only readings can change
+        anything. Readings and driver statuses move it, so ask again after each."""
+        if self._start is None:
+            return -math.inf
+        return min((judge.due() for judge in self._ticking), default=math.inf)
+
+    def skip(self, now: float) -> None:
+        """Time passed to ``now`` without a tick: only for a caller that knows from
+        :meth:`next_due` that a tick would have changed nothing (``edge replay``)."""
+        self._now = max(self._now, now)
 
     def on_status(self, status: DeviceStatus) -> list[Transition]:
         """A driver says a device went offline or came back."""

@@ -78,6 +78,12 @@ class Judge:
     def tick(self, now: float) -> list[Transition]:
         return []
 
+    def due(self) -> float:
+        """The earliest time at which :meth:`tick` can change this judge (a verdict or its
+        state); ticking it before then does nothing. ``-inf``: the next tick must run (the judge
+        has not seen the time yet). ``edge replay`` jumps over silences with it."""
+        return math.inf
+
     def retune(self, rule: Any) -> None:
         """Take the thresholds of ``rule`` (the same rule, changed at run time); the judge's
         windows and counts stay. Kinds without thresholds ignore it."""
@@ -534,6 +540,11 @@ class SustainedJudge(Judge):
             )
         return None
 
+    def due(self) -> float:
+        if self.duration is not None or self.bucket is None:
+            return math.inf
+        return self.bucket[1]
+
     def tick(self, now: float) -> list[Transition]:
         """Close every bucket that ended at or before ``now``, in order."""
         result: list[Transition] = []
@@ -719,6 +730,7 @@ class SensorFaultJudge(Judge):
     __slots__ = (
         "last_good",
         "missing_for",
+        "now",
         "stuck_for",
         "stuck_since",
         "stuck_value",
@@ -738,27 +750,48 @@ class SensorFaultJudge(Judge):
         self.stuck_value: float | None = None
         self.stuck_since: float | None = None
         self.why = ""
+        #: The latest time seen (ticks, readings): a reading that arrives late is judged at
+        #: this time, not at its own, so it cannot end a fault that still holds now.
+        self.now = -math.inf
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
         if ts <= self.last_ts:
             return None
         self.last_ts = ts
+        self.now = now = max(self.now, ts)
         if reading.quality != "good":
-            return self._judge(ts, reading)
+            return self._judge(now, reading)
         self.last_good = ts
         if self.stuck_value is None or abs(reading.value - self.stuck_value) > self.tolerance:
             self.stuck_value = reading.value
             self.stuck_since = ts
-        return self._judge(ts, reading)
+        return self._judge(now, reading)
 
     def tick(self, now: float) -> list[Transition]:
+        self.now = max(self.now, now)
         if self.last_good is None:
             self.last_good = now
-        verdict = self._judge(now, None)
+        # Time alone only raises: both faults, once true, stay true as time passes. A tick at
+        # an earlier time (a late reading's own time) is no evidence that the fault is gone.
+        verdict = self._judge(now, None, raise_only=True)
         return [] if verdict is None else [verdict]
 
-    def _judge(self, now: float, reading: Reading | None) -> Transition | None:
+    def due(self) -> float:
+        if self.last_good is None:
+            return -math.inf
+        if self.active:
+            return math.inf
+        due = math.inf
+        if self.missing_for is not None:
+            due = self.last_good + self.missing_for
+        if self.stuck_for is not None and self.stuck_since is not None:
+            due = min(due, self.stuck_since + self.stuck_for)
+        return due
+
+    def _judge(
+        self, now: float, reading: Reading | None, *, raise_only: bool = False
+    ) -> Transition | None:
         why = ""
         if (
             self.missing_for is not None
@@ -778,7 +811,7 @@ class SensorFaultJudge(Judge):
             self.active = True
             self.why = why
             return self.make("raised", now, value, None, reading, why)
-        if not why and self.active:
+        if not why and self.active and not raise_only:
             self.active = False
             return self.make("cleared", now, value, None, reading, f"no longer: {self.why}")
         return None
@@ -804,7 +837,7 @@ class DeviceOfflineJudge(Judge):
     """``device-offline``: the driver has reported the device offline for ``after``, or (with
     ``silent_for``) no reading of any point arrived for that long."""
 
-    __slots__ = ("after", "last_reading", "offline_since", "reason", "silent_for")
+    __slots__ = ("after", "last_reading", "now", "offline_since", "reason", "silent_for")
     rule_kind = "device-offline"
     ticks = True
 
@@ -815,31 +848,50 @@ class DeviceOfflineJudge(Judge):
         self.offline_since: float | None = None
         self.last_reading = since
         self.reason = ""
+        #: The latest time seen: a late reading is judged now (see SensorFaultJudge.now).
+        self.now = -math.inf
 
     def feed(self, reading: Reading) -> Transition | None:
-        if reading.ts <= self.last_ts:
+        ts = reading.ts
+        if ts <= self.last_ts:
             return None
-        self.last_ts = reading.ts
-        self.last_reading = reading.ts
+        self.last_ts = ts
+        self.now = max(self.now, ts)
+        self.last_reading = ts if self.last_reading is None else max(self.last_reading, ts)
         self.offline_since = None
-        return self._judge(reading.ts)
+        return self._judge(self.now)
 
     def status(self, online: bool, ts: float, reason: str) -> Transition | None:
+        self.now = max(self.now, ts)
         if online:
             self.offline_since = None
             self.last_reading = ts
         elif self.offline_since is None:
             self.offline_since = ts
             self.reason = reason
-        return self._judge(ts)
+        return self._judge(self.now)
 
     def tick(self, now: float) -> list[Transition]:
+        self.now = max(self.now, now)
         if self.last_reading is None:
             self.last_reading = now
-        verdict = self._judge(now)
+        # Time alone only raises (see SensorFaultJudge.tick): a reading or "online" clears.
+        verdict = self._judge(now, raise_only=True)
         return [] if verdict is None else [verdict]
 
-    def _judge(self, now: float) -> Transition | None:
+    def due(self) -> float:
+        if self.last_reading is None:
+            return -math.inf
+        if self.active:
+            return math.inf
+        due = math.inf
+        if self.offline_since is not None:
+            due = self.offline_since + self.after
+        if self.silent_for is not None:
+            due = min(due, self.last_reading + self.silent_for)
+        return due
+
+    def _judge(self, now: float, *, raise_only: bool = False) -> Transition | None:
         why = ""
         if self.offline_since is not None and now - self.offline_since >= self.after:
             why = f"offline ({self.reason})" if self.reason else "offline"
@@ -852,7 +904,7 @@ class DeviceOfflineJudge(Judge):
         if why and not self.active:
             self.active = True
             return self.make("raised", now, None, None, None, why)
-        if not why and self.active:
+        if not why and self.active and not raise_only:
             self.active = False
             return self.make("cleared", now, None, None, None, "device reporting again")
         return None

@@ -76,12 +76,14 @@ def test_replay_of_a_buffer_export_prints_every_transition_with_its_time(
     lines.insert(5, json.dumps({"seq": 0, "stream": "event", "body": {"kind": "gateway-started"}}))
     spike = {"ts": start + 3, "device": "efm-shop-101", "point": "residual_current", "value": 400}
     lines.insert(7, json.dumps(spike))
-    lines.append(json.dumps({"ts": start + 60 * 86400, "device": "x", "point": "y", "value": 0}))
     readings = tmp_path / "readings.jsonl"
     readings.write_text("\n".join(lines) + "\n")
     out = tmp_path / "alarms.jsonl"
 
-    done = edge("replay", "--config", str(tilt_site(tmp_path)), str(readings), "--out", str(out))
+    # The last reading is at 23:00 on 29 Feb: the clock runs on to the end of the day.
+    until = str(start + 60 * 86400)
+    site = str(tilt_site(tmp_path))
+    done = edge("replay", "--config", site, str(readings), "--out", str(out), "--until", until)
     assert done.returncode == 0, done.stderr
     transitions = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(t["transition"], t["rule"], t["time"]) for t in transitions] == [
@@ -116,7 +118,7 @@ def test_replay_reads_csv_with_iso_times(tmp_path: Path, edge: Callable[..., Don
         ('{"ts": 1, "device": "a", "point": "b"}\n', "readings.txt:1: no value"),
         ('{"ts": "yesterday", "device": "a", "point": "b", "value": 1}\n', "neither POSIX"),
         (
-            '{"ts": 1, "device": "a", "point": "b", "value": 1}\nnot json\n',
+            '{"ts": 1, "device": "efm-shop-101", "point": "voltage_a", "value": 1}\nnot json\n',
             "readings.txt:2: not JSON",
         ),
         ("ts,device,point,value\n1,a,b\n", "readings.txt:2: 3 columns, the header has 4"),
