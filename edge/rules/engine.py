@@ -60,7 +60,7 @@ from edge.rules.tuning import (
     storm_tightened,
     with_threshold,
 )
-from edge.rules.types import Transition
+from edge.rules.types import Transition, worse
 
 __all__ = [
     "ACTIVE_KEY",
@@ -142,10 +142,21 @@ class _Composite:
     active: bool = False
 
 
+#: Rule options added after rule state was first stored. At their default they are left out
+#: of the hash, so a gateway upgraded with an unchanged site file resumes its windows.
+LATER_OPTIONS = ("latch", "compare", "seasonal", "for_")
+
+
 def _rule_hash(rule: Any) -> str:
     """Changing a rule's settings restarts its state: a window counted against the old limit
     says nothing about the new one."""
-    return hashlib.sha256(rule.model_dump_json().encode()).hexdigest()[:16]
+    fields = type(rule).model_fields
+    unchanged = {
+        name
+        for name in LATER_OPTIONS
+        if name in fields and getattr(rule, name) == fields[name].default
+    }
+    return hashlib.sha256(rule.model_dump_json(exclude=unchanged).encode()).hexdigest()[:16]
 
 
 class RuleEngine:
@@ -200,6 +211,10 @@ class RuleEngine:
         self._restored: dict[str, dict[str, Any]] = {}
         #: The latest transition of every active alarm, by alarm key.
         self.active: dict[tuple[str, str], Transition] = {}
+        #: Latching rules, and their alarms whose condition has gone: still active, until
+        #: :meth:`release` (the silence button, a silence command) clears them.
+        self._latching = {rule.id for rule in self.rules if getattr(rule, "latch", False)}
+        self.latched: dict[tuple[str, str], Transition] = {}
         self._start: float | None = None
         #: The latest time the engine was ticked (or skipped) to: a late reading (one older
         #: than that) is judged by the time-based judges at this time, not at its own.
@@ -297,7 +312,7 @@ class RuleEngine:
         if isinstance(rule, SuddenChangeRule):
             return SuddenChangeJudge(rule, device)
         if isinstance(rule, AbnormalRule):
-            return AbnormalJudge(rule, device)
+            return AbnormalJudge(rule, device, self.zone)
         if isinstance(rule, SustainedRule):
             return SustainedJudge(rule, device, self.zone)
         if isinstance(rule, AlarmBitsRule):
@@ -503,8 +518,12 @@ class RuleEngine:
         for judge in route.judges:
             self._dirty.add(judge.rule_id)
 
-    def _settle(self, out: list[Transition]) -> None:
+    def _settle(self, out: list[Transition], *, latch: bool = True) -> None:
         """Note the alarms that changed, then judge the composites that depend on them."""
+        if latch and self._latching:
+            self._latch(out)
+            if not out:
+                return
         for transition in out:
             self._note(transition)
         if not self._composites:
@@ -533,6 +552,49 @@ class RuleEngine:
             )
             self._note(transition)
             out.append(transition)
+
+    def _latch(self, out: list[Transition]) -> None:
+        """A latching rule's ``cleared`` only notes that the condition has gone; the alarm stays
+        active. Raised again while latched, it simply goes on (escalated if worse)."""
+        kept: list[Transition] = []
+        for transition in out:
+            key = transition.alarm_key
+            if transition.rule_id not in self._latching:
+                kept.append(transition)
+            elif transition.kind == "cleared" and key in self.active:
+                self.latched[key] = transition
+                self._active_dirty = True
+            elif transition.kind in ("raised", "escalated") and key in self.latched:
+                del self.latched[key]
+                self._active_dirty = True
+                before = self.active[key].severity
+                if worse(before, transition.severity) != before:
+                    kept.append(dataclasses.replace(transition, kind="escalated"))
+            else:
+                kept.append(transition)
+        out[:] = kept
+
+    def release(self, now: float, key: tuple[str, str] | None = None) -> list[Transition]:
+        """Clear the latched alarms whose condition has gone (or only ``key``): the silence
+        button or a silence command acknowledged them. Returns their ``cleared``."""
+        out: list[Transition] = []
+        for alarm_key in sorted(self.latched):
+            if key is not None and alarm_key != key:
+                continue
+            gone = self.latched.pop(alarm_key)
+            self._active_dirty = True
+            self._urgent.add(gone.rule_id)
+            out.append(
+                dataclasses.replace(
+                    gone,
+                    ts=now,
+                    reading=None,
+                    reason=f"reset by hand; the condition had gone ({gone.reason})",
+                )
+            )
+        if out:
+            self._settle(out, latch=False)
+        return out
 
     def _note(self, transition: Transition) -> None:
         self._active_dirty = True
@@ -592,6 +654,7 @@ class RuleEngine:
             values[ACTIVE_KEY] = {
                 "alarms": [_dump_transition(t) for t in self.active.values()],
                 "composites": {c.rule.id: c.active for c in self._composites},
+                "latched": [list(key) for key in self.latched],
             }
         return values
 
@@ -619,11 +682,18 @@ class RuleEngine:
             for composite in self._composites:
                 composite.active = bool(composites.get(composite.rule.id, False))
             known = {rule.id for rule in self.rules}
+            latched = {(str(r), str(s)) for r, s in active.get("latched", [])}
             for item in active.get("alarms", []):
                 transition = _load_transition(item)
+                alarm = transition.alarm_key
+                if alarm in latched and transition.rule_id in self._latching:
+                    # Its condition had gone; it waits for a hand to clear it, judge or not.
+                    self.active[alarm] = transition
+                    self.latched[alarm] = _replace_kind(transition, transition.reason)
+                    continue
                 judge_alive = self._alarm_still_judged(transition, known, flat)
                 if judge_alive:
-                    self.active[transition.alarm_key] = transition
+                    self.active[alarm] = transition
                 else:
                     dropped.append(
                         _replace_kind(transition, "rule removed or changed since the alarm")

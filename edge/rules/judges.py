@@ -147,12 +147,16 @@ class LimitJudge(Judge):
         "escalated",
         "raise_at",
         "since",
+        "strict",
         "upward",
     )
 
     def __init__(self, rule: OverLimitRule | UnderLimitRule, device: str) -> None:
         super().__init__(rule.id, device, rule.point, rule.severity)
         self.upward = isinstance(rule, OverLimitRule)
+        #: ``more-than`` / ``less-than``: the limit itself is on the quiet side, for raising
+        #: and escalating, and on the alarm's side no longer for clearing.
+        self.strict = rule.compare in ("more-than", "less-than")
         self.raise_at = rule.raise_at
         self.clear = rule.clear_below if isinstance(rule, OverLimitRule) else rule.clear_above
         self.debounce_count = 1
@@ -171,7 +175,19 @@ class LimitJudge(Judge):
         self.escalated = False
 
     def _beyond(self, value: float, limit: float) -> bool:
-        return value >= limit if self.upward else value <= limit
+        if self.upward:
+            return value > limit if self.strict else value >= limit
+        return value < limit if self.strict else value <= limit
+
+    def _back(self, value: float) -> bool:
+        if self.upward:
+            return value <= self.clear if self.strict else value < self.clear
+        return value >= self.clear if self.strict else value > self.clear
+
+    def _reached(self) -> str:
+        if not self.strict:
+            return "reached"
+        return "over" if self.upward else "under"
 
     def retune(self, rule: Any) -> None:
         assert isinstance(rule, OverLimitRule | UnderLimitRule)
@@ -186,13 +202,14 @@ class LimitJudge(Judge):
         self.last_ts = ts
         value = reading.value
         if self.active:
-            back = value < self.clear if self.upward else value > self.clear
-            if back:
+            if self._back(value):
                 self.active = False
                 self.escalated = False
                 self.count = 0
                 self.since = None
                 word = "below" if self.upward else "above"
+                if self.strict:
+                    word = f"at or {word}"
                 return self.make(
                     "cleared",
                     ts,
@@ -214,7 +231,7 @@ class LimitJudge(Judge):
                     value,
                     self.escalate_at,
                     reading,
-                    f"{_fmt(value)} reached {self.escalate_at:g}",
+                    f"{_fmt(value)} {self._reached()} {self.escalate_at:g}",
                 )
             return None
         if not self._beyond(value, self.raise_at):
@@ -237,7 +254,12 @@ class LimitJudge(Judge):
         else:
             self.severity = self.base_severity
         return self.make(
-            "raised", ts, value, threshold, reading, f"{_fmt(value)} reached {threshold:g}"
+            "raised",
+            ts,
+            value,
+            threshold,
+            reading,
+            f"{_fmt(value)} {self._reached()} {threshold:g}",
         )
 
     def dump(self) -> dict[str, Any]:
@@ -269,7 +291,16 @@ class SuddenChangeJudge(Judge):
     """``sudden-change``: the reading differs from the lowest (a rise) or highest (a fall)
     reading of the last ``window`` by at least ``change`` or ``change_percent``."""
 
-    __slots__ = ("change", "direction", "highs", "lows", "percent", "window", "window_s")
+    __slots__ = (
+        "change",
+        "direction",
+        "highs",
+        "lows",
+        "percent",
+        "strict",
+        "window",
+        "window_s",
+    )
     rule_kind = "sudden-change"
 
     def __init__(self, rule: SuddenChangeRule, device: str) -> None:
@@ -278,6 +309,7 @@ class SuddenChangeJudge(Judge):
         self.percent = rule.change_percent
         self.window_s = rule.window
         self.direction = rule.direction
+        self.strict = rule.compare == "more-than"
         # Monotonic queues of (ts, value): the window's minimum and maximum in O(1).
         self.lows: deque[tuple[float, float]] = deque()
         self.highs: deque[tuple[float, float]] = deque()
@@ -313,12 +345,12 @@ class SuddenChangeJudge(Judge):
         if lows and self.direction != "fall":
             low = lows[0][1]
             size = self._size(value - low, low)
-            if size is not None and size >= limit:
+            if size is not None and (size > limit if self.strict else size >= limit):
                 found = f"rose from {_fmt(low)} to {_fmt(value)}"
         if found is None and highs and self.direction != "rise":
             high = highs[0][1]
             size = self._size(high - value, high)
-            if size is not None and size >= limit:
+            if size is not None and (size > limit if self.strict else size >= limit):
                 found = f"fell from {_fmt(high)} to {_fmt(value)}"
         while lows and lows[-1][1] >= value:
             lows.pop()
@@ -351,40 +383,99 @@ def quantile(ordered: list[float], q: float) -> float:
     return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
 
 
+#: Hours in a day: a daily baseline has one slot per local hour.
+HOURS = 24
+
+
+class _Baseline:
+    """The readings of one baseline (or one hour of the day of a daily one): in time order,
+    and sorted by value for the quantiles."""
+
+    __slots__ = ("history", "kept", "ordered")
+
+    def __init__(self) -> None:
+        self.history: deque[tuple[float, float]] = deque()
+        self.ordered: list[float] = []
+        #: Time of the latest reading that joined.
+        self.kept = -math.inf
+
+    def forget_before(self, oldest: float, cap: int) -> None:
+        history, ordered = self.history, self.ordered
+        while history and (history[0][0] < oldest or len(history) > cap):
+            _, gone = history.popleft()
+            del ordered[bisect.bisect_left(ordered, gone)]
+
+    def add(self, ts: float, value: float) -> None:
+        self.history.append((ts, value))
+        bisect.insort(self.ordered, value)
+        self.kept = ts
+
+
 class AbnormalJudge(Judge):
-    """``abnormal``: distance from the baseline's median, in robust standard deviations."""
+    """``abnormal``: distance from the baseline's median, in robust standard deviations.
+
+    The baseline spans the whole ``baseline`` period whatever the poll rate: a reading joins
+    it only ``baseline / max_samples`` after the previous one that joined, so ``max_samples``
+    readings are spread over the period instead of being its last few minutes. With
+    ``seasonal: daily`` there is one baseline per local hour of the day (each with a 24th of
+    the samples), and a reading is judged against the baseline of its own hour.
+    """
 
     __slots__ = (
         "baseline_s",
+        "cap",
         "clear_ratio",
+        "daily",
         "first_ts",
-        "history",
+        "hour",
+        "hour_end",
+        "hour_start",
         "learning",
-        "max_samples",
         "min_deviation",
         "min_samples",
-        "ordered",
         "sensitivity",
+        "slots",
+        "spacing",
+        "zone",
     )
     rule_kind = "abnormal"
 
-    def __init__(self, rule: AbnormalRule, device: str) -> None:
+    def __init__(self, rule: AbnormalRule, device: str, zone: ZoneInfo | None = None) -> None:
         super().__init__(rule.id, device, rule.point, rule.severity)
         self.sensitivity = rule.sensitivity
         self.baseline_s = rule.baseline
         self.learning = rule.learning
         self.min_samples = rule.min_samples
-        self.max_samples = rule.max_samples
         self.min_deviation = rule.min_deviation
         self.clear_ratio = rule.clear_ratio
+        self.daily = rule.seasonal == "daily"
+        self.zone = zone or ZoneInfo("UTC")
+        self.spacing = rule.baseline / rule.max_samples
+        count = HOURS if self.daily else 1
+        # A guard on memory that the spacing keeps from biting: an hour's slot may take one
+        # reading more than its share on each day of the baseline.
+        self.cap = rule.max_samples // count + (
+            math.ceil(rule.baseline / 86_400.0) if self.daily else 0
+        )
+        self.slots = [_Baseline() for _ in range(count)]
         self.first_ts: float | None = None
-        self.history: deque[tuple[float, float]] = deque()
-        self.ordered: list[float] = []
+        #: The local hour the latest reading fell in, and its bounds (a cache).
+        self.hour = 0
+        self.hour_start = math.inf
+        self.hour_end = -math.inf
 
     def retune(self, rule: Any) -> None:
         assert isinstance(rule, AbnormalRule)
         self.sensitivity = rule.sensitivity
         self.min_deviation = rule.min_deviation
+
+    def _slot(self, ts: float) -> _Baseline:
+        if not self.daily:
+            return self.slots[0]
+        if not self.hour_start <= ts < self.hour_end:
+            self.hour_start, self.hour_end = bucket_of(ts, "hour", self.zone)
+            self.hour = datetime.fromtimestamp(ts, self.zone).hour
+        return self.slots[self.hour]
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
@@ -394,17 +485,16 @@ class AbnormalJudge(Judge):
         value = reading.value
         if self.first_ts is None:
             self.first_ts = ts
-        history, ordered = self.history, self.ordered
-        oldest = ts - self.baseline_s
-        while history and (history[0][0] < oldest or len(history) >= self.max_samples):
-            _, gone = history.popleft()
-            del ordered[bisect.bisect_left(ordered, gone)]
+        slot = self._slot(ts)
+        slot.forget_before(ts - self.baseline_s, self.cap)
+        ordered = slot.ordered
         transition: Transition | None = None
         if ts - self.first_ts >= self.learning and len(ordered) >= self.min_samples:
             median = quantile(ordered, 0.5)
             spread = (quantile(ordered, 0.75) - quantile(ordered, 0.25)) / IQR_TO_SIGMA
             limit = max(self.sensitivity * spread, self.min_deviation)
             deviation = abs(value - median)
+            of = f" of {self.hour:02d}:00-{(self.hour + 1) % HOURS:02d}:00" if self.daily else ""
             if not self.active and deviation > limit:
                 self.active = True
                 transition = self.make(
@@ -413,7 +503,7 @@ class AbnormalJudge(Judge):
                     value,
                     limit,
                     reading,
-                    f"{_fmt(value)} is {_fmt(deviation)} from the baseline median "
+                    f"{_fmt(value)} is {_fmt(deviation)} from the baseline median{of} "
                     f"{_fmt(median)} (limit {_fmt(limit)})",
                 )
             elif self.active and deviation <= self.clear_ratio * limit:
@@ -421,18 +511,21 @@ class AbnormalJudge(Judge):
                 transition = self.make(
                     "cleared", ts, value, limit, reading, f"{_fmt(value)} is back near {median:g}"
                 )
-        history.append((ts, value))
-        bisect.insort(ordered, value)
+        if ts - slot.kept >= self.spacing:
+            slot.add(ts, value)
         return transition
 
     def dump(self) -> dict[str, Any]:
-        return {**super().dump(), "first_ts": self.first_ts, "history": list(self.history)}
+        history = sorted(item for slot in self.slots for item in slot.history)
+        return {**super().dump(), "first_ts": self.first_ts, "history": history}
 
     def load(self, data: dict[str, Any]) -> None:
         super().load(data)
         self.first_ts = data["first_ts"]
-        self.history = deque((float(t), float(v)) for t, v in data["history"])
-        self.ordered = sorted(v for _, v in self.history)
+        self.slots = [_Baseline() for _ in self.slots]
+        self.hour_start, self.hour_end = math.inf, -math.inf
+        for ts, value in sorted((float(t), float(v)) for t, v in data["history"]):
+            self._slot(ts).add(ts, value)
 
 
 class SustainedJudge(Judge):
@@ -455,6 +548,8 @@ class SustainedJudge(Judge):
         "month_days",
         "month_failed",
         "need",
+        "quiet",
+        "rolling",
         "run",
         "run_start",
         "threshold",
@@ -475,7 +570,11 @@ class SustainedJudge(Judge):
         self.missing = rule.missing
         self.zone = zone
         self.unit: BucketUnit = "hour" if rule.hours is not None else "day"
-        self.need = rule.hours or rule.days or rule.months or 0
+        #: ``for: 60d``: a rolling window of calendar days; with ``missing: ignore`` a day
+        #: without readings is part of the window (no verdict), where ``days: N`` skips it.
+        self.rolling = rule.for_ is not None
+        days_for = None if rule.for_ is None else round(rule.for_ / 86_400.0)
+        self.need = rule.hours or rule.days or days_for or rule.months or 0
         self.by_month = rule.months is not None
         #: Current bucket: [start, end, sum, count, min, max]; None before the first reading.
         self.bucket: list[float] | None = None
@@ -486,6 +585,9 @@ class SustainedJudge(Judge):
         self.month: tuple[int, int] | None = None
         self.month_days = 0
         self.month_failed = False
+        #: Rolling window: how many days of the run's end had no verdict (no reading). A
+        #: window made only of such days raises nothing: absence of evidence is not evidence.
+        self.quiet = 0
 
     def retune(self, rule: Any) -> None:
         assert isinstance(rule, SustainedRule)
@@ -572,16 +674,18 @@ class SustainedJudge(Judge):
         else:
             passed = self._meets(aggregate)
         if not self.by_month:
-            if passed is None:
+            if passed is None and not self.rolling:
                 return None
-            if passed:
+            if passed is None or passed:
                 if self.run == 0:
                     self.run_start = start
                 self.run += 1
-                if not self.active and self.run >= self.need:
+                self.quiet = self.quiet + 1 if passed is None else 0
+                if not self.active and self.run >= self.need and self.quiet < self.need:
                     return self._raise(end, aggregate)
                 return None
             self.run = 0
+            self.quiet = 0
             self.run_start = None
             return self._clear(end, aggregate)
         month = month_of(start, self.zone)
@@ -619,6 +723,8 @@ class SustainedJudge(Judge):
         span = (
             f"{self.need} {'month' if self.by_month else self.unit}{'s' if self.need > 1 else ''}"
         )
+        if self.rolling:
+            span = f"the last {span}"
         word = "over" if self.above else "under"
         return self.make(
             "raised",
@@ -658,6 +764,7 @@ class SustainedJudge(Judge):
             "month": None if self.month is None else list(self.month),
             "month_days": self.month_days,
             "month_failed": self.month_failed,
+            "quiet": self.quiet,
         }
 
     def load(self, data: dict[str, Any]) -> None:
@@ -682,6 +789,7 @@ class SustainedJudge(Judge):
         )
         self.month_days = int(data["month_days"])
         self.month_failed = bool(data["month_failed"])
+        self.quiet = int(data.get("quiet", 0))
 
 
 def _month_start(month: tuple[int, int], zone: ZoneInfo) -> float:

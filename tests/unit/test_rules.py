@@ -307,7 +307,8 @@ def test_abnormal_waits_for_learning_then_fires_on_outlier_only() -> None:
 
 def test_abnormal_min_deviation_floors_a_flat_baseline() -> None:
     judge = engine({**ABNORMAL, "learning": "0s", "min_samples": 5, "min_deviation": 2})
-    assert feed(judge, [50.0] * 6 + [51.5, 52.5]) == [None] * 7 + ["raised"]
+    # One reading joins the 1d baseline every 1d / max_samples = 86.4 s.
+    assert feed(judge, [50.0] * 6 + [51.5, 52.5], step=90) == [None] * 7 + ["raised"]
 
 
 # -- sustained -----------------------------------------------------------------------------------
