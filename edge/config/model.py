@@ -496,7 +496,7 @@ class SustainedRule(_PointRule):
         _exactly_one(self, ("duration", "hours", "days", "months", "for_"))
         if self.for_ is not None and self.for_ % 86_400.0:
             raise ValueError(
-                f"for: a window of whole days, e.g. 60d (got {format_duration(self.for_)}); "
+                f"a rolling window is whole days, e.g. 60d (got {format_duration(self.for_)}); "
                 "use hours: N for hours"
             )
         return self

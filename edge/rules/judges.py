@@ -391,24 +391,36 @@ class _Baseline:
     """The readings of one baseline (or one hour of the day of a daily one): in time order,
     and sorted by value for the quantiles."""
 
-    __slots__ = ("history", "kept", "ordered")
+    __slots__ = ("history", "kept", "ordered", "stats")
 
     def __init__(self) -> None:
         self.history: deque[tuple[float, float]] = deque()
         self.ordered: list[float] = []
         #: Time of the latest reading that joined.
         self.kept = -math.inf
+        #: (median, sigma) while the readings have not changed: most readings do not join.
+        self.stats: tuple[float, float] | None = None
 
     def forget_before(self, oldest: float, cap: int) -> None:
         history, ordered = self.history, self.ordered
         while history and (history[0][0] < oldest or len(history) > cap):
             _, gone = history.popleft()
             del ordered[bisect.bisect_left(ordered, gone)]
+            self.stats = None
 
     def add(self, ts: float, value: float) -> None:
         self.history.append((ts, value))
         bisect.insort(self.ordered, value)
         self.kept = ts
+        self.stats = None
+
+    def centre_and_spread(self) -> tuple[float, float]:
+        """The median and sigma (interquartile range / 1.349)."""
+        if self.stats is None:
+            ordered = self.ordered
+            spread = (quantile(ordered, 0.75) - quantile(ordered, 0.25)) / IQR_TO_SIGMA
+            self.stats = (quantile(ordered, 0.5), spread)
+        return self.stats
 
 
 class AbnormalJudge(Judge):
@@ -477,6 +489,9 @@ class AbnormalJudge(Judge):
             self.hour = datetime.fromtimestamp(ts, self.zone).hour
         return self.slots[self.hour]
 
+    def _of_hour(self) -> str:
+        return f" of {self.hour:02d}:00-{(self.hour + 1) % HOURS:02d}:00" if self.daily else ""
+
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
         if ts <= self.last_ts or reading.quality != "good":
@@ -485,17 +500,17 @@ class AbnormalJudge(Judge):
         value = reading.value
         if self.first_ts is None:
             self.first_ts = ts
-        slot = self._slot(ts)
-        slot.forget_before(ts - self.baseline_s, self.cap)
-        ordered = slot.ordered
+        slot = self._slot(ts) if self.daily else self.slots[0]
+        history = slot.history
+        if history and (history[0][0] < ts - self.baseline_s or len(history) > self.cap):
+            slot.forget_before(ts - self.baseline_s, self.cap)
         transition: Transition | None = None
-        if ts - self.first_ts >= self.learning and len(ordered) >= self.min_samples:
-            median = quantile(ordered, 0.5)
-            spread = (quantile(ordered, 0.75) - quantile(ordered, 0.25)) / IQR_TO_SIGMA
+        if ts - self.first_ts >= self.learning and len(history) >= self.min_samples:
+            median, spread = slot.centre_and_spread()
             limit = max(self.sensitivity * spread, self.min_deviation)
             deviation = abs(value - median)
-            of = f" of {self.hour:02d}:00-{(self.hour + 1) % HOURS:02d}:00" if self.daily else ""
             if not self.active and deviation > limit:
+                of = self._of_hour()
                 self.active = True
                 transition = self.make(
                     "raised",

@@ -23,6 +23,7 @@ pin was driven. Between trials a low reading clears the alarm.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -67,7 +68,14 @@ def _rules(points: list[str]) -> list[dict[str, Any]]:
         elif kind == "sudden-change":
             rule |= {"change": 1e5, "window": "30s"}
         elif kind == "abnormal":
-            rule |= {"learning": "1h", "baseline": "1d", "max_samples": 500}
+            # One baseline per hour of the day, learned during the warm-up below.
+            rule |= {
+                "learning": "1d",
+                "baseline": "2d",
+                "max_samples": 960,
+                "min_samples": 5,
+                "seasonal": "daily",
+            }
         elif kind == "sustained":
             rule |= {"above": 1e6, "days": 2}
         else:
@@ -129,6 +137,13 @@ def rule_eval(config: SiteConfig, count: int) -> dict[str, float]:
         derived=config.derived_points,
         timezone=config.gateway.timezone,
     )
+    # Warm-up, not timed: 160 polls spread over the 27 hours before the timed run (one every
+    # ~10 minutes), so that the abnormal rules' daily baselines have learned every hour of the
+    # day (6 readings each, min_samples 5) and judge every reading of the timed run.
+    for index, reading in enumerate(_readings(DEVICES * 14 * 160)):
+        poll = index // (DEVICES * 14)
+        earlier = reading.ts - 27 * 3600 + poll * 600 - (reading.ts - 1_735_689_600.0)
+        engine.evaluate(dataclasses.replace(reading, ts=earlier))
     readings = _readings(count)
     judgements = sum(
         len(engine._routes[(r.device_id, r.point)].judges) for r in readings[: DEVICES * 14]
@@ -177,6 +192,7 @@ def replay_site(config: SiteConfig) -> SiteConfig:
             "baseline": "2d",
             "learning": "1d",
             "max_samples": 2000,
+            "seasonal": "daily",
         },
         {"id": "warm-days", "kind": "sustained", "point": "temperature_1", "above": 60, "days": 2},
         {
@@ -192,7 +208,7 @@ def replay_site(config: SiteConfig) -> SiteConfig:
     return config.model_copy(update={"devices": config.devices[:REPLAY_DEVICES], "rules": checked})
 
 
-def _silent_trace(count: int, seed: int = 11) -> list[Reading]:
+def _silent_trace(count: int, devices: int = REPLAY_DEVICES, seed: int = 11) -> list[Reading]:
     """Polls of every device, skipping each device's 15-minute silences and two days of the
     whole site's silence half-way."""
     model = load_model("efm-ref")
@@ -204,7 +220,7 @@ def _silent_trace(count: int, seed: int = 11) -> list[Reading]:
         ts = t0 + poll * REPLAY_POLL
         if len(out) >= count // 2:
             ts += 2 * 86_400.0
-        for n in range(1, REPLAY_DEVICES + 1):
+        for n in range(1, devices + 1):
             # Device n is silent for 15 minutes of every 4 hours, at its own time.
             if (ts + n * 1_000.0) % 14_400.0 < 900.0:
                 continue
@@ -225,8 +241,11 @@ def replay_rate(config: SiteConfig, count: int) -> dict[str, float]:
     transitions: list[Any] = []
     summary = replay(site_config, iter(readings), transitions.append)
     span = (readings[-1].ts - readings[0].ts) / 86_400.0
+    # The same kind of trace through the 200 rules of the rule_eval site (40 devices).
+    crowded = replay(config, iter(_silent_trace(count, DEVICES)), transitions.append)
     return {
         "replay_readings_per_s": round(summary.readings / summary.seconds),
+        "replay_200_rules_readings_per_s": round(crowded.readings / crowded.seconds),
         "replay_trace_days": round(span, 2),
         "replay_ticks": float(summary.ticks),
         "replay_transitions": float(summary.transitions),

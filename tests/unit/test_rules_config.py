@@ -220,7 +220,7 @@ def test_threshold_of_the_wrong_type(tmp_path: Path, line: str, expected: str) -
         (
             "kind: sustained\n    point: temperature_1\n    above: 4\n    for: 36h",
             "for: 36h",
-            "for: a window of whole days, e.g. 60d (got 36h)",
+            "a rolling window is whole days, e.g. 60d (got 36h)",
         ),
         (
             "kind: abnormal\n    point: temperature_1\n    seasonal: daily\n    learning: 12h",
