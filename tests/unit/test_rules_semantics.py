@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 
 from drivers import Reading
 from edge.config import SiteConfig
-from edge.config.model import Rule
+from edge.config.model import Rule, SuddenChangeRule, SustainedRule
 from edge.gateway import Gateway
 from edge.rules import RuleEngine
 from edge.rules.engine import _rule_hash
@@ -282,3 +282,23 @@ def test_a_daily_baseline_sees_a_step_that_the_days_swing_hides(
         assert [t.kind for t in found] == expected
         if expected:
             assert "baseline median of 02:00-03:00" in found[0].reason
+
+
+def test_overrides_and_set_threshold_keep_durations_and_the_new_options() -> None:
+    # Rules with durations take per-device overrides and thresholds set at run time: the
+    # rule is re-validated as written, durations in words ("60d"), not as bare seconds.
+    rolling = {**TILT, "for": "60d", "overrides": {"efm-1": {"above": 5}}, "latch": True}
+    judge = engine(rolling, devices=[device("efm-1"), device("efm-2")])
+    tuned = judge.thresholds("tilt", "efm-1")
+    assert isinstance(tuned, SustainedRule)
+    assert (tuned.above, tuned.for_, tuned.latch) == (5.0, 60 * 86400.0, True)
+    change = judge.set_threshold("tilt", 6.0, device="efm-2")
+    assert change.after == {"efm-2": 6.0}
+    odd = {"id": "odd", "kind": "abnormal", "point": "voltage_a", "seasonal": "daily"}
+    jump = {"id": "jump", "kind": "sudden-change", "point": "temperature_1", "change": 5}
+    jump |= {"window": "90s", "compare": "more-than", "overrides": {"efm-1": {"change": 9}}}
+    judge = engine(odd, jump, devices=[device("efm-1")])
+    assert judge.set_threshold("odd", 8.0).after == {"efm-1": 8.0}
+    tuned_jump = judge.thresholds("jump", "efm-1")
+    assert isinstance(tuned_jump, SuddenChangeRule)
+    assert (tuned_jump.change, tuned_jump.window, tuned_jump.compare) == (9.0, 90.0, "more-than")
