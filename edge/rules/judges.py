@@ -563,7 +563,6 @@ class SustainedJudge(Judge):
         "month_days",
         "month_failed",
         "need",
-        "quiet",
         "rolling",
         "run",
         "run_start",
@@ -585,8 +584,9 @@ class SustainedJudge(Judge):
         self.missing = rule.missing
         self.zone = zone
         self.unit: BucketUnit = "hour" if rule.hours is not None else "day"
-        #: ``for: 60d``: a rolling window of calendar days; with ``missing: ignore`` a day
-        #: without readings is part of the window (no verdict), where ``days: N`` skips it.
+        #: ``for: 60d``: the rolling window of the last 60 daily verdicts. A day without
+        #: readings is no verdict: it breaks the window or (``missing: ignore``) is skipped,
+        #: never counted as a day that passed.
         self.rolling = rule.for_ is not None
         days_for = None if rule.for_ is None else round(rule.for_ / 86_400.0)
         self.need = rule.hours or rule.days or days_for or rule.months or 0
@@ -600,9 +600,6 @@ class SustainedJudge(Judge):
         self.month: tuple[int, int] | None = None
         self.month_days = 0
         self.month_failed = False
-        #: Rolling window: how many days of the run's end had no verdict (no reading). A
-        #: window made only of such days raises nothing: absence of evidence is not evidence.
-        self.quiet = 0
 
     def retune(self, rule: Any) -> None:
         assert isinstance(rule, SustainedRule)
@@ -689,18 +686,16 @@ class SustainedJudge(Judge):
         else:
             passed = self._meets(aggregate)
         if not self.by_month:
-            if passed is None and not self.rolling:
+            if passed is None:
                 return None
-            if passed is None or passed:
+            if passed:
                 if self.run == 0:
                     self.run_start = start
                 self.run += 1
-                self.quiet = self.quiet + 1 if passed is None else 0
-                if not self.active and self.run >= self.need and self.quiet < self.need:
+                if not self.active and self.run >= self.need:
                     return self._raise(end, aggregate)
                 return None
             self.run = 0
-            self.quiet = 0
             self.run_start = None
             return self._clear(end, aggregate)
         month = month_of(start, self.zone)
@@ -779,7 +774,6 @@ class SustainedJudge(Judge):
             "month": None if self.month is None else list(self.month),
             "month_days": self.month_days,
             "month_failed": self.month_failed,
-            "quiet": self.quiet,
         }
 
     def load(self, data: dict[str, Any]) -> None:
@@ -804,7 +798,6 @@ class SustainedJudge(Judge):
         )
         self.month_days = int(data["month_days"])
         self.month_failed = bool(data["month_failed"])
-        self.quiet = int(data.get("quiet", 0))
 
 
 def _month_start(month: tuple[int, int], zone: ZoneInfo) -> float:

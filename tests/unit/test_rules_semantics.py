@@ -195,7 +195,7 @@ def test_two_calendar_months_or_a_rolling_60_days() -> None:
     assert _daily(rolling, first, 81, lambda day: 4.5) == [("raised", "2025-03-16 00:00")]
 
 
-def test_a_day_without_readings_lengthens_days_but_not_a_rolling_window() -> None:
+def test_a_day_without_readings_never_counts_as_a_day_that_passed() -> None:
     first = datetime(2025, 1, 1, tzinfo=SHANGHAI)
 
     def with_gap(day: int) -> float | None:
@@ -204,21 +204,14 @@ def test_a_day_without_readings_lengthens_days_but_not_a_rolling_window() -> Non
     counted = engine({**TILT, "days": 30, "missing": "ignore"}, timezone="Asia/Shanghai")
     rolling = engine({**TILT, "for": "30d", "missing": "ignore"}, timezone="Asia/Shanghai")
     broken = engine({**TILT, "for": "30d"}, timezone="Asia/Shanghai")
+    # ignore: the three days are skipped, so the 30th passing day ends on 2 February.
     assert _daily(counted, first, 40, with_gap) == [("raised", "2025-02-03 00:00")]
-    assert _daily(rolling, first, 40, with_gap) == [("raised", "2025-01-31 00:00")]
-    # missing: break (the default): the window starts again on 14 January.
+    assert _daily(rolling, first, 40, with_gap) == [("raised", "2025-02-03 00:00")]
+    # break (the default): the window starts again on 14 January.
     assert _daily(broken, first, 45, with_gap) == [("raised", "2025-02-13 00:00")]
-
-
-def test_a_rolling_window_of_days_without_readings_raises_nothing() -> None:
-    first = datetime(2025, 1, 1, tzinfo=SHANGHAI)
-    rolling = engine({**TILT, "for": "3d", "missing": "ignore"}, timezone="Asia/Shanghai")
-    # One day over the limit, then silence: three days without readings are no evidence.
-    assert _daily(rolling, first, 10, lambda day: 4.5 if day == 0 else None) == [
-        ("raised", "2025-01-04 00:00")
-    ]
+    # One day over the limit, then silence: days without readings never complete a window.
     quiet = engine({**TILT, "for": "3d", "missing": "ignore"}, timezone="Asia/Shanghai")
-    assert _daily(quiet, first, 10, lambda day: 3.0 if day == 0 else None) == []
+    assert _daily(quiet, first, 10, lambda day: 4.5 if day == 0 else None) == []
 
 
 # -- abnormal: the whole baseline, and the day's pattern -----------------------------------------
