@@ -458,9 +458,10 @@ class RuleEngine:
         if route is None:
             route = self._route(reading.device_id, reading.point)
         out: list[Transition] = []
-        now = reading.ts if reading.ts > self._now else self._now
-        for judge in route.ticking:
-            out.extend(judge.tick(now))
+        if route.ticking:
+            now = reading.ts if reading.ts > self._now else self._now
+            for judge in route.ticking:
+                out.extend(judge.tick(now))
         for judge in route.judges:
             transition = judge.feed(reading)
             if transition is not None:

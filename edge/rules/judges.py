@@ -500,7 +500,12 @@ class AbnormalJudge(Judge):
         value = reading.value
         if self.first_ts is None:
             self.first_ts = ts
-        slot = self._slot(ts) if self.daily else self.slots[0]
+        if not self.daily:
+            slot = self.slots[0]
+        elif self.hour_start <= ts < self.hour_end:
+            slot = self.slots[self.hour]
+        else:
+            slot = self._slot(ts)
         history = slot.history
         if history and (history[0][0] < ts - self.baseline_s or len(history) > self.cap):
             slot.forget_before(ts - self.baseline_s, self.cap)
