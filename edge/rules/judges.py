@@ -10,7 +10,11 @@ Common to every judge on a point:
 * readings are taken in time order: a reading not newer than the last one the judge took is
   ignored, so readings replayed after a restart are never counted twice;
 * a reading of quality ``bad`` is ignored by every judge except ``sensor-fault`` (for which it
-  is a missing reading): it neither raises, nor clears, nor counts towards a debounce.
+  is a missing reading): it neither raises, nor clears, nor counts towards a debounce (the
+  engine makes a NaN or infinite value such a reading);
+* time alone only raises: a :meth:`Judge.tick` can raise a missing reading, a stuck sensor or
+  a silent device, never clear one, and :meth:`Judge.due` says when the next tick can change
+  anything (``edge replay`` jumps over the seconds before it).
 """
 
 from __future__ import annotations
