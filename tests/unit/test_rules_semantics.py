@@ -3,6 +3,7 @@ or a rolling window, and abnormal baselines that learn the day's pattern."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import datetime
 from pathlib import Path
@@ -154,6 +155,14 @@ def test_the_silence_button_clears_a_latched_alarm_whose_condition_has_gone() ->
         assert gateway.silence("local") == 1  # the button now acknowledges it: cleared
         assert gateway.alarms.alarms == {}
         assert gateway.rules.active == {}
+        # The platform's silence command does the same for an alarm already silenced.
+        gateway.on_sample(Reading("efm-shop-101", "residual_current", 350.0, "mA", now + 2, 0.0))
+        command = {"rule": "leak", "device": "efm-shop-101"}
+        assert asyncio.run(gateway._command_silence(command)) == {"silenced": 1}
+        gateway.on_sample(Reading("efm-shop-101", "residual_current", 90.0, "mA", now + 3, 0.0))
+        assert ("leak", "efm-shop-101") in gateway.alarms.alarms
+        assert asyncio.run(gateway._command_silence(command)) == {"silenced": 1}
+        assert gateway.alarms.alarms == {}
     finally:
         gateway.annunciator.close()
         pins.reset()
