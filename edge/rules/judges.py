@@ -468,11 +468,11 @@ class AbnormalJudge(Judge):
         self.zone = zone or ZoneInfo("UTC")
         self.spacing = rule.baseline / rule.max_samples
         count = HOURS if self.daily else 1
-        # A guard on memory that the spacing keeps from biting: an hour's slot may take one
-        # reading more than its share on each day of the baseline.
-        self.cap = rule.max_samples // count + (
-            math.ceil(rule.baseline / 86_400.0) if self.daily else 0
-        )
+        # A guard on memory that the spacing keeps from ever biting (it would shorten the
+        # baseline): one reading more than the share at the period's edge, and for an hour's
+        # slot one more on each day of the baseline (each day's hour starts a new spacing).
+        days = math.ceil(rule.baseline / 86_400.0) if self.daily else 0
+        self.cap = math.ceil(rule.max_samples / count) + days + 1
         self.slots = [_Baseline() for _ in range(count)]
         self.first_ts: float | None = None
         #: The local hour the latest reading fell in, and its bounds (a cache).

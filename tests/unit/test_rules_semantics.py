@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 from gpiozero.pins.mock import MockFactory
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from drivers import Reading
@@ -304,3 +306,36 @@ def test_overrides_and_set_threshold_keep_durations_and_the_new_options() -> Non
     tuned_jump = judge.thresholds("jump", "efm-1")
     assert isinstance(tuned_jump, SuddenChangeRule)
     assert (tuned_jump.change, tuned_jump.window, tuned_jump.compare) == (9.0, 90.0, "more-than")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from([5.0, 7.0, 30.0, 61.0]),
+    st.integers(min_value=30, max_value=400),
+    st.sampled_from(["none", "daily"]),
+)
+def test_no_poll_rate_and_no_max_samples_shortens_the_baseline(
+    poll: float, max_samples: int, seasonal: str
+) -> None:
+    hours = 24 if seasonal == "daily" else 1
+    samples = max(max_samples, 5 * hours)
+    rule = {
+        "id": "odd",
+        "kind": "abnormal",
+        "point": "residual_current",
+        "baseline": "1d",
+        "learning": "1d",
+        "min_samples": 5,
+        "max_samples": samples,
+        "seasonal": seasonal,
+    }
+    judge = engine(rule)
+    count = int(1.2 * 86_400 / poll)
+    for index in range(count):
+        judge.evaluate(reading(100 + index % 7, T0 + index * poll))
+    state = judge.dump_state(everything=True)["rules/odd"]["efm-1/residual_current"]
+    history = [ts for ts, _ in state["history"]]
+    spacing = 86_400 / samples
+    # The baseline spans the day, to within a spacing at each end and a poll.
+    assert history[-1] - history[0] >= 86_400 - 2 * spacing - poll
+    assert len(history) <= samples + 2 * hours
