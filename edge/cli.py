@@ -16,7 +16,7 @@ from edge import __version__, buffer_cli, doctor, installer_cli, provision, repl
 from edge.config import report_config
 from edge.config.duration import parse_duration
 from edge.gateway import config_hash
-from edge.log import fields, setup_logging
+from edge.log import fields, start_log_queue
 from edge.reload import SiteRunner, recover_unsettled
 from edge.systemd import Notifier
 
@@ -83,9 +83,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> int:
     """Validate the site file, then run the gateway until SIGTERM or SIGINT."""
-    setup_logging(log_level)
+    # Nothing in the gateway writes to stderr itself: a stalled journal would stall the
+    # alarms. Log lines, prints and descriptor 2 go through a bounded queue to a writer thread.
+    logs = start_log_queue(log_level)
+    try:
+        return _run(path, status_every)
+    finally:
+        # The process ends now: what is still said at exit goes to the queue, never to a
+        # stderr that may block.
+        logs.stop(release=False)
+
+
+def _run(path: str, status_every: float) -> int:
     # `kill -USR1 <pid>` prints every thread's stack to stderr (the journal): the one way to
-    # see where a gateway in the field is stuck without stopping it.
+    # see where a gateway in the field is stuck without stopping it. Descriptor 2 is the log
+    # queue's non-blocking pipe by now, so a dump during a stall is lost, not a hang.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         # A pushed config that had not proved it starts when the gateway last stopped (a power
