@@ -298,6 +298,11 @@ KEYS = (
     "rule_eval_us_per_reading",
     "rule_eval_rules_per_reading",
     "rules_active",
+    "replay_readings_per_s",
+    "replay_200_rules_readings_per_s",
+    "replay_trace_days",
+    "replay_ticks",
+    "replay_transitions",
     "reading_to_buzzer_ms_p50",
     "reading_to_buzzer_ms_p99",
     "reading_to_buzzer_ms_max",
@@ -307,7 +312,7 @@ TINY = {"readings": 2_000, "trials": 20}
 
 
 def run(readings: int = 200_000, trials: int = 2_000) -> dict[str, float]:
-    """Both figures; prints them as it goes."""
+    """Rule evaluation, replay and reading -> buzzer figures; prints them as it goes."""
     with tempfile.TemporaryDirectory() as workdir:
         config = site(Path(workdir))
         results = rule_eval(config, readings)
