@@ -884,7 +884,8 @@ class SensorFaultJudge(Judge):
         if ts <= self.last_ts:
             return None
         self.last_ts = ts
-        self.now = now = max(self.now, ts)
+        self.now = max(self.now, ts)
+        now = self.now
         if reading.quality != "good":
             return self._judge(now, reading)
         self.last_good = ts
@@ -899,7 +900,9 @@ class SensorFaultJudge(Judge):
             self.last_good = now
         # Time alone only raises: both faults, once true, stay true as time passes. A tick at
         # an earlier time (a late reading's own time) is no evidence that the fault is gone.
-        verdict = self._judge(now, None, raise_only=True)
+        if self.active:
+            return []
+        verdict = self._judge(now, None)
         return [] if verdict is None else [verdict]
 
     def due(self) -> float:
@@ -914,9 +917,7 @@ class SensorFaultJudge(Judge):
             due = min(due, self.stuck_since + self.stuck_for)
         return due
 
-    def _judge(
-        self, now: float, reading: Reading | None, *, raise_only: bool = False
-    ) -> Transition | None:
+    def _judge(self, now: float, reading: Reading | None) -> Transition | None:
         why = ""
         if (
             self.missing_for is not None
@@ -936,7 +937,7 @@ class SensorFaultJudge(Judge):
             self.active = True
             self.why = why
             return self.make("raised", now, value, None, reading, why)
-        if not why and self.active and not raise_only:
+        if not why and self.active:
             self.active = False
             return self.make("cleared", now, value, None, reading, f"no longer: {self.why}")
         return None
@@ -982,7 +983,8 @@ class DeviceOfflineJudge(Judge):
             return None
         self.last_ts = ts
         self.now = max(self.now, ts)
-        self.last_reading = ts if self.last_reading is None else max(self.last_reading, ts)
+        if self.last_reading is None or ts > self.last_reading:
+            self.last_reading = ts
         self.offline_since = None
         return self._judge(self.now)
 
@@ -1001,7 +1003,9 @@ class DeviceOfflineJudge(Judge):
         if self.last_reading is None:
             self.last_reading = now
         # Time alone only raises (see SensorFaultJudge.tick): a reading or "online" clears.
-        verdict = self._judge(now, raise_only=True)
+        if self.active:
+            return []
+        verdict = self._judge(now)
         return [] if verdict is None else [verdict]
 
     def due(self) -> float:
@@ -1016,7 +1020,7 @@ class DeviceOfflineJudge(Judge):
             due = min(due, self.last_reading + self.silent_for)
         return due
 
-    def _judge(self, now: float, *, raise_only: bool = False) -> Transition | None:
+    def _judge(self, now: float) -> Transition | None:
         why = ""
         if self.offline_since is not None and now - self.offline_since >= self.after:
             why = f"offline ({self.reason})" if self.reason else "offline"
@@ -1029,7 +1033,7 @@ class DeviceOfflineJudge(Judge):
         if why and not self.active:
             self.active = True
             return self.make("raised", now, None, None, None, why)
-        if not why and self.active and not raise_only:
+        if not why and self.active:
             self.active = False
             return self.make("cleared", now, None, None, None, "device reporting again")
         return None
