@@ -1,0 +1,242 @@
+"""What a platform engineer imports to speak contract v1 without reading the docs twice.
+
+    from district.contract import read_message, AliasBook, seq_gaps, sign_command, send_command
+
+- :func:`read_message`: payload bytes (JSON or deflated) and topic -> a validated
+  :class:`Message`, or :class:`ContractError` saying what is wrong (size, deflate bomb, schema,
+  a topic that names another gateway or kind);
+- :class:`AliasBook`: the alias tables of every gateway's metadata; ``readings(message)``
+  gives the rows of a telemetry message in either encoding (:class:`UnknownAliases` when the
+  table named by a compact message has not been seen);
+- :func:`carried_seqs`, :func:`removed_range`, :func:`seq_gaps`: seq continuity per gateway and
+  epoch, less what the gateway's outbox thinned or dropped on purpose;
+- :func:`sign_command` and :func:`send_command`: a signed ``edge.command/1`` with the
+  platform's Ed25519 key (docs/commands.md), published to the gateway, its ack awaited.
+
+Everything here is the gateway's own code (``edge.contract``, ``edge.schemas``,
+``edge.signing``) seen from the platform side, so both ends read the wire the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import ssl
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from edge import contract as wire
+from edge.schemas import ContractError, validate, validate_message
+from edge.signing import load_private_key
+from edge.signing import sign_command as _sign
+
+__all__ = [
+    "GATEWAY_TOPICS",
+    "MAX_PAYLOAD",
+    "AliasBook",
+    "ContractError",
+    "Message",
+    "UnknownAliases",
+    "carried_seqs",
+    "read_message",
+    "removed_range",
+    "send_command",
+    "seq_gaps",
+    "sign_command",
+]
+
+#: Largest payload read; a bigger one is refused unread (as the reference receiver does).
+MAX_PAYLOAD: Final = 1 << 20
+#: The last topic level of what a gateway publishes, by message kind.
+GATEWAY_TOPICS: Final[Mapping[str, str]] = {
+    "telemetry": "telemetry",
+    "event": "events",
+    "status": "status",
+    "metadata": "metadata",
+    "health": "health",
+    "ack": "acks",
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One validated gateway message."""
+
+    topic: str
+    #: ``telemetry``, ``event``, ``status``, ``metadata``, ``health`` or ``ack``.
+    kind: str
+    gateway_id: str
+    epoch: str
+    body: dict[str, Any]
+
+    @property
+    def sent_at(self) -> str:
+        return str(self.body.get("sent_at", ""))
+
+
+class UnknownAliases(LookupError):
+    """Compact telemetry naming an alias table whose metadata has not been seen yet."""
+
+    def __init__(self, gateway_id: str, aliases_id: str) -> None:
+        super().__init__(f"no metadata with aliases_id {aliases_id!r} from {gateway_id!r} yet")
+        self.gateway_id = gateway_id
+        self.aliases_id = aliases_id
+
+
+def read_message(topic: str, payload: bytes, *, max_payload: int = MAX_PAYLOAD) -> Message:
+    """Decode (inflating a deflated payload, capped), validate against the JSON Schemas and
+    check that the topic names the message's own gateway and kind."""
+    if len(payload) > max_payload:
+        raise ContractError(f"payload of {len(payload)} bytes, over {max_payload}")
+    body = wire.decode_payload(payload, max_inflated=wire.MAX_INFLATED)
+    kind = validate_message(body)
+    if kind == "command":
+        raise ContractError("a command is the platform's message, not a gateway's")
+    gateway = body["gateway_id"]
+    parts = topic.split("/")
+    expected = GATEWAY_TOPICS[kind]
+    if len(parts) < 3 or parts[-1] != expected or parts[-2] != gateway:
+        raise ContractError(
+            f"a {kind} message from {gateway!r} on topic {topic!r} (expected .../{gateway}/"
+            f"{expected})"
+        )
+    return Message(topic=topic, kind=kind, gateway_id=gateway, epoch=body["epoch"], body=body)
+
+
+class AliasBook:
+    """Every alias table gateways announced, by (gateway, aliases_id): keep them all, since
+    telemetry that waited through a configuration change still names the older table."""
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple[str, str], wire.Aliases] = {}
+
+    def learn(self, metadata: Mapping[str, Any]) -> wire.Aliases:
+        """Keep the table of a metadata message (:class:`ContractError` if its points do not
+        hash to its ``aliases_id``)."""
+        table = wire.Aliases.from_metadata(metadata)
+        self._tables[(str(metadata["gateway_id"]), table.table_id)] = table
+        return table
+
+    def knows(self, gateway_id: str, aliases_id: str) -> bool:
+        return (gateway_id, aliases_id) in self._tables
+
+    def readings(self, telemetry: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The readings of a telemetry message: ``seq``, ``device``, ``point``, ``value``,
+        ``unit``, ``ts`` (ISO UTC), whichever its encoding."""
+        table = None
+        if telemetry.get("schema") == wire.SCHEMA_TELEMETRY_COMPACT:
+            key = (str(telemetry.get("gateway_id")), str(telemetry.get("aliases_id")))
+            table = self._tables.get(key)
+            if table is None:
+                raise UnknownAliases(*key)
+        return wire.decode_telemetry(telemetry, table)
+
+
+def carried_seqs(message: Message, readings: Iterable[Mapping[str, Any]] = ()) -> list[int]:
+    """The outbox seqs a telemetry message (give its ``readings``) or an event carries."""
+    if message.kind == "event":
+        return [int(message.body["seq"])]
+    return [int(r["seq"]) for r in readings]
+
+
+def removed_range(event: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The seqs a ``buffer-thinned`` or ``buffer-dropped`` event says were removed on
+    purpose (they are no gap); None for any other event."""
+    if event.get("kind") not in ("buffer-thinned", "buffer-dropped"):
+        return None
+    first, last = event.get("seq_first"), event.get("seq_last")
+    if type(first) is int and type(last) is int and first <= last:
+        return (first, last)
+    return None
+
+
+def seq_gaps(seqs: Iterable[int], removed: Iterable[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """The missing seq ranges ``[first, last]`` between the lowest and highest seq seen of
+    one gateway and epoch, less the ``removed`` ranges. Duplicates and order do not matter."""
+    seen = sorted(set(seqs))
+    cuts = sorted(removed)
+    gaps: list[tuple[int, int]] = []
+    for low, high in itertools.pairwise(seen):
+        first = low + 1
+        while first < high:
+            # Skip what a removed range covers, then report the rest up to the next cut.
+            inside = next((c for c in cuts if c[0] <= first <= c[1]), None)
+            if inside is not None:
+                first = inside[1] + 1
+                continue
+            nxt = min((c[0] for c in cuts if first < c[0] < high), default=high)
+            gaps.append((first, nxt - 1))
+            first = nxt
+    return gaps
+
+
+def sign_command(
+    gateway_id: str,
+    command: str,
+    params: Mapping[str, Any],
+    key_file: Path,
+    *,
+    command_id: str | None = None,
+    issued_at: float | None = None,
+) -> dict[str, Any]:
+    """A signed ``edge.command/1`` for one gateway, with the private key of ``keygen``
+    (``python -m hil.receiver keygen``), checked against the command schema."""
+    key, key_id = load_private_key(key_file)
+    body = {
+        "schema": wire.SCHEMA_COMMAND,
+        "command_id": command_id or f"cmd-{uuid.uuid4()}",
+        "command": command,
+        "issued_at": wire.iso_utc(time.time() if issued_at is None else issued_at),
+        "params": dict(params),
+    }
+    signed = _sign(body, gateway_id, key, key_id)
+    validate("command", signed)
+    return signed
+
+
+async def send_command(
+    broker_url: str,
+    gateway_id: str,
+    command: Mapping[str, Any],
+    *,
+    prefix: str = "district/v1",
+    wait: float = 10.0,
+) -> dict[str, Any] | None:
+    """Publish ``command`` to ``{prefix}/{gateway}/commands`` (QoS 1, never retained: a
+    gateway refuses retained commands) and return the gateway's ``edge.ack/1``, or None when
+    none came within ``wait`` seconds. Resending the same command is safe: the gateway
+    answers a ``command_id`` it has run with the first answer."""
+    import aiomqtt  # noqa: PLC0415 -- only where commands are sent
+
+    from edge.uplink import parse_broker_url  # noqa: PLC0415
+
+    address = parse_broker_url(broker_url)
+    base = f"{prefix}/{gateway_id}"
+    tls = ssl.create_default_context() if address.tls else None
+    async with aiomqtt.Client(address.host, address.port, tls_context=tls, timeout=10) as client:
+        await client.subscribe(f"{base}/acks", qos=1)
+        await client.publish(f"{base}/commands", dumps(command), qos=1, retain=False)
+        try:
+            async with asyncio.timeout(wait):
+                async for message in client.messages:
+                    if not isinstance(message.payload, bytes | bytearray):
+                        continue
+                    try:
+                        ack = read_message(message.topic.value, bytes(message.payload))
+                    except ContractError:
+                        continue
+                    if ack.kind == "ack" and ack.body.get("command_id") == command["command_id"]:
+                        return ack.body
+        except TimeoutError:
+            return None
+    return None
+
+
+def dumps(body: Mapping[str, Any]) -> bytes:
+    """Compact JSON, as the contract's payloads are."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,271 @@
+"""The district platform at scale (``make bench-platform``): the fleet simulator, Mosquitto,
+the district receiver and PostgreSQL on this machine, each receiver and the fleet its own
+process.
+
+- ``platform_ingest_readings_per_s_1`` / ``_2``: readings committed per second by 1 and by 2
+  receiver instances (one shared subscription group) draining a backlog: the receivers'
+  sessions are registered, the fleet publishes ``backlog_seconds`` of its traffic as fast as it
+  can while they are away (the broker queues it), then they start and the rate is counted
+  from the first committed row to the last, by polling the database;
+- ``platform_messages_per_s_1`` / ``_2``: the MQTT messages those drains took from the broker
+  per second;
+- ``platform_lag_ms_p99``: one receiver, the fleet publishing at its real pace
+  (``gateways`` gateways for ``lag_seconds``): 99th percentile of the time from a message's
+  ``sent_at`` (set when the fleet builds it, just before it publishes) to the commit of its
+  rows, as the receiver measures it;
+- ``platform_db_bytes_per_reading``: ``pg_total_relation_size('readings')`` (heap, primary key
+  index, free space map) over the readings stored, after the drains;
+- ``fleet_gateways_simulated``: the gateways of the paced run.
+
+    python -m tests.benchmarks.district_ingest [--tiny] [--out bench-results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+
+from district.postgres import ThrowawayPostgres
+from tests.fixtures.broker import free_port, mosquitto_binary
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+KEYS: Final = (
+    "platform_ingest_readings_per_s_1",
+    "platform_ingest_readings_per_s_2",
+    "platform_messages_per_s_1",
+    "platform_messages_per_s_2",
+    "platform_lag_ms_p99",
+    "platform_db_bytes_per_reading",
+    "fleet_gateways_simulated",
+)
+TINY: Final = {"gateways": 20, "devices": 2, "backlog_seconds": 2, "lag_seconds": 2}
+_TIMEOUT: Final = 600.0
+
+
+class _Broker:
+    """Mosquitto as a district would run it for this: QoS 1 queues without a count limit (the
+    receivers' sessions hold the backlog), logging off the hot path."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise RuntimeError("needs Mosquitto (apt-get install mosquitto)")
+        self.port = free_port()
+        conf = folder / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 0\nmax_inflight_messages 0\nlog_type error\n"
+            f"log_dest file {folder / 'mosquitto.log'}\n"
+        )
+        self._proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        import socket  # noqa: PLC0415
+
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+
+def _python(args: Sequence[str], **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "district", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def _receivers(broker: str, db: str, count: int, run: str) -> list[subprocess.Popen[str]]:
+    return [
+        _python(
+            [
+                "receive",
+                "--broker",
+                broker,
+                "--db",
+                db,
+                "--client-id",
+                f"rx-{run}-{i}",
+                "--group",
+                f"g-{run}",
+                "--json",
+            ]
+        )
+        for i in range(count)
+    ]
+
+
+def _stop(procs: Sequence[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    out = []
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=60)
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"receiver exited {proc.returncode}: {stderr[-2000:]}")
+        out.append(json.loads(lines[-1]))
+    return out
+
+
+def _fleet(
+    broker: str, gateways: int, devices: int, seconds: float, *, paced: bool
+) -> dict[str, Any]:
+    args = ["fleet", "--broker", broker, "--gateways", str(gateways), "--devices", str(devices),
+            "--seconds", str(seconds), "--json"] + ([] if paced else ["--unpaced"])  # fmt: skip
+    proc = _python(args)
+    stdout, stderr = proc.communicate(timeout=_TIMEOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fleet exited {proc.returncode}: {stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(stdout.splitlines()[-1])
+    return result
+
+
+def _count(db: str) -> int:
+    with psycopg.connect(db) as conn:
+        row = conn.execute("SELECT count(*) FROM readings").fetchone()
+        return int(row[0]) if row else 0
+
+
+def _wait_subscribed(db: str, procs: Sequence[subprocess.Popen[str]]) -> None:
+    """A receiver has connected and subscribed once it has created the schema; give it a
+    moment more for the SUBACK."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(db) as conn:
+                if conn.execute("SELECT to_regclass('readings')").fetchone() != (None,):
+                    time.sleep(1.0)
+                    return
+        except psycopg.Error:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the receivers did not start")
+
+
+def _drain(
+    broker: str, pg: ThrowawayPostgres, count: int, *, gateways: int, devices: int, seconds: float
+) -> tuple[float, float]:
+    """(readings/s, messages/s) of ``count`` receivers draining a backlog."""
+    db = pg.url
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS readings, events, streams, points, statuses, "
+                     "metadata, alias_tables, health, quarantine")  # fmt: skip
+    run = f"drain{count}"
+    procs = _receivers(broker, db, count, run)
+    _wait_subscribed(db, procs)
+    _stop(procs)  # the sessions stay, subscribed: the broker queues for them
+    fleet = _fleet(broker, gateways, devices, seconds, paced=False)
+    total = fleet["readings"]
+    procs = _receivers(broker, db, count, run)
+    deadline = time.monotonic() + _TIMEOUT
+    try:
+        while (n := _count(db)) < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{count} receiver(s) stored {n} of {total} readings")
+            time.sleep(0.05)
+    finally:
+        stats = _stop(procs)
+    # From the first message any instance took to the last commit of any.
+    began = min(s["first_message_at"] for s in stats if s["first_message_at"])
+    ended = max(s["last_commit_at"] for s in stats if s["last_commit_at"])
+    elapsed = max(1e-6, ended - began)
+    return total / elapsed, sum(s["messages"] for s in stats) / elapsed
+
+
+def _has_table(db: str) -> bool:
+    with psycopg.connect(db) as conn:
+        return conn.execute("SELECT to_regclass('readings')").fetchone() != (None,)
+
+
+def run(
+    gateways: int = 1000, devices: int = 5, backlog_seconds: float = 8, lag_seconds: float = 30
+) -> dict[str, float]:
+    """Measure; sizes: the fleet's gateways and monitors per gateway (70 readings/s each at
+    the default), seconds of backlog drained, seconds of the paced run."""
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder, ThrowawayPostgres() as pg:
+        broker = _Broker(Path(folder))
+        try:
+            for count in (1, 2):
+                rate, messages = _drain(
+                    broker.url,
+                    pg,
+                    count,
+                    gateways=gateways,
+                    devices=devices,
+                    seconds=backlog_seconds,
+                )
+                result[f"platform_ingest_readings_per_s_{count}"] = round(rate)
+                result[f"platform_messages_per_s_{count}"] = round(messages)
+            with psycopg.connect(pg.url) as conn:
+                row = conn.execute(
+                    "SELECT pg_total_relation_size('readings')::float8 / greatest(1, count(*)) "
+                    "FROM readings"
+                ).fetchone()
+                result["platform_db_bytes_per_reading"] = round(float(row[0]) if row else 0.0, 1)
+            procs = _receivers(broker.url, pg.url, 1, "lag")
+            _wait_subscribed(pg.url, procs)
+            try:
+                fleet = _fleet(broker.url, gateways, devices, lag_seconds, paced=True)
+                deadline = time.monotonic() + _TIMEOUT
+                while _count(pg.url) < fleet["readings"] and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            finally:
+                stats = _stop(procs)
+            result["platform_lag_ms_p99"] = round(float(stats[0]["lag_ms_p99"] or 0.0), 1)
+            result["fleet_gateways_simulated"] = gateways
+        finally:
+            broker.close()
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.district_ingest")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes, a few seconds")
+    parser.add_argument("--out", type=Path, help="merge the figures into this JSON file")
+    parser.add_argument("--gateways", type=int)
+    parser.add_argument("--devices", type=int)
+    args = parser.parse_args(argv)
+    params: dict[str, Any] = dict(TINY) if args.tiny else {}
+    if args.gateways:
+        params["gateways"] = args.gateways
+    if args.devices:
+        params["devices"] = args.devices
+    figures = run(**params)
+    for key in KEYS:
+        print(f"{key}: {figures[key]}")
+    if args.out is not None:
+        old = json.loads(args.out.read_text()) if args.out.exists() else {}
+        args.out.write_text(json.dumps({**old, **figures}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
