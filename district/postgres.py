@@ -189,6 +189,14 @@ class ThrowawayPostgres:
                     raise
                 time.sleep(0.1)
 
+    def new_database(self, name: str) -> str:
+        """Create another empty database on this server; its URL."""
+        import psycopg  # noqa: PLC0415
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{name}"
+
     def stop(self) -> None:
         """Stop the server at once (``-m fast``: clients are disconnected)."""
         subprocess.run(
