@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint schema clean hil
+.PHONY: demo test test-fast bench bench-platform lint schema clean hil
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ hil: $(STAMP)
 ## Measure; prints the figures and writes bench-results.json.
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks
+
+## The district platform at scale: fleet simulator, Mosquitto, receivers and PostgreSQL (about
+## 4 minutes; needs mosquitto and postgresql). Merges its figures into bench-results.json.
+bench-platform: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.district_ingest --out bench-results.json
 
 ## Regenerate config/site.schema.json after changing edge/config/model.py.
 schema: $(STAMP)

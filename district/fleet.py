@@ -323,8 +323,6 @@ def run_fleet(
             )  # fmt: skip
 
     try:
-        for gw in fleet:
-            connect(gw, start)
         ticks = max(1, round(seconds / profile.poll))
         last_progress = time.monotonic()
         for tick in range(ticks):
@@ -336,7 +334,11 @@ def run_fleet(
                 now = time.time()
                 if paced and due > now:
                     time.sleep(due - now)
-                poll(gw, due if not paced else max(due, time.time()))
+                now = due if not paced else max(due, time.time())
+                if tick == 0:
+                    # Gateways come up at their own phase, not all in one millisecond.
+                    connect(gw, now)
+                poll(gw, now)
             stats.behind_s = max(0.0, time.time() - (start + (tick + 1) * profile.poll))
             if progress is not None and time.monotonic() - last_progress >= 5:
                 last_progress = time.monotonic()

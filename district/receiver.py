@@ -82,6 +82,8 @@ class ReceiverStats:
     #: Wall clock of the first message taken and of the last commit (None before any).
     first_message_at: float | None = None
     last_commit_at: float | None = None
+    #: CPU seconds this receiver process used (all its threads), at the end.
+    cpu_s: float = 0.0
     #: Milliseconds from a message's ``sent_at`` to the commit of its rows (recent ones).
     lags_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
 
@@ -103,6 +105,7 @@ class ReceiverStats:
             "database_outages": self.database_outages,
             "first_message_at": self.first_message_at,
             "last_commit_at": self.last_commit_at,
+            "cpu_s": round(self.cpu_s, 3),
             "lag_ms_p50": self.lag_ms(0.5),
             "lag_ms_p99": self.lag_ms(0.99),
         }
@@ -402,6 +405,7 @@ def run_receiver(
     finally:
         broker.close()
         database.drop()
+        stats.cpu_s = time.process_time()
     return stats
 
 

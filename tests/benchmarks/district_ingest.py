@@ -13,6 +13,10 @@ process.
   (``gateways`` gateways for ``lag_seconds``): 99th percentile of the time from a message's
   ``sent_at`` (set when the fleet builds it, just before it publishes) to the commit of its
   rows, as the receiver measures it;
+- ``platform_lag_ms_p50``: the median of the same;
+- ``platform_readings_per_receiver_cpu_s``: readings stored per CPU second of the receiver
+  process itself (all its threads), in the 1-instance drain: what one receiver core carries
+  when the broker and the database have cores of their own;
 - ``platform_db_bytes_per_reading``: ``pg_total_relation_size('readings')`` (heap, primary key
   index, free space map) over the readings stored, after the drains;
 - ``fleet_gateways_simulated``: the gateways of the paced run.
@@ -45,7 +49,9 @@ KEYS: Final = (
     "platform_ingest_readings_per_s_2",
     "platform_messages_per_s_1",
     "platform_messages_per_s_2",
+    "platform_lag_ms_p50",
     "platform_lag_ms_p99",
+    "platform_readings_per_receiver_cpu_s",
     "platform_db_bytes_per_reading",
     "fleet_gateways_simulated",
 )
@@ -179,8 +185,9 @@ def _wait_subscribed(db: str, procs: Sequence[subprocess.Popen[str]]) -> None:
 
 def _drain(
     broker: str, pg: ThrowawayPostgres, count: int, *, gateways: int, devices: int, seconds: float
-) -> tuple[float, float]:
-    """(readings/s, messages/s) of ``count`` receivers draining a backlog."""
+) -> tuple[float, float, float]:
+    """(readings/s, messages/s, readings per receiver CPU second) of ``count`` receivers
+    draining a backlog."""
     db = pg.url
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS readings, events, streams, points, statuses, "
@@ -204,7 +211,8 @@ def _drain(
     began = min(s["first_message_at"] for s in stats if s["first_message_at"])
     ended = max(s["last_commit_at"] for s in stats if s["last_commit_at"])
     elapsed = max(1e-6, ended - began)
-    return total / elapsed, sum(s["messages"] for s in stats) / elapsed
+    cpu = sum(s["cpu_s"] for s in stats)
+    return total / elapsed, sum(s["messages"] for s in stats) / elapsed, total / max(cpu, 1e-6)
 
 
 def _has_table(db: str) -> bool:
@@ -230,7 +238,7 @@ def run(  # noqa: PLR0917 -- one keyword per size, as every suite's run()
         broker = _Broker(Path(folder))
         try:
             for count in (1, 2):
-                rate, messages = _drain(
+                rate, messages, per_cpu = _drain(
                     broker.url,
                     pg,
                     count,
@@ -240,6 +248,8 @@ def run(  # noqa: PLR0917 -- one keyword per size, as every suite's run()
                 )
                 result[f"platform_ingest_readings_per_s_{count}"] = round(rate)
                 result[f"platform_messages_per_s_{count}"] = round(messages)
+                if count == 1:
+                    result["platform_readings_per_receiver_cpu_s"] = round(per_cpu)
             with psycopg.connect(pg.url) as conn:
                 row = conn.execute(
                     "SELECT pg_total_relation_size('readings')::float8 / greatest(1, count(*)) "
@@ -258,6 +268,7 @@ def run(  # noqa: PLR0917 -- one keyword per size, as every suite's run()
             finally:
                 stats = _stop(procs)
             result["platform_lag_ms_p99"] = round(float(stats[0]["lag_ms_p99"] or 0.0), 1)
+            result["platform_lag_ms_p50"] = round(float(stats[0]["lag_ms_p50"] or 0.0), 1)
             result["fleet_gateways_simulated"] = lag_gateways
         finally:
             broker.close()
