@@ -53,6 +53,8 @@ DIRECT_TOPICS: Final = ("status", "metadata")
 SESSION_EXPIRY: Final = 7 * 24 * 3600
 #: How often a receiver looks for undecoded telemetry whose alias table has arrived since.
 SWEEP_INTERVAL: Final = 2.0
+#: The database is away (not refusing what a message holds): retry, acknowledge nothing.
+_AWAY: Final = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -377,7 +379,7 @@ def run_receiver(
                     pending += _undecoded_ready(database)
                 if pending:
                     _store(pending, database, ingest, stats)
-            except psycopg.OperationalError as exc:
+            except _AWAY as exc:
                 # The server is away: nothing is acked, the broker keeps what it sent.
                 database.drop()
                 text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
@@ -457,7 +459,7 @@ def _store(
         quarantined += held
     try:
         stored, events = write(conn, batch, database.ids)
-    except psycopg.OperationalError:
+    except _AWAY:
         raise
     except psycopg.Error:
         stored = events = quarantined = 0
@@ -466,7 +468,7 @@ def _store(
             _, held = ingest.add(one, delivery)
             try:
                 s, e = write(conn, one, database.ids)
-            except psycopg.OperationalError:
+            except _AWAY:
                 raise
             except psycopg.Error as exc:
                 reason = f"refused by the database: {str(exc).strip().splitlines()[0]}"

@@ -309,3 +309,83 @@ def test_a_broker_restart_loses_nothing_once_the_receiver_is_back(
     )
     rx.finish()
     assert stored_per_stream(db) == {**before.seqs, **after.seqs}
+
+
+def test_gaps_epochs_and_late_alias_tables_come_from_the_database(db: str) -> None:
+    """Two instances (two connections, two caches) see the same gaps and epochs, and
+    telemetry that came before its metadata is stored once the table is in the database."""
+    from district.fleet import _aliases, _site  # noqa: PLC0415
+    from district.receiver import (  # noqa: PLC0415
+        Delivery,
+        Ingest,
+        ReceiverStats,
+        _Database,
+        _store,
+        _undecoded_ready,
+    )
+    from edge import contract  # noqa: PLC0415
+
+    @dataclass(frozen=True)
+    class Row:
+        seq: int
+        body: dict[str, Any]
+
+    table, prefix, gw = _aliases(1), "district/v1", "gw-7"
+    old, new = "epoch-old", "epoch-new"
+
+    def telemetry(epoch: str, seqs: list[int], historical: bool = False) -> Delivery:
+        rows = [
+            Row(s, {"device": d, "point": p, "unit": u, "value": 1.0, "ts": 1.7e9})
+            for s, (d, p, u) in zip(seqs, table, strict=False)
+        ]
+        payload = contract.telemetry_message(
+            gw, epoch, rows, clock_synced=True, historical=historical, aliases=table
+        )
+        return Delivery(1, 1, contract.telemetry_topic(prefix, gw), payload)
+
+    def event(epoch: str, seq: int, kind: contract.EventKind, **fields: Any) -> Delivery:
+        body = contract.event_body(kind, 1.7e9, **fields)
+        payload = contract.event_message(
+            gw, epoch, Row(seq, body), clock_synced=True, historical=False
+        )
+        return Delivery(1, 1, contract.events_topic(prefix, gw), payload)
+
+    metadata = Delivery(1, 1, contract.metadata_topic(prefix, gw), contract.metadata_message(
+        gw, old, _site(1), table, clock_synced=True))  # fmt: skip
+    one, two = _Database(db), _Database(db)
+    stats = ReceiverStats()
+    # Instance one: telemetry before any metadata, then a thinned range and a real gap.
+    _store(
+        [
+            telemetry(old, [1, 2, 3]),
+            telemetry(old, [9, 10]),
+            event(old, 11, "buffer-thinned", seq_first=4, seq_last=6),
+        ],
+        one,
+        Ingest(one.alias_table),
+        stats,
+    )
+    assert stats.undecoded == 2
+    assert count(db) == 0
+    # Instance two stores the metadata; one finds the held telemetry decodable at its sweep.
+    _store([metadata], two, Ingest(two.alias_table), stats)
+    _store(_undecoded_ready(one), one, Ingest(one.alias_table), stats)
+    assert count(db) == 5
+    assert count(db, "quarantine") == 0
+    # A new epoch, then the old one replayed (an old card image): both kept apart.
+    _store([telemetry(new, [1, 2])], two, Ingest(two.alias_table), stats)
+    _store([telemetry(old, [3, 12], historical=True)], one, Ingest(one.alias_table), stats)
+    for database in (one, two):
+        conn = database.get()
+        assert epochs(conn) == {gw: [old, new]}
+        # 4-6 were thinned on purpose; 7-8 are lost.
+        assert gaps(conn) == {(gw, old): [(7, 8)]}
+        replayed = conn.execute(
+            "SELECT o.last_seen > n.first_seen FROM streams o, streams n "
+            "WHERE o.epoch = %s AND n.epoch = %s",
+            (old, new),
+        ).fetchone()
+        assert replayed == (True,)
+    assert stats.duplicate_readings == 1  # seq 3 of the old epoch, again
+    one.drop()
+    two.drop()
