@@ -210,7 +210,23 @@ class ThrowawayPostgres:
 
     def close(self) -> None:
         if self._initialised:
-            self.stop()
+            # Its data is about to be deleted: no checkpoint to wait for.
+            subprocess.run(
+                self._as_server(
+                    [
+                        str(self.bin / "pg_ctl"),
+                        "-D",
+                        str(self.data),
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "stop",
+                    ]
+                ),
+                check=False,
+                capture_output=True,
+                cwd=self.root,
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> ThrowawayPostgres:

@@ -55,13 +55,13 @@ KEYS: Final = (
     "platform_db_bytes_per_reading",
     "fleet_gateways_simulated",
 )
-TINY: Final = {
-    "gateways": 20,
-    "devices": 2,
-    "backlog_seconds": 2,
-    "lag_gateways": 20,
+TINY: Final[dict[str, Any]] = {
+    "gateways": 10,
+    "devices": 1,
+    "backlog_seconds": 1,
+    "lag_gateways": 10,
     "lag_poll": 1.0,
-    "lag_seconds": 2,
+    "lag_seconds": 1,
 }
 _TIMEOUT: Final = 600.0
 

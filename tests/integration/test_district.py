@@ -179,7 +179,7 @@ def test_a_receiver_killed_with_sigkill_loses_nothing(
         wait_schema(db)
         stop = threading.Event()
         result: list[FleetStats] = []
-        publisher = threading.Thread(target=lambda: result.append(fleet(broker, 10, 4, stop=stop)))
+        publisher = threading.Thread(target=lambda: result.append(fleet(broker, 10, 3, stop=stop)))
         publisher.start()
         # Killed in mid-stream, rows committed and others in flight.
         wait_for(lambda: count(db) > 200, "the receiver stored nothing")
@@ -265,13 +265,13 @@ def test_a_database_away_holds_acks_and_loses_nothing(
     wait_schema(db)
     stop = threading.Event()
     result: list[FleetStats] = []
-    publisher = threading.Thread(target=lambda: result.append(fleet(broker, 6, 8, stop=stop)))
+    publisher = threading.Thread(target=lambda: result.append(fleet(broker, 6, 5, stop=stop)))
     publisher.start()
     wait_for(lambda: count(db) > 0, "nothing stored before the outage")
     postgres.stop()
     try:
         # The fleet goes on publishing for seconds while nothing can be committed.
-        time.sleep(4)
+        time.sleep(3)
     finally:
         postgres.start()
     publisher.join(timeout=DEADLINE)
@@ -292,7 +292,7 @@ def test_a_broker_restart_loses_nothing_once_the_receiver_is_back(
     broker = mosquitto_factory(persistence=True, extra_config=QUEUE_ALL)
     rx = receivers(broker, db, "rx-restart", window=5)
     wait_schema(db)
-    before = fleet(broker, 4, 3)
+    before = fleet(broker, 4, 2)
     connects = broker.log_path.read_text(errors="replace").count(" as rx-restart ")
     # Stopped while the receiver may still have messages queued and in flight.
     broker.stop()
@@ -302,7 +302,7 @@ def test_a_broker_restart_loses_nothing_once_the_receiver_is_back(
         "the receiver did not come back",
     )
     time.sleep(0.5)  # its SUBSCRIBE follows the CONNACK
-    after = fleet(broker, 4, 2, seed=2)
+    after = fleet(broker, 4, 1, seed=2)
     wait_for(
         lambda: count(db) >= before.readings + after.readings,
         f"{count(db)} of {before.readings + after.readings} stored",
