@@ -156,6 +156,19 @@ class Ingest:
     def add(self, batch: Batch, delivery: Delivery) -> tuple[float | None, bool]:
         """Add one delivery's rows; return (its sent_at as POSIX seconds or None, whether it
         went to quarantine)."""
+        one = Batch.empty()
+        try:
+            result = self._add(one, delivery)
+        except Exception as exc:  # one message must never stop the receiver
+            # A message the checks let through but this code cannot store: without this it
+            # would be redelivered to a receiver that fails on it again, for ever.
+            one = Batch.empty()
+            one.quarantine.append(_held(delivery, f"receiver could not store it: {exc!r}"))
+            result = (None, True)
+        batch.extend(one)
+        return result
+
+    def _add(self, batch: Batch, delivery: Delivery) -> tuple[float | None, bool]:
         cache: dict[str, datetime] = {}
         try:
             message = read_message(delivery.topic, delivery.payload)

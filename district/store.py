@@ -153,6 +153,16 @@ class Batch:
     def empty(cls) -> Batch:
         return cls([], [], [], [], [], [])
 
+    def extend(self, other: Batch) -> None:
+        """Append the rows of ``other``."""
+        self.readings += other.readings
+        self.events += other.events
+        self.statuses += other.statuses
+        self.metadata += other.metadata
+        self.health += other.health
+        self.quarantine += other.quarantine
+        self.released += other.released
+
     def __len__(self) -> int:
         return sum(
             len(x)
