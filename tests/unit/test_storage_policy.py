@@ -77,7 +77,7 @@ def _worst(policy: Policy, trace: Sequence[tuple[float, float]], stored: Sequenc
 
 
 def _policies() -> st.SearchStrategy[Policy]:
-    band = st.floats(0.01, 50, allow_nan=False)
+    band = st.one_of(st.sampled_from([0.1, 0.5, 1.0, 2.0, 5.0]), st.floats(0.01, 50))
     percent = st.sampled_from([0.0, 0.5, 2.0, 10.0])
     heartbeat = st.sampled_from([None, 5.0, 60.0, 900.0])
     return st.one_of(
@@ -89,20 +89,26 @@ def _policies() -> st.SearchStrategy[Policy]:
 
 def _random_traces() -> st.SearchStrategy[list[tuple[float, float]]]:
     """Irregular polls (bursts of a millisecond, gaps of hours, now and then the clock
-    stepping back) of values from tiny to large."""
+    stepping back) of a value that wanders by steps of the size of the bands, jumps now and
+    then, and sometimes sits on small integers."""
     step = st.one_of(
         st.floats(0.001, 2.0),
         st.floats(2.0, 7200.0),
         st.floats(-30.0, 0.0),  # the clock stepped back (or stood still)
     )
-    value = st.one_of(st.floats(-1e4, 1e4, allow_nan=False), st.integers(-5, 5).map(float))
-    return st.lists(st.tuples(step, value), min_size=1, max_size=200).map(_accumulate)
+    move = st.one_of(
+        st.floats(-3.0, 3.0),
+        st.floats(-1e4, 1e4),
+        st.integers(-2, 2).map(float),
+    )
+    return st.lists(st.tuples(step, move), min_size=1, max_size=300).map(_accumulate)
 
 
 def _accumulate(steps: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    out, t = [], T0
-    for dt, value in steps:
+    out, t, value = [], T0, 0.0
+    for dt, move in steps:
         t += dt
+        value = round(value + move, 6)
         out.append((t, value))
     return out
 
@@ -114,6 +120,32 @@ def test_every_polled_reading_is_within_the_band_of_what_a_platform_reconstructs
 ) -> None:
     stored = _run(policy, trace)
     assert _worst(policy, trace, stored) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Policy("swinging-door", band=1.0),
+        Policy("swinging-door", band=0.2, band_percent=2.0, max_interval=60.0),
+        Policy("deadband", band=1.0),
+        Policy("deadband", band=0.0, band_percent=5.0, max_interval=30.0),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("seed", range(5))
+def test_long_random_walks_stay_within_the_band_and_reach_it(policy: Policy, seed: int) -> None:
+    """Thousands of polls wandering by about the band: the worst reading comes close to the
+    band (so the check is not idle) and never passes it."""
+    rng = random.Random(seed)
+    trace, value, t = [], 50.0, T0
+    for _ in range(3000):
+        t += rng.choice([0.2, 1.0, 1.0, 1.0, 0.001, 30.0])
+        value += rng.uniform(-1.0, 1.0)
+        trace.append((t, round(value, 3)))
+    stored = _run(policy, trace)
+    worst = _worst(policy, trace, stored)
+    assert 0.5 < worst <= 1.0
+    assert len(stored) < len(trace)
 
 
 @_LONG
