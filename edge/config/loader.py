@@ -33,6 +33,7 @@ from drivers.catalog import BUS_FAMILY, GPIO_MODELS, SERIAL_MODELS, family_of
 from drivers.modbus.model import ModelError, load_model
 from edge.config.model import SiteConfig
 from edge.config.rules_check import check_rules
+from edge.config.storage import check_storage
 
 __all__ = [
     "ConfigError",
@@ -160,6 +161,13 @@ def parse_site(
     for issue in _cross_check(view, builder.positions, filename, known_models):
         if issue.field not in reported:
             issues.append(issue)
+    if config is not None:
+        check_storage(
+            config,
+            lambda loc, message: issues.append(
+                ConfigIssue(filename, *_nearest(loc, builder.positions), _dotted(loc), message)
+            ),
+        )
 
     if issues:
         raise ConfigError(issues)

@@ -24,6 +24,7 @@ from pydantic import (
 
 from edge.config.duration import Duration, format_duration
 from edge.config.size import Size
+from edge.config.storage import PointStorage, StorageConfig
 
 #: BCM numbers of the GPIOs on the Raspberry Pi 40-pin header.
 BCM_PINS = range(2, 28)
@@ -173,6 +174,10 @@ class Device(Strict):
         description="GPIO sensors (PIR): BCM GPIO number (2-27).",
     )
     location: Location
+    storage: dict[Identifier, PointStorage] | None = Field(
+        default=None,
+        description="Storage policy per point, over the model's defaults (docs/config.md).",
+    )
 
 
 Severity = Literal["fire", "critical", "major", "minor"]
@@ -826,3 +831,4 @@ class SiteConfig(Strict):
     sms: Sms | None = None
     uplink: Uplink
     buffer: BufferConfig
+    storage: StorageConfig = Field(default_factory=StorageConfig)
