@@ -96,7 +96,7 @@ async def test_demo_site_reconstructs_within_the_band_and_keeps_the_alarm_window
         try:
             await until(lambda: len(polled) > 14 * 3 * 15, 30, "three seconds of polls")
             sim.set("tcp", 1, "residual_current", 350.0)
-            await until(lambda: gateway.alarms.alarms, 10, "the alarm")
+            await until(lambda: bool(gateway.alarms.alarms), 10, "the alarm")
             raised = max(r.ts for r in polled if r.device_id == "efm-shop-101")
             await until(
                 lambda: max(r.ts for r in polled) > raised + POST + 1, 30, "the post window"
