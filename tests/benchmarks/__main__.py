@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.benchmarks import buffer, commands, drivers, e2e, rules, uplink, wire
+from tests.benchmarks import buffer, commands, drivers, e2e, rules, storage, uplink, wire
 
 ROOT = Path(__file__).resolve().parents[2]
 #: A unit named inside a key (``..._ms_p99``), then by how a key ends (``..._per_s``).
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument(
         "--only",
-        choices=["e2e", "drivers", "buffer", "rules", "uplink", "wire", "commands"],
+        choices=["e2e", "drivers", "buffer", "rules", "uplink", "wire", "commands", "storage"],
         action="append",
         help="run these suites alone",
     )
@@ -54,7 +54,9 @@ def main() -> None:
     parser.add_argument("--buffer-kills", type=int, default=100, metavar="N")
     parser.add_argument("--uplink-backlog", type=int, default=1_000_000, metavar="N")
     args = parser.parse_args()
-    suites = set(args.only or ["e2e", "drivers", "buffer", "rules", "uplink", "wire", "commands"])
+    suites = set(
+        args.only or ["e2e", "drivers", "buffer", "rules", "uplink", "wire", "commands", "storage"]
+    )
 
     results: dict[str, float | str] = {}
     if args.only and args.out.exists():
@@ -78,6 +80,8 @@ def main() -> None:
         results.update(wire.measure())
     if "commands" in suites:
         results.update(commands.run())
+    if "storage" in suites:
+        results.update(storage.run())
     results["machine"] = machine()
 
     print("\nfigures:")
