@@ -470,6 +470,11 @@ class Gateway:
             "buzzer": "on" if self.annunciator.sounding else "off",
             "storm": None if self.storm is None else self.storm.describe(),
             "threshold_overrides": [o.dump() for o in self.rules.overrides],
+            "storage": {
+                "polled": self.storage.polled,
+                "stored": self.storage.stored,
+                "held_for_alarm_windows": self.storage.ring_size(),
+            },
         }
 
     async def _command_silence(self, params: Mapping[str, Any]) -> dict[str, Any]:
