@@ -16,7 +16,7 @@ from edge import __version__, buffer_cli, doctor, installer_cli, provision, repl
 from edge.config import report_config
 from edge.config.duration import parse_duration
 from edge.gateway import config_hash
-from edge.log import fields, setup_logging
+from edge.log import fields, start_log_queue
 from edge.reload import SiteRunner, recover_unsettled
 from edge.systemd import Notifier
 
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a site file and print every error")
     check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--strict", action="store_true", help="treat warnings as errors (exit 1 when any)"
+    )
     doctor.add_parser(commands)
     provision.add_parser(commands)
     installer_cli.add_parser(commands)
@@ -62,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
-        status, _ = report_config(args.file, sys.stdout, known_models=known_models())
+        status, _ = report_config(
+            args.file, sys.stdout, known_models=known_models(), strict=args.strict
+        )
         return status
     if args.command == "run":
         return run(args.config, log_level=args.log_level, status_every=args.status_every)
@@ -83,9 +88,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> int:
     """Validate the site file, then run the gateway until SIGTERM or SIGINT."""
-    setup_logging(log_level)
+    # Nothing in the gateway writes to stderr itself: a stalled journal would stall the
+    # alarms. Log lines, prints and descriptor 2 go through a bounded queue to a writer thread.
+    logs = start_log_queue(log_level)
+    try:
+        return _run(path, status_every)
+    finally:
+        # The process ends now: what is still said at exit goes to the queue, never to a
+        # stderr that may block.
+        logs.stop(release=False)
+
+
+def _run(path: str, status_every: float) -> int:
     # `kill -USR1 <pid>` prints every thread's stack to stderr (the journal): the one way to
-    # see where a gateway in the field is stuck without stopping it.
+    # see where a gateway in the field is stuck without stopping it. Descriptor 2 is the log
+    # queue's non-blocking pipe by now, so a dump during a stall is lost, not a hang.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         # A pushed config that had not proved it starts when the gateway last stopped (a power
@@ -96,7 +113,13 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
         recovered = None
     if recovered is not None:
         log.error("pushed config rolled back at start", extra=fields(config=path))
-    status, config = report_config(path, sys.stderr, known_models=known_models(), quiet=True)
+    status, config = report_config(
+        path,
+        sys.stderr,
+        known_models=known_models(),
+        quiet=True,
+        warn=lambda w: log.warning("site file warning", extra=fields(warning=str(w))),
+    )
     if config is None:
         return status
     with open(path, "rb") as file:

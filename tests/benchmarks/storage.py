@@ -29,11 +29,12 @@ the residual current jumps by 230 mA for a minute (raised, then cleared: both op
   simulated hour times 720; ``link_mb_per_month_reference_site_batch_60s`` with
   ``uplink.batch_interval: 60s``.
 - ``card_mb_per_day_reference_site``: ``write_bytes`` of ``/proc/self/io`` while a real outbox
-  (WAL, ``synchronous = FULL``) takes what the policies stored in 10 simulated minutes of the
-  reference site, each commit holding what one 50 ms commit window of the live gateway would
-  hold, times 144. ``card_mb_per_day_reference_site_all`` is the same for every reading (one
-  simulated minute, times 1440); ``card_mb_per_day_reference_site_commit_1s`` the policies'
-  readings with ``buffer.commit_interval: 1s``.
+  (WAL, ``synchronous = FULL``) takes what the policies stored in minutes 10 to 20 of the
+  reference site (past the first poll, which stores every point once a start), each commit
+  holding what one 50 ms commit window of the live gateway would hold, times 144.
+  ``card_mb_per_day_reference_site_all`` is the same for every reading (one simulated minute,
+  times 1440); ``card_mb_per_day_reference_site_commit_1s`` the policies' readings with
+  ``buffer.commit_interval: 1s``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from buffer import Outbox
 from drivers.types import Reading
@@ -267,9 +268,34 @@ def _aliases(run: Run) -> contract.Aliases:
     )
 
 
-def run(*, hours: float = 24.0, reference_seconds: float = 3600.0) -> dict[str, float]:
-    if reference_seconds < 1200:
-        raise ValueError("the card figure takes minutes 10 to 20 of the reference site")
+#: The keys :func:`run` returns (tests/benchmarks/__main__.py).
+KEYS: Final = (
+    "stored_readings_ratio_default",
+    "reconstruction_max_error_over_band",
+    "alarm_window_readings",
+    "alarm_window_polled_readings",
+    "link_mb_per_month_demo_site",
+    "link_mb_per_month_demo_site_batch_60s_deflate",
+    "link_mb_per_month_demo_site_all",
+    "stored_readings_ratio_reference_site",
+    "link_mb_per_month_reference_site",
+    "link_mb_per_month_reference_site_batch_60s",
+    "card_mb_per_day_reference_site",
+    "card_mb_per_day_reference_site_commit_1s",
+    "card_mb_per_day_reference_site_all",
+)
+#: A run of seconds that goes through every step (``--tiny``).
+TINY: Final = {"hours": 0.02, "reference_seconds": 40.0, "card_seconds": 10.0}
+
+
+def run(
+    hours: float = 24.0, reference_seconds: float = 3600.0, card_seconds: float = 600.0
+) -> dict[str, float]:
+    """The figures of the module's docstring: the demo site over ``hours``, the reference site
+    over ``reference_seconds``, the card measured over ``card_seconds`` of it (after its first
+    ten minutes, or what is left of the run before them: the first poll stores every point)."""
+    if not 0 < card_seconds <= reference_seconds:
+        raise ValueError("card_seconds must be above 0 and at most reference_seconds")
     config = load_site(EXAMPLE)
     window = config.storage.alarm_window
     demo = [d.id for d in config.devices]
@@ -295,41 +321,43 @@ def run(*, hours: float = 24.0, reference_seconds: float = 3600.0) -> dict[str, 
     figures["link_mb_per_month_demo_site_batch_60s_deflate"] = round(
         link_bytes(day.stored, aliases, deflate=True, batch_interval=60.0) * month, 1
     )
-    # The same site storing every reading (storage.policy: all), over one simulated hour.
+    # The same site storing every reading (storage.policy: all), over at most an hour.
     every = Storage({}, pre=0)
-    hour = simulate(every, demo, EFM_SHAPES, 3600, {}, keep_polled=False)
+    span = min(3600.0, seconds)
+    hour = simulate(every, demo, EFM_SHAPES, span, {}, keep_polled=False)
     figures["link_mb_per_month_demo_site_all"] = round(
-        link_bytes(hour.stored, aliases, deflate=False) * 720 / 2**20, 1
+        link_bytes(hour.stored, aliases, deflate=False) * 30 * 86_400 / span / 2**20, 1
     )
 
     _, reference = reference_site(reference_seconds, every_reading=False)
+    per_month = 30 * 86_400 / reference_seconds / 2**20
     figures["stored_readings_ratio_reference_site"] = round(
         len(reference.stored) / reference.polled, 4
     )
     figures["link_mb_per_month_reference_site"] = round(
-        link_bytes(reference.stored, _aliases(reference), deflate=True)
-        * (30 * 86_400 / reference_seconds)
-        / 2**20,
-        1,
+        link_bytes(reference.stored, _aliases(reference), deflate=True) * per_month, 1
     )
     figures["link_mb_per_month_reference_site_batch_60s"] = round(
         link_bytes(reference.stored, _aliases(reference), deflate=True, batch_interval=60.0)
-        * (30 * 86_400 / reference_seconds)
-        / 2**20,
+        * per_month,
         1,
     )
     with tempfile.TemporaryDirectory(dir=ROOT) as folder:
         # On the disk, not a tmpfs: write_bytes counts only what goes to a block device.
-        # Minutes 10 to 20: past the first poll, which stores every point once per start.
-        ten = [item for item in reference.stored if T0 + 600 <= item[0] < T0 + 1200]
-        written = asyncio.run(card_bytes(ten, Path(folder)))
-        figures["card_mb_per_day_reference_site"] = round(written * 144 / 2**20, 1)
+        start = T0 + min(600.0, reference_seconds - card_seconds)
+        measured = [item for item in reference.stored if start <= item[0] < start + card_seconds]
+        per_day = 86_400 / card_seconds / 2**20
+        written = asyncio.run(card_bytes(measured, Path(folder)))
+        figures["card_mb_per_day_reference_site"] = round(written * per_day, 1)
         # The lever left: at a few readings per commit, each commit's page rewrites dominate.
-        written = asyncio.run(card_bytes(ten, Path(folder), commit_window=1.0))
-        figures["card_mb_per_day_reference_site_commit_1s"] = round(written * 144 / 2**20, 1)
-        _, minute = reference_site(60, every_reading=True)
+        written = asyncio.run(card_bytes(measured, Path(folder), commit_window=1.0))
+        figures["card_mb_per_day_reference_site_commit_1s"] = round(written * per_day, 1)
+        every_span = min(60.0, card_seconds)
+        _, minute = reference_site(every_span, every_reading=True)
         written = asyncio.run(card_bytes(minute.stored, Path(folder)))
-        figures["card_mb_per_day_reference_site_all"] = round(written * 1440 / 2**20, 1)
+        figures["card_mb_per_day_reference_site_all"] = round(
+            written * 86_400 / every_span / 2**20, 1
+        )
     return figures
 
 

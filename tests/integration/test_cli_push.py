@@ -9,6 +9,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
 import yaml
 
 from edge.gateway import config_hash
@@ -17,6 +18,8 @@ from hil.simulator import Simulator
 from tests.fixtures.broker import free_port
 from tests.integration.site import site_for, write_site
 from tests.integration.test_cli import EDGE, read_until
+
+pytestmark = pytest.mark.integration
 
 
 async def test_a_push_cut_short_before_it_settled_is_undone_when_the_gateway_starts(

@@ -20,6 +20,8 @@ from tests.fixtures.broker import Mosquitto, MosquittoFactory
 from tests.fixtures.certs import write_certificate, write_key
 from tests.integration.site import site_dict
 
+pytestmark = pytest.mark.integration
+
 EDGE = [sys.executable, "-m", "edge.cli"]
 USER, PASSWORD = "gw-test-0001", "s3cret-for-tests"
 
@@ -67,7 +69,8 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
 async def test_healthy_gateway_passes(tmp_path: Path, secured_broker: Mosquitto, tty: Path) -> None:
     config = write_site(tmp_path, secured_broker, tty, username=USER, password=PASSWORD)
     checks = by_name(await run_checks(config, user=None, seconds=3))
-    assert checks["config"].level == "ok"
+    # A warning only: the test broker takes the password over plain mqtt://.
+    assert checks["config"].level == "warn", checks["config"]
     assert checks["serial rs485-1"].level == "ok", checks["serial rs485-1"]
     broker = checks[f"broker mqtt://127.0.0.1:{secured_broker.port}"]
     assert broker.level == "ok", broker
@@ -165,12 +168,57 @@ def test_command_line_exit_status_and_json(tmp_path: Path) -> None:
 def test_unreadable_site_file_says_to_run_as_root(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text("gateway: {id: gw-1}\n")
-    site.chmod(0o600)
+    site.chmod(0o000)  # nobody may read it, its owner included
     command = [*EDGE, "doctor", "--config", str(site), "--timeout", "1"]
     if os.geteuid() == 0:
-        tmp_path.chmod(0o755)
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        # Root reads any file through two capabilities; without them it is refused like any
+        # user. It stays uid 0 rather than becoming another user, so the interpreter and the
+        # checkout stay readable wherever the checkout is (a clone inside a folder other users
+        # cannot enter, such as /root or a `mktemp -d`).
+        dropped = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}", *command]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "permission denied" in result.stdout
     assert "sudo edge doctor" in result.stdout
+
+
+async def test_delivery_is_proven_by_reading_a_health_message_back(
+    tmp_path: Path, secured_broker: Mosquitto, tty: Path
+) -> None:
+    config = write_site(tmp_path, secured_broker, tty, username=USER, password=PASSWORD)
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+    delivery = checks[f"delivery mqtt://127.0.0.1:{secured_broker.port}"]
+    assert delivery.level == "ok", delivery
+    assert "came back" in delivery.detail
+
+
+@pytest.mark.parametrize(
+    ("protocol", "says"),
+    [("5", "refuses this gateway's messages: Not authorized (0x87)"), ("3.1.1", "never came back")],
+)
+async def test_a_broker_whose_acl_denies_the_gateway_fails_the_delivery_check(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory, tty: Path, protocol: str, says: str
+) -> None:
+    # The gateway's user may connect, but the ACL gives it no topic at all: over 3.1.1 the
+    # broker still acknowledges every publish, so only the read-back can tell.
+    broker = mosquitto_factory(users={USER: PASSWORD}, acl=[f"user {USER}"])
+    config = write_site(tmp_path, broker, tty, username=USER, password=PASSWORD, protocol=protocol)
+    checks = by_name(await run_checks(config, user=None, seconds=2))
+    assert checks[f"broker {broker.url}"].level == "ok"
+    delivery = checks[f"delivery {broker.url}"]
+    assert delivery.level == "fail", delivery
+    assert says in delivery.detail
+    assert "per-gateway ACL" in delivery.fix
+
+
+async def test_a_config_warning_is_a_doctor_warning_without_the_password(
+    tmp_path: Path, secured_broker: Mosquitto, tty: Path
+) -> None:
+    # A password over plain mqtt://: the gateway runs, the doctor says what is at risk.
+    config = write_site(tmp_path, secured_broker, tty, username=USER, password=PASSWORD)
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+    assert checks["config"].level == "warn", checks["config"]
+    assert "uplink.brokers[0]: the password goes in clear text" in checks["config"].detail
+    assert "gateway" in checks["config"].detail
+    assert PASSWORD not in checks["config"].detail

@@ -77,7 +77,9 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
 
             pushed = copy.deepcopy(site)
             pushed["devices"][1]["id"] = "efm-kitchen-102"
-            await send(mosquitto, command("push-1", "push-config", {"site": pushed}))
+            # A device a critical rule judges goes: only the engineering key may do that.
+            push = command("push-1", "push-config", {"site": pushed}, key="engineering")
+            await send(mosquitto, push)
             ack = await ack_for(platform, "push-1")
             assert ack["result"] == "ok", ack
             new_hash = ack["data"]["config_hash"]
@@ -116,7 +118,9 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
             assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
 
             # The platform repeating the push (its ack lost): no second restart.
-            await send(mosquitto, command("push-1b", "push-config", {"site": pushed}))
+            await send(
+                mosquitto, command("push-1b", "push-config", {"site": pushed}, key="engineering")
+            )
             again = await ack_for(platform, "push-1b")
             assert again["data"] == {"config_hash": new_hash, "unchanged": True}
             assert runner.gateway is gateway
@@ -171,6 +175,41 @@ async def test_a_bad_push_is_refused_with_field_paths_and_changes_nothing(
             assert events(platform, "config-applied") == []
 
 
+async def test_a_push_beyond_operations_authority_is_refused_and_changes_nothing(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        path = write_site(tmp_path, site)
+        original = path.read_bytes()
+        async with running(path, MockFactory(), platform) as (runner, _):
+            gateway = runner.gateway
+            elsewhere = copy.deepcopy(site)
+            elsewhere["uplink"]["brokers"] = ["mqtt://198.51.100.7:1883"]
+            no_rules = copy.deepcopy(site)
+            no_rules["rules"] = []
+            quiet = copy.deepcopy(site)
+            quiet["outputs"]["buzzer"]["pin"] = 5
+            open_door = copy.deepcopy(site)
+            open_door["commands"]["insecure_unsigned_commands"] = True
+            cases = {
+                "move-uplink": (elsewhere, "uplink.brokers changed"),
+                "no-rules": (no_rules, "rule residual-current-over-limit (critical) removed"),
+                "other-buzzer": (quiet, "outputs changed"),
+                "unsigned-ok": (open_door, "commands changed"),
+            }
+            for cid, (pushed, words) in cases.items():
+                await send(mosquitto, command(cid, "push-config", {"site": pushed}))
+                ack = await ack_for(platform, cid)
+                assert ack["result"] == "error", (cid, ack)
+                assert "needs the engineering key" in ack["error"]
+                assert words in ack["error"], (cid, ack["error"])
+            assert path.read_bytes() == original
+            assert not path.with_name("site.yaml.previous").exists()
+            assert runner.gateway is gateway
+            assert events(platform, "config-applied") == []
+
+
 async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -205,7 +244,9 @@ async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
             )
             for number, pushed in enumerate([other_board, pir_bus], start=1):
                 cid = f"push-bad-{number}"
-                await send(mosquitto, command(cid, "push-config", {"site": pushed}))
+                # Other outputs: only the engineering key may push that.
+                push = command(cid, "push-config", {"site": pushed}, key="engineering")
+                await send(mosquitto, push)
                 ack = await ack_for(platform, cid)
                 assert ack["result"] == "ok", ack  # written; the outcome is an event
 
@@ -241,7 +282,9 @@ async def test_a_stop_before_the_pushed_config_proved_itself_puts_the_old_file_b
         async with running(path, MockFactory(), platform) as (runner, stop):
             pushed = copy.deepcopy(site)
             pushed["devices"][1]["id"] = "efm-kitchen-102"
-            await send(mosquitto, command("push-2", "push-config", {"site": pushed}))
+            await send(
+                mosquitto, command("push-2", "push-config", {"site": pushed}, key="engineering")
+            )
             assert (await ack_for(platform, "push-2"))["result"] == "ok"
             # SIGTERM now: before the restart, or within the new config's settle time.
             stop.set()
