@@ -10,7 +10,7 @@ models say. docs/config.md explains each default.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,6 +27,7 @@ __all__ = [
     "PointStorage",
     "StorageConfig",
     "check_storage",
+    "check_storage_of_parts",
     "resolve_policies",
     "storage_of",
 ]
@@ -289,14 +290,21 @@ def resolve_policies(config: Any, report: Report | None = None) -> dict[tuple[st
     point with a problem is stored with ``all`` (nothing is lost while it is fixed).
     """
 
+    return _resolve(enumerate(config.devices), config.storage, report)
+
+
+def _resolve(
+    devices: Iterable[tuple[int, Any]], storage: StorageConfig, report: Report | None
+) -> dict[tuple[str, str], Policy]:
+    """:func:`resolve_policies` over ``(index in the site file, device)`` pairs."""
+
     def problem(loc: tuple[str | int, ...], message: str) -> None:
         if report is not None:
             report(loc, message)
 
-    storage: StorageConfig = config.storage
     policies: dict[tuple[str, str], Policy] = {}
     window = storage.alarm_window
-    for index, device in enumerate(config.devices):
+    for index, device in devices:
         here: tuple[str | int, ...] = ("devices", index)
         points = _points(device.model, device.gauge_length is not None)
         overrides: Mapping[str, PointStorage] = device.storage or {}
@@ -392,6 +400,25 @@ def _fits(
 def check_storage(config: Any, report: Report) -> None:
     """Report every storage problem of ``config`` (a validated ``SiteConfig``)."""
     resolve_policies(config, report)
+
+
+def check_storage_of_parts(data: Mapping[str, Any], report: Report) -> None:
+    """The same for a site file that did not validate as a whole: the devices that validate on
+    their own are checked, so one run of check-config still names every mistake."""
+    from edge.config.model import Device  # noqa: PLC0415 -- the model imports this module
+
+    devices: list[tuple[int, Any]] = []
+    entries = data.get("devices")
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        try:
+            devices.append((index, Device.model_validate(entry)))
+        except ValidationError:
+            continue  # its own errors are reported
+    try:
+        storage = StorageConfig.model_validate(data.get("storage") or {})
+    except ValidationError:
+        storage = StorageConfig()
+    _resolve(devices, storage, report)
 
 
 def storage_of(config: Any) -> Storage:

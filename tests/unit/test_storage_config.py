@@ -251,3 +251,22 @@ def test_a_broken_default_in_a_local_model_file_names_the_model(
     assert where == "devices[0].model"
     assert "model leaky (point level): storage" in message
     assert "use on-change" in message
+
+
+def test_storage_mistakes_are_named_even_when_another_part_of_the_file_is_wrong() -> None:
+    """One run of check-config names every mistake: a storage problem of a device that
+    validates is reported beside another device's type error and a bad alarm window."""
+    text = _site(
+        "    storage:\n      residual_current: {policy: deadband, band: -1}\n",
+        tail="storage:\n  alarm_window: {pre: 20m}\n",
+    ).replace(
+        "    bus: uart-radar\n",
+        "    bus: uart-radar\n    storage:\n      target_state: {policy: swinging-door, band: 1}\n",
+    )
+    issues = _refused(text)
+    fields = sorted(where for _, where, _ in issues)
+    assert fields == [
+        "devices[1].storage.target_state.policy",
+        "devices[3].storage.residual_current.band",
+        "storage.alarm_window.pre",
+    ], issues
