@@ -8,13 +8,23 @@ import faulthandler
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from drivers.modbus import known_models
-from edge import __version__, buffer_cli, doctor, installer_cli, provision, replay, selftest
-from edge.config import report_config
+from edge import (
+    __version__,
+    buffer_cli,
+    doctor,
+    installer_cli,
+    lastgood,
+    provision,
+    replay,
+    selftest,
+)
+from edge.config import ConfigError, SiteConfig, load_site, report_config
 from edge.config.duration import parse_duration
+from edge.fault import FaultMode, Salvage, salvage
 from edge.gateway import config_hash
 from edge.log import fields, setup_logging
 from edge.reload import SiteRunner, recover_unsettled
@@ -82,25 +92,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> int:
-    """Validate the site file, then run the gateway until SIGTERM or SIGINT."""
+    """Run the gateway for the site file at ``path`` until SIGTERM or SIGINT.
+
+    A site file that is unusable does not stop it: the last good config runs instead
+    (edge/lastgood.py), and without one the gateway sounds a fault and reports it
+    (edge/fault.py). Either way systemd hears READY, so nothing restarts in a silent loop."""
     setup_logging(log_level)
     # `kill -USR1 <pid>` prints every thread's stack to stderr (the journal): the one way to
     # see where a gateway in the field is stuck without stopping it.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    site = Path(path)
     try:
-        # A pushed config that had not proved it starts when the gateway last stopped (a power
+        # A pushed config that had not proved itself when the gateway last stopped (a power
         # cut, a crash) is undone: the file known to work runs.
-        recovered = recover_unsettled(Path(path))
+        recovered = recover_unsettled(site)
     except OSError as exc:
         log.error("pushed config not checked", extra=fields(config=path, error=str(exc)))
         recovered = None
     if recovered is not None:
         log.error("pushed config rolled back at start", extra=fields(config=path))
-    status, config = report_config(path, sys.stderr, known_models=known_models(), quiet=True)
-    if config is None:
-        return status
-    with open(path, "rb") as file:
-        digest = config_hash(file.read())
+    models = known_models()
+    config, digest, problems = _load(site, models)
+    fault: FaultMode | None = None
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        try:
+            good = lastgood.load(site, known_models=models)
+        except lastgood.LastGoodUnusable as exc:
+            problems.append(str(exc))
+            fault = FaultMode(problems, salvage(_text(site)))
+        else:
+            config, digest = good.config, good.digest
+            log.error(
+                "site file unusable: running the last good config",
+                extra=fields(
+                    config=path, problems=len(problems), config_hash=digest, saved=good.saved
+                ),
+            )
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -112,24 +141,40 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
             notifier.stopping()
             stop.set()
 
-        def on_started() -> None:
-            notifier.ready(f"gateway {config.gateway.id} running")
+        def ready(status: str) -> None:
+            notifier.ready(status)
             watchdog.extend(filter(None, [notifier.start_watchdog()]))
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
-        # A pushed config (push-config) restarts the gateway inside this loop, and rolls it
-        # back when it does not start (edge/reload.py).
-        runner = SiteRunner(
-            Path(path),
-            config,
-            digest,
-            status_interval=status_every,
-            known_models=known_models(),
-            recovered=recovered,
-        )
         try:
-            await runner.run(stop, on_started=on_started)
+            if fault is not None:
+                await fault.run(stop, on_started=ready)
+                return
+            assert config is not None
+            running = "the LAST GOOD config (site file unusable)" if problems else "its site file"
+            # A pushed config (push-config) restarts the gateway inside this loop, and rolls
+            # it back when it does not prove itself (edge/reload.py).
+            runner = SiteRunner(
+                site,
+                config,
+                digest,
+                status_interval=status_every,
+                known_models=models,
+                recovered=recovered,
+                site_problems=problems or None,
+            )
+            try:
+                await runner.run(
+                    stop, on_started=lambda: ready(f"gateway {config.gateway.id} on {running}")
+                )
+            except Exception as exc:
+                # The config known to work did not start (a pin library missing, ...): say so
+                # on whatever still works rather than exit into a silent restart loop.
+                log.exception("gateway failed", extra=fields(config=path))
+                found = Salvage(config.gateway, config.outputs, config.uplink, config.buffer)
+                failed = FaultMode([f"the gateway did not start: {exc!r}"], found)
+                await failed.run(stop, on_started=None if watchdog else ready)
         finally:
             for task in watchdog:
                 task.cancel()
@@ -140,6 +185,24 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
         log.exception("gateway failed", extra=fields(config=path))
         return 1
     return 0
+
+
+def _load(site: Path, models: Collection[str]) -> tuple[SiteConfig | None, str, list[str]]:
+    """The site file's config and hash, or every reason it is unusable."""
+    try:
+        data = site.read_bytes()
+        return load_site(site, known_models=models), config_hash(data), []
+    except ConfigError as exc:
+        return None, "", [str(issue) for issue in exc.issues]
+    except OSError as exc:
+        return None, "", [f"cannot read {site}: {exc.strerror or exc}"]
+
+
+def _text(site: Path) -> str | None:
+    try:
+        return site.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

@@ -150,6 +150,8 @@ class Gateway:
         self.restart: reload.RestartRequest | None = None
         #: The command that pushed this gateway's config (set by the runner that started it).
         self.pushed_by: str | None = None
+        #: True while this gateway's pushed config has not proved itself (edge/reload.py).
+        self.confirming = False
         self._stop: asyncio.Event | None = None
         #: The field drivers by service name, kept for storm mode (built by :meth:`run`).
         self.buses: dict[str, FieldDriver] = {}
@@ -673,8 +675,13 @@ class Gateway:
     async def _command_push_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
         if self.config_path is None or self._stop is None:
             raise CommandError("this gateway was not started from a site file; cannot replace it")
-        if self.restart is not None:
-            raise CommandError("a pushed config is already being applied")
+        if self.restart is not None or self.confirming:
+            # One push at a time: a second one would replace files the first still needs to
+            # roll back.
+            raise CommandError(
+                "a pushed config is still being confirmed; push again once config-applied or "
+                "config-rolled-back has been reported"
+            )
         path = Path(self.config_path)
         try:
             # In a thread: checking a large site file takes a while, and the loop judges
@@ -717,7 +724,7 @@ class Gateway:
             "config_hash": digest,
             "previous_hash": self.config_digest,
             "restarting": True,
-            "settle_s": reload.SETTLE_TIME,
+            "confirm_within_s": self.config.uplink.push_confirm_within,
         }
 
     async def _status_service(self) -> None:

@@ -145,7 +145,12 @@ class Uplink:
         self.health_published = 0
         #: The error that ended the last attempt, for display.
         self.last_error: str | None = None
+        #: Whether this session's own online status came back from the broker: the broker
+        #: both took it and let this gateway read its topics, so the prefix and the broker's
+        #: access rules work (a pushed config is confirmed on it, edge/reload.py).
+        self.heard_back = False
 
+        self._online_status = b""
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -378,11 +383,18 @@ class Uplink:
             self.last_error = None
             self._build.max_payload = self._payload_limit(client.max_packet_size)
             try:
-                await self._publish(self.status_topic, client, self._status("online"), retain=True)
+                online = self._status("online")
+                self._online_status = online
+                self.heard_back = False
+                await self._publish(self.status_topic, client, online, retain=True)
                 # Before any telemetry: compact telemetry refers to the table it announces.
                 await self._publish_metadata(client)
                 if self._commands is not None:
                     await client.subscribe(self.commands_topic, qos=1)
+                # The retained status just published comes back only through a broker that
+                # lets this gateway use its topics; a PUBACK alone does not say so (Mosquitto
+                # acknowledges a publish its access rules then drop).
+                await client.subscribe(self.status_topic, qos=1)
                 log.info("uplink: online via %s as %s", broker.display, self._client_id)
                 self._client = client
                 await self._pump(client)
@@ -391,6 +403,7 @@ class Uplink:
                 raise
         finally:
             self._client = None
+            self.heard_back = False
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.__aexit__(None, None, None)
 
@@ -579,13 +592,17 @@ class Uplink:
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Answer commands; raise :class:`aiomqtt.MqttError` as soon as the connection is lost.
 
-        The only subscription is the commands topic (when commands are on); aiomqtt ends the
+        The subscriptions are the commands topic (when commands are on) and the gateway's own
+        status topic (whose echo sets :attr:`heard_back`); aiomqtt ends the
         iteration with an error when the client disconnects. Without this, a publish waiting
         for its PUBACK on a dead connection would wait for the operation timeout, and an idle
         uplink would not notice the loss until it had something to send.
         """
         try:
             async for message in client.messages:
+                if message.topic.matches(self.status_topic):
+                    self.heard_back = self.heard_back or message.payload == self._online_status
+                    continue
                 if self._commands is None or not message.topic.matches(self.commands_topic):
                     continue
                 payload = message.payload

@@ -112,7 +112,13 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
             await send(mosquitto, command("g-1", "get-status", {}))
             assert (await ack_for(platform, "g-1"))["data"]["config_hash"] == new_hash
             assert path.with_name("site.yaml.previous").read_bytes() == original
-            assert not path.with_name("site.yaml.pending").exists()  # it settled
+            # Confirmed on the event's PUBACK, which the platform may see a moment earlier.
+            pending = path.with_name("site.yaml.pending")
+            await until(lambda: not pending.exists(), 10, "the push confirmed")
+            assert runner.applied == 1
+            kept = json.loads(path.with_name("site.yaml.last-good").read_bytes())
+            assert kept["config_hash"] == new_hash
+            assert kept["site_yaml"].encode() == path.read_bytes()
             assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
 
             # The platform repeating the push (its ack lost): no second restart.

@@ -1,0 +1,230 @@
+"""Fault mode: the site file is unusable and there is no last good config to run instead.
+
+A gateway with nothing to run must still not be silent, nor restart in a loop that nobody
+hears. ``edge run`` then runs this instead of a gateway, until it is stopped:
+
+- the buzzer sounds :data:`~edge.annunciator.FAULT_PATTERN` (three short beeps every ten
+  seconds), on the ``outputs`` of the site file when that section is usable on its own, else
+  on :data:`DEFAULT_BUZZER` with the default pin factory;
+- the outbox is left as it is, or, when ``gateway``, ``uplink`` and ``buffer`` are usable on
+  their own, opened and drained: a ``config-invalid`` event saying exactly what is wrong goes
+  first, then whatever was waiting; ``ping`` and ``get-status`` are answered (the status says
+  ``mode: fault`` and the problems);
+- systemd hears READY (with the fault as its STATUS), so it does not restart the process in a
+  loop; ``edge doctor`` names the same problems from the same files.
+
+Nothing here judges readings: without a site file there are no devices to poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import yaml
+from gpiozero import Buzzer
+from pydantic import BaseModel, ValidationError
+
+from buffer import CapacityPolicy, Outbox
+from edge import __version__
+from edge.annunciator import FAULT_PATTERN, make_pin_factory, phase_state
+from edge.clock import Clock, SystemClock
+from edge.config.model import BufferConfig, Outputs, Pin
+from edge.config.model import Gateway as GatewaySection
+from edge.config.model import Uplink as UplinkSection
+from edge.contract import event_body
+from edge.log import fields
+from edge.uplink import Uplink
+
+__all__ = ["DEFAULT_BUZZER", "FaultMode", "Salvage", "salvage"]
+
+log = logging.getLogger("edge.fault")
+
+_Section = TypeVar("_Section", bound=BaseModel)
+
+#: The buzzer of the reference board (the example site's), when the file names none usable.
+DEFAULT_BUZZER: Final = Pin(pin=17)
+#: The first problems a config-invalid event lists (a file of garbage has thousands).
+MAX_REPORTED: Final = 50
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """The sections of an unusable site file that are valid on their own."""
+
+    gateway: GatewaySection | None = None
+    outputs: Outputs | None = None
+    uplink: UplinkSection | None = None
+    buffer: BufferConfig | None = None
+
+
+def salvage(text: str | None) -> Salvage:
+    """What of the site file ``text`` can still be used: each section validated alone."""
+    if text is None:
+        return Salvage()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return Salvage()
+    if not isinstance(data, dict):
+        return Salvage()
+
+    def section(name: str, model: type[_Section]) -> _Section | None:
+        try:
+            return model.model_validate(data.get(name))
+        except ValidationError:
+            return None
+
+    return Salvage(
+        gateway=section("gateway", GatewaySection),
+        outputs=section("outputs", Outputs),
+        uplink=section("uplink", UplinkSection),
+        buffer=section("buffer", BufferConfig),
+    )
+
+
+@dataclass
+class FaultMode:
+    """Sound the fault, keep the buffer, tell the platform what is wrong; until stopped."""
+
+    problems: list[str]
+    found: Salvage
+    pin_factory: Any = None
+    clock: Clock = field(default_factory=SystemClock)
+    #: Where the fault sounds, as logged (e.g. ``GPIO 17``).
+    buzzer_at: str = ""
+    outbox: Outbox | None = None
+    uplink: Uplink | None = None
+    _buzzer: Buzzer | None = None
+    _since: float = field(default_factory=time.time)
+
+    def _open_buzzer(self) -> None:
+        outputs = self.found.outputs
+        pin = outputs.buzzer if outputs is not None else DEFAULT_BUZZER
+        try:
+            factory = (
+                self.pin_factory
+                if self.pin_factory is not None
+                else make_pin_factory(outputs.pin_factory if outputs is not None else None)
+            )
+            self._buzzer = Buzzer(pin.pin, active_high=pin.active_high, pin_factory=factory)
+        except Exception as exc:  # no GPIO backend: still report, still READY
+            log.error("fault buzzer unusable", extra=fields(pin=pin.pin, error=repr(exc)))
+            self.buzzer_at = f"none (GPIO {pin.pin}: {exc})"
+            return
+        self.buzzer_at = f"GPIO {pin.pin}"
+
+    async def _sound(self) -> None:
+        buzzer = self._buzzer
+        if buzzer is None:
+            return
+        started = self.clock.monotonic()
+        never = asyncio.Event()
+        while True:
+            on, remaining = phase_state(FAULT_PATTERN, self.clock.monotonic() - started)
+            buzzer.value = on
+            await self.clock.wait(never, remaining)
+
+    def status(self) -> dict[str, Any]:
+        """The get-status answer and the shape of the config-invalid event."""
+        return {
+            "mode": "fault",
+            "version": __version__,
+            "since": self._since,
+            "problems": self.problems[:MAX_REPORTED],
+            "problem_count": len(self.problems),
+            "buzzer": f"fault pattern on {self.buzzer_at}",
+        }
+
+    async def run(
+        self, stop: asyncio.Event, *, on_started: Callable[[str], None] | None = None
+    ) -> None:
+        self._open_buzzer()
+        log.error(
+            "no usable config: fault mode",
+            extra=fields(problems=len(self.problems), buzzer=self.buzzer_at),
+        )
+        for problem in self.problems[:MAX_REPORTED]:
+            log.error("config problem", extra=fields(problem=problem))
+        tasks = [asyncio.create_task(self._sound(), name="fault buzzer")]
+        reporter = self._reporter()
+        if reporter is not None:
+            tasks.append(asyncio.create_task(reporter, name="fault report"))
+        try:
+            if on_started is not None:
+                on_started(f"FAULT: no usable config ({len(self.problems)} problems); see logs")
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.uplink is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.uplink.stop(), 2.0)
+            if self.outbox is not None:
+                with contextlib.suppress(Exception):
+                    await self.outbox.close(grace=0.5)
+            if self._buzzer is not None:
+                self._buzzer.close()
+
+    def _reporter(self) -> Any:
+        found = self.found
+        if found.gateway is None or found.uplink is None or found.buffer is None:
+            missing = [
+                name for name in ("gateway", "uplink", "buffer") if getattr(found, name) is None
+            ]
+            log.error(
+                "the platform cannot be told: sections unusable",
+                extra=fields(sections=",".join(missing)),
+            )
+            return None
+        return self._report(found.gateway, found.uplink, found.buffer)
+
+    async def _report(
+        self, gateway: GatewaySection, uplink: UplinkSection, buffer: BufferConfig
+    ) -> None:
+        # The supervisor is not used: if the disk refuses, try again slowly, alarms need nothing
+        # from this task.
+        while self.outbox is None:
+            try:
+                self.outbox = await Outbox.open(
+                    buffer.path,
+                    commit_interval=buffer.commit_interval,
+                    policy=CapacityPolicy(
+                        max_size=buffer.max_size,
+                        min_free_disk=buffer.min_free_disk,
+                        thin_window=buffer.thin_window,
+                    ),
+                )
+            except Exception as exc:
+                log.error("fault mode: outbox not open", extra=fields(error=repr(exc)))
+                await asyncio.sleep(30)
+        body = self.status()
+        body.pop("version")
+        body.pop("since")
+        self.outbox.submit(
+            "event",
+            event_body("config-invalid", time.time(), running="fault", **body),
+        )
+
+        async def get_status(params: Mapping[str, Any]) -> dict[str, Any]:
+            return self.status()
+
+        async def ping(params: Mapping[str, Any]) -> dict[str, Any]:
+            return {"pong": True}
+
+        self.uplink = Uplink(
+            uplink,
+            gateway.id,
+            self.outbox,
+            version=__version__,
+            boot_time=self._since,
+            config_hash="",
+            command_handlers={"ping": ping, "get-status": get_status},
+        )
+        await self.uplink.run()
