@@ -23,7 +23,14 @@ from edge.config import load_site
 from edge.gateway import config_hash
 from edge.reload import SiteRunner
 from edge.schemas import validate_message
-from tests.fixtures.broker import Collector, Mosquitto
+from tests.fixtures.broker import (
+    Collector,
+    Mosquitto,
+    MosquittoFactory,
+    TlsListener,
+    free_port,
+)
+from tests.fixtures.certs import Authority
 from tests.integration.site import simulated_site, site_for, write_site
 from tests.integration.test_commands import ack_for, command, send, until
 
@@ -39,7 +46,7 @@ def events(platform: Collector, kind: str) -> list[dict[str, Any]]:
 
 @asynccontextmanager
 async def running(
-    path: Path, pins: Any, platform: Collector
+    path: Path, pins: Any, platform: Collector, *, settle: float = 1.5
 ) -> AsyncIterator[tuple[SiteRunner, asyncio.Event]]:
     digest = config_hash(await asyncio.to_thread(path.read_bytes))
     runner = SiteRunner(
@@ -47,7 +54,7 @@ async def running(
         await asyncio.to_thread(load_site, path, known_models=known_models()),
         digest,
         pin_factory=pins,
-        settle=1.5,
+        settle=settle,
         known_models=known_models(),
     )
     stop = asyncio.Event()
@@ -254,3 +261,112 @@ async def test_a_stop_before_the_pushed_config_proved_itself_puts_the_old_file_b
         assert path.read_bytes() == original
         assert runner.applied == 0
         assert events(platform, "config-applied") == []
+
+
+def acl_broker(factory: MosquittoFactory, tmp_path: Path) -> Mosquitto:
+    """A broker that lets clients use the district's topics only, as a platform's broker
+    confines each gateway: a wrong topic prefix is dropped, not delivered."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite district/v1/#\n")
+    return factory(extra_config=[f"acl_file {acl}"])
+
+
+async def test_a_push_that_cannot_reach_the_platform_is_rolled_back_and_says_why(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory
+) -> None:
+    broker = acl_broker(mosquitto_factory, tmp_path)
+    guarded = mosquitto_factory(users={"gw-demo-0001": "right-password"})
+    authority = Authority(tmp_path / "pki")
+    cert, key = authority.issue("server", "broker.test", ip="127.0.0.1")
+    tls = mosquitto_factory(tls=TlsListener(authority.cert_path, cert, key))
+    stranger = Authority(tmp_path / "stranger", name="Somebody Else's CA")
+    async with simulated_site(tmp_path, broker) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=broker.url)
+        site["uplink"]["push_confirm_within"] = "6s"
+        path = write_site(tmp_path, site)
+        original = path.read_bytes()
+        old_hash = config_hash(original)
+        unreachable = f"mqtt://127.0.0.1:{free_port()}"
+        cases: dict[str, tuple[dict[str, Any], str]] = {
+            "broker": ({"brokers": [unreachable]}, f"via {unreachable}: "),
+            "password": (
+                {"brokers": [guarded.url], "username": "gw-demo-0001", "password": "wrong"},
+                "did not reach the platform",
+            ),
+            "ca": (
+                {"brokers": [tls.url], "ca_file": str(stranger.cert_path)},
+                "did not reach the platform",
+            ),
+            "prefix": ({"topic_prefix": "distirct/v1"}, "'distirct/v1'"),
+        }
+        async with running(path, MockFactory(), platform) as (runner, _):
+            for number, (cid, (changes, words)) in enumerate(cases.items(), start=1):
+                pushed = copy.deepcopy(site)
+                pushed["uplink"].update(changes)
+                await send(broker, command(cid, "push-config", {"site": pushed}))
+                ack = await ack_for(platform, cid)
+                assert ack["result"] == "ok", ack
+                assert ack["data"]["confirm_within_s"] == 6.0
+
+                def rolled_back(c: Collector, n: int = number) -> bool:
+                    return len(events(c, "config-rolled-back")) == n
+
+                # Sent by the previous config, once it is back online.
+                await platform.wait_for(rolled_back, 30)
+                back = events(platform, "config-rolled-back")[-1]
+                assert back["command_id"] == cid
+                assert back["config_hash"] == old_hash
+                assert back["rejected_hash"] == ack["data"]["config_hash"]
+                assert words in back["reason"], (cid, back["reason"])
+                assert path.read_bytes() == original
+                assert not path.with_name("site.yaml.pending").exists()
+                await until(lambda: runner.gateway is not None, 10, "the old config running")
+            assert runner.rolled_back == len(cases)
+            assert runner.applied == 0
+            # No config-applied of a push that was never confirmed reached the platform, nor
+            # went out later with the previous config.
+            assert events(platform, "config-applied") == []
+            await send(broker, command("g-1", "get-status", {}))
+            assert (await ack_for(platform, "g-1"))["data"]["config_hash"] == old_hash
+
+
+async def test_a_second_push_while_the_first_is_being_confirmed_is_refused(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        path = write_site(tmp_path, site)
+        # A settle time long enough to push again while the new gateway is online but not
+        # yet confirmed.
+        async with running(path, MockFactory(), platform, settle=8) as (runner, _):
+            first = copy.deepcopy(site)
+            first["devices"][1]["id"] = "efm-kitchen-102"
+            second = copy.deepcopy(site)
+            second["devices"][1]["id"] = "efm-kitchen-103"
+            await send(mosquitto, command("push-a", "push-config", {"site": first}))
+            # The gateway being replaced refuses too, from the write until it stops.
+            await send(mosquitto, command("push-b", "push-config", {"site": second}))
+            new_hash = (await ack_for(platform, "push-a"))["data"]["config_hash"]
+            refused = await ack_for(platform, "push-b")
+            assert refused["result"] == "error"
+            assert "still being confirmed" in refused["error"]
+
+            def new_gateway_online(c: Collector) -> bool:
+                return any(
+                    s["state"] == "online" and s["config_hash"] == new_hash for s in c.on("/status")
+                )
+
+            await platform.wait_for(new_gateway_online, 20)
+            assert runner.gateway is not None and runner.gateway.confirming
+            await send(mosquitto, command("push-c", "push-config", {"site": second}))
+            refused = await ack_for(platform, "push-c")
+            assert refused["result"] == "error", refused
+            assert "still being confirmed" in refused["error"]
+            await platform.wait_for(lambda c: len(events(c, "config-applied")) == 1, 30)
+            assert events(platform, "config-applied")[0]["command_id"] == "push-a"
+            pending = path.with_name("site.yaml.pending")
+            await until(lambda: not pending.exists(), 10, "the push confirmed")
+            assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
+            # Once confirmed, the next push is taken.
+            await send(mosquitto, command("push-d", "push-config", {"site": second}))
+            assert (await ack_for(platform, "push-d"))["result"] == "ok"
