@@ -152,7 +152,7 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
                 await fault.run(stop, on_started=ready)
                 return
             assert config is not None
-            running = "the LAST GOOD config (site file unusable)" if problems else "its site file"
+            running = " on the LAST GOOD config: the site file is unusable" if problems else ""
             # A pushed config (push-config) restarts the gateway inside this loop, and rolls
             # it back when it does not prove itself (edge/reload.py).
             runner = SiteRunner(
@@ -166,7 +166,7 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
             )
             try:
                 await runner.run(
-                    stop, on_started=lambda: ready(f"gateway {config.gateway.id} on {running}")
+                    stop, on_started=lambda: ready(f"gateway {config.gateway.id} running{running}")
                 )
             except Exception as exc:
                 # The config known to work did not start (a pin library missing, ...): say so

@@ -357,7 +357,8 @@ async def test_a_second_push_while_the_first_is_being_confirmed_is_refused(
                 )
 
             await platform.wait_for(new_gateway_online, 20)
-            assert runner.gateway is not None and runner.gateway.confirming
+            assert runner.gateway is not None
+            assert runner.gateway.confirming
             await send(mosquitto, command("push-c", "push-config", {"site": second}))
             refused = await ack_for(platform, "push-c")
             assert refused["result"] == "error", refused
