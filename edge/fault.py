@@ -170,6 +170,7 @@ class FaultMode:
                 with contextlib.suppress(Exception):
                     await self.outbox.close(grace=0.5)
             if self._buzzer is not None:
+                self._buzzer.off()  # quiet before the pin is let go: a stop is not a fault
                 self._buzzer.close()
 
     def _reporter(self) -> Any:
