@@ -39,7 +39,7 @@ from drivers.modbus import known_models
 from edge.config import load_site
 from edge.contract import iso_utc
 from edge.gateway import config_hash
-from edge.reload import SiteRunner
+from edge.reload import SiteRunner, reached_platform
 from hil.broker import LocalBroker
 from hil.simulator import Simulator
 from tests.fixtures.broker import free_port
@@ -125,10 +125,12 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
                                 applied[body["command_id"]] = time.monotonic()
 
                     listener = asyncio.create_task(listen())
+                    # Subscribed to its commands (its status echoed back): a push sent sooner
+                    # would reach no subscriber and be lost.
                     await _until(
-                        lambda: runner.gateway is not None and runner.gateway.uplink is not None,
-                        15,
-                        "gateway",
+                        lambda: runner.gateway is not None and reached_platform(runner.gateway),
+                        30,
+                        "gateway online",
                     )
                     sim.set("tcp", 1, "residual_current", 350.0)
                     await _until(lambda: pins.pin(BUZZER).state is True, 10, "buzzer")
