@@ -291,11 +291,11 @@ async def test_a_push_that_cannot_reach_the_platform_is_rolled_back_and_says_why
             "broker": ({"brokers": [unreachable]}, f"via {unreachable}: "),
             "password": (
                 {"brokers": [guarded.url], "username": "gw-demo-0001", "password": "wrong"},
-                "did not reach the platform",
+                f"did not reach the platform within 6 s via {guarded.url}: [code:135] Not auth",
             ),
             "ca": (
                 {"brokers": [tls.url], "ca_file": str(stranger.cert_path)},
-                "did not reach the platform",
+                f"via {tls.url}: [SSL: CERTIFICATE_VERIFY_FAILED]",
             ),
             "prefix": ({"topic_prefix": "distirct/v1"}, "'distirct/v1'"),
         }
