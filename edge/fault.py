@@ -39,6 +39,7 @@ from edge.config.model import Gateway as GatewaySection
 from edge.config.model import Uplink as UplinkSection
 from edge.contract import event_body
 from edge.log import fields
+from edge.provision import DEFAULT_FAULT_PIN
 from edge.uplink import Uplink
 
 __all__ = ["DEFAULT_BUZZER", "FaultMode", "Salvage", "salvage"]
@@ -47,8 +48,8 @@ log = logging.getLogger("edge.fault")
 
 _Section = TypeVar("_Section", bound=BaseModel)
 
-#: The buzzer of the reference board (the example site's), when the file names none usable.
-DEFAULT_BUZZER: Final = Pin(pin=17)
+#: The buzzer when the file names none usable: the pin a refused SD card sounds on too.
+DEFAULT_BUZZER: Final = Pin(pin=DEFAULT_FAULT_PIN)
 #: The first problems a config-invalid event lists (a file of garbage has thousands).
 MAX_REPORTED: Final = 50
 

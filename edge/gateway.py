@@ -152,6 +152,9 @@ class Gateway:
         self.pushed_by: str | None = None
         #: True while this gateway's pushed config has not proved itself (edge/reload.py).
         self.confirming = False
+        #: Set when it runs the last good config because the site file is unusable: a push of
+        #: that same config is then not "unchanged", it repairs the file.
+        self.site_unusable = False
         self._stop: asyncio.Event | None = None
         #: The field drivers by service name, kept for storm mode (built by :meth:`run`).
         self.buses: dict[str, FieldDriver] = {}
@@ -703,7 +706,7 @@ class Gateway:
             log.error("config-rejected", extra=fields(errors=len(exc.errors)))
             raise
         digest = config_hash(pushed.text.encode())
-        if digest == self.config_digest:
+        if digest == self.config_digest and not self.site_unusable:
             # The platform repeating a push that was applied (its first ack lost in the
             # restart): nothing to do, and no second restart.
             return {"config_hash": digest, "unchanged": True}

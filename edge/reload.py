@@ -270,13 +270,15 @@ class SiteRunner:
     def _make(self, config: SiteConfig, digest: str) -> Gateway:
         from edge.gateway import Gateway  # noqa: PLC0415 -- the gateway imports this module
 
-        return Gateway(
+        gateway = Gateway(
             config,
             config_digest=digest,
             config_path=str(self.path),
             pin_factory=self.pin_factory,
             status_interval=self.status_interval,
         )
+        gateway.site_unusable = self.from_last_good and digest == self.digest
+        return gateway
 
     async def run(
         self,
@@ -394,7 +396,7 @@ class SiteRunner:
                 )
                 self.applied += 1
                 self.config, self.digest = gateway.config, gateway.config_digest
-                self.from_last_good = False
+                self.from_last_good = gateway.site_unusable = False
                 await asyncio.to_thread(self._keep_as_last_good, gateway.config_digest)
             elif not self.from_last_good:
                 keeper = asyncio.create_task(self._keep_once_reached(gateway), name="last good")

@@ -17,7 +17,7 @@ import yaml
 from gpiozero.pins.mock import MockFactory
 
 from drivers.modbus import known_models
-from edge import contract
+from edge import contract, lastgood
 from edge.commands import MAX_COMMAND_BYTES
 from edge.config import load_site
 from edge.gateway import config_hash
@@ -371,3 +371,45 @@ async def test_a_second_push_while_the_first_is_being_confirmed_is_refused(
             # Once confirmed, the next push is taken.
             await send(mosquitto, command("push-d", "push-config", {"site": second}))
             assert (await ack_for(platform, "push-d"))["result"] == "ok"
+
+
+async def test_a_push_repairs_an_unusable_site_file_even_with_the_config_already_running(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        path = write_site(tmp_path, site)
+        good = path.read_text()
+        good_hash = lastgood.save(path, path.read_bytes())
+        path.write_text("gateway: [\n")  # what edge run found at start
+        runner = SiteRunner(
+            path,
+            lastgood.load(path, known_models=known_models()).config,
+            good_hash,
+            pin_factory=MockFactory(),
+            settle=1.5,
+            known_models=known_models(),
+            site_problems=["site.yaml:2:1: YAML syntax error"],
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            await platform.wait_for(lambda c: len(events(c, "config-invalid")) == 1, 20)
+            invalid = events(platform, "config-invalid")[0]
+            assert invalid["running"] == "last-good"
+            assert invalid["config_hash"] == good_hash
+            # The platform pushes the very config that runs: not "unchanged", the file is
+            # written, proved and kept.
+            await send(mosquitto, command("fix-1", "push-config", {"site_yaml": good}))
+            ack = await ack_for(platform, "fix-1")
+            assert ack["result"] == "ok", ack
+            assert ack["data"]["restarting"] is True
+            await platform.wait_for(lambda c: len(events(c, "config-applied")) == 1, 30)
+            await until(lambda: runner.applied == 1, 10, "the push confirmed")
+            assert path.read_text() == good
+            assert not runner.from_last_good
+            await send(mosquitto, command("fix-2", "push-config", {"site_yaml": good}))
+            assert (await ack_for(platform, "fix-2"))["data"]["unchanged"] is True
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
