@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import functools
 import logging
 import signal
 import sys
@@ -27,7 +28,7 @@ from edge.config.duration import parse_duration
 from edge.fault import FaultMode, Salvage, salvage
 from edge.gateway import config_hash
 from edge.log import fields, setup_logging
-from edge.reload import SiteRunner, recover_unsettled
+from edge.reload import RestartRequest, SiteRunner, recover_unsettled, restore_previous
 from edge.systemd import Notifier
 
 log = logging.getLogger("edge.cli")
@@ -121,7 +122,7 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
             good = lastgood.load(site, known_models=models)
         except lastgood.LastGoodUnusable as exc:
             problems.append(str(exc))
-            fault = FaultMode(problems, salvage(_text(site)))
+            fault = FaultMode(problems, salvage(_text(site)), site=site, known_models=models)
         else:
             config, digest = good.config, good.digest
             log.error(
@@ -130,6 +131,35 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
                     config=path, problems=len(problems), config_hash=digest, saved=good.saved
                 ),
             )
+
+    async def _runner(trial: RestartRequest | None) -> SiteRunner | None:
+        """The runner of the config to run: the push on trial, else the site file's or the
+        last good one (``config``)."""
+        if trial is None:
+            assert config is not None
+            return SiteRunner(
+                site,
+                config,
+                digest,
+                status_interval=status_every,
+                known_models=models,
+                recovered=recovered,
+                site_problems=problems or None,
+            )
+        try:
+            pushed = await asyncio.to_thread(load_site, site, known_models=models)
+        except (ConfigError, OSError):
+            # Checked before it was written; changed since by someone else: theirs wins.
+            log.exception("pushed config unreadable", extra=fields(config=path))
+            return None
+        return SiteRunner(
+            site,
+            pushed,
+            trial.config_hash,
+            status_interval=status_every,
+            known_models=models,
+            trial=trial,
+        )
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -142,39 +172,64 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
             stop.set()
 
         def ready(status: str) -> None:
+            # Again after a change of mode: systemd takes the new STATUS; one watchdog only.
             notifier.ready(status)
-            watchdog.extend(filter(None, [notifier.start_watchdog()]))
+            if not watchdog:
+                watchdog.extend(filter(None, [notifier.start_watchdog()]))
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
         try:
-            if fault is not None:
-                await fault.run(stop, on_started=ready)
-                return
-            assert config is not None
-            running = " on the LAST GOOD config: the site file is unusable" if problems else ""
-            # A pushed config (push-config) restarts the gateway inside this loop, and rolls
-            # it back when it does not prove itself (edge/reload.py).
-            runner = SiteRunner(
-                site,
-                config,
-                digest,
-                status_interval=status_every,
-                known_models=models,
-                recovered=recovered,
-                site_problems=problems or None,
-            )
-            try:
-                await runner.run(
-                    stop, on_started=lambda: ready(f"gateway {config.gateway.id} running{running}")
+            now_fault, trial = fault, None
+            while True:
+                if now_fault is not None:
+                    await now_fault.run(stop, on_started=ready)
+                    trial = now_fault.pushed
+                    if trial is None:
+                        return
+                    if stop.is_set():
+                        await asyncio.to_thread(restore_previous, site)
+                        return
+                runner = await _runner(trial)
+                if runner is None:
+                    return
+                status = f"gateway {runner.config.gateway.id} running"
+                if runner.from_last_good:
+                    status += " on the LAST GOOD config: the site file is unusable"
+                try:
+                    await runner.run(stop, on_started=functools.partial(ready, status))
+                except Exception as exc:
+                    # The config known to work did not start (a pin library missing, ...): say
+                    # so on whatever still works rather than exit into a silent restart loop.
+                    log.exception("gateway failed", extra=fields(config=path))
+                    used = runner.config
+                    found = Salvage(used.gateway, used.outputs, used.uplink, used.buffer)
+                    now_fault = FaultMode(
+                        [f"the gateway did not start: {exc!r}"],
+                        found,
+                        site=site,
+                        known_models=models,
+                    )
+                    continue
+                if runner.trial_failure is None or trial is None:
+                    return
+                # The push taken in fault mode did not prove itself: its file went back, and
+                # fault mode resumes and says so.
+                now_fault = FaultMode(
+                    [
+                        *problems,
+                        f"pushed config {trial.config_hash} rolled back: {runner.trial_failure}",
+                    ],
+                    salvage(_text(site)),
+                    site=site,
+                    known_models=models,
+                    rolled_back={
+                        "command_id": trial.command_id,
+                        "reason": runner.trial_failure,
+                        "rejected_hash": trial.config_hash,
+                        "config_hash": "",
+                    },
                 )
-            except Exception as exc:
-                # The config known to work did not start (a pin library missing, ...): say so
-                # on whatever still works rather than exit into a silent restart loop.
-                log.exception("gateway failed", extra=fields(config=path))
-                found = Salvage(config.gateway, config.outputs, config.uplink, config.buffer)
-                failed = FaultMode([f"the gateway did not start: {exc!r}"], found)
-                await failed.run(stop, on_started=None if watchdog else ready)
         finally:
             for task in watchdog:
                 task.cancel()

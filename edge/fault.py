@@ -11,7 +11,12 @@ hears. ``edge run`` then runs this instead of a gateway, until it is stopped:
   first, then whatever was waiting; ``ping`` and ``get-status`` are answered (the status says
   ``mode: fault`` and the problems);
 - systemd hears READY (with the fault as its STATUS), so it does not restart the process in a
-  loop; ``edge doctor`` names the same problems from the same files.
+  loop; ``edge doctor`` names the same problems from the same files;
+- ``push-config`` is taken as on a running gateway (checked, written with its push marker,
+  acknowledged), provided the site file's path is known: then fault mode ends and ``edge run``
+  tries the pushed config; if it does not prove itself (edge/reload.py), the file goes back
+  and fault mode resumes, reporting ``config-rolled-back``. So a gateway that lost its config
+  can be given one from the platform, without a ladder.
 
 Nothing here judges readings: without a site file there are no devices to poll.
 """
@@ -22,8 +27,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import yaml
@@ -33,13 +39,16 @@ from pydantic import BaseModel, ValidationError
 from buffer import CapacityPolicy, Outbox
 from edge import __version__
 from edge.annunciator import FAULT_PATTERN, make_pin_factory, phase_state
+from edge.atomic import digest_of
 from edge.clock import Clock, SystemClock
+from edge.commands import CommandError, current_command_id
 from edge.config.model import BufferConfig, Outputs, Pin
 from edge.config.model import Gateway as GatewaySection
 from edge.config.model import Uplink as UplinkSection
 from edge.contract import event_body
 from edge.log import fields
 from edge.provision import DEFAULT_FAULT_PIN
+from edge.reload import PushRejected, RestartRequest, check_pushed, write_site
 from edge.uplink import Uplink
 
 __all__ = ["DEFAULT_BUZZER", "FaultMode", "Salvage", "salvage"]
@@ -50,6 +59,8 @@ _Section = TypeVar("_Section", bound=BaseModel)
 
 #: The buzzer when the file names none usable: the pin a refused SD card sounds on too.
 DEFAULT_BUZZER: Final = Pin(pin=DEFAULT_FAULT_PIN)
+#: How long after a push's ack fault mode ends, so that the ack leaves first.
+_ACK_GRACE: Final = 0.5
 #: The first problems a config-invalid event lists (a file of garbage has thousands).
 MAX_REPORTED: Final = 50
 
@@ -62,6 +73,14 @@ class Salvage:
     outputs: Outputs | None = None
     uplink: UplinkSection | None = None
     buffer: BufferConfig | None = None
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """What a push is checked against in fault mode (edge.reload.Running)."""
+
+    gateway: GatewaySection
+    buffer: BufferConfig
 
 
 def salvage(text: str | None) -> Salvage:
@@ -101,8 +120,16 @@ class FaultMode:
     buzzer_at: str = ""
     outbox: Outbox | None = None
     uplink: Uplink | None = None
+    #: The site file a push-config replaces (None: pushes are refused).
+    site: Path | None = None
+    known_models: Collection[str] | None = None
+    #: A push taken: fault mode has ended for it to be tried.
+    pushed: RestartRequest | None = None
+    #: Reported first: the push that fault mode took before, rolled back.
+    rolled_back: dict[str, Any] | None = None
     _buzzer: Buzzer | None = None
     _since: float = field(default_factory=time.time)
+    _done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def _open_buzzer(self) -> None:
         outputs = self.found.outputs
@@ -159,7 +186,12 @@ class FaultMode:
         try:
             if on_started is not None:
                 on_started(f"FAULT: no usable config ({len(self.problems)} problems); see logs")
-            await stop.wait()
+            waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self._done.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
         finally:
             for task in tasks:
                 task.cancel()
@@ -206,6 +238,10 @@ class FaultMode:
             except Exception as exc:
                 log.error("fault mode: outbox not open", extra=fields(error=repr(exc)))
                 await asyncio.sleep(30)
+        if self.rolled_back is not None:
+            self.outbox.submit(
+                "event", event_body("config-rolled-back", time.time(), **self.rolled_back)
+            )
         body = self.status()
         body.pop("version")
         body.pop("since")
@@ -213,6 +249,10 @@ class FaultMode:
             "event",
             event_body("config-invalid", time.time(), running="fault", **body),
         )
+        outbox = self.outbox
+
+        async def push_config(params: Mapping[str, Any]) -> dict[str, Any]:
+            return await self._push(params, gateway, buffer, outbox)
 
         async def get_status(params: Mapping[str, Any]) -> dict[str, Any]:
             return self.status()
@@ -227,6 +267,64 @@ class FaultMode:
             version=__version__,
             boot_time=self._since,
             config_hash="",
-            command_handlers={"ping": ping, "get-status": get_status},
+            command_handlers={"ping": ping, "get-status": get_status, "push-config": push_config},
         )
         await self.uplink.run()
+
+    async def _push(
+        self,
+        params: Mapping[str, Any],
+        gateway: GatewaySection,
+        buffer: BufferConfig,
+        outbox: Outbox,
+    ) -> dict[str, Any]:
+        """push-config in fault mode: the same checks and file handling as on a running
+        gateway (edge/gateway.py), then fault mode ends for the push to be tried."""
+        site = self.site
+        if site is None:
+            raise CommandError("this gateway was not started from a site file; cannot replace it")
+        if self.pushed is not None:
+            raise CommandError(
+                "a pushed config is still being confirmed; push again once config-applied or "
+                "config-rolled-back has been reported"
+            )
+        try:
+            pushed = await asyncio.to_thread(
+                check_pushed,
+                params,
+                _Identity(gateway, buffer),
+                filename=site.name,
+                known_models=self.known_models,
+            )
+        except PushRejected as exc:
+            outbox.submit(
+                "event",
+                event_body(
+                    "config-rejected",
+                    time.time(),
+                    command_id=current_command_id(),
+                    errors=exc.errors[:MAX_REPORTED],
+                    error_count=len(exc.errors),
+                ),
+            )
+            raise
+        digest = digest_of(pushed.text.encode())
+        try:
+            await asyncio.to_thread(
+                write_site,
+                site,
+                pushed.text,
+                pending={"config_hash": digest, "command_id": current_command_id()},
+            )
+        except OSError as exc:
+            raise CommandError(f"cannot write the site file: {exc}") from None
+        self.pushed = RestartRequest(current_command_id(), digest, "")
+        log.warning("pushed config written; leaving fault mode", extra=fields(config_hash=digest))
+        # The ack goes out on this connection first (as edge/gateway.py's push does).
+        asyncio.get_running_loop().call_later(_ACK_GRACE, self._done.set)
+        return {
+            "config_hash": digest,
+            "previous_hash": "",
+            "restarting": True,
+            "confirm_within_s": pushed.config.uplink.push_confirm_within,
+        }

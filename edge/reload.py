@@ -41,7 +41,7 @@ import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import yaml
 
@@ -49,7 +49,8 @@ from edge import lastgood
 from edge.atomic import atomic_write, digest_of
 from edge.commands import CommandError
 from edge.config.loader import ConfigError, load_site, parse_site
-from edge.config.model import SiteConfig
+from edge.config.model import BufferConfig, SiteConfig
+from edge.config.model import Gateway as GatewaySection
 from edge.contract import event_body
 from edge.log import fields
 
@@ -63,8 +64,10 @@ __all__ = [
     "PushRejected",
     "Pushed",
     "RestartRequest",
+    "Running",
     "SiteRunner",
     "check_pushed",
+    "reached_platform",
     "recover_unsettled",
     "restore_previous",
     "settled",
@@ -114,9 +117,20 @@ class RestartRequest:
     previous_hash: str
 
 
+class Running(Protocol):
+    """What a push is checked against: the identity and outbox of the gateway running now
+    (a :class:`SiteConfig`, or in fault mode the sections of the site file still usable)."""
+
+    @property
+    def gateway(self) -> GatewaySection: ...
+
+    @property
+    def buffer(self) -> BufferConfig: ...
+
+
 def check_pushed(
     params: Mapping[str, Any],
-    running: SiteConfig,
+    running: Running,
     *,
     filename: str,
     known_models: Collection[str] | None,
@@ -248,6 +262,7 @@ class SiteRunner:
         known_models: Collection[str] | None = None,
         recovered: Mapping[str, Any] | None = None,
         site_problems: Sequence[str] | None = None,
+        trial: RestartRequest | None = None,
     ) -> None:
         self.path = path
         #: What :func:`recover_unsettled` undid before this start, reported once it runs.
@@ -260,6 +275,11 @@ class SiteRunner:
         self.settle = settle
         self.known_models = known_models
         self.site_problems = site_problems
+        #: A push taken in fault mode (edge/fault.py): ``config`` is that push, on trial, with
+        #: no known-good config behind it. If it fails, the file goes back and the run ends
+        #: with :attr:`trial_failure` set (fault mode again).
+        self.trial = trial
+        self.trial_failure: str | None = None
         self.from_last_good = site_problems is not None
         #: The gateway running now (None between two).
         self.gateway: Gateway | None = None
@@ -287,7 +307,15 @@ class SiteRunner:
         on_started: Callable[[], None] | None = None,
     ) -> None:
         """Run until ``stop`` is set. The known-good config failing to start raises."""
-        first = self._make(self.config, self.digest)
+        try:
+            first = self._make(self.config, self.digest)
+        except Exception as exc:
+            if self.trial is None:
+                raise
+            self.rolled_back += 1
+            await asyncio.to_thread(restore_previous, self.path)
+            self.trial_failure = f"did not start: {type(exc).__name__}: {exc}"
+            return
         if self.site_problems is not None:
             first.report(
                 "config-invalid",
@@ -304,8 +332,11 @@ class SiteRunner:
                 rejected_hash=self.recovered.get("config_hash"),
                 config_hash=self.digest,
             )
+        if self.trial is not None:
+            first.pushed_by = self.trial.command_id
+            first.confirming = True
         gateway: Gateway | None = first
-        pushed: RestartRequest | None = None
+        pushed: RestartRequest | None = self.trial
         while gateway is not None:
             outcome = await self._serve(
                 gateway, stop, on_started=on_started, confirm=pushed is not None
@@ -317,6 +348,17 @@ class SiteRunner:
                     # Stopped before the new config proved itself: the file goes back, and
                     # the next start runs the config that is known to work.
                     await asyncio.to_thread(restore_previous, self.path)
+                    return
+                if pushed is self.trial:
+                    # Nothing known to work to go back to: the file goes back, fault mode
+                    # takes over again (edge/cli.py) and reports it.
+                    self.rolled_back += 1
+                    log.error(
+                        "pushed config rolled back",
+                        extra=fields(reason=outcome.failure, config_hash=pushed.config_hash),
+                    )
+                    await asyncio.to_thread(restore_previous, self.path)
+                    self.trial_failure = outcome.failure
                     return
                 gateway = await self._roll_back(pushed, outcome.failure)
                 pushed = None
@@ -397,6 +439,7 @@ class SiteRunner:
                 self.applied += 1
                 self.config, self.digest = gateway.config, gateway.config_digest
                 self.from_last_good = gateway.site_unusable = False
+                self.trial = None
                 await asyncio.to_thread(self._keep_as_last_good, gateway.config_digest)
             elif not self.from_last_good:
                 keeper = asyncio.create_task(self._keep_once_reached(gateway), name="last good")
@@ -444,7 +487,8 @@ class SiteRunner:
                         gateway.clock.time(),
                         command_id=gateway.pushed_by,
                         config_hash=gateway.config_digest,
-                        previous_hash=self.digest,
+                        # In fault mode nothing ran before.
+                        previous_hash=self.digest if self.trial is None else "",
                     )
                     applied = asyncio.create_task(outbox.append("event", body))
                 if (

@@ -4,6 +4,7 @@ a fault and says what is wrong; never a silent restart loop (a real process each
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from edge import lastgood
 from edge.gateway import config_hash
 from edge.schemas import validate_message
 from hil.simulator import Simulator
-from tests.fixtures.broker import Collector, Mosquitto, collect
+from tests.fixtures.broker import Collector, Mosquitto, collect, free_port
 from tests.integration.site import site_dict, site_for, write_site
 from tests.integration.test_cli import EDGE
 from tests.integration.test_commands import ack_for, command, send
@@ -222,3 +223,55 @@ async def test_a_config_that_reached_the_platform_is_kept_as_the_last_good_one(
     assert record["site_yaml"].encode() == path.read_bytes()
     assert lastgood.load(path).digest == record["config_hash"]
     assert kept.stat().st_mode & 0o777 == 0o600  # it may hold broker credentials
+
+
+async def test_in_fault_mode_the_platform_can_push_a_config_that_proves_itself_or_goes_back(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with example_site(tmp_path, mosquitto) as site:
+        good = yaml.safe_dump(site, sort_keys=False)
+        broken = copy.deepcopy(site)
+        broken["devices"][0]["bus"] = "no-such-bus"
+        path = write_site(tmp_path, broken)
+        original = path.read_bytes()
+        unreachable = copy.deepcopy(site)
+        unreachable["uplink"]["brokers"] = [f"mqtt://127.0.0.1:{free_port()}"]
+        unreachable["uplink"]["push_confirm_within"] = "5s"
+        async with (
+            collect(mosquitto, "district/v1/#") as platform,
+            edge_run(path, tmp_path / "gateway.log"),
+        ):
+            await platform.wait_for(lambda c: len(config_invalid(c)) == 1, 30)
+            # A push that cannot reach the platform: tried, then the file goes back and fault
+            # mode resumes, saying so.
+            await send(mosquitto, command("try-1", "push-config", {"site": unreachable}))
+            ack = await ack_for(platform, "try-1")
+            assert ack["result"] == "ok", ack
+            await platform.wait_for(lambda c: len(config_invalid(c)) == 2, 40)
+            back = [e for e in platform.on("/events") if e["kind"] == "config-rolled-back"]
+            assert [e["command_id"] for e in back] == ["try-1"]
+            assert "did not reach the platform within 5 s" in back[0]["reason"]
+            assert back[0]["rejected_hash"] == ack["data"]["config_hash"]
+            assert path.read_bytes() == original
+            again = config_invalid(platform)[1]
+            assert again["running"] == "fault"
+            assert any("rolled back: did not reach" in p for p in again["problems"])
+            # A good push: the gateway runs it, proves it, keeps it.
+            await send(mosquitto, command("try-2", "push-config", {"site_yaml": good}))
+            ack = await ack_for(platform, "try-2")
+            assert ack["result"] == "ok", ack
+            await platform.wait_for(
+                lambda c: any(
+                    e["kind"] == "config-applied" and e["command_id"] == "try-2"
+                    for e in c.on("/events")
+                ),
+                40,
+            )
+            await platform.wait_for(lambda c: len(c.readings()) > 0, 20)
+            assert path.read_text() == good
+            kept = lastgood.path_for(path)
+            deadline = asyncio.get_running_loop().time() + 20
+            while not kept.exists():
+                assert asyncio.get_running_loop().time() < deadline, "no last good config kept"
+                await asyncio.sleep(0.1)
+            assert lastgood.load(path).digest == config_hash(good.encode())
