@@ -155,19 +155,24 @@ async def test_an_unusable_site_file_runs_the_last_good_config_and_says_so(
         good_hash = lastgood.save(path, good)
         assert good_hash == config_hash(good)
         BREAKAGES[breakage](path)
-        async with (
-            collect(mosquitto, "district/v1/#") as platform,
-            edge_run(path, tmp_path / "gateway.log"),
-        ):
-            await platform.wait_for(lambda c: len(config_invalid(c)) == 1, 30)
-            event = config_invalid(platform)[0]
-            assert event["running"] == "last-good"
-            assert event["config_hash"] == good_hash
-            assert event["problems"], event
-            # It runs: telemetry comes, and the platform sees which config runs.
-            await platform.wait_for(lambda c: len(c.readings()) > 0, 20)
-            online = [s for s in platform.on("/status") if s["state"] == "online"]
-            assert online[-1]["config_hash"] == good_hash
+        sock, notify = notify_socket(tmp_path)
+        with sock:
+            async with (
+                collect(mosquitto, "district/v1/#") as platform,
+                edge_run(path, tmp_path / "gateway.log", notify=notify),
+            ):
+                ready = await datagram(sock, 30)
+                assert ready.split(b"\n")[0] == b"READY=1", ready
+                assert b"running on the LAST GOOD config: the site file is unusable" in ready
+                await platform.wait_for(lambda c: len(config_invalid(c)) == 1, 30)
+                event = config_invalid(platform)[0]
+                assert event["running"] == "last-good"
+                assert event["config_hash"] == good_hash
+                assert event["problems"], event
+                # It runs: telemetry comes, and the platform sees which config runs.
+                await platform.wait_for(lambda c: len(c.readings()) > 0, 20)
+                online = [s for s in platform.on("/status") if s["state"] == "online"]
+                assert online[-1]["config_hash"] == good_hash
     assert "running the last good config" in (tmp_path / "gateway.log").read_text()
 
 
