@@ -24,6 +24,10 @@
    started again, and it reports ``config-rolled-back`` with the reason, which reaches the
    platform once the previous config is back online.
 
+A push taken in fault mode (edge/fault.py) has no previous config to go back to: the runner
+is started with it as a *trial*; if it does not prove itself, its file goes back and the run
+ends with :attr:`SiteRunner.trial_failure` set, for fault mode to resume.
+
 While a push is being proved, a second one is refused (an error ack): the files on disk are
 those of one push at a time. A power cut at any moment leaves the previous file or the pushed
 one in force, never neither (:func:`write_site`, :func:`recover_unsettled`).
