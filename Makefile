@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint schema clean hil
+.PHONY: demo test test-fast bench lint schema clean hil
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+## Lint and the tests that start no broker, gateway or installer (about 85 s): the edit-test loop.
+## `make test` (everything, with mypy) before pushing.
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q -m "not integration"
 
 ## Hardware-in-the-loop scenarios against the simulated rig (SCENARIO=FILE runs one, EDGE_RIG=FILE
 ## a real rig); reports in var/hil/ (report.txt, junit.xml, figures.json). docs/hil.md.

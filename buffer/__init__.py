@@ -4,6 +4,7 @@ Imports nothing from ``edge`` or ``drivers``: it stores events as JSON and readi
 ``(series, ts, value)`` rows and knows nothing of what they mean.
 """
 
+from buffer.loss import MEMORY_LIMIT, LossTally
 from buffer.outbox import (
     SCHEMA_VERSION,
     STREAMS,
@@ -22,10 +23,12 @@ from buffer.outbox import (
 from buffer.state import StateConflict, StateEntry
 
 __all__ = [
+    "MEMORY_LIMIT",
     "SCHEMA_VERSION",
     "STREAMS",
     "CapacityPolicy",
     "CommitListener",
+    "LossTally",
     "Outbox",
     "OutboxClosed",
     "OutboxCorrupt",

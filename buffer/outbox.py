@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
+from buffer.loss import MEMORY_LIMIT, LossTally
 from buffer.schema import SCHEMA_VERSION, canonical_series
 from buffer.state import (
     StateEntry,
@@ -81,6 +82,9 @@ CommitListener = Callable[[frozenset[Stream]], None]
 # Backoff of the writer while the disk refuses a commit: from the first to the cap, doubling.
 _RETRY_FIRST: Final = 0.1
 _RETRY_MAX: Final = 5.0
+#: While readings are being shed, at most one readings-lost event this often (a disk that
+#: takes writes, only slower than the readings come, would otherwise get one per commit).
+LOSS_REPORT_INTERVAL: Final = 10.0
 #: Body fields that are the reading itself; every other field names the series (the point).
 _READING_FIELDS: Final = ("ts", "value")
 
@@ -111,6 +115,7 @@ class Outbox:
         max_batch: int,
         policy: CapacityPolicy,
         capacity_interval: float,
+        memory_limit: int = MEMORY_LIMIT,
     ) -> None:
         """Use :meth:`open`; this only wires up what it prepared."""
         self.path = store.path
@@ -126,6 +131,12 @@ class Outbox:
         self._capacity_interval = capacity_interval
         self._loop = asyncio.get_running_loop()
         self._queue: collections.deque[Pending] = collections.deque()
+        # Readings in memory (queued or being committed) and those shed beyond the limit.
+        self._memory_limit = memory_limit
+        self._waiting_readings = 0
+        self.lost = LossTally()
+        self._loss_reported = -math.inf
+        self._disk_took_last = True
         self._inflight: list[Pending] = []  # the batch being committed
         self._wakeup = asyncio.Event()
         self._submitted = 0  # records ever submitted
@@ -156,6 +167,7 @@ class Outbox:
         policy: CapacityPolicy | None = None,
         capacity_interval: float = 1.0,
         check_limit: int = CHECK_AT_OPEN_LIMIT,
+        memory_limit: int = MEMORY_LIMIT,
     ) -> Outbox:
         """Open (creating if needed) the outbox at ``path`` and start its writer.
 
@@ -164,11 +176,17 @@ class Outbox:
         is moved aside and a new one started (see :attr:`reset`). Raises
         :class:`OutboxUnwritable` when the folder cannot be written (the message names the path
         and the fix) and :class:`OutboxError` for a file from a newer gateway.
+
+        ``memory_limit``: readings that may wait in memory while the disk refuses writes; those
+        submitted beyond it are shed and reported by a ``readings-lost`` event (events always
+        wait).
         """
         if commit_interval < 0:
             raise ValueError("commit_interval must not be negative")
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if memory_limit < 1:
+            raise ValueError("memory_limit must be at least 1 (readings that may wait in memory)")
         path = Path(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         try:
@@ -185,6 +203,7 @@ class Outbox:
             max_batch=max_batch,
             policy=policy or CapacityPolicy(),
             capacity_interval=capacity_interval,
+            memory_limit=memory_limit,
         )
 
     async def __aenter__(self) -> Self:
@@ -204,8 +223,11 @@ class Outbox:
         """Queue a record for the next group commit and return at once.
 
         Never blocks and never raises for disk trouble: while the disk refuses commits the records
-        wait in memory and the writer retries. A body that cannot be stored raises ``TypeError``
-        or ``ValueError`` saying why, and nothing is queued (programming errors):
+        wait in memory and the writer retries. Events always wait; readings wait up to the
+        outbox's ``memory_limit``, beyond which they are shed, counted in :attr:`lost` and
+        reported by a ``readings-lost`` event once the disk takes writes again. A body that
+        cannot be stored raises ``TypeError`` or ``ValueError`` saying why, and nothing is
+        queued (programming errors):
 
         - an event body must be JSON-serialisable;
         - a telemetry body needs a finite number ``ts`` (POSIX seconds) and a number or
@@ -252,9 +274,54 @@ class Outbox:
             if done is not None:
                 done.set_exception(OutboxClosed(f"outbox {self.path} is closed"))
             return
+        if not item[0]:
+            if self._waiting_readings >= self._memory_limit:
+                self._shed(body, done)
+                return
+            self._waiting_readings += 1
         self._queue.append(item)
         self._submitted += 1
         self._wakeup.set()
+
+    def _shed(self, body: Mapping[str, Any], done: asyncio.Future[int] | None) -> None:
+        if not self.lost:
+            log.error(
+                "outbox %s: %d readings wait in memory for the disk; shedding new readings "
+                "until it takes writes again (a readings-lost event will say how many)",
+                self.path,
+                self._waiting_readings,
+            )
+        self.lost.add(body)
+        if done is not None:
+            done.set_exception(
+                OutboxUnavailable(f"outbox {self.path}: the disk refuses writes; reading shed")
+            )
+        self._wakeup.set()
+
+    def _report_loss(self) -> None:
+        """Queue a readings-lost event for the readings shed so far, when it is due: once the
+        disk took the last commit (at most every :data:`LOSS_REPORT_INTERVAL`), or at close."""
+        if not self.lost:
+            return
+        due = self._disk_took_last and (
+            self._loop.time() >= self._loss_reported + LOSS_REPORT_INTERVAL
+        )
+        if not (due or self._closing):
+            return
+        self._loss_reported = self._loop.time()
+        body = self.lost.take_event(
+            time.time(), f"the disk refused writes while {self._memory_limit} readings waited"
+        )
+        log.error(
+            "outbox %s: readings-lost readings=%d devices=%d",
+            self.path,
+            body["readings"],
+            len(body["devices"]),
+        )
+        text = json.dumps(body, separators=(",", ":"))
+        # Past the closing check: the loss must be recorded even by the last commit.
+        self._queue.append((True, time.time(), text, None, self._loop.time(), None))
+        self._submitted += 1
 
     def _reading(self, body: Mapping[str, Any], done: asyncio.Future[int] | None) -> Pending:
         """Validate a telemetry body and turn it into a pending row (point, ts, value)."""
@@ -311,15 +378,13 @@ class Outbox:
             if self._policy_active() and self._loop.time() >= capacity_due:
                 over = await self._capacity_step()
                 capacity_due = self._loop.time() + (0 if over else self._capacity_interval)
+            self._report_loss()
             if not self._queue:
                 if self._closing:
                     return
                 self._wakeup.clear()
-                timeout = max(0.0, capacity_due - self._loop.time())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wakeup.wait(), timeout if self._policy_active() else None
-                    )
+                    await asyncio.wait_for(self._wakeup.wait(), self._idle_timeout(capacity_due))
                 continue
             # The window opens when the oldest waiting record was submitted, so a slow previous
             # commit does not make it wait a second window.
@@ -340,11 +405,22 @@ class Outbox:
             streams: set[Stream] = set()
             for offset, item in enumerate(batch):
                 streams.add("event" if item[0] else "telemetry")
+                if not item[0]:
+                    self._waiting_readings -= 1
                 done = item[5]
                 if done is not None and not done.done():
                     done.set_result(first + offset)
             self._wake_flushers()
             self._notify(frozenset(streams))
+
+    def _idle_timeout(self, capacity_due: float) -> float | None:
+        """How long the idle writer may sleep: until the next capacity check or loss report."""
+        dues = []
+        if self._policy_active():
+            dues.append(capacity_due)
+        if self.lost:
+            dues.append(self._loss_reported + LOSS_REPORT_INTERVAL)
+        return None if not dues else max(0.0, min(dues) - self._loop.time())
 
     async def _commit(self, batch: list[Pending]) -> int:
         """Commit one batch, retrying until the disk takes it; return its first seq."""
@@ -356,6 +432,7 @@ class Outbox:
                 first = await self._run(self._store.commit, batch, points)
             except (sqlite3.Error, OSError) as exc:
                 failures += 1
+                self._disk_took_last = False
                 log.warning(
                     "outbox %s: commit of %d records failed (%s: %s); retry %d in %.1f s",
                     self.path,
@@ -370,6 +447,7 @@ class Outbox:
                 failures += 1
                 log.exception("outbox %s: unexpected error committing a batch", self.path)
             else:
+                self._disk_took_last = True
                 del self._unsaved_points[: len(points)]
                 if failures:
                     log.warning(

@@ -50,7 +50,7 @@ usage() {
 
 Options:
   --config FILE   site file to install (checked before anything changes)
-  --certs DIR     TLS files (ca.pem, client.pem, client.key) to install with --config
+  --certs DIR     TLS files (ca.pem, client.pem, client.key) and command keys (*.pub) to install with --config
   --source PATH   the project folder or a .whl to install (default: this repository)
   --wheels DIR    install offline, from the wheels in DIR only
   --python PATH   the Python to build the environment with (default: python3)

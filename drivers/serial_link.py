@@ -1,22 +1,31 @@
-"""Serial ports as URLs, and the loop every UART sensor driver shares.
+"""Serial ports, and the loop every UART sensor driver shares.
 
-A port is a URL (pyserial's ``serial_for_url``): a device path (``/dev/ttyUSB0``), a
-pseudo-terminal, or ``socket://host:port`` for a serial server such as ser2net, so the field,
-the HIL rig and CI run the same driver code. :class:`SerialLink` is the byte stream;
-:class:`SerialSensor` is the driver loop: open, configure, read frames through a sans-IO codec,
-report readings, notice silence, reopen with backoff. Subclasses only say how to decode and
-what a frame means.
+A port is a device path (``/dev/ttyUSB0``, a ``/dev/serial/by-id/...`` link), a
+pseudo-terminal or a link to one, or ``socket://host:port`` for a serial server such as ser2net,
+so the field, the HIL rig and CI run the same driver code; :mod:`drivers.ports` says which
+strings are ports. :class:`SerialLink` is the byte stream; :class:`SerialSensor` is the driver
+loop: open, configure, read frames through a sans-IO codec, report readings, notice silence,
+reopen with backoff. Subclasses only say how to decode and what a frame means.
+
+Nothing here blocks the event loop. A device is opened and configured (termios, modem lines)
+in a thread of its own, bounded by a timeout: a USB adapter that hangs in the kernel costs its
+own driver an "offline", never the other buses their polls. At most one open per port is in
+flight; one that returns after its driver gave up is closed at once. Writes never wait: what
+the line does not take now is kept (up to :data:`WRITE_LIMIT` bytes) and written when it can be.
+pyserial is used for the plain device path only, never through ``serial_for_url``.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
+import stat
+import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
@@ -25,9 +34,10 @@ import serial
 
 from drivers.backoff import Backoff
 from drivers.framing import Deframer
+from drivers.ports import PortError, SocketPort, parse_port, resolve_device
 from drivers.types import DeviceStatus, Reading, Sink
 
-__all__ = ["SerialLink", "SerialSensor", "SerialStats"]
+__all__ = ["OPEN_TIMEOUT", "WRITE_LIMIT", "SerialLink", "SerialSensor", "SerialStats"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,88 @@ F = TypeVar("F")
 _CHUNK: Final = 4096
 #: Receive buffer cap per port: a flood or a wrong baud rate cannot eat the gateway's memory.
 BUFFER_LIMIT: Final = 4096
+#: Bytes a port may hold back when the line does not take them (a stuck adapter, a simulator
+#: that stopped reading); beyond it new writes are dropped whole and counted.
+WRITE_LIMIT: Final = 4096
+#: Seconds an open (with its termios and modem-line calls) may take: a healthy port opens in
+#: milliseconds, a USB control transfer gives up after 5 s.
+OPEN_TIMEOUT: Final = 5.0
+
+#: Opens still running in their threads, by port path: a hung one is not started again.
+_opening: dict[str, concurrent.futures.Future[serial.Serial]] = {}
+_opening_lock = threading.Lock()
+
+
+def _open_device(path: str, baudrate: int, parity: str, stopbits: int) -> serial.Serial:
+    """Check where ``path`` leads, then open and configure it (blocking: a worker thread)."""
+    target = resolve_device(path)
+    port = serial.Serial(
+        None, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=0, write_timeout=0
+    )
+    port.port = target
+    port.open()
+    try:
+        # The node opened must be the one checked, and a terminal: nothing is written to a
+        # device that is not a serial line.
+        opened, checked = os.fstat(port.fileno()), os.stat(target)
+        if not (
+            stat.S_ISCHR(opened.st_mode)
+            and opened.st_rdev == checked.st_rdev
+            and os.isatty(port.fileno())
+        ):
+            raise PortError(f"{path}: {target} changed while it was opened, or is not a tty")
+    except BaseException:
+        port.close()
+        raise
+    return port
+
+
+def _close_quietly(port: serial.Serial) -> None:
+    with contextlib.suppress(Exception):
+        port.close()
+
+
+def _close_late(future: concurrent.futures.Future[serial.Serial]) -> None:
+    """An open that finished after its driver stopped waiting: nobody will use the port."""
+    if not future.cancelled() and future.exception() is None:
+        _close_quietly(future.result())
+
+
+async def _open_in_thread(
+    path: str, baudrate: int, parity: str, stopbits: int, within: float
+) -> serial.Serial:
+    with _opening_lock:
+        running = _opening.get(path)
+        if running is not None and not running.done():
+            raise OSError(
+                f"{path}: the previous open has not returned yet (a hung adapter or driver?)"
+            )
+        future: concurrent.futures.Future[serial.Serial] = concurrent.futures.Future()
+        _opening[path] = future
+
+    def work() -> None:
+        # Running: a waiter that gives up from now on cannot cancel it; its result is closed
+        # instead. One that gave up before the thread started leaves nothing to open.
+        try:
+            if future.set_running_or_notify_cancel():
+                future.set_result(_open_device(path, baudrate, parity, stopbits))
+        except BaseException as exc:
+            future.set_exception(exc)
+        finally:
+            with _opening_lock:
+                if _opening.get(path) is future:
+                    del _opening[path]
+
+    threading.Thread(target=work, name=f"open {path}", daemon=True).start()
+    try:
+        async with asyncio.timeout(within):
+            return await asyncio.wrap_future(future)
+    except TimeoutError:
+        future.add_done_callback(_close_late)
+        raise OSError(f"{path}: the open did not return within {within:g} s") from None
+    except asyncio.CancelledError:
+        future.add_done_callback(_close_late)
+        raise
 
 
 class _Stream(asyncio.Protocol):
@@ -61,8 +153,14 @@ class SerialLink:
         self.reader = asyncio.StreamReader(limit=BUFFER_LIMIT)
         self._on_data = on_data or self.reader.feed_data
         self._transport: asyncio.Transport | None = None
-        self._port: serial.SerialBase | None = None
+        self._port: serial.Serial | None = None
+        self._fd = -1
         self._loop = asyncio.get_running_loop()
+        #: Bytes the line has not taken yet (a device port only; a socket has its transport).
+        self._unsent = bytearray()
+        #: Bytes of writes dropped whole because :data:`WRITE_LIMIT` bytes were still unsent.
+        self.dropped_writes = 0
+        self._closing: concurrent.futures.Future[None] | None = None
         #: Set once the port or connection went away (EOF, I/O error).
         self.lost = False
         self._lost_callbacks: list[Callable[[], None]] = []
@@ -76,35 +174,27 @@ class SerialLink:
         parity: str = "N",
         stopbits: int = 1,
         on_data: Callable[[bytes], None] | None = None,
-        connect_timeout: float = 5.0,
+        connect_timeout: float = OPEN_TIMEOUT,
     ) -> SerialLink:
-        """Open ``url``; ``OSError`` (pyserial's SerialException is one) if it cannot be."""
+        """Open ``url`` within ``connect_timeout`` seconds; ``OSError`` if it cannot be,
+        :class:`~drivers.ports.PortError` (a ``ValueError``) if it is not a serial port."""
+        port = parse_port(url)
         link = cls(on_data)
-        parsed = urllib.parse.urlparse(url)
-        if parsed.scheme == "socket":
-            if not parsed.hostname or not parsed.port:
-                raise OSError(f"{url}: expected socket://host:port")
+        if isinstance(port, SocketPort):
             try:
                 async with asyncio.timeout(connect_timeout):
                     transport, _ = await link._loop.create_connection(
-                        lambda: _Stream(link._on_data, link._gone), parsed.hostname, parsed.port
+                        lambda: _Stream(link._on_data, link._gone), port.host, port.port
                     )
             except TimeoutError:
                 raise OSError(f"{url}: no connection within {connect_timeout:g} s") from None
+            assert isinstance(transport, asyncio.Transport)
             link._transport = transport
             return link
-        # Opening a local port is quick and pyserial has no async open; a socket URL (which
-        # could block on connect) took the branch above.
-        port = serial.serial_for_url(
-            url,
-            baudrate=baudrate,
-            parity=parity,
-            stopbits=stopbits,
-            timeout=0,
-            write_timeout=0,
-        )
-        link._port = port
-        link._loop.add_reader(port.fileno(), link._readable)
+        device = await _open_in_thread(url, baudrate, parity, stopbits, connect_timeout)
+        link._port = device
+        link._fd = device.fileno()
+        link._loop.add_reader(link._fd, link._readable)
         return link
 
     def on_lost(self, callback: Callable[[], None]) -> None:
@@ -115,6 +205,7 @@ class SerialLink:
         if self.lost:
             return
         self.lost = True
+        self._stop_watching()
         if exc is None:
             self.reader.feed_eof()
         else:
@@ -122,49 +213,124 @@ class SerialLink:
         for callback in self._lost_callbacks:
             callback()
 
+    def _stop_watching(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(self._fd)
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_writer(self._fd)
+
     def _readable(self) -> None:
-        assert self._port is not None
         try:
-            data = os.read(self._port.fileno(), _CHUNK)
+            data = os.read(self._fd, _CHUNK)
         except BlockingIOError:
             return
         except OSError as exc:
-            self._loop.remove_reader(self._port.fileno())
             self._gone(exc)
             return
         if not data:
-            self._loop.remove_reader(self._port.fileno())
             self._gone(None)
             return
         self._on_data(data)
 
     def write(self, data: bytes) -> None:
-        """Send ``data`` (requests and commands are a few bytes: no flow control needed)."""
+        """Send ``data`` without waiting: what the line does not take now follows when it can.
+
+        Requests and commands are a few bytes; a line that holds back :data:`WRITE_LIMIT`
+        bytes is not draining, and a write that would pass the limit is dropped whole (a
+        partial request would only be noise on the bus) and counted in
+        :attr:`dropped_writes`. The request then goes unanswered and the device offline.
+        """
         if self._transport is not None:
-            self._transport.write(data)
-        elif self._port is not None:
-            try:
-                os.write(self._port.fileno(), data)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                self._gone(exc)
+            if self._transport.get_write_buffer_size() + len(data) > WRITE_LIMIT:
+                self._drop(data)
+            else:
+                self._transport.write(data)
+            return
+        if self._port is None or self.lost:
+            return
+        if self._unsent:
+            if len(self._unsent) + len(data) > WRITE_LIMIT:
+                self._drop(data)
+            else:
+                self._unsent += data
+            return
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self._gone(exc)
+            return
+        if written < len(data):
+            if len(data) - written > WRITE_LIMIT:
+                # Only a write larger than the limit itself gets here: its head is on the line.
+                self.dropped_writes += len(data) - written
+                return
+            self._unsent += data[written:]
+            self._loop.add_writer(self._fd, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            written = os.write(self._fd, self._unsent)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._unsent.clear()
+            self._gone(exc)
+            return
+        del self._unsent[:written]
+        if not self._unsent:
+            self._loop.remove_writer(self._fd)
+
+    def _drop(self, data: bytes) -> None:
+        if not self.dropped_writes:
+            log.warning(
+                "serial line not draining: %d bytes waiting; dropping writes",
+                WRITE_LIMIT,
+            )
+        self.dropped_writes += len(data)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes written but not yet taken by the line."""
+        if self._transport is not None:
+            return self._transport.get_write_buffer_size()
+        return len(self._unsent)
 
     async def close(self) -> None:
-        """Close the port; safe to call twice."""
+        """Close the port and wait (bounded) until it is closed; safe to call twice."""
         self.close_now()
+        closing = self._closing
+        if closing is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(OPEN_TIMEOUT):
+                    await asyncio.wrap_future(closing)
         await asyncio.sleep(0)  # let the transport finish closing
 
     def close_now(self) -> None:
-        """Close the port without waiting."""
+        """Close the port without waiting.
+
+        A device is closed in a thread: closing a UART waits for its output to drain (up to
+        30 s by default), which must not be the event loop's time.
+        """
         if self._transport is not None:
             transport, self._transport = self._transport, None
             transport.close()
         if self._port is not None:
-            port, self._port = self._port, None
-            with contextlib.suppress(OSError, ValueError):
-                self._loop.remove_reader(port.fileno())
-            port.close()
+            self._stop_watching()
+            port, self._port, self._fd = self._port, None, -1
+            self._unsent.clear()
+            self._closing = concurrent.futures.Future()
+            closing = self._closing
+
+            def close() -> None:
+                waited_for = closing.set_running_or_notify_cancel()
+                _close_quietly(port)
+                if waited_for:
+                    closing.set_result(None)
+
+            threading.Thread(target=close, name="close serial port", daemon=True).start()
 
 
 @dataclass(slots=True)
@@ -203,7 +369,7 @@ class SerialSensor(abc.ABC, Generic[F]):
         silence: float = 3.0,
     ) -> None:
         if not url:
-            raise ValueError(f"device {device_id}: the port URL must not be empty")
+            raise ValueError(f"device {device_id}: the port must not be empty")
         if baudrate <= 0:
             raise ValueError(f"device {device_id}: baudrate {baudrate} must be positive")
         if not silence > 0:

@@ -166,37 +166,55 @@ class Annunciator:
         pattern: PatternName | None = (
             None if sounding is None else getattr(self.outputs.patterns, sounding)
         )
-        if self._led is not None:
-            lit = worst is not None
-            if lit != bool(self._led.value):
-                self._led.value = lit
-                # Logged like the buzzer, so a test rig (docs/hil.md) sees the pin change.
-                log.info(
-                    "led on" if lit else "led off",
-                    extra=fields(led="on" if lit else "off", severity=worst or "none"),
-                )
+        # Every pin first, every log line after: a log write can block (a stalled journal),
+        # and no output may wait for one.
+        previous = self.pattern
+        buzzer_changed = self._drive_buzzer(pattern)
+        led_changed = self._drive_led(worst)
         if self._relay is not None and self.outputs.relay is not None:
             threshold = SEVERITY_ORDER[self.outputs.relay.severity]
             self._relay.value = worst is not None and SEVERITY_ORDER[worst] <= threshold
+        if led_changed:
+            # Logged like the buzzer, so a test rig (docs/hil.md) sees the pin change.
+            lit = worst is not None
+            log.info(
+                "led on" if lit else "led off",
+                extra=fields(led="on" if lit else "off", severity=worst or "none"),
+            )
+        if buzzer_changed:
+            log.warning(
+                "buzzer on" if self.sounding else "buzzer off",
+                extra=fields(
+                    buzzer="on" if self.sounding else "off",
+                    pattern=pattern or "none",
+                    was=previous or "none",
+                    severity=sounding or "none",
+                ),
+            )
+
+    def _drive_led(self, worst: Severity | None) -> bool:
+        """Light the LED while any alarm is active; True if it changed."""
+        if self._led is None:
+            return False
+        lit = worst is not None
+        if lit == bool(self._led.value):
+            return False
+        self._led.value = lit
+        return True
+
+    def _drive_buzzer(self, pattern: PatternName | None) -> bool:
+        """Start ``pattern`` unless it runs already (or a self-test runs and the alarms ask
+        for quiet); True if the buzzer's pattern changed."""
         self._desired = pattern
         if self._testing:
             if pattern is None:
-                return
+                return False
             # A real alarm ends a self-test at once.
             self._testing = False
         elif pattern == self.pattern:
-            return
-        previous = self.pattern
+            return False
         self._start_pattern(pattern)
-        log.warning(
-            "buzzer on" if self.sounding else "buzzer off",
-            extra=fields(
-                buzzer="on" if self.sounding else "off",
-                pattern=pattern or "none",
-                was=previous or "none",
-                severity=sounding or "none",
-            ),
-        )
+        return True
 
     def _start_pattern(self, pattern: PatternName | None) -> None:
         self.pattern = pattern
@@ -238,9 +256,10 @@ class Annunciator:
             loop.call_soon_threadsafe(self._silence)
 
     def _silence(self) -> None:
-        log.warning("silence button pressed", extra=fields(pattern=self.pattern or "none"))
+        pattern = self.pattern
         if self.on_silence is not None:
-            self.on_silence()
+            self.on_silence()  # drives the buzzer; the log line follows the pins
+        log.warning("silence button pressed", extra=fields(pattern=pattern or "none"))
 
     # -- self-test --------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from edge.config import ConfigError, SiteConfig, load_site, report_config
 from edge.config.duration import parse_duration
 from edge.fault import FaultMode, Salvage, salvage
 from edge.gateway import config_hash
-from edge.log import fields, setup_logging
+from edge.log import fields, start_log_queue
 from edge.reload import RestartRequest, SiteRunner, recover_unsettled, restore_previous
 from edge.systemd import Notifier
 
@@ -98,9 +98,21 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
     A site file that is unusable does not stop it: the last good config runs instead
     (edge/lastgood.py), and without one the gateway sounds a fault and reports it
     (edge/fault.py). Either way systemd hears READY, so nothing restarts in a silent loop."""
-    setup_logging(log_level)
+    # Nothing in the gateway writes to stderr itself: a stalled journal would stall the
+    # alarms. Log lines, prints and descriptor 2 go through a bounded queue to a writer thread.
+    logs = start_log_queue(log_level)
+    try:
+        return _run(path, status_every)
+    finally:
+        # The process ends now: what is still said at exit goes to the queue, never to a
+        # stderr that may block.
+        logs.stop(release=False)
+
+
+def _run(path: str, status_every: float) -> int:
     # `kill -USR1 <pid>` prints every thread's stack to stderr (the journal): the one way to
-    # see where a gateway in the field is stuck without stopping it.
+    # see where a gateway in the field is stuck without stopping it. Descriptor 2 is the log
+    # queue's non-blocking pipe by now, so a dump during a stall is lost, not a hang.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     site = Path(path)
     try:
@@ -203,7 +215,9 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
                     # so on whatever still works rather than exit into a silent restart loop.
                     log.exception("gateway failed", extra=fields(config=path))
                     used = runner.config
-                    found = Salvage(used.gateway, used.outputs, used.uplink, used.buffer)
+                    found = Salvage(
+                        used.gateway, used.outputs, used.uplink, used.buffer, used.commands
+                    )
                     now_fault = FaultMode(
                         [f"the gateway did not start: {exc!r}"],
                         found,

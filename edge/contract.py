@@ -125,6 +125,8 @@ EventKind = Literal[
     "buffer-reset",
     "buffer-thinned",
     "buffer-dropped",
+    # Readings shed in memory before the outbox (the disk refused writes for long).
+    "readings-lost",
 ]
 EVENT_KINDS: Final[frozenset[str]] = frozenset(get_args(EventKind))
 

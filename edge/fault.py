@@ -8,12 +8,14 @@ hears. ``edge run`` then runs this instead of a gateway, until it is stopped:
   on :data:`DEFAULT_BUZZER` with the default pin factory;
 - the outbox is left as it is, or, when ``gateway``, ``uplink`` and ``buffer`` are usable on
   their own, opened and drained: a ``config-invalid`` event saying exactly what is wrong goes
-  first, then whatever was waiting; ``ping`` and ``get-status`` are answered (the status says
-  ``mode: fault`` and the problems);
+  first, then whatever was waiting; signed ``ping`` and ``get-status`` are answered (the
+  status says ``mode: fault`` and the problems), under the file's ``commands`` section when it
+  is usable on its own (else every command is refused);
 - systemd hears READY (with the fault as its STATUS), so it does not restart the process in a
   loop; ``edge doctor`` names the same problems from the same files;
-- ``push-config`` is taken as on a running gateway (checked, written with its push marker,
-  acknowledged), provided the site file's path is known: then fault mode ends and ``edge run``
+- ``push-config``, signed with the engineering key (no running config bounds what it changes),
+  is taken as on a running gateway (checked, written with its push marker, acknowledged),
+  provided the site file's path is known: then fault mode ends and ``edge run``
   tries the pushed config; if it does not prove itself (edge/reload.py), the file goes back
   and fault mode resumes, reporting ``config-rolled-back``. So a gateway that lost its config
   can be given one from the platform, without a ladder.
@@ -41,8 +43,8 @@ from edge import __version__
 from edge.annunciator import FAULT_PATTERN, make_pin_factory, phase_state
 from edge.atomic import digest_of
 from edge.clock import Clock, SystemClock
-from edge.commands import CommandError, current_command_id
-from edge.config.model import BufferConfig, Outputs, Pin
+from edge.commands import CommandError, current_command_id, current_key_class
+from edge.config.model import BufferConfig, CommandPolicy, Outputs, Pin
 from edge.config.model import Gateway as GatewaySection
 from edge.config.model import Uplink as UplinkSection
 from edge.contract import event_body
@@ -73,6 +75,8 @@ class Salvage:
     outputs: Outputs | None = None
     uplink: UplinkSection | None = None
     buffer: BufferConfig | None = None
+    #: Who may command the gateway; unusable or absent, every command is refused.
+    commands: CommandPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ def salvage(text: str | None) -> Salvage:
         outputs=section("outputs", Outputs),
         uplink=section("uplink", UplinkSection),
         buffer=section("buffer", BufferConfig),
+        commands=section("commands", CommandPolicy),
     )
 
 
@@ -268,6 +273,8 @@ class FaultMode:
             boot_time=self._since,
             config_hash="",
             command_handlers={"ping": ping, "get-status": get_status, "push-config": push_config},
+            # Signed commands only, as from a running gateway: the site file's own key folder.
+            command_policy=self.found.commands,
         )
         await self.uplink.run()
 
@@ -287,6 +294,12 @@ class FaultMode:
             raise CommandError(
                 "a pushed config is still being confirmed; push again once config-applied or "
                 "config-rolled-back has been reported"
+            )
+        if current_key_class() != "engineering":
+            # No running config bounds what this push changes: it changes everything.
+            raise CommandError(
+                "push-config in fault mode needs the engineering key, not the operations key: "
+                "no running config bounds what it changes"
             )
         try:
             pushed = await asyncio.to_thread(

@@ -21,10 +21,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from buffer import CapacityPolicy, Outbox, OutboxUnwritable
+from buffer import CapacityPolicy, LossTally, Outbox, OutboxUnwritable
 from drivers import DeviceStatus, Reading
-from drivers.modbus import known_models
-from edge import __version__, contract, reload, timesync
+from drivers.catalog import family_of
+from drivers.modbus import known_models, load_model
+from edge import __version__, command_bounds, contract, reload, timesync
 from edge.annunciator import Annunciator
 from edge.buses import (
     FieldDriver,
@@ -35,10 +36,10 @@ from edge.buses import (
     set_interval,
 )
 from edge.clock import Clock, SystemClock
-from edge.commands import CommandError, current_command_id
+from edge.commands import CommandError, current_command_id, current_key_class
 from edge.config.model import SiteConfig
 from edge.contract import EventKind, event_body, iso_utc, reading_body
-from edge.log import fields
+from edge.log import fields, lines_dropped
 from edge.occupancy import Occupancy, priority
 from edge.rules import (
     STATE_SCHEMA,
@@ -58,8 +59,9 @@ log = logging.getLogger("edge.gateway")
 
 Stream = Literal["event", "telemetry"]
 
-#: Records waiting for the outbox to open. Bounded so that a buffer that never opens costs
-#: bounded memory; at 1 reading/s per point this is hours of a small site.
+#: Readings waiting for the outbox to open. Bounded so that a buffer that never opens costs
+#: bounded memory; at 1 reading/s per point this is hours of a small site. Readings beyond it
+#: are counted and reported by a readings-lost event; events always wait.
 PENDING_LIMIT = 200_000
 
 #: Shutdown budget, inside systemd's and the issue's 5 s: drivers stop at once, then the
@@ -201,7 +203,9 @@ class Gateway:
         self.uplink: Uplink | None = None
         self.outbox_ready = asyncio.Event()
         self._pending: deque[tuple[Stream, dict[str, Any]]] = deque()
-        self.pending_dropped = 0
+        self._pending_readings = 0
+        #: Readings shed while the outbox was not open (reported once it opens).
+        self.pending_lost = LossTally()
         self._locations = {d.id: d.location.model_dump() for d in config.devices}
         #: Called with every transition after the buzzer has been driven (tests, demo).
         self.transition_hooks: list[Callable[[Transition], None]] = []
@@ -324,9 +328,11 @@ class Gateway:
         if self.outbox is not None:
             self.outbox.submit(stream, body)
             return
-        if len(self._pending) >= PENDING_LIMIT:
-            self._pending.popleft()
-            self.pending_dropped += 1
+        if stream == "telemetry":
+            if self._pending_readings >= PENDING_LIMIT:
+                self.pending_lost.add(body)
+                return
+            self._pending_readings += 1
         self._pending.append((stream, body))
 
     # -- services ---------------------------------------------------------------------------
@@ -360,6 +366,13 @@ class Gateway:
             )
         while self._pending:
             self.outbox.submit(*self._pending.popleft())
+        self._pending_readings = 0
+        if self.pending_lost:
+            body = self.pending_lost.take_event(time.time(), "the buffer was not open")
+            log.error(
+                "readings-lost", extra=fields(readings=body["readings"], reason=body["reason"])
+            )
+            self.outbox.submit("event", body)
         log.info(
             "outbox open",
             extra=fields(path=self.config.buffer.path, epoch=self.outbox.epoch),
@@ -380,6 +393,7 @@ class Gateway:
             metadata=self._metadata_message,
             health=self.health,
             aliases=self.aliases,
+            command_policy=self.config.commands,
             command_handlers={
                 "ping": self._command_ping,
                 "get-status": self._command_status,
@@ -454,6 +468,9 @@ class Gateway:
             },
             "oldest_unsent_age_s": None if oldest is None else round(oldest, 3),
             "pending_in_memory": len(self._pending),
+            "readings_lost": self.pending_lost.total
+            + (self.outbox.lost.total if self.outbox is not None else 0),
+            "log_lines_dropped": lines_dropped(),
             "bus_errors": {
                 bus: int(b.get("errors", 0)) + int(b.get("timeouts", 0)) for bus, b in buses.items()
             },
@@ -473,12 +490,43 @@ class Gateway:
             return {"silenced": 0, "already": True}
         return {"silenced": self.silence("remote", key)}
 
+    def _threshold_refusal(self, params: Mapping[str, Any]) -> str | None:
+        """Why a set-threshold is beyond the site file's bounds (edge/command_bounds.py)."""
+        rule = next((r for r in self.config.rules if r.id == params["rule"]), None)
+        if rule is None:
+            return None
+        device = params.get("device")
+        devices = [str(device)] if device is not None else self.rules.devices_of(rule)
+        models = {d.id: d.model for d in self.config.devices}
+
+        def point_range(device_id: str, point: str) -> command_bounds.PointRange | None:
+            model = models.get(device_id)
+            if model is None or family_of(model) != "modbus":
+                return None  # UART and GPIO sensors, derived points: the factor bounds them
+            found = load_model(model)
+            if not found.has_point(point):
+                return None
+            spec = found.point(point)
+            return command_bounds.reportable_range(spec.type, spec.scale)
+
+        return command_bounds.threshold_refusal(
+            self.config,
+            str(params["rule"]),
+            params.get("field"),
+            params["threshold"],
+            devices,
+            point_range=point_range,
+        )
+
     async def _command_set_threshold(self, params: Mapping[str, Any]) -> dict[str, Any]:
         if not self._state_restored:
             # Overrides are stored next to the rule state; restore first so the stored ones
             # are not overwritten by this one alone.
             await self._restore_rule_state(wait=False)
         device = params.get("device")
+        refusal = self._threshold_refusal(params)
+        if refusal is not None:
+            raise CommandError(refusal)
         try:
             change = self.rules.set_threshold(
                 str(params["rule"]),
@@ -705,6 +753,12 @@ class Gateway:
             )
             log.error("config-rejected", extra=fields(errors=len(exc.errors)))
             raise
+        needs_engineering = command_bounds.engineering_reasons(self.config, pushed.config)
+        if needs_engineering and current_key_class() != "engineering":
+            raise CommandError(
+                "push-config needs the engineering key, not the operations key: "
+                + "; ".join(needs_engineering)
+            )
         digest = config_hash(pushed.text.encode())
         if digest == self.config_digest and not self.site_unusable:
             # The platform repeating a push that was applied (its first ack lost in the

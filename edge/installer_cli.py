@@ -1,7 +1,8 @@
 """Installer commands: ``edge scan`` (what answers on a bus) and ``edge read`` (one device once).
 
 ``edge scan BUS`` takes a bus id from the site file (``--config``), or a bus written out:
-a serial port URL for Modbus RTU (``/dev/ttyUSB0``, ``socket://host:port``) or
+a serial port for Modbus RTU (``/dev/ttyUSB0``, ``socket://host:port``; the forms of
+:mod:`drivers.ports`, checked as in a site file) or
 ``tcp://host:port`` for Modbus TCP. ``edge read DEVICE --config FILE`` runs the device's own
 driver until its first report, prints every point with its unit, and stops.
 """
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 
 from drivers.modbus import RtuSettings, TcpSettings, known_models, load_model
 from drivers.modbus.scan import Found, scan
+from drivers.ports import PortError, check_port
 from drivers.types import DeviceStatus, Reading
 from edge.buses import build_buses
 from edge.config import SiteConfig, report_config
@@ -65,7 +67,9 @@ def add_parser(commands: Any) -> None:
     """Add ``scan`` and ``read`` to the ``edge`` command's subparsers."""
     scan_parser = commands.add_parser("scan", help="list the Modbus devices that answer on a bus")
     scan_parser.add_argument(
-        "bus", metavar="BUS", help="a bus id (with --config), a serial port URL or tcp://host:port"
+        "bus",
+        metavar="BUS",
+        help="a bus id (with --config), a serial port (/dev/ttyUSB0, socket://host:port) or tcp://host:port",
     )
     scan_parser.add_argument("--config", metavar="FILE", help="the site YAML file")
     scan_parser.add_argument(
@@ -116,6 +120,12 @@ def _settings(args: argparse.Namespace, err: TextIO) -> RtuSettings | TcpSetting
             print(f"scan: {args.bus}: expected tcp://host:port", file=err)
             return None
         return TcpSettings(parsed.hostname, parsed.port or 502, args.timeout)
+    try:
+        # The same check as a site file's port: nothing but a serial line is opened.
+        check_port(args.bus)
+    except PortError as exc:
+        print(f"scan: {exc} (or tcp://host:port for Modbus TCP)", file=err)
+        return None
     return RtuSettings(args.bus, (args.bauds or [9600])[0], timeout=args.timeout)
 
 

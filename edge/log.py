@@ -3,6 +3,10 @@
 Format is logfmt: ``ts=... level=warning logger=drivers.modbus msg="device timeout" device=efm-1``.
 It stays greppable on a phone over SSH and parses with any logfmt tool. Extra fields are
 passed as ``log.info("msg", extra=fields(device="efm-1"))``.
+
+``edge run`` logs through :func:`start_log_queue`: records wait in a bounded queue and a thread
+writes them, so a stalled journal never blocks the event loop (edge/log_queue.py). The one-shot
+commands write directly with :func:`setup_logging`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from edge.log_queue import LogPipeline
 
 _FIELDS = "edge_fields"
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
@@ -49,14 +55,45 @@ class LogfmtFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info") -> None:
-    """Send every logger's records to stderr as logfmt lines."""
+    """Send every logger's records to stderr as logfmt lines, written by the caller (for the
+    one-shot commands; ``edge run`` uses :func:`start_log_queue`)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
     # pymodbus logs every retry and frame at INFO/DEBUG; the drivers log what an installer needs.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+#: The running log queue, for :func:`lines_dropped` (empty while logging is not queued).
+_running: list[LogPipeline] = []
+
+
+def start_log_queue(
+    level: str = "info", *, output: int | None = None, capture: bool = True, **sizes: int
+) -> LogPipeline:
+    """Log through a bounded queue and a writer thread (see edge/log_queue.py); returns the
+    running pipeline, which :func:`lines_dropped` reports on until its ``stop()``.
+
+    ``output``: the descriptor to write to (default stderr); ``capture``: take over stdout,
+    stderr and descriptor 2 as well (``edge run``); ``sizes``: ``capacity``, ``routine``."""
+    pipeline = LogPipeline(
+        level, formatter=LogfmtFormatter(), output=output, capture=capture, **sizes
+    )
+    _quiet_libraries()
+    _running[:] = [pipeline.start()]
+    return pipeline
+
+
+def lines_dropped() -> int:
+    """Log lines the running log queue could not hand to stderr since it started (0 when
+    logging is not queued)."""
+    return sum(pipeline.dropped for pipeline in _running)
 
 
 def parse_logfmt(line: str) -> dict[str, str]:

@@ -51,6 +51,13 @@ CTRL_Z = b"\x1a"
 ESC = b"\x1b"
 
 
+#: A number the network takes: an optional + (international) and 3-20 ASCII digits.
+_NUMBER = re.compile(r"\+?[0-9]{3,20}")
+#: Octets of the validity period by its format (TP-VPF, bits 3-4 of the first octet): none,
+#: enhanced (7), relative (1), absolute (7, a time stamp).
+_VALIDITY_OCTETS = {0x00: 0, 0x08: 7, 0x10: 1, 0x18: 7}
+
+
 class ModemError(Exception):
     """The modem refused or did not answer; the message says what it said."""
 
@@ -66,9 +73,11 @@ def submit_pdus(number: str, text: str, reference: int = 0) -> list[str]:
 
     ``AT+CMGS=`` takes each PDU's length in octets *without* that leading ``00``.
     """
+    # ASCII digits only: str.isdigit() also takes full-width and Arabic-Indic digits, whose
+    # semi-octets would not be hex.
+    if not _NUMBER.fullmatch(number):
+        raise ValueError(f"not a phone number: {number!r} (+ then 3-20 digits 0-9)")
     digits = number.lstrip("+")
-    if not digits.isdigit() or not 3 <= len(digits) <= 20:
-        raise ValueError(f"not a phone number: {number!r}")
     address_type = "91" if number.startswith("+") else "81"
     address = f"{len(digits):02X}{address_type}{_semi_octets(digits)}"
     units = text.encode("utf-16-be")
@@ -112,8 +121,19 @@ class Submitted:
 
 
 def decode_submit(pdu: str) -> Submitted:
-    """Read back an SMS-SUBMIT in UCS2 as sent after ``AT+CMGS`` (SMSC field first)."""
-    data = bytes.fromhex(pdu)
+    """Read back an SMS-SUBMIT in UCS2 as sent after ``AT+CMGS`` (SMSC field first).
+
+    Raises ValueError for anything that is not one: not hex, cut short, not UCS2.
+    """
+    try:
+        return _decode_submit(bytes.fromhex(pdu))
+    except IndexError:
+        raise ValueError(f"SMS-SUBMIT cut short ({len(pdu) // 2} octets)") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"user data is not UCS2: {exc}") from None
+
+
+def _decode_submit(data: bytes) -> Submitted:
     at = 1 + data[0]  # skip the SMSC field
     first = data[at]
     at += 2  # first octet, message reference
@@ -127,15 +147,18 @@ def decode_submit(pdu: str) -> Submitted:
     if pid != 0 or dcs != 0x08:
         raise ValueError(f"not a UCS2 message (PID {pid:#x}, DCS {dcs:#x})")
     at += 2
-    if first & 0x18:
-        at += 1  # relative validity period
+    at += _VALIDITY_OCTETS[first & 0x18]
     user_length = data[at]
     user = data[at + 1 : at + 1 + user_length]
+    if len(user) != user_length:
+        raise IndexError(user_length)
     reference, part, parts = None, 1, 1
     if first & 0x40:
         header_length = user[0]
         header = user[1 : 1 + header_length]
-        if header[0] == 0 and header[1] == 3:
+        if len(header) != header_length:
+            raise IndexError(header_length)
+        if header_length >= 5 and header[0] == 0 and header[1] == 3:
             reference, parts, part = header[2], header[3], header[4]
         user = user[1 + header_length :]
     number = ("+" if kind == 0x91 else "") + digits

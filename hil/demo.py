@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -26,13 +27,17 @@ import aiomqtt
 
 from edge.config import load_site
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SiteConfig
-from edge.contract import ContractError, decode_payload
+from edge.contract import SCHEMA_COMMAND, ContractError, decode_payload, iso_utc
 from edge.log import parse_logfmt
+from edge.signing import PRIVATE_KEY_SUFFIX, PUBLIC_KEY_SUFFIX, generate_key
 from hil.broker import LocalBroker, port_is_free, wait_for_port
 from hil.receiver import Receiver
+from hil.signer import build_command
 from hil.simulator import send_control
 
 CONTROL_PORT = 15021
+#: The demo platform's signing keys (made on first run, kept under var/demo/platform-keys).
+DEMO_KEYS = ("operations-demo", "engineering-demo")
 
 
 @dataclass
@@ -120,6 +125,9 @@ class Demo:
         #: Set by Ctrl-C or SIGTERM: the demo stops everything it started, then exits.
         self.interrupted = asyncio.Event()
         self.summary_at = 0.0
+        #: The demo platform's operations key, once installed.
+        self.signing_key: Path | None = None
+        self.first_alarm_arrived = asyncio.Event()
         #: The platform: the reference receiver, storing next to the gateway's outbox.
         platform_db = Path(self.config.buffer.path).parent / "platform.sqlite"
         platform_db.parent.mkdir(parents=True, exist_ok=True)
@@ -141,12 +149,51 @@ class Demo:
             broker.start()
             self.say("broker", f"{broker.kind} on {host}:{port}")
             await self.start_simulator()
+            self.signing_key = self.install_command_keys()
             await self.start_gateway()
             return await self.watch(host, port)
         finally:
             await self.stop_all()
             broker.close()
             self.say("demo", "everything stopped")
+
+    def install_command_keys(self) -> Path | None:
+        """The demo platform's key pairs (made once), their public keys installed where the
+        site file's ``commands.keys`` says; the operations key to sign with."""
+        if self.config.commands.keys is None:
+            return None
+        platform_keys = Path(self.config.buffer.path).parent / "platform-keys"
+        installed = Path(self.config.commands.keys)
+        installed.mkdir(parents=True, exist_ok=True)
+        for key_id in DEMO_KEYS:
+            if not (platform_keys / f"{key_id}{PRIVATE_KEY_SUFFIX}").exists():
+                generate_key(platform_keys, key_id)
+            public = f"{key_id}{PUBLIC_KEY_SUFFIX}"
+            (installed / public).write_bytes((platform_keys / public).read_bytes())
+        self.say("platform", f"command keys {', '.join(DEMO_KEYS)} installed in {installed}")
+        return platform_keys / f"{DEMO_KEYS[0]}{PRIVATE_KEY_SUFFIX}"
+
+    async def send_commands(self, client: aiomqtt.Client, prefix: str) -> None:
+        """Once the first alarm has reached the platform: the attack a broker login allows
+        (an unsigned threshold of 1e308), refused, then a signed get-status, answered."""
+        if self.signing_key is None:
+            return
+        await self.first_alarm_arrived.wait()
+        rule = self.config.rules[0].id if self.config.rules else "none"
+        attack = {
+            "schema": SCHEMA_COMMAND,
+            "command_id": "demo-attack",
+            "command": "set-threshold",
+            "issued_at": iso_utc(time.time()),
+            "params": {"rule": rule, "threshold": 1e308},
+        }
+        self.say("intruder", f"UNSIGNED set-threshold {rule} 1e308 (a broker login is enough)")
+        await client.publish(f"{prefix}/commands", json.dumps(attack), qos=1)
+        status = build_command(
+            self.config.gateway.id, "get-status", {}, self.signing_key, command_id="demo-status"
+        )
+        self.say("platform", f"get-status signed with {status['signature']['key']}")
+        await client.publish(f"{prefix}/commands", json.dumps(status), qos=1)
 
     async def start_simulator(self) -> None:
         tcp = next((b for b in self.config.buses if isinstance(b, ModbusTcpBus)), None)
@@ -231,12 +278,13 @@ class Demo:
                 asyncio.create_task(self.read(client)),
                 asyncio.create_task(self.interrupted.wait()),
             }
+            commands = asyncio.create_task(self.send_commands(client, prefix))
             try:
                 await asyncio.wait(tasks, timeout=self.seconds, return_when="FIRST_COMPLETED")
             finally:
-                for task in tasks:
+                for task in (*tasks, commands):
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, commands, return_exceptions=True)
         for line in self.receiver.summary().text().splitlines():
             self.say("platform", line)
         self.receiver.close()
@@ -272,6 +320,8 @@ class Demo:
             kind = message.get("kind", "?")
             if kind == "alarm-raised":
                 self.alarm_at_platform.add(message.get("device", ""))
+                if self.first_device in self.alarm_at_platform:
+                    self.first_alarm_arrived.set()
             detail = " ".join(
                 f"{k}={message[k]}"
                 for k in ("device", "point", "value", "rule", "seq")
@@ -280,6 +330,15 @@ class Demo:
             self.say("platform", f"EVENT {kind} {detail}")
         elif topic.endswith("/status"):
             self.say("platform", f"status {message.get('state')}")
+        elif topic.endswith("/acks"):
+            data = message.get("data") or {}
+            if message.get("error"):
+                said = message["error"]
+            elif "buzzer" in data:  # get-status: what the platform would show
+                said = f"buzzer={data['buzzer']} active_alarms={len(data['active_alarms'])}"
+            else:
+                said = json.dumps(data)[:200]
+            self.say("platform", f"ACK {message.get('command_id')} {message.get('result')}: {said}")
         elif topic.endswith("/telemetry"):
             try:
                 # Compact telemetry names its points by alias; the receiver knows the table.

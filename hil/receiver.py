@@ -1,6 +1,7 @@
 """Reference receiver: the district platform's side of contract v1, in one command.
 
     python -m hil.receiver --broker mqtt://127.0.0.1:1883 --prefix district/v1 --db rx.sqlite
+    python -m hil.receiver keygen ... | sign ...     (signed commands, see hil/signer.py)
 
 It subscribes to every gateway under the prefix (QoS 1, persistent session, so nothing is
 lost while the receiver itself reconnects), inflates deflated payloads, validates every
@@ -48,6 +49,7 @@ from edge.contract import (
 )
 from edge.schemas import ContractError, validate_message
 from edge.uplink import parse_broker_url
+from hil import signer
 
 __all__ = ["GatewaySummary", "Receiver", "Summary", "main"]
 
@@ -420,7 +422,8 @@ class Receiver:
     @staticmethod
     def _check_topic(topic: str, message: dict[str, Any], kind: str) -> None:
         parts = topic.split("/")
-        expected = {"event": "events"}.get(kind, kind)
+        # The topics of events and acks are plural (docs/contract.md).
+        expected = {"event": "events", "ack": "acks"}.get(kind, kind)
         # A command carries no gateway_id: it is the platform's, never a gateway's message.
         gateway = message.get("gateway_id")
         if len(parts) < 3 or parts[-1] != expected or parts[-2] != gateway:
@@ -526,6 +529,10 @@ def _args(argv: Iterable[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("keygen", "sign"):
+        # The platform's other half of the contract: signed commands (hil/signer.py).
+        return signer.main(argv)
     args = _args(argv)
     try:
         parse_broker_url(args.broker)

@@ -268,7 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fault", choices=SERIAL_FAULTS, default="none")
     parser.add_argument("--roll", type=float, default=0.0, help="witmotion: degrees")
     parser.add_argument("--pitch", type=float, default=0.0, help="witmotion: degrees")
-    parser.add_argument("--state", type=int, default=1, help="ld2410: target state 0-3")
+    parser.add_argument(
+        "--state",
+        type=int,
+        default=1,
+        help="ld2410: target state 0-3, or 4-6 (calibrating, calibrated, calibration failed)",
+    )
     parser.add_argument("--distance", type=int, default=150, help="ld2410: cm")
     args = parser.parse_args(argv)
 

@@ -22,6 +22,9 @@ from typing import Final, TypeAlias
 from drivers.framing import FrameError
 
 __all__ = [
+    "CALIBRATED",
+    "CALIBRATING",
+    "CALIBRATION_FAILED",
     "DISABLE_ENGINEERING",
     "ENABLE_CONFIG",
     "END_CONFIG",
@@ -44,14 +47,19 @@ BASIC_LENGTH: Final = 0x0D
 #: misread length, not a frame to wait for.
 MAX_PAYLOAD: Final = 64
 ACK_BIT: Final = 0x0100
+#: Target states of the background-noise calibration (firmware 2.44+): in progress, done, failed.
+CALIBRATING: Final = 4
+CALIBRATED: Final = 5
+CALIBRATION_FAILED: Final = 6
 
 
 @dataclass(frozen=True, slots=True)
 class TargetFrame:
     """A data frame: what the radar sees. Distances in cm, energies 0-100.
 
-    ``state``: 0 none, 1 moving, 2 still, 3 both. ``engineering`` holds the raw engineering
-    block (per-gate energies) of type 0x01 frames, empty for basic frames.
+    ``state``: 0 none, 1 moving, 2 still, 3 both; firmware 2.44 and later also report their
+    background-noise calibration: 4 in progress, 5 done, 6 failed. ``engineering`` holds the raw
+    engineering block (per-gate energies) of type 0x01 frames, empty for basic frames.
     """
 
     state: int
@@ -63,8 +71,8 @@ class TargetFrame:
     engineering: bytes = b""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.state <= 3:
-            raise ValueError(f"target state {self.state} is not 0..3")
+        if not 0 <= self.state <= CALIBRATION_FAILED:
+            raise ValueError(f"target state {self.state} is not 0..{CALIBRATION_FAILED}")
         for name in ("moving_distance", "still_distance", "detection_distance"):
             if not 0 <= getattr(self, name) <= 0xFFFF:
                 raise ValueError(f"{name} is not a u16")
@@ -75,8 +83,15 @@ class TargetFrame:
             raise ValueError("engineering block too long")
 
     @property
-    def presence(self) -> bool:
-        """Someone is there, moving or still."""
+    def calibrating(self) -> bool:
+        """A calibration state (4-6): the frame says nothing about who is in the room."""
+        return self.state >= CALIBRATING
+
+    @property
+    def presence(self) -> bool | None:
+        """Someone is there, moving or still; None while the radar reports its calibration."""
+        if self.calibrating:
+            return None
         return self.state != 0
 
 

@@ -7,6 +7,8 @@ import logging
 from typing import Final
 
 from drivers.ld2410.codec import (
+    CALIBRATED,
+    CALIBRATING,
     DISABLE_ENGINEERING,
     ENABLE_CONFIG,
     END_CONFIG,
@@ -31,6 +33,11 @@ STARTUP: Final = (ENABLE_CONFIG, DISABLE_ENGINEERING, END_CONFIG)
 class Ld2410Radar(SerialSensor[Frame]):
     """Reports ``presence`` (0/1), ``target_state`` and the distances and energies.
 
+    While the radar reports its background-noise calibration (target states 4-6, firmware
+    2.44+), only ``target_state`` is reported: such a frame says nothing about the room, so it
+    neither confirms nor denies presence (the last presence reading ages out as usual), and it
+    is a working radar, not a frame error.
+
     The radar sends 10-20 frames a second. A change of presence is reported at once (it is
     what occupancy and alarms need); otherwise the latest frame is reported at most every
     ``report_interval`` seconds, so a radar flooding frames costs the gateway decoding only.
@@ -52,6 +59,7 @@ class Ld2410Radar(SerialSensor[Frame]):
         self.report_interval = report_interval
         self._last_report = -float("inf")
         self._presence: bool | None = None
+        self._state: int | None = None
         self._acks: asyncio.Queue[CommandFrame] = asyncio.Queue(maxsize=16)
         #: Whether the last start-up sequence was acknowledged in full.
         self.configured = False
@@ -100,6 +108,9 @@ class Ld2410Radar(SerialSensor[Frame]):
             if frame.is_ack and not self._acks.full():
                 self._acks.put_nowait(frame)
             return
+        if frame.state != self._state and frame.calibrating:
+            _log_calibration(self.device_id, frame.state)
+        self._state = frame.state
         changed = frame.presence != self._presence
         if not changed and mono - self._last_report < self.report_interval:
             self.stats.suppressed += 1
@@ -109,10 +120,21 @@ class Ld2410Radar(SerialSensor[Frame]):
         self._report(frame, ts, mono)
 
     def _report(self, frame: TargetFrame, ts: float, mono: float) -> None:
-        self.emit("presence", 1.0 if frame.presence else 0.0, "", ts, mono)
         self.emit("target_state", float(frame.state), "", ts, mono)
+        if frame.presence is None:
+            return
+        self.emit("presence", 1.0 if frame.presence else 0.0, "", ts, mono)
         self.emit("moving_distance", float(frame.moving_distance), "cm", ts, mono)
         self.emit("moving_energy", float(frame.moving_energy), "", ts, mono)
         self.emit("still_distance", float(frame.still_distance), "cm", ts, mono)
         self.emit("still_energy", float(frame.still_energy), "", ts, mono)
         self.emit("detection_distance", float(frame.detection_distance), "cm", ts, mono)
+
+
+def _log_calibration(device_id: str, state: int) -> None:
+    if state == CALIBRATING:
+        log.info("%s: background-noise calibration in progress; presence unknown", device_id)
+    elif state == CALIBRATED:
+        log.info("%s: background-noise calibration done", device_id)
+    else:
+        log.warning("%s: background-noise calibration failed; presence unknown", device_id)

@@ -93,9 +93,9 @@ class TcpSettings:
 class RtuSettings:
     """A serial line with Modbus RTU framing.
 
-    ``port`` is a pyserial URL: a device path (``/dev/ttyUSB0``), a pseudo-terminal or a link to
-    one (the simulator's), or ``socket://host:port`` for RTU frames over TCP (ser2net and
-    similar serial servers).
+    ``port`` is a device path (``/dev/ttyUSB0``), a pseudo-terminal or a link to one (the
+    simulator's), or ``socket://host:port`` for RTU frames over TCP (ser2net and similar serial
+    servers); :mod:`drivers.ports` has the forms, checked again when the port is opened.
     """
 
     port: str
@@ -403,7 +403,8 @@ class ModbusBus:
                     self._link_up = True
                     reason = await self._poll_while_connected(client)
                 else:
-                    reason = f"cannot connect to {where}"
+                    why = f": {client.last_error}" if client.last_error else ""
+                    reason = f"cannot connect to {where}{why}"
                 client.close()
                 self._connection_down(reason)
                 delay = self._backoff.next_delay()

@@ -1,4 +1,4 @@
-"""A small asyncio Modbus master for RTU (any port URL) and TCP, on the project's own codec.
+"""A small asyncio Modbus master for RTU (any serial port) and TCP, on the project's own codec.
 
 Why not pymodbus's client: the bus scheduler needs one thing, "send this read, give me the
 answer or say why not within the timeout", at up to hundreds of requests a second on a gateway
@@ -59,6 +59,8 @@ class ModbusClient:
         self._buffer = bytearray()
         self._data = asyncio.Event()
         self._down = False
+        #: Why the last :meth:`connect` failed ("" when it did not).
+        self.last_error = ""
 
     @property
     def connected(self) -> bool:
@@ -103,7 +105,8 @@ class ModbusClient:
 
 
 class RtuClient(ModbusClient):
-    """Modbus RTU on a serial port URL (device path, pty, or ``socket://`` for RTU over TCP)."""
+    """Modbus RTU on a serial port (device path, pty, or ``socket://`` for RTU over TCP; see
+    :mod:`drivers.ports`)."""
 
     def __init__(self, url: str, baudrate: int, parity: str, stopbits: int, timeout: float) -> None:
         super().__init__(timeout)
@@ -129,8 +132,11 @@ class RtuClient(ModbusClient):
                 on_data=self._received,
                 connect_timeout=max(self.timeout, 1.0),
             )
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            # ValueError: not a serial port at all (drivers/ports.py says which forms are).
+            self.last_error = str(exc)
             return False
+        self.last_error = ""
         self._link.on_lost(self._lost)
         return True
 

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from drivers.ports import check_port
 from edge.config.duration import Duration, format_duration
 from edge.config.size import Size
 
@@ -35,6 +36,23 @@ Identifier = Annotated[
         max_length=64,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Letters, digits, '-', '_' and '.', starting with a letter or digit.",
+    ),
+]
+
+
+def _serial_port(value: str) -> str:
+    check_port(value)  # PortError (a ValueError) names the allowed forms
+    return value
+
+
+#: A serial port: its form, and what it leads to if it exists already (drivers/ports.py).
+SerialPortPath = Annotated[
+    str,
+    AfterValidator(_serial_port),
+    Field(
+        description="A serial port: /dev/ttyUSB0 (any /dev/tty<letters><digits>), "
+        "/dev/serial0, /dev/serial/by-id/..., /dev/serial/by-path/..., /dev/pts/N, a link to "
+        "one of these, or socket://host:port."
     ),
 ]
 
@@ -96,9 +114,7 @@ class ModbusTcpBus(Strict):
 class ModbusRtuBus(Strict):
     id: Identifier
     kind: Literal["modbus-rtu"]
-    port: str = Field(
-        description="A serial port URL: a device path, a pty path or socket://host:port."
-    )
+    port: SerialPortPath
     baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
@@ -110,9 +126,7 @@ class SerialBus(Strict):
 
     id: Identifier
     kind: Literal["serial"]
-    port: str = Field(
-        description="A serial port URL: a device path, a pty path or socket://host:port."
-    )
+    port: SerialPortPath
     baudrate: (
         Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 256000, 460800, 921600]
         | None
@@ -672,7 +686,7 @@ class Zone(Strict):
 class Sms(Strict):
     """Alarm SMS through a 4G modem (AT commands, PDU mode, UCS2 text)."""
 
-    port: str = Field(description="The modem's serial port URL.")
+    port: SerialPortPath
     baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
     numbers: list[Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")]] = Field(min_length=1)
     severity: Severity = Field(
@@ -713,7 +727,11 @@ class Uplink(Strict):
     command_ttl: Duration = Field(
         default=300.0,
         gt=0,
-        description="Commands from the platform issued longer ago than this are refused.",
+        # A signed command is a bearer token until it expires; an hour bounds how long a
+        # captured one may be replayed at a gateway that has forgotten it.
+        le=3600.0,
+        description="Commands from the platform issued longer ago than this are refused "
+        "(at most 1h).",
     )
     protocol: Literal["3.1.1", "5"] = Field(
         default="3.1.1", description="MQTT protocol version spoken to the brokers."
@@ -792,6 +810,43 @@ class Uplink(Strict):
         return self
 
 
+class CommandPolicy(Strict):
+    """Who may command this gateway and how far (docs/commands.md)."""
+
+    keys: str | None = Field(
+        default=None,
+        description="Folder of the platform's command public keys, operations-NAME.pub and "
+        "engineering-NAME.pub (usually the certificates' folder). Without keys every command "
+        "is refused; telemetry and alarms run as usual.",
+    )
+    insecure_unsigned_commands: bool = Field(
+        default=False,
+        description="DEMO ONLY: also run unsigned commands (with operations authority). "
+        "Anybody who can publish to the commands topic then commands the gateway.",
+    )
+    max_clock_skew: Duration = Field(
+        default=60.0,
+        ge=0,
+        le=600.0,
+        description="A command issued further in the future than this is refused.",
+    )
+    max_per_minute: int = Field(
+        default=30,
+        ge=1,
+        le=600,
+        strict=True,
+        description="Most commands answered per minute (a burst of this many, then this rate); "
+        "the rest get an error ack.",
+    )
+    threshold_factor: float = Field(
+        default=4.0,
+        gt=1,
+        le=100,
+        description="set-threshold stays within this factor of the site file's value "
+        "(between value/factor and value*factor).",
+    )
+
+
 class BufferConfig(Strict):
     path: str = Field(description="SQLite file of the outbox; its folder is created when missing.")
     commit_interval: Duration = Field(
@@ -832,4 +887,5 @@ class SiteConfig(Strict):
     outputs: Outputs
     sms: Sms | None = None
     uplink: Uplink
+    commands: CommandPolicy = Field(default_factory=CommandPolicy)
     buffer: BufferConfig

@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import aiomqtt
@@ -18,7 +19,9 @@ from buffer import STREAMS, Outbox, OutboxClosed, OutboxUnavailable, Record, Str
 from drivers.backoff import Backoff
 from edge import contract, timesync
 from edge.commands import Commands, Handler
+from edge.config.model import CommandPolicy
 from edge.config.model import Uplink as UplinkConfig
+from edge.signing import load_key_ring
 from edge.timesync import SyncProbe
 from edge.uplink.connection import (
     PROTOCOLS,
@@ -83,6 +86,7 @@ class Uplink:
         config_hash: str = "",
         clock_synced: SyncProbe | None = None,
         command_handlers: Mapping[str, Handler] | None = None,
+        command_policy: CommandPolicy | None = None,
         metadata: Callable[[str], bytes] | None = None,
         health: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
         aliases: contract.Aliases | None = None,
@@ -114,17 +118,21 @@ class Uplink:
         self.commands_topic = f"{prefix}/{gateway_id}/commands"
         self.acks_topic = f"{prefix}/{gateway_id}/acks"
         #: Downlink commands, answered on the acks topic; off without handlers.
-        self._commands = (
-            None
-            if not command_handlers
-            else Commands(
+        self._commands: Commands | None = None
+        if command_handlers:
+            policy = command_policy or CommandPolicy()
+            self._commands = Commands(
                 gateway_id,
                 lambda: self._outbox.epoch,
                 command_handlers,
                 ttl=config.command_ttl,
                 clock_synced=self._clock_synced,
+                keys=None if policy.keys is None else load_key_ring(Path(policy.keys)),
+                insecure_unsigned=policy.insecure_unsigned_commands,
+                max_skew=policy.max_clock_skew,
+                max_per_minute=policy.max_per_minute,
+                store=outbox,
             )
-        )
 
         self._state: UplinkState = "offline"
         #: The broker of the current or last attempt, as logged (no credentials).
@@ -607,7 +615,7 @@ class Uplink:
                     continue
                 payload = message.payload
                 raw = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
-                ack = await self._commands.handle(raw)
+                ack = await self._commands.handle(raw, retained=bool(message.retain))
                 # QoS 1 like everything else; acks are not stored: a command whose ack is lost
                 # is repeated by the platform and answered again from the remembered ack.
                 await client.publish(self.acks_topic, ack, qos=1)

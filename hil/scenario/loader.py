@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from drivers.ld2410 import codec as radar
 from drivers.modbus.model import encode, load_model
 from edge.config import ConfigError, parse_site
 from edge.config.duration import parse_duration
@@ -387,7 +388,7 @@ class _Checker:
 
     def value_ok(self, loc: Loc, sim: SimKind, model: str, point: str, value: float) -> bool:
         """Whether the simulator can serve ``value``: a register holds it, a radar state is
-        0-3; so a run never stops half-way on a value nobody could send."""
+        0-6 (4-6: calibration); so a run never stops half-way on a value nobody could send."""
         problem = ""
         if sim in ("modbus-tcp", "rtu-line"):
             try:
@@ -395,7 +396,7 @@ class _Checker:
             except ValueError as exc:
                 problem = str(exc)
         elif sim == "ld2410":
-            top = 3 if point == "state" else 65535
+            top = radar.CALIBRATION_FAILED if point == "state" else 65535
             if value != int(value) or not 0 <= value <= top:
                 problem = f"{point} is a whole number 0-{top}"
         elif not -180 <= value <= 180 and point != "temperature":

@@ -36,6 +36,7 @@ from drivers import Reading
 from edge.config.model import ModbusRtuBus, ModbusTcpBus
 from edge.replay import replay
 from edge.rules import Transition
+from edge.signing import generate_key, load_private_key, sign_command
 from hil.rtu_line import RtuLine
 from hil.scenario.model import Expectation, Scenario, SimDevice, Step
 from hil.scenario.realrig import BuzzerReadback, Rig, RigConfigError
@@ -384,6 +385,9 @@ class LiveRun:
         site["outputs"]["pin_factory"] = "mock"
         # No modem on the simulated rig; SMS has its own tests.
         site.pop("sms", None)
+        # The rig plays the platform: its own command keys, made for this run.
+        commands = site.setdefault("commands", {})
+        commands["keys"] = str(self._installed_keys())
         if self.rig is not None:
             self.rig.adapt_site(site)
         return site
@@ -542,20 +546,38 @@ class LiveRun:
                 await self.gateway.start()
         elif action == "push-config":
             command_id = f"scenario-{uuid.uuid4().hex[:12]}"
-            await publish(
-                self.broker.url,
-                f"{self.topic}/commands",
-                {
-                    "schema": "edge.command/1",
-                    "command_id": command_id,
-                    "command": "push-config",
-                    "issued_at": datetime.now(UTC)
-                    .isoformat(timespec="milliseconds")
-                    .replace("+00:00", "Z"),
-                    "params": {"site": self._pushed_site(args["site"])},
-                },
-            )
+            command = {
+                "schema": "edge.command/1",
+                "command_id": command_id,
+                "command": "push-config",
+                "issued_at": datetime.now(UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+                "params": {"site": self._pushed_site(args["site"])},
+            }
+            # The platform's engineer pushes a new site file: a scenario's push may change
+            # rules of any severity, so it is signed with the engineering key.
+            key, key_id = load_private_key(self._platform_key("engineering-scenario"))
+            signed = sign_command(command, self.scenario.site.gateway.id, key, key_id)
+            await publish(self.broker.url, f"{self.topic}/commands", signed)
             self.acks_wanted.append((command_id, args["expect"], step))
+
+    def _platform_key(self, key_id: str) -> Path:
+        """The private key ``key_id`` of this run's platform, made on first use."""
+        folder = self.workdir / "platform-keys"
+        private = folder / f"{key_id}.private.pem"
+        if not private.exists():
+            generate_key(folder, key_id)
+        return private
+
+    def _installed_keys(self) -> Path:
+        """The gateway's command key folder, holding this run's public keys."""
+        folder = self.workdir / "command-keys"
+        folder.mkdir(parents=True, exist_ok=True)
+        for key_id in ("operations-scenario", "engineering-scenario"):
+            public = self._platform_key(key_id).with_name(f"{key_id}.pub")
+            (folder / public.name).write_bytes(public.read_bytes())
+        return folder
 
     def _pushed_site(self, site: dict[str, Any]) -> dict[str, Any]:
         """The pushed site pointed at this rig like the first one (ports, broker, outbox)."""
@@ -567,7 +589,11 @@ class LiveRun:
                 for key in ("host", "port", "pin_factory"):
                     if key in ports[bus["id"]]:
                         bus[key] = ports[bus["id"]][key]
-        for section, keys in (("uplink", ("brokers",)), ("buffer", ("path",))):
+        for section, keys in (
+            ("uplink", ("brokers",)),
+            ("buffer", ("path",)),
+            ("commands", ("keys",)),
+        ):
             if isinstance(pushed.get(section), dict):
                 for key in keys:
                     pushed[section][key] = current[section][key]

@@ -185,6 +185,31 @@ def child_figures(path: Path) -> dict[str, float]:
     return figures
 
 
+KEYS = (
+    "buffer_ingest_readings_per_s",
+    "buffer_disk_bytes_per_reading",
+    "buffer_file_bytes_per_reading",
+    "buffer_drain_read_readings_per_s",
+    "buffer_drain_ack_readings_per_s",
+    "buffer_disk_bytes_per_reading_1k_per_s",
+    "buffer_disk_bytes_per_reading_1k_per_s_200ms",
+    "buffer_backlog_build_readings_per_s",
+    "buffer_backlog_file_mb",
+    "buffer_startup_s_10m",
+    "buffer_startup_s_empty",
+    "buffer_startup_process_s_10m",
+    "buffer_background_check_s_10m",
+    "buffer_rss_growth_mb_10m",
+    "buffer_rss_mb_10m",
+    "buffer_kill9_runs",
+    "buffer_kill9_lost",
+    "buffer_kill9_problems",
+    "buffer_kill9_acked_records",
+)
+#: A run of a few seconds that goes through every step (tests/integration/test_benchmarks.py).
+TINY = {"readings": 5_000, "backlog": 10_000, "kills": 1}
+
+
 def run(
     *, readings: int = 2_000_000, backlog: int = 10_000_000, kills: int = 100
 ) -> dict[str, float]:

@@ -13,6 +13,11 @@ between the push and ``config-applied``, from gpiozero's MockPin history. Median
 ``trials`` pushes, each renaming the device back and forth; the broker is Mosquitto (or the
 embedded one).
 
+``command_verify_us``: what checking a command's signature costs the gateway, per command:
+the canonical form of a ``set-threshold`` and its Ed25519 verification (edge/signing.py's
+``verify``), median over 2000 commands; ``command_verify_push_us`` the same for a push-config
+carrying the whole demo site (the canonical form grows with the params).
+
 ``python -m tests.benchmarks.commands [--trials N]`` prints the figures and adds them to
 bench-results.json.
 """
@@ -37,12 +42,14 @@ from gpiozero.pins.mock import MockFactory
 
 from drivers.modbus import known_models
 from edge.config import load_site
-from edge.contract import iso_utc
+from edge.contract import decode_payload, iso_utc
 from edge.gateway import config_hash
 from edge.reload import SiteRunner, reached_platform
+from edge.signing import verify
 from hil.broker import LocalBroker
 from hil.simulator import Simulator
 from tests.fixtures.broker import free_port
+from tests.fixtures.command_keys import key_ring, sign
 from tests.integration.site import site_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +91,44 @@ async def _push(client: aiomqtt.Client, prefix: str, site: dict[str, Any], cid: 
         "issued_at": iso_utc(time.time()),
         "params": {"site": site},
     }
-    await client.publish(f"{prefix}/commands", json.dumps(command), qos=1)
+    # Renaming a device a critical rule judges needs the engineering key.
+    signed = sign(command, site["gateway"]["id"], "engineering")
+    await client.publish(f"{prefix}/commands", json.dumps(signed), qos=1)
+
+
+def _verify_us(command: dict[str, Any], gateway_id: str, count: int) -> float:
+    """Median microseconds of one signature check of ``command`` as it arrives."""
+    signed = sign(command, gateway_id)
+    ring = key_ring()
+    timings = []
+    for _ in range(count):
+        started = time.perf_counter_ns()
+        verify(signed, gateway_id, ring)
+        timings.append(time.perf_counter_ns() - started)
+    return statistics.median(timings) / 1000
+
+
+def verify_figures(count: int = 2000) -> dict[str, float]:
+    """``command_verify_us`` and ``command_verify_push_us`` (see the module docstring)."""
+    site: dict[str, Any] = yaml.safe_load((ROOT / "config" / "example-site.yaml").read_text())
+    gateway_id = site["gateway"]["id"]
+
+    def command(name: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "schema": "edge.command/1",
+            "command_id": f"bench-{uuid.uuid4()}",
+            "command": name,
+            "issued_at": iso_utc(time.time()),
+            "params": params,
+        }
+
+    threshold = command("set-threshold", {"rule": site["rules"][0]["id"], "threshold": 250})
+    return {
+        "command_verify_us": round(_verify_us(threshold, gateway_id, count), 1),
+        "command_verify_push_us": round(
+            _verify_us(command("push-config", {"site": site}), gateway_id, count // 4), 1
+        ),
+    }
 
 
 async def _trials(workdir: Path, trials: int) -> dict[str, float]:
@@ -118,7 +162,7 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
 
                     async def listen() -> None:
                         async for message in client.messages:
-                            body = json.loads(bytes(message.payload))
+                            body = decode_payload(bytes(message.payload))
                             if message.topic.value.endswith("/acks"):
                                 acks[body["command_id"]] = time.monotonic()
                             elif body.get("kind") == "config-applied":
@@ -173,11 +217,24 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
     }
 
 
+KEYS = (
+    "push_ack_ms",
+    "push_applied_s",
+    "push_buzzer_gap_ms",
+    "push_buzzer_gap_ms_max",
+    "command_verify_us",
+    "command_verify_push_us",
+)
+#: A run of a few seconds that goes through every step (tests/integration/test_benchmarks.py).
+TINY = {"trials": 1}
+
+
 def run(trials: int = 5) -> dict[str, float]:
     """The figures (see the module docstring)."""
     with tempfile.TemporaryDirectory() as folder:
         results = asyncio.run(_trials(Path(folder), trials))
-    print(f"commands: {trials} pushes on the demo site")
+    results.update(verify_figures())
+    print(f"commands: {trials} pushes on the demo site; signature checks")
     for key, value in results.items():
         print(f"  {key:<26} {value}")
     return results

@@ -15,7 +15,6 @@ demo site runs quietly.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import statistics
 import sys
@@ -29,6 +28,7 @@ import aiomqtt
 import psutil
 import yaml
 
+from edge.contract import decode_payload
 from edge.log import parse_logfmt
 from hil.broker import LocalBroker
 from hil.simulator import send_control
@@ -158,7 +158,7 @@ async def measure_latency(rig: Rig, trials: int) -> tuple[list[float], list[floa
             to_buzzer.append((at - changed) * 1000)
             while True:
                 message = await asyncio.wait_for(anext(messages), 10)
-                event = json.loads(bytes(message.payload))
+                event = decode_payload(bytes(message.payload))
                 if event.get("kind") == "alarm-raised":
                     to_platform.append((time.time() - changed) * 1000)
                     break
@@ -180,6 +180,18 @@ def measure_footprint(pid: int, seconds: float) -> tuple[float, float]:
     cpu = process.cpu_percent(None)
     rss = process.memory_info().rss / (1024 * 1024)
     return rss, cpu
+
+
+KEYS = (
+    "e2e_change_to_buzzer_ms_p50",
+    "e2e_change_to_buzzer_ms_p99",
+    "e2e_change_to_platform_ms_p50",
+    "e2e_change_to_platform_ms_p99",
+    "demo_site_rss_mb",
+    "demo_site_cpu_pct",
+)
+#: A run of a few seconds that goes through every step (tests/integration/test_benchmarks.py).
+TINY = {"trials": 1, "footprint_seconds": 0.5}
 
 
 async def run(trials: int = 20, footprint_seconds: float = 20.0) -> dict[str, float]:

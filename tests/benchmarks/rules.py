@@ -183,6 +183,18 @@ def reading_to_buzzer(config: SiteConfig, trials: int) -> dict[str, float]:
     }
 
 
+KEYS = (
+    "rule_eval_us_per_reading",
+    "rule_eval_rules_per_reading",
+    "rules_active",
+    "reading_to_buzzer_ms_p50",
+    "reading_to_buzzer_ms_p99",
+    "reading_to_buzzer_ms_max",
+)
+#: A run of a second that goes through every step (tests/integration/test_benchmarks.py).
+TINY = {"readings": 2_000, "trials": 20}
+
+
 def run(readings: int = 200_000, trials: int = 2_000) -> dict[str, float]:
     """Both figures; prints them as it goes."""
     with tempfile.TemporaryDirectory() as workdir:

@@ -53,15 +53,6 @@ class _Site:
         return [dict(row.body) for row in itertools.islice(self._rows, POINTS * DEVICES)]
 
 
-def _carried(message: dict[str, object]) -> int:
-    """Readings a telemetry message carries: its seq range less the skipped ranges."""
-    first, last = message["seq_first"], message["seq_last"]
-    skipped = message.get("skip") or []
-    if not isinstance(first, int) or not isinstance(last, int) or not isinstance(skipped, list):
-        raise TypeError(f"not a telemetry message: {message!r:.200}")
-    return last - first + 1 - sum(int(b) - int(a) + 1 for a, b in skipped)
-
-
 @asynccontextmanager
 async def _rig() -> AsyncIterator[tuple[Mosquitto, Outbox]]:
     """A Mosquitto on a free loopback port and a fresh outbox, both gone after the block."""
@@ -86,13 +77,9 @@ async def bytes_per_reading(compression: str, seconds: int = 10) -> tuple[float,
         await outbox.flush()
         expected = seconds * DEVICES * POINTS
         config = UplinkConfig.model_validate({"brokers": [broker.url], "compression": compression})
+        aliases = site_aliases(POINTS, DEVICES)
         uplink = Uplink(
-            config,
-            GATEWAY,
-            outbox,
-            version="bench",
-            boot_time=time.time(),
-            aliases=site_aliases(POINTS, DEVICES),
+            config, GATEWAY, outbox, version="bench", boot_time=time.time(), aliases=aliases
         )
         on_wire = readings = 0
         async with asyncio.timeout(120), aiomqtt.Client(broker.host, broker.port) as client:
@@ -102,7 +89,10 @@ async def bytes_per_reading(compression: str, seconds: int = 10) -> tuple[float,
                 payload = message.payload
                 assert isinstance(payload, bytes)
                 on_wire += publish_size(len(message.topic.value.encode()), len(payload))
-                readings += _carried(contract.decode_payload(payload))
+                # Decoded as the platform does: a message that does not decode fails the figure.
+                readings += len(
+                    contract.decode_telemetry(contract.decode_payload(payload), aliases)
+                )
                 if readings >= expected:
                     break
             await uplink.stop()
@@ -200,13 +190,32 @@ async def alarm_after_outage(outage_s: float = 15.0, trials: int = 3) -> tuple[f
 
 
 DRAIN_BATCH_SIZE = 2000
+KEYS = (
+    "uplink_drain_readings_per_s",
+    "uplink_drain_batch_size",
+    "uplink_drain_inflight",
+    "uplink_bytes_per_reading_plain",
+    "uplink_bytes_per_reading_compressed",
+    "uplink_bytes_batch_size",
+    "uplink_alarm_after_outage_s",
+    "uplink_backoff_cap_s",
+)
+#: A run of a few seconds that goes through every step (tests/integration/test_benchmarks.py).
+TINY = {"backlog": 5_000, "site_seconds": 1, "outage": 2.0, "outage_trials": 1}
 
 
-def run(backlog: int = 1_000_000) -> dict[str, float]:
-    plain, batch_size = asyncio.run(bytes_per_reading("none"))
-    compressed, _ = asyncio.run(bytes_per_reading("deflate"))
+def run(
+    backlog: int = 1_000_000,
+    site_seconds: int = 10,
+    outage: float = 15.0,
+    outage_trials: int = 3,
+) -> dict[str, float]:
+    """Every uplink figure: ``site_seconds`` of the reference site for the bytes per reading,
+    ``outage_trials`` outages of ``outage`` seconds for the alarm after an outage."""
+    plain, batch_size = asyncio.run(bytes_per_reading("none", site_seconds))
+    compressed, _ = asyncio.run(bytes_per_reading("deflate", site_seconds))
     rate = asyncio.run(drain(backlog, DRAIN_BATCH_SIZE))
-    alarm, cap = asyncio.run(alarm_after_outage())
+    alarm, cap = asyncio.run(alarm_after_outage(outage, outage_trials))
     inflight = UplinkConfig.model_validate({"brokers": ["mqtt://x:1"]}).inflight
     return {
         "uplink_drain_readings_per_s": round(rate),

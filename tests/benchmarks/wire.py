@@ -187,6 +187,23 @@ def measure(
     }
 
 
+KEYS = (
+    "wire_readings",
+    "wire_batch_size",
+    "wire_compress_level",
+    "wire_bytes_per_reading_v1",
+    "wire_bytes_per_reading_plain",
+    "wire_bytes_per_reading_compressed",
+    "wire_encode_us_per_reading",
+    "wire_compress_us_per_reading",
+    "wire_decode_us_per_reading",
+)
+#: A run of a moment that goes through every step (tests/integration/test_benchmarks.py).
+TINY = {"devices": 5, "seconds": 2}
+#: ``python -m tests.benchmarks`` calls every suite's ``run``.
+run = measure
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Telemetry bytes per reading on the wire.")
     parser.add_argument("--devices", type=int, default=50)

@@ -14,11 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from hil.simulator import Simulator
 from tests.deploy.conftest import REPO, make_root
 from tests.fixtures.broker import Mosquitto
+
+# Real playbook runs against gateways on Mosquitto: minutes, not seconds.
+pytestmark = pytest.mark.integration
 
 ANSIBLE = REPO / "deploy" / "ansible"
 PLAYBOOK = ANSIBLE / "site.yml"

@@ -7,7 +7,9 @@ and content before and after).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,7 @@ def installed_edge(root: Path, *args: str | Path) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.integration  # builds and installs releases: a minute
 def test_install_upgrade_rollback_uninstall(
     scratch_root: Path, wheelhouse: Path, project_wheel: Path, tmp_path: Path
 ) -> None:
@@ -251,6 +254,7 @@ def test_bad_arguments_are_refused_untouched(
     assert snapshot(scratch_root) == before
 
 
+@pytest.mark.integration  # builds and installs releases: a minute
 def test_invalid_config_and_expired_certificate_refused_after_build_nothing_changed(
     scratch_root: Path, wheelhouse: Path, project_wheel: Path, tmp_path: Path
 ) -> None:
@@ -278,11 +282,21 @@ def test_invalid_config_and_expired_certificate_refused_after_build_nothing_chan
 
 
 def test_needs_root(scratch_root: Path) -> None:
-    command = ["bash", str(INSTALL), "--root", str(scratch_root)]
-    if os.geteuid() == 0:
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    before = snapshot(scratch_root)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 1
+    # Run by another user, from a copy that user can read: the checkout may sit in a folder
+    # other users cannot enter (a clone under /root or in a `mktemp -d`).
+    with tempfile.TemporaryDirectory(prefix="edge-install-") as folder:
+        readable = Path(folder)
+        readable.chmod(0o755)
+        script = readable / INSTALL.name
+        shutil.copyfile(INSTALL, script)
+        script.chmod(0o644)
+        command = ["bash", str(script), "--root", str(scratch_root)]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        before = snapshot(scratch_root)
+        result = subprocess.run(
+            command, cwd=readable, capture_output=True, text=True, timeout=60, check=False
+        )
+    assert result.returncode == 1, result.stderr
     assert "run as root" in result.stderr
     assert snapshot(scratch_root) == before

@@ -12,6 +12,7 @@ import yaml
 from edge.config import SiteConfig, parse_site
 from hil.simulator import Simulator
 from tests.fixtures.broker import Collector, Mosquitto, collect
+from tests.fixtures.command_keys import install
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
 
@@ -19,7 +20,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
 def site_dict(
     tmp_path: Path, *, broker_url: str, tcp_port: int, rtu_link: Path | str
 ) -> dict[str, Any]:
-    """The example site with this test's broker, Modbus TCP port, pty and buffer file."""
+    """The example site with this test's broker, Modbus TCP port, pty and buffer file, and the
+    test platform's command keys installed."""
     site: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     for bus in site["buses"]:
         if bus["kind"] == "modbus-tcp":
@@ -30,6 +32,7 @@ def site_dict(
     site["uplink"]["batch_interval"] = "200ms"
     site["uplink"]["reconnect_max"] = "1s"
     site["buffer"]["path"] = str(tmp_path / "outbox.sqlite")
+    site["commands"] = {"keys": str(install(tmp_path / "command-keys"))}
     return site
 
 

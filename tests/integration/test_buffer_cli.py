@@ -11,8 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from buffer import CapacityPolicy, Outbox
 from tests.integration.site import site_dict, write_site
+
+pytestmark = pytest.mark.integration
 
 EDGE = [sys.executable, "-m", "edge.cli", "buffer"]
 T0 = 1_767_225_600.0

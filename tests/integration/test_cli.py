@@ -17,6 +17,8 @@ from hil.simulator import Simulator
 from tests.fixtures.broker import free_port
 from tests.integration.site import EXAMPLE, site_dict, site_for, write_site
 
+pytestmark = pytest.mark.integration
+
 EDGE = [sys.executable, "-m", "edge.cli"]
 
 

@@ -249,7 +249,13 @@ async def test_in_fault_mode_the_platform_can_push_a_config_that_proves_itself_o
             await platform.wait_for(lambda c: len(config_invalid(c)) == 1, 30)
             # A push that cannot reach the platform: tried, then the file goes back and fault
             # mode resumes, saying so.
-            await send(mosquitto, command("try-1", "push-config", {"site": unreachable}))
+            # Nothing running bounds what a push changes here: the operations key may not.
+            await send(mosquitto, command("ops-1", "push-config", {"site_yaml": good}))
+            refused = await ack_for(platform, "ops-1")
+            assert refused["result"] == "error"
+            assert "needs the engineering key" in refused["error"]
+            params = {"site": unreachable}
+            await send(mosquitto, command("try-1", "push-config", params, key="engineering"))
             ack = await ack_for(platform, "try-1")
             assert ack["result"] == "ok", ack
             await platform.wait_for(lambda c: len(config_invalid(c)) == 2, 40)
@@ -262,7 +268,10 @@ async def test_in_fault_mode_the_platform_can_push_a_config_that_proves_itself_o
             assert again["running"] == "fault"
             assert any("rolled back: did not reach" in p for p in again["problems"])
             # A good push: the gateway runs it, proves it, keeps it.
-            await send(mosquitto, command("try-2", "push-config", {"site_yaml": good}))
+            await send(
+                mosquitto,
+                command("try-2", "push-config", {"site_yaml": good}, key="engineering"),
+            )
             ack = await ack_for(platform, "try-2")
             assert ack["result"] == "ok", ack
             await platform.wait_for(

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
 import yaml
 
 from edge.gateway import config_hash
@@ -19,6 +20,8 @@ from tests.fixtures.broker import Collector, Mosquitto, free_port
 from tests.integration.site import simulated_site, site_for, write_site
 from tests.integration.test_cli import EDGE, read_until
 from tests.integration.test_commands import ack_for, command, send, until
+
+pytestmark = pytest.mark.integration
 
 
 async def test_a_push_cut_short_before_it_settled_is_undone_when_the_gateway_starts(
@@ -91,7 +94,9 @@ async def test_sigkill_at_any_moment_of_a_push_leaves_the_old_or_the_new_config_
                 cid = f"push-kill-{number}"
                 text = yaml.safe_dump(pushed, sort_keys=False)
                 new_hash = config_hash(text.encode())
-                await send(mosquitto, command(cid, "push-config", {"site_yaml": text}))
+                # A renamed device that a guarded rule judges: the engineering key's to push.
+                push = command(cid, "push-config", {"site_yaml": text}, key="engineering")
+                await send(mosquitto, push)
                 await _reach(platform, point, cid, new_hash, path)
                 process.kill()  # the power cut
                 await process.wait()

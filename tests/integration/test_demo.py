@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.integration.site import EXAMPLE
+
+pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_unattended_and_its_alarm_reaches_the_subscriber(tmp_path: Path) -> None:
@@ -31,3 +35,8 @@ def test_demo_runs_unattended_and_its_alarm_reaches_the_subscriber(tmp_path: Pat
     assert "no gaps" in output, output
     assert "telemetry x" in output, "no reading was narrated: telemetry not decoded"
     assert (tmp_path / "var" / "demo" / "gateway.log").stat().st_size > 0
+    # The demo platform signs its commands; an unsigned one, as an intruder would send it,
+    # is refused.
+    assert "ACK demo-attack error: the command is not signed" in output, output
+    assert "ACK demo-status ok: buzzer=on" in output, output
+    assert (tmp_path / "var" / "demo" / "command-keys" / "operations-demo.pub").is_file()

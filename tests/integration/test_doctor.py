@@ -21,6 +21,8 @@ from tests.fixtures.broker import Mosquitto, MosquittoFactory
 from tests.fixtures.certs import write_certificate, write_key
 from tests.integration.site import site_dict
 
+pytestmark = pytest.mark.integration
+
 EDGE = [sys.executable, "-m", "edge.cli"]
 USER, PASSWORD = "gw-test-0001", "s3cret-for-tests"
 
@@ -166,11 +168,15 @@ def test_command_line_exit_status_and_json(tmp_path: Path) -> None:
 def test_unreadable_site_file_says_to_run_as_root(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text("gateway: {id: gw-1}\n")
-    site.chmod(0o600)
+    site.chmod(0o000)  # nobody may read it, its owner included
     command = [*EDGE, "doctor", "--config", str(site), "--timeout", "1"]
     if os.geteuid() == 0:
-        tmp_path.chmod(0o755)
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        # Root reads any file through two capabilities; without them it is refused like any
+        # user. It stays uid 0 rather than becoming another user, so the interpreter and the
+        # checkout stay readable wherever the checkout is (a clone inside a folder other users
+        # cannot enter, such as /root or a `mktemp -d`).
+        dropped = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}", *command]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "permission denied" in result.stdout

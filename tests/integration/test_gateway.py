@@ -23,6 +23,8 @@ from hil.simulator import Simulator
 from tests.fixtures.broker import Collector, Mosquitto, MosquittoFactory, collect, free_port
 from tests.integration.site import load, site_for
 
+pytestmark = pytest.mark.integration
+
 PREFIX = "district/v1/gw-demo-0001"
 
 

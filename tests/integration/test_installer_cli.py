@@ -113,3 +113,25 @@ async def test_read_a_uart_tilt_sensor(tmp_path: Path) -> None:
     assert "roll -0.4559 °" in table  # -0.458 to the sensor's 0.0055-degree step
     assert "roll_displacement -7.96 mm" in table
     assert "yaw 45 °" in table
+
+
+@pytest.mark.parametrize(
+    "port", ["spy://127.0.0.1:1?file={victim}", "rfc2217://127.0.0.1:1?timeout=4", "/dev/mem"]
+)
+async def test_scan_and_read_refuse_what_is_not_a_serial_port(tmp_path: Path, port: str) -> None:
+    victim = tmp_path / "outbox.sqlite"
+    victim.write_bytes(b"records not sent yet")
+    port = port.format(victim=victim)
+    status, _, err = await edge("scan", port, "--addresses", "1")
+    assert status == 2
+    assert "is not a serial port" in err
+    assert "/dev/serial/by-id/NAME" in err, "the message names the forms that are ports"
+    site = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    site["buses"][1]["port"] = port
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site, allow_unicode=True), encoding="utf-8")
+    status, _, err = await edge("read", "efm-workshop-201", "--config", str(path))
+    assert status == 2
+    assert "buses[1].port" in err
+    assert "is not a serial port" in err
+    assert victim.read_bytes() == b"records not sent yet"

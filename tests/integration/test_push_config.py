@@ -84,7 +84,9 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
 
             pushed = copy.deepcopy(site)
             pushed["devices"][1]["id"] = "efm-kitchen-102"
-            await send(mosquitto, command("push-1", "push-config", {"site": pushed}))
+            # A device a critical rule judges goes: only the engineering key may do that.
+            push = command("push-1", "push-config", {"site": pushed}, key="engineering")
+            await send(mosquitto, push)
             ack = await ack_for(platform, "push-1")
             assert ack["result"] == "ok", ack
             new_hash = ack["data"]["config_hash"]
@@ -129,7 +131,9 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
             assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
 
             # The platform repeating the push (its ack lost): no second restart.
-            await send(mosquitto, command("push-1b", "push-config", {"site": pushed}))
+            await send(
+                mosquitto, command("push-1b", "push-config", {"site": pushed}, key="engineering")
+            )
             again = await ack_for(platform, "push-1b")
             assert again["data"] == {"config_hash": new_hash, "unchanged": True}
             assert runner.gateway is gateway
@@ -184,6 +188,41 @@ async def test_a_bad_push_is_refused_with_field_paths_and_changes_nothing(
             assert events(platform, "config-applied") == []
 
 
+async def test_a_push_beyond_operations_authority_is_refused_and_changes_nothing(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        path = write_site(tmp_path, site)
+        original = path.read_bytes()
+        async with running(path, MockFactory(), platform) as (runner, _):
+            gateway = runner.gateway
+            elsewhere = copy.deepcopy(site)
+            elsewhere["uplink"]["brokers"] = ["mqtt://198.51.100.7:1883"]
+            no_rules = copy.deepcopy(site)
+            no_rules["rules"] = []
+            quiet = copy.deepcopy(site)
+            quiet["outputs"]["buzzer"]["pin"] = 5
+            open_door = copy.deepcopy(site)
+            open_door["commands"]["insecure_unsigned_commands"] = True
+            cases = {
+                "move-uplink": (elsewhere, "uplink.brokers changed"),
+                "no-rules": (no_rules, "rule residual-current-over-limit (critical) removed"),
+                "other-buzzer": (quiet, "outputs changed"),
+                "unsigned-ok": (open_door, "commands changed"),
+            }
+            for cid, (pushed, words) in cases.items():
+                await send(mosquitto, command(cid, "push-config", {"site": pushed}))
+                ack = await ack_for(platform, cid)
+                assert ack["result"] == "error", (cid, ack)
+                assert "needs the engineering key" in ack["error"]
+                assert words in ack["error"], (cid, ack["error"])
+            assert path.read_bytes() == original
+            assert not path.with_name("site.yaml.previous").exists()
+            assert runner.gateway is gateway
+            assert events(platform, "config-applied") == []
+
+
 async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -218,7 +257,9 @@ async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
             )
             for number, pushed in enumerate([other_board, pir_bus], start=1):
                 cid = f"push-bad-{number}"
-                await send(mosquitto, command(cid, "push-config", {"site": pushed}))
+                # Other outputs: only the engineering key may push that.
+                push = command(cid, "push-config", {"site": pushed}, key="engineering")
+                await send(mosquitto, push)
                 ack = await ack_for(platform, cid)
                 assert ack["result"] == "ok", ack  # written; the outcome is an event
 
@@ -254,13 +295,23 @@ async def test_a_stop_before_the_pushed_config_proved_itself_puts_the_old_file_b
         async with running(path, MockFactory(), platform) as (runner, stop):
             pushed = copy.deepcopy(site)
             pushed["devices"][1]["id"] = "efm-kitchen-102"
-            await send(mosquitto, command("push-2", "push-config", {"site": pushed}))
+            await send(
+                mosquitto, command("push-2", "push-config", {"site": pushed}, key="engineering")
+            )
             assert (await ack_for(platform, "push-2"))["result"] == "ok"
             # SIGTERM now: before the restart, or within the new config's settle time.
             stop.set()
         assert path.read_bytes() == original
         assert runner.applied == 0
         assert events(platform, "config-applied") == []
+
+
+#: Renaming a device that a guarded rule judges is the engineering key's to push.
+ENGINEERING = "engineering"
+
+
+def push(cid: str, site: dict[str, Any]) -> bytes:
+    return command(cid, "push-config", {"site": site}, key=ENGINEERING)
 
 
 def acl_broker(factory: MosquittoFactory, tmp_path: Path) -> Mosquitto:
@@ -303,7 +354,9 @@ async def test_a_push_that_cannot_reach_the_platform_is_rolled_back_and_says_why
             for number, (cid, (changes, words)) in enumerate(cases.items(), start=1):
                 pushed = copy.deepcopy(site)
                 pushed["uplink"].update(changes)
-                await send(broker, command(cid, "push-config", {"site": pushed}))
+                # The uplink's identity changes: the engineering key's to push.
+                params = {"site": pushed}
+                await send(broker, command(cid, "push-config", params, key="engineering"))
                 ack = await ack_for(platform, cid)
                 assert ack["result"] == "ok", ack
                 assert ack["data"]["confirm_within_s"] == 6.0
@@ -343,10 +396,16 @@ async def test_a_second_push_while_the_first_is_being_confirmed_is_refused(
             first["devices"][1]["id"] = "efm-kitchen-102"
             second = copy.deepcopy(site)
             second["devices"][1]["id"] = "efm-kitchen-103"
-            await send(mosquitto, command("push-a", "push-config", {"site": first}))
+            await send(
+                mosquitto, command("push-a", "push-config", {"site": first}, key=ENGINEERING)
+            )
             # The gateway being replaced refuses too, from the write until it stops.
-            await send(mosquitto, command("push-b", "push-config", {"site": second}))
-            new_hash = (await ack_for(platform, "push-a"))["data"]["config_hash"]
+            await send(
+                mosquitto, command("push-b", "push-config", {"site": second}, key=ENGINEERING)
+            )
+            first_ack = await ack_for(platform, "push-a")
+            assert first_ack["result"] == "ok", first_ack
+            new_hash = first_ack["data"]["config_hash"]
             refused = await ack_for(platform, "push-b")
             assert refused["result"] == "error"
             assert "still being confirmed" in refused["error"]
@@ -359,7 +418,9 @@ async def test_a_second_push_while_the_first_is_being_confirmed_is_refused(
             await platform.wait_for(new_gateway_online, 20)
             assert runner.gateway is not None
             assert runner.gateway.confirming
-            await send(mosquitto, command("push-c", "push-config", {"site": second}))
+            await send(
+                mosquitto, command("push-c", "push-config", {"site": second}, key=ENGINEERING)
+            )
             refused = await ack_for(platform, "push-c")
             assert refused["result"] == "error", refused
             assert "still being confirmed" in refused["error"]
@@ -369,7 +430,9 @@ async def test_a_second_push_while_the_first_is_being_confirmed_is_refused(
             await until(lambda: not pending.exists(), 10, "the push confirmed")
             assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
             # Once confirmed, the next push is taken.
-            await send(mosquitto, command("push-d", "push-config", {"site": second}))
+            await send(
+                mosquitto, command("push-d", "push-config", {"site": second}, key=ENGINEERING)
+            )
             assert (await ack_for(platform, "push-d"))["result"] == "ok"
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from drivers.ld2410.codec import CALIBRATED, CALIBRATING
 from drivers.ld2410.driver import Ld2410Radar
 from drivers.pir import PirSensor
 from drivers.types import DeviceStatus, Reading
@@ -134,6 +135,36 @@ async def test_ld2410_is_configured_then_reports_presence_changes_at_once() -> N
             assert time.monotonic() - changed < 1.0
     assert recorder.values("moving_distance")[0] == 120.0
     assert recorder.values("target_state") == [3.0, 0.0]
+
+
+async def test_ld2410_calibrating_is_a_working_radar_that_reports_no_presence() -> None:
+    recorder = Recorder()
+    async with Ld2410Sim(rate=20) as sim:
+        sim.set_target(3, 120, 95)
+        radar = Ld2410Radar("room", sim.path, recorder, report_interval=0.2, silence=1.0)
+        async with running(radar.run):
+            await recorder.wait_for("presence", lambda: recorder.values("presence") == [1.0])
+            sim.set_target(CALIBRATING)
+            await recorder.wait_for(
+                "calibrating", lambda: float(CALIBRATING) in recorder.values("target_state")
+            )
+            # Three times the silence window of calibration frames: still online, no verdict.
+            seen = len(recorder.values("target_state"))
+            await recorder.wait_for(
+                "more calibration frames",
+                lambda: len(recorder.values("target_state")) >= seen + 10,
+                within=10,
+            )
+            sim.set_target(CALIBRATED)
+            await recorder.wait_for(
+                "calibrated", lambda: float(CALIBRATED) in recorder.values("target_state")
+            )
+            sim.set_target(0)
+            await recorder.wait_for("absence", lambda: recorder.values("presence")[-1] == 0.0)
+    # Presence was never claimed either way while the radar calibrated.
+    assert recorder.values("presence") == [1.0, 0.0]
+    assert [s.online for s in recorder.statuses()].count(False) == 0
+    assert radar.stats.bad_frames == 0
 
 
 async def test_ld2410_flood_costs_decoding_only() -> None:

@@ -9,9 +9,13 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
+
 from hil.simulator import Simulator
 from tests.fixtures.broker import free_port
 from tests.integration.site import site_for, write_site
+
+pytestmark = pytest.mark.integration
 
 EDGE = [sys.executable, "-m", "edge.cli"]
 

@@ -31,7 +31,9 @@ ALL = f"{PREFIX}/#"
 
 @pytest.fixture
 def site(tmp_path: Path, mosquitto: Mosquitto) -> SiteConfig:
-    return load(site_dict(tmp_path, broker_url=mosquitto.url, tcp_port=1, rtu_link="/dev/null"))
+    return load(
+        site_dict(tmp_path, broker_url=mosquitto.url, tcp_port=1, rtu_link=tmp_path / "rtu")
+    )
 
 
 @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ from buffer import Outbox
 from drivers import Reading
 from edge.annunciator import Annunciator
 from edge.config import SiteConfig
+from edge.config.model import Outputs, Pin, Relay
 from edge.gateway import Gateway
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
@@ -86,3 +88,46 @@ def test_pin_factory_from_environment_when_config_names_none(
         if Device.pin_factory is not None:
             Device.pin_factory.close()
         Device.pin_factory = previous
+
+
+class PinsAtLogTime(logging.Handler):
+    """Notes, for each log line, the output pins' states at the moment it was logged."""
+
+    def __init__(self, pins: MockFactory, numbers: dict[str, int]) -> None:
+        super().__init__()
+        self.pins = pins
+        self.numbers = numbers
+        self.lines: list[tuple[str, dict[str, bool]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        states = {name: bool(self.pins.pin(n).state) for name, n in self.numbers.items()}
+        self.lines.append((record.getMessage(), states))
+
+
+@pytest.mark.parametrize("sound", [True, False], ids=["alarm", "all-clear"])
+def test_every_output_pin_is_driven_before_anything_is_logged(sound: bool) -> None:
+    """A log write can block (a stalled journal): buzzer, LED and relay must not wait for it."""
+    outputs = Outputs(pin_factory="mock", buzzer=Pin(pin=17), led=Pin(pin=27), relay=Relay(pin=22))
+    pins = MockFactory()
+    annunciator = Annunciator(outputs, pin_factory=pins)
+    spy = PinsAtLogTime(pins, {"buzzer": 17, "led": 27, "relay": 22})
+    logger = logging.getLogger("edge.annunciator")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # the LED's lines are at INFO
+    logger.addHandler(spy)
+    try:
+        if not sound:
+            annunciator.show("fire", "fire")
+            spy.lines.clear()
+        annunciator.show("fire" if sound else None, "fire" if sound else None)
+    finally:
+        logger.removeHandler(spy)
+        logger.setLevel(level)
+        annunciator.close()
+        pins.reset()
+    want = {"buzzer": sound, "led": sound, "relay": sound}
+    assert [message for message, _ in spy.lines] == (
+        ["led on", "buzzer on"] if sound else ["led off", "buzzer off"]
+    )
+    for message, states in spy.lines:
+        assert states == want, f"{message!r} was logged before every pin was driven: {states}"

@@ -11,6 +11,7 @@ import pytest
 from edge import contract
 from edge.commands import MAX_COMMAND_BYTES, CommandError, Commands, current_command_id
 from edge.schemas import validate
+from tests.fixtures.command_keys import key_ring, sign
 
 NOW = 1_700_000_000.0
 
@@ -39,20 +40,28 @@ def commands(recorder: Recorder, now: float = NOW) -> Commands:
         },
         ttl=60.0,
         clock_synced=lambda: True,
+        keys=key_ring(),
         now=lambda: now,
     )
 
 
-def command(name: str, params: dict[str, Any], *, cid: str = "c-1", age: float = 1.0) -> bytes:
-    return json.dumps(
-        {
-            "schema": "edge.command/1",
-            "command_id": cid,
-            "command": name,
-            "issued_at": contract.iso_utc(NOW - age),
-            "params": params,
-        }
-    ).encode()
+def command(
+    name: str,
+    params: dict[str, Any],
+    *,
+    cid: str = "c-1",
+    age: float = 1.0,
+    key: str = "operations",
+) -> bytes:
+    """A command signed for gateway gw-1 with the test key ``key``."""
+    body = {
+        "schema": "edge.command/1",
+        "command_id": cid,
+        "command": name,
+        "issued_at": contract.iso_utc(NOW - age),
+        "params": params,
+    }
+    return json.dumps(sign(body, "gw-1", key)).encode()
 
 
 async def answer(handler: Commands, payload: bytes) -> dict[str, Any]:
@@ -124,7 +133,13 @@ async def test_a_handler_that_crashes_is_still_answered() -> None:
         raise RuntimeError("boom")
 
     handler = Commands(
-        "gw-1", lambda: "e", {"ping": broken}, ttl=60, clock_synced=lambda: False, now=lambda: NOW
+        "gw-1",
+        lambda: "e",
+        {"ping": broken},
+        ttl=60,
+        clock_synced=lambda: False,
+        keys=key_ring(),
+        now=lambda: NOW,
     )
     ack = await answer(handler, command("ping", {}))
     assert ack["result"] == "error"
@@ -140,7 +155,13 @@ async def test_a_handler_knows_the_id_of_the_command_it_runs() -> None:
         return None
 
     handler = Commands(
-        "gw-1", lambda: "e", {"ping": ping}, ttl=60, clock_synced=lambda: True, now=lambda: NOW
+        "gw-1",
+        lambda: "e",
+        {"ping": ping},
+        ttl=60,
+        clock_synced=lambda: True,
+        keys=key_ring(),
+        now=lambda: NOW,
     )
     await answer(handler, command("ping", {}, cid="p-7"))
     assert seen == ["p-7"]

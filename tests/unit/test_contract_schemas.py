@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 
 from edge import contract, schemas
 from edge.schemas import ContractError, validate, validate_message
+from tests.fixtures.command_keys import sign
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCH = "0b6c1f7e-3c1a-4d55-9a59-2f4f1c8e7d10"
@@ -148,6 +149,10 @@ def test_unknown_or_missing_schema_tag_is_refused() -> None:
 )
 def test_well_formed_commands_validate(name: str, params: dict[str, Any]) -> None:
     validate("command", command(name, params))
+    validate("command", sign(command(name, params), "gw-1"))  # and signed
+
+
+_SIGNATURE = {"key": "operations-2026a", "ed25519": "A" * 86 + "=="}
 
 
 @pytest.mark.parametrize(
@@ -161,6 +166,11 @@ def test_well_formed_commands_validate(name: str, params: dict[str, Any]) -> Non
         (command("ping", {}, extra=1), "extra"),
         ({k: v for k, v in command("ping", {}).items() if k != "command_id"}, "command_id"),
         (command("ping", {}, issued_at="yesterday"), "issued_at"),
+        (command("ping", {}, signature="A" * 88), "signature"),
+        (command("ping", {}, signature={**_SIGNATURE, "key": "admin-1"}), "key"),
+        (command("ping", {}, signature={**_SIGNATURE, "ed25519": "AAAA"}), "ed25519"),
+        (command("ping", {}, signature={"key": "operations-2026a"}), "ed25519"),
+        (command("ping", {}, signature={**_SIGNATURE, "alg": "none"}), "alg"),
     ],
 )
 def test_malformed_commands_are_refused_naming_the_problem(

@@ -15,6 +15,7 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.provision import provision, sound_refusal
 from tests.fixtures.certs import write_certificate, write_key
+from tests.fixtures.command_keys import install as install_command_keys
 from tests.integration.site import site_dict
 
 EDGE = [sys.executable, "-m", "edge.cli"]
@@ -37,6 +38,7 @@ def card(tmp_path: Path, site: dict[str, Any] | str, *, certs: bool = True) -> P
         (source / "certs").mkdir()
         key = write_key(source / "certs" / "client.key")
         write_certificate(source / "certs" / "client.pem", key)
+        install_command_keys(source / "certs")
     return source
 
 
@@ -54,7 +56,29 @@ def test_valid_files_are_installed_private_and_removed_from_the_card(tmp_path: P
     assert (etc / "site.yaml").stat().st_mode & 0o777 == 0o600
     assert (etc / "certs").stat().st_mode & 0o777 == 0o700
     assert (etc / "certs" / "client.key").stat().st_mode & 0o777 == 0o600
+    # The platform's command keys are installed with the certificates.
+    assert (etc / "certs" / "operations-test-a.pub").is_file()
+    assert (etc / "certs" / "engineering-test-a.pub").is_file()
     assert not source.exists(), "secrets must not stay on the FAT boot partition"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("operations-x.pub", "garbage", "not a readable PEM public key"),
+        ("root.pub", "garbage", "operations-NAME.pub"),
+        ("operations-x.private.pem", "-----BEGIN PRIVATE KEY-----", "not a readable PEM cert"),
+    ],
+    ids=["unreadable", "unnamed-class", "private-key-on-the-card"],
+)
+def test_a_command_key_the_gateway_could_not_use_is_refused(
+    tmp_path: Path, name: str, text: str, needle: str
+) -> None:
+    source = card(tmp_path, valid_site(tmp_path))
+    (source / "certs" / name).write_text(text)
+    result = provision(source, tmp_path / "etc", refusal=lambda pin, **kw: None)
+    assert result.outcome == "rejected"
+    assert any(name in p and needle in p for p in result.problems), result.problems
 
 
 def test_second_provisioning_keeps_the_previous_generation(tmp_path: Path) -> None:
@@ -195,3 +219,184 @@ def test_unknown_owner_is_refused_before_touching_the_card(tmp_path: Path) -> No
     assert "no user 'no-such-user-here'" in result.stderr
     assert (source / "site.yaml").exists(), "the installer's files stay where they are"
     assert not (tmp_path / "etc").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Links planted on the card or in the configuration folder (provisioning runs as root)
+# --------------------------------------------------------------------------------------------
+
+
+class Outside:
+    """A file outside both folders that a planted link points at: it must stay as it is."""
+
+    def __init__(self, tmp_path: Path, name: str, data: bytes) -> None:
+        self.path = tmp_path / "outside" / name
+        self.path.parent.mkdir(exist_ok=True)
+        self.path.write_bytes(data)
+        self.path.chmod(0o640)
+        self.data = data
+        self.stat = self.path.stat()
+
+    def assert_untouched(self) -> None:
+        now = self.path.stat()
+        assert self.path.read_bytes() == self.data
+        assert now.st_mode == self.stat.st_mode, "not chmod-ed"
+        assert now.st_uid == self.stat.st_uid, "not chown-ed"
+        assert now.st_mtime_ns == self.stat.st_mtime_ns
+
+
+def plant(kind: str, path: Path, target: Path) -> None:
+    if kind == "symlink":
+        path.symlink_to(target)
+    else:
+        os.link(target, path)
+
+
+def refused_quietly(source: Path, etc: Path) -> tuple[Any, str]:
+    result = provision(source, etc, refusal=lambda pin, **kw: None)
+    note = (source.with_name("city-safety-edge.rejected") / "REJECTED.txt").read_text()
+    return result, note
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard link"])
+@pytest.mark.parametrize("name", ["site.yaml", "certs/client.key"])
+def test_a_link_on_the_card_is_refused_and_what_it_points_at_stays_unread(
+    tmp_path: Path, kind: str, name: str
+) -> None:
+    source = card(tmp_path, valid_site(tmp_path))
+    planted = source / name
+    # What the link leads to is itself a valid file of the kind expected there.
+    outside = Outside(tmp_path, "secret", planted.read_bytes())
+    planted.unlink()
+    plant(kind, planted, outside.path)
+    etc = tmp_path / "etc"
+    result, note = refused_quietly(source, etc)
+    assert result.outcome == "rejected"
+    why = "a symbolic link" if kind == "symlink" else "has 2 hard links"
+    (problem,) = result.problems
+    assert problem.startswith(f"{source / name}: {why}")
+    assert problem in note
+    assert not (etc / "site.yaml").exists()
+    assert not (etc / "certs").exists()
+    outside.assert_untouched()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard link"])
+@pytest.mark.parametrize(
+    "name", ["site.yaml", "site.yaml.previous", ".site.yaml.new", "site.yaml.pending"]
+)
+def test_a_link_in_the_configuration_folder_is_refused_and_reported(
+    tmp_path: Path, kind: str, name: str
+) -> None:
+    etc = tmp_path / "etc"
+    installed = provision(card(tmp_path, valid_site(tmp_path)), etc, refusal=no_beeps)
+    assert installed.outcome == "installed"
+    in_force = (etc / "site.yaml").read_bytes()
+    outside = Outside(tmp_path, "shadow", b"root:$6$not-yours:19000:0:99999:7:::\n")
+    planted = etc / name
+    if planted.exists():
+        planted.unlink()
+    plant(kind, planted, outside.path)  # what the gateway's user could do
+    site = valid_site(tmp_path)
+    site["gateway"]["id"] = "gw-second"
+    source = card(tmp_path / "again", site)
+    result, note = refused_quietly(source, etc)
+    assert result.outcome == "rejected"
+    assert any(str(planted) in p and "remove it" in p for p in result.problems), result.problems
+    assert str(planted) in note
+    outside.assert_untouched()
+    if name != "site.yaml":
+        assert (etc / "site.yaml").read_bytes() == in_force, "the config in force stays"
+    assert not (source.parent / "city-safety-edge").exists()
+
+
+def test_a_planted_certificate_folder_link_is_refused(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    assert provision(card(tmp_path, valid_site(tmp_path)), etc, refusal=no_beeps).outcome == (
+        "installed"
+    )
+    outside = Outside(tmp_path, "keep.key", b"somebody's key")
+    (etc / "certs.previous").symlink_to(outside.path.parent)
+    (etc / "certs" / "extra.key").symlink_to(outside.path)
+    result, _ = refused_quietly(card(tmp_path / "again", valid_site(tmp_path)), etc)
+    assert result.outcome == "rejected"
+    assert any(str(etc / "certs.previous") in p for p in result.problems)
+    assert any(str(etc / "certs" / "extra.key") in p for p in result.problems)
+    outside.assert_untouched()
+    assert sorted(p.name for p in outside.path.parent.iterdir()) == ["keep.key"]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard link"])
+def test_the_refusal_note_is_never_written_through_a_link(tmp_path: Path, kind: str) -> None:
+    bad = valid_site(tmp_path)
+    bad["outputs"]["buzzer"]["pin"] = 99
+    source = card(tmp_path, bad)
+    outside = Outside(tmp_path, "bashrc", b"# root's shell settings\n")
+    plant(kind, source / "REJECTED.txt", outside.path)
+    result, note = refused_quietly(source, tmp_path / "etc")
+    assert result.outcome == "rejected"
+    assert "outputs.buzzer.pin" in note
+    outside.assert_untouched()
+    assert outside.path.stat().st_nlink == 1
+
+
+def test_a_card_folder_that_is_a_link_is_not_read_or_written_into(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "site.yaml").write_text(yaml.safe_dump(valid_site(tmp_path)))
+    outside = Outside(tmp_path, "site.yaml", (elsewhere / "site.yaml").read_bytes())
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    source = boot / "city-safety-edge"
+    source.symlink_to(elsewhere)
+    # A ".rejected" left by an earlier refusal, itself a link to a folder to keep.
+    (boot / "city-safety-edge.rejected").symlink_to(outside.path.parent)
+    etc = tmp_path / "etc"
+    result = provision(source, etc, refusal=lambda pin, **kw: None)
+    assert result.outcome == "rejected"
+    assert "a link or a file, not a folder" in result.problems[0]
+    assert not (etc / "site.yaml").exists()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["site.yaml"], "no note written there"
+    assert (boot / "city-safety-edge.rejected").is_symlink(), "the link itself was renamed"
+    outside.assert_untouched()
+
+
+def test_a_fifo_on_the_card_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    source = card(tmp_path, valid_site(tmp_path))
+    (source / "site.yaml").unlink()
+    os.mkfifo(source / "site.yaml")
+    result, note = refused_quietly(source, tmp_path / "etc")
+    assert result.outcome == "rejected"
+    assert "not a regular file" in note
+
+
+def test_the_command_line_reports_a_planted_link(tmp_path: Path) -> None:
+    source = card(tmp_path, valid_site(tmp_path))
+    outside = Outside(tmp_path, "secret.key", (source / "certs" / "client.key").read_bytes())
+    (source / "certs" / "client.key").unlink()
+    (source / "certs" / "client.key").symlink_to(outside.path)
+    etc = tmp_path / "etc"
+    result = subprocess.run(
+        [*EDGE, "provision", "--source", str(source), "--etc", str(etc), "--fault-repeats", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "provisioning refused" in result.stderr
+    assert "a symbolic link" in result.stderr
+    assert not etc.exists() or not (etc / "certs").exists()
+    outside.assert_untouched()
+
+
+def test_a_configuration_folder_that_is_a_link_is_not_written_into(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    etc = tmp_path / "etc"
+    etc.symlink_to(elsewhere)
+    result, note = refused_quietly(card(tmp_path, valid_site(tmp_path)), etc)
+    assert result.outcome == "rejected"
+    assert f"{etc}: a link or a file, not a folder" in note
+    assert list(elsewhere.iterdir()) == []

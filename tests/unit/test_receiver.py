@@ -277,3 +277,19 @@ def test_a_command_on_a_gateway_topic_is_rejected_not_a_crash(receiver: Receiver
     result = receiver.handle(EVENTS, _command())
     assert result.startswith("rejected"), result
     assert receiver.summary().rejected == 1
+
+
+def _ack(command_id: str) -> bytes:
+    return json.dumps({
+        "schema": contract.SCHEMA_ACK, "gateway_id": GW, "epoch": "e1",
+        "message_id": f"ack-{command_id}", "sent_at": contract.iso_utc(time.time()),
+        "clock_synced": True, "command_id": command_id, "result": "error",
+        "error": "the command is not signed", "data": None,
+    }).encode()  # fmt: skip
+
+
+def test_acks_are_kept_on_the_acks_topic_and_rejected_elsewhere(receiver: Receiver) -> None:
+    assert receiver.handle(f"district/v1/{GW}/acks", _ack("c-1")) == "kept"
+    result = receiver.handle(EVENTS, _ack("c-2"))
+    assert result.startswith("rejected"), result
+    assert "expected .../gw-1/acks" in result

@@ -135,6 +135,30 @@ def test_ld2410_bad_frames_are_frame_errors() -> None:
         assert radar.decode(RADAR_VECTOR[:cut])[1] is None
 
 
+@pytest.mark.parametrize(
+    ("state", "name"),
+    [
+        (radar.CALIBRATING, "in progress"),
+        (radar.CALIBRATED, "done"),
+        (radar.CALIBRATION_FAILED, "failed"),
+    ],
+)
+def test_ld2410_calibration_states_decode_and_say_nothing_about_presence(
+    state: int, name: str
+) -> None:
+    # Firmware 2.44+ reports its background-noise calibration as target states 4-6.
+    frame = bytearray(RADAR_VECTOR)
+    frame[8] = state
+    consumed, decoded = radar.decode(bytes(frame))
+    assert consumed == len(RADAR_VECTOR), name
+    assert isinstance(decoded, radar.TargetFrame)
+    assert decoded.state == state
+    assert decoded.calibrating
+    assert decoded.presence is None
+    assert radar.TargetFrame(3, 1, 1, 1, 1, 1).presence is True
+    assert radar.TargetFrame(0, 0, 0, 0, 0, 0).presence is False
+
+
 def test_ld2410_keeps_a_split_header_and_caps_a_flood() -> None:
     deframer: Deframer[radar.Frame] = Deframer(radar.decode, limit=128)
     assert deframer.feed(b"\x00\x11" + RADAR_VECTOR[:2]) == []

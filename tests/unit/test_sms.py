@@ -44,9 +44,49 @@ def test_round_trip(text: str, number: str) -> None:
     assert {p.number for p in parts} == {number}
 
 
-def test_bad_number_is_refused() -> None:
+@pytest.mark.parametrize(
+    "number",
+    [
+        "call me",
+        "+86" + "".join(chr(0xFF10 + int(d)) for d in "13800138000"),  # full-width digits
+        "".join(chr(0x0660 + d) for d in range(10)),  # Arabic-Indic digits
+        "+",
+        "12",
+        "+8613800138000x",
+        "1" * 21,
+    ],
+)
+def test_bad_number_is_refused(number: str) -> None:
+    # Full-width and Arabic-Indic digits are digits to str.isdigit(), not to the network.
     with pytest.raises(ValueError, match="not a phone number"):
-        submit_pdus("call me", "x")
+        submit_pdus(number, "x")
+
+
+@pytest.mark.parametrize(
+    ("vpf", "validity"),
+    [(0x18, "62107071035500"), (0x08, "01000000000000"), (0x00, ""), (0x10, "A7")],
+)
+def test_every_validity_period_format_is_skipped_by_its_length(vpf: int, validity: str) -> None:
+    # TP-VPF: absolute and enhanced periods take 7 octets, relative one, none zero.
+    # SMSC, first octet, reference, address, PID, DCS, validity, user data (devices.md vector).
+    pdu = f"00{0x01 | vpf:02X}00" + "0D91683108108300F0" + "0008" + validity + "04544A8B66"
+    decoded = decode_submit(pdu)
+    assert (decoded.number, decoded.text) == ("+8613800138000", "告警")
+
+
+@given(st.binary(max_size=60))
+def test_any_bytes_decode_to_a_message_or_a_value_error(data: bytes) -> None:
+    try:
+        decoded = decode_submit(data.hex())
+    except ValueError:
+        return
+    assert isinstance(decoded.text, str)
+
+
+def test_a_cut_pdu_is_a_value_error_naming_it() -> None:
+    (pdu,) = submit_pdus("+8613800138000", "告警")
+    with pytest.raises(ValueError, match="cut short"):
+        decode_submit(pdu[:-4])
 
 
 async def test_modem_dialogue_in_pdu_mode() -> None:
