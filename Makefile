@@ -17,12 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m hil.demo --config config/example-site.yaml
 
-## Lint, type-check and run every test.
+## Lint, type-check and run every test. Four workers on any machine: most of the suite waits on
+## brokers, simulated lines and subprocesses rather than computing, so four overlap well on two
+## cores; every test starts its own brokers and files, so workers share nothing.
+PYTEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 ## Lint and the tests that start no broker, gateway or installer (about 85 s): the edit-test loop.
 ## `make test` (everything, with mypy) before pushing.

@@ -25,6 +25,7 @@ from edge import (
 )
 from edge.config import ConfigError, SiteConfig, load_site, report_config
 from edge.config.duration import parse_duration
+from edge.config.loader import load_site_checked
 from edge.fault import FaultMode, Salvage, salvage
 from edge.gateway import config_hash
 from edge.log import fields, start_log_queue
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a site file and print every error")
     check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--strict", action="store_true", help="treat warnings as errors (exit 1 when any)"
+    )
     doctor.add_parser(commands)
     provision.add_parser(commands)
     installer_cli.add_parser(commands)
@@ -73,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
-        status, _ = report_config(args.file, sys.stdout, known_models=known_models())
+        status, _ = report_config(
+            args.file, sys.stdout, known_models=known_models(), strict=args.strict
+        )
         return status
     if args.command == "run":
         return run(args.config, log_level=args.log_level, status_every=args.status_every)
@@ -260,11 +266,14 @@ def _load(site: Path, models: Collection[str]) -> tuple[SiteConfig | None, str, 
     """The site file's config and hash, or every reason it is unusable."""
     try:
         data = site.read_bytes()
-        return load_site(site, known_models=models), config_hash(data), []
+        config, warnings = load_site_checked(site, known_models=models)
     except ConfigError as exc:
         return None, "", [str(issue) for issue in exc.issues]
     except OSError as exc:
         return None, "", [f"cannot read {site}: {exc.strerror or exc}"]
+    for warning in warnings:
+        log.warning("site file warning", extra=fields(warning=str(warning)))
+    return config, config_hash(data), []
 
 
 def _text(site: Path) -> str | None:

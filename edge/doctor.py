@@ -28,6 +28,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from drivers.modbus import known_models
-from edge import lastgood
+from edge import contract, lastgood
 from edge.certs import check_certificates
 from edge.config import SiteConfig, report_config
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus
@@ -45,6 +46,7 @@ from edge.config.model import Uplink as UplinkConfig
 from edge.uplink import PROTOCOLS as _PROTOCOLS
 from edge.uplink import parse_broker_url
 from edge.uplink import tls_context as uplink_tls_context
+from edge.uplink.connection import MqttClient, PublishRefused
 
 __all__ = ["Check", "exit_status", "print_report", "run_checks"]
 
@@ -138,7 +140,17 @@ def check_config(path: Path) -> tuple[Check, SiteConfig | None]:
     status, config = report_config(str(path), out, known_models=known_models())
     lines = out.getvalue().strip().splitlines()
     if config is not None:
-        return Check("config", "ok", f"{path}: {lines[0].removeprefix('ok: ')}"), config
+        # The summary comes last, after the warnings about the valid file, if any.
+        summary = f"{path}: {lines[-1].removeprefix('ok: ')}"
+        warnings = [line for line in lines[:-1] if ": warning: " in line]
+        if warnings:
+            return Check(
+                "config",
+                "warn",
+                f"{summary}; " + "; ".join(warnings[:5]),
+                f"each warning says what to change; `edge check-config {path}` lists them",
+            ), config
+        return Check("config", "ok", summary), config
     if status == 2:
         detail = lines[0] if lines else f"cannot read {path}"
         fix = f"copy the site file to {path} (or pass --config FILE)"
@@ -297,19 +309,16 @@ def check_gpio(config: SiteConfig, user: pwd.struct_passwd | None, dev: Path) ->
     return Check("gpio", "ok", f"{len(chips)} GPIO chip(s); buzzer on GPIO {pin}")
 
 
-def tls_context(certs: Path, uplink: UplinkConfig | None = None) -> ssl.SSLContext:
-    """The TLS settings doctor uses: the site file's (``uplink.ca_file``, ``cert_file``,
-    ``key_file``) when it names any, else the folder's CA and client pair when present."""
-    if uplink is not None and (uplink.ca_file or uplink.cert_file):
-        return uplink_tls_context(uplink)
-    ca = certs / "ca.pem"
-    context = ssl.create_default_context(cafile=str(ca) if ca.is_file() else None)
-    if (certs / "client.pem").is_file() and (certs / "client.key").is_file():
-        context.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
-    return context
+def tls_context(certs: Path, uplink: UplinkConfig) -> ssl.SSLContext:
+    """The TLS settings doctor uses, the gateway's own: the site file's (``uplink.ca_file``,
+    ``cert_file``, ``key_file``) when it names any, else the folder's CA and client pair."""
+    return uplink_tls_context(uplink, certs)
 
 
-async def _try_broker(config: SiteConfig, url: str, certs: Path, seconds: float) -> Check:
+async def _try_broker(
+    config: SiteConfig, url: str, certs: Path, seconds: float
+) -> tuple[Check, Check | None]:
+    """The connection check of one broker and, once connected, its delivery check."""
     broker = parse_broker_url(url)
     uplink = config.uplink
     who = f"as {uplink.username}" if uplink.username else "anonymously"
@@ -324,8 +333,8 @@ async def _try_broker(config: SiteConfig, url: str, certs: Path, seconds: float)
             "fail",
             f"cannot load the TLS files {where}: {exc}",
             "see the certificate checks below",
-        )
-    client = aiomqtt.Client(
+        ), None
+    client = MqttClient(
         broker.host,
         broker.port,
         protocol=_PROTOCOLS[uplink.protocol],
@@ -335,10 +344,18 @@ async def _try_broker(config: SiteConfig, url: str, certs: Path, seconds: float)
         timeout=seconds,
         tls_context=context,
     )
+    connected = False
     try:
         async with asyncio.timeout(seconds + 1):
-            async with client:
-                pass
+            await client.__aenter__()
+        connected = True
+        try:
+            # The round trip of the delivery check has a timeout of its own.
+            async with asyncio.timeout(2 * seconds + 1):
+                delivery = await _check_delivery(client, config, broker.display, seconds)
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
     except aiomqtt.MqttCodeError as exc:
         text = str(exc).lower()
         refused = ("authori", "password", "user name")
@@ -349,17 +366,113 @@ async def _try_broker(config: SiteConfig, url: str, certs: Path, seconds: float)
                 f"refused the credentials ({who}): {exc}",
                 "check uplink.username and uplink.password against what the district "
                 "platform team issued for this gateway",
-            )
+            ), None
         return Check(
             f"broker {broker.display}", "fail", f"refused the connection: {exc}", _NETWORK_FIX
-        )
+        ), None
     except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
         text = str(exc) or type(exc).__name__
         fix = _NETWORK_FIX
         if "certificate" in text.lower() or isinstance(exc, ssl.SSLError):
             fix = "check the certificates (below) and the clock; the broker refused TLS"
-        return Check(f"broker {broker.display}", "fail", f"not reachable: {text}", fix)
-    return Check(f"broker {broker.display}", "ok", f"connected {who}")
+        if connected:
+            # Connected, then lost (or timed out) during the delivery check.
+            return Check(f"broker {broker.display}", "ok", f"connected {who}"), Check(
+                f"delivery {broker.display}", "fail", f"no answer: {text}", _NETWORK_FIX
+            )
+        return Check(f"broker {broker.display}", "fail", f"not reachable: {text}", fix), None
+    return Check(f"broker {broker.display}", "ok", f"connected {who}"), delivery
+
+
+#: How the delivery check's message says what it is (the platform may ignore it).
+PROBE_FIELD = "doctor_probe"
+
+
+async def _check_delivery(
+    client: MqttClient, config: SiteConfig, broker: str, seconds: float
+) -> Check:
+    """Publish a health message to the gateway's own health topic (QoS 1, not retained) and
+    read it back: proof that the broker takes this gateway's messages.
+
+    Over MQTT 5 a refusing PUBACK (an ACL, a quota) says it at once. Over MQTT 3.1.1
+    Mosquitto acks a publish its ACL denies like any other, and the gateway would delete the
+    rows: only reading the message back tells. The ACL must let the gateway read its own
+    health topic (docs/deploy.md).
+    """
+    name = f"delivery {broker}"
+    uplink = config.uplink
+    topic = contract.health_topic(uplink.topic_prefix, config.gateway.id)
+    probe = uuid.uuid4().hex
+    payload = contract.health_message(
+        config.gateway.id,
+        _buffer_epoch(Path(config.buffer.path)) or "doctor",
+        {
+            "uptime_s": 0.0,
+            "buffer_rows": 0,
+            "oldest_unsent_age_s": None,
+            "bus_errors": {},
+            PROBE_FIELD: probe,
+        },
+        clock_synced=False,
+    )
+    acl_fix = (
+        f"let this gateway's user write {uplink.topic_prefix}/{config.gateway.id}/# (its own "
+        "topics) and read its health topic on the broker: see the per-gateway ACL in "
+        "docs/deploy.md"
+    )
+    subscribed = True
+    try:
+        granted = await client.subscribe(topic, qos=1)
+        subscribed = all(not getattr(g, "is_failure", False) and g != 0x80 for g in granted)
+        await client.publish(topic, payload, qos=1)
+    except PublishRefused as exc:
+        return Check(
+            name,
+            "fail",
+            f"the broker refuses this gateway's messages: {exc.refusal.describe()} on {topic}; "
+            "the gateway keeps its rows but delivers nothing",
+            acl_fix,
+        )
+    if not subscribed:
+        if uplink.protocol == "5":
+            return Check(name, "ok", f"the broker accepted a message on {topic} (PUBACK)")
+        return Check(
+            name,
+            "warn",
+            f"cannot read {topic} back (subscription refused): over MQTT 3.1.1 a message the "
+            "broker's ACL denies is acknowledged all the same, so delivery is unproven",
+            f'set uplink.protocol: "5", or {acl_fix}',
+        )
+    try:
+        async with asyncio.timeout(seconds):
+            async for message in client.messages:
+                if isinstance(message.payload, bytes) and probe.encode() in message.payload:
+                    return Check(name, "ok", f"a health message went to {topic} and came back")
+    except TimeoutError:
+        pass
+    silent = " (MQTT 3.1.1 cannot say so: every row sent would be lost)"
+    return Check(
+        name,
+        "fail",
+        f"the broker acknowledged a message on {topic} but it never came back within "
+        f"{seconds:g} s: its ACL may be dropping this gateway's messages"
+        + (silent if uplink.protocol != "5" else ""),
+        acl_fix,
+    )
+
+
+def _buffer_epoch(buffer: Path) -> str | None:
+    """The outbox's epoch, read-only, when the file exists (a health message carries it)."""
+    if not buffer.is_file():
+        return None
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=2)
+        ) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])
 
 
 _NETWORK_FIX = (
@@ -369,14 +482,19 @@ _NETWORK_FIX = (
 
 
 async def check_brokers(config: SiteConfig, certs: Path, seconds: float) -> list[Check]:
-    checks = list(
-        await asyncio.gather(
-            *(_try_broker(config, url, certs, seconds) for url in config.uplink.brokers)
-        )
+    results = await asyncio.gather(
+        *(_try_broker(config, url, certs, seconds) for url in config.uplink.brokers)
     )
-    if any(c.level == "ok" for c in checks):
+    connects = [connect for connect, _ in results]
+    deliveries = [delivery for _, delivery in results if delivery is not None]
+    checks: list[Check] = []
+    for group in (connects, deliveries):
         # One broker is enough to run: the others are fallbacks.
-        checks = [c if c.level == "ok" else Check(c.name, "warn", c.detail, c.fix) for c in checks]
+        fallback = any(c.level == "ok" for c in group)
+        checks += [
+            c if c.level == "ok" or not fallback else Check(c.name, "warn", c.detail, c.fix)
+            for c in group
+        ]
     return checks
 
 

@@ -394,6 +394,8 @@ class Gateway:
             health=self.health,
             aliases=self.aliases,
             command_policy=self.config.commands,
+            # The installed TLS files beside the site file, as edge doctor uses them.
+            certs=None if self.config_path is None else Path(self.config_path).parent / "certs",
             command_handlers={
                 "ping": self._command_ping,
                 "get-status": self._command_status,

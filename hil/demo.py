@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+import yaml
 
 from edge.config import load_site
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SiteConfig
@@ -148,6 +149,8 @@ class Demo:
         try:
             broker.start()
             self.say("broker", f"{broker.kind} on {host}:{port}")
+            if broker.kind != "mosquitto" and self.config.uplink.protocol == "5":
+                self.config_path = self.for_mqtt311()
             await self.start_simulator()
             self.signing_key = self.install_command_keys()
             await self.start_gateway()
@@ -156,6 +159,16 @@ class Demo:
             await self.stop_all()
             broker.close()
             self.say("demo", "everything stopped")
+
+    def for_mqtt311(self) -> str:
+        """A copy of the site file speaking MQTT 3.1.1, which is all the embedded broker
+        (amqtt) speaks; beside the outbox, so relative paths keep their meaning."""
+        site = yaml.safe_load(Path(self.config_path).read_text())
+        site["uplink"]["protocol"] = "3.1.1"
+        copy = Path(self.config.buffer.path).parent / "site-mqtt311.yaml"
+        copy.write_text(yaml.safe_dump(site, sort_keys=False))
+        self.say("demo", f"the embedded broker speaks MQTT 3.1.1 only: running {copy}")
+        return str(copy)
 
     def install_command_keys(self) -> Path | None:
         """The demo platform's key pairs (made once), their public keys installed where the

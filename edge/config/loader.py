@@ -19,7 +19,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
@@ -33,13 +33,16 @@ from drivers.catalog import BUS_FAMILY, GPIO_MODELS, SERIAL_MODELS, family_of
 from drivers.modbus.model import ModelError, load_model
 from edge.config.model import SiteConfig
 from edge.config.rules_check import check_rules
+from edge.config.warning_checks import ConfigWarning, site_warnings, url_without_login
 
 __all__ = [
     "ConfigError",
     "ConfigIssue",
     "check_config_main",
     "load_site",
+    "load_site_checked",
     "parse_site",
+    "parse_site_checked",
     "report_config",
 ]
 
@@ -109,6 +112,13 @@ def load_site(
     ``FileNotFoundError``) when the file cannot be read at all. ``known_models`` is the set of
     device model names the drivers provide; ``None`` skips that check.
     """
+    return load_site_checked(path, known_models=known_models)[0]
+
+
+def load_site_checked(
+    path: str | os.PathLike[str], *, known_models: Collection[str] | None = None
+) -> tuple[SiteConfig, list[ConfigWarning]]:
+    """:func:`load_site`, with the warnings about the valid file beside it."""
     filename = os.fspath(path)
     raw = Path(path).read_bytes()
     try:
@@ -127,7 +137,7 @@ def load_site(
                 )
             ]
         ) from None
-    return parse_site(text, filename, known_models=known_models)
+    return parse_site_checked(text, filename, known_models=known_models)
 
 
 def parse_site(
@@ -137,6 +147,14 @@ def parse_site(
 
     Returns the :class:`SiteConfig` or raises :class:`ConfigError` listing every issue.
     """
+    return parse_site_checked(text, filename, known_models=known_models)[0]
+
+
+def parse_site_checked(
+    text: str, filename: str, *, known_models: Collection[str] | None = None
+) -> tuple[SiteConfig, list[ConfigWarning]]:
+    """:func:`parse_site`, with the warnings about the valid file beside it
+    (edge/config/warning_checks.py), each placed at its line and column."""
     builder = _Builder(filename)
     try:
         data = builder.parse(text)
@@ -164,7 +182,8 @@ def parse_site(
     if issues:
         raise ConfigError(issues)
     assert config is not None  # no issue means the model validated
-    return config
+    warnings = site_warnings(config, filename, lambda place: _nearest(place, builder.positions))
+    return config, warnings
 
 
 def _within(field: str, places: Collection[str]) -> bool:
@@ -178,16 +197,20 @@ def report_config(
     *,
     known_models: Collection[str] | None = None,
     quiet: bool = False,
+    strict: bool = False,
+    warn: Callable[[ConfigWarning], None] | None = None,
 ) -> tuple[int, SiteConfig | None]:
     """Load the site file at ``path`` and report on ``out``; returns the exit status and, when
     the file is valid, the configuration (so that ``edge run`` reads the file only once).
 
-    Status 0: the file is valid (a one-line summary is printed unless ``quiet``); 1: the file
-    has mistakes (all are printed, one per line, then a count); 2: the file cannot be read
-    (one line, no traceback).
+    Status 0: the file is valid (its warnings, one per line, and a one-line summary are printed
+    unless ``quiet``); 1: the file has mistakes (all are printed, one per line, then a count),
+    or with ``strict`` it has warnings (printed, then counted as errors); 2: the file cannot be
+    read (one line, no traceback). ``warn`` takes each warning instead of ``out`` (``edge run``
+    logs them).
     """
     try:
-        config = load_site(path, known_models=known_models)
+        config, warnings = load_site_checked(path, known_models=known_models)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=out)
@@ -197,6 +220,17 @@ def report_config(
     except OSError as exc:
         print(f"error: cannot read {path}: {_os_reason(exc)}", file=out)
         return 2, None
+    if strict and warnings:
+        for warning in warnings:
+            print(str(warning).replace(": warning: ", ": error: ", 1), file=out)
+        count = len(warnings)
+        print(f"{count} warning{'s' if count != 1 else ''} taken as errors (--strict)", file=out)
+        return 1, None
+    for warning in warnings:
+        if warn is not None:
+            warn(warning)
+        elif not quiet:
+            print(warning, file=out)
     if not quiet:
         print(
             f"ok: gateway {config.gateway.id}, {_count(len(config.buses), 'bus', 'buses')}, "
@@ -247,6 +281,13 @@ class _Abort(Exception):
 
 def _position(node: Node) -> Position:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _is_secret(loc: Loc) -> bool:
+    """Whether the value at ``loc`` is a secret that no message may repeat."""
+    return any(
+        isinstance(part, str) and part.endswith(("password", "secret", "token")) for part in loc
+    )
 
 
 def _describe(value: object) -> str:
@@ -638,6 +679,12 @@ def _issue_from_error(
     kind = err["type"]
     value = err.get("input")
     got = _describe(value)
+    secret = _is_secret(loc)
+    if secret:
+        # An error message goes to terminals, logs and tickets: a password never does.
+        got = "a value that is not shown here (it is a secret)"
+    elif isinstance(value, str):
+        got = _describe(url_without_login(value))
     message = err["msg"]
 
     if kind == "missing":
@@ -678,7 +725,7 @@ def _issue_from_error(
     elif kind == "list_type":
         message = f"expected a list, found {got}"
     elif kind == "string_type":
-        if isinstance(value, bool | int | float):
+        if isinstance(value, bool | int | float) and not secret:
             message = f'expected text, found {got}; put it in quotes: "{got}"'
         else:
             message = f"expected text, found {got}"

@@ -734,7 +734,10 @@ class Uplink(Strict):
         "(at most 1h).",
     )
     protocol: Literal["3.1.1", "5"] = Field(
-        default="3.1.1", description="MQTT protocol version spoken to the brokers."
+        # 5: a PUBACK says whether the broker took the message (3.1.1 acks a refused one too).
+        default="5",
+        description="MQTT protocol version spoken to the brokers; only with 5 does the broker "
+        "say when it refuses a message (ACL, quota).",
     )
     ca_file: str | None = Field(
         default=None,

@@ -3,7 +3,11 @@
 One connection at a time, brokers tried in the configured order (the next one after each
 failure), a fresh :class:`aiomqtt.Client` per attempt. Every message goes out with QoS 1, up to
 ``uplink.inflight`` of them awaiting their PUBACK at once, and a message's rows are deleted
-from the outbox only after its own PUBACK (PUBACKs may come in any order).
+from the outbox only after its own PUBACK accepted it (PUBACKs may come in any order). A PUBACK
+that refuses the message (MQTT 5 reason code 0x80 or above: an ACL, a quota) keeps the rows
+and the window slot; the message goes again after a pause growing to ``reconnect_max``, the
+state is ``refused`` and the log says so at once, then at most once a minute
+(:mod:`.refusals`).
 
 Order while connected: first the messages that were built but not acknowledged when the last
 connection dropped, byte for byte as before (same ``message_id``, same rows); then events,
@@ -18,8 +22,8 @@ On connect, before any telemetry, the retained metadata (the point aliases compa
 refers to); then the health message every ``health_interval``, never stored.
 
 Modules: :mod:`.connection` (broker URLs, TLS, the MQTT client, the port look),
-:mod:`.messages` (building messages, the size limit, the rate buckets), :mod:`.service` (the
-:class:`Uplink`).
+:mod:`.messages` (building messages, the size limit, the rate buckets), :mod:`.refusals`
+(what the broker refuses, when to say it), :mod:`.service` (the :class:`Uplink`).
 
 The retained status topic says "online" once connected; the MQTT will says "offline" for an
 unclean loss, and :meth:`Uplink.stop` (or cancelling :meth:`Uplink.run`) publishes "offline"

@@ -27,6 +27,7 @@ from edge.uplink.connection import (
     PROTOCOLS,
     BrokerAddress,
     MqttClient,
+    PublishRefused,
     describe,
     parse_broker_url,
     port_accepts,
@@ -34,13 +35,16 @@ from edge.uplink.connection import (
     tls_context,
 )
 from edge.uplink.messages import Lanes, Message, MessageBuilder, TokenBucket
+from edge.uplink.refusals import Refusals
 
 __all__ = ["Uplink", "UplinkState"]
 
 log = logging.getLogger("edge.uplink")
 
-#: "offline" means not connected and waiting before the next attempt (backing off).
-UplinkState = Literal["connecting", "online", "offline", "stopped"]
+#: "offline" means not connected and waiting before the next attempt (backing off);
+#: "refused" means connected, but the broker's last answer on some topic was a PUBACK that
+#: refused the message (MQTT 5 reason code 0x80 or above: an ACL, a quota).
+UplinkState = Literal["connecting", "online", "refused", "offline", "stopped"]
 
 _BACKOFF_FIRST: Final = 0.5
 #: A session that stayed up this long resets the backoff; a broker that accepts and then drops
@@ -90,14 +94,18 @@ class Uplink:
         metadata: Callable[[str], bytes] | None = None,
         health: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
         aliases: contract.Aliases | None = None,
+        certs: Path | None = None,
     ) -> None:
         """``metadata(epoch)`` builds the retained metadata message, published on every connect
         before any telemetry (and by :meth:`republish_metadata`). ``health()`` gives the
         gateway's part of the health message (bus errors, ...); the uplink adds the buffer and
         its own counters and publishes it every ``health_interval``. ``aliases``: the point
         table the metadata announces; with it (and ``telemetry_encoding: columnar``) telemetry
-        goes in the compact form. Set :attr:`aliases` anew along with a new metadata."""
+        goes in the compact form. Set :attr:`aliases` anew along with a new metadata.
+        ``certs``: the folder of the installed TLS files (``ca.pem``, ``client.pem``,
+        ``client.key``), used for mqtts:// when the site file names none of its own."""
         self._config = config
+        self._certs = certs
         self._gateway_id = gateway_id
         self._outbox = outbox
         self._version = version
@@ -157,6 +165,8 @@ class Uplink:
         #: both took it and let this gateway read its topics, so the prefix and the broker's
         #: access rules work (a pushed config is confirmed on it, edge/reload.py).
         self.heard_back = False
+        #: The topics the broker refuses (PUBACK reason codes), and when to log it.
+        self.refusals = Refusals()
 
         self._online_status = b""
         self._stopping = asyncio.Event()
@@ -176,6 +186,9 @@ class Uplink:
         self._claimed: set[int] = set()
         #: Backfill messages awaiting their PUBACK now.
         self._backfill_sending = 0
+        #: Status and metadata the broker refused at connect, published again with backoff;
+        #: they end with the session.
+        self._retries: set[asyncio.Task[None]] = set()
         #: Deletions of acknowledged rows; they outlive the session that started them.
         self._deletions: set[asyncio.Task[None]] = set()
         self._build = MessageBuilder(
@@ -212,8 +225,10 @@ class Uplink:
 
     @property
     def state(self) -> UplinkState:
-        """``connecting``, ``online``, ``offline`` (backing off before the next attempt) or
-        ``stopped``."""
+        """``connecting``, ``online``, ``refused`` (connected, but the broker refuses messages
+        on some topic), ``offline`` (backing off before the next attempt) or ``stopped``."""
+        if self._state == "online" and self.refusals.active:
+            return "refused"
         return self._state
 
     @property
@@ -379,7 +394,7 @@ class Uplink:
             timeout=_OPERATION_TIMEOUT,
             protocol=PROTOCOLS[self._config.protocol],
             # Built per attempt, so certificates renewed on disk are picked up by a reconnect.
-            tls_context=tls_context(self._config) if broker.tls else None,
+            tls_context=tls_context(self._config, self._certs) if broker.tls else None,
             # Our window plus room for the status, acks of commands and health.
             max_inflight_messages=self._config.inflight + 4,
         )
@@ -391,12 +406,12 @@ class Uplink:
             self.last_error = None
             self._build.max_payload = self._payload_limit(client.max_packet_size)
             try:
-                online = self._status("online")
-                self._online_status = online
                 self.heard_back = False
-                await self._publish(self.status_topic, client, online, retain=True)
+                if not await self._publish_status(client):
+                    self._keep_trying(self._publish_status, client)
                 # Before any telemetry: compact telemetry refers to the table it announces.
-                await self._publish_metadata(client)
+                if not await self._publish_metadata(client):
+                    self._keep_trying(self._publish_metadata, client)
                 if self._commands is not None:
                     await client.subscribe(self.commands_topic, qos=1)
                 # The retained status just published comes back only through a broker that
@@ -412,8 +427,37 @@ class Uplink:
         finally:
             self._client = None
             self.heard_back = False
+            for task in self._retries:
+                task.cancel()
+            if self._retries:
+                await asyncio.wait(self._retries)
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.__aexit__(None, None, None)
+
+    async def _publish_status(self, client: aiomqtt.Client) -> bool:
+        online = self._status("online")
+        self._online_status = online  # what the echo must bring back (heard_back)
+        return await self._publish(self.status_topic, client, online, retain=True)
+
+    def _keep_trying(
+        self,
+        publish: Callable[[aiomqtt.Client], Awaitable[bool]],
+        client: aiomqtt.Client,
+    ) -> None:
+        """Publish again, with backoff, what the broker refused at connect (status, metadata)
+        until it takes it or the session ends: the uplink stays "refused" meanwhile."""
+
+        async def retry() -> None:
+            backoff = Backoff(_BACKOFF_FIRST, self._config.reconnect_max)
+            with contextlib.suppress(aiomqtt.MqttError):  # the session notices a lost link
+                while True:
+                    await asyncio.sleep(backoff.next_delay())
+                    if await publish(client):
+                        return
+
+        task = asyncio.create_task(retry(), name="uplink-retry-refused")
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     def _check_refused_message(self) -> None:
         """A message the broker never acknowledges over several connections, each of which it
@@ -425,7 +469,8 @@ class Uplink:
             self._stuck = (-1, 0)
             return
         key, message = next(iter(self._unacked.items()))
-        if key not in self._resent_keys:
+        # A message the broker answered with a refusing PUBACK was not too large: it was read.
+        if key not in self._resent_keys or message.topic in self.refusals.topics:
             self._stuck = (-1, 0)
             return
         count = self._stuck[1] + 1 if self._stuck[0] == key else 1
@@ -491,7 +536,7 @@ class Uplink:
         task.add_done_callback(self._stragglers.discard)
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
-        with contextlib.suppress(aiomqtt.MqttError, OSError):
+        with contextlib.suppress(aiomqtt.MqttError, OSError, PublishRefused):
             await client.publish(
                 self.status_topic,
                 self._status("offline"),
@@ -519,7 +564,11 @@ class Uplink:
                 if task is not failed:
                     task.cancel()
             await asyncio.wait({*(t for t in ended if t is not failed), *sending})
-            if not failed.done():
+            if failed.done():
+                # Marked as seen: when another task ended the session first, this error is
+                # not raised, and asyncio would log it (with a traceback) at garbage collection.
+                failed.exception()
+            else:
                 failed.cancel()
             self._check_refused_message()
         for future in done:
@@ -537,16 +586,14 @@ class Uplink:
             # A bug in building it must not keep the alarms from going out.
             log.exception("uplink: cannot build the metadata message")
             return False
-        await self._publish(self.metadata_topic, client, payload, retain=True)
-        return True
+        return await self._publish(self.metadata_topic, client, payload, retain=True)
 
     async def _report_health(self, client: aiomqtt.Client) -> None:
         """The health message at connect and every ``health_interval``, QoS 1, never stored:
         a missed one is superseded by the next. Only when the gateway gave a ``health``."""
         while True:
             payload = await self._health_message()
-            if payload is not None:
-                await client.publish(self.health_topic, payload, qos=1)
+            if payload is not None and await self._publish(self.health_topic, client, payload):
                 self.health_published += 1
             await asyncio.sleep(self._config.health_interval)
 
@@ -564,6 +611,9 @@ class Uplink:
             if self._health is not None:
                 report.update(await self._health())
             report["uplink"] = {**report.get("uplink", {}), **self.counters}
+            report["uplink_state"] = self.state
+            if self.refusals.active:
+                report["uplink_refused_topics"] = self.refusals.topics
             return contract.health_message(
                 self._gateway_id, self._outbox.epoch, report, clock_synced=self._clock_synced()
             )
@@ -595,6 +645,7 @@ class Uplink:
             "truncated": self.truncated,
             "inflight": self.inflight,
             "bytes_sent": self.bytes_sent,
+            "refused": self.refusals.count,
         }
 
     async def _watch(self, client: aiomqtt.Client) -> None:
@@ -618,7 +669,7 @@ class Uplink:
                 ack = await self._commands.handle(raw, retained=bool(message.retain))
                 # QoS 1 like everything else; acks are not stored: a command whose ack is lost
                 # is repeated by the platform and answered again from the remembered ack.
-                await client.publish(self.acks_topic, ack, qos=1)
+                await self._publish(self.acks_topic, client, ack)
         except aiomqtt.MqttError as exc:
             reason = exc.__cause__ or exc
             raise aiomqtt.MqttError(f"connection lost ({reason})") from reason
@@ -759,10 +810,23 @@ class Uplink:
         window: asyncio.Semaphore,
         failed: asyncio.Future[None],
     ) -> None:
-        """Publish one message holding one window slot; on its PUBACK, delete its rows."""
+        """Publish one message holding one window slot; on its PUBACK, delete its rows.
+
+        A PUBACK that refuses the message (MQTT 5 reason code 0x80 or above) keeps the rows and
+        the slot: the message goes again, unchanged, after a growing pause. Holding the slot
+        keeps the refused messages within the window, and leaves the other slots to what the
+        broker still takes (telemetry, when only events are denied).
+        """
         backfill = message.lane == "backfill"  # counted by launch() in _drain
+        retry = Backoff(_BACKOFF_FIRST, self._config.reconnect_max)
         try:
-            await client.publish(message.topic, message.payload, qos=1)
+            while True:
+                try:
+                    await client.publish(message.topic, message.payload, qos=1)
+                    break
+                except PublishRefused as exc:
+                    self._refused(exc)
+                await asyncio.sleep(retry.next_delay())
         except aiomqtt.MqttError as exc:
             # The message stays in _unacked and goes again, unchanged, after the reconnect.
             if not failed.done():
@@ -773,6 +837,7 @@ class Uplink:
             if backfill:
                 self._backfill_sending -= 1
                 self._new_rows.set()  # the backlog may take the next slot
+        self._accepted(message.topic)
         for key, kept in self._unacked.items():
             if kept is message:
                 del self._unacked[key]
@@ -789,13 +854,43 @@ class Uplink:
 
     async def _publish(
         self, topic: str, client: aiomqtt.Client, payload: bytes, *, retain: bool = False
-    ) -> None:
-        # aiomqtt 2.5.1 Client.publish() with qos=1 returns only once the PUBACK has arrived:
-        # paho marks a QoS>0 message published (and calls on_publish, which sets the event
-        # publish() waits on) only from _handle_pubackcomp, i.e. on PUBACK; for QoS 0 it would
-        # return as soon as the bytes were written. A lost connection or no PUBACK within the
-        # timeout raises aiomqtt.MqttError.
-        await client.publish(topic, payload, qos=1, retain=retain)
+    ) -> bool:
+        """Publish a message that is not stored (status, metadata, health, an ack): True once
+        the broker took it, False when it refused it (said in the log; nothing to keep).
+
+        MqttClient.publish() with qos=1 returns only once the PUBACK has arrived and raises
+        :class:`PublishRefused` when its reason code refuses the message. A lost connection or
+        no PUBACK within the timeout raises aiomqtt.MqttError.
+        """
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain)
+        except PublishRefused as exc:
+            self._refused(exc)
+            return False
+        self._accepted(topic)
+        return True
+
+    def _refused(self, error: PublishRefused) -> None:
+        """Say that the broker refuses a topic: the first time at once, then at most once a
+        minute, with how many refusals the line covers."""
+        refusal = error.refusal
+        covered = self.refusals.refused(refusal)
+        if covered is None:
+            return
+        log.error(
+            "uplink: REFUSED: the broker %s refused %s on %s: %s; refused topics now: %s; "
+            "refused outbox messages keep their rows and go again with backoff (check the "
+            "broker's ACL or quota for this gateway's user and topics)",
+            self.broker,
+            "a message" if covered == 1 else f"{covered} messages since the last report, the last",
+            refusal.topic,
+            refusal.describe(),
+            ", ".join(self.refusals.topics),
+        )
+
+    def _accepted(self, topic: str) -> None:
+        if self.refusals.accepted(topic):
+            log.warning("uplink: the broker %s accepts messages on %s again", self.broker, topic)
 
     async def _ack(self, seqs: Sequence[int]) -> None:
         """Delete rows the broker acknowledged; while the disk refuses, retry."""

@@ -108,3 +108,24 @@ async def test_run_with_bad_config_starts_no_bus_and_names_the_mistake(tmp_path:
     assert f"{config}:" in text
     assert "no-such-bus" in text
     assert "gateway starting" not in text
+
+
+async def test_run_logs_the_site_files_warnings_as_logfmt(tmp_path: Path) -> None:
+    site = site_dict(
+        tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}", tcp_port=1, rtu_link="rtu"
+    )
+    site["uplink"]["protocol"] = "3.1.1"
+    config = write_site(tmp_path, site)
+    process = await asyncio.create_subprocess_exec(
+        *EDGE, "run", "--config", str(config), stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    try:
+        lines = await read_until(process.stderr, "site file warning", 15)
+    finally:
+        process.terminate()
+        await process.wait()
+    line = lines[-1]
+    assert line.startswith("ts="), line
+    assert "level=warning" in line, line
+    assert "uplink.protocol: MQTT 3.1.1 cannot say" in line

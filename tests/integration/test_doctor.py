@@ -70,7 +70,8 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
 async def test_healthy_gateway_passes(tmp_path: Path, secured_broker: Mosquitto, tty: Path) -> None:
     config = write_site(tmp_path, secured_broker, tty, username=USER, password=PASSWORD)
     checks = by_name(await run_checks(config, user=None, seconds=3))
-    assert checks["config"].level == "ok"
+    # A warning only: the test broker takes the password over plain mqtt://.
+    assert checks["config"].level == "warn", checks["config"]
     assert checks["serial rs485-1"].level == "ok", checks["serial rs485-1"]
     broker = checks[f"broker mqtt://127.0.0.1:{secured_broker.port}"]
     assert broker.level == "ok", broker
@@ -181,6 +182,47 @@ def test_unreadable_site_file_says_to_run_as_root(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "permission denied" in result.stdout
     assert "sudo edge doctor" in result.stdout
+
+
+async def test_delivery_is_proven_by_reading_a_health_message_back(
+    tmp_path: Path, secured_broker: Mosquitto, tty: Path
+) -> None:
+    config = write_site(tmp_path, secured_broker, tty, username=USER, password=PASSWORD)
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+    delivery = checks[f"delivery mqtt://127.0.0.1:{secured_broker.port}"]
+    assert delivery.level == "ok", delivery
+    assert "came back" in delivery.detail
+
+
+@pytest.mark.parametrize(
+    ("protocol", "says"),
+    [("5", "refuses this gateway's messages: Not authorized (0x87)"), ("3.1.1", "never came back")],
+)
+async def test_a_broker_whose_acl_denies_the_gateway_fails_the_delivery_check(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory, tty: Path, protocol: str, says: str
+) -> None:
+    # The gateway's user may connect, but the ACL gives it no topic at all: over 3.1.1 the
+    # broker still acknowledges every publish, so only the read-back can tell.
+    broker = mosquitto_factory(users={USER: PASSWORD}, acl=[f"user {USER}"])
+    config = write_site(tmp_path, broker, tty, username=USER, password=PASSWORD, protocol=protocol)
+    checks = by_name(await run_checks(config, user=None, seconds=2))
+    assert checks[f"broker {broker.url}"].level == "ok"
+    delivery = checks[f"delivery {broker.url}"]
+    assert delivery.level == "fail", delivery
+    assert says in delivery.detail
+    assert "per-gateway ACL" in delivery.fix
+
+
+async def test_a_config_warning_is_a_doctor_warning_without_the_password(
+    tmp_path: Path, secured_broker: Mosquitto, tty: Path
+) -> None:
+    # A password over plain mqtt://: the gateway runs, the doctor says what is at risk.
+    config = write_site(tmp_path, secured_broker, tty, username=USER, password=PASSWORD)
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+    assert checks["config"].level == "warn", checks["config"]
+    assert "uplink.brokers[0]: the password goes in clear text" in checks["config"].detail
+    assert "gateway" in checks["config"].detail
+    assert PASSWORD not in checks["config"].detail
 
 
 async def test_an_unusable_site_file_says_what_runs_instead(

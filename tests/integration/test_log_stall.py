@@ -19,10 +19,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge.log import parse_logfmt
 from tests.fixtures.broker import Collector, Mosquitto
 from tests.integration.site import simulated_site, site_for, write_site
 from tests.unit.test_buffer_disk import fill, tmpfs
+
+pytestmark = pytest.mark.integration
 
 EDGE = [sys.executable, "-m", "edge.cli", "run"]
 PREFIX = "district/v1/gw-demo-0001"

@@ -248,7 +248,7 @@ async def test_broker_down_at_start_keeps_rows_retries_then_delivers(
     # uplink publishes after the broker comes back waits in the session for the subscriber.
     async with collect(broker, ALL, session="platform"):
         pass
-    broker.stop()
+    await broker.stop_async()
 
     seqs = [
         await outbox.append("event", contract.event_body("gateway-started", time.time())),
@@ -272,7 +272,7 @@ async def test_broker_down_at_start_keeps_rows_retries_then_delivers(
             assert all("refused" in r.getMessage().lower() for r in warnings)
             assert all(r.exc_info is None for r in warnings)  # one line each, no traceback
 
-            broker.start()
+            await broker.start_async()
             async with collect(broker, ALL, session="platform") as got:
                 await got.wait_for(lambda c: set(carried_seqs(c)) == set(seqs), within=5)
                 await wait_until(lambda: uplink.acked == 5)
@@ -313,10 +313,10 @@ async def test_broker_restart_mid_stream_loses_nothing(
     async with collect(broker, ALL, session="platform") as got, running(uplink):
         producer = asyncio.create_task(produce(200))
         await got.wait_for(lambda c: len(carried_seqs(c)) >= 40, within=5)
-        broker.stop()  # mid-stream; the producer keeps going into the outbox
+        await broker.stop_async()  # mid-stream; the producer keeps going into the outbox
         await asyncio.sleep(0.5)
         assert uplink.state != "online"
-        broker.start()  # same port
+        await broker.start_async()  # same port
         await producer
         await got.wait_for(lambda c: set(carried_seqs(c)) >= set(submitted), within=10)
         await wait_until(lambda: uplink.acked >= len(submitted), within=5)
@@ -360,7 +360,7 @@ async def test_backlog_is_marked_historical_live_data_not_and_every_message_vali
         ]
         await asyncio.sleep(1.5)
         synced[0] = True
-        broker.start()
+        await broker.start_async()
         async with collect(broker, ALL) as got:
             await got.wait_for(lambda c: {old_event, *old} <= set(carried_seqs(c)), within=10)
             live = await outbox.append("telemetry", contract.reading_body(reading("efm-1", 9.0)))

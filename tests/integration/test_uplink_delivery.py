@@ -79,8 +79,8 @@ async def test_unacknowledged_messages_go_again_unchanged_after_the_broker_dies(
     # Register the platform's session and have it saved, so it outlives the broker's crash.
     async with collect(broker, ALL, session="platform"):
         pass
-    broker.stop()
-    broker.start()
+    await broker.stop_async()
+    await broker.start_async()
     uplink = make_uplink(outbox, broker.url, batch_size=7, inflight=4)
     submitted: list[int] = []
     producing = True
@@ -104,7 +104,7 @@ async def test_unacknowledged_messages_go_again_unchanged_after_the_broker_dies(
             await wait_until(lambda: uplink.inflight == 4)
             kept = uplink.unacknowledged
             broker.kill()  # the broker dies with them unacknowledged
-        broker.start()
+        await broker.start_async()
         await wait_until(lambda: uplink.resent >= 4, within=10)
         producing = False
         await producer
@@ -315,11 +315,11 @@ async def test_reconnects_as_soon_as_the_broker_is_back_not_after_the_backoff(
     with caplog.at_level(logging.WARNING, logger="edge.uplink"):
         async with running(uplink):
             await wait_until(lambda: uplink.state == "online")
-            broker.stop()
+            await broker.stop_async()
             # The backoff doubles from 0.5 s; wait until the uplink means to wait 3 s or more.
             await wait_until(waiting_long, within=15)
             attempts = uplink.attempts
-            broker.start()
+            await broker.start_async()
             await wait_until(lambda: uplink.state == "online", within=2.5)
             back_after = time.monotonic() - long_wait[0]
             assert uplink.attempts == attempts + 1
@@ -351,7 +351,9 @@ async def test_a_broker_dropping_large_messages_silently_is_learnt_and_nothing_i
     # connection at each oversized message, which resent unchanged would fail for ever.
     broker = mosquitto_factory(extra_config=["max_packet_size 4096"])
     rows = await store(outbox, [body(float(i)) for i in range(300)])
-    uplink = make_uplink(outbox, broker.url, batch_size=100, reconnect_max="500ms")
+    uplink = make_uplink(
+        outbox, broker.url, batch_size=100, reconnect_max="500ms", protocol="3.1.1"
+    )
     with caplog.at_level(logging.ERROR, logger="edge.uplink"):
         async with collect(broker, ALL) as got, running(uplink):
             await got.wait_for(lambda c: set(carried(c)) == set(rows), within=20)

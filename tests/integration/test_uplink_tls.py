@@ -157,3 +157,25 @@ async def test_wrong_credentials_give_a_clear_error_and_back_off(
         await asyncio.wait_for(task, 5)
     assert "wrong" not in caplog.text  # the password is never logged
     assert any("authori" in r.getMessage().lower() for r in caplog.records)
+
+
+async def test_the_installed_certs_are_used_when_the_site_file_names_none(
+    mosquitto_factory: MosquittoFactory, authority: Authority, tmp_path: Path, outbox: Outbox
+) -> None:
+    # An installed gateway: ca.pem, client.pem and client.key beside the site file, and a site
+    # file that only says mqtts://.
+    broker = tls_broker(mosquitto_factory, authority, mutual=True)
+    certs = tmp_path / "etc" / "certs"
+    certs.mkdir(parents=True)
+    cert, key = authority.issue("gw", GATEWAY)
+    (certs / "ca.pem").write_bytes(authority.cert_path.read_bytes())
+    (certs / "client.pem").write_bytes(cert.read_bytes())
+    (certs / "client.key").write_bytes(key.read_bytes())
+    config = UplinkConfig.model_validate(
+        {"brokers": [broker.url], "batch_interval": "20ms", "reconnect_max": "1s"}
+    )
+    without = Uplink(config, GATEWAY, outbox, version="t", boot_time=time.time())
+    assert not await delivered(broker, outbox, without, within=2)
+    assert without.last_error is not None
+    installed = Uplink(config, GATEWAY, outbox, version="t", boot_time=time.time(), certs=certs)
+    assert await delivered(broker, outbox, installed)

@@ -29,7 +29,7 @@ def test_tls_files_username_and_protocol_are_taken() -> None:
         "client.key",
     )
     assert config.protocol == "5"
-    assert uplink().protocol == "3.1.1"
+    assert uplink().protocol == "5"
 
 
 @pytest.mark.parametrize(
