@@ -256,4 +256,4 @@ async def test_an_unusable_site_file_says_what_runs_instead(
     config.write_text(good)
     checks = by_name(await run_checks(config, user=None, seconds=3))
     assert checks["last good config"].level == "warn", "a damaged copy is worth a look"
-    assert checks["config"].level == "ok"
+    assert checks["config"].level != "fail"  # usable (warnings about MQTT 3.1.1 aside)
