@@ -562,12 +562,20 @@ def _unproven(gateway: Gateway, applied: asyncio.Task[int] | None, within: float
     uplink = gateway.uplink
     if gateway.outbox is None:
         return f"the outbox did not open within {within:g} s"
+    prefix = gateway.config.uplink.topic_prefix
+    if uplink is not None and uplink.state == "refused":
+        last = uplink.refusals.last
+        return (
+            f"connected to {uplink.broker} but it refuses messages on "
+            f"{', '.join(uplink.refusals.topics)}"
+            + ("" if last is None else f": {last.describe()}")
+            + f" (topic prefix {prefix!r}, or the broker's access rules)"
+        )
     if uplink is None or uplink.state != "online":
         why = "no attempt yet" if uplink is None else (uplink.last_error or uplink.state)
         where = "" if uplink is None or uplink.broker is None else f" via {uplink.broker}"
         return f"did not reach the platform within {within:g} s{where}: {why}"
     if not uplink.heard_back:
-        prefix = gateway.config.uplink.topic_prefix
         return (
             f"connected to {uplink.broker} but its own status never came back within "
             f"{within:g} s: the broker does not let it use topic prefix {prefix!r}"
