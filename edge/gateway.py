@@ -241,11 +241,16 @@ class Gateway:
 
     def silence(self, source: str = "remote", alarm: tuple[str, str] | None = None) -> int:
         """Silence the sounding alarms (or one); ``source`` is ``local`` (the button) or
-        ``remote`` (the platform). Returns how many were silenced."""
-        transitions = self.alarms.silence(self.clock.time(), source, alarm)
+        ``remote`` (the platform). Returns how many were silenced, or cleared: a latching
+        alarm whose condition has gone is cleared by this acknowledgement."""
+        now = self.clock.time()
+        released = self.rules.release(now, alarm)
+        if released:
+            self.alarms.apply(released)
+        transitions = self.alarms.silence(now, source, alarm)
         self.annunciator.show(self.alarms.sounding(), self.alarms.worst())
-        self._report(transitions)
-        return len(transitions)
+        self._report([*released, *transitions])
+        return len(released) + len(transitions)
 
     def _silence_button(self) -> None:
         self.silence("local")
@@ -488,7 +493,7 @@ class Gateway:
         alarm = self.alarms.alarms.get(key)
         if alarm is None:
             raise CommandError(f"no active alarm of rule {key[0]!r} on device {key[1]!r}")
-        if alarm.silenced:
+        if alarm.silenced and key not in self.rules.latched:
             return {"silenced": 0, "already": True}
         return {"silenced": self.silence("remote", key)}
 

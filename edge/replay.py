@@ -15,8 +15,21 @@ Input, one reading per line or row, oldest first:
   ``seq,stream,created,body``.
 
 Timestamps are POSIX seconds or ISO 8601; an ISO time without an offset is in the site's time
-zone. The engine is ticked once a second of replayed time (as the gateway ticks it), so
-calendar buckets, missing readings and silent devices are judged as in the field.
+zone.
+
+Replay judges exactly as the field does. The gateway ticks its rules once a second whatever
+the devices do, so a silent device raises ``device-offline`` in the silence, not when it
+speaks again; the replay ticks the engine at every second of replayed time from the first
+reading on (``first + k``), including through silences, before the readings of that second.
+Over a long silence it skips the seconds at which :meth:`RuleEngine.next_due` proves a tick
+does nothing (every time-only verdict is a deadline: a last reading plus ``silent_for``, the
+end of a calendar day...), so days of silence cost one tick per verdict, not one per second.
+The time a row arrives is the latest time seen so far: a row older than that (out of order)
+is judged after the ticks up to that time, as a late reading would be in the field.
+
+Readings of a device or point that is not in the site file are refused (the line is named):
+judging them against rules that apply "to every device" would invent alarms the field never
+raises. ``--unknown report`` skips and counts them instead.
 """
 
 from __future__ import annotations
@@ -27,21 +40,35 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 from zoneinfo import ZoneInfo
 
 from drivers import Reading
 from edge.config import SiteConfig, report_config
 from edge.rules import RuleEngine, Transition
 
-__all__ = ["ReplayError", "ReplaySummary", "add_parser", "command", "read_readings", "replay"]
+__all__ = [
+    "ReadingsFile",
+    "ReplayError",
+    "ReplaySummary",
+    "add_parser",
+    "command",
+    "read_readings",
+    "replay",
+]
 
 #: The gateway ticks its rules once a second; the replay does the same in replayed time.
 TICK = 1.0
+#: From this many pending seconds on, the replay asks the engine for its next deadline rather
+#: than ticking each second (a scan of every ticking judge costs about as much as a tick).
+SKIP_FROM = 3
+
+Unknown = Literal["refuse", "report"]
 
 
 class ReplayError(ValueError):
@@ -57,6 +84,11 @@ class ReplaySummary:
     seconds: float = 0.0
     first_ts: float | None = None
     last_ts: float | None = None
+    #: Engine ticks run (the seconds a silence was jumped over are not counted).
+    ticks: int = 0
+    #: Readings not judged because their device or point is not in the site file, by
+    #: ``device/point`` (with ``--unknown report``).
+    unknown: Counter[str] = field(default_factory=Counter)
 
 
 def add_parser(commands: Any) -> None:
@@ -74,6 +106,19 @@ def add_parser(commands: Any) -> None:
         "--out", type=Path, metavar="FILE", help="write the transitions as JSON lines to FILE"
     )
     replay_cmd.add_argument("--jsonl", action="store_true", help="print JSON lines instead of text")
+    replay_cmd.add_argument(
+        "--unknown",
+        choices=["refuse", "report"],
+        default="refuse",
+        help="readings of devices or points not in the site file: stop at the first (default), "
+        "or skip and count them",
+    )
+    replay_cmd.add_argument(
+        "--until",
+        metavar="TIME",
+        help="keep the clock running after the last reading until TIME (POSIX seconds or ISO "
+        "8601), so silences at the end of the file are judged too",
+    )
 
 
 def command(args: argparse.Namespace) -> int:
@@ -95,11 +140,16 @@ def command(args: argparse.Namespace) -> int:
     as_json = args.jsonl or args.out is not None
     zone = ZoneInfo(config.gateway.timezone)
     try:
+        until = None if args.until is None else _timestamp(args.until, "--until", zone)
         with source:
+            trace = ReadingsFile(source, str(args.readings), zone, args.format)
             summary = replay(
                 config,
-                read_readings(source, str(args.readings), zone, args.format),
+                iter(trace),
                 lambda t: out.write(format_transition(t, zone, as_json=as_json) + "\n"),
+                unknown=args.unknown,
+                until=until,
+                where=lambda: trace.where,
             )
     except ReplayError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -114,18 +164,32 @@ def command(args: argparse.Namespace) -> int:
         f"{summary.seconds:.2f} s ({rate:,.0f} readings/s)",
         file=sys.stderr,
     )
+    if summary.unknown:
+        listed = ", ".join(f"{name} ({count:,})" for name, count in summary.unknown.most_common())
+        print(
+            f"{summary.unknown.total():,} readings not judged, not in the site file: {listed}",
+            file=sys.stderr,
+        )
     return 0
 
 
 def replay(
     config: SiteConfig,
-    readings: Iterator[Reading | None],
-    emit: Any,
+    readings: Iterable[Reading | None],
+    emit: Callable[[Transition], Any],
     *,
     engine: RuleEngine | None = None,
+    unknown: Unknown = "refuse",
+    until: float | None = None,
+    where: Callable[[], str] | None = None,
 ) -> ReplaySummary:
     """Run ``readings`` (``None`` marks a skipped record) through the site's rules, calling
-    ``emit`` with every transition in order."""
+    ``emit`` with every transition in order, the engine ticked as the gateway ticks it.
+
+    A reading of a device or point the site does not have raises :class:`ReplayError`
+    (``where()`` names the line) or, with ``unknown="report"``, is counted in the summary.
+    ``until``: keep ticking after the last reading up to that time.
+    """
     judge = engine or RuleEngine(
         config.rules,
         devices=config.devices,
@@ -133,33 +197,112 @@ def replay(
         timezone=config.gateway.timezone,
     )
     summary = ReplaySummary()
+    clock = _Clock(judge, summary, emit)
+    scope = _Scope(judge)
     started = time.perf_counter()
-    next_tick = -math.inf
-    clock = -math.inf
+    evaluate = judge.evaluate
     for reading in readings:
         if reading is None:
             summary.skipped += 1
             continue
+        problem = scope.refuses(reading)
+        if problem is not None:
+            if unknown == "refuse":
+                place = where() if where is not None else f"reading {summary.readings + 1}"
+                raise ReplayError(
+                    f"{place}: {problem}; replay judges only what the site file has "
+                    "(--unknown report skips and counts such readings)"
+                )
+            summary.unknown[f"{reading.device_id}/{reading.point}"] += 1
+            continue
         ts = reading.ts
         if summary.first_ts is None:
             summary.first_ts = ts
-        if ts < clock:
+        if ts < clock.now:
             summary.out_of_order += 1
         else:
-            clock = ts
-        if ts >= next_tick:
-            for transition in judge.tick(ts):
-                summary.transitions += 1
+            clock.run_to(ts)
+        transitions = evaluate(reading)
+        if transitions:
+            summary.transitions += len(transitions)
+            for transition in transitions:
                 emit(transition)
-            next_tick = ts + TICK
-        for transition in judge.evaluate(reading):
-            summary.transitions += 1
-            emit(transition)
         summary.readings += 1
     if summary.first_ts is not None:
-        summary.last_ts = clock
+        summary.last_ts = clock.now
+        if until is not None and until > clock.now:
+            clock.run_to(until)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+class _Clock:
+    """The gateway's once-a-second tick in replayed time: ticks at ``origin + k`` seconds,
+    ``origin`` being the first reading's time, up to the time of the latest reading.
+
+    Seconds before the engine's :meth:`~RuleEngine.next_due` are jumped over: a tick there
+    changes nothing, so the transitions are those of ticking every second. The jump lands
+    one second early, so a deadline that rounding puts a hair past a second is still met at
+    that second, as the field's tick would meet it.
+    """
+
+    def __init__(self, engine: RuleEngine, summary: ReplaySummary, emit: Callable[..., Any]):
+        self.engine = engine
+        self.summary = summary
+        self.emit = emit
+        self.origin: float | None = None
+        #: Index of the next tick (at ``origin + index``) and the latest time seen.
+        self.index = 0
+        self.now = -math.inf
+
+    def run_to(self, now: float) -> None:
+        self.now = now
+        if self.origin is None:
+            self.origin = now
+        origin, engine = self.origin, self.engine
+        while True:
+            at = origin + self.index
+            if at > now:
+                return
+            if now - at >= SKIP_FROM:
+                due = engine.next_due()
+                if due > at:
+                    last = math.floor(now - origin)
+                    target = (
+                        last + 1 if due == math.inf else min(last + 1, math.ceil(due - origin) - 1)
+                    )
+                    if target > self.index:
+                        # Late readings are judged at the latest tick's time: say when it was.
+                        engine.skip(origin + (target - 1))
+                        self.index = target
+                        continue
+            transitions = engine.tick(at)
+            self.summary.ticks += 1
+            self.index += 1
+            if transitions:
+                self.summary.transitions += len(transitions)
+                for transition in transitions:
+                    self.emit(transition)
+
+
+class _Scope:
+    """What the site file has: its devices and, where the model has a point table, points."""
+
+    def __init__(self, engine: RuleEngine) -> None:
+        self.engine = engine
+        self.points: dict[str, set[str] | None] = {}
+
+    def refuses(self, reading: Reading) -> str | None:
+        device = reading.device_id
+        try:
+            points = self.points[device]
+        except KeyError:
+            if not self.engine.knows_device(device):
+                return f"device {device!r} is not in the site file"
+            points = self.points[device] = self.engine.known_points(device)
+        if points is not None and reading.point not in points:
+            return f"device {device!r} has no point {reading.point!r} in the site file"
+        return None
 
 
 def format_transition(t: Transition, zone: ZoneInfo, *, as_json: bool) -> str:
@@ -191,10 +334,37 @@ def format_transition(t: Transition, zone: ZoneInfo, *, as_json: bool) -> str:
 # -- reading the file ---------------------------------------------------------------------------
 
 
+class ReadingsFile:
+    """The readings of a file, iterated once; :attr:`where` names the line last read."""
+
+    def __init__(self, source: TextIO, name: str, zone: ZoneInfo, form: str = "auto") -> None:
+        self.source = source
+        self.name = name
+        self.zone = zone
+        self.form = form
+        self.line = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.name}:{self.line}"
+
+    def __iter__(self) -> Iterator[Reading | None]:
+        for number, reading in _numbered(self.source, self.name, self.zone, self.form):
+            self.line = number
+            yield reading
+
+
 def read_readings(
     source: TextIO, name: str, zone: ZoneInfo, form: str = "auto"
 ) -> Iterator[Reading | None]:
     """The readings of ``source``, ``None`` for records that are not readings (events)."""
+    for _, reading in _numbered(source, name, zone, form):
+        yield reading
+
+
+def _numbered(
+    source: TextIO, name: str, zone: ZoneInfo, form: str
+) -> Iterator[tuple[int, Reading | None]]:
     first = source.readline()
     if not first:
         return
@@ -206,7 +376,9 @@ def read_readings(
         yield from _csv(first, source, name, zone)
 
 
-def _jsonl(first: str, source: TextIO, name: str, zone: ZoneInfo) -> Iterator[Reading | None]:
+def _jsonl(
+    first: str, source: TextIO, name: str, zone: ZoneInfo
+) -> Iterator[tuple[int, Reading | None]]:
     number = 0
     for line in _chain(first, source):
         number += 1
@@ -218,7 +390,7 @@ def _jsonl(first: str, source: TextIO, name: str, zone: ZoneInfo) -> Iterator[Re
             raise ReplayError(f"{name}:{number}: not JSON ({exc.msg})") from None
         if not isinstance(item, dict):
             raise ReplayError(f"{name}:{number}: expected a JSON object")
-        yield _record(item, name, number, zone)
+        yield number, _record(item, name, number, zone)
 
 
 def _chain(first: str, source: TextIO) -> Iterator[str]:
@@ -226,7 +398,9 @@ def _chain(first: str, source: TextIO) -> Iterator[str]:
     yield from source
 
 
-def _csv(first: str, source: TextIO, name: str, zone: ZoneInfo) -> Iterator[Reading | None]:
+def _csv(
+    first: str, source: TextIO, name: str, zone: ZoneInfo
+) -> Iterator[tuple[int, Reading | None]]:
     rows = csv.reader(_chain(first, source))
     header = [column.strip() for column in next(rows)]
     for number, row in enumerate(rows, start=2):
@@ -240,7 +414,7 @@ def _csv(first: str, source: TextIO, name: str, zone: ZoneInfo) -> Iterator[Read
                 item["body"] = json.loads(item["body"])
             except json.JSONDecodeError as exc:
                 raise ReplayError(f"{name}:{number}: body is not JSON ({exc.msg})") from None
-        yield _record(item, name, number, zone)
+        yield number, _record(item, name, number, zone)
 
 
 def _record(item: dict[str, Any], name: str, number: int, zone: ZoneInfo) -> Reading | None:

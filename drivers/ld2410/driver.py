@@ -120,10 +120,9 @@ class Ld2410Radar(SerialSensor[Frame]):
         self._report(frame, ts, mono)
 
     def _report(self, frame: TargetFrame, ts: float, mono: float) -> None:
+        if frame.presence is not None:  # a calibration frame says nothing about the room
+            self.emit("presence", 1.0 if frame.presence else 0.0, "", ts, mono)
         self.emit("target_state", float(frame.state), "", ts, mono)
-        if frame.presence is None:
-            return
-        self.emit("presence", 1.0 if frame.presence else 0.0, "", ts, mono)
         self.emit("moving_distance", float(frame.moving_distance), "cm", ts, mono)
         self.emit("moving_energy", float(frame.moving_energy), "", ts, mono)
         self.emit("still_distance", float(frame.still_distance), "cm", ts, mono)

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from drivers.ports import check_port
-from edge.config.duration import Duration, format_duration
+from edge.config.duration import Duration, as_written, format_duration
 from edge.config.size import Size
 
 #: BCM numbers of the GPIOs on the Raspberry Pi 40-pin header.
@@ -233,6 +233,9 @@ RawRun = Annotated[Duration, _span(731 * 86_400.0)]
 def _exactly_one(model: BaseModel, names: tuple[str, ...]) -> None:
     given = [name for name in names if getattr(model, name) is not None]
     if len(given) != 1:
+        # A field named after a Python keyword (``for_``) is written without the underscore.
+        names = tuple(name.rstrip("_") for name in names)
+        given = [name.rstrip("_") for name in given]
         listed = ", ".join(names[:-1]) + f" or {names[-1]}"
         found = f" (found {', '.join(given)})" if given else ""
         raise ValueError(f"give exactly one of {listed}{found}")
@@ -286,6 +289,11 @@ class _PointRule(Strict):
         default=None,
         description="Per-device settings that replace the rule's own, by device id.",
     )
+    latch: bool = Field(
+        default=False,
+        description="Latching alarm: once raised it stays raised, after its condition has gone, "
+        "until the silence button or a silence command clears it.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -329,8 +337,10 @@ class _PointRule(Strict):
         changes = (self.overrides or {}).get(device)
         if not changes:
             return self
-        merged = {**self.model_dump(exclude={"overrides"}), **changes}
-        return type(self).model_validate(merged)
+        # As written: durations in words, which the model takes back (it refuses bare numbers).
+        written = as_written(self)
+        written.pop("overrides", None)
+        return type(self).model_validate({**written, **changes})
 
 
 #: Threshold keys that may be written with a unit ("300 mA").
@@ -368,6 +378,11 @@ class OverLimitRule(_PointRule):
     clear_below: Threshold
     debounce: Debounce | None = None
     escalate: Escalation | None = None
+    compare: Literal["at-least", "more-than"] = Field(
+        default="at-least",
+        description="at-least: raised at raise_at, cleared below clear_below; more-than: raised "
+        "above raise_at, cleared at or below clear_below.",
+    )
 
     @model_validator(mode="after")
     def _hysteresis(self) -> OverLimitRule:
@@ -387,6 +402,11 @@ class UnderLimitRule(_PointRule):
     clear_above: Threshold
     debounce: Debounce | None = None
     escalate: Escalation | None = None
+    compare: Literal["at-most", "less-than"] = Field(
+        default="at-most",
+        description="at-most: raised at raise_at, cleared above clear_above; less-than: raised "
+        "below raise_at, cleared at or above clear_above.",
+    )
 
     @model_validator(mode="after")
     def _hysteresis(self) -> UnderLimitRule:
@@ -406,6 +426,11 @@ class SuddenChangeRule(_PointRule):
     change_percent: float | None = Field(default=None, gt=0, strict=True)
     window: ReadingWindow
     direction: Literal["rise", "fall", "either"] = "either"
+    compare: Literal["at-least", "more-than"] = Field(
+        default="at-least",
+        description="at-least: a change of exactly change (or change_percent) raises; "
+        "more-than: only a bigger one.",
+    )
 
     @model_validator(mode="after")
     def _one_size(self) -> SuddenChangeRule:
@@ -425,6 +450,11 @@ class AbnormalRule(_PointRule):
     max_samples: int = Field(default=1000, ge=5, le=10_000, strict=True)
     min_deviation: Threshold = Field(default=0.0, ge=0)
     clear_ratio: float = Field(default=0.8, gt=0, le=1, strict=True)
+    seasonal: Literal["none", "daily"] = Field(
+        default="none",
+        description="daily: one baseline per hour of the local day, for points that swing "
+        "every day (structures, temperatures).",
+    )
 
     @model_validator(mode="after")
     def _samples(self) -> AbnormalRule:
@@ -432,6 +462,19 @@ class AbnormalRule(_PointRule):
             raise ValueError("min_samples must not be above max_samples")
         if self.learning > self.baseline:
             raise ValueError("learning must not be longer than baseline")
+        if self.seasonal == "daily":
+            if self.learning < 86_400.0:
+                raise ValueError(
+                    "seasonal: daily learns each hour of the day from whole days: learning "
+                    f"must be at least 1d (got {format_duration(self.learning) or '0s'})"
+                )
+            per_hour = self.max_samples // 24
+            if per_hour < self.min_samples:
+                raise ValueError(
+                    f"seasonal: daily keeps max_samples / 24 = {per_hour} readings for each "
+                    f"hour of the day, fewer than min_samples {self.min_samples}: raise "
+                    f"max_samples to at least {24 * self.min_samples} or lower min_samples"
+                )
         return self
 
 
@@ -447,15 +490,29 @@ class SustainedRule(_PointRule):
     hours: int | None = Field(default=None, ge=1, le=24 * 31, strict=True)
     days: int | None = Field(default=None, ge=1, le=731, strict=True)
     months: int | None = Field(default=None, ge=1, le=24, strict=True)
+    for_: Annotated[Duration, _span(731 * 86_400.0)] | None = Field(
+        default=None,
+        alias="for",
+        description="A rolling window of whole days (60d): raised at the end of a day when "
+        "every day of the window passed.",
+    )
     missing: Literal["break", "ignore"] = Field(
         default="break",
         description="A calendar bucket without a good reading breaks the run, or is skipped.",
     )
 
+    # ``for`` is a Python keyword: the field is ``for_``, the site file says ``for``.
+    model_config = ConfigDict(**Strict.model_config, validate_by_name=True)
+
     @model_validator(mode="after")
     def _one_period(self) -> SustainedRule:
         _exactly_one(self, ("above", "below"))
-        _exactly_one(self, ("duration", "hours", "days", "months"))
+        _exactly_one(self, ("duration", "hours", "days", "months", "for_"))
+        if self.for_ is not None and self.for_ % 86_400.0:
+            raise ValueError(
+                f"a rolling window is whole days, e.g. 60d (got {format_duration(self.for_)}); "
+                "use hours: N for hours"
+            )
         return self
 
 

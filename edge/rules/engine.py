@@ -6,12 +6,17 @@ a tilt angle) are computed here and judged like any other point. Composite rules
 re-evaluated only when another alarm changed state.
 
 Time comes from the readings themselves (``Reading.ts``) and from :meth:`RuleEngine.tick`,
-which the gateway calls every second and ``edge replay`` calls with each recorded reading's
-time: the engine never looks at a clock, so months of history replay in seconds.
+which the gateway calls every second and ``edge replay`` calls every second of the recorded
+time (jumping over the seconds in which :meth:`RuleEngine.next_due` proves a tick does
+nothing): the engine never looks at a clock, so months of history replay in seconds.
+
+A value that is not a number (NaN) or infinite is judged as a ``bad`` reading: absence of
+evidence, never a verdict.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -55,7 +60,7 @@ from edge.rules.tuning import (
     storm_tightened,
     with_threshold,
 )
-from edge.rules.types import Transition
+from edge.rules.types import Transition, worse
 
 __all__ = [
     "ACTIVE_KEY",
@@ -137,10 +142,21 @@ class _Composite:
     active: bool = False
 
 
+#: Rule options added after rule state was first stored. At their default they are left out
+#: of the hash, so a gateway upgraded with an unchanged site file resumes its windows.
+LATER_OPTIONS = ("latch", "compare", "seasonal", "for_")
+
+
 def _rule_hash(rule: Any) -> str:
     """Changing a rule's settings restarts its state: a window counted against the old limit
     says nothing about the new one."""
-    return hashlib.sha256(rule.model_dump_json().encode()).hexdigest()[:16]
+    fields = type(rule).model_fields
+    unchanged = {
+        name
+        for name in LATER_OPTIONS
+        if name in fields and getattr(rule, name) == fields[name].default
+    }
+    return hashlib.sha256(rule.model_dump_json(exclude=unchanged).encode()).hexdigest()[:16]
 
 
 class RuleEngine:
@@ -195,7 +211,14 @@ class RuleEngine:
         self._restored: dict[str, dict[str, Any]] = {}
         #: The latest transition of every active alarm, by alarm key.
         self.active: dict[tuple[str, str], Transition] = {}
+        #: Latching rules, and their alarms whose condition has gone: still active, until
+        #: :meth:`release` (the silence button, a silence command) clears them.
+        self._latching = {rule.id for rule in self.rules if getattr(rule, "latch", False)}
+        self.latched: dict[tuple[str, str], Transition] = {}
         self._start: float | None = None
+        #: The latest time the engine was ticked (or skipped) to: a late reading (one older
+        #: than that) is judged by the time-based judges at this time, not at its own.
+        self._now = -math.inf
         for device in devices:
             self._device_judges(device.id)
             for point in self._points_of(device.id):
@@ -225,6 +248,24 @@ class RuleEngine:
         points = [p for p in known if p in wanted]
         for source in list(points):
             points.extend(d.name for d in self._derived.get(source, ()) if self._selects(d, device))
+        return points
+
+    def knows_device(self, device: str) -> bool:
+        """Whether ``device`` is one of the site's devices."""
+        return device in self._models
+
+    def known_points(self, device: str) -> set[str] | None:
+        """Every point ``device`` can report: its model's, the tilt displacements of a gauged
+        device and the derived points it has; ``None`` when its model has no point table
+        (UART and GPIO sensors), so that any point is possible."""
+        info = self._info(device)
+        if info is None:
+            return None
+        points = set(info.units)
+        if device in self._gauged:
+            points |= {displacement_point(axis) for axis in TILT_AXES if axis in info.units}
+        for derived in self._derived.values():
+            points |= {d.name for d in derived if self._selects(d, device)}
         return points
 
     def _selects(self, rule: PointRule | DeviceOfflineRule | DerivedPoint, device: str) -> bool:
@@ -271,7 +312,7 @@ class RuleEngine:
         if isinstance(rule, SuddenChangeRule):
             return SuddenChangeJudge(rule, device)
         if isinstance(rule, AbnormalRule):
-            return AbnormalJudge(rule, device)
+            return AbnormalJudge(rule, device, self.zone)
         if isinstance(rule, SustainedRule):
             return SustainedJudge(rule, device, self.zone)
         if isinstance(rule, AlarmBitsRule):
@@ -409,12 +450,18 @@ class RuleEngine:
 
     def evaluate(self, reading: Reading) -> list[Transition]:
         """Judge one reading; the transitions it caused, in order (empty almost always)."""
+        value = reading.value
+        # NaN and infinities: x - x is 0.0 for every finite number and NaN for these.
+        if value - value != 0.0 and reading.quality == "good":
+            reading = dataclasses.replace(reading, quality="bad")
         route = self._routes.get((reading.device_id, reading.point))
         if route is None:
             route = self._route(reading.device_id, reading.point)
         out: list[Transition] = []
-        for judge in route.ticking:
-            out.extend(judge.tick(reading.ts))
+        if route.ticking:
+            now = reading.ts if reading.ts > self._now else self._now
+            for judge in route.ticking:
+                out.extend(judge.tick(now))
         for judge in route.judges:
             transition = judge.feed(reading)
             if transition is not None:
@@ -432,6 +479,7 @@ class RuleEngine:
         calendar buckets of sustained rules are judged here."""
         if self._start is None:
             self._start = now
+        self._now = max(self._now, now)
         out: list[Transition] = []
         for judge in self._ticking:
             found = judge.tick(now)
@@ -441,6 +489,19 @@ class RuleEngine:
         if out:
             self._settle(out)
         return out
+
+    def next_due(self) -> float:
+        """A time before which :meth:`tick` changes nothing (every judge's :meth:`Judge.due`,
+        the earliest): ``-inf`` before the first tick, ``inf`` when only readings can change
+        anything. Readings and driver statuses move it, so ask again after each."""
+        if self._start is None:
+            return -math.inf
+        return min((judge.due() for judge in self._ticking), default=math.inf)
+
+    def skip(self, now: float) -> None:
+        """Time passed to ``now`` without a tick: only for a caller that knows from
+        :meth:`next_due` that a tick would have changed nothing (``edge replay``)."""
+        self._now = max(self._now, now)
 
     def on_status(self, status: DeviceStatus) -> list[Transition]:
         """A driver says a device went offline or came back."""
@@ -458,8 +519,12 @@ class RuleEngine:
         for judge in route.judges:
             self._dirty.add(judge.rule_id)
 
-    def _settle(self, out: list[Transition]) -> None:
+    def _settle(self, out: list[Transition], *, latch: bool = True) -> None:
         """Note the alarms that changed, then judge the composites that depend on them."""
+        if latch and self._latching:
+            self._latch(out)
+            if not out:
+                return
         for transition in out:
             self._note(transition)
         if not self._composites:
@@ -488,6 +553,49 @@ class RuleEngine:
             )
             self._note(transition)
             out.append(transition)
+
+    def _latch(self, out: list[Transition]) -> None:
+        """A latching rule's ``cleared`` only notes that the condition has gone; the alarm stays
+        active. Raised again while latched, it simply goes on (escalated if worse)."""
+        kept: list[Transition] = []
+        for transition in out:
+            key = transition.alarm_key
+            if transition.rule_id not in self._latching:
+                kept.append(transition)
+            elif transition.kind == "cleared" and key in self.active:
+                self.latched[key] = transition
+                self._active_dirty = True
+            elif transition.kind in ("raised", "escalated") and key in self.latched:
+                del self.latched[key]
+                self._active_dirty = True
+                before = self.active[key].severity
+                if worse(before, transition.severity) != before:
+                    kept.append(dataclasses.replace(transition, kind="escalated"))
+            else:
+                kept.append(transition)
+        out[:] = kept
+
+    def release(self, now: float, key: tuple[str, str] | None = None) -> list[Transition]:
+        """Clear the latched alarms whose condition has gone (or only ``key``): the silence
+        button or a silence command acknowledged them. Returns their ``cleared``."""
+        out: list[Transition] = []
+        for alarm_key in sorted(self.latched):
+            if key is not None and alarm_key != key:
+                continue
+            gone = self.latched.pop(alarm_key)
+            self._active_dirty = True
+            self._urgent.add(gone.rule_id)
+            out.append(
+                dataclasses.replace(
+                    gone,
+                    ts=now,
+                    reading=None,
+                    reason=f"reset by hand; the condition had gone ({gone.reason})",
+                )
+            )
+        if out:
+            self._settle(out, latch=False)
+        return out
 
     def _note(self, transition: Transition) -> None:
         self._active_dirty = True
@@ -547,6 +655,7 @@ class RuleEngine:
             values[ACTIVE_KEY] = {
                 "alarms": [_dump_transition(t) for t in self.active.values()],
                 "composites": {c.rule.id: c.active for c in self._composites},
+                "latched": [list(key) for key in self.latched],
             }
         return values
 
@@ -574,11 +683,18 @@ class RuleEngine:
             for composite in self._composites:
                 composite.active = bool(composites.get(composite.rule.id, False))
             known = {rule.id for rule in self.rules}
+            latched = {(str(r), str(s)) for r, s in active.get("latched", [])}
             for item in active.get("alarms", []):
                 transition = _load_transition(item)
+                alarm = transition.alarm_key
+                if alarm in latched and transition.rule_id in self._latching:
+                    # Its condition had gone; it waits for a hand to clear it, judge or not.
+                    self.active[alarm] = transition
+                    self.latched[alarm] = _replace_kind(transition, transition.reason)
+                    continue
                 judge_alive = self._alarm_still_judged(transition, known, flat)
                 if judge_alive:
-                    self.active[transition.alarm_key] = transition
+                    self.active[alarm] = transition
                 else:
                     dropped.append(
                         _replace_kind(transition, "rule removed or changed since the alarm")

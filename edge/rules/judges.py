@@ -10,7 +10,11 @@ Common to every judge on a point:
 * readings are taken in time order: a reading not newer than the last one the judge took is
   ignored, so readings replayed after a restart are never counted twice;
 * a reading of quality ``bad`` is ignored by every judge except ``sensor-fault`` (for which it
-  is a missing reading): it neither raises, nor clears, nor counts towards a debounce.
+  is a missing reading): it neither raises, nor clears, nor counts towards a debounce (the
+  engine makes a NaN or infinite value such a reading);
+* time alone only raises: a :meth:`Judge.tick` can raise a missing reading, a stuck sensor or
+  a silent device, never clear one, and :meth:`Judge.due` says when the next tick can change
+  anything (``edge replay`` jumps over the seconds before it).
 """
 
 from __future__ import annotations
@@ -78,6 +82,12 @@ class Judge:
     def tick(self, now: float) -> list[Transition]:
         return []
 
+    def due(self) -> float:
+        """The earliest time at which :meth:`tick` can change this judge (a verdict or its
+        state); ticking it before then does nothing. ``-inf``: the next tick must run (the judge
+        has not seen the time yet). ``edge replay`` jumps over silences with it."""
+        return math.inf
+
     def retune(self, rule: Any) -> None:
         """Take the thresholds of ``rule`` (the same rule, changed at run time); the judge's
         windows and counts stay. Kinds without thresholds ignore it."""
@@ -141,12 +151,16 @@ class LimitJudge(Judge):
         "escalated",
         "raise_at",
         "since",
+        "strict",
         "upward",
     )
 
     def __init__(self, rule: OverLimitRule | UnderLimitRule, device: str) -> None:
         super().__init__(rule.id, device, rule.point, rule.severity)
         self.upward = isinstance(rule, OverLimitRule)
+        #: ``more-than`` / ``less-than``: the limit itself is on the quiet side, for raising
+        #: and escalating, and on the alarm's side no longer for clearing.
+        self.strict = rule.compare in ("more-than", "less-than")
         self.raise_at = rule.raise_at
         self.clear = rule.clear_below if isinstance(rule, OverLimitRule) else rule.clear_above
         self.debounce_count = 1
@@ -165,7 +179,19 @@ class LimitJudge(Judge):
         self.escalated = False
 
     def _beyond(self, value: float, limit: float) -> bool:
-        return value >= limit if self.upward else value <= limit
+        if self.upward:
+            return value > limit if self.strict else value >= limit
+        return value < limit if self.strict else value <= limit
+
+    def _back(self, value: float) -> bool:
+        if self.upward:
+            return value <= self.clear if self.strict else value < self.clear
+        return value >= self.clear if self.strict else value > self.clear
+
+    def _reached(self) -> str:
+        if not self.strict:
+            return "reached"
+        return "over" if self.upward else "under"
 
     def retune(self, rule: Any) -> None:
         assert isinstance(rule, OverLimitRule | UnderLimitRule)
@@ -180,13 +206,14 @@ class LimitJudge(Judge):
         self.last_ts = ts
         value = reading.value
         if self.active:
-            back = value < self.clear if self.upward else value > self.clear
-            if back:
+            if self._back(value):
                 self.active = False
                 self.escalated = False
                 self.count = 0
                 self.since = None
                 word = "below" if self.upward else "above"
+                if self.strict:
+                    word = f"at or {word}"
                 return self.make(
                     "cleared",
                     ts,
@@ -208,7 +235,7 @@ class LimitJudge(Judge):
                     value,
                     self.escalate_at,
                     reading,
-                    f"{_fmt(value)} reached {self.escalate_at:g}",
+                    f"{_fmt(value)} {self._reached()} {self.escalate_at:g}",
                 )
             return None
         if not self._beyond(value, self.raise_at):
@@ -231,7 +258,12 @@ class LimitJudge(Judge):
         else:
             self.severity = self.base_severity
         return self.make(
-            "raised", ts, value, threshold, reading, f"{_fmt(value)} reached {threshold:g}"
+            "raised",
+            ts,
+            value,
+            threshold,
+            reading,
+            f"{_fmt(value)} {self._reached()} {threshold:g}",
         )
 
     def dump(self) -> dict[str, Any]:
@@ -263,7 +295,16 @@ class SuddenChangeJudge(Judge):
     """``sudden-change``: the reading differs from the lowest (a rise) or highest (a fall)
     reading of the last ``window`` by at least ``change`` or ``change_percent``."""
 
-    __slots__ = ("change", "direction", "highs", "lows", "percent", "window", "window_s")
+    __slots__ = (
+        "change",
+        "direction",
+        "highs",
+        "lows",
+        "percent",
+        "strict",
+        "window",
+        "window_s",
+    )
     rule_kind = "sudden-change"
 
     def __init__(self, rule: SuddenChangeRule, device: str) -> None:
@@ -272,6 +313,7 @@ class SuddenChangeJudge(Judge):
         self.percent = rule.change_percent
         self.window_s = rule.window
         self.direction = rule.direction
+        self.strict = rule.compare == "more-than"
         # Monotonic queues of (ts, value): the window's minimum and maximum in O(1).
         self.lows: deque[tuple[float, float]] = deque()
         self.highs: deque[tuple[float, float]] = deque()
@@ -307,12 +349,12 @@ class SuddenChangeJudge(Judge):
         if lows and self.direction != "fall":
             low = lows[0][1]
             size = self._size(value - low, low)
-            if size is not None and size >= limit:
+            if size is not None and (size > limit if self.strict else size >= limit):
                 found = f"rose from {_fmt(low)} to {_fmt(value)}"
         if found is None and highs and self.direction != "rise":
             high = highs[0][1]
             size = self._size(high - value, high)
-            if size is not None and size >= limit:
+            if size is not None and (size > limit if self.strict else size >= limit):
                 found = f"fell from {_fmt(high)} to {_fmt(value)}"
         while lows and lows[-1][1] >= value:
             lows.pop()
@@ -345,40 +387,114 @@ def quantile(ordered: list[float], q: float) -> float:
     return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
 
 
+#: Hours in a day: a daily baseline has one slot per local hour.
+HOURS = 24
+
+
+class _Baseline:
+    """The readings of one baseline (or one hour of the day of a daily one): in time order,
+    and sorted by value for the quantiles."""
+
+    __slots__ = ("history", "kept", "ordered", "stats")
+
+    def __init__(self) -> None:
+        self.history: deque[tuple[float, float]] = deque()
+        self.ordered: list[float] = []
+        #: Time of the latest reading that joined.
+        self.kept = -math.inf
+        #: (median, sigma) while the readings have not changed: most readings do not join.
+        self.stats: tuple[float, float] | None = None
+
+    def forget_before(self, oldest: float, cap: int) -> None:
+        history, ordered = self.history, self.ordered
+        while history and (history[0][0] < oldest or len(history) > cap):
+            _, gone = history.popleft()
+            del ordered[bisect.bisect_left(ordered, gone)]
+            self.stats = None
+
+    def add(self, ts: float, value: float) -> None:
+        self.history.append((ts, value))
+        bisect.insort(self.ordered, value)
+        self.kept = ts
+        self.stats = None
+
+    def centre_and_spread(self) -> tuple[float, float]:
+        """The median and sigma (interquartile range / 1.349)."""
+        if self.stats is None:
+            ordered = self.ordered
+            spread = (quantile(ordered, 0.75) - quantile(ordered, 0.25)) / IQR_TO_SIGMA
+            self.stats = (quantile(ordered, 0.5), spread)
+        return self.stats
+
+
 class AbnormalJudge(Judge):
-    """``abnormal``: distance from the baseline's median, in robust standard deviations."""
+    """``abnormal``: distance from the baseline's median, in robust standard deviations.
+
+    The baseline spans the whole ``baseline`` period whatever the poll rate: a reading joins
+    it only ``baseline / max_samples`` after the previous one that joined, so ``max_samples``
+    readings are spread over the period instead of being its last few minutes. With
+    ``seasonal: daily`` there is one baseline per local hour of the day (each with a 24th of
+    the samples), and a reading is judged against the baseline of its own hour.
+    """
 
     __slots__ = (
         "baseline_s",
+        "cap",
         "clear_ratio",
+        "daily",
         "first_ts",
-        "history",
+        "hour",
+        "hour_end",
+        "hour_start",
         "learning",
-        "max_samples",
         "min_deviation",
         "min_samples",
-        "ordered",
         "sensitivity",
+        "slots",
+        "spacing",
+        "zone",
     )
     rule_kind = "abnormal"
 
-    def __init__(self, rule: AbnormalRule, device: str) -> None:
+    def __init__(self, rule: AbnormalRule, device: str, zone: ZoneInfo | None = None) -> None:
         super().__init__(rule.id, device, rule.point, rule.severity)
         self.sensitivity = rule.sensitivity
         self.baseline_s = rule.baseline
         self.learning = rule.learning
         self.min_samples = rule.min_samples
-        self.max_samples = rule.max_samples
         self.min_deviation = rule.min_deviation
         self.clear_ratio = rule.clear_ratio
+        self.daily = rule.seasonal == "daily"
+        self.zone = zone or ZoneInfo("UTC")
+        self.spacing = rule.baseline / rule.max_samples
+        count = HOURS if self.daily else 1
+        # A guard on memory that the spacing keeps from ever biting (it would shorten the
+        # baseline): one reading more than the share at the period's edge, and for an hour's
+        # slot one more on each day of the baseline (each day's hour starts a new spacing).
+        days = math.ceil(rule.baseline / 86_400.0) if self.daily else 0
+        self.cap = math.ceil(rule.max_samples / count) + days + 1
+        self.slots = [_Baseline() for _ in range(count)]
         self.first_ts: float | None = None
-        self.history: deque[tuple[float, float]] = deque()
-        self.ordered: list[float] = []
+        #: The local hour the latest reading fell in, and its bounds (a cache).
+        self.hour = 0
+        self.hour_start = math.inf
+        self.hour_end = -math.inf
 
     def retune(self, rule: Any) -> None:
         assert isinstance(rule, AbnormalRule)
         self.sensitivity = rule.sensitivity
         self.min_deviation = rule.min_deviation
+
+    def _slot(self, ts: float) -> _Baseline:
+        if not self.daily:
+            return self.slots[0]
+        if not self.hour_start <= ts < self.hour_end:
+            self.hour_start, self.hour_end = bucket_of(ts, "hour", self.zone)
+            self.hour = datetime.fromtimestamp(ts, self.zone).hour
+        return self.slots[self.hour]
+
+    def _of_hour(self) -> str:
+        return f" of {self.hour:02d}:00-{(self.hour + 1) % HOURS:02d}:00" if self.daily else ""
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
@@ -388,18 +504,22 @@ class AbnormalJudge(Judge):
         value = reading.value
         if self.first_ts is None:
             self.first_ts = ts
-        history, ordered = self.history, self.ordered
-        oldest = ts - self.baseline_s
-        while history and (history[0][0] < oldest or len(history) >= self.max_samples):
-            _, gone = history.popleft()
-            del ordered[bisect.bisect_left(ordered, gone)]
+        if not self.daily:
+            slot = self.slots[0]
+        elif self.hour_start <= ts < self.hour_end:
+            slot = self.slots[self.hour]
+        else:
+            slot = self._slot(ts)
+        history = slot.history
+        if history and (history[0][0] < ts - self.baseline_s or len(history) > self.cap):
+            slot.forget_before(ts - self.baseline_s, self.cap)
         transition: Transition | None = None
-        if ts - self.first_ts >= self.learning and len(ordered) >= self.min_samples:
-            median = quantile(ordered, 0.5)
-            spread = (quantile(ordered, 0.75) - quantile(ordered, 0.25)) / IQR_TO_SIGMA
+        if ts - self.first_ts >= self.learning and len(history) >= self.min_samples:
+            median, spread = slot.centre_and_spread()
             limit = max(self.sensitivity * spread, self.min_deviation)
             deviation = abs(value - median)
             if not self.active and deviation > limit:
+                of = self._of_hour()
                 self.active = True
                 transition = self.make(
                     "raised",
@@ -407,7 +527,7 @@ class AbnormalJudge(Judge):
                     value,
                     limit,
                     reading,
-                    f"{_fmt(value)} is {_fmt(deviation)} from the baseline median "
+                    f"{_fmt(value)} is {_fmt(deviation)} from the baseline median{of} "
                     f"{_fmt(median)} (limit {_fmt(limit)})",
                 )
             elif self.active and deviation <= self.clear_ratio * limit:
@@ -415,18 +535,21 @@ class AbnormalJudge(Judge):
                 transition = self.make(
                     "cleared", ts, value, limit, reading, f"{_fmt(value)} is back near {median:g}"
                 )
-        history.append((ts, value))
-        bisect.insort(ordered, value)
+        if ts - slot.kept >= self.spacing:
+            slot.add(ts, value)
         return transition
 
     def dump(self) -> dict[str, Any]:
-        return {**super().dump(), "first_ts": self.first_ts, "history": list(self.history)}
+        history = sorted(item for slot in self.slots for item in slot.history)
+        return {**super().dump(), "first_ts": self.first_ts, "history": history}
 
     def load(self, data: dict[str, Any]) -> None:
         super().load(data)
         self.first_ts = data["first_ts"]
-        self.history = deque((float(t), float(v)) for t, v in data["history"])
-        self.ordered = sorted(v for _, v in self.history)
+        self.slots = [_Baseline() for _ in self.slots]
+        self.hour_start, self.hour_end = math.inf, -math.inf
+        for ts, value in sorted((float(t), float(v)) for t, v in data["history"]):
+            self._slot(ts).add(ts, value)
 
 
 class SustainedJudge(Judge):
@@ -449,6 +572,7 @@ class SustainedJudge(Judge):
         "month_days",
         "month_failed",
         "need",
+        "rolling",
         "run",
         "run_start",
         "threshold",
@@ -469,7 +593,12 @@ class SustainedJudge(Judge):
         self.missing = rule.missing
         self.zone = zone
         self.unit: BucketUnit = "hour" if rule.hours is not None else "day"
-        self.need = rule.hours or rule.days or rule.months or 0
+        #: ``for: 60d``: the rolling window of the last 60 daily verdicts. A day without
+        #: readings is no verdict: it breaks the window or (``missing: ignore``) is skipped,
+        #: never counted as a day that passed.
+        self.rolling = rule.for_ is not None
+        days_for = None if rule.for_ is None else round(rule.for_ / 86_400.0)
+        self.need = rule.hours or rule.days or days_for or rule.months or 0
         self.by_month = rule.months is not None
         #: Current bucket: [start, end, sum, count, min, max]; None before the first reading.
         self.bucket: list[float] | None = None
@@ -533,6 +662,11 @@ class SustainedJudge(Judge):
                 f"{word} {self.threshold:g} since {_fmt(ts - self.run_start)} s",
             )
         return None
+
+    def due(self) -> float:
+        if self.duration is not None or self.bucket is None:
+            return math.inf
+        return self.bucket[1]
 
     def tick(self, now: float) -> list[Transition]:
         """Close every bucket that ended at or before ``now``, in order."""
@@ -608,6 +742,8 @@ class SustainedJudge(Judge):
         span = (
             f"{self.need} {'month' if self.by_month else self.unit}{'s' if self.need > 1 else ''}"
         )
+        if self.rolling:
+            span = f"the last {span}"
         word = "over" if self.above else "under"
         return self.make(
             "raised",
@@ -719,6 +855,7 @@ class SensorFaultJudge(Judge):
     __slots__ = (
         "last_good",
         "missing_for",
+        "now",
         "stuck_for",
         "stuck_since",
         "stuck_value",
@@ -738,25 +875,47 @@ class SensorFaultJudge(Judge):
         self.stuck_value: float | None = None
         self.stuck_since: float | None = None
         self.why = ""
+        #: The latest time seen (ticks, readings): a reading that arrives late is judged at
+        #: this time, not at its own, so it cannot end a fault that still holds now.
+        self.now = -math.inf
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
         if ts <= self.last_ts:
             return None
         self.last_ts = ts
+        self.now = max(self.now, ts)
+        now = self.now
         if reading.quality != "good":
-            return self._judge(ts, reading)
+            return self._judge(now, reading)
         self.last_good = ts
         if self.stuck_value is None or abs(reading.value - self.stuck_value) > self.tolerance:
             self.stuck_value = reading.value
             self.stuck_since = ts
-        return self._judge(ts, reading)
+        return self._judge(now, reading)
 
     def tick(self, now: float) -> list[Transition]:
+        self.now = max(self.now, now)
         if self.last_good is None:
             self.last_good = now
+        # Time alone only raises: both faults, once true, stay true as time passes. A tick at
+        # an earlier time (a late reading's own time) is no evidence that the fault is gone.
+        if self.active:
+            return []
         verdict = self._judge(now, None)
         return [] if verdict is None else [verdict]
+
+    def due(self) -> float:
+        if self.last_good is None:
+            return -math.inf
+        if self.active:
+            return math.inf
+        due = math.inf
+        if self.missing_for is not None:
+            due = self.last_good + self.missing_for
+        if self.stuck_for is not None and self.stuck_since is not None:
+            due = min(due, self.stuck_since + self.stuck_for)
+        return due
 
     def _judge(self, now: float, reading: Reading | None) -> Transition | None:
         why = ""
@@ -804,7 +963,7 @@ class DeviceOfflineJudge(Judge):
     """``device-offline``: the driver has reported the device offline for ``after``, or (with
     ``silent_for``) no reading of any point arrived for that long."""
 
-    __slots__ = ("after", "last_reading", "offline_since", "reason", "silent_for")
+    __slots__ = ("after", "last_reading", "now", "offline_since", "reason", "silent_for")
     rule_kind = "device-offline"
     ticks = True
 
@@ -815,29 +974,51 @@ class DeviceOfflineJudge(Judge):
         self.offline_since: float | None = None
         self.last_reading = since
         self.reason = ""
+        #: The latest time seen: a late reading is judged now (see SensorFaultJudge.now).
+        self.now = -math.inf
 
     def feed(self, reading: Reading) -> Transition | None:
-        if reading.ts <= self.last_ts:
+        ts = reading.ts
+        if ts <= self.last_ts:
             return None
-        self.last_ts = reading.ts
-        self.last_reading = reading.ts
+        self.last_ts = ts
+        self.now = max(self.now, ts)
+        if self.last_reading is None or ts > self.last_reading:
+            self.last_reading = ts
         self.offline_since = None
-        return self._judge(reading.ts)
+        return self._judge(self.now)
 
     def status(self, online: bool, ts: float, reason: str) -> Transition | None:
+        self.now = max(self.now, ts)
         if online:
             self.offline_since = None
             self.last_reading = ts
         elif self.offline_since is None:
             self.offline_since = ts
             self.reason = reason
-        return self._judge(ts)
+        return self._judge(self.now)
 
     def tick(self, now: float) -> list[Transition]:
+        self.now = max(self.now, now)
         if self.last_reading is None:
             self.last_reading = now
+        # Time alone only raises (see SensorFaultJudge.tick): a reading or "online" clears.
+        if self.active:
+            return []
         verdict = self._judge(now)
         return [] if verdict is None else [verdict]
+
+    def due(self) -> float:
+        if self.last_reading is None:
+            return -math.inf
+        if self.active:
+            return math.inf
+        due = math.inf
+        if self.offline_since is not None:
+            due = self.offline_since + self.after
+        if self.silent_for is not None:
+            due = min(due, self.last_reading + self.silent_for)
+        return due
 
     def _judge(self, now: float) -> Transition | None:
         why = ""

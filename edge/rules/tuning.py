@@ -28,14 +28,12 @@ rules by a factor (at most 1: tighter) on the storm's devices, after the overrid
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pydantic import BaseModel, BeforeValidator, ValidationError
-from pydantic.fields import FieldInfo
+from pydantic import ValidationError
 
-from edge.config.duration import format_duration, parse_duration
+from edge.config.duration import as_written
 from edge.config.model import (
     AbnormalRule,
     OverLimitRule,
@@ -130,7 +128,7 @@ def with_threshold(rule: PointRule, field: str, value: float) -> PointRule:
         )
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"threshold must be a finite number, not {value!r}")
-    data = _as_written(rule)
+    data = as_written(rule)
     data.pop("overrides", None)
     if field == "escalate_at":
         if data.get("escalate") is None:
@@ -153,33 +151,6 @@ def with_threshold(rule: PointRule, field: str, value: float) -> PointRule:
         where = ".".join(str(part) for part in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         raise ValueError(f"{where + ': ' if where else ''}{message}") from None
-
-
-def _as_written(model: BaseModel) -> dict[str, Any]:
-    """``model`` as a site file would hold it: durations back in words ("10s"), because the
-    model refuses bare numbers for them (a bare 3 could be seconds or milliseconds)."""
-    data: dict[str, Any] = {}
-    for name, info in type(model).model_fields.items():
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            data[name] = _as_written(value)
-        elif isinstance(value, float) and _is_duration(info):
-            data[name] = format_duration(value)
-        else:
-            data[name] = value.model_dump() if isinstance(value, BaseModel) else value
-    return data
-
-
-def _is_duration(info: FieldInfo) -> bool:
-    def found(items: Any) -> bool:
-        for item in items:
-            if isinstance(item, BeforeValidator) and item.func is parse_duration:
-                return True
-            if found(typing.get_args(item)) or found(getattr(item, "__metadata__", ())):
-                return True
-        return False
-
-    return found(info.metadata) or found([info.annotation])
 
 
 def storm_tightened(rule: PointRule, factor: float) -> PointRule:

@@ -11,9 +11,13 @@ runs two tasks at once, as the gateway does:
   ``upstream.log`` (that write stands for the broker's PUBACK), then acks them.
 
 Both logs are written with ``os.write`` before the next step, so a SIGKILL loses nothing in
-them (the kernel has the bytes; only a power cut would need an fsync). The parent kills the
-worker at a random moment, checks ``PRAGMA integrity_check``, starts the next worker on the same
-file, and at the end checks:
+them (the kernel has the bytes; only a power cut would need an fsync). A SIGKILL may still cut
+a write short, and the next worker appends to the same logs, so every line ends with ``;`` and
+every worker starts both logs on a new line: a cut line is then a line of its own without its
+``;``, and counts as not written (the record was not acknowledged, or not delivered, yet).
+
+The parent kills the worker at a random moment, checks ``PRAGMA integrity_check``, starts the
+next worker on the same file, and at the end checks:
 
 - every acknowledged number is in the file exactly once, unless it was delivered upstream
   (then it may be gone: the uplink acked it);
@@ -78,6 +82,9 @@ async def _worker(db: Path, logs: Path, base: int, seed: int) -> None:
     rng = random.Random(seed)
     acked = os.open(logs / "acked.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     upstream = os.open(logs / "upstream.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    # A line the last worker's kill cut short stays a line of its own.
+    os.write(acked, b"\n")
+    os.write(upstream, b"\n")
     outbox = await Outbox.open(db, commit_interval=rng.choice([0.0, 0.005, 0.02]), max_batch=500)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
@@ -99,7 +106,7 @@ async def _worker(db: Path, logs: Path, base: int, seed: int) -> None:
                     outbox.submit(stream, _body(stream, counter))  # type: ignore[arg-type]
                     numbers.append(counter)
                 await outbox.flush()
-            os.write(acked, ("\n".join(map(str, numbers)) + "\n").encode())
+            os.write(acked, "".join(f"{n};\n" for n in numbers).encode())
             await asyncio.sleep(rng.random() * 0.01)
 
     async def drain() -> None:
@@ -108,8 +115,8 @@ async def _worker(db: Path, logs: Path, base: int, seed: int) -> None:
             if not records:
                 await asyncio.sleep(0.01)
                 continue
-            lines = [f"{_number(r.body)} {outbox.epoch} {r.seq}" for r in records]
-            os.write(upstream, ("\n".join(lines) + "\n").encode())
+            lines = [f"{_number(r.body)} {outbox.epoch} {r.seq};\n" for r in records]
+            os.write(upstream, "".join(lines).encode())
             await outbox.ack([r.seq for r in records])
             await asyncio.sleep(rng.random() * 0.02)
 
@@ -234,11 +241,9 @@ def _verify(db: Path, logs: Path, report: CrashReport) -> None:
 def _lines(path: Path) -> list[str]:
     if not path.exists():
         return []
-    # A kill can cut the last line short: only whole lines count (the record was then not
-    # acknowledged yet, or not delivered yet, which is what the check assumes).
-    text = path.read_text()
-    whole = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
-    return [line for line in whole.splitlines() if line]
+    # A kill can cut a line short: only whole lines (ending with ';') count; the record was
+    # then not acknowledged yet, or not delivered yet, which is what the check assumes.
+    return [line[:-1] for line in path.read_text().splitlines() if line.endswith(";")]
 
 
 def _read_numbers(path: Path) -> set[int]:

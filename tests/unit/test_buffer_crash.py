@@ -33,9 +33,12 @@ def test_the_check_notices_a_lost_a_duplicated_and_a_renumbered_record(tmp_path:
         conn.execute("INSERT INTO telemetry VALUES (3, 1, 0, 11.0)")
         conn.execute("INSERT INTO telemetry VALUES (5, 1, 0, 13.0)")  # delivered as seq 4
     # 12 was acknowledged but is neither stored nor delivered: lost.
-    (tmp_path / "acked.log").write_text("10\n11\n12\n13\n")
-    (tmp_path / "upstream.log").write_text("10 e1 1\n13 e1 4\n")
+    # 14's line was cut by a kill and the next worker wrote on: it counts as never acked.
+    (tmp_path / "acked.log").write_text("10;\n11;\n12;\n13;\n14\n")
+    # A cut line, then the next worker redelivering 10: not read as one record "110".
+    (tmp_path / "upstream.log").write_text("10 e1 1;\n13 e1 4;\n1\n\n10 e1 1;\n")
     report = CrashReport()
     _verify(db, tmp_path, report)
     assert (report.lost, report.duplicated, report.renumbered) == (1, 1, 1), report.problems
+    assert report.acked == 4
     assert not report.ok

@@ -76,12 +76,14 @@ def test_replay_of_a_buffer_export_prints_every_transition_with_its_time(
     lines.insert(5, json.dumps({"seq": 0, "stream": "event", "body": {"kind": "gateway-started"}}))
     spike = {"ts": start + 3, "device": "efm-shop-101", "point": "residual_current", "value": 400}
     lines.insert(7, json.dumps(spike))
-    lines.append(json.dumps({"ts": start + 60 * 86400, "device": "x", "point": "y", "value": 0}))
     readings = tmp_path / "readings.jsonl"
     readings.write_text("\n".join(lines) + "\n")
     out = tmp_path / "alarms.jsonl"
 
-    done = edge("replay", "--config", str(tilt_site(tmp_path)), str(readings), "--out", str(out))
+    # The last reading is at 23:00 on 29 Feb: the clock runs on to the end of the day.
+    until = str(start + 60 * 86400)
+    site = str(tilt_site(tmp_path))
+    done = edge("replay", "--config", site, str(readings), "--out", str(out), "--until", until)
     assert done.returncode == 0, done.stderr
     transitions = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(t["transition"], t["rule"], t["time"]) for t in transitions] == [
@@ -116,7 +118,7 @@ def test_replay_reads_csv_with_iso_times(tmp_path: Path, edge: Callable[..., Don
         ('{"ts": 1, "device": "a", "point": "b"}\n', "readings.txt:1: no value"),
         ('{"ts": "yesterday", "device": "a", "point": "b", "value": 1}\n', "neither POSIX"),
         (
-            '{"ts": 1, "device": "a", "point": "b", "value": 1}\nnot json\n',
+            '{"ts": 1, "device": "efm-shop-101", "point": "voltage_a", "value": 1}\nnot json\n',
             "readings.txt:2: not JSON",
         ),
         ("ts,device,point,value\n1,a,b\n", "readings.txt:2: 3 columns, the header has 4"),
@@ -131,3 +133,55 @@ def test_bad_readings_are_named_with_their_line(
     done = edge("replay", "--config", str(EXAMPLE), str(readings))
     assert done.returncode == 1
     assert expected in done.stderr
+
+
+def test_unknown_devices_stop_the_replay_at_their_line_or_are_counted(
+    tmp_path: Path, edge: Callable[..., Done]
+) -> None:
+    readings = tmp_path / "readings.jsonl"
+    rows = [
+        {"ts": T0, "device": "efm-shop-101", "point": "residual_current", "value": 120},
+        {"ts": T0 + 1, "device": "efm-ghost", "point": "residual_current", "value": 900},
+        {"ts": T0 + 2, "device": "efm-ghost", "point": "residual_current", "value": 900},
+        {"ts": T0 + 3, "device": "efm-shop-101", "point": "residual_curent", "value": 900},
+    ]
+    readings.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    refused = edge("replay", "--config", str(EXAMPLE), str(readings))
+    assert refused.returncode == 1
+    assert "readings.jsonl:2: device 'efm-ghost' is not in the site file" in refused.stderr
+    assert refused.stdout == ""
+    reported = edge("replay", "--config", str(EXAMPLE), str(readings), "--unknown", "report")
+    assert reported.returncode == 0, reported.stderr
+    assert reported.stdout == ""  # nothing judged, nothing raised
+    assert (
+        "3 readings not judged, not in the site file: efm-ghost/residual_current (2), "
+        "efm-shop-101/residual_curent (1)" in reported.stderr
+    )
+
+
+def test_the_clock_runs_on_until_the_time_asked(tmp_path: Path, edge: Callable[..., Done]) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["rules"].append({"id": "silent", "kind": "device-offline", "silent_for": "10m"})
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data, allow_unicode=True))
+    readings = tmp_path / "readings.csv"
+    readings.write_text(
+        "ts,device,point,value\n"
+        + "".join(f"{T0 + s},{d},voltage_a,220\n" for s in range(3) for d in DEVICES)
+    )
+    short = edge("replay", "--config", str(site), str(readings), "--jsonl")
+    assert short.returncode == 0, short.stderr
+    assert short.stdout == ""  # the file ends 2 s after it starts
+    longer = edge(
+        "replay", "--config", str(site), str(readings), "--jsonl", "--until", "2025-01-01T01:00Z"
+    )
+    found = [json.loads(line) for line in longer.stdout.splitlines()]
+    assert [(t["transition"], t["device"], t["ts"] - T0) for t in found] == [
+        ("raised", d, 602.0) for d in DEVICES
+    ]
+    bad = edge("replay", "--config", str(site), str(readings), "--until", "soon")
+    assert bad.returncode == 1
+    assert "--until: timestamp 'soon' is neither POSIX seconds nor ISO 8601" in bad.stderr
+
+
+DEVICES = ("efm-shop-101", "efm-restaurant-102", "efm-workshop-201")

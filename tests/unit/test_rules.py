@@ -307,7 +307,8 @@ def test_abnormal_waits_for_learning_then_fires_on_outlier_only() -> None:
 
 def test_abnormal_min_deviation_floors_a_flat_baseline() -> None:
     judge = engine({**ABNORMAL, "learning": "0s", "min_samples": 5, "min_deviation": 2})
-    assert feed(judge, [50.0] * 6 + [51.5, 52.5]) == [None] * 7 + ["raised"]
+    # One reading joins the 1d baseline every 1d / max_samples = 86.4 s.
+    assert feed(judge, [50.0] * 6 + [51.5, 52.5], step=90) == [None] * 7 + ["raised"]
 
 
 # -- sustained -----------------------------------------------------------------------------------
@@ -511,6 +512,23 @@ def test_device_offline_after_a_while_and_when_silent() -> None:
     judge.evaluate(reading(120, T0 + 41))
     assert judge.tick(T0 + 340) == []
     assert [t.kind for t in judge.tick(T0 + 341)] == ["raised"]
+
+
+def test_a_late_reading_is_no_evidence_that_a_silence_or_a_missing_point_ended() -> None:
+    offline = {"id": "offline", "kind": "device-offline", "silent_for": "15s"}
+    fault = {"id": "fault", "kind": "sensor-fault", "point": "voltage_a", "missing_for": "10s"}
+    judge = engine(offline, fault, devices=[device("efm-1")])
+    judge.tick(T0)
+    for second in range(10):
+        judge.evaluate(reading(120, T0 + second))  # residual_current only
+    raised = [t.rule_id for t in judge.tick(T0 + 24)]
+    assert sorted(raised) == ["fault", "offline"]
+    # A row older than the last one (a duplicate, a late export): its time is in the past, so
+    # it neither clears the silence nor the missing voltage.
+    assert judge.evaluate(reading(120, T0 + 5)) == []
+    assert judge.evaluate(reading(230, T0 + 6, point="voltage_a")) == []
+    assert sorted(judge.active) == [("fault", "efm-1"), ("offline", "efm-1")]
+    assert judge.next_due() == math.inf  # both raised: only a reading can change them
 
 
 # -- composite, derived points ---------------------------------------------------------------------

@@ -215,7 +215,23 @@ def test_threshold_of_the_wrong_type(tmp_path: Path, line: str, expected: str) -
         (
             "kind: sustained\n    point: temperature_1\n    above: 4\n    months: 2\n    days: 3",
             "days: 3",
-            "exactly one of duration, hours, days or months",
+            "exactly one of duration, hours, days, months or for",
+        ),
+        (
+            "kind: sustained\n    point: temperature_1\n    above: 4\n    for: 36h",
+            "for: 36h",
+            "a rolling window is whole days, e.g. 60d (got 36h)",
+        ),
+        (
+            "kind: abnormal\n    point: temperature_1\n    seasonal: daily\n    learning: 12h",
+            "learning: 12h",
+            "learning must be at least 1d (got 12h)",
+        ),
+        (
+            "kind: abnormal\n    point: temperature_1\n    seasonal: daily\n    max_samples: 500",
+            "max_samples: 500",
+            "max_samples / 24 = 20 readings for each hour of the day, fewer than min_samples 30: "
+            "raise max_samples to at least 720",
         ),
         (
             "kind: over-limit\n    point: temperature_1\n    raise_at: 70\n    clear_below: 65\n"
