@@ -220,6 +220,7 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
 KEYS = (
     "push_ack_ms",
     "push_applied_s",
+    "push_confirm_s",
     "push_buzzer_gap_ms",
     "push_buzzer_gap_ms_max",
     "command_verify_us",
