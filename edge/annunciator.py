@@ -31,7 +31,15 @@ from edge.clock import Clock, SystemClock
 from edge.config.model import SEVERITY_ORDER, Outputs, PatternName, Severity
 from edge.log import fields
 
-__all__ = ["PATTERNS", "PIN_FACTORIES", "Annunciator", "make_pin_factory", "pattern_state"]
+__all__ = [
+    "FAULT_PATTERN",
+    "PATTERNS",
+    "PIN_FACTORIES",
+    "Annunciator",
+    "make_pin_factory",
+    "pattern_state",
+    "phase_state",
+]
 
 log = logging.getLogger("edge.annunciator")
 
@@ -55,13 +63,28 @@ PATTERNS: dict[PatternName, tuple[tuple[bool, float], ...]] = {
     "off": ((False, math.inf),),
 }
 
+#: A gateway that has no config to run (edge/fault.py): three short beeps every ten seconds,
+#: unlike every alarm pattern, so that nobody takes it for a fire or lets it pass for quiet.
+FAULT_PATTERN: tuple[tuple[bool, float], ...] = (
+    (True, 0.15),
+    (False, 0.15),
+    (True, 0.15),
+    (False, 0.15),
+    (True, 0.15),
+    (False, 9.25),
+)
+
 
 _RESOLUTION = 1e-6
 
 
 def pattern_state(pattern: PatternName, elapsed: float) -> tuple[bool, float]:
     """Whether the buzzer is on ``elapsed`` seconds into ``pattern``, and for how much longer."""
-    phases = PATTERNS[pattern]
+    return phase_state(PATTERNS[pattern], elapsed)
+
+
+def phase_state(phases: tuple[tuple[bool, float], ...], elapsed: float) -> tuple[bool, float]:
+    """:func:`pattern_state` of any cycle of (on?, seconds) phases, e.g. :data:`FAULT_PATTERN`."""
     period = sum(seconds for _, seconds in phases)
     position = elapsed % period if math.isfinite(period) else elapsed
     for on, seconds in phases:

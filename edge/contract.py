@@ -124,6 +124,9 @@ EventKind = Literal[
     "config-applied",
     "config-rejected",
     "config-rolled-back",
+    # The site file was unusable at start: the gateway runs its last good config or, without
+    # one, only sounds a fault and reports (edge/fault.py).
+    "config-invalid",
     # Written by the outbox itself (buffer/), in the same transaction as what they report.
     "buffer-reset",
     "buffer-thinned",

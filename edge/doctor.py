@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from drivers.modbus import known_models
-from edge import contract
+from edge import contract, lastgood
 from edge.certs import check_certificates
 from edge.config import SiteConfig, report_config
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus
@@ -169,6 +169,35 @@ def check_config(path: Path) -> tuple[Check, SiteConfig | None]:
             f"correct each line named above, then run `edge check-config {path}` until it says ok",
         ),
         None,
+    )
+
+
+def check_last_good(path: Path, config: SiteConfig | None) -> Check:
+    """What ``edge run`` falls back on (edge/lastgood.py), and so what runs now when the site
+    file is unusable: the last good config, or fault mode."""
+    try:
+        good = lastgood.load(path, known_models=known_models())
+    except lastgood.LastGoodUnusable as exc:
+        if config is not None:
+            level: Level = "warn" if lastgood.path_for(path).exists() else "ok"
+            fix = "" if level == "ok" else f"delete {lastgood.path_for(path)}; it is kept anew"
+            return Check("last good config", level, str(exc), fix)
+        return Check(
+            "last good config",
+            "fail",
+            f"{exc}; the gateway runs in FAULT MODE: it sounds the fault pattern (three short "
+            "beeps every 10 s), polls nothing and reports the problems above to the platform",
+            "fix the site file (see the config check) or push a good one from the platform, "
+            "then restart the service",
+        )
+    if config is not None:
+        return Check("last good config", "ok", f"{good.digest} kept {good.saved} ({good.path})")
+    return Check(
+        "last good config",
+        "warn",
+        f"the site file is unusable, so the gateway runs the last good config {good.digest} "
+        f"kept {good.saved}, not the site file",
+        "fix the site file (see the config check) or push a good one, then restart the service",
     )
 
 
@@ -600,6 +629,11 @@ async def run_checks(
     certs = certs if certs is not None else config_path.parent / "certs"
     config_check, config = check_config(config_path)
     checks = [config_check]
+    checks += _guarded("last good config", lambda: [check_last_good(config_path, config)])
+    if config is None:
+        # What runs instead is what must work: the rest is checked against the last good one.
+        with contextlib.suppress(lastgood.LastGoodUnusable, OSError):
+            config = lastgood.load(config_path, known_models=known_models()).config
     if config is None:
         checks += _guarded("certificates", lambda: check_certs(certs, None, now))
         checks += _guarded("clock", lambda: [check_clock()])

@@ -154,6 +154,11 @@ class Gateway:
         self.restart: reload.RestartRequest | None = None
         #: The command that pushed this gateway's config (set by the runner that started it).
         self.pushed_by: str | None = None
+        #: True while this gateway's pushed config has not proved itself (edge/reload.py).
+        self.confirming = False
+        #: Set when it runs the last good config because the site file is unusable: a push of
+        #: that same config is then not "unchanged", it repairs the file.
+        self.site_unusable = False
         self._stop: asyncio.Event | None = None
         #: The field drivers by service name, kept for storm mode (built by :meth:`run`).
         self.buses: dict[str, FieldDriver] = {}
@@ -746,8 +751,13 @@ class Gateway:
     async def _command_push_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
         if self.config_path is None or self._stop is None:
             raise CommandError("this gateway was not started from a site file; cannot replace it")
-        if self.restart is not None:
-            raise CommandError("a pushed config is already being applied")
+        if self.restart is not None or self.confirming:
+            # One push at a time: a second one would replace files the first still needs to
+            # roll back.
+            raise CommandError(
+                "a pushed config is still being confirmed; push again once config-applied or "
+                "config-rolled-back has been reported"
+            )
         path = Path(self.config_path)
         try:
             # In a thread: checking a large site file takes a while, and the loop judges
@@ -775,7 +785,7 @@ class Gateway:
                 + "; ".join(needs_engineering)
             )
         digest = config_hash(pushed.text.encode())
-        if digest == self.config_digest:
+        if digest == self.config_digest and not self.site_unusable:
             # The platform repeating a push that was applied (its first ack lost in the
             # restart): nothing to do, and no second restart.
             return {"config_hash": digest, "unchanged": True}
@@ -796,7 +806,7 @@ class Gateway:
             "config_hash": digest,
             "previous_hash": self.config_digest,
             "restarting": True,
-            "settle_s": reload.SETTLE_TIME,
+            "confirm_within_s": self.config.uplink.push_confirm_within,
         }
 
     async def _status_service(self) -> None:

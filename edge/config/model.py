@@ -850,6 +850,13 @@ class Uplink(Strict):
     health_interval: Duration = Field(
         default=60.0, ge=1, le=86_400.0, description="How often the health message is published."
     )
+    push_confirm_within: Duration = Field(
+        default=60.0,
+        ge=5,
+        le=3600.0,
+        description="A pushed config must reach the platform within this time (its "
+        "config-applied event acknowledged), else the running one is put back.",
+    )
 
     @model_validator(mode="after")
     def _tls_and_login(self) -> Self:
