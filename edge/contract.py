@@ -127,6 +127,9 @@ EventKind = Literal[
     # The site file was unusable at start: the gateway runs its last good config or, without
     # one, only sounds a fault and reports (edge/fault.py).
     "config-invalid",
+    # The buzzer, LED or relay pins could not be claimed (no GPIO backend, a pin in use): the
+    # gateway runs on, and a silent buzzer is reported as a fire-severity alarm of its own.
+    "annunciator-failed",
     # Written by the outbox itself (buffer/), in the same transaction as what they report.
     "buffer-reset",
     "buffer-thinned",

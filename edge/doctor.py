@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import grp
+import importlib.util
 import io
 import json
 import os
@@ -39,6 +40,7 @@ import aiomqtt
 
 from drivers.modbus import known_models
 from edge import contract, lastgood
+from edge.annunciator import AUTO_PIN_FACTORIES, NO_BACKEND_FIX
 from edge.certs import check_certificates
 from edge.config import SiteConfig, report_config
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus
@@ -306,7 +308,34 @@ def check_gpio(config: SiteConfig, user: pwd.struct_passwd | None, dev: Path) ->
             f"{who} may not open {chips[0]} (group {group})",
             f"add the user to the group: `sudo usermod -aG {group} {who}`, then restart",
         )
-    return Check("gpio", "ok", f"{len(chips)} GPIO chip(s); buzzer on GPIO {pin}")
+    backend = gpio_backend(factory)
+    if backend is None:
+        wanted = factory or " or ".join(AUTO_PIN_FACTORIES)
+        return Check(
+            "gpio",
+            "fail",
+            f"no GPIO backend ({wanted}) can be loaded: the buzzer on GPIO {pin} cannot sound",
+            NO_BACKEND_FIX,
+        )
+    return Check("gpio", "ok", f"{len(chips)} GPIO chip(s), {backend}; buzzer on GPIO {pin}")
+
+
+#: The library each pin factory drives the pins through.
+_BACKEND_LIBRARIES = {"lgpio": "lgpio", "rpigpio": "RPi.GPIO", "pigpio": "pigpio"}
+
+
+def gpio_backend(factory: str | None) -> str | None:
+    """The first backend the gateway would use (``factory``, else lgpio then RPi.GPIO) whose
+    library is installed; None when none is. Only looked up, never opened: the running
+    gateway holds the pins."""
+    for name in (factory,) if factory else AUTO_PIN_FACTORIES:
+        library = _BACKEND_LIBRARIES.get(name)
+        if library is None:
+            return name  # native needs no library
+        with contextlib.suppress(ImportError, ValueError):
+            if importlib.util.find_spec(library) is not None:
+                return name
+    return None
 
 
 def tls_context(certs: Path, uplink: UplinkConfig) -> ssl.SSLContext:

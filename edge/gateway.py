@@ -26,7 +26,7 @@ from drivers import DeviceStatus, Reading
 from drivers.catalog import family_of
 from drivers.modbus import known_models, load_model
 from edge import __version__, command_bounds, contract, reload, timesync
-from edge.annunciator import Annunciator
+from edge.annunciator import NO_BACKEND_FIX, Annunciator
 from edge.buses import (
     FieldDriver,
     build_buses,
@@ -337,6 +337,40 @@ class Gateway:
             ),
         )
 
+    def _annunciator_failed(self, why: str) -> None:
+        """A buzzer that cannot sound is an alarm of its own: it goes to the platform, and by
+        SMS where one is set up, while everything else runs on."""
+        outputs = self.config.outputs
+        log.error(
+            "annunciator failed: the buzzer cannot sound",
+            extra=fields(error=why, fix=NO_BACKEND_FIX),
+        )
+        self.report(
+            "annunciator-failed",
+            severity="fire",
+            reason=why,
+            fix=NO_BACKEND_FIX,
+            buzzer_pin=outputs.buzzer.pin,
+            pin_factory=outputs.pin_factory,
+        )
+        if self.sms is not None:
+            self.sms.notify(
+                Transition(
+                    rule_id="annunciator-failed",
+                    kind="raised",
+                    severity="fire",
+                    device_id=self.config.gateway.id,
+                    point="buzzer",
+                    ts=self.clock.time(),
+                    value=None,
+                    threshold=None,
+                    reading=None,
+                    rule_kind="annunciator",
+                    reason="the on-site buzzer cannot sound",
+                    scope="",
+                )
+            )
+
     def report(self, kind: EventKind, **body: Any) -> None:
         """Submit an event of the gateway's own (commands, config changes), timestamped now."""
         self._submit("event", event_body(kind, self.clock.time(), **body))
@@ -497,6 +531,7 @@ class Gateway:
             "buses": buses,
             "active_alarms": len(self.alarms.alarms),
             "buzzer": "on" if self.annunciator.sounding else "off",
+            "annunciator": "ok" if self.annunciator.failure is None else "failed",
             "storm": None if self.storm is None else self.storm.describe(),
             "threshold_overrides": [o.dump() for o in self.rules.overrides],
             "storage": {
@@ -942,6 +977,8 @@ class Gateway:
                 config_hash=self.config_digest,
             ),
         )
+        if self.annunciator.failure is not None:
+            self._annunciator_failed(self.annunciator.failure)
         self.supervisor.start("buffer", self._buffer_service)
         await self._restore_rule_state()
         self.supervisor.start("annunciator", self.annunciator.run)
