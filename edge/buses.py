@@ -81,8 +81,9 @@ def build_buses(
     """``{"bus:<id>": driver}`` for every bus that has at least one device.
 
     ``pin_factory`` (a gpiozero factory, the annunciator's) is shared with GPIO sensors whose
-    bus names no other factory; else the bus's ``pin_factory``, else the outputs', else
-    gpiozero's default.
+    bus names no other factory; else the bus's ``pin_factory``, else the outputs', else the
+    first backend that loads (edge/annunciator.py). A GPIO bus without any reports its
+    sensors offline with the reason instead of stopping the other buses.
     """
     drivers: dict[str, FieldDriver] = {}
     for bus in config.buses:
