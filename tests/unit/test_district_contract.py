@@ -116,7 +116,7 @@ def _mutations(message: dict[str, Any]) -> list[dict[str, Any]]:
     """The message with one row field at a time made wrong, and a few right variants."""
     wrong: list[Any] = ["x", -1, 0, True, 1.5, None, [], {}, "2026-01-01T00:00:00Z"]
     out = []
-    for array in ("readings", "groups", "fallback", "skip"):
+    for array in ("readings", "groups", "fallback", "skip", "window_pre", "window_post"):
         for i, row in enumerate(message.get(array, [])[:2]):
             keys = list(row) if isinstance(row, dict) else range(len(row))
             for key in keys:
@@ -138,6 +138,9 @@ def test_the_receivers_telemetry_check_gives_the_whole_schemas_verdict() -> None
 
     table = _aliases(2)
     extra = Row(99, {"device": "x", "point": "y", "unit": "", "value": None, "ts": None})
+    # Readings kept at full rate around an alarm carry a window (a reading field the short
+    # way does not know: the whole schema judges those messages).
+    windowed = [Row(r.seq, {**r.body, "window": "pre" if r.seq < 4 else "post"}) for r in rows()]
     messages = [
         json.loads(
             contract.telemetry_message(
@@ -145,10 +148,19 @@ def test_the_receivers_telemetry_check_gives_the_whole_schemas_verdict() -> None
             )
         )
         for a in (None, table)
+    ] + [
+        json.loads(
+            contract.telemetry_message(
+                GATEWAY, EPOCH, windowed, clock_synced=True, historical=False, aliases=a
+            )
+        )
+        for a in (None, table)
     ]
     compact = messages[1]
     assert compact["fallback"]
     assert compact["skip"]
+    assert messages[2]["readings"][0]["window"] == "pre"
+    assert messages[3]["window_pre"]
     topic = contract.telemetry_topic(PREFIX, GATEWAY)
     checked = 0
     for message in [m for base in messages for m in (base, *_mutations(base))]:
