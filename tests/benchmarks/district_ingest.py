@@ -19,7 +19,11 @@ process.
   when the broker and the database have cores of their own;
 - ``platform_db_bytes_per_reading``: ``pg_total_relation_size('readings')`` (heap, primary key
   index, free space map) over the readings stored, after the drains;
-- ``fleet_gateways_simulated``: the gateways of the paced run.
+- ``fleet_gateways_simulated``: the gateways of the paced run;
+- ``platform_db_outage_readings_lost``: a receiver storing a paced fleet while PostgreSQL is
+  stopped for ``outage_seconds`` (30 s) in the middle: readings the fleet published that
+  never reached the database (0 is the promise);
+- ``platform_db_outage_catch_up_s``: from the database's return to the last reading stored.
 
     python -m tests.benchmarks.district_ingest [--tiny] [--out bench-results.json]
 """
@@ -33,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +59,8 @@ KEYS: Final = (
     "platform_readings_per_receiver_cpu_s",
     "platform_db_bytes_per_reading",
     "fleet_gateways_simulated",
+    "platform_db_outage_readings_lost",
+    "platform_db_outage_catch_up_s",
 )
 TINY: Final[dict[str, Any]] = {
     "gateways": 10,
@@ -62,6 +69,7 @@ TINY: Final[dict[str, Any]] = {
     "lag_gateways": 10,
     "lag_poll": 1.0,
     "lag_seconds": 1,
+    "outage_seconds": 1,
 }
 _TIMEOUT: Final = 600.0
 
@@ -215,6 +223,37 @@ def _drain(
     return total / elapsed, sum(s["messages"] for s in stats) / elapsed, total / max(cpu, 1e-6)
 
 
+def _outage(broker: str, pg: ThrowawayPostgres, seconds: float) -> tuple[int, float]:
+    """(readings lost, seconds to catch up) of one receiver across a database outage of
+    ``seconds`` in the middle of a paced fleet (200 gateways of one monitor, every second)."""
+    db = pg.new_database("outage")
+    procs = _receivers(broker, db, 1, "outage")
+    _wait_subscribed(db, procs)
+    fleet: dict[str, Any] = {}
+    publisher = threading.Thread(
+        target=lambda: fleet.update(
+            _fleet(broker, 200, 1, seconds + min(10, seconds + 2), paced=True)
+        )
+    )
+    publisher.start()
+    try:
+        deadline = time.monotonic() + _TIMEOUT
+        while _count(db) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pg.stop()
+        time.sleep(seconds)
+        pg.start()
+        back = time.monotonic()
+        publisher.join(timeout=_TIMEOUT)
+        while _count(db) < fleet["readings"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        caught_up = time.monotonic() - back
+        stored = _count(db)
+    finally:
+        _stop(procs)
+    return fleet["readings"] - stored, caught_up
+
+
 def _has_table(db: str) -> bool:
     with psycopg.connect(db) as conn:
         return conn.execute("SELECT to_regclass('readings')").fetchone() != (None,)
@@ -228,6 +267,7 @@ def run(  # noqa: PLR0917 -- one keyword per size, as every suite's run()
     lag_devices: int = 1,
     lag_poll: float = 10.0,
     lag_seconds: float = 40,
+    outage_seconds: float = 30,
 ) -> dict[str, float]:
     """Measure. The drains: ``gateways`` gateways of ``devices`` monitors (14 points each,
     every second: 70 readings/s a gateway at the default), ``backlog_seconds`` of their
@@ -270,6 +310,9 @@ def run(  # noqa: PLR0917 -- one keyword per size, as every suite's run()
             result["platform_lag_ms_p99"] = round(float(stats[0]["lag_ms_p99"] or 0.0), 1)
             result["platform_lag_ms_p50"] = round(float(stats[0]["lag_ms_p50"] or 0.0), 1)
             result["fleet_gateways_simulated"] = lag_gateways
+            lost, catch_up = _outage(broker.url, pg, outage_seconds)
+            result["platform_db_outage_readings_lost"] = lost
+            result["platform_db_outage_catch_up_s"] = round(catch_up, 2)
         finally:
             broker.close()
     return result
