@@ -45,7 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks
 
 ## The district platform at scale: fleet simulator, Mosquitto, receivers and PostgreSQL (about
-## 4 minutes; needs mosquitto and postgresql). Merges its figures into bench-results.json.
+## 3 minutes; needs mosquitto and postgresql). Merges its figures into bench-results.json.
 bench-platform: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.district_ingest --out bench-results.json
 
