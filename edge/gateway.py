@@ -29,6 +29,7 @@ from edge import __version__, command_bounds, contract, reload, timesync
 from edge.annunciator import NO_BACKEND_FIX, Annunciator
 from edge.buses import (
     FieldDriver,
+    UnavailableGpio,
     build_buses,
     bus_health,
     bus_services,
@@ -336,6 +337,20 @@ class Gateway:
                 location=self._locations.get(status.device_id),
             ),
         )
+
+    def pins_unusable(self) -> list[str]:
+        """What of this board's GPIO the config cannot use: the annunciator's outputs, GPIO
+        buses whose pin factory does not load. The gateway runs on with them (each is
+        reported), but a pushed config that causes one has not proved itself."""
+        found = (
+            []
+            if self.annunciator.failure is None
+            else [f"the buzzer cannot sound: {self.annunciator.failure}"]
+        )
+        for name, driver in self.buses.items():
+            if isinstance(driver, UnavailableGpio):
+                found.append(f"{name}: {driver.reason}")
+        return found
 
     def _annunciator_failed(self, why: str) -> None:
         """A buzzer that cannot sound is an alarm of its own: it goes to the platform, and by
