@@ -12,7 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from drivers.modbus import known_models
-from edge import __version__, buffer_cli, doctor, installer_cli, provision, replay, selftest
+from edge import (
+    __version__,
+    buffer_cli,
+    commission,
+    doctor,
+    installer_cli,
+    provision,
+    replay,
+    selftest,
+    watch,
+)
 from edge.config import report_config
 from edge.config.duration import parse_duration
 from edge.gateway import config_hash
@@ -59,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     buffer_cli.add_parser(commands)
     replay.add_parser(commands)
     selftest.add_parser(commands)
+    watch.add_parser(commands)
+    commission.add_parser(commands)
     return parser
 
 
@@ -83,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return replay.command(args)
     if args.command == "selftest":
         return selftest.command(args)
+    if args.command == "watch":
+        return watch.command(args)
+    if args.command == "commission":
+        return commission.command(args)
     raise AssertionError(args.command)  # argparse refuses unknown commands
 
 

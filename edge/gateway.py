@@ -39,6 +39,7 @@ from edge.clock import Clock, SystemClock
 from edge.commands import CommandError, current_command_id, current_key_class
 from edge.config.model import SiteConfig
 from edge.contract import EventKind, event_body, iso_utc, reading_body
+from edge.control import ControlServer, LiveReadings
 from edge.log import fields, lines_dropped
 from edge.occupancy import Occupancy, priority
 from edge.rules import (
@@ -202,6 +203,8 @@ class Gateway:
         #: Readings shed while the outbox was not open (reported once it opens).
         self.pending_lost = LossTally()
         self._locations = {d.id: d.location.model_dump() for d in config.devices}
+        #: The last value of every point, for the control socket (edge watch, edge commission).
+        self.live = LiveReadings()
         #: Called with every transition after the buzzer has been driven (tests, demo).
         self.transition_hooks: list[Callable[[Transition], None]] = []
 
@@ -215,6 +218,7 @@ class Gateway:
                 self._sound(transitions)
             self._on_status(sample)
             self._report(transitions)
+            self.live.observe(sample)
             return
         self.occupancy.observe(sample)
         transitions = self.rules.evaluate(sample)
@@ -222,6 +226,7 @@ class Gateway:
             self._sound(transitions)
         self._submit("telemetry", reading_body(sample))
         self._report(transitions)
+        self.live.observe(sample)
 
     def _sound(self, transitions: list[Transition]) -> None:
         """The alarm book follows the transitions; the buzzer follows the book, at once."""
@@ -921,6 +926,12 @@ class Gateway:
             self.supervisor.start("sms", self.sms.run)
         self.supervisor.start("uplink", self._uplink_service)
         self.supervisor.start("status", self._status_service)
+        if self.config.control.socket is not None and self.config_path is not None:
+            # Only a gateway run from a site file (edge run) listens; never on the alarm path.
+            control = ControlServer(
+                self, self.config.control.socket, group=self.config.control.group
+            )
+            self.supervisor.start("control", control.serve)
         self._stop = stop
         bus_names: list[str] = []
         pins = self.annunciator.pin_factory  # PIR sensors share the annunciator's pin factory

@@ -32,6 +32,7 @@ def site_dict(
     site["uplink"]["batch_interval"] = "200ms"
     site["uplink"]["reconnect_max"] = "1s"
     site["buffer"]["path"] = str(tmp_path / "outbox.sqlite")
+    site["control"] = {"socket": str(tmp_path / "control.sock")}
     site["commands"] = {"keys": str(install(tmp_path / "command-keys"))}
     return site
 
