@@ -176,6 +176,7 @@ async def _status(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]
         ],
         "buses": bus_health(gateway.buses),
         "selftest_running": gateway.annunciator.testing,
+        "outputs": {name: getattr(config.outputs, name) is not None for name in SELFTEST_OUTPUTS},
     }
 
 
@@ -188,6 +189,9 @@ async def _selftest(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, An
         raise ControlError("seconds must be a number")
     if not 0 < seconds <= MAX_SELFTEST_SECONDS:
         raise ControlError(f"seconds must be above 0 and at most {MAX_SELFTEST_SECONDS:g}")
+    absent = [name for name in outputs if getattr(gateway.config.outputs, name) is None]
+    if absent:
+        raise ControlError(f"this site has no {' and no '.join(absent)} (outputs in the site file)")
     if gateway.alarms.sounding():
         raise ControlError("an alarm is sounding: silence it before the self-test")
     if gateway.annunciator.testing:

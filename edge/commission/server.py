@@ -319,6 +319,10 @@ async def record_json(request: web.Request) -> web.StreamResponse:
     )
 
 
+def _answer(value: bool | None) -> str:
+    return "not asked" if value is None else "yes" if value else "NO"
+
+
 def _label(title: str, lines: list[str], payload: dict[str, Any]) -> str:
     qr = segno.make(json.dumps(payload, separators=(",", ":"), ensure_ascii=False), error="m")
     svg = qr.svg_inline(scale=3, border=2)
@@ -355,19 +359,35 @@ async def printable(request: web.Request) -> web.StreamResponse:
             )
         )
     record = state.record
-    summary = (
-        "<p>No record yet: finish the commissioning on the main page.</p>"
-        if record is None
-        else f"<p>Commissioned by <b>{html.escape(record['by'])}</b> at {record['at']}.</p>"
-        f"<pre>{html.escape(json.dumps(record, indent=2, ensure_ascii=False))}</pre>"
-    )
+    if record is None:
+        summary, details = "<p>No record yet: finish the commissioning on the main page.</p>", ""
+    else:
+        summary = (
+            f"<p>Commissioned by <b>{html.escape(record['by'])}</b> at {record['at']}. "
+            + ", ".join(
+                f"{name}: {_answer(next(iter(answer.values())))}"
+                for name, answer in record["selftest"].items()
+            )
+            + ".</p>"
+        )
+        rows = "".join(
+            f"<tr><td>{html.escape(d['id'])}</td><td>{html.escape(d['status'])}</td>"
+            f"<td>{len(d['first_readings'])}</td></tr>"
+            for d in record["devices"]
+        )
+        details = (
+            "<h2>Devices</h2><table><tr><th>device</th><th>status</th><th>points read</th></tr>"
+            f"{rows}</table><details><summary>The record (JSON)</summary>"
+            f"<pre>{html.escape(json.dumps(record, indent=2, ensure_ascii=False))}</pre></details>"
+        )
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>Commissioning {html.escape(config.gateway.id)}</title>"
         '<link rel="stylesheet" href="/static/style.css"></head><body class="print">'
         f"<h1>{html.escape(site.name)} — {html.escape(config.gateway.id)}</h1>"
-        f'{summary}<h2>Labels</h2><div class="labels">{"".join(labels)}</div></body></html>'
+        f'{summary}<h2>Labels</h2><div class="labels">{"".join(labels)}</div>{details}'
+        "</body></html>"
     )
     return web.Response(text=page, content_type="text/html")
 

@@ -47,7 +47,7 @@ def reading(device: str, point: str, value: float, unit: str) -> Reading:
 
 async def until(condition: Any) -> None:
     async with asyncio.timeout(DEADLINE):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 -- a counter of the server, no event to wait on
             await asyncio.sleep(0.01)
 
 
@@ -131,6 +131,13 @@ async def test_selftest_drives_only_the_output_asked_and_is_refused_during_an_al
     assert not any(s.state for s in buzzer.states)
     with pytest.raises(ControlError, match="outputs must be"):
         await client.request("selftest", {"outputs": ["siren"]})
+    with pytest.raises(ControlError, match="this site has no relay"):
+        await client.request("selftest", {"outputs": ["relay"], "seconds": 0.05})
+    assert (await client.request("status"))["outputs"] == {
+        "buzzer": True,
+        "led": True,
+        "relay": False,
+    }
     with pytest.raises(ControlError, match="seconds must be"):
         await client.request("selftest", {"outputs": ["led"], "seconds": 3600})
     gateway.on_sample(reading("efm-shop-101", "residual_current", 350.0, "mA"))
@@ -147,7 +154,9 @@ async def test_scan_is_passive_and_an_address_sweep_is_refused(
     client = ControlClient(tmp_path / "control.sock")
     found = await client.request("scan", {"bus": "lan"})
     assert found["mode"] == "passive"
-    assert [(d["device"], d["address"], d["answers"]) for d in found["buses"]["lan"]["devices"]] == [
+    assert [
+        (d["device"], d["address"], d["answers"]) for d in found["buses"]["lan"]["devices"]
+    ] == [
         ("efm-shop-101", 1, True),
         ("efm-restaurant-102", 2, False),
     ]

@@ -38,7 +38,7 @@ function renderDevices(devices) {
     const loc = Object.values(d.location || {}).filter(Boolean).join(", ");
     const points = el("div", { class: "points" });
     for (const [point, r] of Object.entries(d.points)) {
-      const value = Number.isInteger(r.value) ? r.value : r.value.toFixed(1);
+      const value = Number(r.value.toFixed(2));
       points.append(
         el("span", {}, point),
         el("span", { class: "value", "data-point": point }, `${value} ${r.unit}`),
@@ -91,6 +91,15 @@ function renderScan(result) {
   return list;
 }
 
+function renderOutputs(outputs) {
+  for (const step of document.querySelectorAll(".step")) {
+    const present = outputs[step.dataset.output];
+    step.querySelector(".run").disabled = !present || step.dataset.running === "1";
+    step.querySelector(".ask").hidden = !present;
+    step.classList.toggle("absent", !present);
+  }
+}
+
 function renderAnswers(answers) {
   for (const step of document.querySelectorAll(".step")) {
     const value = answers[step.dataset.output];
@@ -109,6 +118,7 @@ async function refresh() {
     renderDevices(data.status.devices);
     renderAlarms(data.status);
     renderBuses(data.status.buses, lastScan);
+    renderOutputs(data.status.outputs);
     renderAnswers(data.answers);
   } catch (error) {
     banner(`The commissioning server does not answer (${error.message}).`);
@@ -129,6 +139,7 @@ async function start() {
     const run = step.querySelector(".run");
     run.addEventListener("click", async () => {
       run.disabled = true;
+      step.dataset.running = "1";
       const label = run.textContent;
       run.textContent = "running…";
       try {
@@ -136,6 +147,7 @@ async function start() {
         if (!result.ok) banner(`Self-test refused: ${result.error}`);
       } catch (error) { banner(error.message); }
       run.textContent = label;
+      step.dataset.running = "";
       run.disabled = false;
     });
     for (const [cls, yes] of [["yes", true], ["no", false]]) {
