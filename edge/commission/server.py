@@ -79,7 +79,8 @@ class Commissioning:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = outward_address() if _wildcard(self.host) else self.host
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/?token={self.token}"
 
     def control(self) -> ControlClient:
@@ -98,6 +99,17 @@ class Commissioning:
                         "unit": reading["unit"],
                         "ts": iso_utc(reading["ts"]),
                     }
+
+
+def outward_address() -> str:
+    """This machine's address on its default route (what a phone on the same network
+    types); the loopback address when it has none. A UDP connect sends no packet."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed anywhere
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
 
 
 def _loopback(host: str) -> bool:

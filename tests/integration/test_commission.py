@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import aiohttp
 import aiomqtt
 import pytest
 
+from edge.commission.server import outward_address
 from edge.contract import decode_payload
 from tests.fixtures.commission_rig import (
     CHROMIUM,
@@ -75,6 +77,12 @@ async def test_the_token_works_once_and_every_request_is_checked(tmp_path: Path)
             "efm-restaurant-102",
             "efm-workshop-201",
         }
+        # Another host: the default listens on the loopback only, so this machine's own
+        # outward address (what another host would reach) is closed.
+        outward = outward_address()
+        if not outward.startswith("127."):
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await http.get(f"http://{outward}:{root.rsplit(':', 1)[1]}/")
         # DNS rebinding: a page of another name resolved to this machine.
         evil_host = {**cookie, "Host": f"evil.example:{root.rsplit(':', 1)[1]}"}
         async with http.get(f"{root}/api/status", headers=evil_host) as response:
@@ -104,6 +112,36 @@ async def test_the_token_works_once_and_every_request_is_checked(tmp_path: Path)
         assert first_line == ""
         async with http.get(f"{root}/api/status", headers=cookie) as response:
             assert (await response.json())["ok"]
+
+
+async def test_on_every_address_the_url_is_the_outward_one_and_names_are_refused(
+    tmp_path: Path,
+) -> None:
+    """--listen 0.0.0.0:PORT, for a phone on the gateway's network: the printed URL is this
+    machine's address; a Host that is a name (DNS rebinding) is still refused."""
+    rig = CommissionRig(tmp_path)
+    rig.site()
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "edge.cli", "commission", "--config", str(tmp_path / "site.yaml")],
+        *["--listen", "0.0.0.0:0"],
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        url = (await asyncio.wait_for(process.stdout.readline(), DEADLINE)).decode().strip()
+        outward = outward_address()
+        assert url.startswith(f"http://{outward}:"), url
+        port = base(url).rsplit(":", 1)[1]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                url, headers={"Host": f"gateway.example:{port}"}, allow_redirects=False
+            ) as response:
+                assert response.status == 403
+            session, _ = await sign_in(http, url)
+            assert session
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), DEADLINE) == 0
 
 
 async def test_it_stops_by_itself_when_idle(tmp_path: Path) -> None:
