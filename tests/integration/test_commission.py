@@ -18,6 +18,7 @@ import pytest
 
 from edge.commission.server import outward_address
 from edge.contract import decode_payload
+from edge.schemas import validate_message
 from tests.fixtures.commission_rig import (
     CHROMIUM,
     PHONE,
@@ -246,6 +247,7 @@ async def test_the_page_walked_in_chromium(tmp_path: Path) -> None:
                     timeout=DEADLINE * 1000,
                 )
                 event = await asyncio.wait_for(_commissioned(platform), DEADLINE)
+            assert validate_message(event) == "event", "the contract's event schema takes it"
             assert event["by"] == "Li Wei"
             assert event["gateway"] == "gw-demo-0001"
             assert event["selftest"] == {
