@@ -106,7 +106,7 @@ class LiveReadings:
             device.online, device.reason, device.since = sample.online, sample.reason, sample.ts
             return
         device.points[sample.point] = _Latest(
-            sample.value, sample.unit, sample.ts, sample.mono, getattr(sample, "quality", "good")
+            sample.value, sample.unit, sample.ts, sample.mono, sample.quality
         )
         if device.online is None:
             device.online = True

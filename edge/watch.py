@@ -73,10 +73,14 @@ def render(status: dict[str, Any], *, width: int = 100) -> str:
                 continue
             age = reading["age_s"]
             mark = " stale" if age > STALE_AFTER_S else ""
+            if reading["quality"] == "bad":
+                mark += " bad"
             lines.append(
                 f"{name:<22} {state:<8} {point:<22} {_value(reading['value']):>10} "
                 f"{reading['unit']:<5} {age:>6.1f}s{mark}"
             )
+        if device["status"] == "offline" and device["points"]:
+            lines.append(f"{'':<22} {'':<8} last answers above; now: {device['reason']}")
     lines += ["", f"ALARMS ({len(status['alarms'])})"]
     for alarm in status["alarms"]:
         lines.append(
