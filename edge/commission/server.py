@@ -75,7 +75,9 @@ class Commissioning:
     record: dict[str, Any] | None = None
     last_request: float = field(default_factory=time.monotonic)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    client: ControlClient | None = None
+    #: One connection for the page's polling, one for actions: a self-test takes seconds,
+    #: and the live values go on meanwhile (a connection answers in order).
+    clients: dict[str, ControlClient] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -83,10 +85,10 @@ class Commissioning:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/?token={self.token}"
 
-    def control(self) -> ControlClient:
-        if self.client is None:
-            self.client = ControlClient(self.socket, timeout=5.0)
-        return self.client
+    def control(self, purpose: str = "status") -> ControlClient:
+        if purpose not in self.clients:
+            self.clients[purpose] = ControlClient(self.socket, timeout=5.0)
+        return self.clients[purpose]
 
     def remember_first(self, status: dict[str, Any]) -> None:
         """Keep each device's first readings seen here: the record says what it read then."""
@@ -251,7 +253,7 @@ async def selftest(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text=f"output must be one of {', '.join(OUTPUTS)}\n")
     seconds = STEP_SECONDS[output]
     try:
-        result = await state.control().request(
+        result = await state.control("action").request(
             "selftest", {"outputs": [output], "seconds": seconds}, within=seconds * 4 + 10
         )
     except ControlError as exc:
@@ -312,7 +314,7 @@ async def make_record(request: web.Request) -> web.StreamResponse:
         live = {}
     record = build_record(state, by.strip(), notes, live)
     try:
-        await state.control().request("commissioned", {"record": record})
+        await state.control("action").request("commissioned", {"record": record})
         sent, error = True, None
     except ControlError as exc:
         sent, error = False, str(exc)
@@ -473,8 +475,8 @@ async def serve(state: Commissioning) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.done.wait(), min(1.0, state.idle - idle))
     finally:
-        if state.client is not None:
-            await state.client.close()
+        for client in state.clients.values():
+            await client.close()
         await runner.cleanup()
 
 

@@ -214,6 +214,13 @@ async def test_the_page_walked_in_chromium(tmp_path: Path) -> None:
                 timeout=DEADLINE * 1000,
             )
 
+            # The passive scan: which configured devices answer, by bus and address.
+            await page.click("#scan")
+            await page.wait_for_selector("#scan-result li", timeout=DEADLINE * 1000)
+            scanned = await page.inner_text("#scan-result")
+            assert "lan / 1: efm-shop-101 answers" in scanned
+            assert "rs485-1 / 1: efm-workshop-201 answers" in scanned
+
             # The guided self-test: each output driven on the gateway, then the answer.
             for output, answer in (("buzzer", "yes"), ("led", "no")):
                 step = page.locator(f'.step[data-output="{output}"]')
