@@ -38,6 +38,7 @@ from edge.buses import (
 from edge.clock import Clock, SystemClock
 from edge.commands import CommandError, current_command_id, current_key_class
 from edge.config.model import SiteConfig
+from edge.config.storage import storage_of
 from edge.contract import EventKind, event_body, iso_utc, reading_body
 from edge.control import ControlServer, LiveReadings
 from edge.log import fields, lines_dropped
@@ -53,6 +54,7 @@ from edge.rules import (
 )
 from edge.rules.tuning import Override
 from edge.sms import SmsNotifier
+from edge.storage_policy import Stored
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink
 
@@ -169,6 +171,8 @@ class Gateway:
         )
         self.alarms = AlarmBook(rearm_after=config.outputs.rearm_after)
         self.occupancy = Occupancy(config.zones)
+        #: Which polled readings the outbox keeps: storage policies and alarm windows.
+        self.storage = storage_of(config)
         #: Zone state each active alarm last reported, to send an update when it changes.
         self._reported_occupancy: dict[tuple[str, str], str] = {}
         self.state_store = state_store
@@ -217,6 +221,8 @@ class Gateway:
             if transitions:
                 self._sound(transitions)
             self._on_status(sample)
+            if not sample.online:
+                self._keep(self.storage.offline(sample.device_id))
             self._report(transitions)
             self.live.observe(sample)
             return
@@ -224,7 +230,7 @@ class Gateway:
         transitions = self.rules.evaluate(sample)
         if transitions:
             self._sound(transitions)
-        self._submit("telemetry", reading_body(sample))
+        self._keep(self.storage.offer(sample))
         self._report(transitions)
         self.live.observe(sample)
 
@@ -234,6 +240,7 @@ class Gateway:
         self.annunciator.show(self.alarms.sounding(), self.alarms.worst())
 
     def _report(self, transitions: list[Transition]) -> None:
+        self._keep(self.storage.alarms(transitions))
         for transition in transitions:
             self._on_transition(transition)
         if transitions:
@@ -307,6 +314,11 @@ class Gateway:
                 if occupancy is transition.occupancy
                 else dataclasses.replace(transition, occupancy=occupancy)
             )
+
+    def _keep(self, stored: list[Stored]) -> None:
+        """Hand the readings the storage policies kept to the outbox."""
+        for reading, window in stored:
+            self._submit("telemetry", reading_body(reading, window))
 
     def _sms_result(self, kind: EventKind, body: dict[str, Any]) -> None:
         self._submit("event", event_body(kind, self.clock.time(), **body))
@@ -420,6 +432,7 @@ class Gateway:
             self.config,
             self.aliases,
             clock_synced=self._clock_synced(),
+            storage=self.storage,
         )
 
     # -- downlink commands (edge/commands.py validates them and answers) ----------------------
@@ -486,6 +499,11 @@ class Gateway:
             "buzzer": "on" if self.annunciator.sounding else "off",
             "storm": None if self.storm is None else self.storm.describe(),
             "threshold_overrides": [o.dump() for o in self.rules.overrides],
+            "storage": {
+                "polled": self.storage.polled,
+                "stored": self.storage.stored,
+                "held_for_alarm_windows": self.storage.ring_size(),
+            },
         }
 
     async def _command_silence(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -808,6 +826,7 @@ class Gateway:
     def tick(self) -> None:
         """Let time pass for the rules, the re-arm timeouts and the occupancy of alarms."""
         now = self.clock.time()
+        self._keep(self.storage.tick(now))
         transitions = self.rules.tick(now)
         if transitions:
             self._sound(transitions)
@@ -958,6 +977,7 @@ class Gateway:
             self._storm_task.cancel()
             self._storm_task = None
         await self.supervisor.stop(bus_names)
+        self._keep(self.storage.flush())  # the readings a swinging door still held
         await self._save_rule_state(budget=STATE_SAVE_TIMEOUT)
         if self.outbox is not None:
             try:

@@ -49,6 +49,7 @@ from tests.benchmarks import (
     log_stall,
     refusal,
     rules,
+    storage,
     uplink,
     wire,
 )
@@ -127,6 +128,7 @@ SUITES: Final = (
     Suite("commands", commands, needs=[MOSQUITTO]),
     Suite("logs", log_stall),
     Suite("refusal", refusal, needs=[MOSQUITTO]),
+    Suite("storage", storage),
     Suite("commission", commission, needs=[MOSQUITTO]),
 )
 
