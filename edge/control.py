@@ -206,16 +206,12 @@ async def _silence(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any
 
 
 async def _scan(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Which configured devices answer, as the running pollers see them. A sweep of unknown
-    addresses would compete with the polls for the bus: it needs the bus idle (``edge scan``
-    with the gateway stopped), so it is refused here."""
+    """Which configured devices answer, as the running pollers see them; with ``addresses``,
+    a sweep of an idle bus (one no device of the site file is on)."""
     from edge.buses import bus_health  # noqa: PLC0415
 
     if "addresses" in params:
-        raise ControlError(
-            "the gateway polls this bus: an address sweep needs the bus idle; stop the "
-            "gateway and run `edge scan`"
-        )
+        return await _sweep(gateway, params)
     health = bus_health(gateway.buses)
     now_mono = time.monotonic()
     buses: dict[str, Any] = {}
@@ -237,10 +233,81 @@ async def _scan(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:
                     "last_answer_age_s": min(ages) if ages else None,
                 }
             )
-        buses[bus.id] = {"kind": bus.kind, "counters": health.get(bus.id, {}), "devices": found}
+        buses[bus.id] = {
+            "kind": bus.kind,
+            "counters": health.get(bus.id, {}),
+            "devices": found,
+            "idle": not found,  # no device polled on it: it can be swept
+        }
     if params.get("bus") is not None and not buses:
         raise ControlError(f"no bus {params['bus']!r} in the site file")
     return {"mode": "passive", "buses": buses}
+
+
+#: At most one sweep at a time, over at most this many addresses (all of Modbus: 1-247).
+MAX_SWEEP: Final = 247
+_sweeping: set[str] = set()
+
+
+async def _sweep(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Probe ``addresses`` on the idle Modbus bus ``bus``. A bus a device is on is refused: a
+    sweep would compete with its polls (stop the gateway and run ``edge scan`` for that)."""
+    from drivers.modbus import RtuSettings, TcpSettings, known_models, load_model  # noqa: PLC0415
+    from drivers.modbus.scan import scan  # noqa: PLC0415
+    from edge.config.model import ModbusRtuBus, ModbusTcpBus  # noqa: PLC0415
+
+    config = gateway.config
+    bus = next((b for b in config.buses if b.id == params.get("bus")), None)
+    if bus is None:
+        raise ControlError(f"a sweep needs a bus of the site file, not {params.get('bus')!r}")
+    addresses = params["addresses"]
+    if (
+        not isinstance(addresses, list)
+        or not addresses
+        or len(addresses) > MAX_SWEEP
+        or not all(type(a) is int and 1 <= a <= MAX_SWEEP for a in addresses)
+    ):
+        raise ControlError(f"addresses must be a list of 1 to {MAX_SWEEP} Modbus addresses (1-247)")
+    polled = [d.id for d in config.devices if d.bus == bus.id]
+    if isinstance(bus, ModbusRtuBus):
+        polled += [
+            d.id
+            for other in config.buses
+            if isinstance(other, ModbusRtuBus) and other.port == bus.port and other.id != bus.id
+            for d in config.devices
+            if d.bus == other.id
+        ]
+    if polled:
+        raise ControlError(
+            f"the gateway polls bus {bus.id!r} ({', '.join(polled)}): a sweep needs the bus "
+            "idle; stop the gateway and run `edge scan`"
+        )
+    settings: TcpSettings | RtuSettings
+    if isinstance(bus, ModbusTcpBus):
+        settings = TcpSettings(bus.host, bus.port, bus.timeout)
+    elif isinstance(bus, ModbusRtuBus):
+        settings = RtuSettings(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.timeout)
+    else:
+        raise ControlError(f"bus {bus.id!r} is {bus.kind}; only Modbus buses can be swept")
+    if _sweeping:
+        raise ControlError(f"a sweep of bus {next(iter(_sweeping))!r} is already running")
+    _sweeping.add(bus.id)
+    started = time.monotonic()
+    try:
+        found = await scan(settings, addresses, models=[load_model(m) for m in known_models()])
+    except OSError as exc:
+        raise ControlError(f"bus {bus.id!r}: {exc}") from None
+    finally:
+        _sweeping.discard(bus.id)
+    log.info("bus swept", extra=fields(bus=bus.id, addresses=len(addresses), found=len(found)))
+    return {
+        "mode": "sweep",
+        "bus": bus.id,
+        "seconds": round(time.monotonic() - started, 3),
+        "found": [
+            {"address": f.address, "answer": f.answer, "models": list(f.models)} for f in found
+        ],
+    }
 
 
 async def _commissioned(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:

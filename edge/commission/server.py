@@ -239,9 +239,18 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 async def scan(request: web.Request) -> web.StreamResponse:
+    """The passive scan; with ``{"sweep": BUS}``, every Modbus address of an idle bus."""
     state: Commissioning = request.app["state"]
+    body = await _body(request)
+    bus = next((b for b in state.config.buses if b.id == body.get("sweep")), None)
     try:
-        return web.json_response({"ok": True, **await state.control().request("scan")})
+        if bus is None:
+            return web.json_response({"ok": True, **await state.control().request("scan")})
+        # Each silent address costs the bus's timeout; the models of those that answer more.
+        within = 247 * 2 * float(getattr(bus, "timeout", 1.0)) + 30
+        params = {"bus": bus.id, "addresses": list(range(1, 248))}
+        found = await state.control("action").request("scan", params, within=within)
+        return web.json_response({"ok": True, **found})
     except ControlError as exc:
         return web.json_response({"ok": False, "error": str(exc)})
 

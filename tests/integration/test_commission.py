@@ -220,6 +220,11 @@ async def test_the_page_walked_in_chromium(tmp_path: Path) -> None:
             scanned = await page.inner_text("#scan-result")
             assert "lan / 1: efm-shop-101 answers" in scanned
             assert "rs485-1 / 1: efm-workshop-201 answers" in scanned
+            # The idle bus is swept, every address; the simulator answers at 1 and 2.
+            await page.click('[data-sweep="spare"]')
+            await page.wait_for_selector("#scan-result .sweep", timeout=DEADLINE * 1000)
+            swept = await _text(page, "#scan-result .sweep")
+            assert swept.startswith("spare: answer at 1 (efm-ref), 2 (efm-ref) ("), swept
 
             # The guided self-test: each output driven on the gateway, then the answer.
             for output, answer in (("buzzer", "yes"), ("led", "no")):

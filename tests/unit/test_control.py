@@ -17,6 +17,7 @@ import yaml
 from gpiozero.pins.mock import MockFactory
 
 from drivers import DeviceStatus, Reading
+from edge import control as control_module
 from edge.config import SiteConfig
 from edge.control import (
     MAX_CLIENTS,
@@ -29,6 +30,7 @@ from edge.control import (
     prepare_socket_path,
 )
 from edge.gateway import Gateway
+from hil.simulator import Simulator
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
 DEADLINE = 30.0
@@ -160,11 +162,54 @@ async def test_scan_is_passive_and_an_address_sweep_is_refused(
         ("efm-shop-101", 1, True),
         ("efm-restaurant-102", 2, False),
     ]
-    with pytest.raises(ControlError, match="needs the bus idle"):
+    with pytest.raises(ControlError, match=r"polls bus 'lan' .* needs the bus idle"):
         await client.request("scan", {"bus": "lan", "addresses": [1, 2, 3]})
     with pytest.raises(ControlError, match="no bus 'nowhere'"):
         await client.request("scan", {"bus": "nowhere"})
     await client.close()
+
+
+async def test_an_idle_bus_is_swept_and_one_sweep_runs_at_a_time(tmp_path: Path) -> None:
+    """A bus of the site file no device is on yet: the installer sweeps it for addresses."""
+    async with Simulator(tcp=("127.0.0.1", 0), tcp_devices=[1, 2]) as sim:
+        data = yaml.safe_load(EXAMPLE.read_text())
+        data["buffer"]["path"] = str(tmp_path / "outbox.sqlite")
+        spare = {"id": "spare", "kind": "modbus-tcp", "host": "127.0.0.1", "port": sim.tcp_port}
+        # Address 3 is silent: the sweep waits its whole timeout there, time enough to be seen.
+        data["buses"].append({**spare, "timeout": "1s"})
+        gateway = Gateway(SiteConfig.model_validate(data), pin_factory=MockFactory())
+        server = ControlServer(gateway, tmp_path / "control.sock", group=None)
+        task = asyncio.create_task(server.serve())
+        await asyncio.wait_for(server.ready.wait(), DEADLINE)
+        first = ControlClient(tmp_path / "control.sock")
+        second = ControlClient(tmp_path / "control.sock")
+        try:
+            passive = await first.request("scan")
+            assert passive["buses"]["spare"]["idle"] is True
+            assert passive["buses"]["lan"]["idle"] is False
+            sweep = asyncio.create_task(
+                first.request("scan", {"bus": "spare", "addresses": [1, 2, 3]}, within=DEADLINE)
+            )
+            await until(lambda: bool(control_module._sweeping))
+            with pytest.raises(ControlError, match="a sweep of bus 'spare' is already running"):
+                await second.request("scan", {"bus": "spare", "addresses": [4]})
+            found = await sweep
+            assert found["mode"] == "sweep"
+            assert [(f["address"], f["models"]) for f in found["found"]] == [
+                (1, ["efm-ref"]),
+                (2, ["efm-ref"]),
+            ]
+            for bad in ([], [0], [248], ["1"], [True], list(range(1, 249))):
+                with pytest.raises(ControlError, match="addresses must be"):
+                    await second.request("scan", {"bus": "spare", "addresses": bad})
+            with pytest.raises(ControlError, match="a sweep needs a bus of the site file"):
+                await second.request("scan", {"addresses": [1]})
+        finally:
+            await first.close()
+            await second.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            gateway.annunciator.close()
 
 
 async def test_commissioned_record_becomes_an_event_and_a_foreign_one_is_refused(

@@ -87,8 +87,24 @@ function renderScan(result) {
     for (const d of b.devices) {
       list.append(el("li", {}, `${bus} / ${d.address ?? "-"}: ${d.device} ${d.answers ? "answers" : "does not answer"}`));
     }
+    if (b.idle && b.kind.startsWith("modbus")) {
+      const sweep = el("button", { type: "button", class: "small", "data-sweep": bus }, "Sweep 1-247");
+      sweep.addEventListener("click", () => runSweep(bus, sweep));
+      list.append(el("li", {}, `${bus}: no device yet `, sweep));
+    }
   }
   return list;
+}
+
+async function runSweep(bus, button) {
+  button.disabled = true;
+  button.textContent = "sweeping…";
+  const result = await post("/api/scan", { sweep: bus });
+  button.textContent = "Sweep 1-247";
+  button.disabled = false;
+  if (!result.ok) { banner(`Sweep refused: ${result.error}`); return; }
+  const found = result.found.map((f) => `${f.address}${f.models.length ? ` (${f.models.join(", ")})` : ""}`);
+  lastScan.append(el("li", { class: "sweep" }, `${bus}: ${found.length ? `answer at ${found.join(", ")}` : "nothing answers"} (${result.seconds.toFixed(1)} s)`));
 }
 
 function renderOutputs(outputs) {
