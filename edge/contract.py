@@ -136,6 +136,8 @@ EventKind = Literal[
     "buffer-dropped",
     # Readings shed in memory before the outbox (the disk refused writes for long).
     "readings-lost",
+    # An installer's commissioning record (edge commission; docs/commissioning.md).
+    "commissioned",
 ]
 EVENT_KINDS: Final[frozenset[str]] = frozenset(get_args(EventKind))
 

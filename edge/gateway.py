@@ -41,6 +41,7 @@ from edge.commands import CommandError, current_command_id, current_key_class
 from edge.config.model import SiteConfig
 from edge.config.storage import storage_of
 from edge.contract import EventKind, event_body, iso_utc, reading_body
+from edge.control import ControlServer, LiveReadings
 from edge.log import fields, lines_dropped
 from edge.occupancy import Occupancy, priority
 from edge.rules import (
@@ -212,6 +213,8 @@ class Gateway:
         #: Readings shed while the outbox was not open (reported once it opens).
         self.pending_lost = LossTally()
         self._locations = {d.id: d.location.model_dump() for d in config.devices}
+        #: The last value of every point, for the control socket (edge watch, edge commission).
+        self.live = LiveReadings()
         #: Called with every transition after the buzzer has been driven (tests, demo).
         self.transition_hooks: list[Callable[[Transition], None]] = []
 
@@ -227,6 +230,7 @@ class Gateway:
             if not sample.online:
                 self._keep(self.storage.offline(sample.device_id))
             self._report(transitions)
+            self.live.observe(sample)
             return
         self.occupancy.observe(sample)
         transitions = self.rules.evaluate(sample)
@@ -234,6 +238,7 @@ class Gateway:
             self._sound(transitions)
         self._keep(self.storage.offer(sample))
         self._report(transitions)
+        self.live.observe(sample)
 
     def _sound(self, transitions: list[Transition]) -> None:
         """The alarm book follows the transitions; the buzzer follows the book, at once."""
@@ -1002,6 +1007,12 @@ class Gateway:
             self.supervisor.start("sms", self.sms.run)
         self.supervisor.start("uplink", self._uplink_service)
         self.supervisor.start("status", self._status_service)
+        if self.config.control.socket is not None and self.config_path is not None:
+            # Only a gateway run from a site file (edge run) listens; never on the alarm path.
+            control = ControlServer(
+                self, self.config.control.socket, group=self.config.control.group
+            )
+            self.supervisor.start("control", control.serve)
         self._stop = stop
         bus_names: list[str] = []
         pins = self.annunciator.pin_factory  # PIR sensors share the annunciator's pin factory

@@ -940,6 +940,19 @@ class BufferConfig(Strict):
     )
 
 
+class ControlConfig(Strict):
+    """The running gateway's control socket (edge watch, edge commission; docs/control.md)."""
+
+    socket: str | None = Field(
+        default="/run/city-safety-edge/control.sock",
+        description="Unix socket of the live view and on-site actions; null: none.",
+    )
+    group: str | None = Field(
+        default="edge-admin",
+        description="Group allowed to use the socket besides the gateway's user (when it exists).",
+    )
+
+
 class SiteConfig(Strict):
     """The whole site file."""
 
@@ -955,3 +968,4 @@ class SiteConfig(Strict):
     commands: CommandPolicy = Field(default_factory=CommandPolicy)
     buffer: BufferConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)

@@ -43,6 +43,7 @@ import psutil
 from tests.benchmarks import (
     buffer,
     commands,
+    commission,
     drivers,
     e2e,
     log_stall,
@@ -128,6 +129,7 @@ SUITES: Final = (
     Suite("logs", log_stall),
     Suite("refusal", refusal, needs=[MOSQUITTO]),
     Suite("storage", storage),
+    Suite("commission", commission, needs=[MOSQUITTO]),
 )
 
 #: The options of earlier releases, each one parameter of one suite.
