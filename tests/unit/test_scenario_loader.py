@@ -192,7 +192,7 @@ def test_yaml_syntax_errors_and_unreadable_files_name_the_line(tmp_path: Path) -
     assert issues_of("") == [f"{HERE}:1: the file is empty"]
     assert issues_of("- a list\n") == [
         f"{HERE}:1: a scenario is a mapping of name, proves, mode, site, devices, steps, "
-        "expect, duration, seed, readings"
+        "expect, duration, seed, readings, phones"
     ]
     missing = tmp_path / "missing.yaml"
     with pytest.raises(ScenarioError, match=r"missing.yaml:1: cannot read the file"):
