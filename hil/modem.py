@@ -50,6 +50,9 @@ class CallScript:
     polls: int = 1
     #: Also say ``VOICE CALL: BEGIN`` when answered, as SIM7600 does.
     voice_begin: bool = False
+    #: ``busy`` / ``no-carrier`` as ``ATD``'s own final answer (a modem set to wait for the
+    #: connection, ``AT+COLP=1``) rather than at the next poll.
+    at_dial: bool = False
 
 
 @dataclass
@@ -184,6 +187,11 @@ class ModemSimulator:
             return True
         self._call = PlacedCall(number, script)
         self.calls.append(self._call)
+        if script.at_dial and script.behaviour in ("busy", "no-carrier"):
+            self._call.ended = script.behaviour.replace("-", " ")
+            self._call = None
+            writer.write(f"\r\n{script.behaviour.replace('-', ' ').upper()}\r\n".encode())
+            return True
         writer.write(b"\r\nOK\r\n")
         return True
 

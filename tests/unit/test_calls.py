@@ -14,7 +14,7 @@ from edge.config import ConfigError, parse_site
 from edge.config.model import Calls, Sms
 from edge.contract import EVENT_KINDS, EventKind
 from edge.sms import Modem, ModemError, SmsNotifier
-from hil.modem import ModemSimulator
+from hil.modem import CallScript, ModemSimulator
 from tests.unit.test_config import MINIMAL
 from tests.unit.test_sms import fire
 
@@ -63,8 +63,7 @@ async def test_an_answered_call_is_read_aloud_and_hung_up() -> None:
 async def test_sim7600_voice_call_begin_is_an_answer_and_no_tts_still_an_answered_call() -> None:
     async with ModemSimulator() as sim:
         sim.tts = False
-        sim.script_call(A, "answer", polls=2)
-        sim.call_scripts[A] = sim.call_scripts[A].__class__("answer", 2, voice_begin=True)
+        sim.call_scripts[A] = CallScript("answer", 2, voice_begin=True)
         result = await modem(sim).call(A, ring_time=30, speech="火警")
     assert (result.outcome, result.spoken) == ("answered", False)
     assert sim.calls[0].ended == "hung up"
@@ -86,6 +85,19 @@ async def test_every_way_a_call_fails_is_named(behaviour: str, outcome: str, det
     assert (result.outcome, result.detail) == (outcome, detail)
     if behaviour == "no-answer":
         assert sim.calls[0].ended == "hung up", "a call not answered is hung up (ATH)"
+
+
+@pytest.mark.parametrize(("behaviour", "said"), [("busy", "BUSY"), ("no-carrier", "NO CARRIER")])
+async def test_busy_or_no_carrier_as_atds_own_answer_ends_the_attempt(
+    behaviour: str, said: str
+) -> None:
+    async with ModemSimulator() as sim:
+        sim.call_scripts[A] = CallScript(behaviour, at_dial=True)  # type: ignore[arg-type]
+        placed: list[str] = []
+        result = await modem(sim).call(A, ring_time=30, dialled=lambda: placed.append(A))
+    assert (result.outcome, result.detail) == (behaviour, said)
+    assert placed == [], "the network never rang it"
+    assert "AT+CLCC" not in sim.commands
 
 
 async def test_a_modem_that_never_answers_atd_is_a_modem_error() -> None:
