@@ -23,8 +23,17 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-#: ``edge NAME`` at a shell prompt, at the start of a code span or of a line in a code block.
-COMMAND = re.compile(r"(?:^\$ (?:sudo )?|`|^)edge ([a-z][a-z-]*)", re.MULTILINE)
+#: ``edge NAME`` in a code span, or at the start of a line of a code block (after a prompt).
+INLINE = re.compile(r"`(?:sudo )?edge ([a-z][a-z-]*)")
+BLOCK = re.compile(r"^```[a-z]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+IN_BLOCK = re.compile(r"^(?:\$ )?(?:sudo )?edge ([a-z][a-z-]*)", re.MULTILINE)
+
+
+def named_commands(text: str) -> set[str]:
+    names = set(INLINE.findall(text))
+    for block in BLOCK.findall(text):
+        names |= set(IN_BLOCK.findall(block))
+    return names
 
 
 def subcommands() -> set[str]:
@@ -40,11 +49,12 @@ def subcommands() -> set[str]:
 def test_every_edge_command_the_docs_name_exists() -> None:
     known = subcommands()
     named = {
-        (path.relative_to(ROOT).as_posix(), match.group(1))
+        (path.relative_to(ROOT).as_posix(), name)
         for path in DOCS
-        for match in COMMAND.finditer(path.read_text())
+        for name in named_commands(path.read_text())
     }
-    assert {name for _, name in named} >= {"run", "doctor", "buffer"}, "the pattern finds them"
+    assert {name for _, name in named} >= {"run", "doctor", "buffer", "scan"}, "it finds them"
+    assert named_commands("an edge gateway\n```\n$ sudo edge status\n```\n") == {"status"}
     missing = sorted((doc, name) for doc, name in named if name not in known)
     assert not missing, f"docs name edge commands that do not exist: {missing}"
 
