@@ -140,7 +140,7 @@ def check_certificate(
             CertFinding(
                 "warn",
                 path.name,
-                f"expires in {days} days, on {expires}",
+                f"expires in {days} days, on {expires} ({cert.subject})",
                 "order a new certificate from the district platform team before it expires",
             ),
             cert,
@@ -157,12 +157,12 @@ def check_certificates(
     if not folder.is_dir():
         return []
     findings: list[CertFinding] = []
-    certs: dict[str, Certificate | None] = {}
+    certs: dict[str, tuple[Path, Certificate | None]] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix in CERT_SUFFIXES and path.is_file():
             finding, cert = check_certificate(path, now, warn_days=warn_days)
             findings.append(finding)
-            certs[path.stem] = cert
+            certs[path.stem] = (path, cert)
     for key in sorted(folder.glob("*.key")):
         if key.stem not in certs:
             findings.append(
@@ -174,10 +174,11 @@ def check_certificates(
                 )
             )
             continue
-        cert = certs[key.stem]
+        path, cert = certs[key.stem]
         if cert is None:
             continue  # the certificate itself was already reported as unreadable
-        findings.append(check_key(key, cert, f"{key.stem} certificate"))
+        # Named by its file, as the certificate's own line is.
+        findings.append(check_key(key, cert, path.name))
     return findings
 
 
@@ -197,7 +198,7 @@ def check_key(key: Path, cert: Certificate, what: str) -> CertFinding:
     return CertFinding(
         "fail",
         key.name,
-        f"does not belong to the {what} (their public keys differ)",
+        f"does not belong to {what} (their public keys differ)",
         "copy the key and the certificate issued for it together, from the same order",
     )
 

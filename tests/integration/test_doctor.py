@@ -314,4 +314,4 @@ async def test_certificate_summary_names_the_folders_files_or_the_system_authori
         f"TLS uses the system's certificate authorities, client {certs / 'client.pem'} with "
         f"{certs / 'client.key'} (from {certs})"
     )
-    assert checks["certificate client.key"].detail == "matches client certificate"
+    assert checks["certificate client.key"].detail == "matches client.pem"
