@@ -23,7 +23,7 @@ import argparse
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast, get_args
 
 from edge.sms import Submitted, decode_submit
 
@@ -229,15 +229,36 @@ class ModemSimulator:
         writer.write(b"\r\nOK\r\n\r\n+CTTS: 0\r\n")
 
 
-async def _main(port: int) -> None:
+async def _main(port: int, calls: list[tuple[str, CallBehaviour]], tts: bool) -> None:
     async with ModemSimulator(port=port) as modem:
+        modem.tts = tts
+        for number, behaviour in calls:
+            modem.script_call(number, behaviour)
         print(f"modem simulator on {modem.url}", flush=True)
         await asyncio.Event().wait()
+
+
+def _call_script(text: str) -> tuple[str, CallBehaviour]:
+    number, _, behaviour = text.partition("=")
+    options = get_args(CallBehaviour)
+    if behaviour not in options:
+        raise argparse.ArgumentTypeError(f"NUMBER=one of {', '.join(options)}, not {text!r}")
+    return number, cast(CallBehaviour, behaviour)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Simulate a 4G modem's SMS and call AT commands.")
     parser.add_argument("--port", type=int, default=7000)
+    parser.add_argument(
+        "--call",
+        type=_call_script,
+        action="append",
+        default=[],
+        metavar="NUMBER=BEHAVIOUR",
+        help="what a called number does (answer, busy, no-carrier, no-answer, error, silent); "
+        "numbers not named answer",
+    )
+    parser.add_argument("--no-tts", action="store_true", help="no text-to-speech (a SIM800)")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args.port))
+        asyncio.run(_main(args.port, args.call, not args.no_tts))
