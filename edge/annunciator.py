@@ -13,7 +13,14 @@ The LED is on while any alarm is active, silenced or not; the optional relay is 
 an alarm at least as severe as ``outputs.relay.severity`` is active.
 
 Pin factories are chosen by configuration (``outputs.pin_factory``), else by gpiozero's own
-``GPIOZERO_PIN_FACTORY`` environment variable; tests and the demo use gpiozero's MockFactory.
+``GPIOZERO_PIN_FACTORY`` environment variable, else lgpio (every Raspberry Pi, the Pi 5
+included), then RPi.GPIO; tests and the demo use gpiozero's MockFactory.
+
+An annunciator whose pins cannot be claimed (no GPIO backend, a pin held by another process,
+an output that does not read back as driven) does not stop the gateway: it keeps its state as
+if the pins were there, :attr:`Annunciator.failure` says why, and the gateway raises an
+``annunciator-failed`` event of severity fire (edge/gateway.py), so a silent buzzer is itself
+an alarm rather than a crash loop.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import asyncio
 import importlib
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +39,18 @@ from edge.clock import Clock, SystemClock
 from edge.config.model import SEVERITY_ORDER, Outputs, PatternName, Severity
 from edge.log import fields
 
-__all__ = ["PATTERNS", "PIN_FACTORIES", "Annunciator", "make_pin_factory", "pattern_state"]
+__all__ = [
+    "AUTO_PIN_FACTORIES",
+    "FAULT_PATTERN",
+    "NO_BACKEND_FIX",
+    "PATTERNS",
+    "PIN_FACTORIES",
+    "Annunciator",
+    "NoPinBackend",
+    "make_pin_factory",
+    "pattern_state",
+    "phase_state",
+]
 
 log = logging.getLogger("edge.annunciator")
 
@@ -44,6 +63,15 @@ PIN_FACTORIES = {
     "pigpio": ("gpiozero.pins.pigpio", "PiGPIOFactory"),
     "native": ("gpiozero.pins.native", "NativeFactory"),
 }
+#: Tried in this order when neither the site file nor GPIOZERO_PIN_FACTORY names a factory:
+#: lgpio drives every Pi's GPIO chip (the Pi 5's RP1 included) through the kernel's character
+#: device; RPi.GPIO is the older library on Pis that have it.
+AUTO_PIN_FACTORIES = ("lgpio", "rpigpio")
+#: What an installer does when no backend works (docs/deploy.md#gpio).
+NO_BACKEND_FIX = (
+    "reinstall with deploy/install.sh on the Pi (its environment carries lgpio), or install "
+    "python3-lgpio; on a bench without GPIO set outputs.pin_factory: mock"
+)
 
 #: Each pattern is a cycle of (buzzer on?, seconds) phases, starting with sound.
 PATTERNS: dict[PatternName, tuple[tuple[bool, float], ...]] = {
@@ -55,13 +83,28 @@ PATTERNS: dict[PatternName, tuple[tuple[bool, float], ...]] = {
     "off": ((False, math.inf),),
 }
 
+#: A gateway that has no config to run (edge/fault.py): three short beeps every ten seconds,
+#: unlike every alarm pattern, so that nobody takes it for a fire or lets it pass for quiet.
+FAULT_PATTERN: tuple[tuple[bool, float], ...] = (
+    (True, 0.15),
+    (False, 0.15),
+    (True, 0.15),
+    (False, 0.15),
+    (True, 0.15),
+    (False, 9.25),
+)
+
 
 _RESOLUTION = 1e-6
 
 
 def pattern_state(pattern: PatternName, elapsed: float) -> tuple[bool, float]:
     """Whether the buzzer is on ``elapsed`` seconds into ``pattern``, and for how much longer."""
-    phases = PATTERNS[pattern]
+    return phase_state(PATTERNS[pattern], elapsed)
+
+
+def phase_state(phases: tuple[tuple[bool, float], ...], elapsed: float) -> tuple[bool, float]:
+    """:func:`pattern_state` of any cycle of (on?, seconds) phases, e.g. :data:`FAULT_PATTERN`."""
     period = sum(seconds for _, seconds in phases)
     position = elapsed % period if math.isfinite(period) else elapsed
     for on, seconds in phases:
@@ -73,12 +116,52 @@ def pattern_state(pattern: PatternName, elapsed: float) -> tuple[bool, float]:
     return phases[0][0], phases[0][1]  # the cycle starts again
 
 
+class NoPinBackend(RuntimeError):
+    """No GPIO backend could be loaded; the message names each one tried and why."""
+
+
 def make_pin_factory(name: str | None) -> Any:
-    """A gpiozero pin factory for ``name``; ``None`` lets gpiozero choose (env var or default)."""
-    if name is None:
-        return None
-    module, cls = PIN_FACTORIES[name]
-    return getattr(importlib.import_module(module), cls)()
+    """A gpiozero pin factory for ``name``; ``None``: ``GPIOZERO_PIN_FACTORY``, else the first of
+    :data:`AUTO_PIN_FACTORIES` that loads. Raises :class:`NoPinBackend` naming what failed."""
+    names = (name,) if name is not None else _wanted_factories()
+    failures: list[str] = []
+    for candidate in names:
+        if candidate not in PIN_FACTORIES:
+            failures.append(f"{candidate}: not a pin factory ({', '.join(PIN_FACTORIES)})")
+            continue
+        module, cls = PIN_FACTORIES[candidate]
+        try:
+            return getattr(importlib.import_module(module), cls)()
+        except Exception as exc:  # ImportError, no /dev/gpiochip*, not a Pi: try the next one
+            failures.append(f"{candidate}: {_why(exc)}")
+    raise NoPinBackend("no GPIO backend works (" + "; ".join(failures) + f"); {NO_BACKEND_FIX}")
+
+
+def _wanted_factories() -> tuple[str, ...]:
+    chosen = os.environ.get("GPIOZERO_PIN_FACTORY", "").strip().lower()
+    return (chosen,) if chosen else AUTO_PIN_FACTORIES
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Unwired:
+    """Stands in for an output whose pin could not be claimed: it remembers what it was told,
+    so the annunciator's state (and what health reports) stays right without a pin."""
+
+    def __init__(self) -> None:
+        self.value: bool = False
+
+    def on(self) -> None:
+        self.value = True
+
+    def off(self) -> None:
+        self.value = False
+
+    def close(self) -> None:
+        self.value = False
 
 
 class Annunciator:
@@ -89,32 +172,55 @@ class Annunciator:
     ) -> None:
         self.outputs = outputs
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.pin_factory = (
-            pin_factory if pin_factory is not None else make_pin_factory(outputs.pin_factory)
-        )
-        factory = self.pin_factory
+        #: Called (on the event loop) when the silence button is pressed.
+        self.on_silence: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buzzer: Any = _Unwired()
+        self._led: Any = None if outputs.led is None else _Unwired()
+        self._relay: Any = None if outputs.relay is None else _Unwired()
+        self._button: Any = None
+        #: Why the pins could not be claimed (None: every output is driven).
+        self.failure: str | None = None
+        self.pin_factory: Any = pin_factory
+        try:
+            if self.pin_factory is None:
+                self.pin_factory = make_pin_factory(outputs.pin_factory)
+            self._claim(self.pin_factory)
+        except Exception as exc:  # no backend, a pin in use, an output that does not read back
+            self.failure = str(exc) if isinstance(exc, NoPinBackend) else _why(exc)
+            self._release()
+            self._buzzer = _Unwired()
+            self._led = None if outputs.led is None else _Unwired()
+            self._relay = None if outputs.relay is None else _Unwired()
+        self.pattern: PatternName | None = None
+        self._started = 0.0
+        self._wake: asyncio.Event | None = None
+        self._testing = False
+        #: The pattern the alarms ask for (what a self-test returns to).
+        self._desired: PatternName | None = None
+
+    def _claim(self, factory: Any) -> None:
+        """Claim every output and the button, and read each output back as off."""
+        outputs = self.outputs
         self._buzzer = Buzzer(
             outputs.buzzer.pin, active_high=outputs.buzzer.active_high, pin_factory=factory
         )
-        self._led = (
-            None
-            if outputs.led is None
-            else LED(outputs.led.pin, active_high=outputs.led.active_high, pin_factory=factory)
-        )
-        self._relay = (
-            None
-            if outputs.relay is None
-            else OutputDevice(
+        if outputs.led is not None:
+            self._led = LED(
+                outputs.led.pin, active_high=outputs.led.active_high, pin_factory=factory
+            )
+        if outputs.relay is not None:
+            self._relay = OutputDevice(
                 outputs.relay.pin,
                 active_high=outputs.relay.active_high,
                 initial_value=False,
                 pin_factory=factory,
             )
-        )
-        self._button: Any = None
-        #: Called (on the event loop) when the silence button is pressed.
-        self.on_silence: Callable[[], None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        for name, device in (("buzzer", self._buzzer), ("led", self._led), ("relay", self._relay)):
+            # gpiozero reads an output's value from its pin: an output that is not at the level
+            # it was just driven to is wired to something else (or held by another process).
+            if device is not None and bool(device.value):
+                raise OSError(f"{name} on GPIO {device.pin} does not read back as off")
         if outputs.silence_button is not None:
             self._button = Button(
                 outputs.silence_button.pin,
@@ -122,12 +228,15 @@ class Annunciator:
                 pin_factory=factory,
             )
             self._button.when_pressed = self._pressed
-        self.pattern: PatternName | None = None
-        self._started = 0.0
-        self._wake: asyncio.Event | None = None
-        self._testing = False
-        #: The pattern the alarms ask for (what a self-test returns to).
-        self._desired: PatternName | None = None
+
+    def _release(self) -> None:
+        for device in (self._buzzer, self._led, self._relay, self._button):
+            if device is not None:
+                try:
+                    device.close()
+                except Exception as exc:  # releasing what half-opened must not raise again
+                    log.debug("pin release failed", extra=fields(error=repr(exc)))
+        self._button = None
 
     # -- state ------------------------------------------------------------------------------
 

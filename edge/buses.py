@@ -9,16 +9,17 @@ supervisor's ``{"bus:<id>": run}``. A gateway that wants to change poll interval
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeAlias
 
-from drivers import Sink
+from drivers import DeviceStatus, Sink
 from drivers.catalog import SERIAL_MODELS
 from drivers.ld2410.driver import Ld2410Radar
 from drivers.modbus import Lane, ModbusBus, PolledDevice, RtuSettings, TcpSettings, load_model
 from drivers.pir import PirSensor
 from drivers.witmotion.driver import WitMotionSensor
-from edge.annunciator import make_pin_factory
+from edge.annunciator import NoPinBackend, make_pin_factory
 from edge.config.model import (
     Device,
     GpioBus,
@@ -59,14 +60,30 @@ class _GpioSensors:
                 group.create_task(sensor.run(), name=f"pir {sensor.device_id}")
 
 
+class _NoGpio:
+    """The PIR sensors of a GPIO bus whose pin factory cannot be loaded: each is reported
+    offline with the reason, once, and the other buses poll on."""
+
+    def __init__(self, devices: list[Device], sink: Sink, reason: str) -> None:
+        self.devices = devices
+        self.sink = sink
+        self.reason = reason
+
+    async def run(self) -> None:
+        for device in self.devices:
+            self.sink(DeviceStatus(device.id, False, time.time(), self.reason))
+        await asyncio.Event().wait()
+
+
 def build_buses(
     config: SiteConfig, sink: Sink, *, pin_factory: Any = None
 ) -> dict[str, FieldDriver]:
     """``{"bus:<id>": driver}`` for every bus that has at least one device.
 
     ``pin_factory`` (a gpiozero factory, the annunciator's) is shared with GPIO sensors whose
-    bus names no other factory; else the bus's ``pin_factory``, else the outputs', else
-    gpiozero's default.
+    bus names no other factory; else the bus's ``pin_factory``, else the outputs', else the
+    first backend that loads (edge/annunciator.py). A GPIO bus without any reports its
+    sensors offline with the reason instead of stopping the other buses.
     """
     drivers: dict[str, FieldDriver] = {}
     for bus in config.buses:
@@ -85,7 +102,11 @@ def build_buses(
             if pin_factory is not None and bus.pin_factory in (None, config.outputs.pin_factory):
                 factory = pin_factory  # the annunciator's: one factory per kind of pin access
             else:
-                factory = make_pin_factory(wanted)
+                try:
+                    factory = make_pin_factory(wanted)
+                except NoPinBackend as exc:
+                    drivers[name] = _NoGpio(devices, sink, str(exc))
+                    continue
             sensors = [PirSensor(d.id, _pin(d), sink, pin_factory=factory) for d in devices]
             drivers[name] = _GpioSensors(sensors)
     return drivers

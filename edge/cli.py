@@ -5,19 +5,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import functools
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from drivers.modbus import known_models
-from edge import __version__, buffer_cli, doctor, installer_cli, provision, replay, selftest
-from edge.config import report_config
+from edge import (
+    __version__,
+    buffer_cli,
+    doctor,
+    installer_cli,
+    lastgood,
+    provision,
+    replay,
+    selftest,
+)
+from edge.config import ConfigError, SiteConfig, load_site, report_config
 from edge.config.duration import parse_duration
+from edge.config.loader import load_site_checked
+from edge.fault import FaultMode, Salvage, salvage
 from edge.gateway import config_hash
 from edge.log import fields, start_log_queue
-from edge.reload import SiteRunner, recover_unsettled
+from edge.reload import RestartRequest, SiteRunner, recover_unsettled, restore_previous
 from edge.systemd import Notifier
 
 log = logging.getLogger("edge.cli")
@@ -87,7 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> int:
-    """Validate the site file, then run the gateway until SIGTERM or SIGINT."""
+    """Run the gateway for the site file at ``path`` until SIGTERM or SIGINT.
+
+    A site file that is unusable does not stop it: the last good config runs instead
+    (edge/lastgood.py), and without one the gateway sounds a fault and reports it
+    (edge/fault.py). Either way systemd hears READY, so nothing restarts in a silent loop."""
     # Nothing in the gateway writes to stderr itself: a stalled journal would stall the
     # alarms. Log lines, prints and descriptor 2 go through a bounded queue to a writer thread.
     logs = start_log_queue(log_level)
@@ -104,26 +120,64 @@ def _run(path: str, status_every: float) -> int:
     # see where a gateway in the field is stuck without stopping it. Descriptor 2 is the log
     # queue's non-blocking pipe by now, so a dump during a stall is lost, not a hang.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    site = Path(path)
     try:
-        # A pushed config that had not proved it starts when the gateway last stopped (a power
+        # A pushed config that had not proved itself when the gateway last stopped (a power
         # cut, a crash) is undone: the file known to work runs.
-        recovered = recover_unsettled(Path(path))
+        recovered = recover_unsettled(site)
     except OSError as exc:
         log.error("pushed config not checked", extra=fields(config=path, error=str(exc)))
         recovered = None
     if recovered is not None:
         log.error("pushed config rolled back at start", extra=fields(config=path))
-    status, config = report_config(
-        path,
-        sys.stderr,
-        known_models=known_models(),
-        quiet=True,
-        warn=lambda w: log.warning("site file warning", extra=fields(warning=str(w))),
-    )
-    if config is None:
-        return status
-    with open(path, "rb") as file:
-        digest = config_hash(file.read())
+    models = known_models()
+    config, digest, problems = _load(site, models)
+    fault: FaultMode | None = None
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        try:
+            good = lastgood.load(site, known_models=models)
+        except lastgood.LastGoodUnusable as exc:
+            problems.append(str(exc))
+            fault = FaultMode(problems, salvage(_text(site)), site=site, known_models=models)
+        else:
+            config, digest = good.config, good.digest
+            log.error(
+                "site file unusable: running the last good config",
+                extra=fields(
+                    config=path, problems=len(problems), config_hash=digest, saved=good.saved
+                ),
+            )
+
+    async def _runner(trial: RestartRequest | None) -> SiteRunner | None:
+        """The runner of the config to run: the push on trial, else the site file's or the
+        last good one (``config``)."""
+        if trial is None:
+            assert config is not None
+            return SiteRunner(
+                site,
+                config,
+                digest,
+                status_interval=status_every,
+                known_models=models,
+                recovered=recovered,
+                site_problems=problems or None,
+            )
+        try:
+            pushed = await asyncio.to_thread(load_site, site, known_models=models)
+        except (ConfigError, OSError):
+            # Checked before it was written; changed since by someone else: theirs wins.
+            log.exception("pushed config unreadable", extra=fields(config=path))
+            return None
+        return SiteRunner(
+            site,
+            pushed,
+            trial.config_hash,
+            status_interval=status_every,
+            known_models=models,
+            trial=trial,
+        )
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -135,24 +189,67 @@ def _run(path: str, status_every: float) -> int:
             notifier.stopping()
             stop.set()
 
-        def on_started() -> None:
-            notifier.ready(f"gateway {config.gateway.id} running")
-            watchdog.extend(filter(None, [notifier.start_watchdog()]))
+        def ready(status: str) -> None:
+            # Again after a change of mode: systemd takes the new STATUS; one watchdog only.
+            notifier.ready(status)
+            if not watchdog:
+                watchdog.extend(filter(None, [notifier.start_watchdog()]))
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
-        # A pushed config (push-config) restarts the gateway inside this loop, and rolls it
-        # back when it does not start (edge/reload.py).
-        runner = SiteRunner(
-            Path(path),
-            config,
-            digest,
-            status_interval=status_every,
-            known_models=known_models(),
-            recovered=recovered,
-        )
         try:
-            await runner.run(stop, on_started=on_started)
+            now_fault, trial = fault, None
+            while True:
+                if now_fault is not None:
+                    await now_fault.run(stop, on_started=ready)
+                    trial = now_fault.pushed
+                    if trial is None:
+                        return
+                    if stop.is_set():
+                        await asyncio.to_thread(restore_previous, site)
+                        return
+                runner = await _runner(trial)
+                if runner is None:
+                    return
+                status = f"gateway {runner.config.gateway.id} running"
+                if runner.from_last_good:
+                    status += " on the LAST GOOD config: the site file is unusable"
+                try:
+                    await runner.run(stop, on_started=functools.partial(ready, status))
+                except Exception as exc:
+                    # The config known to work did not start (a pin library missing, ...): say
+                    # so on whatever still works rather than exit into a silent restart loop.
+                    log.exception("gateway failed", extra=fields(config=path))
+                    used = runner.config
+                    found = Salvage(
+                        used.gateway, used.outputs, used.uplink, used.buffer, used.commands
+                    )
+                    now_fault = FaultMode(
+                        [f"the gateway did not start: {exc!r}"],
+                        found,
+                        site=site,
+                        known_models=models,
+                    )
+                    continue
+                if runner.trial_failure is None or trial is None:
+                    return
+                # The push taken in fault mode did not prove itself: its file went back, and
+                # fault mode resumes and says so.
+                now_fault = FaultMode(
+                    [
+                        *problems,
+                        f"pushed config {trial.config_hash} rolled back: {runner.trial_failure}",
+                    ],
+                    salvage(_text(site)),
+                    site=site,
+                    known_models=models,
+                    rolled_back={
+                        "command_id": trial.command_id,
+                        "reason": runner.trial_failure,
+                        "rejected_hash": trial.config_hash,
+                        "config_hash": "",
+                    },
+                )
         finally:
             for task in watchdog:
                 task.cancel()
@@ -163,6 +260,27 @@ def _run(path: str, status_every: float) -> int:
         log.exception("gateway failed", extra=fields(config=path))
         return 1
     return 0
+
+
+def _load(site: Path, models: Collection[str]) -> tuple[SiteConfig | None, str, list[str]]:
+    """The site file's config and hash, or every reason it is unusable."""
+    try:
+        data = site.read_bytes()
+        config, warnings = load_site_checked(site, known_models=models)
+    except ConfigError as exc:
+        return None, "", [str(issue) for issue in exc.issues]
+    except OSError as exc:
+        return None, "", [f"cannot read {site}: {exc.strerror or exc}"]
+    for warning in warnings:
+        log.warning("site file warning", extra=fields(warning=str(warning)))
+    return config, config_hash(data), []
+
+
+def _text(site: Path) -> str | None:
+    try:
+        return site.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ seconds.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -38,6 +39,7 @@ from edge.schemas import ContractError
 
 if TYPE_CHECKING:
     from edge.config.model import SiteConfig
+    from edge.storage_policy import Storage
 
 __all__ = [
     "COMPRESS_LEVEL",
@@ -53,6 +55,7 @@ __all__ = [
     "SCHEMA_STATUS",
     "SCHEMA_TELEMETRY",
     "SCHEMA_TELEMETRY_COMPACT",
+    "WINDOWS",
     "Aliases",
     "Carried",
     "ContractError",
@@ -93,6 +96,9 @@ COMPRESS_LEVEL: Final = 6
 #: far below what hurts a receiver (a deflate bomb inflates 1000:1).
 MAX_INFLATED: Final = 16 * 2**20
 SCHEMA_ACK: Final = "edge.ack/1"
+#: Marks of readings kept at full rate around an alarm (edge/storage_policy.py): ``pre``, from
+#: the memory of the seconds before it (not points of the policy's line); ``post``, after it.
+WINDOWS: Final = ("pre", "post")
 
 EventKind = Literal[
     "alarm-raised",
@@ -122,6 +128,12 @@ EventKind = Literal[
     "config-applied",
     "config-rejected",
     "config-rolled-back",
+    # The site file was unusable at start: the gateway runs its last good config or, without
+    # one, only sounds a fault and reports (edge/fault.py).
+    "config-invalid",
+    # The buzzer, LED or relay pins could not be claimed (no GPIO backend, a pin in use): the
+    # gateway runs on, and a silent buzzer is reported as a fire-severity alarm of its own.
+    "annunciator-failed",
     # Written by the outbox itself (buffer/), in the same transaction as what they report.
     "buffer-reset",
     "buffer-thinned",
@@ -189,15 +201,19 @@ def health_topic(prefix: str, gateway_id: str) -> str:
 # --- outbox bodies: what producers submit --------------------------------------------------------
 
 
-def reading_body(reading: Reading) -> dict[str, Any]:
-    """The outbox body of one reading (stream ``"telemetry"``)."""
-    return {
+def reading_body(reading: Reading, window: str | None = None) -> dict[str, Any]:
+    """The outbox body of one reading (stream ``"telemetry"``); ``window`` (``pre`` or
+    ``post``) marks a reading kept at full rate around an alarm (edge/storage_policy.py)."""
+    body = {
         "device": reading.device_id,
         "point": reading.point,
         "value": reading.value,
         "unit": reading.unit,
         "ts": reading.ts,
     }
+    if window is not None:
+        body["window"] = window
+    return body
 
 
 def event_body(kind: EventKind, ts: float, **fields: Any) -> dict[str, Any]:
@@ -268,6 +284,10 @@ def telemetry_message(
         }
         for r in records
     ]
+    for reading, r in zip(readings, records, strict=True):
+        window = r.body.get("window")
+        if window in WINDOWS:
+            reading["window"] = window
     return _dumps(
         {
             **_envelope(
@@ -492,9 +512,13 @@ def metadata_message(
     *,
     clock_synced: bool,
     sent_at: float | None = None,
+    storage: Storage | None = None,
 ) -> bytes:
     """The retained device metadata: the site, each device with its model, bus, location and
     points (unit and alias), and ``aliases_id``, the table compact telemetry refers to.
+
+    With ``storage``, each point also says which storage policy and band produced its
+    telemetry (so the platform knows how to reconstruct it), and the message the alarm window.
 
     ``ValueError`` if ``aliases`` names a device the site does not have (a table built from
     another site file would be published incomplete).
@@ -502,7 +526,10 @@ def metadata_message(
     bus_kinds = {bus.id: bus.kind for bus in config.buses}
     points: dict[str, list[dict[str, Any]]] = {}
     for alias, (device, point, unit) in enumerate(aliases):
-        points.setdefault(device, []).append({"point": point, "unit": unit, "alias": alias})
+        entry: dict[str, Any] = {"point": point, "unit": unit, "alias": alias}
+        if storage is not None:
+            entry["storage"] = storage.policies.get((device, point), storage.default).describe()
+        points.setdefault(device, []).append(entry)
     devices = [
         {
             "id": d.id,
@@ -533,6 +560,16 @@ def metadata_message(
             },
             "aliases_id": aliases.table_id,
             "devices": devices,
+            **(
+                {}
+                if storage is None
+                else {
+                    "alarm_window": {
+                        "pre_s": storage.pre_ms / 1000,
+                        "post_s": storage.post_ms / 1000,
+                    }
+                }
+            ),
         }
     )
 
@@ -604,6 +641,7 @@ def _compact_telemetry(
     groups: list[list[Any]] = []
     fallback: list[list[Any]] = []
     skip: list[list[int]] = []
+    windows: dict[str, list[list[int]]] = {}
     t0: int | None = None
     group: list[Any] = []
     group_ms: int | None = None
@@ -620,6 +658,13 @@ def _compact_telemetry(
                 skip.append([previous + 1, seq - 1])
         previous = seq
         body = record.body
+        window = body.get("window")
+        if window is not None and window in WINDOWS:
+            ranges = windows.setdefault(window, [])
+            if ranges and ranges[-1][1] == seq - 1:
+                ranges[-1][1] = seq
+            else:
+                ranges.append([seq, seq])
         device, point, value = body.get("device"), body.get("point"), body.get("value")
         ts = body.get("ts")
         if ts != last_ts:  # one poll's readings share their time: convert it once
@@ -678,6 +723,9 @@ def _compact_telemetry(
         message["skip"] = skip
     if fallback:
         message["fallback"] = fallback
+    for window in WINDOWS:
+        if window in windows:
+            message[f"window_{window}"] = windows[window]
     message["groups"] = groups
     return _dumps(message)
 
@@ -763,7 +811,38 @@ def decode_telemetry(
                 }
             )
     rows.sort(key=lambda r: int(r["seq"]))
+    for window in WINDOWS:
+        _mark_window(rows, window, message.get(f"window_{window}", []), first, last)
     return rows
+
+
+def _mark_window(
+    rows: list[dict[str, Any]], window: str, value: object, first: int, last: int
+) -> None:
+    """Mark the rows whose seqs ``window_<window>`` lists: [first, last] ranges, ascending."""
+    if not isinstance(value, list):
+        raise ContractError(f"telemetry: window_{window} must be a list of [first, last] ranges")
+    floor = first
+    marked: list[tuple[int, int]] = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(type(part) is int for part in item)
+            or not floor <= item[0] <= item[1] <= last
+        ):
+            raise ContractError(
+                f"telemetry: window_{window}: {item!r} is not a [first, last] seq range inside "
+                f"{first}..{last}, ascending"
+            )
+        marked.append((item[0], item[1]))
+        floor = item[1] + 1
+    if not marked:
+        return
+    seqs = [int(row["seq"]) for row in rows]
+    for a, b in marked:
+        for index in range(bisect.bisect_left(seqs, a), bisect.bisect_right(seqs, b)):
+            rows[index]["window"] = window
 
 
 def _whole(message: Mapping[str, Any], name: str) -> int:

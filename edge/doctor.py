@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import grp
+import importlib.util
 import io
 import json
 import os
@@ -40,7 +41,8 @@ import aiomqtt
 from buffer.schema import SCHEMA_VERSION as OUTBOX_SCHEMA
 from buffer.store import waiting_records
 from drivers.modbus import known_models
-from edge import contract
+from edge import contract, lastgood
+from edge.annunciator import AUTO_PIN_FACTORIES, NO_BACKEND_FIX
 from edge.certs import check_certificates, check_named_files
 from edge.config import SiteConfig, report_config
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus
@@ -174,6 +176,35 @@ def check_config(path: Path) -> tuple[Check, SiteConfig | None]:
     )
 
 
+def check_last_good(path: Path, config: SiteConfig | None) -> Check:
+    """What ``edge run`` falls back on (edge/lastgood.py), and so what runs now when the site
+    file is unusable: the last good config, or fault mode."""
+    try:
+        good = lastgood.load(path, known_models=known_models())
+    except lastgood.LastGoodUnusable as exc:
+        if config is not None:
+            level: Level = "warn" if lastgood.path_for(path).exists() else "ok"
+            fix = "" if level == "ok" else f"delete {lastgood.path_for(path)}; it is kept anew"
+            return Check("last good config", level, str(exc), fix)
+        return Check(
+            "last good config",
+            "fail",
+            f"{exc}; the gateway runs in FAULT MODE: it sounds the fault pattern (three short "
+            "beeps every 10 s), polls nothing and reports the problems above to the platform",
+            "fix the site file (see the config check) or push a good one from the platform, "
+            "then restart the service",
+        )
+    if config is not None:
+        return Check("last good config", "ok", f"{good.digest} kept {good.saved} ({good.path})")
+    return Check(
+        "last good config",
+        "warn",
+        f"the site file is unusable, so the gateway runs the last good config {good.digest} "
+        f"kept {good.saved}, not the site file",
+        "fix the site file (see the config check) or push a good one, then restart the service",
+    )
+
+
 def check_serial_ports(config: SiteConfig, user: pwd.struct_passwd | None) -> list[Check]:
     checks: list[Check] = []
     for bus in config.buses:
@@ -279,7 +310,34 @@ def check_gpio(config: SiteConfig, user: pwd.struct_passwd | None, dev: Path) ->
             f"{who} may not open {chips[0]} (group {group})",
             f"add the user to the group: `sudo usermod -aG {group} {who}`, then restart",
         )
-    return Check("gpio", "ok", f"{len(chips)} GPIO chip(s); buzzer on GPIO {pin}")
+    backend = gpio_backend(factory)
+    if backend is None:
+        wanted = factory or " or ".join(AUTO_PIN_FACTORIES)
+        return Check(
+            "gpio",
+            "fail",
+            f"no GPIO backend ({wanted}) can be loaded: the buzzer on GPIO {pin} cannot sound",
+            NO_BACKEND_FIX,
+        )
+    return Check("gpio", "ok", f"{len(chips)} GPIO chip(s), {backend}; buzzer on GPIO {pin}")
+
+
+#: The library each pin factory drives the pins through.
+_BACKEND_LIBRARIES = {"lgpio": "lgpio", "rpigpio": "RPi.GPIO", "pigpio": "pigpio"}
+
+
+def gpio_backend(factory: str | None) -> str | None:
+    """The first backend the gateway would use (``factory``, else lgpio then RPi.GPIO) whose
+    library is installed; None when none is. Only looked up, never opened: the running
+    gateway holds the pins."""
+    for name in (factory,) if factory else AUTO_PIN_FACTORIES:
+        library = _BACKEND_LIBRARIES.get(name)
+        if library is None:
+            return name  # native needs no library
+        with contextlib.suppress(ImportError, ValueError):
+            if importlib.util.find_spec(library) is not None:
+                return name
+    return None
 
 
 def tls_context(certs: Path, uplink: UplinkConfig) -> ssl.SSLContext:
@@ -614,6 +672,11 @@ async def run_checks(
     certs = certs if certs is not None else config_path.parent / "certs"
     config_check, config = check_config(config_path)
     checks = [config_check]
+    checks += _guarded("last good config", lambda: [check_last_good(config_path, config)])
+    if config is None:
+        # What runs instead is what must work: the rest is checked against the last good one.
+        with contextlib.suppress(lastgood.LastGoodUnusable, OSError):
+            config = lastgood.load(config_path, known_models=known_models()).config
     if config is None:
         checks += _guarded("certificates", lambda: check_certs(certs, None, now))
         checks += _guarded("clock", lambda: [check_clock()])

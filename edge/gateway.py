@@ -26,7 +26,7 @@ from drivers import DeviceStatus, Reading
 from drivers.catalog import family_of
 from drivers.modbus import known_models, load_model
 from edge import __version__, command_bounds, contract, reload, timesync
-from edge.annunciator import Annunciator
+from edge.annunciator import NO_BACKEND_FIX, Annunciator
 from edge.buses import (
     FieldDriver,
     build_buses,
@@ -39,6 +39,7 @@ from edge.calls import CallNotifier
 from edge.clock import Clock, SystemClock
 from edge.commands import CommandError, current_command_id, current_key_class
 from edge.config.model import SiteConfig
+from edge.config.storage import storage_of
 from edge.contract import EventKind, event_body, iso_utc, reading_body
 from edge.log import fields, lines_dropped
 from edge.occupancy import Occupancy, priority
@@ -53,6 +54,7 @@ from edge.rules import (
 )
 from edge.rules.tuning import Override
 from edge.sms import SmsNotifier
+from edge.storage_policy import Stored
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink
 
@@ -153,6 +155,11 @@ class Gateway:
         self.restart: reload.RestartRequest | None = None
         #: The command that pushed this gateway's config (set by the runner that started it).
         self.pushed_by: str | None = None
+        #: True while this gateway's pushed config has not proved itself (edge/reload.py).
+        self.confirming = False
+        #: Set when it runs the last good config because the site file is unusable: a push of
+        #: that same config is then not "unchanged", it repairs the file.
+        self.site_unusable = False
         self._stop: asyncio.Event | None = None
         #: The field drivers by service name, kept for storm mode (built by :meth:`run`).
         self.buses: dict[str, FieldDriver] = {}
@@ -169,6 +176,8 @@ class Gateway:
         )
         self.alarms = AlarmBook(rearm_after=config.outputs.rearm_after)
         self.occupancy = Occupancy(config.zones)
+        #: Which polled readings the outbox keeps: storage policies and alarm windows.
+        self.storage = storage_of(config)
         #: Zone state each active alarm last reported, to send an update when it changes.
         self._reported_occupancy: dict[tuple[str, str], str] = {}
         self.state_store = state_store
@@ -229,13 +238,15 @@ class Gateway:
             if transitions:
                 self._sound(transitions)
             self._on_status(sample)
+            if not sample.online:
+                self._keep(self.storage.offline(sample.device_id))
             self._report(transitions)
             return
         self.occupancy.observe(sample)
         transitions = self.rules.evaluate(sample)
         if transitions:
             self._sound(transitions)
-        self._submit("telemetry", reading_body(sample))
+        self._keep(self.storage.offer(sample))
         self._report(transitions)
 
     def _sound(self, transitions: list[Transition]) -> None:
@@ -244,6 +255,7 @@ class Gateway:
         self.annunciator.show(self.alarms.sounding(), self.alarms.worst())
 
     def _report(self, transitions: list[Transition]) -> None:
+        self._keep(self.storage.alarms(transitions))
         for transition in transitions:
             self._on_transition(transition)
         if transitions:
@@ -322,6 +334,11 @@ class Gateway:
         if self.calls is not None:
             self.calls.notify(told)
 
+    def _keep(self, stored: list[Stored]) -> None:
+        """Hand the readings the storage policies kept to the outbox."""
+        for reading, window in stored:
+            self._submit("telemetry", reading_body(reading, window))
+
     def _sms_result(self, kind: EventKind, body: dict[str, Any]) -> None:
         self._submit("event", event_body(kind, self.clock.time(), **body))
 
@@ -338,6 +355,40 @@ class Gateway:
                 location=self._locations.get(status.device_id),
             ),
         )
+
+    def _annunciator_failed(self, why: str) -> None:
+        """A buzzer that cannot sound is an alarm of its own: it goes to the platform, and by
+        SMS where one is set up, while everything else runs on."""
+        outputs = self.config.outputs
+        log.error(
+            "annunciator failed: the buzzer cannot sound",
+            extra=fields(error=why, fix=NO_BACKEND_FIX),
+        )
+        self.report(
+            "annunciator-failed",
+            severity="fire",
+            reason=why,
+            fix=NO_BACKEND_FIX,
+            buzzer_pin=outputs.buzzer.pin,
+            pin_factory=outputs.pin_factory,
+        )
+        if self.sms is not None:
+            self.sms.notify(
+                Transition(
+                    rule_id="annunciator-failed",
+                    kind="raised",
+                    severity="fire",
+                    device_id=self.config.gateway.id,
+                    point="buzzer",
+                    ts=self.clock.time(),
+                    value=None,
+                    threshold=None,
+                    reading=None,
+                    rule_kind="annunciator",
+                    reason="the on-site buzzer cannot sound",
+                    scope="",
+                )
+            )
 
     def report(self, kind: EventKind, **body: Any) -> None:
         """Submit an event of the gateway's own (commands, config changes), timestamped now."""
@@ -434,6 +485,7 @@ class Gateway:
             self.config,
             self.aliases,
             clock_synced=self._clock_synced(),
+            storage=self.storage,
         )
 
     # -- downlink commands (edge/commands.py validates them and answers) ----------------------
@@ -498,8 +550,14 @@ class Gateway:
             "buses": buses,
             "active_alarms": len(self.alarms.alarms),
             "buzzer": "on" if self.annunciator.sounding else "off",
+            "annunciator": "ok" if self.annunciator.failure is None else "failed",
             "storm": None if self.storm is None else self.storm.describe(),
             "threshold_overrides": [o.dump() for o in self.rules.overrides],
+            "storage": {
+                "polled": self.storage.polled,
+                "stored": self.storage.stored,
+                "held_for_alarm_windows": self.storage.ring_size(),
+            },
         }
 
     async def _command_silence(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -747,8 +805,13 @@ class Gateway:
     async def _command_push_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
         if self.config_path is None or self._stop is None:
             raise CommandError("this gateway was not started from a site file; cannot replace it")
-        if self.restart is not None:
-            raise CommandError("a pushed config is already being applied")
+        if self.restart is not None or self.confirming:
+            # One push at a time: a second one would replace files the first still needs to
+            # roll back.
+            raise CommandError(
+                "a pushed config is still being confirmed; push again once config-applied or "
+                "config-rolled-back has been reported"
+            )
         path = Path(self.config_path)
         try:
             # In a thread: checking a large site file takes a while, and the loop judges
@@ -776,7 +839,7 @@ class Gateway:
                 + "; ".join(needs_engineering)
             )
         digest = config_hash(pushed.text.encode())
-        if digest == self.config_digest:
+        if digest == self.config_digest and not self.site_unusable:
             # The platform repeating a push that was applied (its first ack lost in the
             # restart): nothing to do, and no second restart.
             return {"config_hash": digest, "unchanged": True}
@@ -797,7 +860,7 @@ class Gateway:
             "config_hash": digest,
             "previous_hash": self.config_digest,
             "restarting": True,
-            "settle_s": reload.SETTLE_TIME,
+            "confirm_within_s": self.config.uplink.push_confirm_within,
         }
 
     async def _status_service(self) -> None:
@@ -822,6 +885,7 @@ class Gateway:
     def tick(self) -> None:
         """Let time pass for the rules, the re-arm timeouts and the occupancy of alarms."""
         now = self.clock.time()
+        self._keep(self.storage.tick(now))
         transitions = self.rules.tick(now)
         if transitions:
             self._sound(transitions)
@@ -932,6 +996,8 @@ class Gateway:
                 config_hash=self.config_digest,
             ),
         )
+        if self.annunciator.failure is not None:
+            self._annunciator_failed(self.annunciator.failure)
         self.supervisor.start("buffer", self._buffer_service)
         await self._restore_rule_state()
         self.supervisor.start("annunciator", self.annunciator.run)
@@ -968,6 +1034,7 @@ class Gateway:
             self._storm_task.cancel()
             self._storm_task = None
         await self.supervisor.stop(bus_names)
+        self._keep(self.storage.flush())  # the readings a swinging door still held
         await self._save_rule_state(budget=STATE_SAVE_TIMEOUT)
         if self.outbox is not None:
             try:

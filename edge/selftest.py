@@ -47,6 +47,10 @@ def command(args: argparse.Namespace) -> int:
     if config is None:
         return status
     annunciator = Annunciator(config.outputs)
+    if annunciator.failure is not None:
+        # One line an installer reads on a ladder, not a traceback.
+        print(f"selftest: the buzzer cannot sound: {annunciator.failure}", file=sys.stderr)
+        return 1
 
     async def exercise() -> list[str]:
         runner = asyncio.create_task(annunciator.run())

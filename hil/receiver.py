@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import sqlite3
 import ssl
@@ -35,6 +36,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,11 @@ from edge.contract import (
     decode_telemetry,
 )
 from edge.schemas import ContractError, validate_message
+from edge.storage_policy import Policy, reconstruct, wire_ms
 from edge.uplink import parse_broker_url
 from hil import signer
 
-__all__ = ["GatewaySummary", "Receiver", "Summary", "main"]
+__all__ = ["GatewaySummary", "Receiver", "Reconstruction", "Summary", "main"]
 
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -66,6 +69,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS readings (
     gateway_id TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,
     device TEXT, point TEXT, value REAL, unit TEXT, ts TEXT, historical INTEGER NOT NULL,
+    window TEXT,
     PRIMARY KEY (gateway_id, epoch, seq)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -192,6 +196,40 @@ class Summary:
         }
 
 
+@dataclass
+class Reconstruction:
+    """How well the platform's reconstruction matches the readings the gateway polled."""
+
+    checked: int = 0
+    #: Polled readings before the first stored one of their point (nothing to reconstruct).
+    missing: int = 0
+    #: The largest error over the point's band (at most 1.0 is the promise), and where.
+    worst: float = 0.0
+    worst_point: str = ""
+
+
+def _policy_of(described: dict[str, Any]) -> Policy:
+    """The :class:`Policy` a metadata point's ``storage`` describes."""
+    kind = described.get("policy")
+    if kind not in ("all", "on-change", "deadband", "swinging-door"):
+        return Policy()
+    return Policy(
+        kind,
+        band=float(described.get("band") or 0.0),
+        band_percent=float(described.get("band_percent") or 0.0),
+        max_interval=described.get("max_interval_s"),
+        min_interval=float(described.get("min_interval_s") or 0.0),
+    )
+
+
+def _ms_of_iso(ts: str) -> int:
+    moment = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class _UnknownTable(LookupError):
     """Compact telemetry naming an alias table no metadata message has given yet."""
 
@@ -202,6 +240,10 @@ class Receiver:
     def __init__(self, db: Path | str) -> None:
         self._db = sqlite3.connect(str(db))
         self._db.executescript(_SCHEMA_SQL)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(readings)")}
+        if "window" not in columns:  # a file of a receiver from before alarm windows
+            with self._db:
+                self._db.execute("ALTER TABLE readings ADD COLUMN window TEXT")
         self._counts = Summary()
         #: Alias tables by (gateway, aliases_id), from every metadata message kept, so a
         #: restarted receiver still decodes what a gateway sends before its next metadata.
@@ -292,7 +334,7 @@ class Receiver:
                 return "duplicate"
             if kind == "telemetry":
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             gateway,
@@ -304,6 +346,7 @@ class Receiver:
                             r["unit"],
                             r["ts"],
                             int(message["historical"]),
+                            r.get("window"),
                         )
                         for r in rows
                     ],
@@ -400,6 +443,65 @@ class Receiver:
         for gateway, aliases_id in db.execute("SELECT gateway_id, aliases_id FROM metadata"):
             s.gateways.setdefault(gateway, GatewaySummary()).aliases_id = aliases_id
         return s
+
+    def policies(self, gateway: str) -> dict[tuple[str, str], Policy]:
+        """The storage policy of each point, as the gateway's latest metadata says (a point
+        whose metadata names none: every reading is sent)."""
+        row = self._db.execute(
+            "SELECT payload FROM metadata WHERE gateway_id = ?", (gateway,)
+        ).fetchone()
+        if row is None:
+            return {}
+        policies: dict[tuple[str, str], Policy] = {}
+        for device in json.loads(row[0]).get("devices", []):
+            for point in device.get("points", []):
+                described = point.get("storage")
+                if isinstance(described, dict):
+                    policies[(device["id"], point["point"])] = _policy_of(described)
+        return policies
+
+    def reconstruct(
+        self, gateway: str, device: str, point: str, times: Iterable[float]
+    ) -> list[float | None]:
+        """What this platform knows of ``point`` at each of ``times`` (POSIX seconds): the
+        stored reading at that time, else the point's storage policy's reconstruction from
+        the readings it was sent (docs/contract.md); ``None`` before the first one."""
+        policy = self.policies(gateway).get((device, point), Policy())
+        stored = [
+            (_ms_of_iso(ts), value, window)
+            for ts, value, window in self._db.execute(
+                "SELECT ts, value, window FROM readings WHERE gateway_id = ? AND device = ? "
+                "AND point = ? AND ts IS NOT NULL ORDER BY epoch, seq",
+                (gateway, device, point),
+            )
+        ]
+        return reconstruct(stored, [wire_ms(t) for t in times], policy)
+
+    def check_reconstruction(
+        self, gateway: str, polled: Iterable[tuple[str, str, float, float]]
+    ) -> Reconstruction:
+        """Compare the reconstruction with the readings the gateway polled, ``(device, point,
+        ts, value)`` each (a test or a rig records them): how far the worst one is from what
+        this platform reconstructs, as a fraction of the point's band (1.0: at the band)."""
+        by_point: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for device, point, ts, value in polled:
+            by_point.setdefault((device, point), []).append((ts, value))
+        policies = self.policies(gateway)
+        result = Reconstruction()
+        for (device, point), readings in sorted(by_point.items()):
+            policy = policies.get((device, point), Policy())
+            rebuilt = self.reconstruct(gateway, device, point, [ts for ts, _ in readings])
+            for (_, value), guess in zip(readings, rebuilt, strict=True):
+                result.checked += 1
+                if guess is None:
+                    result.missing += 1
+                    continue
+                error = abs(guess - value)
+                band = policy.tolerance(value)
+                ratio = (0.0 if error == 0 else math.inf) if band == 0 else error / band
+                if ratio > result.worst:
+                    result.worst, result.worst_point = ratio, f"{device}/{point}"
+        return result
 
     def _removed_ranges(self, gateway: str, epoch: str) -> list[tuple[int, int]]:
         ranges = []

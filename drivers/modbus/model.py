@@ -104,6 +104,9 @@ class Point:
     bits: tuple[tuple[int, str], ...] = ()
     #: Alarm-critical: read on the bus's fast lane too, when the device has a fast interval.
     critical: bool = False
+    #: The model's default storage policy of the point, as the file writes it (a policy name,
+    #: or (key, value) pairs); the gateway checks and applies it (edge/config/storage.py).
+    storage: str | tuple[tuple[str, Any], ...] | None = field(default=None, compare=False)
     #: Decimal places of ``scale``: decoded values are rounded to them, so 3 x 0.1 reads 0.3.
     decimals: int = field(init=False, repr=False, compare=False)
 
@@ -480,6 +483,7 @@ def parse_model(text: str, source: str = "<model>") -> DeviceModel:
             "typical": fields.get_number("typical", default=0.0),
             "bits": fields.get_bits("bits"),
             "critical": fields.get_bool("critical", default=False),
+            "storage": fields.get_storage("storage"),
         }
         try:
             point = Point(**arguments)
@@ -520,6 +524,7 @@ _POINT_FIELDS: Final = frozenset(
         "typical",
         "bits",
         "critical",
+        "storage",
     }
 )
 
@@ -586,6 +591,14 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self._wrong(key, "a number", value)
         return value
+
+    def get_storage(self, key: str) -> str | tuple[tuple[str, Any], ...] | None:
+        value = self.get(key)
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, dict):
+            raise self._wrong(key, "a policy name or a mapping (policy, band, ...)", value)
+        return tuple((str(k), v) for k, v in value.items() if k != _LINE_KEY)
 
     def get_bits(self, key: str) -> tuple[tuple[int, str], ...]:
         value = self.get(key, default={})

@@ -33,6 +33,7 @@ from drivers.catalog import BUS_FAMILY, GPIO_MODELS, SERIAL_MODELS, family_of
 from drivers.modbus.model import ModelError, load_model
 from edge.config.model import SiteConfig
 from edge.config.rules_check import check_rules
+from edge.config.storage import check_storage, check_storage_of_parts
 from edge.config.warning_checks import ConfigWarning, site_warnings, url_without_login
 
 __all__ = [
@@ -178,6 +179,17 @@ def parse_site_checked(
     for issue in _cross_check(view, builder.positions, filename, known_models):
         if issue.field not in reported:
             issues.append(issue)
+
+    def storage_issue(loc: Loc, message: str) -> None:
+        if _dotted(loc) not in reported:
+            issues.append(
+                ConfigIssue(filename, *_nearest(loc, builder.positions), _dotted(loc), message)
+            )
+
+    if config is not None:
+        check_storage(config, storage_issue)
+    elif isinstance(data, Mapping):
+        check_storage_of_parts(data, storage_issue)
 
     if issues:
         raise ConfigError(issues)

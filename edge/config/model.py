@@ -25,6 +25,7 @@ from pydantic import (
 from drivers.ports import check_port
 from edge.config.duration import Duration, as_written, format_duration
 from edge.config.size import Size
+from edge.config.storage import PointStorage, StorageConfig
 
 #: BCM numbers of the GPIOs on the Raspberry Pi 40-pin header.
 BCM_PINS = range(2, 28)
@@ -187,6 +188,10 @@ class Device(Strict):
         description="GPIO sensors (PIR): BCM GPIO number (2-27).",
     )
     location: Location
+    storage: dict[Identifier, PointStorage] | None = Field(
+        default=None,
+        description="Storage policy per point, over the model's defaults (docs/config.md).",
+    )
 
 
 Severity = Literal["fire", "critical", "major", "minor"]
@@ -888,6 +893,13 @@ class Uplink(Strict):
     health_interval: Duration = Field(
         default=60.0, ge=1, le=86_400.0, description="How often the health message is published."
     )
+    push_confirm_within: Duration = Field(
+        default=60.0,
+        ge=5,
+        le=3600.0,
+        description="A pushed config must reach the platform within this time (its "
+        "config-applied event acknowledged), else the running one is put back.",
+    )
 
     @model_validator(mode="after")
     def _tls_and_login(self) -> Self:
@@ -985,3 +997,4 @@ class SiteConfig(Strict):
     uplink: Uplink
     commands: CommandPolicy = Field(default_factory=CommandPolicy)
     buffer: BufferConfig
+    storage: StorageConfig = Field(default_factory=StorageConfig)

@@ -161,9 +161,14 @@ class Uplink:
         self.health_published = 0
         #: The error that ended the last attempt, for display.
         self.last_error: str | None = None
+        #: Whether this session's own online status came back from the broker: the broker
+        #: both took it and let this gateway read its topics, so the prefix and the broker's
+        #: access rules work (a pushed config is confirmed on it, edge/reload.py).
+        self.heard_back = False
         #: The topics the broker refuses (PUBACK reason codes), and when to log it.
         self.refusals = Refusals()
 
+        self._online_status = b""
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -401,6 +406,7 @@ class Uplink:
             self.last_error = None
             self._build.max_payload = self._payload_limit(client.max_packet_size)
             try:
+                self.heard_back = False
                 if not await self._publish_status(client):
                     self._keep_trying(self._publish_status, client)
                 # Before any telemetry: compact telemetry refers to the table it announces.
@@ -408,6 +414,10 @@ class Uplink:
                     self._keep_trying(self._publish_metadata, client)
                 if self._commands is not None:
                     await client.subscribe(self.commands_topic, qos=1)
+                # The retained status just published comes back only through a broker that
+                # lets this gateway use its topics; a PUBACK alone does not say so (Mosquitto
+                # acknowledges a publish its access rules then drop).
+                await client.subscribe(self.status_topic, qos=1)
                 log.info("uplink: online via %s as %s", broker.display, self._client_id)
                 self._client = client
                 await self._pump(client)
@@ -416,6 +426,7 @@ class Uplink:
                 raise
         finally:
             self._client = None
+            self.heard_back = False
             for task in self._retries:
                 task.cancel()
             if self._retries:
@@ -424,7 +435,9 @@ class Uplink:
                 await client.__aexit__(None, None, None)
 
     async def _publish_status(self, client: aiomqtt.Client) -> bool:
-        return await self._publish(self.status_topic, client, self._status("online"), retain=True)
+        online = self._status("online")
+        self._online_status = online  # what the echo must bring back (heard_back)
+        return await self._publish(self.status_topic, client, online, retain=True)
 
     def _keep_trying(
         self,
@@ -638,13 +651,17 @@ class Uplink:
     async def _watch(self, client: aiomqtt.Client) -> None:
         """Answer commands; raise :class:`aiomqtt.MqttError` as soon as the connection is lost.
 
-        The only subscription is the commands topic (when commands are on); aiomqtt ends the
+        The subscriptions are the commands topic (when commands are on) and the gateway's own
+        status topic (whose echo sets :attr:`heard_back`); aiomqtt ends the
         iteration with an error when the client disconnects. Without this, a publish waiting
         for its PUBACK on a dead connection would wait for the operation timeout, and an idle
         uplink would not notice the loss until it had something to send.
         """
         try:
             async for message in client.messages:
+                if message.topic.matches(self.status_topic):
+                    self.heard_back = self.heard_back or message.payload == self._online_status
+                    continue
                 if self._commands is None or not message.topic.matches(self.commands_topic):
                     continue
                 payload = message.payload

@@ -40,7 +40,18 @@ from typing import Any, Final
 
 import psutil
 
-from tests.benchmarks import buffer, commands, drivers, e2e, log_stall, refusal, rules, uplink, wire
+from tests.benchmarks import (
+    buffer,
+    commands,
+    drivers,
+    e2e,
+    log_stall,
+    refusal,
+    rules,
+    storage,
+    uplink,
+    wire,
+)
 from tests.benchmarks import calls as alarm_calls
 from tests.fixtures.broker import mosquitto_binary
 
@@ -117,6 +128,7 @@ SUITES: Final = (
     Suite("commands", commands, needs=[MOSQUITTO]),
     Suite("logs", log_stall),
     Suite("refusal", refusal, needs=[MOSQUITTO]),
+    Suite("storage", storage),
     Suite("calls", alarm_calls),
 )
 

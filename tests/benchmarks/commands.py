@@ -3,11 +3,15 @@
 ``push_ack_ms``: from publishing a push-config (the demo site with one device renamed) to its
 ack on the platform's subscription: the site is checked as ``edge check-config`` does and the
 file written (fsync, rename). ``push_applied_s``: to the ``config-applied`` event: the old
-gateway shuts down in order, the new one starts, restores the rule state, and runs the settle
-time (3 s) without a crash. ``push_buzzer_gap_ms``: an alarm (severity fire: the buzzer is
-steady on) is sounding through the push; the longest time its pin was off between the push and
-``config-applied``, from gpiozero's MockPin history. Medians over ``trials`` pushes, each
-renaming the device back and forth; the broker is Mosquitto (or the embedded one).
+gateway shuts down in order, the new one starts, restores the rule state, runs the settle
+time (3 s) without a crash and reaches the platform (its own status echoed back by the broker),
+then sends the event. ``push_confirm_s``: to the push being confirmed: ``config-applied`` got
+its PUBACK and the push marker is gone (the file is the one to keep, and kept as the last good
+config); a second push is taken only from then on. ``push_buzzer_gap_ms``: an alarm (severity
+fire: the buzzer is steady on) is sounding through the push; the longest time its pin was off
+between the push and ``config-applied``, from gpiozero's MockPin history. Medians over
+``trials`` pushes, each renaming the device back and forth; the broker is Mosquitto (or the
+embedded one).
 
 ``command_verify_us``: what checking a command's signature costs the gateway, per command:
 the canonical form of a ``set-threshold`` and its Ed25519 verification (edge/signing.py's
@@ -40,7 +44,7 @@ from drivers.modbus import known_models
 from edge.config import load_site
 from edge.contract import decode_payload, iso_utc
 from edge.gateway import config_hash
-from edge.reload import SiteRunner
+from edge.reload import SiteRunner, reached_platform
 from edge.signing import verify
 from hil.broker import LocalBroker
 from hil.simulator import Simulator
@@ -73,6 +77,10 @@ async def _until(condition: Callable[[], bool], seconds: float, what: str) -> No
 
 def _has(seen: dict[str, float], key: str) -> Callable[[], bool]:
     return lambda: key in seen
+
+
+def _confirmed(runner: SiteRunner, count: int) -> Callable[[], bool]:
+    return lambda: runner.applied >= count
 
 
 async def _push(client: aiomqtt.Client, prefix: str, site: dict[str, Any], cid: str) -> None:
@@ -161,14 +169,21 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
                                 applied[body["command_id"]] = time.monotonic()
 
                     listener = asyncio.create_task(listen())
+                    # Subscribed to its commands (its status echoed back): a push sent sooner
+                    # would reach no subscriber and be lost.
                     await _until(
-                        lambda: runner.gateway is not None and runner.gateway.uplink is not None,
-                        15,
-                        "gateway",
+                        lambda: runner.gateway is not None and reached_platform(runner.gateway),
+                        30,
+                        "gateway online",
                     )
                     sim.set("tcp", 1, "residual_current", 350.0)
                     await _until(lambda: pins.pin(BUZZER).state is True, 10, "buzzer")
-                    figures: dict[str, list[float]] = {"ack": [], "applied": [], "gap": []}
+                    figures: dict[str, list[float]] = {
+                        "ack": [],
+                        "applied": [],
+                        "confirm": [],
+                        "gap": [],
+                    }
                     for trial in range(trials):
                         pushed = copy.deepcopy(site)
                         if trial % 2 == 0:
@@ -177,7 +192,11 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
                         since = len(pins.pin(BUZZER).states) - 1
                         sent = time.monotonic()
                         await _push(client, prefix, pushed, cid)
-                        await _until(_has(applied, cid), 30, f"config-applied {trial}")
+                        await _until(_has(applied, cid), 90, f"config-applied {trial}")
+                        # Confirmed: the runner saw config-applied's PUBACK and dropped the
+                        # push marker; only then does it take the next push.
+                        await _until(_confirmed(runner, trial + 1), 30, f"confirmed {trial}")
+                        figures["confirm"].append(time.monotonic() - sent)
                         figures["ack"].append((acks[cid] - sent) * 1000)
                         figures["applied"].append(applied[cid] - sent)
                         figures["gap"].append(
@@ -192,6 +211,7 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
     return {
         "push_ack_ms": round(statistics.median(figures["ack"]), 1),
         "push_applied_s": round(statistics.median(figures["applied"]), 2),
+        "push_confirm_s": round(statistics.median(figures["confirm"]), 2),
         "push_buzzer_gap_ms": round(statistics.median(figures["gap"]), 1),
         "push_buzzer_gap_ms_max": round(max(figures["gap"]), 1),
     }
@@ -200,6 +220,7 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
 KEYS = (
     "push_ack_ms",
     "push_applied_s",
+    "push_confirm_s",
     "push_buzzer_gap_ms",
     "push_buzzer_gap_ms_max",
     "command_verify_us",

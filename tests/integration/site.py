@@ -32,6 +32,9 @@ def site_dict(
     site["uplink"]["batch_interval"] = "200ms"
     site["uplink"]["reconnect_max"] = "1s"
     site["buffer"]["path"] = str(tmp_path / "outbox.sqlite")
+    # These tests follow readings (seqs, values, backlogs): every reading is stored. What the
+    # example site's storage policies keep is tested in test_storage_site.py.
+    site["storage"] = {**site.get("storage", {}), "policy": "all"}
     site["commands"] = {"keys": str(install(tmp_path / "command-keys"))}
     return site
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 import subprocess
@@ -83,21 +84,30 @@ def test_check_config_accepts_the_example_site() -> None:
     assert "gw-demo-0001" in result.stdout
 
 
-def test_run_with_bad_config_starts_nothing(tmp_path: Path) -> None:
+async def test_run_with_bad_config_starts_no_bus_and_names_the_mistake(tmp_path: Path) -> None:
     site = site_dict(tmp_path, broker_url="mqtt://127.0.0.1:1", tcp_port=1, rtu_link="x")
     site["devices"][0]["bus"] = "no-such-bus"
     config = write_site(tmp_path, site)
-    result = subprocess.run(
-        [*EDGE, "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    process = await asyncio.create_subprocess_exec(
+        *EDGE,
+        "run",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
     )
-    assert result.returncode == 1
-    assert f"{config}:" in result.stderr
-    assert "no-such-bus" in result.stderr
-    assert not (tmp_path / "outbox.sqlite").exists(), "nothing may start on a bad config"
+    assert process.stderr is not None
+    try:
+        # Not half a gateway: fault mode (no bus, no rule), which says what is wrong.
+        lines = await read_until(process.stderr, "no usable config: fault mode", 30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest = (await asyncio.wait_for(process.stderr.read(), 10)).decode()
+        assert await process.wait() == 0, rest
+    text = "".join(lines) + rest
+    assert f"{config}:" in text
+    assert "no-such-bus" in text
+    assert "gateway starting" not in text
 
 
 async def test_run_logs_the_site_files_warnings_as_logfmt(tmp_path: Path) -> None:

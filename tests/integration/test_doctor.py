@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from buffer import Outbox
-from edge import contract
+from edge import contract, lastgood
 from edge.doctor import Check, run_checks
 from tests.fixtures.broker import Mosquitto, MosquittoFactory
 from tests.fixtures.certs import write_certificate, write_key
@@ -315,3 +315,37 @@ async def test_certificate_summary_names_the_folders_files_or_the_system_authori
         f"{certs / 'client.key'} (from {certs})"
     )
     assert checks["certificate client.key"].detail == "matches client.pem"
+
+
+async def test_an_unusable_site_file_says_what_runs_instead(
+    tmp_path: Path, secured_broker: Mosquitto, tty: Path
+) -> None:
+    config = write_site(tmp_path, secured_broker, tty, username=USER, password=PASSWORD)
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+    assert checks["last good config"].level == "ok"
+    assert "does not exist" in checks["last good config"].detail
+    digest = lastgood.save(config, config.read_bytes())
+    good = config.read_text()
+    config.write_text(good.replace("modbus-rtu", "modbus-x"))
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+    assert checks["config"].level == "fail"
+    fallback = checks["last good config"]
+    assert fallback.level == "warn"
+    assert f"runs the last good config {digest}" in fallback.detail
+    # The rest is checked on what runs: the last good config's broker and serial port.
+    assert checks[f"broker mqtt://127.0.0.1:{secured_broker.port}"].level == "ok"
+    assert checks["serial rs485-1"].level == "ok"
+
+    kept = lastgood.path_for(config)
+    kept.write_text(kept.read_text().replace(USER, "gw-somebody-else"))
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+    fault = checks["last good config"]
+    assert fault.level == "fail"
+    assert "does not match its hash" in fault.detail
+    assert "FAULT MODE" in fault.detail
+    assert fault.fix
+
+    config.write_text(good)
+    checks = by_name(await run_checks(config, user=None, seconds=3))
+    assert checks["last good config"].level == "warn", "a damaged copy is worth a look"
+    assert checks["config"].level != "fail"  # usable (warnings about MQTT 3.1.1 aside)

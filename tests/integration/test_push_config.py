@@ -17,13 +17,20 @@ import yaml
 from gpiozero.pins.mock import MockFactory
 
 from drivers.modbus import known_models
-from edge import contract
+from edge import contract, lastgood
 from edge.commands import MAX_COMMAND_BYTES
 from edge.config import load_site
 from edge.gateway import config_hash
 from edge.reload import SiteRunner
 from edge.schemas import validate_message
-from tests.fixtures.broker import Collector, Mosquitto
+from tests.fixtures.broker import (
+    Collector,
+    Mosquitto,
+    MosquittoFactory,
+    TlsListener,
+    free_port,
+)
+from tests.fixtures.certs import Authority
 from tests.integration.site import simulated_site, site_for, write_site
 from tests.integration.test_commands import ack_for, command, send, until
 
@@ -39,7 +46,7 @@ def events(platform: Collector, kind: str) -> list[dict[str, Any]]:
 
 @asynccontextmanager
 async def running(
-    path: Path, pins: Any, platform: Collector
+    path: Path, pins: Any, platform: Collector, *, settle: float = 1.5
 ) -> AsyncIterator[tuple[SiteRunner, asyncio.Event]]:
     digest = config_hash(await asyncio.to_thread(path.read_bytes))
     runner = SiteRunner(
@@ -47,7 +54,7 @@ async def running(
         await asyncio.to_thread(load_site, path, known_models=known_models()),
         digest,
         pin_factory=pins,
-        settle=1.5,
+        settle=settle,
         known_models=known_models(),
     )
     stop = asyncio.Event()
@@ -114,7 +121,13 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
             await send(mosquitto, command("g-1", "get-status", {}))
             assert (await ack_for(platform, "g-1"))["data"]["config_hash"] == new_hash
             assert path.with_name("site.yaml.previous").read_bytes() == original
-            assert not path.with_name("site.yaml.pending").exists()  # it settled
+            # Confirmed on the event's PUBACK, which the platform may see a moment earlier.
+            pending = path.with_name("site.yaml.pending")
+            await until(lambda: not pending.exists(), 10, "the push confirmed")
+            assert runner.applied == 1
+            kept = json.loads(path.with_name("site.yaml.last-good").read_bytes())
+            assert kept["config_hash"] == new_hash
+            assert kept["site_yaml"].encode() == path.read_bytes()
             assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
 
             # The platform repeating the push (its ack lost): no second restart.
@@ -291,3 +304,182 @@ async def test_a_stop_before_the_pushed_config_proved_itself_puts_the_old_file_b
         assert path.read_bytes() == original
         assert runner.applied == 0
         assert events(platform, "config-applied") == []
+
+
+#: Renaming a device that a guarded rule judges is the engineering key's to push.
+ENGINEERING = "engineering"
+
+
+def push(cid: str, site: dict[str, Any]) -> bytes:
+    return command(cid, "push-config", {"site": site}, key=ENGINEERING)
+
+
+def acl_broker(factory: MosquittoFactory, tmp_path: Path) -> Mosquitto:
+    """A broker that lets clients use the district's topics only, as a platform's broker
+    confines each gateway: a wrong topic prefix is dropped, not delivered."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite district/v1/#\n")
+    return factory(extra_config=[f"acl_file {acl}"])
+
+
+async def test_a_push_that_cannot_reach_the_platform_is_rolled_back_and_says_why(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory
+) -> None:
+    broker = acl_broker(mosquitto_factory, tmp_path)
+    guarded = mosquitto_factory(users={"gw-demo-0001": "right-password"})
+    authority = Authority(tmp_path / "pki")
+    cert, key = authority.issue("server", "broker.test", ip="127.0.0.1")
+    tls = mosquitto_factory(tls=TlsListener(authority.cert_path, cert, key))
+    stranger = Authority(tmp_path / "stranger", name="Somebody Else's CA")
+    async with simulated_site(tmp_path, broker) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=broker.url)
+        site["uplink"]["push_confirm_within"] = "6s"
+        path = write_site(tmp_path, site)
+        original = path.read_bytes()
+        old_hash = config_hash(original)
+        unreachable = f"mqtt://127.0.0.1:{free_port()}"
+        cases: dict[str, tuple[dict[str, Any], str]] = {
+            "broker": ({"brokers": [unreachable]}, f"via {unreachable}: "),
+            "password": (
+                {"brokers": [guarded.url], "username": "gw-demo-0001", "password": "wrong"},
+                f"did not reach the platform within 6 s via {guarded.url}: [code:135] Not auth",
+            ),
+            "ca": (
+                {"brokers": [tls.url], "ca_file": str(stranger.cert_path)},
+                f"via {tls.url}: [SSL: CERTIFICATE_VERIFY_FAILED]",
+            ),
+            # MQTT 5: the broker refuses the messages (PUBACK reason code).
+            "prefix": ({"topic_prefix": "distirct/v1"}, "refuses messages on distirct/v1/"),
+            # MQTT 3.1.1: the broker acknowledges and drops them; only the echo can tell.
+            "prefix-3.1.1": (
+                {"topic_prefix": "distirct/v1", "protocol": "3.1.1"},
+                "its own status never came back within 6 s: the broker does not let it use "
+                "topic prefix 'distirct/v1'",
+            ),
+        }
+        async with running(path, MockFactory(), platform) as (runner, _):
+            for number, (cid, (changes, words)) in enumerate(cases.items(), start=1):
+                pushed = copy.deepcopy(site)
+                pushed["uplink"].update(changes)
+                # The uplink's identity changes: the engineering key's to push.
+                params = {"site": pushed}
+                await send(broker, command(cid, "push-config", params, key="engineering"))
+                ack = await ack_for(platform, cid)
+                assert ack["result"] == "ok", ack
+                assert ack["data"]["confirm_within_s"] == 6.0
+
+                def rolled_back(c: Collector, n: int = number) -> bool:
+                    return len(events(c, "config-rolled-back")) == n
+
+                # Sent by the previous config, once it is back online.
+                await platform.wait_for(rolled_back, 30)
+                back = events(platform, "config-rolled-back")[-1]
+                assert back["command_id"] == cid
+                assert back["config_hash"] == old_hash
+                assert back["rejected_hash"] == ack["data"]["config_hash"]
+                assert words in back["reason"], (cid, back["reason"])
+                assert path.read_bytes() == original
+                assert not path.with_name("site.yaml.pending").exists()
+                await until(lambda: runner.gateway is not None, 10, "the old config running")
+            assert runner.rolled_back == len(cases)
+            assert runner.applied == 0
+            # No config-applied of a push that was never confirmed reached the platform, nor
+            # went out later with the previous config.
+            assert events(platform, "config-applied") == []
+            await send(broker, command("g-1", "get-status", {}))
+            assert (await ack_for(platform, "g-1"))["data"]["config_hash"] == old_hash
+
+
+async def test_a_second_push_while_the_first_is_being_confirmed_is_refused(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        path = write_site(tmp_path, site)
+        # A settle time long enough to push again while the new gateway is online but not
+        # yet confirmed.
+        async with running(path, MockFactory(), platform, settle=8) as (runner, _):
+            first = copy.deepcopy(site)
+            first["devices"][1]["id"] = "efm-kitchen-102"
+            second = copy.deepcopy(site)
+            second["devices"][1]["id"] = "efm-kitchen-103"
+            await send(
+                mosquitto, command("push-a", "push-config", {"site": first}, key=ENGINEERING)
+            )
+            # The gateway being replaced refuses too, from the write until it stops.
+            await send(
+                mosquitto, command("push-b", "push-config", {"site": second}, key=ENGINEERING)
+            )
+            first_ack = await ack_for(platform, "push-a")
+            assert first_ack["result"] == "ok", first_ack
+            new_hash = first_ack["data"]["config_hash"]
+            refused = await ack_for(platform, "push-b")
+            assert refused["result"] == "error"
+            assert "still being confirmed" in refused["error"]
+
+            def new_gateway_online(c: Collector) -> bool:
+                return any(
+                    s["state"] == "online" and s["config_hash"] == new_hash for s in c.on("/status")
+                )
+
+            await platform.wait_for(new_gateway_online, 20)
+            assert runner.gateway is not None
+            assert runner.gateway.confirming
+            await send(
+                mosquitto, command("push-c", "push-config", {"site": second}, key=ENGINEERING)
+            )
+            refused = await ack_for(platform, "push-c")
+            assert refused["result"] == "error", refused
+            assert "still being confirmed" in refused["error"]
+            await platform.wait_for(lambda c: len(events(c, "config-applied")) == 1, 30)
+            assert events(platform, "config-applied")[0]["command_id"] == "push-a"
+            pending = path.with_name("site.yaml.pending")
+            await until(lambda: not pending.exists(), 10, "the push confirmed")
+            assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
+            # Once confirmed, the next push is taken.
+            await send(
+                mosquitto, command("push-d", "push-config", {"site": second}, key=ENGINEERING)
+            )
+            assert (await ack_for(platform, "push-d"))["result"] == "ok"
+
+
+async def test_a_push_repairs_an_unusable_site_file_even_with_the_config_already_running(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
+        path = write_site(tmp_path, site)
+        good = path.read_text()
+        good_hash = lastgood.save(path, path.read_bytes())
+        path.write_text("gateway: [\n")  # what edge run found at start
+        runner = SiteRunner(
+            path,
+            lastgood.load(path, known_models=known_models()).config,
+            good_hash,
+            pin_factory=MockFactory(),
+            settle=1.5,
+            known_models=known_models(),
+            site_problems=["site.yaml:2:1: YAML syntax error"],
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            await platform.wait_for(lambda c: len(events(c, "config-invalid")) == 1, 20)
+            invalid = events(platform, "config-invalid")[0]
+            assert invalid["running"] == "last-good"
+            assert invalid["config_hash"] == good_hash
+            # The platform pushes the very config that runs: not "unchanged", the file is
+            # written, proved and kept.
+            await send(mosquitto, command("fix-1", "push-config", {"site_yaml": good}))
+            ack = await ack_for(platform, "fix-1")
+            assert ack["result"] == "ok", ack
+            assert ack["data"]["restarting"] is True
+            await platform.wait_for(lambda c: len(events(c, "config-applied")) == 1, 30)
+            await until(lambda: runner.applied == 1, 10, "the push confirmed")
+            assert path.read_text() == good
+            assert not runner.from_last_good
+            await send(mosquitto, command("fix-2", "push-config", {"site_yaml": good}))
+            assert (await ack_for(platform, "fix-2"))["data"]["unchanged"] is True
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from buffer import Outbox
@@ -77,17 +76,15 @@ def test_pin_factory_from_environment_when_config_names_none(
 ) -> None:
     """No ``outputs.pin_factory``: gpiozero's GPIOZERO_PIN_FACTORY decides."""
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    previous = Device.pin_factory
-    Device.pin_factory = None  # make gpiozero read the environment again
+    outputs = site(tmp_path).outputs.model_copy(update={"pin_factory": None})
+    annunciator = Annunciator(outputs)
     try:
-        outputs = site(tmp_path).outputs.model_copy(update={"pin_factory": None})
-        annunciator = Annunciator(outputs)
-        assert isinstance(Device.pin_factory, MockFactory)
-        annunciator.close()
+        assert annunciator.failure is None
+        assert isinstance(annunciator.pin_factory, MockFactory)
+        annunciator.show("fire", "fire")
+        assert annunciator.pin_factory.pin(outputs.buzzer.pin).state
     finally:
-        if Device.pin_factory is not None:
-            Device.pin_factory.close()
-        Device.pin_factory = previous
+        annunciator.close()
 
 
 class PinsAtLogTime(logging.Handler):

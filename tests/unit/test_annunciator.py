@@ -169,7 +169,6 @@ def test_active_low_buzzer_drives_pin_low(factory: MockFactory) -> None:
 
 def test_pin_factory_by_name() -> None:
     assert isinstance(make_pin_factory("mock"), MockFactory)
-    assert make_pin_factory(None) is None
 
 
 def test_the_led_is_logged_once_per_change_right_after_its_pin(

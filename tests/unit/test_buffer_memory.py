@@ -191,6 +191,7 @@ async def test_before_the_outbox_opens_readings_are_shed_and_reported_events_kep
     monkeypatch.setattr(gateway_module, "PENDING_LIMIT", 50)
     data = yaml.safe_load(EXAMPLE.read_text())
     data["buffer"]["path"] = str(tmp_path / "outbox.sqlite")
+    data["storage"] = {"policy": "all"}  # every reading goes to the outbox, as before policies
     gateway = Gateway(SiteConfig.model_validate(data), pin_factory=MockFactory())
     try:
         for n in range(120):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import os
 from pathlib import Path
@@ -17,14 +16,12 @@ from edge.config.model import SiteConfig
 from edge.gateway import config_hash
 from edge.reload import (
     PushRejected,
-    _settle,
     check_pushed,
     recover_unsettled,
     restore_previous,
     settled,
     write_site,
 )
-from edge.supervisor import Supervisor
 from tests.integration.site import site_dict
 
 
@@ -103,43 +100,11 @@ def test_a_write_that_fails_leaves_the_site_file_as_it_was(
     def disk_error(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("edge.reload.os.fsync", disk_error)
+    monkeypatch.setattr("edge.atomic.os.fsync", disk_error)
     with pytest.raises(OSError, match="Input/output"):
         write_site(path, "new: 2\n")
     assert path.read_text() == "old: 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site.yaml"]  # no temporary left
-
-
-class _Starting:
-    """A gateway as far as the settle watch sees it: its supervisor and its run task."""
-
-    def __init__(self, crash: bool) -> None:
-        self.supervisor = Supervisor(restart_initial=0.01, restart_max=0.01)
-        self.crash = crash
-
-    async def run(self) -> None:
-        async def service() -> None:
-            if self.crash:
-                raise OSError("cannot open the outbox")
-            await asyncio.Event().wait()
-
-        self.supervisor.start("buffer", service)
-        await asyncio.Event().wait()
-
-
-@pytest.mark.parametrize("crash", [True, False])
-async def test_a_service_that_crashes_while_settling_fails_the_start(crash: bool) -> None:
-    gateway = _Starting(crash)
-    task = asyncio.create_task(gateway.run())
-    try:
-        failure = await _settle(gateway, task, 0.5)  # type: ignore[arg-type]
-    finally:
-        task.cancel()
-        await gateway.supervisor.stop()
-    if crash:
-        assert failure == "service buffer crashed within 0.5 s of starting"
-    else:
-        assert failure is None
 
 
 def test_a_push_that_never_settled_is_undone_at_the_next_start(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def platform(path: Path, readings: list[int], dropped: tuple[int, int] | None = 
     with sqlite3.connect(path) as db:
         db.execute("INSERT INTO messages VALUES ('m-1', 'gw', 'telemetry', 'e-1', 't', 0, '{}')")
         db.executemany(
-            "INSERT INTO readings VALUES ('gw', 'e-1', ?, 'd', 'p', 1, '', '', 0)",
+            "INSERT INTO readings (gateway_id, epoch, seq, device, point, value, unit, ts,"
+            " historical) VALUES ('gw', 'e-1', ?, 'd', 'p', 1, '', '', 0)",
             [(s,) for s in readings],
         )
         if dropped is not None:

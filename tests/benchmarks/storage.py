@@ -1,0 +1,375 @@
+"""What the storage policies keep of a site's readings, and what that costs the card and the
+link (``python -m tests.benchmarks --only storage``).
+
+The traces (tests/fixtures/traces.py) are what electrical fire monitors show over a day: slow
+drifts (humidity, load), sensor noise, steps as loads switch, polls about every second with
+jitter and now and then a late poll or a short outage. Alarms are injected as a leakage fault:
+the residual current jumps by 230 mA for a minute (raised, then cleared: both open a window).
+
+- ``stored_readings_ratio_default``: readings stored / readings polled, the demo site
+  (config/example-site.yaml: three efm-ref monitors at 1 s, the model defaults, alarm window
+  60 s / 120 s) over a simulated day with four alarms.
+- ``reconstruction_max_error_over_band``: over every polled reading of that day, the largest
+  distance to what a platform reconstructs from the stored readings and the metadata's policy
+  (edge.storage_policy.reconstruct, in the wire's milliseconds), over the point's band. The
+  promise is at most 1.0.
+- ``alarm_window_readings``: readings of the first alarm's device stored with a time from
+  ``pre`` before to ``post`` after the alarm; ``alarm_window_polled_readings`` is how many
+  were polled in that window (the promise: the two are equal).
+- ``link_mb_per_month_demo_site``: MQTT PUBLISH bytes of the demo site's telemetry (compact
+  form, not deflated, as the example site sends), batched as the live uplink batches (what
+  was stored within each 1 s ``batch_interval``, at most ``batch_size`` a message), over the
+  simulated day, times 30. Telemetry only: status, metadata, health and events come on top,
+  and so do TCP/IP and TLS. ``link_mb_per_month_demo_site_all`` is the same with every reading;
+  ``link_mb_per_month_demo_site_batch_60s_deflate`` the policies' readings with
+  ``uplink.batch_interval: 60s`` and ``uplink.compression: deflate``.
+- ``link_mb_per_month_reference_site``: the same for the reference site of the wire benchmark
+  (50 monitors x 20 points at 1 s; efm-ref's 14 points with their model defaults and 6
+  metering points with the policies below), deflated as a metered link would send it, over a
+  simulated hour times 720; ``link_mb_per_month_reference_site_batch_60s`` with
+  ``uplink.batch_interval: 60s``.
+- ``card_mb_per_day_reference_site``: ``write_bytes`` of ``/proc/self/io`` while a real outbox
+  (WAL, ``synchronous = FULL``) takes what the policies stored in minutes 10 to 20 of the
+  reference site (past the first poll, which stores every point once a start), each commit
+  holding what one 50 ms commit window of the live gateway would hold, times 144.
+  ``card_mb_per_day_reference_site_all`` is the same for every reading (one simulated minute,
+  times 1440); ``card_mb_per_day_reference_site_commit_1s`` the policies' readings with
+  ``buffer.commit_interval: 1s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import tempfile
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from buffer import Outbox
+from drivers.types import Reading
+from edge import contract
+from edge.config import load_site
+from edge.config.storage import PointStorage, storage_of
+from edge.storage_policy import Policy, Storage, Stored, reconstruct, wire_ms
+from tests.benchmarks.buffer import write_bytes
+from tests.benchmarks.wire import publish_size
+from tests.fixtures.traces import EFM_SHAPES, T0, Shape, device_readings
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "config" / "example-site.yaml"
+GATEWAY = "gw-bench-0001"
+EPOCH = "0b6c1f7e-3c1a-4d55-9a59-2f4f1c8e7d10"
+TOPIC_LEN = len(contract.telemetry_topic("district/v1", GATEWAY).encode())
+#: The live uplink's defaults (edge/config/model.py Uplink): batch_interval 1 s, batch_size 100.
+BATCH_INTERVAL, BATCH_SIZE = 1.0, 100
+#: The outbox's default commit window (buffer.commit_interval).
+COMMIT_WINDOW = 0.05
+#: A leakage fault: the residual current rises by this much for this long.
+FAULT_MA, FAULT_S = 230.0, 60.0
+
+#: The reference site's 6 metering points beyond efm-ref's 14, and the policies an engineer
+#: would give them: power within 50 W or 2 %, the power factor within 0.02, the frequency within
+#: 0.1 Hz (a fifth of GB/T 15945's 0.2 Hz), the neutral current like the phases.
+METERING: dict[str, tuple[Shape, Policy]] = {
+    **{
+        f"power_{p}": (
+            Shape(0.7, 0.35, 0.01, 0.001, steps_per_day=24, step=0.45, unit="kW"),
+            Policy("swinging-door", 0.05, 2.0, 900.0),
+        )
+        for p in "abc"
+    },
+    "power_factor": (Shape(0.93, 0.03, 0.003, 0.01), Policy("deadband", 0.02, 0.0, 900.0)),
+    "frequency": (Shape(50.0, 0.05, 0.01, 0.01, unit="Hz"), Policy("deadband", 0.1, 0.0, 900.0)),
+    "current_n": (Shape(0.4, 0.2, 0.02, 0.01, unit="A"), Policy("swinging-door", 0.1, 2.0, 900.0)),
+}
+
+
+@dataclass
+class Run:
+    """What one simulated stretch of a site gave."""
+
+    polled: int = 0
+    #: Every stored reading, with the time it was stored at (the poll or alarm that stored it).
+    stored: list[tuple[float, Stored]] = field(default_factory=list)
+    #: Per (device, point): the polled times (ms) and values, for the reconstruction.
+    times: dict[tuple[str, str], array[int]] = field(default_factory=dict)
+    values: dict[tuple[str, str], array[float]] = field(default_factory=dict)
+    alarms: list[tuple[str, float]] = field(default_factory=list)
+
+
+def _with_fault(readings: Iterable[Reading], start: float | None) -> Iterator[Reading]:
+    for r in readings:
+        if start is not None and r.point == "residual_current" and start <= r.ts < start + FAULT_S:
+            yield Reading(r.device_id, r.point, r.value + FAULT_MA, r.unit, r.ts, r.mono)
+        else:
+            yield r
+
+
+def simulate(
+    storage: Storage,
+    devices: list[str],
+    shapes: dict[str, Shape],
+    seconds: float,
+    faults: dict[str, float],
+    *,
+    keep_polled: bool = True,
+) -> Run:
+    """Every device polled every second for ``seconds``, through ``storage``; ``faults`` gives
+    the time (seconds from the start) of each device's leakage fault."""
+    run = Run()
+    streams = [
+        _with_fault(
+            device_readings(device, seconds, 1.0, seed, shapes),
+            None if device not in faults else T0 + faults[device],
+        )
+        for seed, device in enumerate(devices)
+    ]
+    raised: dict[str, bool] = {}
+    for reading in heapq.merge(*streams, key=lambda r: r.ts):
+        run.polled += 1
+        ts = reading.ts
+        for stored in storage.offer(reading):
+            run.stored.append((ts, stored))
+        if keep_polled:
+            key = (reading.device_id, reading.point)
+            if key not in run.times:
+                run.times[key], run.values[key] = array("q"), array("d")
+            run.times[key].append(wire_ms(ts))
+            run.values[key].append(reading.value)
+        fault = faults.get(reading.device_id)
+        if fault is None or reading.point != "residual_current":
+            continue
+        # The over-limit rule of the example site: raised at the jump, cleared when it ends.
+        active = T0 + fault <= ts < T0 + fault + FAULT_S
+        if active != raised.get(reading.device_id, False):
+            raised[reading.device_id] = active
+            if active:
+                run.alarms.append((reading.device_id, ts))
+            for stored in storage.alarm(reading.device_id, ts):
+                run.stored.append((ts, stored))
+    end = T0 + seconds
+    run.stored += [(end, stored) for stored in storage.flush()]
+    return run
+
+
+def worst_over_band(run: Run, storage: Storage) -> float:
+    """The largest reconstruction error over the band, every polled reading of ``run``."""
+    by_point: dict[tuple[str, str], list[tuple[int, float, Any]]] = {}
+    for _, stored in run.stored:
+        r = stored.reading
+        by_point.setdefault((r.device_id, r.point), []).append(
+            (wire_ms(r.ts), r.value, stored.window)
+        )
+    worst = 0.0
+    for key, times in run.times.items():
+        policy = storage.policies.get(key, storage.default)
+        rebuilt = reconstruct(by_point.get(key, []), times, policy)
+        for value, guess in zip(run.values[key], rebuilt, strict=True):
+            if guess is None:
+                return math.inf
+            band = policy.tolerance(value)
+            error = abs(guess - value)
+            ratio = (0.0 if error == 0 else math.inf) if band == 0 else error / band
+            worst = max(worst, ratio)
+    return worst
+
+
+def window_counts(run: Run, pre: float, post: float) -> tuple[int, int]:
+    """(stored, polled) readings of the first alarm's device within its window."""
+    device, at = run.alarms[0]
+    low, high = wire_ms(at - pre), wire_ms(at + post)
+    stored = {
+        (s.reading.point, wire_ms(s.reading.ts))
+        for _, s in run.stored
+        if s.reading.device_id == device and low <= wire_ms(s.reading.ts) <= high
+    }
+    polled = sum(
+        1 for (d, _), times in run.times.items() if d == device for ms in times if low <= ms <= high
+    )
+    return len(stored), polled
+
+
+def link_bytes(
+    stored: list[tuple[float, Stored]],
+    aliases: contract.Aliases,
+    *,
+    deflate: bool,
+    batch_interval: float = BATCH_INTERVAL,
+) -> int:
+    """PUBLISH bytes of the telemetry messages the live uplink would send for ``stored``."""
+    total, seq = 0, 1
+    windows = itertools.groupby(stored, key=lambda item: math.floor(item[0] / batch_interval))
+    for _, group in windows:
+        rows = []
+        for _, s in group:
+            rows.append(_Row(seq, contract.reading_body(s.reading, s.window)))
+            seq += 1
+        for i in range(0, len(rows), BATCH_SIZE):
+            payload = contract.telemetry_message(
+                GATEWAY, EPOCH, rows[i : i + BATCH_SIZE], clock_synced=True,
+                historical=False, aliases=aliases, sent_at=T0,
+            )  # fmt: skip
+            if deflate:
+                payload = contract.compress(payload)
+            total += publish_size(TOPIC_LEN, len(payload))
+    return total
+
+
+@dataclass(frozen=True)
+class _Row:
+    seq: int
+    body: dict[str, Any]
+
+
+async def card_bytes(
+    stored: list[tuple[float, Stored]], folder: Path, commit_window: float = COMMIT_WINDOW
+) -> int:
+    """``write_bytes`` of a real outbox taking ``stored``, one commit per ``commit_window``."""
+    path = folder / f"card-{len(stored)}.sqlite"
+    async with await Outbox.open(path, commit_interval=0.0) as outbox:
+        warm = stored[: min(len(stored), 2000)]
+        for _, s in warm:  # the file, its WAL and a backlog exist, as on a running gateway
+            outbox.submit("telemetry", contract.reading_body(s.reading, s.window))
+        await outbox.flush()
+        written = write_bytes()
+        groups = itertools.groupby(stored, key=lambda item: math.floor(item[0] / commit_window))
+        for _, group in groups:
+            for _, s in group:
+                outbox.submit("telemetry", contract.reading_body(s.reading, s.window))
+            await outbox.flush()
+        return write_bytes() - written
+
+
+def reference_site(seconds: float, *, every_reading: bool) -> tuple[Storage, Run]:
+    devices = [f"efm-{d:03d}" for d in range(50)]
+    shapes = {**EFM_SHAPES, **{name: shape for name, (shape, _) in METERING.items()}}
+    efm = storage_of(load_site(EXAMPLE)).policies
+    policies: dict[tuple[str, str], Policy] = {}
+    for device in devices:
+        for point in EFM_SHAPES:
+            policies[(device, point)] = efm[("efm-shop-101", point)]
+        for name, (_, policy) in METERING.items():
+            policies[(device, name)] = policy
+    storage = Storage({} if every_reading else policies, pre=60, post=120)
+    return storage, simulate(storage, devices, shapes, seconds, {}, keep_polled=False)
+
+
+def _aliases(run: Run) -> contract.Aliases:
+    points: dict[str, dict[str, str]] = {}
+    for _, s in run.stored:
+        points.setdefault(s.reading.device_id, {}).setdefault(s.reading.point, s.reading.unit)
+    return contract.Aliases(
+        (device, point, unit) for device in sorted(points) for point, unit in points[device].items()
+    )
+
+
+#: The keys :func:`run` returns (tests/benchmarks/__main__.py).
+KEYS: Final = (
+    "stored_readings_ratio_default",
+    "reconstruction_max_error_over_band",
+    "alarm_window_readings",
+    "alarm_window_polled_readings",
+    "link_mb_per_month_demo_site",
+    "link_mb_per_month_demo_site_batch_60s_deflate",
+    "link_mb_per_month_demo_site_all",
+    "stored_readings_ratio_reference_site",
+    "link_mb_per_month_reference_site",
+    "link_mb_per_month_reference_site_batch_60s",
+    "card_mb_per_day_reference_site",
+    "card_mb_per_day_reference_site_commit_1s",
+    "card_mb_per_day_reference_site_all",
+)
+#: A run of seconds that goes through every step (``--tiny``).
+TINY: Final = {"hours": 0.02, "reference_seconds": 40.0, "card_seconds": 10.0}
+
+
+def run(
+    hours: float = 24.0, reference_seconds: float = 3600.0, card_seconds: float = 600.0
+) -> dict[str, float]:
+    """The figures of the module's docstring: the demo site over ``hours``, the reference site
+    over ``reference_seconds``, the card measured over ``card_seconds`` of it (after its first
+    ten minutes, or what is left of the run before them: the first poll stores every point)."""
+    if not 0 < card_seconds <= reference_seconds:
+        raise ValueError("card_seconds must be above 0 and at most reference_seconds")
+    config = load_site(EXAMPLE)
+    window = config.storage.alarm_window
+    demo = [d.id for d in config.devices]
+    seconds = hours * 3600
+    # Four leakage faults a day over the three monitors (at 1/8, 3/8, 5/8 and 7/8 of the run).
+    faults = {demo[i % len(demo)]: seconds * (2 * i + 1) / 8 for i in range(3)}
+    storage = storage_of(config)
+    day = simulate(storage, demo, EFM_SHAPES, seconds, faults)
+    stored, polled = window_counts(day, window.pre, window.post)
+    aliases = contract.Aliases.of_site(config)
+    figures: dict[str, float] = {
+        "stored_readings_ratio_default": round(len(day.stored) / day.polled, 4),
+        "reconstruction_max_error_over_band": round(worst_over_band(day, storage), 6),
+        "alarm_window_readings": stored,
+        "alarm_window_polled_readings": polled,
+    }
+    month = 30 * 86_400 / seconds / 2**20
+    figures["link_mb_per_month_demo_site"] = round(
+        link_bytes(day.stored, aliases, deflate=False) * month, 1
+    )
+    # At a reading or two a second, each message's envelope outweighs its readings: a metered
+    # site lets telemetry wait a minute for its batch and deflates it (events never wait).
+    figures["link_mb_per_month_demo_site_batch_60s_deflate"] = round(
+        link_bytes(day.stored, aliases, deflate=True, batch_interval=60.0) * month, 1
+    )
+    # The same site storing every reading (storage.policy: all), over at most an hour.
+    every = Storage({}, pre=0)
+    span = min(3600.0, seconds)
+    hour = simulate(every, demo, EFM_SHAPES, span, {}, keep_polled=False)
+    figures["link_mb_per_month_demo_site_all"] = round(
+        link_bytes(hour.stored, aliases, deflate=False) * 30 * 86_400 / span / 2**20, 1
+    )
+
+    _, reference = reference_site(reference_seconds, every_reading=False)
+    per_month = 30 * 86_400 / reference_seconds / 2**20
+    figures["stored_readings_ratio_reference_site"] = round(
+        len(reference.stored) / reference.polled, 4
+    )
+    figures["link_mb_per_month_reference_site"] = round(
+        link_bytes(reference.stored, _aliases(reference), deflate=True) * per_month, 1
+    )
+    figures["link_mb_per_month_reference_site_batch_60s"] = round(
+        link_bytes(reference.stored, _aliases(reference), deflate=True, batch_interval=60.0)
+        * per_month,
+        1,
+    )
+    with tempfile.TemporaryDirectory(dir=ROOT) as folder:
+        # On the disk, not a tmpfs: write_bytes counts only what goes to a block device.
+        start = T0 + min(600.0, reference_seconds - card_seconds)
+        measured = [item for item in reference.stored if start <= item[0] < start + card_seconds]
+        per_day = 86_400 / card_seconds / 2**20
+        written = asyncio.run(card_bytes(measured, Path(folder)))
+        figures["card_mb_per_day_reference_site"] = round(written * per_day, 1)
+        # The lever left: at a few readings per commit, each commit's page rewrites dominate.
+        written = asyncio.run(card_bytes(measured, Path(folder), commit_window=1.0))
+        figures["card_mb_per_day_reference_site_commit_1s"] = round(written * per_day, 1)
+        every_span = min(60.0, card_seconds)
+        _, minute = reference_site(every_span, every_reading=True)
+        written = asyncio.run(card_bytes(minute.stored, Path(folder)))
+        figures["card_mb_per_day_reference_site_all"] = round(
+            written * 86_400 / every_span / 2**20, 1
+        )
+    return figures
+
+
+def check_policy_defaults() -> None:
+    """The reference site's metering policies are valid site-file policies."""
+    for _, policy in METERING.values():
+        PointStorage.model_validate(
+            {"policy": policy.kind, "band": policy.band, "band_percent": policy.band_percent}
+        )
+
+
+if __name__ == "__main__":
+    check_policy_defaults()
+    for key, value in run().items():
+        print(f"{key:<40} {value}")
