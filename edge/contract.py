@@ -112,6 +112,10 @@ EventKind = Literal[
     # The SMS fallback: one event per message, with its result.
     "sms-sent",
     "sms-failed",
+    # Alarm phone calls (docs/rules.md): every attempt placed, then answered or failed.
+    "call-placed",
+    "call-answered",
+    "call-failed",
     "device-offline",
     "device-online",
     "gateway-started",

@@ -38,17 +38,19 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from buffer.schema import SCHEMA_VERSION as OUTBOX_SCHEMA
+from buffer.store import waiting_records
 from drivers.modbus import known_models
 from edge import contract, lastgood
 from edge.annunciator import AUTO_PIN_FACTORIES, NO_BACKEND_FIX
-from edge.certs import check_certificates
+from edge.certs import check_certificates, check_named_files
 from edge.config import SiteConfig, report_config
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus
 from edge.config.model import Uplink as UplinkConfig
 from edge.uplink import PROTOCOLS as _PROTOCOLS
 from edge.uplink import parse_broker_url
 from edge.uplink import tls_context as uplink_tls_context
-from edge.uplink.connection import MqttClient, PublishRefused
+from edge.uplink.connection import MqttClient, PublishRefused, tls_files
 
 __all__ = ["Check", "exit_status", "print_report", "run_checks"]
 
@@ -361,7 +363,7 @@ async def _try_broker(
             f"broker {broker.display}",
             "fail",
             f"cannot load the TLS files {where}: {exc}",
-            "see the certificate checks below",
+            "see the certificate checks above",
         ), None
     client = MqttClient(
         broker.host,
@@ -528,17 +530,23 @@ async def check_brokers(config: SiteConfig, certs: Path, seconds: float) -> list
 
 
 def check_certs(certs: Path, config: SiteConfig | None, now: dt.datetime | None) -> list[Check]:
-    findings = check_certificates(certs, now)
+    """The TLS files the gateway loads (edge.uplink.tls_files), and which ones those are: the
+    site file's when it names any, else the folder's."""
+    uplink = None if config is None else config.uplink
+    named = uplink is not None and bool(uplink.ca_file or uplink.cert_file)
+    if uplink is not None and named:
+        findings = check_named_files(uplink.ca_file, uplink.cert_file, uplink.key_file, now)
+    else:
+        findings = check_certificates(certs, now)
     checks = [Check(f"certificate {f.file}", f.level, f.detail, f.fix) for f in findings]
-    uses_tls = config is not None and any(u.startswith("mqtts://") for u in config.uplink.brokers)
-    if not findings and uses_tls:
-        checks.append(
-            Check(
-                "certificates",
-                "ok",
-                f"no files in {certs}: the system's certificate authorities are used",
-            )
-        )
+    if uplink is not None and any(u.startswith("mqtts://") for u in uplink.brokers):
+        ca_file, cert_file, key_file = tls_files(uplink, certs)
+        ca = ca_file or "the system's certificate authorities"
+        client = f"client {cert_file} with {key_file}" if cert_file else "no client certificate"
+        source = "named in uplink" if named else f"from {certs}"
+        if named and certs.is_dir() and any(certs.iterdir()):
+            source += f"; the files in {certs} are not used"
+        checks.append(Check("certificates", "ok", f"TLS uses {ca}, {client} ({source})"))
     return checks
 
 
@@ -609,20 +617,26 @@ def check_buffer(buffer: Path, user: pwd.struct_passwd | None) -> Check:
                 f"{buffer} not created yet; the gateway creates {buffer.parent} at first start",
             )
         return Check("buffer", "ok", f"{buffer} not created yet (the gateway creates it)")
+    waiting = ""
     try:
         with contextlib.closing(
             sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=2)
         ) as conn:
             verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            waiting = (
-                conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-                if "outbox" in tables
-                else 0
-            )
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if verdict == "ok" and version == OUTBOX_SCHEMA:
+                # The count `edge buffer stats` shows, by the same function.
+                depth = waiting_records(conn)
+                waiting = (
+                    f", {sum(depth.values())} records waiting to be sent "
+                    f"({depth['event']} events, {depth['telemetry']} readings)"
+                )
+            elif verdict == "ok":
+                waiting = (
+                    f" (schema {version}: the gateway migrates it to {OUTBOX_SCHEMA} at start)"
+                )
     except sqlite3.Error as exc:
         verdict = str(exc)
-        waiting = 0
     if verdict != "ok":
         return Check(
             "buffer",
@@ -638,7 +652,7 @@ def check_buffer(buffer: Path, user: pwd.struct_passwd | None) -> Check:
             f"{who} may not write {buffer}",
             f"give the file back to the gateway's user: `sudo chown {who}: {buffer}`",
         )
-    return Check("buffer", "ok", f"{buffer} healthy, {waiting} records waiting to be sent")
+    return Check("buffer", "ok", f"{buffer} healthy{waiting}")
 
 
 # -- running them ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from edge.buses import (
     modbus_devices,
     set_interval,
 )
+from edge.calls import CallNotifier
 from edge.clock import Clock, SystemClock
 from edge.commands import CommandError, current_command_id, current_key_class
 from edge.config.model import SiteConfig
@@ -186,18 +187,32 @@ class Gateway:
         self._state_restored = False
         self.annunciator = Annunciator(config.outputs, pin_factory=pin_factory, clock=self.clock)
         self.annunciator.on_silence = self._silence_button
+        places = {
+            d.id: f"{d.location.building} {d.location.floor} {d.location.room}"
+            for d in config.devices
+        }
         self.sms = (
             None
             if config.sms is None
             else SmsNotifier(
                 config.sms,
                 site=config.gateway.site.name,
-                places={
-                    d.id: f"{d.location.building} {d.location.floor} {d.location.room}"
-                    for d in config.devices
-                },
+                places=places,
                 timezone=config.gateway.timezone,
                 report=self._sms_result,
+                uplink_online=lambda: self.uplink is not None and self.uplink.state == "online",
+            )
+        )
+        # Calls share the SMS's modem, whose line puts every message before any call.
+        self.calls = (
+            None
+            if self.sms is None or self.sms.config.calls is None
+            else CallNotifier(
+                self.sms.config.calls,
+                site=config.gateway.site.name,
+                places=places,
+                report=self._sms_result,
+                modem=self.sms.modem,
                 uplink_online=lambda: self.uplink is not None and self.uplink.state == "online",
             )
         )
@@ -314,12 +329,16 @@ class Gateway:
                 location=self._locations.get(transition.device_id),
             ),
         )
+        told = (
+            transition
+            if occupancy is transition.occupancy
+            else dataclasses.replace(transition, occupancy=occupancy)
+        )
+        # The SMS first: its line goes before any call (docs/rules.md, Phone calls).
         if self.sms is not None:
-            self.sms.notify(
-                transition
-                if occupancy is transition.occupancy
-                else dataclasses.replace(transition, occupancy=occupancy)
-            )
+            self.sms.notify(told)
+        if self.calls is not None:
+            self.calls.notify(told)
 
     def _keep(self, stored: list[Stored]) -> None:
         """Hand the readings the storage policies kept to the outbox."""
@@ -1005,6 +1024,8 @@ class Gateway:
         self.supervisor.start("rules", self._rules_service)
         if self.sms is not None:
             self.supervisor.start("sms", self.sms.run)
+        if self.calls is not None:
+            self.supervisor.start("calls", self.calls.run)
         self.supervisor.start("uplink", self._uplink_service)
         self.supervisor.start("status", self._status_service)
         if self.config.control.socket is not None and self.config_path is not None:

@@ -154,10 +154,24 @@ async def _scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             settings, args.addresses, baudrates=args.bauds, models=models, progress=progress
         )
     except OSError as exc:
-        print(f"scan: {exc}", file=err)
+        print(f"scan: {exc}{_open_hint(settings, str(exc))}", file=err)
         return 1
     print(_report(settings, found, time.monotonic() - started, args.bauds), file=out)
-    return 0 if found else 1
+    return 0 if any(not item.garbled for item in found) else 1
+
+
+def _open_hint(settings: RtuSettings | TcpSettings, error: str) -> str:
+    """What to do about a port that would not open, for the usual causes."""
+    if isinstance(settings, TcpSettings):
+        return " (is the device or serial server on, and the address and port right?)"
+    if "Permission denied" in error:
+        return (
+            " (this user may not open it: `sudo usermod -aG dialout $USER`, then log in "
+            "again, or run the scan with sudo)"
+        )
+    if "No such file" in error:
+        return " (is the adapter plugged in? `ls -l /dev/serial/by-id/` lists those that are)"
+    return ""
 
 
 def _report(
@@ -166,10 +180,18 @@ def _report(
     where = settings.describe()
     if isinstance(settings, RtuSettings) and len(bauds) > 1:
         where = f"modbus-rtu {settings.port} at {', '.join(map(str, bauds))} baud"
-    lines = [f"{where}: {len(found)} answered ({seconds:.1f} s)"]
+    clean = [item for item in found if not item.garbled]
+    garbled = len(found) - len(clean)
+    also = f", {garbled} only with CRC errors" if garbled else ""
+    lines = [f"{where}: {len(clean)} answered{also} ({seconds:.1f} s)"]
     for item in found:
         speed = f" @ {item.baudrate} baud" if item.baudrate else ""
         looks = f"; looks like {', '.join(item.models)}" if item.models else ""
+        if item.garbled:
+            looks = (
+                " (a unit answers but the line garbles it: check the baud rate and parity, "
+                "the A/B wires and the 120 ohm termination)"
+            )
         lines.append(f"  address {item.address:>3}{speed}: {item.answer}{looks}")
     return "\n".join(lines)
 

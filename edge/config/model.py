@@ -745,12 +745,52 @@ class Zone(Strict):
     evidence: list[Evidence] = Field(min_length=1)
 
 
+#: A number the network takes: an optional + (international) and 3-20 ASCII digits (``[0-9]``,
+#: not ``\d``: full-width or Arabic-Indic digits would not encode as semi-octets or dial).
+PHONE_NUMBER = re.compile(r"\+?[0-9]{3,20}")
+
+
+def _phone_number(value: str) -> str:
+    if not PHONE_NUMBER.fullmatch(value):
+        raise ValueError(f"not a phone number: {value!r} (+ then 3-20 digits 0-9)")
+    return value
+
+
+PhoneNumber = Annotated[str, AfterValidator(_phone_number)]
+
+
+class Calls(Strict):
+    """Alarm phone calls through the SMS modem: ring (or speak) until someone answers."""
+
+    numbers: list[PhoneNumber] = Field(
+        min_length=1, description="Called one after the other until one answers."
+    )
+    severity: Severity = Field(default="fire", description="Call for alarms at least this severe.")
+    ring_time: Duration = Field(
+        default=45.0, ge=1.0, le=120.0, description="How long one number rings before the next."
+    )
+    speak: bool = Field(
+        default=False,
+        description="Read the alarm aloud with the modem's text-to-speech (SIM7600 AT+CTTS) "
+        "once answered; otherwise ring only.",
+    )
+    rounds: int = Field(default=1, ge=1, le=5, strict=True)
+    min_interval: Duration = Field(
+        default=300.0,
+        ge=0,
+        le=86_400.0,
+        description="At most one round of calls per rule and device within this time.",
+    )
+    max_per_hour: int = Field(default=10, ge=1, le=100, strict=True)
+    only_when_offline: bool = False
+
+
 class Sms(Strict):
     """Alarm SMS through a 4G modem (AT commands, PDU mode, UCS2 text)."""
 
     port: SerialPortPath
     baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
-    numbers: list[Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")]] = Field(min_length=1)
+    numbers: list[PhoneNumber] = Field(min_length=1)
     severity: Severity = Field(
         default="critical", description="Send for alarms at least this severe."
     )
@@ -766,6 +806,9 @@ class Sms(Strict):
         default=False,
         description="Send only while the uplink is not connected (the platform sends the "
         "messages otherwise).",
+    )
+    calls: Calls | None = Field(
+        default=None, description="Phone calls through the same modem (docs/rules.md)."
     )
 
 

@@ -53,6 +53,7 @@ from tests.benchmarks import (
     uplink,
     wire,
 )
+from tests.benchmarks import calls as alarm_calls
 from tests.fixtures.broker import mosquitto_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +131,7 @@ SUITES: Final = (
     Suite("refusal", refusal, needs=[MOSQUITTO]),
     Suite("storage", storage),
     Suite("commission", commission, needs=[MOSQUITTO]),
+    Suite("calls", alarm_calls),
 )
 
 #: The options of earlier releases, each one parameter of one suite.
