@@ -16,7 +16,9 @@ from tests.integration.site import EXAMPLE
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.integration
+# The demo runs the example site as written, on its fixed ports (18830, 15020, 15021) and in
+# var/demo/: one demo at a time, so every test here runs on one pytest-xdist worker.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("example-site-ports")]
 
 
 def test_demo_runs_unattended_and_its_alarm_reaches_the_subscriber(tmp_path: Path) -> None:
