@@ -104,6 +104,8 @@ class Point:
     bits: tuple[tuple[int, str], ...] = ()
     #: Alarm-critical: read on the bus's fast lane too, when the device has a fast interval.
     critical: bool = False
+    #: Where an alarm threshold on this point sensibly lies (low, high), in ``unit``.
+    plausible: tuple[float, float] | None = None
     #: Decimal places of ``scale``: decoded values are rounded to them, so 3 x 0.1 reads 0.3.
     decimals: int = field(init=False, repr=False, compare=False)
 
@@ -480,6 +482,7 @@ def parse_model(text: str, source: str = "<model>") -> DeviceModel:
             "typical": fields.get_number("typical", default=0.0),
             "bits": fields.get_bits("bits"),
             "critical": fields.get_bool("critical", default=False),
+            "plausible": fields.get_range("plausible"),
         }
         try:
             point = Point(**arguments)
@@ -520,6 +523,7 @@ _POINT_FIELDS: Final = frozenset(
         "typical",
         "bits",
         "critical",
+        "plausible",
     }
 )
 
@@ -586,6 +590,19 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self._wrong(key, "a number", value)
         return value
+
+    def get_range(self, key: str) -> tuple[float, float] | None:
+        value = self.get(key)
+        if value is None:
+            return None
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            or not value[0] < value[1]
+        ):
+            raise ModelError(f"{self.where()}: {self.label}: {key} must be [low, high], low < high")
+        return float(value[0]), float(value[1])
 
     def get_bits(self, key: str) -> tuple[tuple[int, str], ...]:
         value = self.get(key, default={})
