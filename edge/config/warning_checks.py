@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 from edge.config.model import SiteConfig
@@ -34,9 +35,12 @@ class ConfigWarning:
     column: int
     field: str
     message: str
+    #: ``note``: what the loader did with a value (a threshold converted to its point's unit);
+    #: printed, never taken as an error by ``--strict``.
+    kind: Literal["warning", "note"] = "warning"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: warning: {self.field}: {self.message}"
+        return f"{self.file}:{self.line}:{self.column}: {self.kind}: {self.field}: {self.message}"
 
 
 def url_without_login(url: str) -> str:
