@@ -75,7 +75,8 @@ class PointSpec:
     #: Names of the bits of a status word, bit 0 first where named.
     bits: tuple[str, ...] = ()
     #: Where an alarm threshold on this point sensibly lies, in its unit (a standard's or the
-    #: product's range); a threshold outside it is warned about, never refused.
+    #: product's range); a threshold outside it is warned about, never refused. For angles
+    #: and lengths (tilt, displacement), which lean either way, it bounds the size.
     plausible: tuple[float, float] | None = None
 
 

@@ -15,6 +15,8 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from edge.config.model import SiteConfig
+from edge.config.plausibility import implausible_thresholds
+from edge.config.site_files import missing_file_warnings
 
 __all__ = ["CHECKS", "ConfigWarning", "Place", "site_warnings", "url_without_login"]
 
@@ -106,7 +108,12 @@ def _uplink_protocol(config: SiteConfig) -> Iterable[tuple[Place, str]]:
 
 
 #: Every warning check, run in this order on a valid site file.
-CHECKS: list[WarningCheck] = [_uplink_tls, _uplink_protocol]
+CHECKS: list[WarningCheck] = [
+    _uplink_tls,
+    _uplink_protocol,
+    implausible_thresholds,
+    missing_file_warnings,
+]
 
 
 def site_warnings(

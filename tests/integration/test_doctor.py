@@ -222,3 +222,20 @@ async def test_a_config_warning_is_a_doctor_warning_without_the_password(
     assert "uplink.brokers[0]: the password goes in clear text" in checks["config"].detail
     assert "gateway" in checks["config"].detail
     assert PASSWORD not in checks["config"].detail
+
+
+async def test_tls_files_and_command_keys_that_do_not_exist_fail(tmp_path: Path, tty: Path) -> None:
+    site = site_dict(tmp_path, broker_url="mqtts://127.0.0.1:1", tcp_port=1, rtu_link=tty)
+    site["uplink"]["ca_file"] = str(tmp_path / "certs" / "ca.pem")
+    site["commands"] = {"keys": str(tmp_path / "no-keys")}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site, sort_keys=False))
+    checks = by_name(await run_checks(path, user=None, seconds=1))
+    # check-config only warns (the files may be made on the Pi); on the gateway they fail.
+    assert checks["config"].level == "warn"
+    assert "uplink.ca_file" in checks["config"].detail
+    ca = checks["file uplink.ca_file"]
+    assert ca.level == "fail"
+    assert ca.detail == f"uplink.ca_file {tmp_path}/certs/ca.pem does not exist"
+    assert "provision it" in ca.fix
+    assert checks["file commands.keys"].level == "fail"
