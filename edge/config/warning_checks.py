@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from edge.config.bus_budget import bus_budget_warnings
 from edge.config.model import SiteConfig
 from edge.config.plausibility import implausible_thresholds
 from edge.config.site_files import missing_file_warnings
@@ -113,6 +114,7 @@ CHECKS: list[WarningCheck] = [
     _uplink_protocol,
     implausible_thresholds,
     missing_file_warnings,
+    bus_budget_warnings,
 ]
 
 
