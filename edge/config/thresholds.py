@@ -28,6 +28,7 @@ __all__ = [
     "PATTERN",
     "THRESHOLD_KEYS",
     "Conversion",
+    "command_threshold",
     "normalise_thresholds",
     "parse_quantity",
 ]
@@ -203,3 +204,35 @@ def _convert_in(  # noqa: PLR0917 -- one private helper, called twice
         holder[key] = converted
         if written_unit != unit and text:
             conversions.append(Conversion(where, text, converted, unit))
+
+
+#: set-threshold fields that are not in the point's unit.
+_UNITLESS_FIELDS = {"change_percent": "%", "sensitivity": ""}
+
+
+def command_threshold(value: object, field: str | None, unit: str | None) -> float:
+    """The value of a set-threshold command in the rule's ``unit``: a number as it is, a
+    string with a unit (``"0.5 A"``) converted like the site file's thresholds.
+
+    ``ValueError`` for a unit that does not convert, a unit on a field that is not in the
+    point's unit (``change_percent``, ``sensitivity``), or a unit where the rule's point has
+    none known."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"threshold must be a number or a number with a unit, not {value!r}")
+    if not isinstance(value, str):
+        return float(value)
+    number, written = parse_quantity(value)
+    if not written:
+        raise ValueError(f"send a number, or a number with its unit, not the text '{value}'")
+    if field in _UNITLESS_FIELDS:
+        if written == _UNITLESS_FIELDS[field]:
+            return number
+        raise ValueError(f"{field} is a plain number; '{value}' carries a unit")
+    if not unit:
+        raise ValueError(
+            f"the rule's point has no unit to convert '{value}' to; send the number alone"
+        )
+    try:
+        return convert(number, written, unit)
+    except UnitError as exc:
+        raise ValueError(str(exc)) from None
