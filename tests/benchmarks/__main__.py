@@ -40,7 +40,18 @@ from typing import Any, Final
 
 import psutil
 
-from tests.benchmarks import buffer, commands, drivers, e2e, log_stall, refusal, rules, uplink, wire
+from tests.benchmarks import (
+    buffer,
+    commands,
+    drivers,
+    e2e,
+    log_stall,
+    refusal,
+    rules,
+    site_check,
+    uplink,
+    wire,
+)
 from tests.fixtures.broker import mosquitto_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +127,7 @@ SUITES: Final = (
     Suite("commands", commands, needs=[MOSQUITTO]),
     Suite("logs", log_stall),
     Suite("refusal", refusal, needs=[MOSQUITTO]),
+    Suite("site_check", site_check),
 )
 
 #: The options of earlier releases, each one parameter of one suite.
