@@ -4,7 +4,7 @@ From the scheduler's own read plan (drivers/modbus/line_budget.py), the line's b
 each device's intervals, check-config computes how long each RTU line needs to poll its
 devices once, and warns when the configured intervals ask for more than the line has (each
 device is then read less often than its poll_interval says, by the factor shown), when the
-fast lanes do not fit beside the full polls, and when a bus's answer timeout is as long as a
+fast lanes do not fit beside the full polls, and when a line's answer timeout is as long as a
 poll interval (one silent device then holds the line for a whole interval). The figures leave
 out the devices' turnaround, so they are lower bounds: a warning here is never a false alarm.
 """
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from drivers.modbus.line_budget import LinePoll, line_load, poll_seconds
 from drivers.modbus.model import ModelError, load_model
 from edge.config.duration import format_duration
-from edge.config.model import ModbusRtuBus, ModbusTcpBus, SiteConfig
+from edge.config.model import ModbusRtuBus, SiteConfig
 
 __all__ = ["bus_budget_warnings"]
 
@@ -90,7 +90,9 @@ def _line(config: SiteConfig, index: int, bus: ModbusRtuBus) -> Iterable[tuple[P
 def _timeouts(config: SiteConfig) -> Iterable[tuple[Place, str]]:
     """One warning per bus whose answer timeout reaches a device's interval."""
     for index, bus in enumerate(config.buses):
-        if not isinstance(bus, ModbusRtuBus | ModbusTcpBus):
+        # An RS-485 line carries one request at a time: a silent device's timeout is the
+        # line's. (Modbus TCP, one connection per device host, is not checked.)
+        if not isinstance(bus, ModbusRtuBus):
             continue
         short = [
             (device.id, key.replace("_", " "), interval)

@@ -33,7 +33,7 @@ EXAMPLES = [
 SITE = """gateway: {id: gw-1, site: {name: Block 3}}
 buses:
   - {id: lan, kind: modbus-tcp, host: 127.0.0.1, port: 1502}
-  - {id: uart, kind: serial, port: /dev/ttyUSB0}
+  - {id: uart, kind: serial, port: 'socket://127.0.0.1:7000'}
   - {id: pins, kind: gpio}
 devices:
   - id: efm-1
