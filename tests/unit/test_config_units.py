@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 
 from drivers.catalog import SERIAL_POINTS, device_points, points_of
 from drivers.modbus import known_models
+from drivers.types import Reading
 from drivers.units import UnitError, convert
 from edge.config import ConfigError, load_site
 from edge.config.loader import report_config
@@ -23,6 +24,8 @@ from edge.config.model import OverLimitRule, SensorFaultRule, SustainedRule
 from edge.config.schema import site_json_schema
 from edge.config.thresholds import PATTERN as THRESHOLD_PATTERN
 from edge.config.thresholds import THRESHOLD_KEYS, parse_quantity
+from edge.replay import replay
+from edge.rules import Transition
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [
@@ -258,3 +261,24 @@ def test_every_threshold_field_of_the_schema_takes_a_unit() -> None:
                 assert any(o.get("pattern") == THRESHOLD_PATTERN for o in flat), (name, key)
                 seen += 1
     assert seen >= 10
+
+
+def test_the_rules_judge_the_converted_threshold(tmp_path: Path) -> None:
+    """0.5 A on a point in mA alarms at 500 mA, not at 0.5 mA: the unit is never dropped."""
+    path = write(
+        tmp_path,
+        "  - {id: rc, kind: over-limit, point: residual_current, raise_at: 0.5 A,"
+        " clear_below: 0.45 A}",
+    )
+    config = load_site(path, known_models=known_models())
+    found: list[Transition] = []
+    values = [120.0, 400.0, 499.0, 900.0, 300.0]
+    readings = [
+        Reading("efm-1", "residual_current", v, "mA", 1_700_000_000.0 + n, float(n))
+        for n, v in enumerate(values)
+    ]
+    replay(config, readings, found.append)
+    assert [(t.kind, t.value) for t in found] == [
+        ("raised", 900.0),
+        ("cleared", 300.0),
+    ]
