@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from drivers.catalog import SERIAL_POINTS, device_points, points_of
+from drivers.catalog import GPIO_MODELS, SERIAL_MODELS, SERIAL_POINTS, device_points, points_of
 from drivers.modbus import known_models
 from drivers.types import Reading
 from drivers.units import UnitError, convert
@@ -95,6 +95,8 @@ def test_every_point_of_a_serial_or_gpio_sensor_is_checked(tmp_path: Path) -> No
 
 
 def test_the_catalogue_knows_every_model_and_the_gauged_displacement() -> None:
+    # A UART or GPIO sensor added later cannot be left out of the catalogue.
+    assert set(SERIAL_POINTS) == {*SERIAL_MODELS, *GPIO_MODELS}
     for model in [*known_models(), *SERIAL_POINTS]:
         points = points_of(model)
         assert points, model
