@@ -47,6 +47,7 @@ from edge.certs import check_certificates, check_named_files
 from edge.config import SiteConfig, report_config
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus
 from edge.config.model import Uplink as UplinkConfig
+from edge.config.site_files import missing_files
 from edge.uplink import PROTOCOLS as _PROTOCOLS
 from edge.uplink import parse_broker_url
 from edge.uplink import tls_context as uplink_tls_context
@@ -205,10 +206,25 @@ def check_last_good(path: Path, config: SiteConfig | None) -> Check:
     )
 
 
+def check_site_files(config: SiteConfig) -> list[Check]:
+    """The TLS files, command keys and modem port the site file names: on the gateway they
+    must be there (``edge check-config`` only warns: it may run before they are made)."""
+    return [
+        Check(
+            f"file {'.'.join(str(p) for p in missing.place)}",
+            "fail",
+            f"{missing.what.format(path=missing.path)} {missing.reason}",
+            missing.hint,
+        )
+        for missing in missing_files(config)
+        if missing.place[0] != "buses"  # serial ports: check_serial_ports, with the user's access
+    ]
+
+
 def check_serial_ports(config: SiteConfig, user: pwd.struct_passwd | None) -> list[Check]:
     checks: list[Check] = []
     for bus in config.buses:
-        if not isinstance(bus, ModbusRtuBus):
+        if not isinstance(bus, ModbusRtuBus | SerialBus):
             continue
         name = f"serial {bus.id}"
         if "://" in bus.port:
@@ -683,6 +699,7 @@ async def run_checks(
         return checks
     buffer = Path(config.buffer.path)
     checks += _guarded("serial", lambda: check_serial_ports(config, account))
+    checks += _guarded("files", lambda: check_site_files(config))
     checks += await check_tcp_buses(config, seconds)
     checks += _guarded("gpio", lambda: [check_gpio(config, account, dev)])
     checks += _guarded("certificates", lambda: check_certs(certs, config, now))

@@ -41,6 +41,7 @@ from edge.clock import Clock, SystemClock
 from edge.commands import CommandError, current_command_id, current_key_class
 from edge.config.model import SiteConfig
 from edge.config.storage import storage_of
+from edge.config.thresholds import command_threshold
 from edge.contract import EventKind, event_body, iso_utc, reading_body
 from edge.control import ControlServer, LiveReadings
 from edge.log import fields, lines_dropped
@@ -623,6 +624,15 @@ class Gateway:
             # are not overwritten by this one alone.
             await self._restore_rule_state(wait=False)
         device = params.get("device")
+        # "0.5 A" on a rule in mA is 500: a unit is converted or refused, never dropped.
+        rule = next((r for r in self.config.rules if r.id == params["rule"]), None)
+        try:
+            value = command_threshold(
+                params["threshold"], params.get("field"), getattr(rule, "unit", None)
+            )
+        except ValueError as exc:
+            raise CommandError(f"threshold: {exc}") from None
+        params = {**params, "threshold": value}
         refusal = self._threshold_refusal(params)
         if refusal is not None:
             raise CommandError(refusal)

@@ -78,10 +78,14 @@ async def scan(
     baudrates: Sequence[int] = (),
     models: Iterable[DeviceModel] = (),
     progress: Progress | None = None,
+    bad_frames: dict[int | None, int] | None = None,
 ) -> list[Found]:
     """Probe ``addresses`` (at each of ``baudrates`` on a serial line; default its own).
 
-    Raises ``OSError`` if the port or server cannot be opened at all.
+    ``bad_frames``, when given, receives the frames that failed their CRC or length check at
+    each speed: a line full of them has the wrong baud rate or parity, swapped A/B wires, or
+    two devices on one address. Raises ``OSError`` with the reason (no such port, busy,
+    not permitted) if the port or server cannot be opened at all.
     """
     candidates = list(models)
     own: list[int | None] = [settings.baudrate] if isinstance(settings, RtuSettings) else [None]
@@ -96,7 +100,8 @@ async def scan(
         client = _client(line)
         try:
             if not await client.connect():
-                raise OSError(f"cannot open {line.describe()}: {client.last_error}")
+                why = f": {client.last_error}" if client.last_error else ""
+                raise OSError(f"cannot open {line.describe()}{why}")
             for address in addresses:
                 if progress is not None:
                     at = f" at {speed} baud" if speed else ""
@@ -127,6 +132,8 @@ async def scan(
                 ]
                 found.append(Found(address, speed, answer, tuple(matches)))
         finally:
+            if bad_frames is not None and client.bad_frames:
+                bad_frames[speed] = bad_frames.get(speed, 0) + client.bad_frames
             client.close()
     if progress is not None:
         progress(total, total, "done")

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -26,6 +27,8 @@ from drivers.ports import check_port
 from edge.config.duration import Duration, as_written, format_duration
 from edge.config.size import Size
 from edge.config.storage import PointStorage, StorageConfig
+from edge.config.thresholds import PATTERN as THRESHOLD_PATTERN
+from edge.config.thresholds import THRESHOLD_KEYS, parse_quantity
 
 #: BCM numbers of the GPIOs on the Raspberry Pi 40-pin header.
 BCM_PINS = range(2, 28)
@@ -201,7 +204,20 @@ SEVERITIES: tuple[Severity, ...] = ("fire", "critical", "major", "minor")
 SEVERITY_ORDER: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 #: A threshold in the point's unit. ``strict``: YAML's ``true`` must not become 1.
-Threshold = Annotated[float, Field(strict=True)]
+#: A string with a unit ("300 mA", "0.4 cm") is converted to the point's unit by the loader
+#: (edge/config/thresholds.py); the schema takes both forms.
+Threshold = Annotated[
+    float,
+    Field(strict=True),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "pattern": THRESHOLD_PATTERN, "examples": ["300 mA", "4 mm"]},
+            ]
+        }
+    ),
+]
 
 #: Longest window a rule keeps every reading of: at a 1 s poll, a day is 86 400 readings.
 MAX_READING_WINDOW = 86_400.0
@@ -309,11 +325,16 @@ class _PointRule(Strict):
             return data
         data = dict(data)
         units = {data["unit"]} if isinstance(data.get("unit"), str) else set()
-        for key in _THRESHOLD_KEYS:
-            parsed = _quantity(data.get(key))
+        holders: list[tuple[dict[str, Any], str]] = [(data, key) for key in _THRESHOLD_KEYS]
+        if isinstance(data.get("escalate"), dict):
+            data["escalate"] = dict(data["escalate"])
+            holders.append((data["escalate"], "at"))
+        for holder, key in holders:
+            parsed = _quantity(holder.get(key))
             if parsed is not None:
-                data[key], unit = parsed
-                units.add(unit)
+                holder[key], unit = parsed
+                if unit:
+                    units.add(unit)
         if len(units) > 1:
             raise ValueError(f"thresholds of one rule must share one unit (found {sorted(units)})")
         if units:
@@ -348,27 +369,18 @@ class _PointRule(Strict):
         return type(self).model_validate({**written, **changes})
 
 
-#: Threshold keys that may be written with a unit ("300 mA").
-_THRESHOLD_KEYS = (
-    "raise_at",
-    "clear_below",
-    "clear_above",
-    "change",
-    "above",
-    "below",
-    "min_deviation",
-)
-_QUANTITY_RE = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([^\d\s.+-][^\s]*)\s*$")
+#: Threshold keys that may be written with a unit ("300 mA"); escalate.at too.
+_THRESHOLD_KEYS = THRESHOLD_KEYS
 
 
 def _quantity(value: Any) -> tuple[float, str] | None:
     if not isinstance(value, str):
         return None
-    match = _QUANTITY_RE.match(value)
-    if match is None:
+    try:
+        return parse_quantity(value)
+    except ValueError:
         # Left as written: the field itself then refuses it, at its own line.
         return None
-    return float(match.group(1)), match.group(2)
 
 
 class OverLimitRule(_PointRule):

@@ -49,6 +49,7 @@ from tests.benchmarks import (
     log_stall,
     refusal,
     rules,
+    site_check,
     storage,
     uplink,
     wire,
@@ -132,6 +133,7 @@ SUITES: Final = (
     Suite("storage", storage),
     Suite("commission", commission, needs=[MOSQUITTO]),
     Suite("calls", alarm_calls),
+    Suite("site_check", site_check),
 )
 
 #: The options of earlier releases, each one parameter of one suite.

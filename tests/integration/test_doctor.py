@@ -349,3 +349,20 @@ async def test_an_unusable_site_file_says_what_runs_instead(
     checks = by_name(await run_checks(config, user=None, seconds=3))
     assert checks["last good config"].level == "warn", "a damaged copy is worth a look"
     assert checks["config"].level != "fail"  # usable (warnings about MQTT 3.1.1 aside)
+
+
+async def test_tls_files_and_command_keys_that_do_not_exist_fail(tmp_path: Path, tty: Path) -> None:
+    site = site_dict(tmp_path, broker_url="mqtts://127.0.0.1:1", tcp_port=1, rtu_link=tty)
+    site["uplink"]["ca_file"] = str(tmp_path / "certs" / "ca.pem")
+    site["commands"] = {"keys": str(tmp_path / "no-keys")}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site, sort_keys=False))
+    checks = by_name(await run_checks(path, user=None, seconds=1))
+    # check-config only warns (the files may be made on the Pi); on the gateway they fail.
+    assert checks["config"].level == "warn"
+    assert "uplink.ca_file" in checks["config"].detail
+    ca = checks["file uplink.ca_file"]
+    assert ca.level == "fail"
+    assert ca.detail == f"uplink.ca_file {tmp_path}/certs/ca.pem does not exist"
+    assert "provision it" in ca.fix
+    assert checks["file commands.keys"].level == "fail"
