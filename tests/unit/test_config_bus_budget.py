@@ -27,6 +27,8 @@ TAIL = """rules: []
 outputs: {pin_factory: mock, buzzer: {pin: 17}}
 uplink: {brokers: ["mqtt://127.0.0.1:1883"]}
 buffer: {path: outbox.sqlite}
+# A short alarm window: a minute of 14 points every 50 ms is more than a device may hold.
+storage: {alarm_window: {pre: 20s}}
 """
 WHERE = '{building: B3, floor: "1", room: r, venue_type: shop}'
 
