@@ -515,6 +515,13 @@ def live_counters(conn: sqlite3.Connection) -> dict[str, int]:
     return counters
 
 
+def waiting_records(conn: sqlite3.Connection) -> dict[Stream, int]:
+    """Records in the outbox waiting to be sent, by stream: ``edge buffer stats``'s depth and
+    ``edge doctor``'s count, from the one place that knows the tables."""
+    counters = live_counters(conn)
+    return {"event": counters["rows_event"], "telemetry": counters["rows_telemetry"]}
+
+
 def _write_counters(conn: sqlite3.Connection, counters: Mapping[str, int]) -> None:
     conn.executemany(
         "UPDATE meta SET value = ? WHERE key = ?", [(v, k) for k, v in counters.items()]
@@ -718,6 +725,7 @@ def stats(path: Path) -> dict[str, Any]:
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         counters = live_counters(conn)
+        depth = waiting_records(conn)
         now = time.time()
         oldest_event = conn.execute("SELECT min(created) FROM events").fetchone()[0]
         first_tel = conn.execute("SELECT min(seq) FROM telemetry").fetchone()[0]
@@ -737,7 +745,7 @@ def stats(path: Path) -> dict[str, Any]:
         "path": str(path),
         "epoch": str(meta["epoch"]),
         "schema_version": SCHEMA_VERSION,
-        "depth": {"event": counters["rows_event"], "telemetry": counters["rows_telemetry"]},
+        "depth": depth,
         "oldest_age_s": {
             "event": None if oldest_event is None else round(now - float(oldest_event), 3),
             "telemetry": None if oldest_tel is None else round(now - float(oldest_tel), 3),

@@ -25,7 +25,9 @@ set -euo pipefail
 
 APP=city-safety-edge
 SERVICE_USER=edge
-SERVICE_GROUPS=(dialout gpio)
+# edge-admin: who may use the running gateway's control socket (edge watch, edge commission);
+# the gateway's user is in it so that the socket can be given to the group.
+SERVICE_GROUPS=(dialout gpio edge-admin)
 UNITS=(city-safety-edge.service city-safety-edge-firstboot.service)
 SUPPORTED_IDS="debian raspbian"
 SUPPORTED_CODENAMES="bookworm trixie"

@@ -60,8 +60,16 @@ _opening_lock = threading.Lock()
 def _open_device(path: str, baudrate: int, parity: str, stopbits: int) -> serial.Serial:
     """Check where ``path`` leads, then open and configure it (blocking: a worker thread)."""
     target = resolve_device(path)
+    # exclusive: a port another program holds (a running gateway, a terminal) is refused as
+    # busy rather than shared, where two masters would garble each other's frames.
     port = serial.Serial(
-        None, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=0, write_timeout=0
+        None,
+        baudrate=baudrate,
+        parity=parity,
+        stopbits=stopbits,
+        timeout=0,
+        write_timeout=0,
+        exclusive=True,
     )
     port.port = target
     port.open()

@@ -349,23 +349,31 @@ class Annunciator:
 
     # -- self-test --------------------------------------------------------------------------
 
-    async def self_test(self, seconds: float = 1.0) -> list[str]:
-        """Sound every pattern for ``seconds``, flash the LED and pulse the relay, then put
-        everything back as it was. Returns what was exercised, for the caller's report."""
+    @property
+    def testing(self) -> bool:
+        """Whether a self-test drives the outputs now."""
+        return self._testing
+
+    async def self_test(
+        self, seconds: float = 1.0, outputs: tuple[str, ...] = ("buzzer", "led", "relay")
+    ) -> list[str]:
+        """Sound every pattern for ``seconds``, flash the LED and pulse the relay (those of
+        ``outputs``), then put everything back as it was. Returns what was exercised, for the
+        caller's report (a guided commissioning asks about one output at a time)."""
         done: list[str] = []
         led_value = None if self._led is None else self._led.value
         relay_value = None if self._relay is None else self._relay.value
         never = asyncio.Event()
         self._testing = True
         try:
-            for pattern in ("continuous", "pulsed", "chirp"):
+            for pattern in ("continuous", "pulsed", "chirp") if "buzzer" in outputs else ():
                 self._start_pattern(pattern)
                 await self.clock.wait(never, seconds)
                 if not self._testing:
                     break
                 done.append(f"buzzer {pattern}")
             for name, device in (("led", self._led), ("relay", self._relay)):
-                if device is None or not self._testing:
+                if device is None or not self._testing or name not in outputs:
                     continue
                 device.on()
                 await self.clock.wait(never, seconds)

@@ -31,6 +31,7 @@ from edge.config.model import (
 
 __all__ = [
     "FieldDriver",
+    "UnavailableGpio",
     "build_buses",
     "bus_health",
     "bus_services",
@@ -60,7 +61,7 @@ class _GpioSensors:
                 group.create_task(sensor.run(), name=f"pir {sensor.device_id}")
 
 
-class _NoGpio:
+class UnavailableGpio:
     """The PIR sensors of a GPIO bus whose pin factory cannot be loaded: each is reported
     offline with the reason, once, and the other buses poll on."""
 
@@ -105,7 +106,7 @@ def build_buses(
                 try:
                     factory = make_pin_factory(wanted)
                 except NoPinBackend as exc:
-                    drivers[name] = _NoGpio(devices, sink, str(exc))
+                    drivers[name] = UnavailableGpio(devices, sink, str(exc))
                     continue
             sensors = [PirSensor(d.id, _pin(d), sink, pin_factory=factory) for d in devices]
             drivers[name] = _GpioSensors(sensors)

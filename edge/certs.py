@@ -17,11 +17,11 @@ import datetime as dt
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["CertFinding", "check_certificates"]
+__all__ = ["CertFinding", "check_certificates", "check_named_files"]
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -140,7 +140,7 @@ def check_certificate(
             CertFinding(
                 "warn",
                 path.name,
-                f"expires in {days} days, on {expires}",
+                f"expires in {days} days, on {expires} ({cert.subject})",
                 "order a new certificate from the district platform team before it expires",
             ),
             cert,
@@ -157,12 +157,12 @@ def check_certificates(
     if not folder.is_dir():
         return []
     findings: list[CertFinding] = []
-    certs: dict[str, Certificate | None] = {}
+    certs: dict[str, tuple[Path, Certificate | None]] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix in CERT_SUFFIXES and path.is_file():
             finding, cert = check_certificate(path, now, warn_days=warn_days)
             findings.append(finding)
-            certs[path.stem] = cert
+            certs[path.stem] = (path, cert)
     for key in sorted(folder.glob("*.key")):
         if key.stem not in certs:
             findings.append(
@@ -174,30 +174,54 @@ def check_certificates(
                 )
             )
             continue
-        cert = certs[key.stem]
+        path, cert = certs[key.stem]
         if cert is None:
             continue  # the certificate itself was already reported as unreadable
-        try:
-            matches = public_key_of(key) == cert.public_key
-        except (OpenSSLError, OSError, subprocess.SubprocessError) as exc:
-            findings.append(
-                CertFinding(
-                    "fail",
-                    key.name,
-                    f"not a readable private key: {exc}",
-                    f"copy the key again as {key.name} (PEM text, unencrypted)",
-                )
-            )
-            continue
-        if matches:
-            findings.append(CertFinding("ok", key.name, f"matches {key.stem} certificate"))
-        else:
-            findings.append(
-                CertFinding(
-                    "fail",
-                    key.name,
-                    f"does not belong to the {key.stem} certificate (their public keys differ)",
-                    "copy the key and the certificate issued for it together, from the same order",
-                )
-            )
+        # Named by its file, as the certificate's own line is.
+        findings.append(check_key(key, cert, path.name))
+    return findings
+
+
+def check_key(key: Path, cert: Certificate, what: str) -> CertFinding:
+    """Whether private ``key`` belongs to ``cert`` (``what`` names the certificate)."""
+    try:
+        matches = public_key_of(key) == cert.public_key
+    except (OpenSSLError, OSError, subprocess.SubprocessError) as exc:
+        return CertFinding(
+            "fail",
+            key.name,
+            f"not a readable private key: {exc}",
+            f"copy the key again as {key.name} (PEM text, unencrypted)",
+        )
+    if matches:
+        return CertFinding("ok", key.name, f"matches {what}")
+    return CertFinding(
+        "fail",
+        key.name,
+        f"does not belong to {what} (their public keys differ)",
+        "copy the key and the certificate issued for it together, from the same order",
+    )
+
+
+def check_named_files(
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    now: dt.datetime | None = None,
+    *,
+    warn_days: int = EXPIRY_WARNING_DAYS,
+) -> list[CertFinding]:
+    """The TLS files a site file names (``uplink.ca_file``, ``cert_file``, ``key_file``),
+    each under its full path: the files the gateway loads, not a folder's."""
+    now = now or dt.datetime.now(dt.UTC)
+    findings: list[CertFinding] = []
+    client: Certificate | None = None
+    for name in (ca_file, cert_file):
+        if name:
+            finding, cert = check_certificate(Path(name), now, warn_days=warn_days)
+            findings.append(replace(finding, file=name))
+            if name == cert_file:
+                client = cert
+    if key_file and cert_file and client is not None:
+        findings.append(replace(check_key(Path(key_file), client, cert_file), file=key_file))
     return findings

@@ -16,12 +16,14 @@ from drivers.modbus import known_models
 from edge import (
     __version__,
     buffer_cli,
+    commission,
     doctor,
     installer_cli,
     lastgood,
     provision,
     replay,
     selftest,
+    watch,
 )
 from edge.config import ConfigError, SiteConfig, load_site, report_config
 from edge.config.duration import parse_duration
@@ -71,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     buffer_cli.add_parser(commands)
     replay.add_parser(commands)
     selftest.add_parser(commands)
+    watch.add_parser(commands)
+    commission.add_parser(commands)
     return parser
 
 
@@ -95,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return replay.command(args)
     if args.command == "selftest":
         return selftest.command(args)
+    if args.command == "watch":
+        return watch.command(args)
+    if args.command == "commission":
+        return commission.command(args)
     raise AssertionError(args.command)  # argparse refuses unknown commands
 
 

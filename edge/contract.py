@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 
-from drivers.tilt import TILT_AXES, displacement_point
+from drivers.catalog import SERIAL_POINTS, device_points
 from drivers.types import Reading
 from edge.schemas import ContractError
 
@@ -112,6 +112,10 @@ EventKind = Literal[
     # The SMS fallback: one event per message, with its result.
     "sms-sent",
     "sms-failed",
+    # Alarm phone calls (docs/rules.md): every attempt placed, then answered or failed.
+    "call-placed",
+    "call-answered",
+    "call-failed",
     "device-offline",
     "device-online",
     "gateway-started",
@@ -136,6 +140,8 @@ EventKind = Literal[
     "buffer-dropped",
     # Readings shed in memory before the outbox (the disk refused writes for long).
     "readings-lost",
+    # An installer's commissioning record (edge commission; docs/commissioning.md).
+    "commissioned",
 ]
 EVENT_KINDS: Final[frozenset[str]] = frozenset(get_args(EventKind))
 
@@ -362,19 +368,9 @@ def status_message(
 # --- aliases: points as small numbers ------------------------------------------------------------
 
 #: Points of the UART and GPIO sensor models, which have no model file, in the order their
-#: drivers report them (drivers/witmotion/driver.py, drivers/ld2410/driver.py, drivers/pir.py).
+#: drivers report them: the point catalogue's (drivers/catalog.py), as (point, unit) pairs.
 FIXED_POINTS: Final[Mapping[str, tuple[tuple[str, str], ...]]] = {
-    "witmotion-uart": (("roll", "°"), ("pitch", "°"), ("yaw", "°")),
-    "hlk-ld2410": (
-        ("presence", ""),
-        ("target_state", ""),
-        ("moving_distance", "cm"),
-        ("moving_energy", ""),
-        ("still_distance", "cm"),
-        ("still_energy", ""),
-        ("detection_distance", "cm"),
-    ),
-    "pir": (("presence", ""),),
+    model: tuple((p.name, p.unit) for p in points) for model, points in SERIAL_POINTS.items()
 }
 
 
@@ -417,10 +413,9 @@ class Aliases:
         """
         entries: list[tuple[str, str, str]] = []
         for device in sorted(config.devices, key=lambda d: d.id):
-            for point, unit in _points_of(device.model):
-                entries.append((device.id, point, unit))
-                if device.gauge_length is not None and point in TILT_AXES:
-                    entries.append((device.id, displacement_point(point), "mm"))
+            gauged = device.gauge_length is not None
+            for point in device_points(device.model, gauged=gauged) or ():
+                entries.append((device.id, point.name, point.unit))
         return cls(entries)
 
     @classmethod
@@ -483,18 +478,6 @@ class Aliases:
 
     def __repr__(self) -> str:
         return f"Aliases({len(self._entries)} points, table_id={self.table_id!r})"
-
-
-def _points_of(model: str) -> tuple[tuple[str, str], ...]:
-    if model in FIXED_POINTS:
-        return FIXED_POINTS[model]
-    from drivers.modbus.model import load_model  # noqa: PLC0415 -- only when building aliases
-
-    try:
-        loaded = load_model(model)
-    except (ValueError, OSError):
-        return ()  # an unknown model reports nothing; its readings would go as fallback rows
-    return tuple((p.name, p.unit) for p in loaded.points)
 
 
 # --- metadata and health --------------------------------------------------------------------------

@@ -38,17 +38,20 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from buffer.schema import SCHEMA_VERSION as OUTBOX_SCHEMA
+from buffer.store import waiting_records
 from drivers.modbus import known_models
 from edge import contract, lastgood
 from edge.annunciator import AUTO_PIN_FACTORIES, NO_BACKEND_FIX
-from edge.certs import check_certificates
+from edge.certs import check_certificates, check_named_files
 from edge.config import SiteConfig, report_config
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus
 from edge.config.model import Uplink as UplinkConfig
+from edge.config.site_files import missing_files
 from edge.uplink import PROTOCOLS as _PROTOCOLS
 from edge.uplink import parse_broker_url
 from edge.uplink import tls_context as uplink_tls_context
-from edge.uplink.connection import MqttClient, PublishRefused
+from edge.uplink.connection import MqttClient, PublishRefused, tls_files
 
 __all__ = ["Check", "exit_status", "print_report", "run_checks"]
 
@@ -203,10 +206,25 @@ def check_last_good(path: Path, config: SiteConfig | None) -> Check:
     )
 
 
+def check_site_files(config: SiteConfig) -> list[Check]:
+    """The TLS files, command keys and modem port the site file names: on the gateway they
+    must be there (``edge check-config`` only warns: it may run before they are made)."""
+    return [
+        Check(
+            f"file {'.'.join(str(p) for p in missing.place)}",
+            "fail",
+            f"{missing.what.format(path=missing.path)} {missing.reason}",
+            missing.hint,
+        )
+        for missing in missing_files(config)
+        if missing.place[0] != "buses"  # serial ports: check_serial_ports, with the user's access
+    ]
+
+
 def check_serial_ports(config: SiteConfig, user: pwd.struct_passwd | None) -> list[Check]:
     checks: list[Check] = []
     for bus in config.buses:
-        if not isinstance(bus, ModbusRtuBus):
+        if not isinstance(bus, ModbusRtuBus | SerialBus):
             continue
         name = f"serial {bus.id}"
         if "://" in bus.port:
@@ -361,7 +379,7 @@ async def _try_broker(
             f"broker {broker.display}",
             "fail",
             f"cannot load the TLS files {where}: {exc}",
-            "see the certificate checks below",
+            "see the certificate checks above",
         ), None
     client = MqttClient(
         broker.host,
@@ -528,17 +546,23 @@ async def check_brokers(config: SiteConfig, certs: Path, seconds: float) -> list
 
 
 def check_certs(certs: Path, config: SiteConfig | None, now: dt.datetime | None) -> list[Check]:
-    findings = check_certificates(certs, now)
+    """The TLS files the gateway loads (edge.uplink.tls_files), and which ones those are: the
+    site file's when it names any, else the folder's."""
+    uplink = None if config is None else config.uplink
+    named = uplink is not None and bool(uplink.ca_file or uplink.cert_file)
+    if uplink is not None and named:
+        findings = check_named_files(uplink.ca_file, uplink.cert_file, uplink.key_file, now)
+    else:
+        findings = check_certificates(certs, now)
     checks = [Check(f"certificate {f.file}", f.level, f.detail, f.fix) for f in findings]
-    uses_tls = config is not None and any(u.startswith("mqtts://") for u in config.uplink.brokers)
-    if not findings and uses_tls:
-        checks.append(
-            Check(
-                "certificates",
-                "ok",
-                f"no files in {certs}: the system's certificate authorities are used",
-            )
-        )
+    if uplink is not None and any(u.startswith("mqtts://") for u in uplink.brokers):
+        ca_file, cert_file, key_file = tls_files(uplink, certs)
+        ca = ca_file or "the system's certificate authorities"
+        client = f"client {cert_file} with {key_file}" if cert_file else "no client certificate"
+        source = "named in uplink" if named else f"from {certs}"
+        if named and certs.is_dir() and any(certs.iterdir()):
+            source += f"; the files in {certs} are not used"
+        checks.append(Check("certificates", "ok", f"TLS uses {ca}, {client} ({source})"))
     return checks
 
 
@@ -609,20 +633,26 @@ def check_buffer(buffer: Path, user: pwd.struct_passwd | None) -> Check:
                 f"{buffer} not created yet; the gateway creates {buffer.parent} at first start",
             )
         return Check("buffer", "ok", f"{buffer} not created yet (the gateway creates it)")
+    waiting = ""
     try:
         with contextlib.closing(
             sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=2)
         ) as conn:
             verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            waiting = (
-                conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-                if "outbox" in tables
-                else 0
-            )
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if verdict == "ok" and version == OUTBOX_SCHEMA:
+                # The count `edge buffer stats` shows, by the same function.
+                depth = waiting_records(conn)
+                waiting = (
+                    f", {sum(depth.values())} records waiting to be sent "
+                    f"({depth['event']} events, {depth['telemetry']} readings)"
+                )
+            elif verdict == "ok":
+                waiting = (
+                    f" (schema {version}: the gateway migrates it to {OUTBOX_SCHEMA} at start)"
+                )
     except sqlite3.Error as exc:
         verdict = str(exc)
-        waiting = 0
     if verdict != "ok":
         return Check(
             "buffer",
@@ -638,7 +668,7 @@ def check_buffer(buffer: Path, user: pwd.struct_passwd | None) -> Check:
             f"{who} may not write {buffer}",
             f"give the file back to the gateway's user: `sudo chown {who}: {buffer}`",
         )
-    return Check("buffer", "ok", f"{buffer} healthy, {waiting} records waiting to be sent")
+    return Check("buffer", "ok", f"{buffer} healthy{waiting}")
 
 
 # -- running them ----------------------------------------------------------------------------
@@ -669,6 +699,7 @@ async def run_checks(
         return checks
     buffer = Path(config.buffer.path)
     checks += _guarded("serial", lambda: check_serial_ports(config, account))
+    checks += _guarded("files", lambda: check_site_files(config))
     checks += await check_tcp_buses(config, seconds)
     checks += _guarded("gpio", lambda: [check_gpio(config, account, dev)])
     checks += _guarded("certificates", lambda: check_certs(certs, config, now))

@@ -29,17 +29,21 @@ from edge import __version__, command_bounds, contract, reload, timesync
 from edge.annunciator import NO_BACKEND_FIX, Annunciator
 from edge.buses import (
     FieldDriver,
+    UnavailableGpio,
     build_buses,
     bus_health,
     bus_services,
     modbus_devices,
     set_interval,
 )
+from edge.calls import CallNotifier
 from edge.clock import Clock, SystemClock
 from edge.commands import CommandError, current_command_id, current_key_class
 from edge.config.model import SiteConfig
 from edge.config.storage import storage_of
+from edge.config.thresholds import command_threshold
 from edge.contract import EventKind, event_body, iso_utc, reading_body
+from edge.control import ControlServer, LiveReadings
 from edge.log import fields, lines_dropped
 from edge.occupancy import Occupancy, priority
 from edge.rules import (
@@ -184,18 +188,32 @@ class Gateway:
         self._state_restored = False
         self.annunciator = Annunciator(config.outputs, pin_factory=pin_factory, clock=self.clock)
         self.annunciator.on_silence = self._silence_button
+        places = {
+            d.id: f"{d.location.building} {d.location.floor} {d.location.room}"
+            for d in config.devices
+        }
         self.sms = (
             None
             if config.sms is None
             else SmsNotifier(
                 config.sms,
                 site=config.gateway.site.name,
-                places={
-                    d.id: f"{d.location.building} {d.location.floor} {d.location.room}"
-                    for d in config.devices
-                },
+                places=places,
                 timezone=config.gateway.timezone,
                 report=self._sms_result,
+                uplink_online=lambda: self.uplink is not None and self.uplink.state == "online",
+            )
+        )
+        # Calls share the SMS's modem, whose line puts every message before any call.
+        self.calls = (
+            None
+            if self.sms is None or self.sms.config.calls is None
+            else CallNotifier(
+                self.sms.config.calls,
+                site=config.gateway.site.name,
+                places=places,
+                report=self._sms_result,
+                modem=self.sms.modem,
                 uplink_online=lambda: self.uplink is not None and self.uplink.state == "online",
             )
         )
@@ -211,6 +229,8 @@ class Gateway:
         #: Readings shed while the outbox was not open (reported once it opens).
         self.pending_lost = LossTally()
         self._locations = {d.id: d.location.model_dump() for d in config.devices}
+        #: The last value of every point, for the control socket (edge watch, edge commission).
+        self.live = LiveReadings()
         #: Called with every transition after the buzzer has been driven (tests, demo).
         self.transition_hooks: list[Callable[[Transition], None]] = []
 
@@ -226,6 +246,7 @@ class Gateway:
             if not sample.online:
                 self._keep(self.storage.offline(sample.device_id))
             self._report(transitions)
+            self.live.observe(sample)
             return
         self.occupancy.observe(sample)
         transitions = self.rules.evaluate(sample)
@@ -233,6 +254,7 @@ class Gateway:
             self._sound(transitions)
         self._keep(self.storage.offer(sample))
         self._report(transitions)
+        self.live.observe(sample)
 
     def _sound(self, transitions: list[Transition]) -> None:
         """The alarm book follows the transitions; the buzzer follows the book, at once."""
@@ -308,12 +330,16 @@ class Gateway:
                 location=self._locations.get(transition.device_id),
             ),
         )
+        told = (
+            transition
+            if occupancy is transition.occupancy
+            else dataclasses.replace(transition, occupancy=occupancy)
+        )
+        # The SMS first: its line goes before any call (docs/rules.md, Phone calls).
         if self.sms is not None:
-            self.sms.notify(
-                transition
-                if occupancy is transition.occupancy
-                else dataclasses.replace(transition, occupancy=occupancy)
-            )
+            self.sms.notify(told)
+        if self.calls is not None:
+            self.calls.notify(told)
 
     def _keep(self, stored: list[Stored]) -> None:
         """Hand the readings the storage policies kept to the outbox."""
@@ -336,6 +362,20 @@ class Gateway:
                 location=self._locations.get(status.device_id),
             ),
         )
+
+    def pins_unusable(self) -> list[str]:
+        """What of this board's GPIO the config cannot use: the annunciator's outputs, GPIO
+        buses whose pin factory does not load. The gateway runs on with them (each is
+        reported), but a pushed config that causes one has not proved itself."""
+        found = (
+            []
+            if self.annunciator.failure is None
+            else [f"the buzzer cannot sound: {self.annunciator.failure}"]
+        )
+        for name, driver in self.buses.items():
+            if isinstance(driver, UnavailableGpio):
+                found.append(f"{name}: {driver.reason}")
+        return found
 
     def _annunciator_failed(self, why: str) -> None:
         """A buzzer that cannot sound is an alarm of its own: it goes to the platform, and by
@@ -584,6 +624,15 @@ class Gateway:
             # are not overwritten by this one alone.
             await self._restore_rule_state(wait=False)
         device = params.get("device")
+        # "0.5 A" on a rule in mA is 500: a unit is converted or refused, never dropped.
+        rule = next((r for r in self.config.rules if r.id == params["rule"]), None)
+        try:
+            value = command_threshold(
+                params["threshold"], params.get("field"), getattr(rule, "unit", None)
+            )
+        except ValueError as exc:
+            raise CommandError(f"threshold: {exc}") from None
+        params = {**params, "threshold": value}
         refusal = self._threshold_refusal(params)
         if refusal is not None:
             raise CommandError(refusal)
@@ -985,8 +1034,16 @@ class Gateway:
         self.supervisor.start("rules", self._rules_service)
         if self.sms is not None:
             self.supervisor.start("sms", self.sms.run)
+        if self.calls is not None:
+            self.supervisor.start("calls", self.calls.run)
         self.supervisor.start("uplink", self._uplink_service)
         self.supervisor.start("status", self._status_service)
+        if self.config.control.socket is not None and self.config_path is not None:
+            # Only a gateway run from a site file (edge run) listens; never on the alarm path.
+            control = ControlServer(
+                self, self.config.control.socket, group=self.config.control.group
+            )
+            self.supervisor.start("control", control.serve)
         self._stop = stop
         bus_names: list[str] = []
         pins = self.annunciator.pin_factory  # PIR sensors share the annunciator's pin factory

@@ -149,15 +149,56 @@ async def _scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     models = [load_model(name) for name in known_models()]
     started = time.monotonic()
+    garbled: dict[int | None, int] = {}
     try:
         found = await scan(
-            settings, args.addresses, baudrates=args.bauds, models=models, progress=progress
+            settings,
+            args.addresses,
+            baudrates=args.bauds,
+            models=models,
+            progress=progress,
+            bad_frames=garbled,
         )
     except OSError as exc:
-        print(f"scan: {exc}", file=err)
+        print(f"scan: {exc}{port_hint(str(exc))}", file=err)
         return 1
     print(_report(settings, found, time.monotonic() - started, args.bauds), file=out)
-    return 0 if found else 1
+    for speed, count in garbled.items():
+        at = f" at {speed} baud" if speed else ""
+        print(f"scan: {count} frame{'s' if count != 1 else ''}{at}{CRC_HINT}", file=err)
+    # A unit that answers only with CRC errors is not a unit found.
+    return 0 if any(not item.garbled for item in found) else 1
+
+
+#: What a frame that fails its CRC most often means, for the installer.
+CRC_HINT = (
+    " failed their CRC check: something answers, but garbled: check the baud rate and "
+    "parity against the device's, the A/B wires (swapped?), the line's termination, and that "
+    "no two devices share an address"
+)
+
+
+def port_hint(reason: str) -> str:
+    """What to do about a port that cannot be opened, from the reason the system gave."""
+    text = reason.lower()
+    if "no such file" in text or "errno 2]" in text:
+        return (
+            "; the port does not exist: plug in the adapter, or name the port that exists "
+            "(`ls -l /dev/serial/by-id/` lists them)"
+        )
+    if "lock" in text or "busy" in text or "temporarily unavailable" in text:
+        return (
+            "; the port is busy: another program holds it (a running gateway? stop it with "
+            "`sudo systemctl stop city-safety-edge` while you scan)"
+        )
+    if "permission" in text or "errno 13]" in text:
+        return (
+            "; not permitted: run as a member of the port's group (`sudo usermod -aG dialout "
+            "$USER`, then log in again), or with sudo"
+        )
+    if "refused" in text or "timed out" in text:
+        return "; is the device or serial server on, and the address and port right?"
+    return ""
 
 
 def _report(
@@ -166,10 +207,18 @@ def _report(
     where = settings.describe()
     if isinstance(settings, RtuSettings) and len(bauds) > 1:
         where = f"modbus-rtu {settings.port} at {', '.join(map(str, bauds))} baud"
-    lines = [f"{where}: {len(found)} answered ({seconds:.1f} s)"]
+    clean = [item for item in found if not item.garbled]
+    garbled = len(found) - len(clean)
+    also = f", {garbled} only with CRC errors" if garbled else ""
+    lines = [f"{where}: {len(clean)} answered{also} ({seconds:.1f} s)"]
     for item in found:
         speed = f" @ {item.baudrate} baud" if item.baudrate else ""
         looks = f"; looks like {', '.join(item.models)}" if item.models else ""
+        if item.garbled:
+            looks = (
+                " (a unit answers but the line garbles it: check the baud rate and parity, "
+                "the A/B wires and the 120 ohm termination)"
+            )
         lines.append(f"  address {item.address:>3}{speed}: {item.answer}{looks}")
     return "\n".join(lines)
 
@@ -210,7 +259,12 @@ async def _read(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     if not readings:
-        print(f"read: {device.id}: {failure[0] if failure else 'no readings'}", file=err)
+        reason = failure[0] if failure else "no readings"
+        print(f"read: {device.id}: {reason}{port_hint(reason)}", file=err)
+        stats = getattr(driver, "stats", None)
+        count = getattr(stats, "bad_frames", 0)
+        if count:
+            print(f"read: {count} frame{'s' if count != 1 else ''}{CRC_HINT}", file=err)
         return 1
     print(_table(device.id, device.model, device.bus, readings), file=out)
     return 0

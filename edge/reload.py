@@ -475,6 +475,11 @@ class SiteRunner:
                     if error is not None:
                         return f"did not start: {type(error).__name__}: {error}"
                     return "stopped while starting"
+                # A config this board's pins cannot serve runs on (alarms matter more than a
+                # buzzer), but a push must not trade a working buzzer for a silent one.
+                unusable = gateway.pins_unusable()
+                if unusable:
+                    return "did not start: " + "; ".join(unusable)
                 crashed = sorted(name for name, n in gateway.supervisor.restarts.items() if n > 0)
                 if crashed:
                     return f"service {', '.join(crashed)} crashed before the config was confirmed"

@@ -19,21 +19,23 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from drivers.serial_link import SerialLink
-from edge.config.model import SEVERITY_ORDER, Sms
+from edge.config.model import PHONE_NUMBER, SEVERITY_ORDER, Sms
 from edge.contract import EventKind
 from edge.log import fields
 from edge.rules import Transition
 
 __all__ = [
+    "CallResult",
     "Modem",
     "ModemError",
+    "ModemLine",
     "SmsNotifier",
     "alarm_text",
     "decode_submit",
@@ -51,8 +53,8 @@ CTRL_Z = b"\x1a"
 ESC = b"\x1b"
 
 
-#: A number the network takes: an optional + (international) and 3-20 ASCII digits.
-_NUMBER = re.compile(r"\+?[0-9]{3,20}")
+#: The site file's own check of a phone number (edge/config/model.py), so both agree.
+_NUMBER = PHONE_NUMBER
 #: Octets of the validity period by its format (TP-VPF, bits 3-4 of the first octet): none,
 #: enhanced (7), relative (1), absolute (7, a time stamp).
 _VALIDITY_OCTETS = {0x00: 0, 0x08: 7, 0x10: 1, 0x18: 7}
@@ -165,42 +167,229 @@ def _decode_submit(data: bytes) -> Submitted:
     return Submitted(number, user.decode("utf-16-be"), reference, part, parts)
 
 
-class Modem:
-    """AT dialogue with a modem on a serial port URL; one message at a time."""
+class ModemLine:
+    """One AT dialogue at a time on the modem, and an SMS before any call.
 
-    def __init__(self, port: str, baudrate: int = 115200, *, timeout: float = 60.0) -> None:
+    A message waiting for the line goes before a call waiting for it, and a call that is
+    ringing sees :attr:`sms_waiting` between its polls and hangs up to let the message
+    through (docs/rules.md, Phone calls): an alarm's text never waits behind a ringing phone.
+    """
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._messages_waiting = 0
+        self._free = asyncio.Event()
+
+    @property
+    def sms_waiting(self) -> bool:
+        return self._messages_waiting > 0
+
+    @contextlib.asynccontextmanager
+    async def hold(self, *, sms: bool) -> AsyncIterator[None]:
+        if sms:
+            self._messages_waiting += 1
+        try:
+            while self._busy or (not sms and self._messages_waiting):
+                self._free.clear()
+                await self._free.wait()
+        finally:
+            if sms:
+                self._messages_waiting -= 1
+                self._free.set()  # a call may wait for the last message to go
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+            self._free.set()
+
+
+#: How a call ended, by the modem's final result or unsolicited code.
+CallOutcome = Literal["answered", "busy", "no-carrier", "no-answer", "error", "gave-way"]
+_ENDINGS: dict[bytes, CallOutcome] = {
+    b"BUSY": "busy",
+    b"NO CARRIER": "no-carrier",
+    b"NO ANSWER": "no-answer",
+    b"NO DIALTONE": "no-carrier",
+}
+#: ``+CLCC: <id>,<dir>,<stat>,<mode>,...``: a call we placed (dir 0), voice (mode 0), its state.
+_CLCC = re.compile(rb"\+CLCC:\s*\d+,\s*0,\s*(\d),\s*0")
+#: SIM7600's unsolicited code when the called party picks up.
+_VOICE_BEGIN = b"VOICE CALL: BEGIN"
+#: How long the modem may take to read the alarm aloud once (``+CTTS: 0`` when done).
+SPEECH_TIME = 30.0
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What one call came to: the outcome, the modem's words, seconds it rang."""
+
+    outcome: CallOutcome
+    detail: str
+    rang: float
+    spoken: bool = False
+
+
+class Modem:
+    """AT dialogue with a modem on a serial port URL, one at a time (:class:`ModemLine`)."""
+
+    def __init__(
+        self,
+        port: str,
+        baudrate: int = 115200,
+        *,
+        timeout: float = 60.0,
+        poll: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.port = port
         self.baudrate = baudrate
         self.timeout = timeout
+        #: Seconds between ``AT+CLCC`` polls while a call rings.
+        self.poll = poll
+        self.clock = clock
+        self.line = ModemLine()
 
     async def send(self, number: str, text: str, reference: int = 0) -> list[int]:
         """Send ``text``; the message references the network gave each part. Raises
         :class:`ModemError` (``+CMS ERROR``, ``ERROR`` or no answer) or ``OSError``."""
-        link = await SerialLink.open(self.port, self.baudrate)
+        pdus = submit_pdus(number, text, reference)  # a bad number never takes the line
+        async with self.line.hold(sms=True):
+            link = await SerialLink.open(self.port, self.baudrate)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._command(link, b"ATE0")  # no echo: answers are easier to read
+                    await self._command(link, b"AT+CMGF=0")
+                    references = []
+                    for pdu in pdus:
+                        octets = len(pdu) // 2 - 1
+                        link.write(f"AT+CMGS={octets}\r".encode())
+                        await self._expect_prompt(link)
+                        link.write(pdu.encode() + CTRL_Z)
+                        answer = await self._until_final(link)
+                        found = re.search(rb"\+CMGS:\s*(\d+)", answer)
+                        references.append(int(found.group(1)) if found else -1)
+                    return references
+            except TimeoutError:
+                raise ModemError(
+                    f"no answer from the modem on {self.port} within {self.timeout:g} s"
+                ) from None
+            finally:
+                await link.close()
+
+    async def call(
+        self,
+        number: str,
+        *,
+        ring_time: float,
+        speech: str | None = None,
+        dialled: Callable[[], None] = lambda: None,
+    ) -> CallResult:
+        """Call ``number``: ``ATD<number>;``, poll ``AT+CLCC`` until it is answered (state 0,
+        or ``VOICE CALL: BEGIN``), ends (``BUSY``, ``NO CARRIER``, ``NO ANSWER``) or has rung
+        ``ring_time`` seconds, then ``ATH``. Once answered, ``speech`` is read aloud with
+        ``AT+CTTS`` where the modem has it. A call gives way (outcome ``gave-way``) when an SMS
+        waits for the line. ``dialled`` is called once the modem took ``ATD`` (the network
+        rings the number). Raises :class:`ModemError` (no answer) or ``OSError``."""
+        if not _NUMBER.fullmatch(number):
+            raise ValueError(f"not a phone number: {number!r} (+ then 3-20 digits 0-9)")
+        async with self.line.hold(sms=False):
+            link = await SerialLink.open(self.port, self.baudrate)
+            try:
+                return await self._call(link, number, ring_time, speech, dialled)
+            except TimeoutError:
+                raise ModemError(
+                    f"no answer from the modem on {self.port} within {self.timeout:g} s"
+                ) from None
+            finally:
+                await link.close()
+
+    async def _call(
+        self,
+        link: SerialLink,
+        number: str,
+        ring_time: float,
+        speech: str | None,
+        dialled: Callable[[], None],
+    ) -> CallResult:
+        async with asyncio.timeout(self.timeout):
+            await self._command(link, b"ATE0")
+            link.write(f"ATD{number};\r".encode())
+            seen, final = await self._until_result(link)
+        if final != b"OK":
+            # ERROR or a +CME ERROR is the modem refusing; BUSY and the rest are the network.
+            return CallResult(_ENDINGS.get(final, "error"), final.decode(errors="replace"), 0.0)
+        dialled()
+        since = self.clock()
+        answered = _VOICE_BEGIN in seen
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._command(link, b"ATE0")  # no echo: answers are easier to read
-                await self._command(link, b"AT+CMGF=0")
-                references = []
-                for pdu in submit_pdus(number, text, reference):
-                    octets = len(pdu) // 2 - 1
-                    link.write(f"AT+CMGS={octets}\r".encode())
-                    await self._expect_prompt(link)
-                    link.write(pdu.encode() + CTRL_Z)
-                    answer = await self._until_final(link)
-                    found = re.search(rb"\+CMGS:\s*(\d+)", answer)
-                    references.append(int(found.group(1)) if found else -1)
-                return references
-        except TimeoutError:
-            raise ModemError(
-                f"no answer from the modem on {self.port} within {self.timeout:g} s"
-            ) from None
+            while not answered:
+                rang = self.clock() - since
+                if rang >= ring_time:
+                    return CallResult("no-answer", f"not answered within {ring_time:g} s", rang)
+                if self.line.sms_waiting:
+                    return CallResult("gave-way", "hung up for an alarm SMS", rang)
+                await asyncio.sleep(self.poll)
+                async with asyncio.timeout(self.timeout):
+                    link.write(b"AT+CLCC\r")
+                    seen, final = await self._until_result(link)
+                for line in seen.splitlines():
+                    ending = _ENDINGS.get(line.strip())
+                    if ending is not None:
+                        return CallResult(ending, line.strip().decode(), self.clock() - since)
+                states = [int(m.group(1)) for m in _CLCC.finditer(seen)]
+                if _VOICE_BEGIN in seen or 0 in states:
+                    answered = True
+                elif final == b"OK" and not states:
+                    return CallResult("no-carrier", "the call ended", self.clock() - since)
+            rang = self.clock() - since
+            spoken = speech is not None and await self._speak(link, speech)
+            return CallResult("answered", "answered", rang, spoken)
         finally:
-            await link.close()
+            # Hang up whatever happened: a call left up would hold the modem's only voice line.
+            with contextlib.suppress(ModemError, TimeoutError):
+                async with asyncio.timeout(self.timeout):
+                    await self._command(link, b"ATH")
+
+    async def _speak(self, link: SerialLink, speech: str) -> bool:
+        """Read ``speech`` aloud (``AT+CTTS=1``, UCS2 hex: ASCII on the line, no GBK); False
+        where the modem has no text-to-speech or the person hung up first."""
+        text = speech.encode("utf-16-be").hex().upper()
+        async with asyncio.timeout(self.timeout):
+            link.write(f'AT+CTTS=1,"{text}"\r'.encode())
+            _, final = await self._until_result(link)
+        if final != b"OK":
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SPEECH_TIME):
+                while True:
+                    raw = await link.reader.readline()
+                    line = raw.strip()
+                    if not raw or line in _ENDINGS:
+                        return False
+                    if line.startswith(b"+CTTS:"):
+                        return True
+        return True
 
     async def _command(self, link: SerialLink, command: bytes) -> bytes:
         link.write(command + b"\r")
         return await self._until_final(link)
+
+    @staticmethod
+    async def _until_result(link: SerialLink) -> tuple[bytes, bytes]:
+        """Lines up to a final result of any kind, and that result (``OK``, ``ERROR``,
+        ``+CME ERROR: n``, ``BUSY``, ``NO CARRIER`` ...), without raising for a refusal."""
+        seen = b""
+        while True:
+            line = await link.reader.readline()
+            if not line:
+                raise ModemError("the modem closed the line")
+            seen += line
+            text = line.strip()
+            if text in (b"OK", b"ERROR") or text in _ENDINGS:
+                return seen, text
+            if text.startswith((b"+CME ERROR", b"+CMS ERROR")):
+                return seen, text
 
     @staticmethod
     async def _expect_prompt(link: SerialLink) -> None:

@@ -48,6 +48,15 @@ class Injection:
     address: int
     command: dict[str, Any]
     says: str
+    #: The event this step must bring to the platform: (kind, device).
+    brings: tuple[str, str] | None = None
+
+
+#: Seconds the last step of the story needs to show at the platform: a device answering again
+#: is polled at its next retry (the retries of a silent device back off: 6 s measured after 10
+#: s of silence) and its device-online sent with the next batch; one going silent is declared
+#: offline after its missed polls (about 2 s). Generous, for a loaded machine.
+STORY_TAIL = 12.0
 
 
 @dataclass
@@ -66,7 +75,8 @@ def sim_bus_of(config: SiteConfig) -> dict[str, tuple[str, int]]:
 
 
 def timeline(config: SiteConfig, seconds: float | None) -> list[Injection]:
-    """Faults to inject: residual current, over-temperature, a silent device, then recovery."""
+    """The story: two alarms that overlap and clear one after the other (the buzzer goes off
+    only with the last), then a monitor that stops answering and comes back."""
     where = sim_bus_of(config)
     devices = [d.id for d in config.devices]
     first = devices[0]
@@ -80,36 +90,53 @@ def timeline(config: SiteConfig, seconds: float | None) -> list[Injection]:
             *where[first],
             {"cmd": "set", "point": "residual_current", "value": 350},
             f"{first}: residual current 120 -> 350 mA (limit 300 mA)",
+            ("alarm-raised", first),
         ),
         Injection(
-            t0 + 10,
+            t0 + 5,
             *where[rtu],
             {"cmd": "set", "point": "temperature_1", "value": 78},
             f"{rtu}: cable temperature 32 -> 78 C (limit 70 C)",
+            ("alarm-raised", rtu),
         ),
         Injection(
-            t0 + 20,
+            t0 + 10,
             *where[first],
             {"cmd": "set", "point": "residual_current", "value": 150},
             f"{first}: residual current back to 150 mA",
+            ("alarm-cleared", first),
         ),
         Injection(
-            t0 + 20,
+            t0 + 14,
             *where[rtu],
             {"cmd": "set", "point": "temperature_1", "value": 40},
             f"{rtu}: cable temperature back to 40 C",
+            ("alarm-cleared", rtu),
         ),
     ]
     if other is not None:
         steps += [
             Injection(
-                t0 + 25, *where[other], {"cmd": "silent", "on": True}, f"{other}: stops answering"
+                t0 + 18,
+                *where[other],
+                {"cmd": "silent", "on": True},
+                f"{other}: stops answering",
+                ("device-offline", other),
             ),
             Injection(
-                t0 + 35, *where[other], {"cmd": "silent", "on": False}, f"{other}: answers again"
+                t0 + 24,
+                *where[other],
+                {"cmd": "silent", "on": False},
+                f"{other}: answers again",
+                ("device-online", other),
             ),
         ]
     return steps
+
+
+def story_seconds(config: SiteConfig) -> float:
+    """How long an unattended run (``DEMO_SECONDS``) must last to show the whole story."""
+    return max(step.at for step in timeline(config, None)) + STORY_TAIL
 
 
 class Demo:
@@ -117,11 +144,20 @@ class Demo:
         self.config_path = config_path
         self.config = load_site(config_path)
         self.seconds = seconds
-        self.say = Narrator().say
+        narrator = Narrator()
+        self.say = narrator.say
+        self.narrator_started = narrator.started
         self.processes: list[asyncio.subprocess.Process] = []
         self.alarm_at_platform: set[str] = set()
         self.first_device = self.config.devices[0].id
         self.last_readings: dict[str, dict[str, float]] = {}
+        #: Alarms the gateway has raised and not cleared, as its log says: (rule, device).
+        self.active: set[tuple[str, str]] = set()
+        #: Devices the platform was told are offline, and when (narration seconds).
+        self.offline: dict[str, float] = {}
+        #: (kind, device) of every event that reached the platform.
+        self.events_at_platform: set[tuple[str, str]] = set()
+        self.counters_explained = False
         self.last_summary = ""
         #: Set by Ctrl-C or SIGTERM: the demo stops everything it started, then exits.
         self.interrupted = asyncio.Event()
@@ -253,35 +289,79 @@ class Demo:
 
     async def follow_gateway(self, stream: asyncio.StreamReader) -> None:
         log_path = Path(self.config.buffer.path).parent / "gateway.log"
+        # The gateway drives the pins before it logs the transitions, so the buzzer's "off"
+        # comes just before the last alarm's "cleared": it is held until those lines are told.
+        held: str | None = None
         with log_path.open("w") as log_file:
-            while line := (await stream.readline()).decode(errors="replace"):
+            while True:
+                try:
+                    raw = await (
+                        asyncio.wait_for(stream.readline(), 0.3) if held else stream.readline()
+                    )
+                except TimeoutError:
+                    self.say("gateway", held or "")
+                    held = None
+                    continue
+                line = raw.decode(errors="replace")
+                if not line:
+                    break
                 log_file.write(line)
                 log_file.flush()
                 entry = parse_logfmt(line)
-                msg, level = entry.get("msg", ""), entry.get("level", "")
-                if msg == "status":
+                msg = entry.get("msg", "")
+                if held and msg not in ("alarm-cleared", "led off"):
+                    self.say("gateway", held)
+                    held = None
+                if msg == "buzzer off":
+                    held = f"BUZZER OFF {_fields(entry)}: the last active alarm has cleared"
+                    continue
+                self.narrate_gateway(entry, line)
+            if held:
+                self.say("gateway", held)
+
+    def narrate_gateway(self, entry: dict[str, Any], line: str) -> None:
+        msg, level = entry.get("msg", ""), entry.get("level", "")
+        if msg == "status":
+            if not self.counters_explained:
+                self.counters_explained = True
+                self.say(
+                    "gateway",
+                    "status every 2 s: active_alarms = alarms raised and not yet cleared; "
+                    "outbox = events and readings stored on disk and not yet acknowledged by "
+                    "the broker (a batch or two in flight while the uplink keeps up, growing "
+                    "while it cannot); uplink = its connection to the broker",
+                )
+            self.say(
+                "gateway",
+                "buzzer={buzzer} active_alarms={active_alarms} "
+                "outbox(events={outbox_events} telemetry={outbox_telemetry}) "
+                "uplink={uplink}".format_map(_Missing(entry)),
+            )
+        elif msg.startswith(("alarm-", "device-", "buzzer")):
+            self.say("gateway", f"{msg.upper()} {_fields(entry)}")
+            key = (str(entry.get("rule", "")), str(entry.get("device", "")))
+            if msg == "alarm-raised":
+                self.active.add(key)
+            elif msg == "alarm-cleared":
+                self.active.discard(key)
+                if self.active:
+                    still = ", ".join(f"{rule} on {device}" for rule, device in sorted(self.active))
                     self.say(
                         "gateway",
-                        "buzzer={buzzer} active_alarms={active_alarms} "
-                        "outbox(events={outbox_events} telemetry={outbox_telemetry}) "
-                        "uplink={uplink}".format_map(_Missing(entry)),
+                        f"buzzer stays on: {len(self.active)} alarm(s) still active ({still})",
                     )
-                elif msg.startswith(("alarm-", "device-", "buzzer")):
-                    extra = {
-                        k: v for k, v in entry.items() if k not in ("ts", "level", "logger", "msg")
-                    }
-                    self.say(
-                        "gateway", f"{msg.upper()} {' '.join(f'{k}={v}' for k, v in extra.items())}"
-                    )
-                elif level in ("error", "critical") or msg in (
-                    "gateway starting",
-                    "gateway stopped",
-                ):
-                    self.say("gateway", line.strip())
+        elif level in ("error", "critical") or msg in ("gateway starting", "gateway stopped"):
+            self.say("gateway", line.strip())
 
     async def watch(self, host: str, port: int) -> int:
         prefix = f"{self.config.uplink.topic_prefix}/{self.config.gateway.id}"
         steps = timeline(self.config, self.seconds)
+        if self.seconds is not None and self.seconds < story_seconds(self.config):
+            self.say(
+                "demo",
+                f"DEMO_SECONDS={self.seconds:g} ends before the whole story "
+                f"({story_seconds(self.config):g} s): its last steps are cut off",
+            )
         begin = time.monotonic()
         async with aiomqtt.Client(host, port, identifier="demo-platform") as client:
             await client.subscribe(f"{prefix}/#", qos=1)
@@ -298,19 +378,46 @@ class Demo:
                 for task in (*tasks, commands):
                     task.cancel()
                 await asyncio.gather(*tasks, commands, return_exceptions=True)
+        self.say(
+            "platform",
+            "the receiver's counts: received = messages off the broker; kept = stored once; "
+            "duplicates = copies resent after a lost ack, recognised by message id; rejected "
+            "= failing the contract's schemas; undecoded = not even JSON; missing = seqs "
+            "between the first and the last not (yet) arrived",
+        )
         for line in self.receiver.summary().text().splitlines():
             self.say("platform", line)
         self.receiver.close()
         reached = self.first_device in self.alarm_at_platform
         self.say("demo", f"injected alarm reached the platform: {'yes' if reached else 'NO'}")
-        return 0 if reached or self.seconds is None else 1
+        told = self.story_told(steps)
+        return 0 if self.seconds is None or (reached and told) else 1
+
+    def story_told(self, steps: list[Injection]) -> bool:
+        """Whether every event of the story a run this long must show reached the platform."""
+        played = [step for step in steps if self.fits(step, steps)]
+        due = [step.brings for step in played if step.brings is not None]
+        arrived = self.events_at_platform
+        missing = [f"{kind} {device}" for kind, device in due if (kind, device) not in arrived]
+        cut = len(steps) - len(played)
+        note = f"; {cut} later step(s) not played: DEMO_SECONDS ends first" if cut else ""
+        said = f"missing: {', '.join(missing)}" if missing else "all arrived"
+        self.say("demo", f"the story at the platform: {len(due)} event(s) due, {said}{note}")
+        return not missing
 
     async def read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             self.on_platform_message(str(message.topic), message.payload)
 
+    def fits(self, step: Injection, steps: list[Injection]) -> bool:
+        """Whether the run lasts long enough to show what ``step`` brings; the first alarm
+        is always played (it is what a short run checks)."""
+        return self.seconds is None or step is steps[0] or step.at + STORY_TAIL <= self.seconds
+
     async def inject(self, steps: list[Injection], begin: float) -> None:
-        for step in steps:
+        # A step that cannot show its result before the end is not played: an event sent just
+        # as the run stops would reach the platform ahead of the readings before it.
+        for step in [s for s in steps if self.fits(s, steps)]:
             await asyncio.sleep(max(0.0, begin + step.at - time.monotonic()))
             reply = await send_control(
                 "127.0.0.1",
@@ -331,6 +438,12 @@ class Demo:
         message = decode_payload(raw)  # the receiver has just decoded it: cannot fail here
         if topic.endswith("/events"):
             kind = message.get("kind", "?")
+            device = str(message.get("device", ""))
+            self.events_at_platform.add((kind, device))
+            if kind == "device-offline":
+                self.offline[device] = time.monotonic() - self.narrator_started
+            elif kind == "device-online":
+                self.offline.pop(device, None)
             if kind == "alarm-raised":
                 self.alarm_at_platform.add(message.get("device", ""))
                 if self.first_device in self.alarm_at_platform:
@@ -364,14 +477,21 @@ class Demo:
                     "value"
                 ]
             summary = "  ".join(
-                f"{device}: {p.get('residual_current', '?')} mA {p.get('temperature_1', '?')} C"
-                for device, p in sorted(self.last_readings.items())
+                self.describe_device(device, p) for device, p in sorted(self.last_readings.items())
             )
             # Readings arrive every second; say them when they change, else every 10 s.
             now = time.monotonic()
             if summary != self.last_summary or now - self.summary_at >= 10:
                 self.last_summary, self.summary_at = summary, now
                 self.say("platform", f"telemetry x{len(readings)}  {summary}")
+
+    def describe_device(self, device: str, points: dict[str, float]) -> str:
+        values = f"{points.get('residual_current', '?')} mA {points.get('temperature_1', '?')} C"
+        since = self.offline.get(device)
+        if since is None:
+            return f"{device}: {values}"
+        # Its last readings, not current ones: the device has said nothing since.
+        return f"{device}: OFFLINE since {since:.1f}s, stale {values}"
 
     async def stop_all(self) -> None:
         for process in reversed(self.processes):
@@ -383,6 +503,12 @@ class Demo:
                 except TimeoutError:
                     process.kill()
                     await process.wait()
+
+
+def _fields(entry: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v}" for k, v in entry.items() if k not in ("ts", "level", "logger", "msg")
+    )
 
 
 class _Missing(dict[str, str]):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from typing import Final
 
 from drivers.framing import FrameError
@@ -206,8 +207,13 @@ class TcpClient(ModbusClient):
                 transport, _ = await loop.create_connection(
                     lambda: _TcpProtocol(self), self.host, self.port
                 )
-        except (OSError, TimeoutError):
+        except TimeoutError:
+            self.last_error = f"no connection within {self.timeout:g} s"
             return False
+        except OSError as exc:
+            self.last_error = os.strerror(exc.errno) if exc.errno else str(exc)
+            return False
+        self.last_error = ""
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         return True

@@ -107,6 +107,8 @@ class Point:
     #: The model's default storage policy of the point, as the file writes it (a policy name,
     #: or (key, value) pairs); the gateway checks and applies it (edge/config/storage.py).
     storage: str | tuple[tuple[str, Any], ...] | None = field(default=None, compare=False)
+    #: Where an alarm threshold on this point sensibly lies (low, high), in ``unit``.
+    plausible: tuple[float, float] | None = None
     #: Decimal places of ``scale``: decoded values are rounded to them, so 3 x 0.1 reads 0.3.
     decimals: int = field(init=False, repr=False, compare=False)
 
@@ -484,6 +486,7 @@ def parse_model(text: str, source: str = "<model>") -> DeviceModel:
             "bits": fields.get_bits("bits"),
             "critical": fields.get_bool("critical", default=False),
             "storage": fields.get_storage("storage"),
+            "plausible": fields.get_range("plausible"),
         }
         try:
             point = Point(**arguments)
@@ -525,6 +528,7 @@ _POINT_FIELDS: Final = frozenset(
         "bits",
         "critical",
         "storage",
+        "plausible",
     }
 )
 
@@ -599,6 +603,19 @@ class _Fields:
         if not isinstance(value, dict):
             raise self._wrong(key, "a policy name or a mapping (policy, band, ...)", value)
         return tuple((str(k), v) for k, v in value.items() if k != _LINE_KEY)
+
+    def get_range(self, key: str) -> tuple[float, float] | None:
+        value = self.get(key)
+        if value is None:
+            return None
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            or not value[0] < value[1]
+        ):
+            raise ModelError(f"{self.where()}: {self.label}: {key} must be [low, high], low < high")
+        return float(value[0]), float(value[1])
 
     def get_bits(self, key: str) -> tuple[tuple[int, str], ...]:
         value = self.get(key, default={})

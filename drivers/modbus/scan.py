@@ -1,8 +1,11 @@
 """Finding what answers on a bus: the installer's ``edge scan``.
 
 Each address (and baud rate, on a serial line) gets one short read of register 0. Any answer
-counts, a Modbus exception too: it proves a device listens at that address. Devices that
-answered are then matched against the known models by reading each model's whole read plan.
+counts, a Modbus exception too: it proves a device listens at that address. So does an answer
+that fails its CRC: something is there, but the line garbles it (wrong parity or baud rate,
+no termination, a bad A/B pair), and the installer must hear of it rather than find nothing.
+Devices that answered cleanly are then matched against the known models by reading each
+model's whole read plan.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ class Found:
 
     address: int
     baudrate: int | None
-    #: What register 0 gave: "answers", or "exception N (name)".
+    #: What register 0 gave: "answers", "exception N (name)", or the CRC error seen.
     answer: str
     #: Models whose every read the device answered in full.
     models: tuple[str, ...] = field(default=())
+    #: Only frames that failed their checks came back: a unit is there, the line garbles it.
+    garbled: bool = False
 
 
 def _client(settings: BusSettings) -> ModbusClient:
@@ -73,10 +78,14 @@ async def scan(
     baudrates: Sequence[int] = (),
     models: Iterable[DeviceModel] = (),
     progress: Progress | None = None,
+    bad_frames: dict[int | None, int] | None = None,
 ) -> list[Found]:
     """Probe ``addresses`` (at each of ``baudrates`` on a serial line; default its own).
 
-    Raises ``OSError`` if the port or server cannot be opened at all.
+    ``bad_frames``, when given, receives the frames that failed their CRC or length check at
+    each speed: a line full of them has the wrong baud rate or parity, swapped A/B wires, or
+    two devices on one address. Raises ``OSError`` with the reason (no such port, busy,
+    not permitted) if the port or server cannot be opened at all.
     """
     candidates = list(models)
     own: list[int | None] = [settings.baudrate] if isinstance(settings, RtuSettings) else [None]
@@ -91,14 +100,23 @@ async def scan(
         client = _client(line)
         try:
             if not await client.connect():
-                raise OSError(f"cannot open {line.describe()}")
+                why = f": {client.last_error}" if client.last_error else ""
+                raise OSError(f"cannot open {line.describe()}{why}")
             for address in addresses:
                 if progress is not None:
                     at = f" at {speed} baud" if speed else ""
                     progress(done, total, f"address {address}{at}")
                 if isinstance(line, RtuSettings):
                     await asyncio.sleep(line.frame_gap)
-                pdu = await _read(client, address, "holding", 0, 1)
+                bad_before = client.bad_frames
+                try:
+                    pdu: Response | None = await client.read(address, 3, 0, 1)
+                except (NoAnswer, LinkDown) as exc:
+                    pdu = None
+                    if client.bad_frames > bad_before:
+                        # The reason names the first bad frame ("CRC error in a 7-byte ...").
+                        reason = exc.reason if isinstance(exc, NoAnswer) else str(exc)
+                        found.append(Found(address, speed, reason, garbled=True))
                 done += 1
                 if pdu is None:
                     continue
@@ -114,6 +132,8 @@ async def scan(
                 ]
                 found.append(Found(address, speed, answer, tuple(matches)))
         finally:
+            if bad_frames is not None and client.bad_frames:
+                bad_frames[speed] = bad_frames.get(speed, 0) + client.bad_frames
             client.close()
     if progress is not None:
         progress(total, total, "done")

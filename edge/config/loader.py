@@ -14,6 +14,7 @@ When stage 1 fails, the cross-references that can be checked on the raw data sti
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -34,6 +35,7 @@ from drivers.modbus.model import ModelError, load_model
 from edge.config.model import SiteConfig
 from edge.config.rules_check import check_rules
 from edge.config.storage import check_storage, check_storage_of_parts
+from edge.config.thresholds import normalise_thresholds
 from edge.config.warning_checks import ConfigWarning, site_warnings, url_without_login
 
 __all__ = [
@@ -162,6 +164,14 @@ def parse_site_checked(
     except _Abort as abort:
         raise ConfigError([abort.issue]) from None
 
+    # Thresholds with units, in the unit of their point, before the model reads them.
+    unit_issues: list[ConfigIssue] = []
+    conversions = normalise_thresholds(
+        data,
+        lambda loc, message: unit_issues.append(
+            ConfigIssue(filename, *_nearest(loc, builder.positions), _dotted(loc), message)
+        ),
+    )
     config: SiteConfig | None = None
     model_issues: list[ConfigIssue] = []
     try:
@@ -171,8 +181,26 @@ def parse_site_checked(
             _issue_from_error(err, data, builder.positions, filename) for err in exc.errors()
         ]
 
-    model_issues = [issue for issue in model_issues if not _within(issue.field, builder.unreadable)]
-    issues = builder.issues + model_issues
+    # A refused value that was converted: say what was written, not only the number compared.
+    written = {_dotted(c.loc): c for c in conversions}
+    model_issues = [
+        dataclasses.replace(issue, message=f"{issue.message} (written {written[issue.field]})")
+        if issue.field in written
+        else issue
+        for issue in model_issues
+    ]
+    refused = {*builder.unreadable, *(issue.field for issue in unit_issues)}
+    model_issues = [
+        issue
+        for issue in model_issues
+        if not _within(issue.field, refused)
+        # A refused unit is the one mistake, not also a second unit in the rule.
+        and not (
+            "share one unit" in issue.message
+            and any(_within(field, [issue.field]) for field in refused)
+        )
+    ]
+    issues = builder.issues + unit_issues + model_issues
     # A value the model already refused is not cross-checked again (one message per mistake).
     reported = {issue.field for issue in model_issues}
     view: Mapping[str, Any] = config.model_dump() if config is not None else data
@@ -194,8 +222,16 @@ def parse_site_checked(
     if issues:
         raise ConfigError(issues)
     assert config is not None  # no issue means the model validated
-    warnings = site_warnings(config, filename, lambda place: _nearest(place, builder.positions))
-    return config, warnings
+
+    def position(place: Loc) -> tuple[int, int]:
+        return _nearest(place, builder.positions)
+
+    notes = [
+        ConfigWarning(filename, *position(c.loc), _dotted(c.loc), str(c), kind="note")
+        for c in conversions
+    ]
+    warnings = site_warnings(config, filename, position)
+    return config, notes + warnings
 
 
 def _within(field: str, places: Collection[str]) -> bool:
@@ -232,13 +268,15 @@ def report_config(
     except OSError as exc:
         print(f"error: cannot read {path}: {_os_reason(exc)}", file=out)
         return 2, None
+    notes = [w for w in warnings if w.kind == "note"]
+    warnings = [w for w in warnings if w.kind != "note"]
     if strict and warnings:
         for warning in warnings:
             print(str(warning).replace(": warning: ", ": error: ", 1), file=out)
         count = len(warnings)
         print(f"{count} warning{'s' if count != 1 else ''} taken as errors (--strict)", file=out)
         return 1, None
-    for warning in warnings:
+    for warning in [*notes, *warnings]:
         if warn is not None:
             warn(warning)
         elif not quiet:

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -26,6 +27,8 @@ from drivers.ports import check_port
 from edge.config.duration import Duration, as_written, format_duration
 from edge.config.size import Size
 from edge.config.storage import PointStorage, StorageConfig
+from edge.config.thresholds import PATTERN as THRESHOLD_PATTERN
+from edge.config.thresholds import THRESHOLD_KEYS, parse_quantity
 
 #: BCM numbers of the GPIOs on the Raspberry Pi 40-pin header.
 BCM_PINS = range(2, 28)
@@ -201,7 +204,20 @@ SEVERITIES: tuple[Severity, ...] = ("fire", "critical", "major", "minor")
 SEVERITY_ORDER: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 #: A threshold in the point's unit. ``strict``: YAML's ``true`` must not become 1.
-Threshold = Annotated[float, Field(strict=True)]
+#: A string with a unit ("300 mA", "0.4 cm") is converted to the point's unit by the loader
+#: (edge/config/thresholds.py); the schema takes both forms.
+Threshold = Annotated[
+    float,
+    Field(strict=True),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "pattern": THRESHOLD_PATTERN, "examples": ["300 mA", "4 mm"]},
+            ]
+        }
+    ),
+]
 
 #: Longest window a rule keeps every reading of: at a 1 s poll, a day is 86 400 readings.
 MAX_READING_WINDOW = 86_400.0
@@ -309,11 +325,16 @@ class _PointRule(Strict):
             return data
         data = dict(data)
         units = {data["unit"]} if isinstance(data.get("unit"), str) else set()
-        for key in _THRESHOLD_KEYS:
-            parsed = _quantity(data.get(key))
+        holders: list[tuple[dict[str, Any], str]] = [(data, key) for key in _THRESHOLD_KEYS]
+        if isinstance(data.get("escalate"), dict):
+            data["escalate"] = dict(data["escalate"])
+            holders.append((data["escalate"], "at"))
+        for holder, key in holders:
+            parsed = _quantity(holder.get(key))
             if parsed is not None:
-                data[key], unit = parsed
-                units.add(unit)
+                holder[key], unit = parsed
+                if unit:
+                    units.add(unit)
         if len(units) > 1:
             raise ValueError(f"thresholds of one rule must share one unit (found {sorted(units)})")
         if units:
@@ -348,27 +369,18 @@ class _PointRule(Strict):
         return type(self).model_validate({**written, **changes})
 
 
-#: Threshold keys that may be written with a unit ("300 mA").
-_THRESHOLD_KEYS = (
-    "raise_at",
-    "clear_below",
-    "clear_above",
-    "change",
-    "above",
-    "below",
-    "min_deviation",
-)
-_QUANTITY_RE = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*([^\d\s.+-][^\s]*)\s*$")
+#: Threshold keys that may be written with a unit ("300 mA"); escalate.at too.
+_THRESHOLD_KEYS = THRESHOLD_KEYS
 
 
 def _quantity(value: Any) -> tuple[float, str] | None:
     if not isinstance(value, str):
         return None
-    match = _QUANTITY_RE.match(value)
-    if match is None:
+    try:
+        return parse_quantity(value)
+    except ValueError:
         # Left as written: the field itself then refuses it, at its own line.
         return None
-    return float(match.group(1)), match.group(2)
 
 
 class OverLimitRule(_PointRule):
@@ -745,12 +757,52 @@ class Zone(Strict):
     evidence: list[Evidence] = Field(min_length=1)
 
 
+#: A number the network takes: an optional + (international) and 3-20 ASCII digits (``[0-9]``,
+#: not ``\d``: full-width or Arabic-Indic digits would not encode as semi-octets or dial).
+PHONE_NUMBER = re.compile(r"\+?[0-9]{3,20}")
+
+
+def _phone_number(value: str) -> str:
+    if not PHONE_NUMBER.fullmatch(value):
+        raise ValueError(f"not a phone number: {value!r} (+ then 3-20 digits 0-9)")
+    return value
+
+
+PhoneNumber = Annotated[str, AfterValidator(_phone_number)]
+
+
+class Calls(Strict):
+    """Alarm phone calls through the SMS modem: ring (or speak) until someone answers."""
+
+    numbers: list[PhoneNumber] = Field(
+        min_length=1, description="Called one after the other until one answers."
+    )
+    severity: Severity = Field(default="fire", description="Call for alarms at least this severe.")
+    ring_time: Duration = Field(
+        default=45.0, ge=1.0, le=120.0, description="How long one number rings before the next."
+    )
+    speak: bool = Field(
+        default=False,
+        description="Read the alarm aloud with the modem's text-to-speech (SIM7600 AT+CTTS) "
+        "once answered; otherwise ring only.",
+    )
+    rounds: int = Field(default=1, ge=1, le=5, strict=True)
+    min_interval: Duration = Field(
+        default=300.0,
+        ge=0,
+        le=86_400.0,
+        description="At most one round of calls per rule and device within this time.",
+    )
+    max_per_hour: int = Field(default=10, ge=1, le=100, strict=True)
+    only_when_offline: bool = False
+
+
 class Sms(Strict):
     """Alarm SMS through a 4G modem (AT commands, PDU mode, UCS2 text)."""
 
     port: SerialPortPath
     baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
-    numbers: list[Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")]] = Field(min_length=1)
+    numbers: list[PhoneNumber] = Field(min_length=1)
     severity: Severity = Field(
         default="critical", description="Send for alarms at least this severe."
     )
@@ -766,6 +818,9 @@ class Sms(Strict):
         default=False,
         description="Send only while the uplink is not connected (the platform sends the "
         "messages otherwise).",
+    )
+    calls: Calls | None = Field(
+        default=None, description="Phone calls through the same modem (docs/rules.md)."
     )
 
 
@@ -940,6 +995,19 @@ class BufferConfig(Strict):
     )
 
 
+class ControlConfig(Strict):
+    """The running gateway's control socket (edge watch, edge commission; docs/control.md)."""
+
+    socket: str | None = Field(
+        default="/run/city-safety-edge/control.sock",
+        description="Unix socket of the live view and on-site actions; null: none.",
+    )
+    group: str | None = Field(
+        default="edge-admin",
+        description="Group allowed to use the socket besides the gateway's user (when it exists).",
+    )
+
+
 class SiteConfig(Strict):
     """The whole site file."""
 
@@ -955,3 +1023,4 @@ class SiteConfig(Strict):
     commands: CommandPolicy = Field(default_factory=CommandPolicy)
     buffer: BufferConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)

@@ -6,19 +6,20 @@ rule names exist, the point exists on those devices' models (or is a derived poi
 the rule's unit is the point's unit, named alarm bits exist, composites refer to rules that
 exist and not to themselves, and zones refer to devices and points that exist.
 
-Device models are looked up in ``drivers/models`` only when the caller knows the models (as
-``edge check-config`` and ``edge run`` do); UART and GPIO sensors have no model file, so
-their points are not checked.
+Points are looked up in the point catalogue (drivers/catalog.py) of every device kind,
+Modbus model files and UART and GPIO drivers alike, when the caller knows the models (as
+``edge check-config`` and ``edge run`` do).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.tilt import TILT_AXES, displacement_point
+from drivers.catalog import device_points
 
 __all__ = ["PointTable", "check_rules"]
 
@@ -38,18 +39,21 @@ class PointTable:
     bits: Mapping[str, Collection[str]] = field(default_factory=dict)
 
 
-def load_point_table(model: str) -> PointTable | None:
-    """The points of a Modbus model file, ``None`` for a model without one."""
-    from drivers.modbus import load_model  # noqa: PLC0415 -- only when models are checked
-
-    try:
-        loaded = load_model(model)
-    except (ValueError, OSError):
+def load_point_table(model: str, *, gauged: bool = False) -> PointTable | None:
+    """The points of a device of ``model`` from the point catalogue, ``None`` for a model
+    the catalogue does not know."""
+    points = device_points(model, gauged=gauged)
+    if points is None:
         return None
     return PointTable(
-        units={p.name: p.unit for p in loaded.points},
-        bits={p.name: [name for _, name in p.bits] for p in loaded.points if p.bits},
+        units={p.name: p.unit for p in points},
+        bits={p.name: list(p.bits) for p in points if p.bits},
     )
+
+
+def _did_you_mean(word: str, names: Collection[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(names), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _listing(names: Sequence[str], limit: int = 12) -> str:
@@ -70,7 +74,7 @@ def check_rules(
     known_models: Collection[str] | None,
     written: Collection[Loc] = (),
     *,
-    point_table: Callable[[str], PointTable | None] = load_point_table,
+    point_table: Callable[..., PointTable | None] = load_point_table,
 ) -> None:
     """Report every broken reference of ``rules``, ``derived_points`` and ``zones``.
 
@@ -86,22 +90,18 @@ def check_rules(
             devices[item["id"]] = model if isinstance(model, str) else ""
             if item.get("gauge_length") is not None:
                 gauged.add(item["id"])
-    tables: dict[str, PointTable | None] = {}
 
-    def model_table(model: str) -> PointTable | None:
-        if known_models is None or model not in known_models:
-            return None
-        if model not in tables:
-            tables[model] = point_table(model)
-        return tables[model]
+    tables: dict[tuple[str, bool], PointTable | None] = {}
 
     def table_of(device: str) -> PointTable | None:
-        table = model_table(devices.get(device, ""))
-        if table is None or device not in gauged:
-            return table
-        # The driver reports <axis>_displacement in mm next to each tilt angle.
-        extra = {displacement_point(a): "mm" for a in TILT_AXES if a in table.units}
-        return PointTable({**table.units, **extra}, table.bits)
+        model = devices.get(device, "")
+        if known_models is None or model not in known_models:
+            return None
+        key = (model, device in gauged)
+        if key not in tables:
+            # A gauged tilt sensor also reports <axis>_displacement (mm).
+            tables[key] = point_table(model, gauged=key[1])
+        return tables[key]
 
     def check_devices(loc: Loc, value: Any) -> None:
         for position, target in enumerate(_strings(value) or []):
@@ -149,7 +149,8 @@ def check_rules(
             if table is not None and source not in table.units:
                 report(
                     (*loc, "source"),
-                    f"device '{device}' (model {devices[device]}) has no point '{source}' "
+                    f"device '{device}' (model {devices[device]}) has no point '{source}'"
+                    f"{_did_you_mean(source, table.units)} "
                     f"(its points: {_listing(sorted(table.units))})",
                 )
                 break
@@ -214,7 +215,8 @@ def check_rules(
             ):
                 report(
                     (*where, "point"),
-                    f"device '{device}' (model {devices[device]}) has no point '{point}' "
+                    f"device '{device}' (model {devices[device]}) has no point '{point}'"
+                    f"{_did_you_mean(point, table.units)} "
                     f"(its points: {_listing(sorted(table.units))})",
                 )
 
@@ -298,14 +300,19 @@ def _check_point(  # noqa: PLR0917 -- one private helper of check_rules, called 
         elif listed:
             report(
                 (*loc, "point"),
-                f"device '{device}' (model {devices[device]}) has no point '{point}' "
+                f"device '{device}' (model {devices[device]}) has no point '{point}'"
+                f"{_did_you_mean(point, table.units)} "
                 f"(its points: {_listing(sorted(table.units))}; or define a derived point)",
             )
             return
     if not having and not unknown and chosen:
+        offered: set[str] = {name for d, name in derived if d in chosen}
+        for device in chosen:
+            offered.update((table_of(device) or PointTable({})).units)
         report(
             (*loc, "point"),
-            f"no device this rule judges has a point '{point}' (check the name, or define a "
+            f"no device this rule judges has a point '{point}'{_did_you_mean(point, offered)} "
+            f"(their points: {_listing(sorted(offered))}; check the name, or define a "
             "derived point)",
         )
         return

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
+from edge.config.bus_budget import bus_budget_warnings
 from edge.config.model import SiteConfig
+from edge.config.plausibility import implausible_thresholds
+from edge.config.site_files import missing_file_warnings
 
 __all__ = ["CHECKS", "ConfigWarning", "Place", "site_warnings", "url_without_login"]
 
@@ -34,9 +38,12 @@ class ConfigWarning:
     column: int
     field: str
     message: str
+    #: ``note``: what the loader did with a value (a threshold converted to its point's unit);
+    #: printed, never taken as an error by ``--strict``.
+    kind: Literal["warning", "note"] = "warning"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: warning: {self.field}: {self.message}"
+        return f"{self.file}:{self.line}:{self.column}: {self.kind}: {self.field}: {self.message}"
 
 
 def url_without_login(url: str) -> str:
@@ -102,7 +109,13 @@ def _uplink_protocol(config: SiteConfig) -> Iterable[tuple[Place, str]]:
 
 
 #: Every warning check, run in this order on a valid site file.
-CHECKS: list[WarningCheck] = [_uplink_tls, _uplink_protocol]
+CHECKS: list[WarningCheck] = [
+    _uplink_tls,
+    _uplink_protocol,
+    implausible_thresholds,
+    missing_file_warnings,
+    bus_budget_warnings,
+]
 
 
 def site_warnings(

@@ -27,6 +27,7 @@ from drivers.modbus.model import encode, load_model
 from edge.config import ConfigError, parse_site
 from edge.config.duration import parse_duration
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus, SiteConfig
+from hil.modem import CallBehaviour
 from hil.scenario.model import (
     ACTIONS,
     FAULTS,
@@ -62,6 +63,7 @@ _TOP_KEYS: Final = (
     "duration",
     "seed",
     "readings",
+    "phones",
 )
 _EXPECT_KINDS: Final[tuple[ExpectKind, ...]] = get_args(ExpectKind)
 #: Which modifiers each expectation kind takes.
@@ -243,6 +245,7 @@ class _Checker:
                 self.issue(("duration",), f"must be longer than the last step's time ({last:g} s)")
             if duration > MAX_DURATION:
                 self.issue(("duration",), f"at most {MAX_DURATION:g} s: scenarios are for CI")
+        phones = self.phones(data, site)
         if self.issues:
             raise _Abort
         return Scenario(
@@ -258,7 +261,29 @@ class _Checker:
             duration=duration,
             seed=seed,
             readings=readings,
+            phones=phones,
         )
+
+    def phones(self, data: dict[str, Any], site: SiteConfig) -> dict[str, CallBehaviour]:
+        """What each called number does on the simulated modem (hil/modem.py)."""
+        raw = data.get("phones", {})
+        if not isinstance(raw, dict):
+            self.issue(("phones",), "a mapping of phone number to what it does")
+            return {}
+        called = (
+            set() if site.sms is None or site.sms.calls is None else set(site.sms.calls.numbers)
+        )
+        options = get_args(CallBehaviour)
+        phones: dict[str, CallBehaviour] = {}
+        for number, behaviour in raw.items():
+            loc: Loc = ("phones", str(number))
+            if str(number) not in called:
+                self.issue(loc, "not a number the site's sms.calls calls (quote it: '+86...')")
+            elif behaviour not in options:
+                self.issue(loc, f"one of {', '.join(options)}, not {behaviour!r}")
+            else:
+                phones[str(number)] = behaviour
+        return phones
 
     def site(self, data: dict[str, Any]) -> tuple[SiteConfig | None, dict[str, Any]]:
         raw = data.get("site")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
 
 from edge.config.model import SiteConfig
+from hil.modem import CallBehaviour
 
 #: How the scenario runs: against the gateway as a process (live), or on recorded readings
 #: through ``edge replay``'s engine on the readings' own clock (replay: months in seconds).
@@ -178,6 +179,8 @@ class Scenario:
     duration: float
     seed: int
     readings: list[ReadingSeries] = field(default_factory=list)
+    #: What each number the site calls does on the simulated modem; the rest answer.
+    phones: dict[str, CallBehaviour] = field(default_factory=dict)
 
     @property
     def needs(self) -> set[str]:

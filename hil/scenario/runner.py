@@ -37,6 +37,7 @@ from edge.config.model import ModbusRtuBus, ModbusTcpBus
 from edge.replay import replay
 from edge.rules import Transition
 from edge.signing import generate_key, load_private_key, sign_command
+from hil.modem import ModemSimulator
 from hil.rtu_line import RtuLine
 from hil.scenario.model import Expectation, Scenario, SimDevice, Step
 from hil.scenario.realrig import BuzzerReadback, Rig, RigConfigError
@@ -180,6 +181,8 @@ class LiveRun:
         self.kills: list[float] = []
         self.bus_kinds = {bus.id: bus.kind for bus in scenario.site.buses}
         self.readback: BuzzerReadback | None = None
+        #: The 4G modem, simulated when the site has one (SMS and calls).
+        self.modem: ModemSimulator | None = None
 
     async def run(self) -> ScenarioResult:
         scenario = self.scenario
@@ -292,14 +295,15 @@ class LiveRun:
         assert self.watch is not None
         entry = line.entry
         msg, level = entry.get("msg", ""), entry.get("level", "")
-        if msg.startswith(("alarm-", "device-", "buzzer", "config-")) or level in (
+        if msg.startswith(("alarm-", "device-", "buzzer", "config-", "call ", "sms ")) or level in (
             "error",
             "critical",
         ):
             extra = " ".join(
                 f"{k}={v}"
                 for k, v in entry.items()
-                if k in ("rule", "device", "point", "value", "pattern", "severity", "error")
+                if k
+                in ("rule", "device", "point", "value", "pattern", "severity", "error", "number")
             )
             self.watch("gateway", f"{msg.upper() if level != 'error' else msg} {extra}".strip())
 
@@ -319,6 +323,11 @@ class LiveRun:
     # -- the rig ----------------------------------------------------------------------------
 
     async def _start_sims(self) -> None:
+        if self.rig is None and self.scenario.site.sms is not None:
+            self.modem = ModemSimulator()
+            for number, behaviour in self.scenario.phones.items():
+                self.modem.script_call(number, behaviour)
+            await self.modem.start()
         if self.rig is not None:
             # The second machine serves the devices; they start from the scenario's values.
             for device in self.scenario.devices:
@@ -356,6 +365,8 @@ class LiveRun:
                     await self.set_value(device, point, value)
 
     async def _stop_sims(self) -> None:
+        if self.modem is not None:
+            await self.modem.close()
         for sim in self.sims.values():
             with contextlib.suppress(Exception):
                 if isinstance(sim, RtuLine):
@@ -383,8 +394,10 @@ class LiveRun:
         outbox_dir = self.disk.mountpoint if self.disk is not None else self.workdir
         site["buffer"]["path"] = str(outbox_dir / "outbox.sqlite")
         site["outputs"]["pin_factory"] = "mock"
-        # No modem on the simulated rig; SMS has its own tests.
-        site.pop("sms", None)
+        if self.modem is not None and "sms" in site:
+            site["sms"]["port"] = self.modem.url
+        else:
+            site.pop("sms", None)  # a real rig's modem would call real phones
         # The rig plays the platform: its own command keys, made for this run.
         commands = site.setdefault("commands", {})
         commands["keys"] = str(self._installed_keys())

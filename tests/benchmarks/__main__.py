@@ -43,15 +43,18 @@ import psutil
 from tests.benchmarks import (
     buffer,
     commands,
+    commission,
     drivers,
     e2e,
     log_stall,
     refusal,
     rules,
+    site_check,
     storage,
     uplink,
     wire,
 )
+from tests.benchmarks import calls as alarm_calls
 from tests.fixtures.broker import mosquitto_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,6 +131,9 @@ SUITES: Final = (
     Suite("logs", log_stall),
     Suite("refusal", refusal, needs=[MOSQUITTO]),
     Suite("storage", storage),
+    Suite("commission", commission, needs=[MOSQUITTO]),
+    Suite("calls", alarm_calls),
+    Suite("site_check", site_check),
 )
 
 #: The options of earlier releases, each one parameter of one suite.

@@ -88,7 +88,7 @@ def test_install_upgrade_rollback_uninstall(
     assert user is not None
     uid, gid = int(user[2]), int(user[3])
     assert user[6] == "/usr/sbin/nologin"
-    assert members(root, "edge") == {"dialout", "gpio"}, "only the groups it needs"
+    assert members(root, "edge") == {"dialout", "gpio", "edge-admin"}, "only the groups it needs"
     # Secrets: readable by the gateway's user alone.
     assert mode(etc / "site.yaml") == 0o600
     assert (etc / "site.yaml").stat().st_uid == uid

@@ -35,6 +35,7 @@ def site_dict(
     # These tests follow readings (seqs, values, backlogs): every reading is stored. What the
     # example site's storage policies keep is tested in test_storage_site.py.
     site["storage"] = {**site.get("storage", {}), "policy": "all"}
+    site["control"] = {"socket": str(tmp_path / "control.sock")}
     site["commands"] = {"keys": str(install(tmp_path / "command-keys"))}
     return site
 

@@ -121,7 +121,7 @@ async def test_run_logs_the_site_files_warnings_as_logfmt(tmp_path: Path) -> Non
     )
     assert process.stderr is not None
     try:
-        lines = await read_until(process.stderr, "site file warning", 15)
+        lines = await read_until(process.stderr, "uplink.protocol: MQTT 3.1.1", 15)
     finally:
         process.terminate()
         await process.wait()

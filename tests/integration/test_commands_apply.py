@@ -59,6 +59,10 @@ async def test_set_threshold_refuses_bad_values_and_a_good_one_alarms_and_surviv
                 ),
                 "t-type": ({"rule": RULE, "threshold": "250"}, "threshold"),
                 "t-device": ({"rule": RULE, "threshold": 250, "device": "efm-x"}, "efm-x"),
+                # A unit is converted or refused, never dropped.
+                "t-volts": ({"rule": RULE, "threshold": "250 V"}, "'V' is a unit of voltage"),
+                "t-unit": ({"rule": RULE, "threshold": "250 mmm"}, "unknown unit 'mmm'"),
+                "t-far": ({"rule": RULE, "threshold": "250 A"}, "beyond the bound"),
             }
             for cid, (params, words) in bad.items():
                 error = await refused(
@@ -73,7 +77,7 @@ async def test_set_threshold_refuses_bad_values_and_a_good_one_alarms_and_surviv
             assert events(platform, "threshold-changed") == []
             assert pins.pin(BUZZER).state is False
 
-            params = {"rule": RULE, "threshold": 250}
+            params = {"rule": RULE, "threshold": "0.25 A"}  # 250 mA
             await send(mosquitto, command("t-ok", "set-threshold", params))
             ok = await ack_for(platform, "t-ok")
             assert ok["result"] == "ok", ok

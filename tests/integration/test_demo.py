@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from edge.config import load_site
+from hil.demo import story_seconds
 from tests.integration.site import EXAMPLE
 
-pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+# The demo runs the example site as written, on its fixed ports (18830, 15020, 15021) and in
+# var/demo/: one demo at a time, so every test here runs on one pytest-xdist worker.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("example-site-ports")]
 
 
 def test_demo_runs_unattended_and_its_alarm_reaches_the_subscriber(tmp_path: Path) -> None:
@@ -40,3 +47,50 @@ def test_demo_runs_unattended_and_its_alarm_reaches_the_subscriber(tmp_path: Pat
     assert "ACK demo-attack error: the command is not signed" in output, output
     assert "ACK demo-status ok: buzzer=on" in output, output
     assert (tmp_path / "var" / "demo" / "command-keys" / "operations-demo.pub").is_file()
+    assert "1 event(s) due, all arrived; 5 later step(s) not played" in output, output
+    assert "ends before the whole story" in output
+
+
+def readme_demo_seconds() -> float:
+    """The ``DEMO_SECONDS=N make demo`` the README shows."""
+    found = re.search(r"DEMO_SECONDS=(\d+) make demo", (ROOT / "README.md").read_text())
+    assert found is not None, "the README shows an unattended demo run"
+    return float(found.group(1))
+
+
+def test_the_readme_demo_seconds_cover_the_whole_story() -> None:
+    assert readme_demo_seconds() >= story_seconds(load_site(EXAMPLE))
+
+
+def test_the_readme_demo_run_tells_the_whole_story(tmp_path: Path) -> None:
+    """The README's unattended run, as written: both alarms, the buzzer off only with the
+    last, the silent monitor's values marked stale, and back online; every event arrives."""
+    seconds = readme_demo_seconds()
+    result = subprocess.run(
+        [sys.executable, "-m", "hil.demo", "--config", str(EXAMPLE)],
+        cwd=tmp_path,
+        env={**os.environ, "DEMO_SECONDS": f"{seconds:g}"},
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "the story at the platform: 6 event(s) due, all arrived" in output, output
+    lines = output.splitlines()
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    second_alarm_cleared = first("ALARM-CLEARED rule=cable-over-temperature")
+    assert "buzzer stays on: 1 alarm(s) still active" in lines[first("ALARM-CLEARED") + 1]
+    assert first("BUZZER OFF") > second_alarm_cleared, "off only after the last alarm cleared"
+    assert "the last active alarm has cleared" in lines[first("BUZZER OFF")]
+    assert first("status every 2 s: active_alarms = ") < first("buzzer=off active_alarms=0")
+    stale = lines[first("OFFLINE since")]
+    assert "efm-restaurant-102: OFFLINE since" in stale
+    assert "stale" in stale
+    back = [i for i, line in enumerate(lines) if "device-online device=efm-restaurant-102" in line]
+    assert back[-1] > first("OFFLINE since"), "online again after its values were marked stale"
+    assert "received = messages off the broker" in output

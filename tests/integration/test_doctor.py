@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edge import lastgood
+from buffer import Outbox
+from edge import contract, lastgood
 from edge.doctor import Check, run_checks
 from tests.fixtures.broker import Mosquitto, MosquittoFactory
 from tests.fixtures.certs import write_certificate, write_key
@@ -120,10 +123,39 @@ async def test_unreachable_broker_and_damaged_buffer(
     assert "move outbox.sqlite aside" in checks["buffer"].fix
 
 
-async def test_buffer_with_waiting_records_is_reported(tmp_path: Path, tty: Path) -> None:
+async def test_buffer_waiting_count_is_the_one_edge_buffer_stats_shows(
+    tmp_path: Path, tty: Path
+) -> None:
+    """A real outbox with 40 readings and 2 events: doctor and ``edge buffer stats`` agree."""
+    outbox_path = tmp_path / "outbox.sqlite"
+    async with await Outbox.open(outbox_path, commit_interval=0.05) as outbox:
+        for i in range(2):
+            outbox.submit("event", contract.event_body("alarm-raised", time.time(), n=i))
+        for i in range(40):
+            reading = {"device": "efm-1", "point": "residual_current", "value": float(i)}
+            outbox.submit("telemetry", {**reading, "unit": "mA", "ts": time.time()})
+        await outbox.flush()
+    site = tmp_path / "etc" / "site.yaml"
+    site.parent.mkdir()
+    data = site_dict(tmp_path, broker_url="mqtt://127.0.0.1:1", tcp_port=1, rtu_link=tty)
+    site.write_text(yaml.safe_dump(data))
+    checks = by_name(await run_checks(site, user=None, seconds=1))
+    assert checks["buffer"].level == "ok"
+    assert "42 records waiting to be sent (2 events, 40 readings)" in checks["buffer"].detail
+    shown = await asyncio.create_subprocess_exec(
+        *EDGE, "buffer", "stats", "--json", "--config", str(site), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await shown.communicate()
+    assert shown.returncode == 0
+    assert json.loads(out)["depth"] == {"event": 2, "telemetry": 40}
+
+
+async def test_an_outbox_of_an_older_schema_is_not_called_damaged(
+    tmp_path: Path, tty: Path
+) -> None:
     with sqlite3.connect(tmp_path / "outbox.sqlite") as conn:
         conn.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, body TEXT)")
-        conn.executemany("INSERT INTO outbox (body) VALUES (?)", [("x",)] * 7)
+        conn.execute("PRAGMA user_version = 1")
     conn.close()
     site = tmp_path / "etc" / "site.yaml"
     site.parent.mkdir()
@@ -131,7 +163,7 @@ async def test_buffer_with_waiting_records_is_reported(tmp_path: Path, tty: Path
     site.write_text(yaml.safe_dump(data))
     checks = by_name(await run_checks(site, user=None, seconds=1))
     assert checks["buffer"].level == "ok"
-    assert "7 records waiting" in checks["buffer"].detail
+    assert "schema 1: the gateway migrates it" in checks["buffer"].detail
 
 
 def test_command_line_exit_status_and_json(tmp_path: Path) -> None:
@@ -225,6 +257,66 @@ async def test_a_config_warning_is_a_doctor_warning_without_the_password(
     assert PASSWORD not in checks["config"].detail
 
 
+async def test_certificate_lines_are_about_the_files_the_gateway_loads(
+    tmp_path: Path, tty: Path
+) -> None:
+    """The site file names its TLS files: those are checked and named in full, the folder's
+    (an expired pair the gateway never loads) are not, and the summary says which are used."""
+    site = tmp_path / "etc" / "site.yaml"
+    site.parent.mkdir()
+    certs = site.parent / "certs"
+    certs.mkdir()
+    write_certificate(certs / "client.pem", write_key(certs / "client.key"), days_valid=(-90, -2))
+    named = tmp_path / "pki"
+    named.mkdir()
+    write_certificate(named / "ca.pem", write_key(named / "ca.key"), common_name="district CA")
+    write_certificate(named / "gw.pem", write_key(named / "gw.key"), days_valid=(-1, 10))
+    data = site_dict(tmp_path, broker_url="mqtts://127.0.0.1:1", tcp_port=1, rtu_link=tty)
+    data["uplink"].update(
+        ca_file=str(named / "ca.pem"),
+        cert_file=str(named / "gw.pem"),
+        key_file=str(named / "gw.key"),
+    )
+    site.write_text(yaml.safe_dump(data))
+    checks = by_name(await run_checks(site, user=None, seconds=1))
+    lines = {name: c for name, c in checks.items() if name.startswith("certificate")}
+    assert set(lines) == {
+        f"certificate {named / 'ca.pem'}",
+        f"certificate {named / 'gw.pem'}",
+        f"certificate {named / 'gw.key'}",
+        "certificates",
+    }
+    assert lines[f"certificate {named / 'gw.pem'}"].level == "warn", "expires in 9 days"
+    assert lines[f"certificate {named / 'gw.key'}"].level == "ok"
+    summary = lines["certificates"].detail
+    assert summary == (
+        f"TLS uses {named / 'ca.pem'}, client {named / 'gw.pem'} with {named / 'gw.key'} "
+        f"(named in uplink; the files in {certs} are not used)"
+    )
+
+
+async def test_certificate_summary_names_the_folders_files_or_the_system_authorities(
+    tmp_path: Path, tty: Path
+) -> None:
+    site = tmp_path / "etc" / "site.yaml"
+    site.parent.mkdir()
+    certs = site.parent / "certs"
+    certs.mkdir()
+    data = site_dict(tmp_path, broker_url="mqtts://127.0.0.1:1", tcp_port=1, rtu_link=tty)
+    site.write_text(yaml.safe_dump(data))
+    checks = by_name(await run_checks(site, user=None, seconds=1))
+    assert checks["certificates"].detail == (
+        f"TLS uses the system's certificate authorities, no client certificate (from {certs})"
+    )
+    write_certificate(certs / "client.pem", write_key(certs / "client.key"))
+    checks = by_name(await run_checks(site, user=None, seconds=1))
+    assert checks["certificates"].detail == (
+        f"TLS uses the system's certificate authorities, client {certs / 'client.pem'} with "
+        f"{certs / 'client.key'} (from {certs})"
+    )
+    assert checks["certificate client.key"].detail == "matches client.pem"
+
+
 async def test_an_unusable_site_file_says_what_runs_instead(
     tmp_path: Path, secured_broker: Mosquitto, tty: Path
 ) -> None:
@@ -257,3 +349,20 @@ async def test_an_unusable_site_file_says_what_runs_instead(
     checks = by_name(await run_checks(config, user=None, seconds=3))
     assert checks["last good config"].level == "warn", "a damaged copy is worth a look"
     assert checks["config"].level != "fail"  # usable (warnings about MQTT 3.1.1 aside)
+
+
+async def test_tls_files_and_command_keys_that_do_not_exist_fail(tmp_path: Path, tty: Path) -> None:
+    site = site_dict(tmp_path, broker_url="mqtts://127.0.0.1:1", tcp_port=1, rtu_link=tty)
+    site["uplink"]["ca_file"] = str(tmp_path / "certs" / "ca.pem")
+    site["commands"] = {"keys": str(tmp_path / "no-keys")}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site, sort_keys=False))
+    checks = by_name(await run_checks(path, user=None, seconds=1))
+    # check-config only warns (the files may be made on the Pi); on the gateway they fail.
+    assert checks["config"].level == "warn"
+    assert "uplink.ca_file" in checks["config"].detail
+    ca = checks["file uplink.ca_file"]
+    assert ca.level == "fail"
+    assert ca.detail == f"uplink.ca_file {tmp_path}/certs/ca.pem does not exist"
+    assert "provision it" in ca.fix
+    assert checks["file commands.keys"].level == "fail"

@@ -4,6 +4,7 @@ process, against the line-timed RTU simulator on a pseudo-terminal."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -58,7 +59,49 @@ async def test_scan_lists_what_answers_and_at_which_baud_rate() -> None:
 async def test_scan_of_an_unopenable_port_says_why() -> None:
     status, _, err = await edge("scan", "/nonexistent/ttyUSB7", "--addresses", "1")
     assert status == 1
-    assert "scan: cannot open" in err
+    assert "scan: cannot open modbus-rtu /nonexistent/ttyUSB7 9600 N1: " in err
+    assert "No such file or directory" in err, "the reason, not only the failure"
+    assert "the port does not exist: plug in the adapter" in err
+    status, _, err = await edge("scan", "tcp://127.0.0.1:1", "--addresses", "1")
+    assert status == 1
+    assert "scan: cannot open modbus-tcp 127.0.0.1:1: Connection refused" in err
+
+
+async def test_scan_of_a_file_this_user_may_not_open_says_so(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root opens any file")
+    leader, follower = os.openpty()
+    try:
+        link = tmp_path / "ttyUSB3"
+        link.symlink_to(os.ttyname(follower))
+        os.chmod(os.ttyname(follower), 0)
+        status, _, err = await edge("scan", str(link), "--addresses", "1")
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert status == 1
+    assert "Permission denied" in err
+    assert "dialout" in err
+
+
+async def test_scan_reports_a_unit_whose_answers_fail_their_crc() -> None:
+    async with RtuLine({2: "efm-ref", 4: "efm-ref"}, baudrate=9600) as line:
+        line.set_fault(4, "crc")
+        status, out, err = await edge("scan", line.path, "--addresses", "1-5", "--timeout", "80ms")
+    assert status == 0, err
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert "1 answered, 1 only with CRC errors" in lines[0]
+    assert lines[1] == "address 2 @ 9600 baud: answers; looks like efm-ref"
+    assert lines[2].startswith("address 4 @ 9600 baud: no valid answer within 0.08 s (CRC error")
+    assert "check the baud rate and parity" in lines[2]
+
+
+async def test_scan_finding_only_garbled_units_fails() -> None:
+    async with RtuLine({4: "efm-ref"}, baudrate=9600) as line:
+        line.set_fault(4, "crc")
+        status, out, _ = await edge("scan", line.path, "--addresses", "3-5", "--timeout", "80ms")
+    assert status == 1, "nothing usable answered"
+    assert "0 answered, 1 only with CRC errors" in out
 
 
 async def test_read_prints_every_point_with_its_unit(tmp_path: Path) -> None:
@@ -135,3 +178,40 @@ async def test_scan_and_read_refuse_what_is_not_a_serial_port(tmp_path: Path, po
     assert "buses[1].port" in err
     assert "is not a serial port" in err
     assert victim.read_bytes() == b"records not sent yet"
+
+
+async def test_scan_says_which_frames_failed_their_crc_and_what_that_means() -> None:
+    async with RtuLine({3: "efm-ref"}, baudrate=9600) as line:
+        line.set_fault(3, "crc")
+        status, _, err = await edge("scan", line.path, "--addresses", "3", "--timeout", "100ms")
+    assert status == 1  # nothing answered cleanly
+    assert "at 9600 baud failed their CRC check" in err
+    assert "the A/B wires" in err
+
+
+async def test_scan_of_a_busy_port_names_what_holds_it() -> None:
+    serial = pytest.importorskip("serial")
+    async with RtuLine({1: "efm-ref"}, baudrate=9600) as line:
+        holder = serial.Serial(line.path, exclusive=True)
+        try:
+            status, _, err = await edge("scan", line.path, "--addresses", "1")
+        finally:
+            holder.close()
+    assert status == 1
+    assert "the port is busy: another program holds it" in err
+
+
+async def test_scan_and_read_of_a_missing_port_say_it_does_not_exist(tmp_path: Path) -> None:
+    status, _, err = await edge("scan", "/dev/ttyUSB97", "--addresses", "1")
+    assert status == 1
+    assert "No such file or directory" in err
+    assert "the port does not exist: plug in the adapter" in err
+    site = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    site["buses"][1]["port"] = "/dev/ttyUSB97"
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site, allow_unicode=True), encoding="utf-8")
+    status, _, err = await edge(
+        "read", "efm-workshop-201", "--config", str(path), "--timeout", "3s"
+    )
+    assert status == 1
+    assert "the port does not exist: plug in the adapter" in err

@@ -358,3 +358,50 @@ async def test_a_buffer_that_opens_late_still_restores_the_window(tmp_path: Path
     second.annunciator.close()
     await second.outbox.close()
     pins.reset()
+
+
+async def test_fire_alarm_sends_the_sms_then_calls_until_answered(tmp_path: Path) -> None:
+    """The gateway wires both to one modem: the buzzer first, the SMS, then the calls, the
+    first number busy, the second answering."""
+    async with ModemSimulator() as modem:
+        modem.script_call("+8613900000001", "busy")
+        rules = [{**yaml.safe_load(EXAMPLE.read_text())["rules"][0], "severity": "fire"}]
+        calls = {"numbers": ["+8613900000001", "+8613900000002"], "speak": True}
+        config = site(
+            tmp_path,
+            rules=rules,
+            sms={"port": modem.url, "numbers": ["+8613800138000"], "calls": calls},
+        )
+        pins = MockFactory()
+        gateway = Gateway(config, pin_factory=pins, clock=VirtualClock(T0))
+        events: list[dict[str, Any]] = []
+        answered = asyncio.Event()
+
+        def submit(stream: str, body: dict[str, Any]) -> None:
+            events.append(body)
+            if body.get("kind") == "call-answered":
+                answered.set()
+
+        gateway._submit = submit  # type: ignore[method-assign]
+        assert gateway.sms is not None
+        assert gateway.calls is not None
+        assert gateway.calls.modem is gateway.sms.modem, "one modem, one line"
+        tasks = [asyncio.create_task(gateway.sms.run()), asyncio.create_task(gateway.calls.run())]
+        gateway.on_sample(reading(350, T0))
+        assert pins.pin(17).state, "the buzzer does not wait for the modem"
+        await asyncio.wait_for(answered.wait(), 30)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        gateway.annunciator.close()
+        pins.reset()
+    kinds = [(e.get("kind"), e.get("number")) for e in events if "kind" in e]
+    assert kinds == [
+        ("alarm-raised", None),
+        ("sms-sent", "+8613800138000"),
+        ("call-placed", "+8613900000001"),
+        ("call-failed", "+8613900000001"),
+        ("call-placed", "+8613900000002"),
+        ("call-answered", "+8613900000002"),
+    ]
+    assert modem.calls[-1].spoken[0].startswith("火警。Guiyuan demo block。Block 3 1 Shop 101")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -110,9 +111,21 @@ def test_example_site_loads() -> None:
     assert config.buffer.commit_interval == pytest.approx(0.05)
 
 
-def test_check_config_summary_on_the_example() -> None:
+def test_check_config_summary_on_the_example(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the demo has made the serial port and the command keys the example names.
+    (tmp_path / "var/demo/command-keys").mkdir(parents=True)
+    # The serial port: a link to a real pseudo-terminal, as the demo's simulator makes it.
+    controller, terminal = os.openpty()
+    (tmp_path / "var/demo/rtu").symlink_to(os.ttyname(terminal))
+    monkeypatch.chdir(tmp_path)
     out = io.StringIO()
-    assert check_config_main(str(EXAMPLE), out) == 0
+    try:
+        assert check_config_main(str(EXAMPLE), out) == 0
+    finally:
+        os.close(controller)
+        os.close(terminal)
     assert out.getvalue() == "ok: gateway gw-demo-0001, 2 buses, 3 devices, 2 rules\n"
 
 

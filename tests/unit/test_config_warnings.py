@@ -3,6 +3,8 @@ repeating a secret, errors under ``--strict``."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,20 @@ def site(brokers: list[str], extra: str = "") -> str:
 def warnings_of(text: str) -> list[str]:
     _, warnings = parse_site_checked(text, "site.yaml")
     return [str(w) for w in warnings]
+
+
+@pytest.fixture(autouse=True)
+def _demo_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Where the example's serial port and command keys exist (the demo makes them), so that
+    only the warnings under test are found."""
+    (tmp_path / "var/demo/command-keys").mkdir(parents=True)
+    # The serial port: a link to a real pseudo-terminal, as the demo's simulator makes it.
+    controller, terminal = os.openpty()
+    (tmp_path / "var/demo/rtu").symlink_to(os.ttyname(terminal))
+    monkeypatch.chdir(tmp_path)
+    yield
+    os.close(controller)
+    os.close(terminal)
 
 
 def test_the_example_site_has_no_warning() -> None:

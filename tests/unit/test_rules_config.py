@@ -151,25 +151,31 @@ def test_point_unknown_for_the_devices_model(tmp_path: Path) -> None:
     assert "'residual_curent'" in issue.message
 
 
-def test_threshold_in_the_wrong_unit(tmp_path: Path) -> None:
+def test_threshold_in_another_unit_is_converted_before_it_is_judged(tmp_path: Path) -> None:
     path, text = site_with(
         tmp_path,
         """  - id: amps
     kind: over-limit
     point: residual_current
     raise_at: 0.3 A
-    clear_below: 0.27 A
+    clear_below: 0.31 A
 """,
     )
-    issue = only(path, text, "raise_at: 0.3 A")
-    assert "thresholds are in 'A' but point 'residual_current' is in 'mA'" in issue.message
+    # Both converted to mA (300, 310) and then compared: the hysteresis runs the wrong way.
+    issue = only(path, text, "clear_below: 0.31 A")
+    assert issue.field == "rules[2].clear_below"
+    assert "must not be above raise_at" in issue.message
+    path.write_text(text.replace("0.31 A", "270 mA"))
+    rule = load_site(path, known_models=known_models()).rules[-1]
+    assert isinstance(rule, OverLimitRule)
+    assert (rule.raise_at, rule.clear_below, rule.unit) == (300.0, 270.0, "mA")
 
 
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
         ("raise_at: yes", "expected a number, found true"),
-        ("raise_at: three hundred", "expected a number, found 'three hundred'"),
+        ("raise_at: three hundred", "'three hundred' is not a threshold: write a number"),
         ("raise_at: .inf", "finite"),
     ],
 )
@@ -350,6 +356,11 @@ def test_displacement_reported_by_a_tilt_driver_can_be_judged(tmp_path: Path) ->
     path.write_text(text.replace("point: pitch_displacement", "point: yaw_displacement"))
     (issue,) = issues(path)
     assert "has no point 'yaw_displacement'" in issue.message
+    # Another length unit is converted, never dropped: 4 cm is compared as 40 mm.
     path.write_text(text.replace("above: 4 mm", "above: 4 cm"))
+    rule_read = load_site(path, known_models=known_models()).rules[-1]
+    assert isinstance(rule_read, SustainedRule)
+    assert (rule_read.above, rule_read.unit) == (40.0, "mm")
+    path.write_text(text.replace("above: 4 mm", "above: 4 mA"))
     (issue,) = issues(path)
-    assert "thresholds are in 'cm' but point 'pitch_displacement' is in 'mm'" in issue.message
+    assert "'mA' is a unit of current, but the point is in 'mm'" in issue.message

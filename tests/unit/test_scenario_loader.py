@@ -192,7 +192,7 @@ def test_yaml_syntax_errors_and_unreadable_files_name_the_line(tmp_path: Path) -
     assert issues_of("") == [f"{HERE}:1: the file is empty"]
     assert issues_of("- a list\n") == [
         f"{HERE}:1: a scenario is a mapping of name, proves, mode, site, devices, steps, "
-        "expect, duration, seed, readings"
+        "expect, duration, seed, readings, phones"
     ]
     missing = tmp_path / "missing.yaml"
     with pytest.raises(ScenarioError, match=r"missing.yaml:1: cannot read the file"):
@@ -348,3 +348,21 @@ def test_a_value_the_simulator_cannot_serve_is_refused_at_its_line() -> None:
         f"{HERE}:8: steps[1].ramp",
     ]
     assert "cannot serve 70000: residual_current=70000.0 mA is out of range" in issues[1]
+
+
+def test_phones_script_only_numbers_the_site_calls_with_known_behaviours() -> None:
+    smoke = (LIBRARY / "smoke-call.yaml").read_text()
+    scenario = parse_scenario(smoke, HERE)
+    assert scenario.phones == {"+8613800000011": "no-answer", "+8613800000012": "answer"}
+    wrong = smoke.replace('"+8613800000012": answer', '"+8613800000012": hangs-up').replace(
+        '"+8613800000011"', '"+8613800000099"'
+    )
+    assert issues_of(wrong) == [
+        f"{HERE}:11: phones.+8613800000099: not a number the site's sms.calls calls "
+        "(quote it: '+86...')",
+        f"{HERE}:12: phones.+8613800000012: one of answer, busy, no-carrier, no-answer, "
+        "error, silent, not 'hangs-up'",
+    ]
+    assert issues_of(GOOD + "phones: {'+8613800000011': answer}\n")[0].startswith(
+        f"{HERE}:11: phones.+8613800000011: not a number"
+    )
