@@ -16,10 +16,6 @@ import threading
 from collections.abc import Iterable
 from types import FrameType
 
-from district.fleet import FleetProfile, run_fleet
-from district.fleet import progress_line as fleet_progress
-from district.receiver import progress_line, run_receiver
-
 
 def _args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m district", description=__doc__.split("\n")[0])
@@ -73,6 +69,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     if args.action == "receive":
+        # Each command imports only what it runs: a receiver starts in about a second.
+        from district.receiver import progress_line, run_receiver  # noqa: PLC0415
+
         if args.seconds is not None:
             threading.Timer(args.seconds, stop.set).start()
         stats = run_receiver(
@@ -93,6 +92,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         )
         return 0
     if args.action == "fleet":
+        from district.fleet import FleetProfile, run_fleet  # noqa: PLC0415
+        from district.fleet import progress_line as fleet_progress  # noqa: PLC0415
+
         profile = FleetProfile(devices=args.devices, poll=args.poll)
         result = run_fleet(
             args.broker,

@@ -184,7 +184,7 @@ def _wait_subscribed(db: str, procs: Sequence[subprocess.Popen[str]]) -> None:
         try:
             with psycopg.connect(db) as conn:
                 if conn.execute("SELECT to_regclass('readings')").fetchone() != (None,):
-                    time.sleep(1.0)
+                    time.sleep(0.5)
                     return
         except psycopg.Error:
             pass

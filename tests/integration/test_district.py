@@ -265,13 +265,13 @@ def test_a_database_away_holds_acks_and_loses_nothing(
     wait_schema(db)
     stop = threading.Event()
     result: list[FleetStats] = []
-    publisher = threading.Thread(target=lambda: result.append(fleet(broker, 6, 5, stop=stop)))
+    publisher = threading.Thread(target=lambda: result.append(fleet(broker, 6, 4, stop=stop)))
     publisher.start()
     wait_for(lambda: count(db) > 0, "nothing stored before the outage")
     postgres.stop()
     try:
         # The fleet goes on publishing for seconds while nothing can be committed.
-        time.sleep(3)
+        time.sleep(2)
     finally:
         postgres.start()
     publisher.join(timeout=DEADLINE)
