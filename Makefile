@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint schema clean hil
+.PHONY: demo test test-fast bench lint schema clean hil deploy-arm64
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ hil: $(STAMP)
 ## Measure; prints the figures and writes bench-results.json.
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks
+
+## The install on a 64-bit Raspberry Pi OS, proven here (as root; 5-7 minutes): a Debian bookworm
+## arm64 root (debootstrap) run under qemu-user, deploy/install.sh from a wheelhouse for aarch64,
+## then edge --version, check-config, selftest and the lgpio pin factory inside it. Writes
+## deploy_arm64_root_s and deploy_arm64_install_s to bench-results.json. docs/deploy.md.
+deploy-arm64: $(STAMP)
+	$(BIN)/python -m tests.deploy.arm --arch arm64
 
 ## Regenerate config/site.schema.json after changing edge/config/model.py.
 schema: $(STAMP)

@@ -34,6 +34,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
@@ -258,6 +259,7 @@ def show(step: str, result: subprocess.CompletedProcess[str]) -> None:
 CHECKS = {
     "edge --version": "edge --version",
     "edge check-config": "edge check-config /root/proof/site.yaml",
+    "edge check-config (pin_factory: lgpio)": "edge check-config /root/proof/site-lgpio.yaml",
     "edge selftest (mock pins)": "edge selftest --config /root/proof/site.yaml --seconds 100ms",
     "GPIO backend": (
         "/opt/city-safety-edge/current/venv/bin/python -c '"
@@ -287,13 +289,17 @@ def prove(target: Target, work: Path, *, reuse: Path | None = None) -> dict[str,
         print(f"  {name}")
     shutil.copytree(REPO / "deploy", proof / "deploy")
     shutil.copy(EXAMPLE, proof / "site.yaml")
+    # The same site as a Pi runs it: the real backend instead of gpiozero's MockFactory.
+    site = yaml.safe_load(EXAMPLE.read_text())
+    site["outputs"]["pin_factory"] = "lgpio"
+    (proof / "site-lgpio.yaml").write_text(yaml.safe_dump(site, sort_keys=False))
 
     try:
         # A rerun on a kept root upgrades; the first run installs.
         (wheel,) = (proof / "wheels").glob("city_safety_edge-*.whl")
         install = (
             f"bash /root/proof/deploy/install.sh --source /root/proof/wheels/{wheel.name} "
-            "--wheels /root/proof/wheels"
+            "--wheels /root/proof/wheels --config /root/proof/site.yaml"
         )
         started = time.monotonic()
         result = in_root(root, install)
@@ -335,8 +341,8 @@ def main() -> None:
     try:
         figures = prove(target, work, reuse=args.reuse)
     finally:
-        if args.keep or args.reuse:
-            print(f"\nroot kept: {args.reuse or work / 'root'}")
+        if args.keep and not args.reuse:
+            print(f"\nroot kept: {work / 'root'} (--reuse it)")
         else:
             shutil.rmtree(work, ignore_errors=True)
     merged = json.loads(args.out.read_text()) if args.out.exists() else {}
