@@ -56,6 +56,12 @@ class Target:
     qemu: str  # the binfmt entry of qemu-user-static
     python: str = "3.11"  # bookworm's
     glibc: str = "2_36"  # bookworm's
+    #: Distributions with no wheel on PyPI for it: their sdists go into the wheelhouse and
+    #: install.sh builds them in the root, as pip does on a Pi that cannot reach piwheels.
+    built_here: tuple[str, ...] = ()
+    #: What those builds need: Debian packages in the root, wheels in the wheelhouse.
+    build_packages: tuple[str, ...] = ()
+    build_wheels: tuple[str, ...] = ()
 
     @property
     def platforms(self) -> list[str]:
@@ -70,7 +76,15 @@ TARGETS = {
     # Pi Zero 2 W, 3, 4, 5 on 64-bit Raspberry Pi OS (the default for all of them).
     "arm64": Target("arm64", "aarch64", "qemu-aarch64"),
     # The same boards on 32-bit Raspberry Pi OS.
-    "armhf": Target("armhf", "armv7l", "qemu-arm"),
+    "armhf": Target(
+        "armhf",
+        "armv7l",
+        "qemu-arm",
+        built_here=("lgpio", "PyYAML", "cffi"),
+        build_packages=("gcc", "python3-dev", "swig", "libffi-dev"),
+        # PyYAML's build needs Cython; lgpio's (a setup.py project) wheel, with the venv's pip.
+        build_wheels=("Cython==3.3.1", "wheel==0.48.0"),
+    ),
 }
 
 
@@ -120,6 +134,15 @@ def _this_machine() -> str:
     return str(default_environment()["platform_machine"])
 
 
+def platform_options(target: Target) -> list[str]:
+    """pip's options that pick wheels for ``target`` rather than for this machine."""
+    return [
+        "--only-binary=:all:",
+        *(option for tag in target.platforms for option in ("--platform", tag)),
+        *["--python-version", target.python, "--implementation", "cp"],
+    ]
+
+
 def pip_download_command(target: Target, dest: Path, *requirements: str | Path) -> list[str]:
     return [
         sys.executable,
@@ -128,12 +151,7 @@ def pip_download_command(target: Target, dest: Path, *requirements: str | Path) 
         "download",
         "--quiet",
         "--disable-pip-version-check",
-        "--only-binary=:all:",
-        *(option for tag in target.platforms for option in ("--platform", tag)),
-        "--python-version",
-        target.python,
-        "--implementation",
-        "cp",
+        *platform_options(target),
         "--dest",
         str(dest),
         *map(str, requirements),
@@ -154,14 +172,53 @@ def fill_wheelhouse(target: Target, dest: Path, timeout: float = 600) -> Path:
     if built.returncode != 0:
         raise RuntimeError(f"building the project's wheel failed:\n{built.stderr[-3000:]}")
     (wheel,) = dest.glob("city_safety_edge-*.whl")
-    command = pip_download_command(target, dest, wheel, *target_only_requirements(target))
+    extra = target_only_requirements(target)
+    if not target.built_here:
+        _pip(pip_download_command(target, dest, wheel, *extra), target, timeout)
+        return dest
+    # pip cannot resolve for a platform some dependencies have no wheel for: resolve on the
+    # 64-bit twin (same pins, same Python), then fetch each one as a wheel or as its sdist.
+    twin = Target("arm64", "aarch64", "qemu-aarch64", target.python, target.glibc)
+    pins = resolved_pins(twin, wheel, *extra)
+    from_source = {name.lower() for name in target.built_here}
+    wheels = [pin for pin in pins if pin.split("==")[0].lower() not in from_source]
+    sdists = [pin for pin in pins if pin.split("==")[0].lower() in from_source]
+    _pip(
+        [*pip_download_command(target, dest, *wheels, *target.build_wheels), "--no-deps"],
+        target,
+        timeout,
+    )
+    sdist = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+    _pip([*sdist, "--no-binary=:all:", "--dest", str(dest), *sdists], target, timeout)
+    return dest
+
+
+def resolved_pins(target: Target, *requirements: str | Path) -> list[str]:
+    """``name==version`` of everything pip would install for ``requirements`` on ``target``
+    (the project itself left out), from ``pip install --dry-run --report``."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report.json"
+        command = [
+            *[sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed"],
+            *["--target", scratch, "--report", str(report), *platform_options(target)],
+            *map(str, requirements),
+        ]
+        _pip(command, target, 600)
+        items = json.loads(report.read_text())["install"]
+    return [
+        f"{item['metadata']['name']}=={item['metadata']['version']}"
+        for item in items
+        if item["metadata"]["name"] != "city-safety-edge"
+    ]
+
+
+def _pip(command: list[str], target: Target, timeout: float) -> None:
     fetched = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if fetched.returncode != 0:
         raise RuntimeError(
             f"{shlex.join(command)} failed (every dependency must have a wheel for "
             f"{target.machine}, CPython {target.python}):\n{fetched.stderr[-3000:]}"
         )
-    return dest
 
 
 # -- the root and qemu ----------------------------------------------------------------------
@@ -198,7 +255,7 @@ def build_root(target: Target, root: Path) -> None:
         "debootstrap",
         f"--arch={target.arch}",
         "--variant=minbase",
-        f"--include={','.join(ROOT_PACKAGES)}",
+        f"--include={','.join((*ROOT_PACKAGES, *target.build_packages))}",
         SUITE,
         str(root),
         MIRROR,

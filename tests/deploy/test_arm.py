@@ -120,3 +120,21 @@ def test_an_arm_release_without_gpio_backend_is_refused_untouched(
     assert not any((scratch_root / "opt" / "city-safety-edge" / "releases").iterdir())
     assert not (scratch_root / "opt" / "city-safety-edge" / "current").exists()
     assert "edge:" not in (scratch_root / "etc" / "passwd").read_text()
+
+
+@pytest.mark.integration  # downloads from the package index (cached after the first run)
+def test_the_armhf_wheelhouse_carries_sources_for_what_has_no_wheel(tmp_path: Path) -> None:
+    # 32-bit Raspberry Pi OS, offline: lgpio, PyYAML and cffi have no armv7l wheel on PyPI, so
+    # their sources and what builds them travel in the wheelhouse; the rest are armv7l wheels.
+    target = TARGETS["armhf"]
+    wheels = fill_wheelhouse(target, tmp_path / "wheels")
+    names = sorted(p.name for p in wheels.iterdir())
+    sources = sorted(n for n in names if n.endswith(".tar.gz"))
+    assert sources == ["cffi-2.1.1.tar.gz", "lgpio-0.2.2.0.tar.gz", "pyyaml-6.0.4.tar.gz"]
+    compiled = [n for n in names if n.endswith(".whl") and not n.endswith("-none-any.whl")]
+    assert compiled, names
+    assert all("armv7l" in n for n in compiled), compiled
+    for requirement in (*requirements_for("armv7l"), *target.build_wheels):
+        name, version = requirement.split("==")
+        stem = f"{name.replace('-', '_').lower()}-{version}"
+        assert [n for n in names if n.lower().startswith(stem)], (requirement, names)
