@@ -73,7 +73,7 @@ class Target:
 
 
 TARGETS = {
-    # Pi Zero 2 W, 3, 4, 5 on 64-bit Raspberry Pi OS (the default for all of them).
+    # Pi Zero 2 W, 3, 4, 5 on 64-bit Raspberry Pi OS (all four run it).
     "arm64": Target("arm64", "aarch64", "qemu-aarch64"),
     # The same boards on 32-bit Raspberry Pi OS.
     "armhf": Target(
@@ -251,7 +251,10 @@ def ensure_host_tools(target: Target) -> None:
 
 
 def build_root(target: Target, root: Path) -> None:
+    # debootstrap mounts /proc (and more) in the root while it configures packages: in a
+    # mount namespace of its own, a failed run cannot leave them mounted.
     command = [
+        *["unshare", "--mount", "--propagation", "private"],
         "debootstrap",
         f"--arch={target.arch}",
         "--variant=minbase",
@@ -400,6 +403,9 @@ def main() -> None:
     finally:
         if args.keep and not args.reuse:
             print(f"\nroot kept: {work / 'root'} (--reuse it)")
+        elif mounts_under(work):
+            # Never delete through a mount: a /dev bound there is this machine's /dev.
+            print(f"\nnot removed, something is mounted inside: {work} {mounts_under(work)}")
         else:
             shutil.rmtree(work, ignore_errors=True)
     merged = json.loads(args.out.read_text()) if args.out.exists() else {}
