@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint schema clean hil deploy-arm64
+.PHONY: demo test test-fast bench lint schema clean hil deploy-arm64 deploy-armhf
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench: $(STAMP)
 ## deploy_arm64_root_s and deploy_arm64_install_s to bench-results.json. docs/deploy.md.
 deploy-arm64: $(STAMP)
 	$(BIN)/python -m tests.deploy.arm --arch arm64
+
+## The same for 32-bit Raspberry Pi OS (about 10 minutes): lgpio, PyYAML and cffi have no armv7l
+## wheel on PyPI, so install.sh builds them from sources in the wheelhouse, under qemu.
+deploy-armhf: $(STAMP)
+	$(BIN)/python -m tests.deploy.arm --arch armhf
 
 ## Regenerate config/site.schema.json after changing edge/config/model.py.
 schema: $(STAMP)

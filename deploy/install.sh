@@ -222,8 +222,11 @@ build_release() {
     RELEASE="$OPT/releases/$stamp"
     say "building $RELEASE (Python $PYTHON_VERSION)"
     "$PYTHON" -m venv "$RELEASE/venv"
+    # --use-pep517: a package built from source (lgpio on armhf and Python 3.13) is built the
+    # way every pip from 23.1 on does, in an isolated environment (from the wheelhouse offline),
+    # not by bookworm's pip 23.0 through a deprecated 'setup.py install'.
     local pip=("$RELEASE/venv/bin/python" -m pip --disable-pip-version-check --no-input --quiet
-        install)
+        install --use-pep517)
     [ -z "$WHEELS" ] || pip+=(--no-index --find-links "$WHEELS")
     [ -z "$R" ] || pip+=(--no-compile)
     # lgpio (the GPIO backend, ARM only) has prebuilt wheels for aarch64 and CPython 3.9-3.12;

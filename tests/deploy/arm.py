@@ -183,11 +183,9 @@ def fill_wheelhouse(target: Target, dest: Path, timeout: float = 600) -> Path:
     from_source = {name.lower() for name in target.built_here}
     wheels = [pin for pin in pins if pin.split("==")[0].lower() not in from_source]
     sdists = [pin for pin in pins if pin.split("==")[0].lower() in from_source]
-    _pip(
-        [*pip_download_command(target, dest, *wheels, *target.build_wheels), "--no-deps"],
-        target,
-        timeout,
-    )
+    _pip([*pip_download_command(target, dest, *wheels), "--no-deps"], target, timeout)
+    # What builds the sources, with what that needs (wheel needs packaging).
+    _pip(pip_download_command(target, dest, *target.build_wheels), target, timeout)
     sdist = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
     _pip([*sdist, "--no-binary=:all:", "--dest", str(dest), *sdists], target, timeout)
     return dest
