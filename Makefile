@@ -44,7 +44,7 @@ hil: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks
 
-## The install on a 64-bit Raspberry Pi OS, proven here (as root; 5-7 minutes): a Debian bookworm
+## The install on a 64-bit Raspberry Pi OS, proven here (as root; 5 to 12 minutes): a Debian bookworm
 ## arm64 root (debootstrap) run under qemu-user, deploy/install.sh from a wheelhouse for aarch64,
 ## then edge --version, check-config, selftest and the lgpio pin factory inside it. Writes
 ## deploy_arm64_root_s and deploy_arm64_install_s to bench-results.json. docs/deploy.md.
