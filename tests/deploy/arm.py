@@ -395,6 +395,8 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, help="a root kept by an earlier run (no debootstrap)")
     args = parser.parse_args()
     target = TARGETS[args.arch]
+    if args.reuse is not None and not (args.reuse / "usr" / "bin" / "python3").exists():
+        parser.error(f"--reuse {args.reuse}: not a root made by --keep (no usr/bin/python3 in it)")
     work = Path(tempfile.mkdtemp(prefix=f"deploy-{target.arch}-"))
     try:
         figures = prove(target, work, reuse=args.reuse)
