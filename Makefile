@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-platform lint schema clean hil
+.PHONY: demo test test-fast bench bench-platform lint schema clean hil deploy-arm64 deploy-armhf
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,18 @@ bench: $(STAMP)
 ## 3 minutes; needs mosquitto and postgresql). Merges its figures into bench-results.json.
 bench-platform: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.district_ingest --out bench-results.json
+
+## The install on a 64-bit Raspberry Pi OS, proven here (as root; 5 to 12 minutes): a Debian bookworm
+## arm64 root (debootstrap) run under qemu-user, deploy/install.sh from a wheelhouse for aarch64,
+## then edge --version, check-config, selftest and the lgpio pin factory inside it. Writes
+## deploy_arm64_root_s and deploy_arm64_install_s to bench-results.json. docs/deploy.md.
+deploy-arm64: $(STAMP)
+	$(BIN)/python -m tests.deploy.arm --arch arm64
+
+## The same for 32-bit Raspberry Pi OS (about 10 minutes): lgpio, PyYAML and cffi have no armv7l
+## wheel on PyPI, so install.sh builds them from sources in the wheelhouse, under qemu.
+deploy-armhf: $(STAMP)
+	$(BIN)/python -m tests.deploy.arm --arch armhf
 
 ## Regenerate config/site.schema.json after changing edge/config/model.py.
 schema: $(STAMP)

@@ -41,6 +41,7 @@ WHEELS=""
 CONFIG=""
 CERTS=""
 PYTHON="${PYTHON:-python3}"
+ARCH=""
 ACTION=install
 PURGE=0
 START=1
@@ -145,7 +146,11 @@ check_system() {
         die 2 "unsupported architecture: $arch; supported: $SUPPORTED_ARCHES" ;;
     esac
     SYSTEM="${PRETTY_NAME:-$ID $VERSION_CODENAME} ($arch)"
+    ARCH=$arch
 }
+
+# A Raspberry Pi (or another ARM board): the buzzer and lamps need a real GPIO backend.
+on_arm() { case "$ARCH" in arm64|armhf) return 0 ;; *) return 1 ;; esac; }
 
 check_python() {
     command -v "$PYTHON" >/dev/null || die 2 "no Python at '$PYTHON': install it (apt-get install python3) or pass --python PATH"
@@ -219,11 +224,22 @@ build_release() {
     RELEASE="$OPT/releases/$stamp"
     say "building $RELEASE (Python $PYTHON_VERSION)"
     "$PYTHON" -m venv "$RELEASE/venv"
+    # --use-pep517: a package built from source (lgpio on armhf and Python 3.13) is built the
+    # way every pip from 23.1 on does, in an isolated environment (from the wheelhouse offline),
+    # not by bookworm's pip 23.0 through a deprecated 'setup.py install'.
     local pip=("$RELEASE/venv/bin/python" -m pip --disable-pip-version-check --no-input --quiet
-        install)
+        install --use-pep517)
     [ -z "$WHEELS" ] || pip+=(--no-index --find-links "$WHEELS")
     [ -z "$R" ] || pip+=(--no-compile)
-    "${pip[@]}" "$SOURCE" || die 1 "installing the gateway's Python packages failed (see above)"
+    # lgpio (the GPIO backend, ARM only) has prebuilt wheels for aarch64 and CPython 3.9-3.12;
+    # elsewhere (armhf, trixie's 3.13) pip builds its sdist, and PYPI=1 makes that build the
+    # self-contained module of those wheels rather than one linked to a liblgpio the system
+    # may not have. It needs swig, a C compiler and the Python headers.
+    if ! PYPI=1 "${pip[@]}" "$SOURCE"; then
+        on_arm && ! { command -v swig && command -v cc; } >/dev/null \
+            && say "if lgpio failed above: it has no prebuilt wheel for Python $PYTHON_VERSION on $ARCH; apt-get install swig gcc python3-dev and run the installer again, or install from a wheelhouse (--wheels) built on a gateway of the same kind (docs/deploy.md#gpio-backend)" >&2
+        die 1 "installing the gateway's Python packages failed (see above)"
+    fi
     if [ -n "$R" ]; then
         # Scripts and the venv's own files name the folder they were built in; on the
         # target system that folder is the same path without the staging root. Bytecode
@@ -240,6 +256,16 @@ build_release() {
         || die 1 "the new release does not start ('edge --version' failed)"
     echo "$VERSION" > "$RELEASE/VERSION"
     say "built $VERSION"
+}
+
+check_gpio_backend() {
+    # Without it the gateway would start and then fail at its first alarm: refuse the release
+    # now, while the one in service (if any) is untouched.
+    on_arm || return 0
+    local why
+    why="$("$RELEASE/venv/bin/python" -c 'import lgpio, gpiozero.pins.lgpio' 2>&1 | tail -n 1)" \
+        || die 1 "the new release has no GPIO backend for the buzzer and lamps ($why): lgpio must install with it on $ARCH (docs/deploy.md#gpio-backend)"
+    say "GPIO backend: lgpio $("$RELEASE/venv/bin/python" -c 'import importlib.metadata as m; print(m.version("lgpio"))')"
 }
 
 validate_config() {
@@ -355,6 +381,7 @@ do_install() {
     local upgrading=0
     [ ! -e "$OPT/current" ] || upgrading=1
     build_release
+    check_gpio_backend
     validate_config
     ensure_user
     ensure_folders
