@@ -30,6 +30,9 @@ is judged after the ticks up to that time, as a late reading would be in the fie
 Readings of a device or point that is not in the site file are refused (the line is named):
 judging them against rules that apply "to every device" would invent alarms the field never
 raises. ``--unknown report`` skips and counts them instead.
+
+``--plot FILE`` also draws every judged point over time with its thresholds and transitions
+(:mod:`edge.replay_plot`), as SVG or a self-contained HTML page.
 """
 
 from __future__ import annotations
@@ -222,9 +225,10 @@ def _write_plot(
     except OSError as exc:
         print(f"error: cannot write --plot {path}: {exc.strerror}", file=sys.stderr)
         return 2
+    plural = "" if len(panels) == 1 else "s"
     print(
-        f"plot: {len(panels)} panels, {len(text.encode()):,} bytes, "
-        f"{time.perf_counter() - started:.2f} s: {path}",
+        f"plot: {len(panels)} panel{plural}, {len(text.encode()):,} bytes, "
+        f"drawn in {time.perf_counter() - started:.2f} s: {path}",
         file=sys.stderr,
     )
     return 0
