@@ -295,3 +295,68 @@ def test_a_device_offline_transition_marks_every_panel_of_its_device(
         assert [(m.get("data-rule"), float(m.get("data-ts", ""))) for m in marks] == [
             ("silent", shop[0]["ts"])
         ]
+
+
+def test_each_rule_kind_draws_its_own_levels_with_overrides_per_device(
+    tmp_path: Path, edge: Callable[..., Done]
+) -> None:
+    rules = [
+        {
+            "id": "brownout",
+            "kind": "under-limit",
+            "point": "voltage_a",
+            "raise_at": 200,
+            "clear_above": 210,
+            "escalate": {"at": 180},
+            "severity": "major",
+        },
+        {
+            "id": "warm-day",
+            "kind": "sustained",
+            "point": "temperature_2",
+            "above": 50,
+            "days": 1,
+            "severity": "minor",
+        },
+    ]
+    data = yaml.safe_load(site(tmp_path, *rules).read_text())
+    data["rules"][0]["overrides"] = {"efm-restaurant-102": {"raise_at": 400, "clear_below": 350}}
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump(data))
+    rows = []
+    for device in ("efm-shop-101", "efm-restaurant-102"):
+        rows += [row(T0 + s, "voltage_a", 220.0 - s / 10, device) for s in range(0, 600, 10)]
+        rows += [row(T0 + s, "temperature_2", 40.0, device) for s in range(0, 600, 10)]
+        rows += [row(T0 + s, "residual_current", 100.0, device) for s in range(0, 600, 10)]
+    plot = tmp_path / "plot.svg"
+    done = edge("replay", "--config", str(config), str(trace(tmp_path, rows)), "--plot", str(plot))
+    assert done.returncode == 0, done.stderr
+    drawn = panels(ET.parse(plot).getroot())
+
+    def levels(device: str, point: str) -> dict[str, float]:
+        lines = of_class(drawn[device, point], "threshold", "line")
+        return {
+            f"{ln.get('data-rule')} {ln.get('data-field')}": float(ln.get("data-value", ""))
+            for ln in lines
+        }
+
+    assert levels("efm-shop-101", "voltage_a") == {
+        "brownout raise_at": 200.0,
+        "brownout clear_above": 210.0,
+        "brownout escalate.at": 180.0,
+    }
+    assert levels("efm-shop-101", "temperature_2") == {"warm-day above": 50.0}
+    assert levels("efm-shop-101", "residual_current") == {
+        "residual-current-over-limit raise_at": 300.0,
+        "residual-current-over-limit clear_below": 270.0,
+    }
+    # The restaurant's override is what the engine judges it by, so what is drawn.
+    assert levels("efm-restaurant-102", "residual_current") == {
+        "residual-current-over-limit raise_at": 400.0,
+        "residual-current-over-limit clear_below": 350.0,
+    }
+    (band,) = of_class(drawn["efm-shop-101", "voltage_a"], "hysteresis", "rect")
+    assert (float(band.get("data-low", "")), float(band.get("data-high", ""))) == (200.0, 210.0)
+    marks = of_class(drawn["efm-shop-101", "voltage_a"], "transition", "g")
+    # 200 V reached at 200 s, 180 V at 400 s.
+    assert [m.get("data-kind") for m in marks] == ["raised", "escalated"]
