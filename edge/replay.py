@@ -168,7 +168,7 @@ def command(args: argparse.Namespace) -> int:
         until = None if args.until is None else _timestamp(args.until, "--until", zone)
         with source:
             trace = ReadingsFile(source, str(args.readings), zone, args.format)
-            readings = iter(trace) if recorder is None else recorder.watch(trace)
+            readings = iter(trace) if recorder is None else recorder.watch(trace, engine)
             summary = replay(
                 config,
                 readings,

@@ -15,7 +15,7 @@ bounded too and the trace is read once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
@@ -190,12 +190,19 @@ class PlotRecorder:
     def transition(self, transition: Transition) -> None:
         self.transitions.append(transition)
 
-    def watch(self, readings: Iterable[Reading | None]) -> Iterable[Reading | None]:
-        """``readings``, passed on unchanged, each recorded on the way."""
+    def watch(
+        self, readings: Iterable[Reading | None], engine: RuleEngine | None = None
+    ) -> Iterator[Reading | None]:
+        """``readings``, passed on unchanged, each recorded once it has been judged, with the
+        derived points' readings ``engine`` computed from it."""
         for reading in readings:
+            yield reading
+            # Resumed when the next reading is asked for: this one has been judged.
             if reading is not None:
                 self.reading(reading)
-            yield reading
+                if engine is not None:
+                    for derived in engine.derived_readings(reading):
+                        self.reading(derived)
 
 
 @dataclass(frozen=True)

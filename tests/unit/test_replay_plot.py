@@ -360,3 +360,36 @@ def test_each_rule_kind_draws_its_own_levels_with_overrides_per_device(
     marks = of_class(drawn["efm-shop-101", "voltage_a"], "transition", "g")
     # 200 V reached at 200 s, 180 V at 400 s.
     assert [m.get("data-kind") for m in marks] == ["raised", "escalated"]
+
+
+def test_a_derived_point_is_drawn_from_the_values_the_engine_judged(
+    tmp_path: Path, edge: Callable[..., Done]
+) -> None:
+    data = yaml.safe_load(
+        site(
+            tmp_path,
+            {"id": "tilt", "kind": "sustained", "point": "displacement", "above": 4, "days": 1},
+        ).read_text()
+    )
+    data["derived_points"] = [
+        {
+            "name": "displacement",
+            "kind": "displacement",
+            "source": "temperature_2",
+            "unit": "mm",
+            "gauge_length": 1000,
+        }
+    ]
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump(data))
+    rows = [row(T0 + s, "temperature_2", 0.26 if s < 300 else 0.1) for s in range(0, 600, 10)]
+    plot = tmp_path / "plot.svg"
+    done = edge("replay", "--config", str(config), str(trace(tmp_path, rows)), "--plot", str(plot))
+    assert done.returncode == 0, done.stderr
+    panel = panels(ET.parse(plot).getroot())["efm-shop-101", "displacement"]
+    (line,) = of_class(panel, "threshold", "line")
+    assert float(line.get("data-value", "")) == 4.0
+    (path,) = of_class(panel, "readings", "path")
+    ys = {round(float(v[1:].split(",")[1]), 2) for v in path.get("d", "").split()}
+    high, low = (1000 * math.tan(math.radians(a)) for a in (0.26, 0.1))  # 4.54 mm, 1.75 mm
+    assert ys == {round(y_of(panel, high), 2), round(y_of(panel, low), 2)}
