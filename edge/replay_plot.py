@@ -52,6 +52,8 @@ RIGHT = 20
 PANEL_HEIGHT = 200
 PANEL_GAP = 60
 TOP = 50
+#: Largest magnitude the value axis spans; beyond it a reading is drawn off the panel.
+BOUND = 1e300
 #: A series breaks (no line drawn) over a silence longer than this many typical intervals.
 GAP_INTERVALS = 10
 
@@ -358,7 +360,8 @@ def _value_range(panel: Panel) -> tuple[float, float]:
             values.extend(found)
     if not values:
         return 0.0, 1.0
-    low, high = min(values), max(values)
+    # Clamped so that the span and its padding stay finite for absurd values (1e308).
+    low, high = max(min(values), -BOUND), min(max(values), BOUND)
     pad = (high - low) * 0.08 or abs(high) * 0.1 or 1.0
     return low - pad, high + pad
 
@@ -421,15 +424,18 @@ def _panel_svg(panel: Panel, axis: _Axis, zone: ZoneInfo) -> list[str]:
         f'height="{PANEL_HEIGHT}" fill="#fff" stroke="#999"/>',
     ]
     step = _nice_step(axis.y1 - axis.y0, 5)
-    value = math.ceil(axis.y0 / step) * step
-    while value <= axis.y1:
+    first = math.ceil(axis.y0 / step) * step
+    # Counted, not summed: a step below the values' precision must not loop forever.
+    for k in range(12):
+        value = first + k * step
+        if value > axis.y1:
+            break
         y = _num(axis.y(value))
         out.append(
             f'<line x1="{LEFT}" x2="{right}" y1="{y}" y2="{y}" stroke="#eee"/>'
             f'<text x="{LEFT - 4}" y="{y}" text-anchor="end" dominant-baseline="middle" '
             f'font-size="10">{value:g}</text>'
         )
-        value += step
     for rule_id, low, high in panel.bands:
         y_high, y_low = axis.y(high), axis.y(low)
         out.append(

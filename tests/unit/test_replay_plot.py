@@ -393,3 +393,31 @@ def test_a_derived_point_is_drawn_from_the_values_the_engine_judged(
     ys = {round(float(v[1:].split(",")[1]), 2) for v in path.get("d", "").split()}
     high, low = (1000 * math.tan(math.radians(a)) for a in (0.26, 0.1))  # 4.54 mm, 1.75 mm
     assert ys == {round(y_of(panel, high), 2), round(y_of(panel, low), 2)}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1e17, 1e17 + 16],  # a spread below the values' precision
+        [-1e308, 1e308],
+        [math.nan, math.inf, -math.inf],
+        [0.0, 0.0],
+    ],
+)
+def test_absurd_values_still_give_a_finite_drawing(values: list[float]) -> None:
+    series = Series(T0)
+    for n, value in enumerate(values):
+        series.add(T0 + n, value)
+    svg = render_svg([Panel("efm-shop-101", "residual_current", series=series)], ZoneInfo("UTC"))
+    root = ET.fromstring(svg)
+    for element in root.iter():
+        for name in ("x", "y", "x1", "y1", "cx", "cy", "height"):
+            if name in element.attrib and not element.attrib[name].endswith("%"):
+                assert math.isfinite(float(element.attrib[name])), (element.tag, name)
+    for path in of_class(root, "readings", "path"):
+        for vertex in path.get("d", "").split():
+            assert all(math.isfinite(float(c)) for c in vertex[1:].split(",")), vertex
+    for tick in root.iter(f"{SVG}text"):
+        if tick.get("font-size") == "10" and tick.get("text-anchor") == "end":
+            assert "nan" not in (tick.text or "")
+            assert "inf" not in (tick.text or "")
