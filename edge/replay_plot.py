@@ -15,6 +15,7 @@ bounded too and the trace is read once.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -94,14 +95,15 @@ class Series:
         self.width = 1.0
         self.unit = unit
         self.readings = 0
-        self.lo: list[float] = [math.inf] * COLUMNS
-        self.hi: list[float] = [-math.inf] * COLUMNS
-        self.lo_ts: list[float] = [0.0] * COLUMNS
-        self.hi_ts: list[float] = [0.0] * COLUMNS
-        self.first: list[float] = [math.inf] * COLUMNS
-        self.last: list[float] = [-math.inf] * COLUMNS
-        self.n: list[int] = [0] * COLUMNS
-        self.faults: list[int] = [0] * COLUMNS
+        # Unboxed arrays: a site's hundreds of series stay a few hundred kB each at most.
+        self.lo = array("d", [math.inf]) * COLUMNS
+        self.hi = array("d", [-math.inf]) * COLUMNS
+        self.lo_ts = array("d", [0.0]) * COLUMNS
+        self.hi_ts = array("d", [0.0]) * COLUMNS
+        self.first = array("d", [math.inf]) * COLUMNS
+        self.last = array("d", [-math.inf]) * COLUMNS
+        self.n = array("q", [0]) * COLUMNS
+        self.faults = array("q", [0]) * COLUMNS
         self.count = 0
 
     def add(self, ts: float, value: float, good: bool = True) -> None:
