@@ -288,7 +288,7 @@ def panels_of(engine: RuleEngine, recorder: PlotRecorder) -> list[Panel]:
     for transition in recorder.transitions:
         for (device, point), panel in judged.items():
             # A transition without a point (device-offline) marks every panel of its
-            # device; one without a device (a composite) marks every panel.
+            # device; a composite's carries the reading that completed it, so marks its panel.
             if transition.device_id in ("", device) and transition.point in ("", point):
                 panel.transitions.append(transition)
     return [p for p in judged.values() if p.series is not None or p.transitions]
