@@ -285,11 +285,16 @@ def panels_of(engine: RuleEngine, recorder: PlotRecorder) -> list[Panel]:
         if key in judged:
             judged[key].series = series
             judged[key].unit = series.unit
+    by_device: dict[str, list[Panel]] = {}
+    for panel in judged.values():
+        by_device.setdefault(panel.device, []).append(panel)
+    everywhere = list(judged.values())
     for transition in recorder.transitions:
-        for (device, point), panel in judged.items():
-            # A transition without a point (device-offline) marks every panel of its
-            # device; a composite's carries the reading that completed it, so marks its panel.
-            if transition.device_id in ("", device) and transition.point in ("", point):
+        # A transition without a point (device-offline) marks every panel of its device; a
+        # composite's carries the reading that completed it, so marks that reading's panel.
+        device = transition.device_id
+        for panel in by_device.get(device, []) if device else everywhere:
+            if transition.point in ("", panel.point):
                 panel.transitions.append(transition)
     return [p for p in judged.values() if p.series is not None or p.transitions]
 
