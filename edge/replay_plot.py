@@ -237,7 +237,7 @@ class Panel:
     notes: list[str] = field(default_factory=list)
 
 
-def _guides(rule: object, device: str, panel: Panel) -> None:
+def _guides(rule: object, panel: Panel) -> None:
     if isinstance(rule, OverLimitRule | UnderLimitRule):
         clear_field = "clear_below" if isinstance(rule, OverLimitRule) else "clear_above"
         clear = rule.clear_below if isinstance(rule, OverLimitRule) else rule.clear_above
@@ -267,7 +267,7 @@ def _guides(rule: object, device: str, panel: Panel) -> None:
 def panels_of(engine: RuleEngine, recorder: PlotRecorder) -> list[Panel]:
     """A panel for every device and point a rule judges and the replay saw readings or
     transitions of, with the thresholds the engine judges that device by (overrides
-    included), in the site file's device order."""
+    included); grouped by device, in the order the rules name the points."""
     judged: dict[tuple[str, str], Panel] = {}
     for rule in engine.rules:
         point = getattr(rule, "point", None)
@@ -280,7 +280,7 @@ def panels_of(engine: RuleEngine, recorder: PlotRecorder) -> list[Panel]:
                 panel = judged[key] = Panel(device, point)
             tuned = engine.thresholds(rule.id, device)
             if tuned is not None:
-                _guides(tuned, device, panel)
+                _guides(tuned, panel)
     for key, series in recorder.series.items():
         if key in judged:
             judged[key].series = series
@@ -296,7 +296,9 @@ def panels_of(engine: RuleEngine, recorder: PlotRecorder) -> list[Panel]:
         for panel in by_device.get(device, []) if device else everywhere:
             if transition.point in ("", panel.point):
                 panel.transitions.append(transition)
-    return [p for p in judged.values() if p.series is not None or p.transitions]
+    devices = list(dict.fromkeys(device for device, _ in judged))
+    drawn = [p for p in judged.values() if p.series is not None or p.transitions]
+    return sorted(drawn, key=lambda p: devices.index(p.device))
 
 
 # -- drawing -----------------------------------------------------------------------------------
