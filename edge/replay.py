@@ -30,6 +30,9 @@ is judged after the ticks up to that time, as a late reading would be in the fie
 Readings of a device or point that is not in the site file are refused (the line is named):
 judging them against rules that apply "to every device" would invent alarms the field never
 raises. ``--unknown report`` skips and counts them instead.
+
+``--plot FILE`` also draws every judged point over time with its thresholds and transitions
+(:mod:`edge.replay_plot`), as SVG or a self-contained HTML page.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from zoneinfo import ZoneInfo
 
 from drivers import Reading
 from edge.config import SiteConfig, report_config
+from edge.replay_plot import PlotRecorder, panels_of, render_html, render_svg
 from edge.rules import RuleEngine, Transition
 
 __all__ = [
@@ -119,6 +123,13 @@ def add_parser(commands: Any) -> None:
         help="keep the clock running after the last reading until TIME (POSIX seconds or ISO "
         "8601), so silences at the end of the file are judged too",
     )
+    replay_cmd.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="also draw every judged point, its thresholds and transitions, to FILE "
+        "(.svg, or .html for a page around the drawing)",
+    )
 
 
 def command(args: argparse.Namespace) -> int:
@@ -127,6 +138,12 @@ def command(args: argparse.Namespace) -> int:
     status, config = report_config(args.config, sys.stderr, known_models=known_models(), quiet=True)
     if config is None:
         return status
+    if args.plot is not None:
+        problem = _plot_target_problem(args.plot)
+        if problem is not None:
+            # Said before the replay runs: a long replay must not end unable to write its plot.
+            print(f"error: --plot {args.plot}: {problem}", file=sys.stderr)
+            return 2
     try:
         source = open(args.readings, encoding="utf-8", newline="")  # noqa: SIM115
     except OSError as exc:
@@ -139,14 +156,24 @@ def command(args: argparse.Namespace) -> int:
         out = target
     as_json = args.jsonl or args.out is not None
     zone = ZoneInfo(config.gateway.timezone)
+    engine = _engine(config)
+    recorder = PlotRecorder() if args.plot is not None else None
+
+    def emit(t: Transition) -> None:
+        out.write(format_transition(t, zone, as_json=as_json) + "\n")
+        if recorder is not None:
+            recorder.transition(t)
+
     try:
         until = None if args.until is None else _timestamp(args.until, "--until", zone)
         with source:
             trace = ReadingsFile(source, str(args.readings), zone, args.format)
+            readings = iter(trace) if recorder is None else recorder.watch(trace, engine)
             summary = replay(
                 config,
-                iter(trace),
-                lambda t: out.write(format_transition(t, zone, as_json=as_json) + "\n"),
+                readings,
+                emit,
+                engine=engine,
                 unknown=args.unknown,
                 until=until,
                 where=lambda: trace.where,
@@ -170,7 +197,50 @@ def command(args: argparse.Namespace) -> int:
             f"{summary.unknown.total():,} readings not judged, not in the site file: {listed}",
             file=sys.stderr,
         )
+    if recorder is not None:
+        return _write_plot(args.plot, engine, recorder, zone, f"edge replay {args.readings}")
     return 0
+
+
+def _plot_target_problem(path: Path) -> str | None:
+    if path.suffix.lower() not in (".svg", ".html", ".htm"):
+        return "the file name must end in .svg or .html"
+    folder = path.parent
+    if not folder.is_dir():
+        return f"folder {str(folder)!r} does not exist"
+    if path.is_dir():
+        return "is a folder"
+    return None
+
+
+def _write_plot(
+    path: Path, engine: RuleEngine, recorder: PlotRecorder, zone: ZoneInfo, title: str
+) -> int:
+    started = time.perf_counter()
+    panels = panels_of(engine, recorder)
+    drawing = render_svg(panels, zone, title)
+    text = render_html(drawing, title) if path.suffix.lower() != ".svg" else drawing
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write --plot {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    plural = "" if len(panels) == 1 else "s"
+    print(
+        f"plot: {len(panels)} panel{plural}, {len(text.encode()):,} bytes, "
+        f"drawn in {time.perf_counter() - started:.2f} s: {path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _engine(config: SiteConfig) -> RuleEngine:
+    return RuleEngine(
+        config.rules,
+        devices=config.devices,
+        derived=config.derived_points,
+        timezone=config.gateway.timezone,
+    )
 
 
 def replay(
@@ -190,12 +260,7 @@ def replay(
     (``where()`` names the line) or, with ``unknown="report"``, is counted in the summary.
     ``until``: keep ticking after the last reading up to that time.
     """
-    judge = engine or RuleEngine(
-        config.rules,
-        devices=config.devices,
-        derived=config.derived_points,
-        timezone=config.gateway.timezone,
-    )
+    judge = engine or _engine(config)
     summary = ReplaySummary()
     clock = _Clock(judge, summary, emit)
     scope = _Scope(judge)

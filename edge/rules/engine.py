@@ -474,6 +474,14 @@ class RuleEngine:
             self._settle(out)
         return out
 
+    def derived_readings(self, reading: Reading) -> list[Reading]:
+        """The derived points' readings (a tilt's displacement...) that judging ``reading``
+        computed, for showing them; empty for a reading the engine has not routed."""
+        route = self._routes.get((reading.device_id, reading.point))
+        if route is None:
+            return []
+        return [_derive(point, gauge, reading) for point, gauge in route.derived]
+
     def tick(self, now: float) -> list[Transition]:
         """Let time pass to ``now`` (POSIX seconds): missing readings, offline devices and the
         calendar buckets of sustained rules are judged here."""

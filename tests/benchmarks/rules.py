@@ -13,6 +13,11 @@ polled every 10 s (14 points each), each silent for 15 minutes once in a while, 
 site silent for two days in the middle; rules of the time-judged kinds (device-offline,
 sensor-fault, calendar days) next to limit, change and abnormal rules.
 
+``replay_plot_s_1m_readings``: what ``edge replay --plot`` adds, for 1 000 000 readings (a
+month of 4 reference monitors, residual current and a temperature every 20 s, with a few leak
+spikes over the limit): recording every reading into the downsampled series, then drawing the
+SVG with the replay's transitions; ``replay_plot_bytes_1m_readings`` is the SVG's size.
+
 ``reading_to_buzzer_ms_p99``: the same site in a :class:`Gateway` on gpiozero's MockFactory;
 each trial hands a reading over the limit to ``Gateway.on_sample`` (the drivers' sink) and
 stops the clock when the call returns with the buzzer pin on. This is an upper bound of
@@ -34,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 from gpiozero.pins.mock import MockFactory
@@ -252,6 +258,46 @@ def replay_rate(config: SiteConfig, count: int) -> dict[str, float]:
     }
 
 
+PLOT_DEVICES = 4
+PLOT_POLL = 20.0
+
+
+def replay_plot(config: SiteConfig, count: int) -> dict[str, float]:
+    """What ``--plot`` adds to a replay: ``count`` readings recorded (downsampled) as they
+    stream by, then drawn with the transitions the replay found."""
+    from edge.replay import replay  # noqa: PLC0415 -- only this figure needs it
+    from edge.replay_plot import PlotRecorder, panels_of, render_svg  # noqa: PLC0415
+
+    site_config = replay_site(config)
+    rng = random.Random(5)
+    points = ("residual_current", "temperature_1")
+    readings: list[Reading] = []
+    t0 = 1_735_689_600.0
+    poll = 0
+    while len(readings) < count:
+        ts = t0 + poll * PLOT_POLL
+        for n in range(1, PLOT_DEVICES + 1):
+            leak = 150.0 + rng.gauss(0, 10) + (200.0 if rng.random() < 0.0005 else 0.0)
+            readings.append(Reading(f"efm-{n}", points[0], leak, "mA", ts, 0.0))
+            readings.append(Reading(f"efm-{n}", points[1], 35.0 + rng.gauss(0, 1), "C", ts, 0.0))
+        poll += 1
+    readings = readings[:count]
+    engine = RuleEngine(site_config.rules, devices=site_config.devices, timezone="UTC")
+    recorder = PlotRecorder()
+    replay(site_config, iter(readings), recorder.transition, engine=engine)
+    started = time.perf_counter()
+    for reading in readings:
+        recorder.reading(reading)
+    drawing = render_svg(panels_of(engine, recorder), ZoneInfo("UTC"))
+    elapsed = time.perf_counter() - started
+    return {
+        "replay_plot_s_1m_readings": round(elapsed, 3),
+        "replay_plot_bytes_1m_readings": float(len(drawing.encode())),
+        "replay_plot_trace_days": round((readings[-1].ts - t0) / 86_400.0, 1),
+        "replay_plot_transitions": float(len(recorder.transitions)),
+    }
+
+
 def reading_to_buzzer(config: SiteConfig, trials: int) -> dict[str, float]:
     # The gateway logs every alarm as in the field (logfmt on a stream); here the stream is
     # /dev/null rather than journald's pipe, so the formatting cost is in the figure.
@@ -303,15 +349,21 @@ KEYS = (
     "replay_trace_days",
     "replay_ticks",
     "replay_transitions",
+    "replay_plot_s_1m_readings",
+    "replay_plot_bytes_1m_readings",
+    "replay_plot_trace_days",
+    "replay_plot_transitions",
     "reading_to_buzzer_ms_p50",
     "reading_to_buzzer_ms_p99",
     "reading_to_buzzer_ms_max",
 )
 #: A run of a second that goes through every step (tests/integration/test_benchmarks.py).
-TINY = {"readings": 2_000, "trials": 20}
+TINY = {"readings": 2_000, "trials": 20, "plot_readings": 2_000}
 
 
-def run(readings: int = 200_000, trials: int = 2_000) -> dict[str, float]:
+def run(
+    readings: int = 200_000, trials: int = 2_000, plot_readings: int = 1_000_000
+) -> dict[str, float]:
     """Rule evaluation, replay and reading -> buzzer figures; prints them as it goes."""
     with tempfile.TemporaryDirectory() as workdir:
         config = site(Path(workdir))
@@ -320,6 +372,9 @@ def run(readings: int = 200_000, trials: int = 2_000) -> dict[str, float]:
         replayed = replay_rate(config, readings)
         print(f"rules: {replayed}", flush=True)
         results |= replayed
+        plotted = replay_plot(config, plot_readings)
+        print(f"rules: {plotted}", flush=True)
+        results |= plotted
         latency = reading_to_buzzer(config, trials)
         print(f"rules: {latency}", flush=True)
     return {**results, **latency}
@@ -329,9 +384,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Rule evaluation and reading -> buzzer figures.")
     parser.add_argument("--readings", type=int, default=200_000)
     parser.add_argument("--trials", type=int, default=2_000)
+    parser.add_argument("--plot-readings", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args()
-    figures = run(args.readings, args.trials)
+    figures = run(args.readings, args.trials, args.plot_readings)
     print(json.dumps(figures, indent=2))
     if args.out is not None:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")

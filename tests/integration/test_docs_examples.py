@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -108,3 +109,21 @@ def test_the_export_then_replay_example_of_rules_md_runs_as_written(tmp_path: Pa
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 20
     assert "raised" in outputs[-1]
     assert "residual-current-over-limit" in outputs[-1]
+    # The --plot example draws the same history: its transitions marked on the monitor's panel.
+    (plot_line,) = example_lines(
+        ROOT / "docs" / "rules.md", "edge replay --config site.yaml history.jsonl --plot"
+    )
+    words = shlex.split(plot_line)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", *words[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"$ {plot_line}\n{result.stdout}{result.stderr}"
+    drawing = ElementTree.parse(tmp_path / words[words.index("--plot") + 1]).getroot()
+    marks = [g.get("data-kind") for g in drawing.iter() if g.get("class") == "transition"]
+    assert marks == [line.split()[1] for line in result.stdout.splitlines()]
+    assert "raised" in marks
