@@ -183,6 +183,8 @@ class PlotRecorder:
     def __init__(self) -> None:
         self.series: dict[tuple[str, str], Series] = {}
         self.transitions: list[Transition] = []
+        #: Per (device, point, rule): the abnormal baseline's median, and median -/+ limit.
+        self.baselines: dict[tuple[str, str, str], Baseline] = {}
 
     def reading(self, reading: Reading) -> None:
         key = (reading.device_id, reading.point)
@@ -205,8 +207,37 @@ class PlotRecorder:
             if reading is not None:
                 self.reading(reading)
                 if engine is not None:
+                    self.baseline(engine, reading)
                     for derived in engine.derived_readings(reading):
                         self.reading(derived)
+                        self.baseline(engine, derived)
+
+    def baseline(self, engine: RuleEngine, reading: Reading) -> None:
+        """Note the baseline each ``abnormal`` rule judged ``reading`` by (once learned)."""
+        for rule_id, median, limit in engine.baselines(reading):
+            key = (reading.device_id, reading.point, rule_id)
+            found = self.baselines.get(key)
+            if found is None:
+                found = self.baselines[key] = Baseline(rule_id, reading.ts)
+            found.add(reading.ts, median, limit)
+
+
+class Baseline:
+    """An ``abnormal`` rule's learned baseline over time, downsampled like the readings: its
+    median, and the band (median -/+ limit) beyond which a reading raises."""
+
+    __slots__ = ("high", "low", "median", "rule_id")
+
+    def __init__(self, rule_id: str, origin: float) -> None:
+        self.rule_id = rule_id
+        self.median = Series(origin)
+        self.low = Series(origin)
+        self.high = Series(origin)
+
+    def add(self, ts: float, median: float, limit: float) -> None:
+        self.median.add(ts, median)
+        self.low.add(ts, median - limit)
+        self.high.add(ts, median + limit)
 
 
 @dataclass(frozen=True)
@@ -233,6 +264,8 @@ class Panel:
     #: Hysteresis bands: (rule id, low, high), between raising and clearing.
     bands: list[tuple[str, float, float]] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
+    #: Learned baselines of abnormal rules on this point.
+    baselines: list[Baseline] = field(default_factory=list)
     #: What the panel cannot draw, said in words (rules without a level to draw).
     notes: list[str] = field(default_factory=list)
 
@@ -256,8 +289,8 @@ def _guides(rule: object, panel: Panel) -> None:
         panel.notes.append(f"{rule.id}: sudden-change by {size} (no level to draw)")
     elif isinstance(rule, AbnormalRule):
         panel.notes.append(
-            f"{rule.id}: abnormal; the learned baseline is kept inside the engine and not "
-            "drawn (each transition's tooltip gives the median and limit)"
+            f"{rule.id}: abnormal; its learned baseline median (dotted) and the band beyond "
+            "which a reading raises (shaded), from the end of learning on"
         )
     else:
         kind = getattr(rule, "kind", type(rule).__name__)
@@ -285,6 +318,9 @@ def panels_of(engine: RuleEngine, recorder: PlotRecorder) -> list[Panel]:
         if key in judged:
             judged[key].series = series
             judged[key].unit = series.unit
+    for (device, point, _), baseline in recorder.baselines.items():
+        if (device, point) in judged:
+            judged[device, point].baselines.append(baseline)
     by_device: dict[str, list[Panel]] = {}
     for panel in judged.values():
         by_device.setdefault(panel.device, []).append(panel)
@@ -363,8 +399,12 @@ def _value_range(panel: Panel) -> tuple[float, float]:
     values = [g.value for g in panel.guides]
     values.extend(t.value for t in panel.transitions if t.value is not None)
     values = [v for v in values if math.isfinite(v)]
-    if panel.series is not None:
-        found = panel.series.value_range()
+    for series in [panel.series, *(b.low for b in panel.baselines)]:
+        found = None if series is None else series.value_range()
+        if found is not None:
+            values.extend(found)
+    for baseline in panel.baselines:
+        found = baseline.high.value_range()
         if found is not None:
             values.extend(found)
     if not values:
@@ -420,6 +460,31 @@ def _series_svg(series: Series, axis: _Axis) -> list[str]:
     return out
 
 
+def _baseline_svg(baseline: Baseline, axis: _Axis) -> list[str]:
+    """The band (shaded, from each column's widest limits) and the median (dotted, through
+    each column's middle), broken where the baseline has no column."""
+    used = [k for k in baseline.median.columns() if baseline.median.lo[k] != math.inf]
+    if not used:
+        return []
+    low, high, median = baseline.low, baseline.high, baseline.median
+    rule = escape(baseline.rule_id)
+    upper = [f"{_num(axis.x(median.first[k]))},{_num(axis.y(high.hi[k]))}" for k in used]
+    upper += [f"{_num(axis.x(median.last[used[-1]]))},{_num(axis.y(high.hi[used[-1]]))}"]
+    lower = [f"{_num(axis.x(median.last[used[-1]]))},{_num(axis.y(low.lo[used[-1]]))}"]
+    lower += [f"{_num(axis.x(median.first[k]))},{_num(axis.y(low.lo[k]))}" for k in reversed(used)]
+    path = " ".join(
+        f"{'M' if n == 0 else 'L'}{_num(axis.x((median.first[k] + median.last[k]) / 2))},"
+        f"{_num(axis.y((median.lo[k] + median.hi[k]) / 2))}"
+        for n, k in enumerate(used)
+    )
+    return [
+        f'<polygon class="baseline-band" data-rule="{rule}" points="{" ".join(upper + lower)}" '
+        'fill="#9467bd" fill-opacity="0.12" stroke="none"/>',
+        f'<path class="baseline" data-rule="{rule}" d="{path}" fill="none" stroke="#9467bd" '
+        f'stroke-width="1" stroke-dasharray="2 3"><title>{rule} baseline median</title></path>',
+    ]
+
+
 def _panel_svg(panel: Panel, axis: _Axis, zone: ZoneInfo) -> list[str]:
     top, right = axis.top, WIDTH - RIGHT
     out = [
@@ -453,6 +518,8 @@ def _panel_svg(panel: Panel, axis: _Axis, zone: ZoneInfo) -> list[str]:
             f'width="{WIDTH - LEFT - RIGHT}" height="{_num(y_low - y_high)}" '
             'fill="#d62728" fill-opacity="0.08"/>'
         )
+    for baseline in panel.baselines:
+        out.extend(_baseline_svg(baseline, axis))
     if panel.series is not None:
         out.extend(_series_svg(panel.series, axis))
     for guide in panel.guides:

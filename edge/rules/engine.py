@@ -482,6 +482,20 @@ class RuleEngine:
             return []
         return [_derive(point, gauge, reading) for point, gauge in route.derived]
 
+    def baselines(self, reading: Reading) -> list[tuple[str, float, float]]:
+        """(rule id, median, limit) of every ``abnormal`` rule judging ``reading``'s point,
+        as the reading was judged; learning baselines are left out. For showing them."""
+        route = self._routes.get((reading.device_id, reading.point))
+        if route is None:
+            return []
+        found = []
+        for judge in route.judges:
+            if isinstance(judge, AbnormalJudge):
+                band = judge.baseline(reading.ts)
+                if band is not None:
+                    found.append((judge.rule_id, *band))
+        return found
+
     def tick(self, now: float) -> list[Transition]:
         """Let time pass to ``now`` (POSIX seconds): missing readings, offline devices and the
         calendar buckets of sustained rules are judged here."""

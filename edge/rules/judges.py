@@ -539,6 +539,18 @@ class AbnormalJudge(Judge):
             slot.add(ts, value)
         return transition
 
+    def baseline(self, ts: float) -> tuple[float, float] | None:
+        """The baseline median and the deviation limit a reading at ``ts`` is judged by (its
+        hour's, with ``seasonal: daily``); None while still learning. Read only: for showing
+        the baseline (``edge replay --plot``)."""
+        if self.first_ts is None or ts - self.first_ts < self.learning:
+            return None
+        slot = self._slot(ts)
+        if len(slot.history) < self.min_samples:
+            return None
+        median, spread = slot.centre_and_spread()
+        return median, max(self.sensitivity * spread, self.min_deviation)
+
     def dump(self) -> dict[str, Any]:
         history = sorted(item for slot in self.slots for item in slot.history)
         return {**super().dump(), "first_ts": self.first_ts, "history": history}

@@ -234,7 +234,51 @@ def test_a_single_reading_is_a_dot_and_a_point_without_thresholds_says_so(
     notes = [n.text or "" for n in of_class(voltage, "note", "text")]
     assert any("sudden-change by 20" in n for n in notes)
     notes = [n.text or "" for n in of_class(drawn["efm-shop-101", "current_a"], "note", "text")]
-    assert any("baseline" in n and "not drawn" in n for n in notes)
+    assert any("baseline" in n for n in notes)
+    # One reading: the baseline is still learning, so none is drawn.
+    assert of_class(drawn["efm-shop-101", "current_a"], "baseline", "path") == []
+
+
+def test_an_abnormal_rules_learned_baseline_is_drawn_with_its_band(
+    tmp_path: Path, edge: Callable[..., Done]
+) -> None:
+    rule = {
+        "id": "odd-current",
+        "kind": "abnormal",
+        "point": "current_a",
+        "sensitivity": 4.0,
+        "baseline": "1d",
+        "learning": "1h",
+        "min_samples": 5,
+        "max_samples": 1000,
+    }
+    # Three hours at 3 A with a little noise, once a minute; then a step to 6 A.
+    rows = [row(T0 + 60 * n, "current_a", 2.9 + 0.1 * (n % 3)) for n in range(180)]
+    rows.append(row(T0 + 60 * 180, "current_a", 6.0))
+    plot = tmp_path / "plot.svg"
+    done = edge(
+        "replay",
+        "--config", str(site(tmp_path, rule)), str(trace(tmp_path, rows)),
+        "--plot", str(plot),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "odd-current" in done.stdout  # the step raised it
+    svg = ET.parse(plot).getroot()
+    panel = panels(svg)["efm-shop-101", "current_a"]
+    (median,) = of_class(panel, "baseline", "path")
+    (band,) = of_class(panel, "baseline-band", "polygon")
+    assert median.get("data-rule") == band.get("data-rule") == "odd-current"
+    points = [p.lstrip("ML").split(",") for p in (median.get("d") or "").split()]
+    xs = [float(x) for x, _ in points]
+    # Drawn from the end of learning (1 h) on, at the median of 3 A.
+    assert min(xs) >= x_of(svg, T0 + 3600) - 1
+    noise = 0.5  # pixels
+    for _, y in points:
+        assert float(y) == pytest.approx(y_of(panel, 3.0), abs=noise)
+    corners = [float(c.split(",")[1]) for c in (band.get("points") or "").split()]
+    # The band straddles the median, and the 6 A step is outside it.
+    assert min(corners) < y_of(panel, 3.0) < max(corners)
+    assert y_of(panel, 6.0) < min(corners)
 
 
 def test_an_empty_trace_still_gives_a_drawing_that_says_so(
