@@ -38,7 +38,7 @@ import yaml
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from tests.deploy.conftest import REPO
+from tests.deploy.conftest import REPO, source_copy
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -162,13 +162,15 @@ def fill_wheelhouse(target: Target, dest: Path, timeout: float = 600) -> Path:
     """The project's wheel and every runtime dependency as wheels for ``target``: what
     ``install.sh --wheels`` installs from on a gateway without internet. Returns ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(REPO)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="edge-source-") as scratch:
+        source = source_copy(Path(scratch))
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), str(source)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     if built.returncode != 0:
         raise RuntimeError(f"building the project's wheel failed:\n{built.stderr[-3000:]}")
     (wheel,) = dest.glob("city_safety_edge-*.whl")

@@ -28,12 +28,37 @@ def need(tool: str, package: str) -> str:
     return path
 
 
+def source_copy(into: Path) -> Path:
+    """The project's own files, copied into ``into``/source: setuptools builds a wheel in the
+    tree's ``build/`` folder, which two builds at once (pytest-xdist workers, or a developer's
+    own) must not share."""
+    target = into / "source"
+    shutil.copytree(
+        REPO,
+        target,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "dist",
+            "var",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
+            "bench-results.json",
+        ),
+    )
+    return target
+
+
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project and its dependencies as wheels: installs from it run offline and fast."""
     folder = tmp_path_factory.mktemp("wheels")
+    source = source_copy(tmp_path_factory.mktemp("wheel-source"))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(folder), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(folder), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
