@@ -55,9 +55,14 @@ class LocalBroker:
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix="edge-broker-")
 
-    def start(self) -> None:
-        if not port_is_free(self.host, self.port):
-            raise RuntimeError(f"port {self.host}:{self.port} is busy; stop what uses it first")
+    def start(self, *, busy_grace: float = 5.0) -> None:
+        # A broker a previous run just stopped may hold the port a moment longer (a demo
+        # started again right after Ctrl-C): wait that long before calling the port busy.
+        deadline = time.monotonic() + busy_grace
+        while not port_is_free(self.host, self.port):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"port {self.host}:{self.port} is busy; stop what uses it first")
+            time.sleep(0.2)
         if self.kind == "mosquitto":
             conf = Path(self._workdir.name) / "mosquitto.conf"
             conf.write_text(
