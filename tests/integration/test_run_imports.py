@@ -16,9 +16,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from edge.signing import generate_key
 from tests.benchmarks.drivers import _site
 from tests.fixtures.broker import Mosquitto, collect, free_port
+
+pytestmark = pytest.mark.integration
 
 #: Never loaded by ``edge run`` on a Modbus TCP site without command keys.
 NOT_LOADED = (
