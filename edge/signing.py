@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, get_args
 from edge.canonical import CanonicalError, canonical_json
 
 # cryptography is imported where a key is read, made or used: a gateway without command keys
-# never loads it (its Rust core is about 4 MiB resident; docs/benchmarks.md, import budget).
+# never loads it (about 7 MiB resident with its Rust core; docs/benchmarks.md, import budget).
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
