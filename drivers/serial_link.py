@@ -28,14 +28,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
-
-import serial
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from drivers.backoff import Backoff
 from drivers.framing import Deframer
 from drivers.ports import PortError, SocketPort, parse_port, resolve_device
 from drivers.types import DeviceStatus, Reading, Sink
+
+# pyserial is imported where a device path is opened: a site whose buses are all Modbus TCP
+# or serial servers never loads it (docs/benchmarks.md, import budget).
+if TYPE_CHECKING:
+    import serial
 
 __all__ = ["OPEN_TIMEOUT", "WRITE_LIMIT", "SerialLink", "SerialSensor", "SerialStats"]
 
@@ -59,6 +62,8 @@ _opening_lock = threading.Lock()
 
 def _open_device(path: str, baudrate: int, parity: str, stopbits: int) -> serial.Serial:
     """Check where ``path`` leads, then open and configure it (blocking: a worker thread)."""
+    import serial  # noqa: PLC0415
+
     target = resolve_device(path)
     # exclusive: a port another program holds (a running gateway, a terminal) is refused as
     # busy rather than shared, where two masters would garble each other's frames.

@@ -6,25 +6,16 @@ import argparse
 import asyncio
 import faulthandler
 import functools
+import importlib
 import logging
 import signal
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from typing import Final
 
 from drivers.modbus import known_models
-from edge import (
-    __version__,
-    buffer_cli,
-    commission,
-    doctor,
-    installer_cli,
-    lastgood,
-    provision,
-    replay,
-    selftest,
-    watch,
-)
+from edge import __version__, lastgood
 from edge.config import ConfigError, SiteConfig, load_site, report_config
 from edge.config.duration import parse_duration
 from edge.config.loader import load_site_checked
@@ -36,6 +27,22 @@ from edge.systemd import Notifier
 
 log = logging.getLogger("edge.cli")
 
+#: The module that adds each of the other commands (its ``add_parser``) and runs it (its
+#: ``command``). A module is imported only when its command is asked for (or for ``--help``),
+#: so ``edge run`` does not carry the installer's, doctor's and commissioning tools in memory
+#: (docs/benchmarks.md, import budget).
+TOOLS: Final = {
+    "doctor": "edge.doctor",
+    "provision": "edge.provision",
+    "scan": "edge.installer_cli",
+    "read": "edge.installer_cli",
+    "buffer": "edge.buffer_cli",
+    "replay": "edge.replay",
+    "selftest": "edge.selftest",
+    "watch": "edge.watch",
+    "commission": "edge.commission",
+}
+
 
 def _duration(text: str) -> float:
     try:
@@ -44,7 +51,8 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``edge`` parser; given the ``command`` about to run, only what it needs."""
     parser = argparse.ArgumentParser(
         prog="edge", description="Edge gateway for city safety sensors."
     )
@@ -67,19 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--strict", action="store_true", help="treat warnings as errors (exit 1 when any)"
     )
-    doctor.add_parser(commands)
-    provision.add_parser(commands)
-    installer_cli.add_parser(commands)
-    buffer_cli.add_parser(commands)
-    replay.add_parser(commands)
-    selftest.add_parser(commands)
-    watch.add_parser(commands)
-    commission.add_parser(commands)
+    if command in ("run", "check-config"):
+        tools: Collection[str] = ()
+    elif command in TOOLS:
+        tools = (TOOLS[command],)
+    else:  # help, a typo: every command, so argparse can list them
+        tools = dict.fromkeys(TOOLS.values())
+    for name in tools:
+        importlib.import_module(name).add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    first = words[0] if words and not words[0].startswith("-") else None
+    args = build_parser(first).parse_args(words)
     if args.command == "check-config":
         status, _ = report_config(
             args.file, sys.stdout, known_models=known_models(), strict=args.strict
@@ -87,22 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     if args.command == "run":
         return run(args.config, log_level=args.log_level, status_every=args.status_every)
-    if args.command == "doctor":
-        return doctor.command(args)
-    if args.command == "provision":
-        return provision.command(args)
-    if args.command in ("scan", "read"):
-        return installer_cli.command(args)
-    if args.command == "buffer":
-        return buffer_cli.command(args)
-    if args.command == "replay":
-        return replay.command(args)
-    if args.command == "selftest":
-        return selftest.command(args)
-    if args.command == "watch":
-        return watch.command(args)
-    if args.command == "commission":
-        return commission.command(args)
+    if args.command in TOOLS:
+        tool: Callable[[argparse.Namespace], int] = importlib.import_module(
+            TOOLS[args.command]
+        ).command
+        return tool(args)
     raise AssertionError(args.command)  # argparse refuses unknown commands
 
 

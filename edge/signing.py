@@ -30,13 +30,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeAlias, get_args
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, get_args
 
 from edge.canonical import CanonicalError, canonical_json
+
+# cryptography is imported where a key is read, made or used: a gateway without command keys
+# never loads it (about 7 MiB resident with its Rust core; docs/benchmarks.md, import budget).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 __all__ = [
     "KEY_CLASSES",
@@ -111,6 +115,11 @@ def load_key_ring(folder: Path) -> KeyRing:
                 "engineering-NAME.pub (NAME: letters, digits, '-', '_', '.')"
             )
             continue
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+            Ed25519PublicKey,
+        )
+
         try:
             loaded = serialization.load_pem_public_key(path.read_bytes())
         except (ValueError, TypeError, OSError) as exc:
@@ -153,6 +162,8 @@ def verify(command: Mapping[str, Any], gateway_id: str, ring: KeyRing) -> Comman
         message = signing_bytes(command, gateway_id)
     except CanonicalError as exc:
         raise SignatureRefused(f"the command cannot be checked: {exc}") from None
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
+
     try:
         key.public_key.verify(raw, message)
     except InvalidSignature:
@@ -188,6 +199,11 @@ def generate_key(folder: Path, key_id: str) -> tuple[Path, Path]:
     for path in (private_path, public_path):
         if path.exists():
             raise FileExistsError(f"{path} exists; a key is never overwritten")
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -206,6 +222,11 @@ def generate_key(folder: Path, key_id: str) -> tuple[Path, Path]:
 
 def load_private_key(path: Path) -> tuple[Ed25519PrivateKey, str]:
     """A private key written by :func:`generate_key` and its key id (from the file name)."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path}: a {type(key).__name__}, not an Ed25519 private key")

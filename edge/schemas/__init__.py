@@ -12,10 +12,13 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+from edge.schemas.accept import Unsupported, is_valid
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 __all__ = ["NAMES", "VERSIONS", "ContractError", "load", "validate", "validate_message"]
 
@@ -43,6 +46,10 @@ def load(name: str) -> dict[str, Any]:
 
 @functools.cache
 def _validator(name: str) -> Draft202012Validator:
+    # Imported here: a running gateway whose messages are all valid never loads jsonschema
+    # (about 6 MiB resident with referencing and rpds); see edge/schemas/accept.py.
+    from jsonschema import Draft202012Validator  # noqa: PLC0415
+
     schema = load(name)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
@@ -51,6 +58,11 @@ def _validator(name: str) -> Draft202012Validator:
 def validate(name: str, message: Any) -> None:
     """Raise :class:`ContractError` naming the first offending field if ``message`` is not a
     valid ``name`` message."""
+    try:
+        if is_valid(load(name), message):
+            return
+    except Unsupported:
+        pass
     # best_match picks the most specific error, which names the field a person has to fix.
     error = _best(_validator(name), message)
     if error is not None:
@@ -76,5 +88,7 @@ def validate_message(message: Any) -> str:
 
 
 def _best(validator: Draft202012Validator, message: Any) -> ValidationError | None:
+    from jsonschema.exceptions import best_match  # noqa: PLC0415
+
     error: ValidationError | None = best_match(validator.iter_errors(message))
     return error
