@@ -19,14 +19,14 @@ demo: $(STAMP)
 
 ## Lint, type-check and run every test. Four workers on any machine: most of the suite waits on
 ## brokers, simulated lines and subprocesses rather than computing, so four overlap well on two
-## cores. Tests start their own brokers on free ports and work in their own folders; the few
-## that must share something (the demo's fixed ports) name an xdist_group, run by one worker.
+## cores. Tests start their own brokers on free ports and work in their own folders; the demo's
+## tests, which need its fixed ports, take a file lock so one runs at a time.
 PYTEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 ## Lint and the tests that start no broker, gateway or installer (about 85 s): the edit-test loop.
 ## `make test` (everything, with mypy) before pushing.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +19,16 @@ from tests.integration.site import EXAMPLE
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The demo runs the example site as written, on its fixed ports (18830, 15020, 15021) and in
-# var/demo/: one demo at a time, so every test here runs on one pytest-xdist worker.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("example-site-ports")]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def example_site_ports() -> Iterator[None]:
+    """The demo runs the example site as written, on its fixed ports (18830, 15020, 15021): one
+    demo at a time on this machine, whichever pytest-xdist worker (or other run) starts it."""
+    with (Path(tempfile.gettempdir()) / "city-safety-edge-demo-ports.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def test_demo_runs_unattended_and_its_alarm_reaches_the_subscriber(tmp_path: Path) -> None:
