@@ -38,7 +38,7 @@ import yaml
 from gpiozero import Buzzer
 from pydantic import BaseModel, ValidationError
 
-from buffer import CapacityPolicy, Outbox
+from buffer import Outbox
 from edge import __version__
 from edge.annunciator import FAULT_PATTERN, make_pin_factory, phase_state
 from edge.atomic import digest_of
@@ -48,6 +48,7 @@ from edge.config.model import BufferConfig, CommandPolicy, Outputs, Pin
 from edge.config.model import Gateway as GatewaySection
 from edge.config.model import Uplink as UplinkSection
 from edge.contract import event_body
+from edge.gateway import open_outbox
 from edge.log import fields
 from edge.provision import DEFAULT_FAULT_PIN
 from edge.reload import PushRejected, RestartRequest, check_pushed, write_site
@@ -231,15 +232,7 @@ class FaultMode:
         # from this task.
         while self.outbox is None:
             try:
-                self.outbox = await Outbox.open(
-                    buffer.path,
-                    commit_interval=buffer.commit_interval,
-                    policy=CapacityPolicy(
-                        max_size=buffer.max_size,
-                        min_free_disk=buffer.min_free_disk,
-                        thin_window=buffer.thin_window,
-                    ),
-                )
+                self.outbox = await open_outbox(buffer)
             except Exception as exc:
                 log.error("fault mode: outbox not open", extra=fields(error=repr(exc)))
                 await asyncio.sleep(30)

@@ -39,7 +39,7 @@ from edge.buses import (
 from edge.calls import CallNotifier
 from edge.clock import Clock, SystemClock
 from edge.commands import CommandError, current_command_id, current_key_class
-from edge.config.model import SiteConfig
+from edge.config.model import BufferConfig, SiteConfig
 from edge.config.storage import storage_of
 from edge.config.thresholds import command_threshold
 from edge.contract import EventKind, event_body, iso_utc, reading_body
@@ -130,6 +130,19 @@ _EVENT_OF: dict[str, EventKind] = {
     "resounded": "alarm-resounded",
     "updated": "alarm-updated",
 }
+
+
+async def open_outbox(buffer: BufferConfig) -> Outbox:
+    """The outbox the site file's ``buffer`` section describes (path, commit window, capacity)."""
+    return await Outbox.open(
+        buffer.path,
+        commit_interval=buffer.commit_interval,
+        policy=CapacityPolicy(
+            max_size=buffer.max_size,
+            min_free_disk=buffer.min_free_disk,
+            thin_window=buffer.thin_window,
+        ),
+    )
 
 
 def config_hash(text: bytes) -> str:
@@ -432,15 +445,7 @@ class Gateway:
         """Open the outbox (the supervisor retries with backoff if the disk refuses)."""
         buffer = self.config.buffer
         try:
-            self.outbox = await Outbox.open(
-                buffer.path,
-                commit_interval=buffer.commit_interval,
-                policy=CapacityPolicy(
-                    max_size=buffer.max_size,
-                    min_free_disk=buffer.min_free_disk,
-                    thin_window=buffer.thin_window,
-                ),
-            )
+            self.outbox = await open_outbox(buffer)
         except OutboxUnwritable as exc:
             # The message names the path and the fix; records wait in memory meanwhile.
             log.error("buffer unwritable; retrying", extra=fields(error=str(exc)))
