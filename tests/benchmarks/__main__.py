@@ -47,6 +47,7 @@ from tests.benchmarks import (
     drivers,
     e2e,
     log_stall,
+    peer,
     refusal,
     rules,
     site_check,
@@ -89,6 +90,8 @@ def _mosquitto() -> str | None:
 #: A check of what a suite needs: None when it is there, else the reason to skip the suite.
 Need = Callable[[], str | None]
 MOSQUITTO: Final[Need] = _mosquitto
+#: The peer gateway, installed into build/ the first time (needs the package index then).
+PEER: Final[Need] = peer.peer_ready
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ SUITES: Final = (
     Suite("commission", commission, needs=[MOSQUITTO]),
     Suite("calls", alarm_calls),
     Suite("site_check", site_check),
+    Suite("peer", peer, needs=[MOSQUITTO, PEER]),
 )
 
 #: The options of earlier releases, each one parameter of one suite.
