@@ -344,7 +344,7 @@ class Outbox:
                     f"outbox: telemetry 'value' must be a number or None, not {value!r}"
                 )
             value = float(value)
-        key = tuple(item for item in body.items() if item[0] not in _READING_FIELDS)
+        key = tuple([item for item in body.items() if item[0] not in _READING_FIELDS])
         try:
             point = self._point_by_fields.get(key)
         except TypeError:  # an unhashable field value (a list): go by the canonical text
@@ -383,8 +383,11 @@ class Outbox:
                 if self._closing:
                     return
                 self._wakeup.clear()
+                # asyncio.timeout, not wait_for: no task of its own for each wait (this loop
+                # waits once or twice for every commit).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._idle_timeout(capacity_due))
+                    async with asyncio.timeout(self._idle_timeout(capacity_due)):
+                        await self._wakeup.wait()
                 continue
             # The window opens when the oldest waiting record was submitted, so a slow previous
             # commit does not make it wait a second window.
@@ -395,7 +398,8 @@ class Outbox:
                     break
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    async with asyncio.timeout_at(deadline):
+                        await self._wakeup.wait()
             n = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
             self._inflight = batch
@@ -537,6 +541,10 @@ class Outbox:
         """
         if stream not in STREAMS:
             raise ValueError(f"unknown outbox stream {stream!r}; expected one of {STREAMS}")
+        if not self._closed and self._store.none_after(stream, after, through):
+            # Most looks of the uplink find nothing new (no event for hours, the telemetry it
+            # has already read): a trip to the outbox's thread costs more than the reading.
+            return []
         return await self._run_checked(self._store.peek, stream, limit, after, through)
 
     async def recent_since(self, since: float) -> int:

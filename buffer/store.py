@@ -129,6 +129,9 @@ class Store:
     checked: bool
     reset: ResetInfo | None = None
     found_version: int = SCHEMA_VERSION
+    #: The highest seq of an event row (0: none), so that a look for newer events can be
+    #: answered without the database (:meth:`none_after`).
+    last_event_seq: int = 0
     _meta_due: float = 0.0
     _closed: bool = field(default=False)
 
@@ -227,7 +230,10 @@ class Store:
             series[int(point)] = json.loads(text)
             point_ids[str(text)] = int(point)
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        return cls(path, conn, epoch, counters, series, point_ids, page_size, checked)
+        store = cls(path, conn, epoch, counters, series, point_ids, page_size, checked)
+        top = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+        store.last_event_seq = int(top or 0)
+        return store
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -275,6 +281,8 @@ class Store:
             _rollback(conn)
             raise
         self.counters.update(counters)
+        if events:
+            self.last_event_seq = events[-1][0]
         if write_meta:
             self.counters["counted_through"] = last
             self._meta_due = now + META_INTERVAL
@@ -335,6 +343,18 @@ class Store:
             Record(seq, "telemetry", ts, {**series[point], "value": value, "ts": ts})
             for seq, point, ts, value in rows
         ]
+
+    def none_after(self, stream: Stream, after: int, through: int | None = None) -> bool:
+        """True when :meth:`peek` would find no row: every row of ``stream`` has a seq of
+        ``after`` or less. Answered from what this store wrote, without the database, so the
+        event loop may ask it while a commit runs on the store's thread. The seqs it reads rise
+        once that commit's rows are in; a look meanwhile finds what was committed before it,
+        and the commit's listeners (:meth:`Outbox.add_commit_listener`), told afterwards, look
+        again."""
+        if through is not None and through <= after:
+            return True
+        top = self.last_event_seq if stream == "event" else self.counters["last_seq"]
+        return after >= top
 
     def recent_since(self, since: float, scan_limit: int = 100_000) -> int:
         """The seq after which every telemetry row is from ``since`` or later: walking back from
@@ -441,6 +461,7 @@ class Store:
             _rollback(conn)
             raise
         self.counters.update(counters)
+        self.last_event_seq = seq
         if reason == "min_free_disk":
             # Deleted rows free pages inside the file; only this gives them back to the disk.
             # Stepped to the end (fetchall): each step of this pragma frees one page.

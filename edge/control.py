@@ -75,17 +75,9 @@ class ControlError(Exception):
 
 
 @dataclass
-class _Latest:
-    value: float
-    unit: str
-    ts: float
-    mono: float
-    quality: str
-
-
-@dataclass
 class _DeviceLive:
-    points: dict[str, _Latest] = field(default_factory=dict)
+    #: The last reading of each point (a reading is immutable: kept as it came, no copy).
+    points: dict[str, Reading] = field(default_factory=dict)
     online: bool | None = None
     reason: str = ""
     since: float | None = None
@@ -105,9 +97,7 @@ class LiveReadings:
         if isinstance(sample, DeviceStatus):
             device.online, device.reason, device.since = sample.online, sample.reason, sample.ts
             return
-        device.points[sample.point] = _Latest(
-            sample.value, sample.unit, sample.ts, sample.mono, sample.quality
-        )
+        device.points[sample.point] = sample
         if device.online is None:
             device.online = True
 

@@ -11,6 +11,7 @@ import pytest
 
 from buffer import (
     SCHEMA_VERSION,
+    CapacityPolicy,
     Outbox,
     OutboxError,
     OutboxUnavailable,
@@ -96,6 +97,44 @@ async def test_peek_reads_a_seq_range_and_last_seq_marks_what_is_committed(
         await outbox.ack(seqs)
         assert outbox.last_seq == event  # deleting never lowers it
         assert await outbox.recent_since(T0 + 3) == 0
+
+
+async def _peeks_agree(outbox: Outbox) -> None:
+    """Every look past every seq finds what the database holds: the looks the outbox answers
+    without the database (nothing newer there) included."""
+    last = outbox.last_seq
+    for stream in ("event", "telemetry"):
+        for after in range(last + 2):
+            held = await outbox._run(outbox._store.peek, stream, 1000, after, None)
+            assert await outbox.peek(stream, 1000, after=after) == held, (stream, after)
+            if held:
+                assert not outbox._store.none_after(stream, after), (stream, after)
+
+
+async def test_a_look_for_newer_rows_finds_each_row_whoever_wrote_it(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path) as outbox:
+        assert outbox._store.none_after("event", 0)  # an empty file: nothing to look at
+        await outbox.append("event", {"n": 0})
+        for i in range(3):
+            await outbox.append("telemetry", tel(i))
+        await _peeks_agree(outbox)
+        event = await outbox.append("event", {"n": 1})
+        assert not outbox._store.none_after("event", event - 1)
+        assert outbox._store.none_after("event", event)
+        assert outbox._store.none_after("telemetry", 0, through=0)
+        await _peeks_agree(outbox)
+    async with await Outbox.open(path) as outbox:  # what an earlier run wrote
+        assert not outbox._store.none_after("event", event - 1)
+        await _peeks_agree(outbox)
+        # The capacity policy writes its report event itself.
+        report = await outbox._run(
+            outbox._store.make_room, CapacityPolicy(max_size=2**20), "max_size"
+        )
+        assert report is not None
+        found = await outbox.peek("event", 10, after=event)
+        assert [r.body["kind"] for r in found] == ["buffer-thinned"]
+        await _peeks_agree(outbox)
 
 
 async def test_submitted_records_keep_submit_order(tmp_path: Path) -> None:
