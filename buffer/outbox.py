@@ -57,6 +57,7 @@ from buffer.store import (
     Stream,
     damage_marker,
 )
+from buffer.tail import TelemetryTail
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -151,6 +152,8 @@ class Outbox:
         self._unsaved_points: list[tuple[int, str]] = []
         self._closing = False
         self._closed = False
+        #: The newest telemetry rows, so that the uplink's looks at them stay on this thread.
+        self._tail = TelemetryTail(int(store.counters["last_seq"]))
         self._check_conn: sqlite3.Connection | None = None
         self._checker: threading.Thread | None = None
         if not store.checked:
@@ -406,6 +409,7 @@ class Outbox:
             first = await self._commit(batch)
             self._inflight = []
             self._committed += n
+            self._hold(batch, first)
             streams: set[Stream] = set()
             for offset, item in enumerate(batch):
                 streams.add("event" if item[0] else "telemetry")
@@ -416,6 +420,20 @@ class Outbox:
                     done.set_result(first + offset)
             self._wake_flushers()
             self._notify(frozenset(streams))
+
+    def _hold(self, batch: list[Pending], first: int) -> None:
+        """Keep the telemetry rows just committed in the tail, as :meth:`Store.peek` reads
+        them back."""
+        series = self._store.series
+        rows = []
+        for seq, (event, point, ts, value, *_) in enumerate(batch, first):
+            if not event:
+                # As a REAL column gives them back: NaN as null, -0.0 as 0.0 (x + 0.0).
+                read = None if value is None or math.isnan(value) else value + 0.0
+                at = ts + 0.0
+                body = {**series[point], "value": read, "ts": at}
+                rows.append(Record(seq, "telemetry", at, body))
+        self._tail.add(rows)
 
     def _idle_timeout(self, capacity_due: float) -> float | None:
         """How long the idle writer may sleep: until the next capacity check or loss report."""
@@ -470,6 +488,9 @@ class Outbox:
             usage = await self._run(self._store.usage, self._policy)
             if usage.reason is None:
                 return False
+            # Making room deletes telemetry the tail may hold: looks go to the file until
+            # new rows are committed.
+            self._tail.restart(self.last_seq)
             report = await self._run(self._store.make_room, self._policy, usage.reason)
         except (sqlite3.Error, OSError) as exc:
             log.warning("outbox %s: capacity check failed (%s); trying again later", self.path, exc)
@@ -541,10 +562,14 @@ class Outbox:
         """
         if stream not in STREAMS:
             raise ValueError(f"unknown outbox stream {stream!r}; expected one of {STREAMS}")
-        if not self._closed and self._store.none_after(stream, after, through):
-            # Most looks of the uplink find nothing new (no event for hours, the telemetry it
-            # has already read): a trip to the outbox's thread costs more than the reading.
-            return []
+        if not self._closed:
+            # Most looks of the uplink are at the newest rows: nothing new (no event for
+            # hours) or the telemetry of the last commits. A trip to the outbox's thread costs
+            # more than answering them here.
+            if self._store.none_after(stream, after, through):
+                return []
+            if stream == "telemetry" and self._tail.covers(after):
+                return self._tail.peek(limit, after, through)
         return await self._run_checked(self._store.peek, stream, limit, after, through)
 
     async def recent_since(self, since: float) -> int:
@@ -569,6 +594,7 @@ class Outbox:
         """
         if seqs:
             await self._run_checked(self._store.ack, list(seqs))
+            self._tail.delete(seqs)
 
     async def depth(self) -> dict[str, int]:
         """Committed rows per stream, e.g. ``{"event": 0, "telemetry": 12}`` (kept as counters
