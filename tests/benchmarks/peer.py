@@ -99,7 +99,8 @@ def peer_ready(venv: Path = PEER_VENV) -> str | None:
         return None
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
-    print(f"  installing the peer ({', '.join(PEER)}) into {venv.relative_to(ROOT)}", flush=True)
+    shown = venv.relative_to(ROOT) if venv.is_relative_to(ROOT) else venv
+    print(f"  installing the peer ({', '.join(PEER)}) into {shown}", flush=True)
     try:
         subprocess.run(
             [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120
@@ -122,9 +123,17 @@ def peer_ready(venv: Path = PEER_VENV) -> str | None:
 
 
 def peer_config(
-    folder: Path, models: Path, *, tcp_port: int, broker_port: int, devices: int, interval: float
+    folder: Path,
+    models: Path,
+    *,
+    tcp_port: int,
+    broker_port: int,
+    devices: int,
+    interval: float,
+    shipped: Path | None = None,
 ) -> Path:
-    """Write the peer's configuration folder for the bench site; return it."""
+    """Write the peer's configuration folder for the bench site, from the configuration the
+    peer ships (``shipped``: its folder, found in the peer's environment by default)."""
     model = yaml.safe_load((models / f"{drivers.BENCH_MODEL}.yaml").read_text(encoding="utf-8"))
     series = [_peer_point(point) for point in model["points"]]
     slaves = [
@@ -157,7 +166,7 @@ def peer_config(
     # The package's own defaults, changed only where this machine differs from a ThingsBoard
     # install: the broker, no remote configuration, SQLite storage (ours stores too), logs at
     # WARNING (as our gateway runs here).
-    shipped = _shipped_config()
+    shipped = shipped or _shipped_config()
     gateway = json.loads((shipped / "tb_gateway.json").read_text())
     gateway["thingsboard"].update(
         host="127.0.0.1",
