@@ -10,13 +10,16 @@ installed) and configured to do the job ``tcp_1000rps_*`` measures for ``edge ru
   20-register model (``bench-monitor-20``), each polled every second;
 - every reading stored before it is sent: the peer's SQLite storage, ours with ``storage.policy:
   all``; both log at WARNING;
+- one ``timeseries`` entry per point for the peer (the way its connector maps points, so it
+  sends one request per point), where ours reads a monitor's 20 registers in one request;
 - the same Mosquitto, QoS 1. The peer publishes ThingsBoard's gateway topics
   (``v1/gateway/telemetry``); before it sends anything it waits for the answer a ThingsBoard
   server gives to its ``getSessionLimits`` request, so the benchmark's subscriber answers it
   (no limits), as the platform would.
 
-Each gateway runs alone (the peer, then ``edge run``, then ``edge run`` with the model's default
-storage policies), after a warm-up that starts once its first readings reach the broker. CPU is
+Each gateway runs alone (the peer, then ``edge run``, then ``edge run`` with the models' default
+storage policies), after a warm-up (the peer's starts once its first readings reach the
+broker: it takes a few seconds more to come up). CPU is
 the gateway process's (user + system, threads included) over the measuring window, in % of one
 core; RSS at its end. Readings per second are counted the same way for both: point values that
 reached the broker in the window, as a subscriber decodes them (one value of one point of one
