@@ -1,7 +1,9 @@
 """Modbus RTU/TCP driver: device models as data files, and an async poller per bus.
 
 Device models live in ``drivers/models/<name>.yaml``; :mod:`drivers.modbus.model` loads them
-and holds the pure codec, :mod:`drivers.modbus.bus` polls devices with pymodbus.
+and holds the pure register codec; :mod:`drivers.modbus.schedule` decides what each bus reads
+next and when, :mod:`drivers.modbus.bus` does the I/O around it with the master of
+:mod:`drivers.modbus.client`.
 """
 
 from drivers.modbus.bus import (
