@@ -16,7 +16,6 @@ from drivers.modbus.bus import (
     RtuSettings,
     TcpSettings,
 )
-from drivers.modbus.logthrottle import RepeatThrottle, throttle_pymodbus_log
 from drivers.modbus.model import (
     DeviceModel,
     ModelError,
@@ -40,7 +39,6 @@ __all__ = [
     "Point",
     "PollObserver",
     "PolledDevice",
-    "RepeatThrottle",
     "RtuSettings",
     "TcpSettings",
     "decode",
@@ -50,5 +48,4 @@ __all__ = [
     "load_model_file",
     "parse_model",
     "read_plan",
-    "throttle_pymodbus_log",
 ]
