@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.modbus import DeviceModel, ModbusBus, Point, RtuSettings, load_model, read_plan
+from drivers.modbus.line_budget import poll_seconds, silence_seconds
 from drivers.modbus.schedule import PROBE_MAX, Poll, PolledDevice, PollSchedule
 
 EFM = load_model("efm-ref")
@@ -133,6 +134,27 @@ def test_a_dead_device_costs_its_bus_one_timeout_per_probe_on_a_doubling_backoff
         assert max(p.started - p.due for p in live) <= 1 / 4
         assert [p.due for p in live] == [(address - 1) / 8 + n for n in range(120)]
     assert schedule.skipped_slots == 0
+
+
+def test_ten_monitors_at_9600_baud_keep_their_second_with_one_dead_on_the_line() -> None:
+    # The wire times of the line budget: one read of efm-ref's 14 registers, t3.5 apart.
+    silence = silence_seconds(9600)
+    devices = [PolledDevice(f"m{a}", EFM, a, 1.0) for a in range(1, 12)]
+    schedule = PollSchedule(devices, frame_gap=silence, uniform=top)
+    line = Line(schedule, read=poll_seconds(EFM, 9600) - silence, timeout=0.3, silent={"m11"})
+    played = line.run(until=70.0)
+    for address in range(1, 11):
+        live = starts(played, f"m{address}")
+        assert len(live) == 70, f"m{address}"
+        gaps = [b - a for a, b in itertools.pairwise(live)]
+        # Each live device keeps its 1 s within one timeout of the dead one, never more.
+        assert max(gaps) <= 1.0 + 0.3 + EPS, f"m{address}: {max(gaps)}"
+    assert schedule.skipped_slots == 0
+    dead = polls(played, "m11")
+    assert [b.due - a.ended for a, b in itertools.pairwise(dead)] == pytest.approx(
+        [1, 2, 4, 8, 16, 30], abs=EPS
+    )
+    assert [p.went_offline for p in dead] == [True] + [False] * 6
 
 
 def test_the_probe_backoff_starts_from_the_interval_and_stops_at_probe_max() -> None:
