@@ -228,6 +228,8 @@ class PollSchedule:
         A linear scan: a bus has tens of jobs, and the scan costs less than keeping a heap in
         step with backoffs and run-time interval changes.
         """
+        if not self._jobs:
+            raise LookupError("a schedule without devices has nothing to poll")
         best = self._jobs[0]
         best_due = math.inf
         for job in self._jobs:

@@ -338,6 +338,8 @@ def test_set_interval_refuses_bad_input() -> None:
         PollSchedule([PolledDevice("m", EFM, 1, 1.0), PolledDevice("m", EFM, 2, 1.0)])
     with pytest.raises(ValueError, match="frame_gap"):
         PollSchedule([], frame_gap=float("nan"))
+    with pytest.raises(LookupError, match="nothing to poll"):
+        PollSchedule([]).next_poll()
 
 
 @settings(max_examples=60, deadline=None)
