@@ -324,15 +324,18 @@ class _Builder:
             return self._loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
             problem = exc.problem or "cannot read this value"
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors fail in many ways on odd input (an empty ``!!int`` is an
+        # IndexError): each is this value's mistake, never the loader's crash.
+        except (yaml.YAMLError, ValueError, TypeError, ArithmeticError, LookupError) as exc:
             problem = f"cannot read {node.value!r}: {exc}"
         self.issue(node, loc, problem)
         self.doc.unreadable.add(loc)
         return None
 
-    def _sequence(self, node: SequenceNode, loc: Loc, depth: int) -> list[Any]:
+    def _sequence(self, node: SequenceNode, loc: Loc, depth: int) -> list[Any] | None:
         if node.tag != _SEQ_TAG:
-            self.issue(node, loc, f"unsupported tag {node.tag!r} on a list")
+            self._unsupported(node, loc, "a list")
+            return None
         items: list[Any] = []
         for index, child in enumerate(node.value):
             child_loc = (*loc, index)
@@ -340,9 +343,10 @@ class _Builder:
             items.append(self._build(child, child_loc, depth + 1))
         return items
 
-    def _mapping(self, node: MappingNode, loc: Loc, depth: int) -> dict[str, Any]:
+    def _mapping(self, node: MappingNode, loc: Loc, depth: int) -> dict[str, Any] | None:
         if node.tag != _MAP_TAG:
-            self.issue(node, loc, f"unsupported tag {node.tag!r} on a mapping")
+            self._unsupported(node, loc, "a mapping")
+            return None
         result: dict[str, Any] = {}
         merges: list[Node] = []
         for key_node, value_node in node.value:
@@ -368,6 +372,12 @@ class _Builder:
         for merge in merges:
             self._merge(result, merge, loc, depth)
         return result
+
+    def _unsupported(self, node: Node, loc: Loc, kind: str) -> None:
+        """A tag other than YAML's own (``!!python/object/apply:...``) is never followed: the
+        value is refused whole rather than read as if the tag were not there."""
+        self.issue(node, loc, f"unsupported tag {node.tag!r} on {kind}")
+        self.doc.unreadable.add(loc)
 
     def _merge(self, result: dict[str, Any], merge: Node, loc: Loc, depth: int) -> None:
         """YAML merge keys (``<<: *defaults``): keys written in the mapping itself win; merged
