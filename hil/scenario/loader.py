@@ -20,10 +20,10 @@ from typing import Any, Final, cast, get_args
 from zoneinfo import ZoneInfo
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from drivers.ld2410 import codec as radar
 from drivers.modbus.model import encode, load_model
+from drivers.yamlpos import Document, Loc, YamlError, dotted, load_yaml, read_yaml
 from edge.config import ConfigError, parse_site
 from edge.config.duration import parse_duration
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus, SiteConfig
@@ -43,8 +43,6 @@ from hil.scenario.model import (
 )
 
 __all__ = ["ScenarioError", "load_scenario", "parse_scenario"]
-
-Loc = tuple[str | int, ...]
 
 #: Most values one file may expand to (aliases can multiply them) and deepest nesting.
 MAX_VALUES: Final = 20_000
@@ -122,20 +120,16 @@ class _Checker:
         self.path = path
         self.name = str(path)
         self.issues: list[tuple[int, str]] = []
-        self.lines: dict[Loc, int] = {}
-        self._count = 0
+        self.doc = Document(self.name, None)
         self.step_labels: set[str] = set()
-        self._constructor = yaml.constructor.SafeConstructor()
 
     # -- reporting ------------------------------------------------------------------------------
 
     def line(self, loc: Loc) -> int:
-        while loc and loc not in self.lines:
-            loc = loc[:-1]
-        return self.lines.get(loc, 1)
+        return self.doc.line(loc)
 
     def issue(self, loc: Loc, message: str) -> None:
-        where = _dotted(loc)
+        where = dotted(loc)
         text = f"{self.name}:{self.line(loc)}: {where + ': ' if where else ''}{message}"
         self.issues.append((self.line(loc), text))
 
@@ -147,56 +141,20 @@ class _Checker:
 
     def build(self, text: str) -> Any:
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark is not None else 1
-            self.issues.append((line, f"{self.name}:{line}: YAML: {exc.problem or exc}"))
+            self.doc = load_yaml(text, self.name, max_values=MAX_VALUES, max_depth=MAX_DEPTH)
+        except YamlError as exc:
+            line = exc.issue.line
+            problem = exc.issue.message.removeprefix("YAML syntax error: ")
+            self.issues.append((line, f"{self.name}:{line}: YAML: {problem}"))
             raise _Abort from None
-        except (yaml.YAMLError, RecursionError) as exc:
-            self.issues.append((1, f"{self.name}:1: YAML: {exc}"))
-            raise _Abort from None
-        if node is None:
+        if self.doc.empty:
             self.issues.append((1, f"{self.name}:1: the file is empty"))
             raise _Abort
-        return self._node(node, (), 0)
-
-    def _node(self, node: Node, loc: Loc, depth: int) -> Any:
-        self._count += 1
-        if self._count > MAX_VALUES or depth > MAX_DEPTH:
-            self.issue(
-                loc, f"too large or too deep (over {MAX_VALUES} values or {MAX_DEPTH} levels)"
-            )
-            raise _Abort
-        self.lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, MappingNode):
-            result: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                if (
-                    not isinstance(key_node, ScalarNode)
-                    or key_node.tag == "tag:yaml.org,2002:merge"
-                ):
-                    self.lines[loc] = key_node.start_mark.line + 1
-                    self.issue(loc, "keys must be plain words (no merges or complex keys)")
-                    raise _Abort
-                key = str(key_node.value)
-                child = (*loc, key)
-                if key in result:
-                    self.lines[child] = key_node.start_mark.line + 1
-                    self.issue(child, "given twice")
-                    continue
-                self.lines[child] = key_node.start_mark.line + 1
-                result[key] = self._node(value_node, child, depth + 1)
-            return result
-        if isinstance(node, SequenceNode):
-            return [
-                self._node(item, (*loc, index), depth + 1) for index, item in enumerate(node.value)
-            ]
-        try:
-            return self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-            self.issue(loc, f"unreadable value {node.value!r}: {exc}")
-            return None
+        # Duplicate keys, unsafe tags, unreadable values: reported with the scenario's own.
+        for issue in self.doc.issues:
+            where = f"{issue.field}: " if issue.field else ""
+            self.issues.append((issue.line, f"{self.name}:{issue.line}: {where}{issue.message}"))
+        return self.doc.data
 
     # -- the scenario ---------------------------------------------------------------------------
 
@@ -304,8 +262,8 @@ class _Checker:
                 for config_issue in exc.issues:
                     self.issue(loc, f"the site file is not valid: {config_issue}")
                 return None, {}
-            site_data = yaml.safe_load(text)
-            return config, site_data
+            # The same reading as the gateway's: keys as written, so 'on' stays a name.
+            return config, load_yaml(text, str(site_path)).data
         if not isinstance(raw, dict):
             self.issue(loc, "must be a site file path or the site as a mapping")
             return None, {}
@@ -493,10 +451,16 @@ class _Checker:
             if isinstance(site, str):
                 site_path = (self.path.parent / site).resolve()
                 try:
-                    site = yaml.safe_load(site_path.read_text(encoding="utf-8"))
-                except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                    pushed = read_yaml(site_path)
+                except (OSError, YamlError) as exc:
                     self.issue((*loc, "site"), f"cannot read {site!r}: {exc}")
                     return None
+                # What cannot be read would be lost on the way to the gateway: refused here.
+                for problem in pushed.issues:
+                    self.issue((*loc, "site"), f"cannot read {site!r}: {problem}")
+                if pushed.issues:
+                    return None
+                site = pushed.data
             if not isinstance(site, dict):
                 self.issue((*loc, "site"), "the site to push: a path or a mapping")
                 return None
@@ -863,13 +827,6 @@ def _known_models() -> list[str]:
 
         _known.append(list(known_models()))
     return _known[0]
-
-
-def _dotted(loc: Loc) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
 
 
 def _field_loc(field: str) -> Loc:
