@@ -4,7 +4,7 @@ The loader (hil/scenario/loader.py) reads the file with drivers/yamlpos.py, vali
 with these models, and only then checks what needs the site: that devices exist, that a
 simulator can set a point and serve a value, that labels are defined. These models know
 nothing of the site; every check they make is about the shape of what was written, and each
-refusal carries the sentence the loader prints at ``file:line`` (``_Refused``), so that a
+refusal carries the sentence the loader prints at ``file:line`` (``_refuse``), so that a
 pydantic error never reaches a rig engineer in pydantic's words.
 
 Every model refuses unknown keys; :func:`check` turns the errors into ``(place, message)``

@@ -1,5 +1,8 @@
 """Reading a scenario file: YAML with line numbers, checked before anything starts.
 
+The text is read by drivers/yamlpos.py, its shape validated by the typed models of
+hil/scenario/document.py, and then what needs the site is checked here.
+
 Every mistake is reported as ``file:line: field: what is wrong``, all of them at once, the way
 ``edge check-config`` reports a site file: an unknown step, a device the site does not have, a
 point the device's simulator cannot set, a malformed expectation or a label nobody defines.
