@@ -624,8 +624,7 @@ def _strip(tp: Any) -> Any:
 
 
 def _walk(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[tuple[Any, Any]]:
-    """(type, field) at each step of pydantic's ``loc`` (its union tags and function names
-    included: those steps are skipped)."""
+    """(type, field) at each step of ``loc`` through the models, lists and mappings."""
     steps: list[tuple[Any, Any]] = []
     tp: Any = model
     for part in loc:
