@@ -352,6 +352,20 @@ def test_a_reading_comes_back_from_the_ring_as_it_was_polled() -> None:
     assert storage.alarm("d", T0 + 2) == []  # a reading is stored once
 
 
+def test_a_long_run_through_a_small_ring_gives_the_last_readings_back() -> None:
+    # Thousands of readings through a ring of 50: its arrays are compacted many times over.
+    storage = Storage({}, default=Policy("deadband", band=1e9), pre=10_000, ring_limit=50)
+    readings = [
+        Reading("d", "p", t if t % 2 else float(t), "V", T0 + t, float(t)) for t in range(5000)
+    ]
+    for reading in readings:
+        storage.offer(reading)
+    assert storage.ring_size() == 50
+    pre = storage.alarm("d", T0 + 4999)
+    assert [s.reading for s in pre] == readings[-50:]
+    assert [type(s.reading.value) for s in pre[:2]] == [float, int]
+
+
 def test_the_ring_holds_a_reading_in_under_48_bytes() -> None:
     # 50 monitors of 20 points at 1 s hold 60,000 readings for a 60 s pre: the objects of a
     # Reading cost about 180 bytes, 10 MB for such a site.
