@@ -150,11 +150,11 @@ async def test_active_alarm_and_silence_survive_a_restart(tmp_path: Path) -> Non
     pins = MockFactory()
     first = Gateway(site(tmp_path), pin_factory=pins, clock=VirtualClock(T0), state_store=store)
     first._submit = lambda stream, body: None  # type: ignore[method-assign]
-    await first._restore_rule_state()  # nothing stored yet; saving is allowed from now on
+    await first.restore_rule_state()  # nothing stored yet; saving is allowed from now on
     first.on_sample(reading(350, T0))
     first.on_sample(reading(80, T0, point="temperature_1"))
     first.silence("local")
-    await first._save_rule_state()
+    await first.rule_state.save()
     first.annunciator.close()
     pins.reset()
 
@@ -163,7 +163,7 @@ async def test_active_alarm_and_silence_survive_a_restart(tmp_path: Path) -> Non
     )
     events: list[dict[str, Any]] = []
     second._submit = lambda stream, body: events.append(body)  # type: ignore[method-assign]
-    await second._restore_rule_state()
+    await second.restore_rule_state()
     assert sorted(second.alarms.alarms) == [
         ("cable-over-temperature", "efm-shop-101"),
         ("residual-current-over-limit", "efm-shop-101"),
@@ -231,7 +231,7 @@ async def test_rule_state_in_the_outbox_file_survives_a_restart(tmp_path: Path) 
         gateway = Gateway(config, pin_factory=pins, clock=VirtualClock(now))
         gateway.outbox = outbox
         gateway.outbox_ready.set()
-        await gateway._restore_rule_state()
+        await gateway.restore_rule_state()
         return gateway, outbox
 
     pins = MockFactory()
@@ -240,7 +240,7 @@ async def test_rule_state_in_the_outbox_file_survives_a_restart(tmp_path: Path) 
     for hour in range(0, 36):  # a day and a half of a warm cable
         first.on_sample(reading(45, start + hour * 3600, point="temperature_1"))
     first.rules.tick(start + 36 * 3600)
-    await first._save_rule_state()
+    await first.rule_state.save()
     first.annunciator.close()
     await outbox.close()
 
@@ -335,19 +335,19 @@ async def test_a_buffer_that_opens_late_still_restores_the_window(tmp_path: Path
 
     first = Gateway(config, pin_factory=pins, clock=VirtualClock(start))
     first.outbox = await Outbox.open(tmp_path / "outbox.sqlite")
-    await first._restore_rule_state(wait=False)
+    await first.restore_rule_state(wait=False)
     for hour in range(30):
         first.on_sample(reading(45, start + hour * 3600, point="temperature_1"))
-    await first._save_rule_state()
+    await first.rule_state.save()
     first.annunciator.close()
     await first.outbox.close()
 
     second = Gateway(config, pin_factory=pins, clock=VirtualClock(start + 30 * 3600))
-    await second._restore_rule_state(wait=False)  # the buffer is not open yet
-    await second._save_rule_state()  # must not overwrite the stored window
+    await second.restore_rule_state(wait=False)  # the buffer is not open yet
+    await second.rule_state.save()  # must not overwrite the stored window
     second.on_sample(reading(45, start + 30 * 3600 + 1, point="temperature_1"))
     second.outbox = await Outbox.open(tmp_path / "outbox.sqlite")
-    await second._restore_rule_state(wait=False)  # what the rules task does once it opens
+    await second.restore_rule_state(wait=False)  # what the rules task does once it opens
     transitions: list[Transition] = []
     second.transition_hooks.append(transitions.append)
     for hour in range(31, 49):
