@@ -1,7 +1,7 @@
 """A site config pushed by the platform, as files: checked, written, kept, or put back.
 
 This is the layer below the gateway: it knows site files, not running gateways. The gateway's
-``push-config`` handler (edge/gateway_commands.py) checks and writes through it;
+``push-config`` handler (edge/command_handlers.py) checks and writes through it;
 :class:`~edge.site_runner.SiteRunner`, above the gateway, starts the new config and confirms
 it or rolls it back (its module has the whole sequence).
 
