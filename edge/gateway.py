@@ -5,6 +5,11 @@ the rules and drives the buzzer *synchronously*, and only then queues the readin
 events for the outbox. The outbox and the uplink run in their own supervised tasks: if the
 buffer cannot be opened or the broker is gone, readings are still judged and alarms still
 sound.
+
+This module is the wiring and that alarm path. The rest lives beside it: the rules' state
+across restarts in edge/rule_state.py, storm mode in edge/storm.py, the health message in
+edge/health.py, what each downlink command does in edge/command_handlers.py, and the loop that
+restarts the gateway for a pushed config in edge/site_runner.py.
 """
 
 from __future__ import annotations
