@@ -4,7 +4,9 @@ The imports are read from the source with ``ast``, not by importing: every ``imp
 ``from ... import`` anywhere in a module counts, at the top, inside a function (an import put
 there to dodge a cycle is still the cycle) and under ``if TYPE_CHECKING:`` (a type-only import
 back up the layers is a dependency the design does not have; a ``Protocol`` in the lower module
-says what it needs instead).
+says what it needs instead). A module that imports by name (``importlib.import_module``, as
+``edge run`` loads each CLI tool only when asked) depends on every module whose dotted name it
+spells out in a string.
 
 What does not count: that importing ``a.b.c`` first runs ``a/__init__.py`` and ``a/b/__init__.py``.
 A package that re-exports its modules is imported before them and never half-way through them,
@@ -52,8 +54,20 @@ def imports_of(name: str, path: Path, known: Mapping[str, Path]) -> set[str]:
                 return
             parts.pop()
 
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(node, ast.Import):
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    by_name = any(
+        isinstance(node, ast.Call)
+        and (
+            (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+            or (isinstance(node.func, ast.Name) and node.func.id == "import_module")
+        )
+        for node in ast.walk(tree)
+    )
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if by_name and node.value in known:
+                found.add(node.value)
+        elif isinstance(node, ast.Import):
             for alias in node.names:
                 add(alias.name)
         elif isinstance(node, ast.ImportFrom):
@@ -162,6 +176,7 @@ def test_no_module_of_the_gateway_imports_itself_back() -> None:
     assert "edge.rules" in graph["edge.gateway"]
     assert "drivers.modbus.model" in graph["edge.config.storage"]
     assert "edge.uplink" in graph["edge.control"]
+    assert "edge.doctor" in graph["edge.cli"]  # loaded by name
     found = [
         f"{' -> '.join(cycle)} (modules in the tangle: {', '.join(part)})"
         for cycle, part in zip(cycles(graph), tangles(graph), strict=True)
@@ -186,10 +201,15 @@ def test_the_walk_finds_cycles_through_functions_and_type_checking(tmp_path: Pat
         "def sound() -> None:\n    from ..alarm import Alarm  # noqa\n"
     )
     (package / "inner" / "quiet.py").write_text("import site_pkg.inner.relay\n")
+    (package / "tools.py").write_text(
+        "import importlib\nTOOLS = {'q': 'site_pkg.inner.quiet'}\n"
+        "def load(n): return importlib.import_module(TOOLS[n])\n"
+    )
     graph = import_graph(tmp_path, ["site_pkg"])
     assert graph["site_pkg"] == {"site_pkg.alarm"}
     assert graph["site_pkg.alarm"] == {"site_pkg.inner", "site_pkg.inner.relay"}
     assert graph["site_pkg.inner.relay"] == {"site_pkg.alarm"}
+    assert graph["site_pkg.tools"] == {"site_pkg.inner.quiet"}
     assert cycles(graph) == [["site_pkg.alarm", "site_pkg.inner.relay", "site_pkg.alarm"]]
     # Without the function's import the cycle is gone: the package's own __init__ is no edge.
     (package / "inner" / "relay.py").write_text("def sound() -> None: ...\n")
