@@ -112,7 +112,7 @@ class Gateway:
         self.restart: reload.RestartRequest | None = None
         #: The command that pushed this gateway's config (set by the runner that started it).
         self.pushed_by: str | None = None
-        #: True while this gateway's pushed config has not proved itself (edge/reload.py).
+        #: True while this gateway's pushed config has not proved itself (edge/site_runner.py).
         self.confirming = False
         #: Set when it runs the last good config because the site file is unusable: a push of
         #: that same config is then not "unchanged", it repairs the file.

@@ -163,7 +163,7 @@ class Uplink:
         self.last_error: str | None = None
         #: Whether this session's own online status came back from the broker: the broker
         #: both took it and let this gateway read its topics, so the prefix and the broker's
-        #: access rules work (a pushed config is confirmed on it, edge/reload.py).
+        #: access rules work (a pushed config is confirmed on it, edge/site_runner.py).
         self.heard_back = False
         #: The topics the broker refuses (PUBACK reason codes), and when to log it.
         self.refusals = Refusals()
