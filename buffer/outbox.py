@@ -51,6 +51,8 @@ from buffer.store import (
     OutboxError,
     OutboxUnwritable,
     Pending,
+    PendingEvent,
+    PendingReading,
     Record,
     ResetInfo,
     Store,
@@ -269,7 +271,7 @@ class Outbox:
                 text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"outbox: the event body is not JSON-serialisable ({exc})") from exc
-            item = (True, time.time(), text, None, self._loop.time(), done)
+            item = PendingEvent(time.time(), text, self._loop.time(), done)
         else:
             raise ValueError(f"unknown outbox stream {stream!r}; expected one of {STREAMS}")
         if self._closing:
@@ -277,7 +279,7 @@ class Outbox:
             if done is not None:
                 done.set_exception(OutboxClosed(f"outbox {self.path} is closed"))
             return
-        if not item[0]:
+        if isinstance(item, PendingReading):
             if self._waiting_readings >= self._memory_limit:
                 self._shed(body, done)
                 return
@@ -323,7 +325,7 @@ class Outbox:
         )
         text = json.dumps(body, separators=(",", ":"))
         # Past the closing check: the loss must be recorded even by the last commit.
-        self._queue.append((True, time.time(), text, None, self._loop.time(), None))
+        self._queue.append(PendingEvent(time.time(), text, self._loop.time(), None))
         self._submitted += 1
 
     def _reading(self, body: Mapping[str, Any], done: asyncio.Future[int] | None) -> Pending:
@@ -355,7 +357,7 @@ class Outbox:
             key = None  # type: ignore[assignment]
         if point is None:
             point = self._new_point(body, key)
-        return (False, point, ts, value, self._loop.time(), done)
+        return PendingReading(point, ts, value, self._loop.time(), done)
 
     def _new_point(self, body: Mapping[str, Any], key: tuple[tuple[str, Any], ...] | None) -> int:
         fields = {k: v for k, v in body.items() if k not in _READING_FIELDS}
@@ -394,7 +396,7 @@ class Outbox:
                 continue
             # The window opens when the oldest waiting record was submitted, so a slow previous
             # commit does not make it wait a second window.
-            deadline = self._queue[0][4] + self._commit_interval
+            deadline = self._queue[0].submitted + self._commit_interval
             while len(self._queue) < self._max_batch and not self._closing:
                 remaining = deadline - self._loop.time()
                 if remaining <= 0:
@@ -412,10 +414,12 @@ class Outbox:
             self._hold(batch, first)
             streams: set[Stream] = set()
             for offset, item in enumerate(batch):
-                streams.add("event" if item[0] else "telemetry")
-                if not item[0]:
+                if isinstance(item, PendingReading):
+                    streams.add("telemetry")
                     self._waiting_readings -= 1
-                done = item[5]
+                else:
+                    streams.add("event")
+                done = item.done
                 if done is not None and not done.done():
                     done.set_result(first + offset)
             self._wake_flushers()
@@ -695,7 +699,7 @@ class Outbox:
         finally:
             self._closed = True
             for item in self._queue:
-                done = item[5]
+                done = item.done
                 if done is not None and not done.done():
                     done.set_exception(OutboxClosed(f"outbox {self.path} was closed"))
             for _target, waiter in self._flush_waiters:
@@ -704,7 +708,7 @@ class Outbox:
             self._flush_waiters.clear()
             self._queue.clear()
             for item in self._inflight:
-                done = item[5]
+                done = item.done
                 if done is not None and not done.done():
                     done.set_exception(
                         OutboxClosed(f"outbox {self.path} was closed during the commit")

@@ -18,9 +18,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 from buffer.schema import COUNTERS, SCHEMA_VERSION, SchemaTooNew, migrate
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "STREAMS",
@@ -28,6 +31,9 @@ __all__ = [
     "OutboxCorrupt",
     "OutboxError",
     "OutboxUnwritable",
+    "Pending",
+    "PendingEvent",
+    "PendingReading",
     "Record",
     "ResetInfo",
     "Store",
@@ -53,9 +59,33 @@ CAPACITY_CHUNK: Final = 20_000
 #: of a few readings per commit, writing it with every commit would double the bytes written.
 META_INTERVAL: Final = 5.0
 
-#: A pending record as the writer hands it over: telemetry ``(False, point, ts, value, ...)``,
-#: event ``(True, created, body_text, ...)``. Extra items are the outbox's own bookkeeping.
-Pending = tuple[Any, ...]
+
+@dataclass(slots=True)
+class PendingReading:
+    """A reading submitted and not yet committed: its series (``point``, the id in the points
+    table), time and value; when it was submitted (the event loop's clock: the commit window
+    opens at the oldest record waiting) and the future :meth:`Outbox.append` waits on."""
+
+    point: int
+    ts: float
+    value: float | None
+    submitted: float
+    done: asyncio.Future[int] | None
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    """An event submitted and not yet committed: when (POSIX seconds), its body as JSON text,
+    and the outbox's bookkeeping as for :class:`PendingReading`."""
+
+    created: float
+    body: str
+    submitted: float
+    done: asyncio.Future[int] | None
+
+
+#: A record between :meth:`Outbox.submit` and its commit by :meth:`Store.commit`.
+Pending = PendingReading | PendingEvent
 
 
 class OutboxError(Exception):
@@ -178,7 +208,8 @@ class Store:
                 "moved_to": moved.name,
                 "previous_epoch": previous,
             }
-            store.commit([(True, now, json.dumps(body, separators=(",", ":")))], [])
+            text = json.dumps(body, separators=(",", ":"))
+            store.commit([PendingEvent(now, text, time.monotonic(), None)], [])
             return store
 
     @classmethod
@@ -248,10 +279,10 @@ class Store:
         telemetry: list[tuple[int, int, float, float | None]] = []
         seq = first
         for item in batch:
-            if item[0]:
-                events.append((seq, item[1], item[2]))
+            if isinstance(item, PendingReading):
+                telemetry.append((seq, item.point, item.ts, item.value))
             else:
-                telemetry.append((seq, item[1], item[2], item[3]))
+                events.append((seq, item.created, item.body))
             seq += 1
         last = seq - 1
         counters = {

@@ -16,7 +16,7 @@ hears. ``edge run`` then runs this instead of a gateway, until it is stopped:
 - ``push-config``, signed with the engineering key (no running config bounds what it changes),
   is taken as on a running gateway (checked, written with its push marker, acknowledged),
   provided the site file's path is known: then fault mode ends and ``edge run``
-  tries the pushed config; if it does not prove itself (edge/reload.py), the file goes back
+  tries the pushed config; if it does not prove itself (edge/site_runner.py), the file goes back
   and fault mode resumes, reporting ``config-rolled-back``. So a gateway that lost its config
   can be given one from the platform, without a ladder.
 

@@ -31,7 +31,7 @@ from drivers.catalog import BUS_FAMILY, GPIO_MODELS, SERIAL_MODELS, family_of
 from drivers.modbus.model import ModelError, load_model
 from drivers.yamlpos import Document, Loc, Position, YamlError, YamlIssue, decode, load_yaml
 from drivers.yamlpos import dotted as _dotted
-from edge.config.model import SiteConfig
+from edge.config.model import Device, SiteConfig
 from edge.config.rules_check import check_rules
 from edge.config.storage import check_storage, check_storage_of_parts
 from edge.config.thresholds import normalise_thresholds
@@ -166,7 +166,7 @@ def parse_site_checked(
     if config is not None:
         check_storage(config, storage_issue)
     elif isinstance(data, Mapping):
-        check_storage_of_parts(data, storage_issue)
+        check_storage_of_parts(data, storage_issue, device=Device.model_validate)
 
     if issues:
         raise ConfigError(issues)

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 
 import aiomqtt
 
-from buffer import STREAMS, Outbox, OutboxClosed, OutboxUnavailable, Record, Stream
+from buffer import Outbox, OutboxClosed, OutboxUnavailable, Record, Stream
 from drivers.backoff import Backoff
 from edge import contract, timesync
 from edge.commands import Commands, Handler
@@ -98,8 +98,8 @@ class Uplink:
     ) -> None:
         """``metadata(epoch)`` builds the retained metadata message, published on every connect
         before any telemetry (and by :meth:`republish_metadata`). ``health()`` gives the
-        gateway's part of the health message (bus errors, ...); the uplink adds the buffer and
-        its own counters and publishes it every ``health_interval``. ``aliases``: the point
+        health message's fields (edge/health.py: outbox depth, bus errors, ...); the uplink
+        adds only its own numbers and publishes it every ``health_interval``. ``aliases``: the point
         table the metadata announces; with it (and ``telemetry_encoding: columnar``) telemetry
         goes in the compact form. Set :attr:`aliases` anew along with a new metadata.
         ``certs``: the folder of the installed TLS files (``ca.pem``, ``client.pem``,
@@ -163,7 +163,7 @@ class Uplink:
         self.last_error: str | None = None
         #: Whether this session's own online status came back from the broker: the broker
         #: both took it and let this gateway read its topics, so the prefix and the broker's
-        #: access rules work (a pushed config is confirmed on it, edge/reload.py).
+        #: access rules work (a pushed config is confirmed on it, edge/site_runner.py).
         self.heard_back = False
         #: The topics the broker refuses (PUBACK reason codes), and when to log it.
         self.refusals = Refusals()
@@ -598,16 +598,9 @@ class Uplink:
             await asyncio.sleep(self._config.health_interval)
 
     async def _health_message(self) -> bytes | None:
+        """The gateway's health (edge/health.py builds it) with the uplink's own numbers."""
         try:
-            depth = await self._outbox.depth()
-            oldest = await self._oldest_waiting()
-            report: dict[str, Any] = {
-                "uptime_s": max(0.0, time.time() - self._boot_time),
-                "buffer_rows": sum(depth.values()),
-                "buffer_streams": depth,
-                "oldest_unsent_age_s": None if oldest is None else max(0.0, time.time() - oldest),
-                "bus_errors": {},
-            }
+            report: dict[str, Any] = {}
             if self._health is not None:
                 report.update(await self._health())
             report["uplink"] = {**report.get("uplink", {}), **self.counters}
@@ -622,16 +615,6 @@ class Uplink:
         except Exception:
             log.exception("uplink: cannot build the health message")
         return None
-
-    async def _oldest_waiting(self) -> float | None:
-        """When the oldest row waiting was made: two indexed reads, the first row of each
-        stream (by seq, which is about by time)."""
-        times: list[float] = []
-        for stream in STREAMS:
-            rows = await self._outbox.peek(stream, 1)
-            if rows:
-                times.append(rows[0].created)
-        return min(times, default=None)
 
     @property
     def counters(self) -> dict[str, int]:

@@ -41,11 +41,11 @@ import yaml
 from gpiozero.pins.mock import MockFactory
 
 from drivers.modbus import known_models
+from edge.atomic import digest_of
 from edge.config import load_site
 from edge.contract import decode_payload, iso_utc
-from edge.gateway import config_hash
-from edge.reload import SiteRunner, reached_platform
 from edge.signing import verify
+from edge.site_runner import SiteRunner, reached_platform
 from hil.broker import LocalBroker
 from hil.simulator import Simulator
 from tests.fixtures.broker import free_port
@@ -146,7 +146,7 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
             runner = SiteRunner(
                 path,
                 load_site(path, known_models=known_models()),
-                config_hash(path.read_bytes()),
+                digest_of(path.read_bytes()),
                 pin_factory=pins,
                 known_models=known_models(),
             )

@@ -16,6 +16,7 @@ import pytest
 
 from buffer import Outbox
 from edge import contract
+from edge.health import buffer_health
 from edge.schemas import validate_message
 from tests.fixtures.broker import Mosquitto, MosquittoFactory, collect
 from tests.fixtures.mqtt_proxy import dropping_proxy
@@ -62,8 +63,9 @@ def refused_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "REFUSED" in r.getMessage()]
 
 
-async def no_gateway_health() -> dict[str, Any]:
-    return {}
+async def outbox_health(outbox: Outbox) -> dict[str, Any]:
+    """A health without a gateway: the outbox's depth, no buses."""
+    return {"uptime_s": 1.0, **await buffer_health(outbox), "bus_errors": {}}
 
 
 def allow(*kinds: str) -> list[str]:
@@ -121,7 +123,8 @@ async def test_a_broker_refusing_only_events_keeps_them_and_telemetry_still_goes
     broker = mosquitto_factory(users={USER: PASSWORD}, acl=acl)
     await fill(outbox, events=2, readings=30)
     uplink = make_uplink(outbox, broker.url, batch_size=10, health_interval="1s", **LOGIN)
-    uplink._health = no_gateway_health  # the uplink's own part of the health message only
+    # The outbox's part of the health message (edge/health.py); the uplink adds its own.
+    uplink._health = lambda: outbox_health(outbox)
     async with collect(broker, ALL) as got, running(uplink):
         await wait_until(lambda: uplink.acked == 30)
         await got.wait_for(
