@@ -430,12 +430,13 @@ class Outbox:
         them back."""
         series = self._store.series
         rows = []
-        for seq, (event, point, ts, value, *_) in enumerate(batch, first):
-            if not event:
+        for seq, item in enumerate(batch, first):
+            if isinstance(item, PendingReading):
                 # As a REAL column gives them back: NaN as null, -0.0 as 0.0 (x + 0.0).
+                value = item.value
                 read = None if value is None or math.isnan(value) else value + 0.0
-                at = ts + 0.0
-                body = {**series[point], "value": read, "ts": at}
+                at = item.ts + 0.0
+                body = {**series[item.point], "value": read, "ts": at}
                 rows.append(Record(seq, "telemetry", at, body))
         self._tail.add(rows)
 
