@@ -51,7 +51,8 @@ from edge.config.site_files import missing_files
 from edge.uplink import PROTOCOLS as _PROTOCOLS
 from edge.uplink import parse_broker_url
 from edge.uplink import tls_context as uplink_tls_context
-from edge.uplink.connection import MqttClient, PublishRefused, tls_files
+from edge.uplink.client import MqttClient, PublishRefused
+from edge.uplink.connection import tls_files
 
 __all__ = ["Check", "exit_status", "print_report", "run_checks"]
 

@@ -112,7 +112,7 @@ async def test_a_gateway_publishes_its_own_topics_under_the_documented_acl(
     await fill(outbox)
     uplink = gateway(outbox, broker, authority, "gw-a", cn="gw-a")
     async with collect(broker, f"{PREFIX}/#") as got, running(uplink):
-        await wait_until(lambda: uplink.acked == 6)
+        await wait_until(lambda: uplink.tally.acked == 6)
         await got.wait_for(lambda c: bool(c.on("gw-a/events")) and bool(c.on("gw-a/status")))
         assert uplink.state == "online"
     assert await outbox.depth() == {"event": 0, "telemetry": 0}
@@ -129,7 +129,7 @@ async def test_a_certificate_of_another_gateway_has_every_message_refused_and_ke
         await wait_until(lambda: uplink.refusals.count >= 4 and uplink.inflight == 2)
         assert uplink.state == "refused"
         assert await outbox.depth() == {"event": 1, "telemetry": 5}
-        assert uplink.acked == 0
+        assert uplink.tally.acked == 0
     assert [m.topic.value for m in got.messages] == []
 
 
