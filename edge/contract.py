@@ -79,6 +79,7 @@ __all__ = [
     "metadata_message",
     "metadata_topic",
     "reading_body",
+    "shared_filter",
     "status_message",
     "status_topic",
     "telemetry_message",
@@ -225,6 +226,12 @@ def fleet_filter(prefix: str, kind: str = "#") -> str:
     """``{prefix}/+/{kind}``: one kind of topic (``events``, ``status``, ...) of every gateway,
     or all of them with the default ``#`` (a subscription filter)."""
     return f"{prefix}/+/{kind}"
+
+
+def shared_filter(group: str, topic_filter: str) -> str:
+    """``$share/{group}/{topic_filter}``: an MQTT 5 shared subscription, each message to one
+    subscriber of the group."""
+    return f"$share/{group}/{topic_filter}"
 
 
 @dataclass(frozen=True, slots=True)

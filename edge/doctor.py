@@ -464,7 +464,8 @@ async def _check_delivery(
         clock_synced=False,
     )
     acl_fix = (
-        f"let this gateway's user write {uplink.topic_prefix}/{config.gateway.id}/# (its own "
+        f"let this gateway's user write "
+        f"{contract.gateway_filter(uplink.topic_prefix, config.gateway.id)} (its own "
         "topics) and read its health topic on the broker: see the per-gateway ACL in "
         "docs/deploy.md"
     )

@@ -178,7 +178,7 @@ async def alarm_after_outage(outage_s: float = 15.0, trials: int = 3) -> tuple[f
                 asyncio.timeout(120),
                 aiomqtt.Client(broker.host, broker.port) as client,
             ):
-                await client.subscribe(f"{PREFIX}/+/events", qos=1)
+                await client.subscribe(contract.fleet_filter(PREFIX, "events"), qos=1)
                 async for message in client.messages:
                     payload = message.payload
                     if isinstance(payload, bytes) and b"alarm-raised" in payload:

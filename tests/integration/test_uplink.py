@@ -162,7 +162,7 @@ async def test_status_is_retained_online_and_offline_after_a_clean_stop(
     try:
         await wait_until(lambda: uplink.state == "online")
         # A subscriber arriving later gets the retained status.
-        async with collect(mosquitto, f"{PREFIX}/+/status") as late:
+        async with collect(mosquitto, contract.fleet_filter(PREFIX, "status")) as late:
             await late.wait_for(lambda c: len(c.on("/status")) >= 1)
             status = late.on("/status")[0]
             assert status["state"] == "online"
@@ -181,14 +181,14 @@ async def test_status_is_retained_online_and_offline_after_a_clean_stop(
     finally:
         task.cancel()
 
-    async with collect(mosquitto, f"{PREFIX}/+/status") as later:
+    async with collect(mosquitto, contract.fleet_filter(PREFIX, "status")) as later:
         await later.wait_for(lambda c: len(c.on("/status")) >= 1)
         assert later.on("/status")[-1]["state"] == "offline"
 
 
 async def test_cancelling_run_also_says_offline(mosquitto: Mosquitto, outbox: Outbox) -> None:
     uplink = make_uplink(outbox, mosquitto.url)
-    async with collect(mosquitto, f"{PREFIX}/+/status") as got:
+    async with collect(mosquitto, contract.fleet_filter(PREFIX, "status")) as got:
         task = asyncio.create_task(uplink.run())
         await got.wait_for(lambda c: [s["state"] for s in c.on("/status")] == ["online"])
         began = time.monotonic()
@@ -218,7 +218,7 @@ async def test_will_says_offline_when_the_gateway_dies(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    async with collect(mosquitto, f"{PREFIX}/gw-killed/status") as got:
+    async with collect(mosquitto, contract.status_topic(PREFIX, "gw-killed")) as got:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
