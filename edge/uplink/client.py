@@ -23,7 +23,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.uplink.refusals import Refusal
 
-__all__ = ["AIOMQTT_PRIVATE", "ClosedBeforeConnack", "MqttClient", "PublishRefused"]
+__all__ = [
+    "AIOMQTT_PRIVATE",
+    "LEAVE_TIMEOUT",
+    "ClosedBeforeConnack",
+    "MqttClient",
+    "PublishRefused",
+]
 
 #: What :class:`MqttClient` relies on inside ``aiomqtt.Client``: methods it overrides or calls
 #: with their parameter names, and attributes it reads (an empty tuple). Checked by a test.
@@ -38,6 +44,10 @@ AIOMQTT_PRIVATE: Final[dict[str, tuple[str, ...]]] = {
     "_disconnected": (),
     "_pending_publishes": (),
 }
+
+
+#: Longest a disconnect may take (a DISCONNECT stuck behind a full send buffer).
+LEAVE_TIMEOUT: Final = 2.0
 
 
 class ClosedBeforeConnack(aiomqtt.MqttError):
@@ -103,10 +113,13 @@ class MqttClient(aiomqtt.Client):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Disconnect. A disconnect that fails (the connection already broke, no answer within
-        the timeout) leaves nothing to do: what ended the session is the error worth telling."""
-        with contextlib.suppress(aiomqtt.MqttError):
-            await super().__aexit__(exc_type, exc, tb)
+        """Disconnect, within :data:`LEAVE_TIMEOUT`. A disconnect that fails (the connection
+        already broke, a broker that stopped reading) leaves nothing to do: what ended the
+        session is the error worth telling, and a stop must not wait out the operation
+        timeout."""
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(LEAVE_TIMEOUT):
+                await super().__aexit__(exc_type, exc, tb)
 
     def _leave_late(self, enter: asyncio.Future[Self]) -> None:
         if enter.cancelled() or enter.exception() is not None:

@@ -105,12 +105,14 @@ class InFlight:
         platform never had it: no duplicate under another id), and :attr:`learnt_limit` says
         how small.
         """
+        # Only what this session sent again counts (one that failed before draining resent none).
+        resent, self._resent = self._resent, set()
         if not self._messages:
             self._stuck = (-1, 0)
             return
         key, message = next(iter(self._messages.items()))
         # A message the broker answered with a refusing PUBACK was not too large: it was read.
-        if key not in self._resent or message.topic in refused_topics:
+        if key not in resent or message.topic in refused_topics:
             self._stuck = (-1, 0)
             return
         count = self._stuck[1] + 1 if self._stuck[0] == key else 1
