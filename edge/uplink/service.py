@@ -401,6 +401,7 @@ class Uplink:
         async with client:
             loop = asyncio.get_running_loop()
             stable_at = loop.time() + _STABLE_AFTER
+            self._state = "online"
             self._build.session_wall_start = time.time()
             self.last_error = None
             self._build.max_payload = self._payload_limit(client.max_packet_size)
@@ -408,9 +409,6 @@ class Uplink:
             try:
                 async with asyncio.TaskGroup() as tasks:
                     await self._come_online(client, tasks)
-                    # Online once the broker has the status and the subscriptions: a test (or
-                    # an operator) that sees "online" may rely on the session being set up.
-                    self._state = "online"
                     log.info("uplink: online via %s as %s", broker.display, client.identifier)
                     self._client = client
                     window = asyncio.Semaphore(config.inflight)
@@ -437,7 +435,7 @@ class Uplink:
         if not await self._publish_status(client):
             tasks.create_task(self._keep_trying(self._publish_status, client))
         # Before any telemetry: compact telemetry refers to the table it announces.
-        if not await self._publish_metadata(client):
+        if self._metadata is not None and not await self._publish_metadata(client):
             tasks.create_task(self._keep_trying(self._publish_metadata, client))
         if self._commands is not None:
             await client.subscribe(self.topics.commands, qos=1)

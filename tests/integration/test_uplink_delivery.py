@@ -272,7 +272,8 @@ async def test_a_broker_that_stops_answering_fills_the_window_then_the_next_one_
             await asyncio.sleep(0.01)
 
     async with collect(spare, ALL) as got, running(uplink):
-        await wait_until(lambda: uplink.state == "online")
+        # Its own status echoed: the session is set up and draining (not merely connected).
+        await wait_until(lambda: uplink.state == "online" and uplink.heard_back)
         with frozen(stuck):
             producer = asyncio.create_task(produce(150))
             await wait_until(lambda: uplink.inflight == 3, within=3)
