@@ -280,7 +280,7 @@ class Uplink:
             raise RuntimeError("Uplink.run() is already running")
         finished = self._finished = asyncio.Event()
         remove_listener = self._outbox.add_commit_listener(self._on_commit)
-        #: Rows of acknowledged messages, in the order their PUBACKs came.
+        # Rows of acknowledged messages, in the order their PUBACKs came.
         deletions: asyncio.Queue[tuple[int, ...]] = asyncio.Queue()
         try:
             async with asyncio.TaskGroup() as lifetime:
@@ -433,10 +433,14 @@ class Uplink:
         """The online status, the metadata (both again with backoff while the broker refuses
         them), then the subscriptions."""
         if not await self._publish_status(client):
-            tasks.create_task(self._keep_trying(self._publish_status, client))
+            tasks.create_task(
+                self._keep_trying(self._publish_status, client), name="uplink-retry-status"
+            )
         # Before any telemetry: compact telemetry refers to the table it announces.
         if self._metadata is not None and not await self._publish_metadata(client):
-            tasks.create_task(self._keep_trying(self._publish_metadata, client))
+            tasks.create_task(
+                self._keep_trying(self._publish_metadata, client), name="uplink-retry-metadata"
+            )
         if self._commands is not None:
             await client.subscribe(self.topics.commands, qos=1)
         # The retained status just published comes back only through a broker that lets this
