@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import yaml
 from gpiozero import Buzzer
 from pydantic import BaseModel, ValidationError
 
 from buffer import Outbox
+from drivers.yamlpos import YamlError, load_yaml
 from edge import __version__
 from edge.annunciator import FAULT_PATTERN, make_pin_factory, phase_state
 from edge.atomic import digest_of
@@ -93,8 +93,9 @@ def salvage(text: str | None) -> Salvage:
     if text is None:
         return Salvage()
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+        # Read as the site loader reads it (keys as written), whatever else is wrong in it.
+        data = load_yaml(text, "site").data
+    except YamlError:
         return Salvage()
     if not isinstance(data, dict):
         return Salvage()

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 import yaml
 
+from drivers.yamlpos import read_yaml
 from edge.config import load_site
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SiteConfig
 from edge.contract import (
@@ -206,7 +207,8 @@ class Demo:
     def for_mqtt311(self) -> str:
         """A copy of the site file speaking MQTT 3.1.1, which is all the embedded broker
         (amqtt) speaks; beside the outbox, so relative paths keep their meaning."""
-        site = yaml.safe_load(Path(self.config_path).read_text())
+        # Read as the gateway reads it (keys as written), so the copy says the same thing.
+        site = read_yaml(self.config_path).data
         site["uplink"]["protocol"] = "3.1.1"
         copy = Path(self.config.buffer.path).parent / "site-mqtt311.yaml"
         copy.write_text(yaml.safe_dump(site, sort_keys=False))

@@ -47,6 +47,7 @@ from tests.benchmarks import (
     drivers,
     e2e,
     log_stall,
+    modbus_client,
     refusal,
     rules,
     site_check,
@@ -123,6 +124,7 @@ class Suite:
 SUITES: Final = (
     Suite("e2e", e2e, needs=[MOSQUITTO]),
     Suite("drivers", drivers, needs=[MOSQUITTO]),
+    Suite("modbus_client", modbus_client),
     Suite("buffer", buffer),
     Suite("rules", rules),
     Suite("uplink", uplink, needs=[MOSQUITTO]),
