@@ -60,6 +60,7 @@ from buffer.store import (
     damage_marker,
 )
 from buffer.tail import TelemetryTail
+from drivers.backoff import Backoff
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -82,7 +83,8 @@ log = logging.getLogger("buffer.outbox")
 #: Called on the event loop after each commit, with the streams that got new rows.
 CommitListener = Callable[[frozenset[Stream]], None]
 
-# Backoff of the writer while the disk refuses a commit: from the first to the cap, doubling.
+# Backoff of the writer while the disk refuses a commit: from the first to the cap, doubling
+# (no jitter: the disk is this gateway's own).
 _RETRY_FIRST: Final = 0.1
 _RETRY_MAX: Final = 5.0
 #: While readings are being shed, at most one readings-lost event this often (a disk that
@@ -451,9 +453,10 @@ class Outbox:
 
     async def _commit(self, batch: list[Pending]) -> int:
         """Commit one batch, retrying until the disk takes it; return its first seq."""
-        delay = _RETRY_FIRST
+        retry = Backoff(_RETRY_FIRST, _RETRY_MAX, jitter=False)
         failures = 0
         while True:
+            delay = retry.next_delay()
             points = list(self._unsaved_points)
             try:
                 first = await self._run(self._store.commit, batch, points)
@@ -482,7 +485,6 @@ class Outbox:
                     )
                 return first
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX)
 
     def _policy_active(self) -> bool:
         return self._policy.max_size is not None or self._policy.min_free_disk > 0

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 GATEWAY = "gw-test"
 PREFIX = "district/v1"
-ALL = f"{PREFIX}/#"
+ALL = contract.fleet_filter(PREFIX)
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ async def test_metadata_is_retained_before_telemetry_and_republished_on_request(
         assert built == [outbox.epoch, outbox.epoch]
 
     # A platform subscribing later still gets it: retained.
-    async with collect(mosquitto, f"{PREFIX}/+/metadata") as late:
+    async with collect(mosquitto, contract.fleet_filter(PREFIX, "metadata")) as late:
         await late.wait_for(lambda c: len(c.on("/metadata")) == 1)
         assert late.messages[0].retain
 
