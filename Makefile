@@ -33,7 +33,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -m "not integration"
+	$(BIN)/pytest -q -n 2 -m "not integration and not slow"
 
 ## Hardware-in-the-loop scenarios against the simulated rig (SCENARIO=FILE runs one, EDGE_RIG=FILE
 ## a real rig); reports in var/hil/ (report.txt, junit.xml, figures.json). docs/hil.md.

@@ -6,6 +6,8 @@ and the crash harness's verdict are checked, never a speed.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.benchmarks import buffer
 
 KEYS = {
@@ -19,6 +21,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_every_figure_is_reported_and_nothing_is_lost() -> None:
     figures = buffer.run(readings=20_000, backlog=30_000, kills=2)
     assert not KEYS - figures.keys(), "figures missing"

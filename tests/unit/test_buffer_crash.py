@@ -8,9 +8,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.benchmarks.buffer_crash import CrashReport, _verify, run_kills
 
 
+@pytest.mark.slow
 def test_random_kills_lose_duplicate_and_renumber_nothing(tmp_path: Path) -> None:
     report = run_kills(tmp_path, 8, seed=7)
     assert report.kills == 8

@@ -237,6 +237,7 @@ _NUMBERS = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(number=_NUMBERS, space=st.sampled_from(["", " ", "  "]), unit=_UNITS)
 def test_the_schema_and_the_loader_agree_on_threshold_strings(

@@ -170,6 +170,7 @@ def traces(draw: st.DrawFn) -> list[Reading]:
 CONFIG = site()
 
 
+@pytest.mark.slow
 @settings(
     max_examples=120,
     deadline=None,

@@ -149,6 +149,7 @@ def test_long_random_walks_stay_within_the_band_and_reach_it(policy: Policy, see
     assert len(stored) < len(trace)
 
 
+@pytest.mark.slow
 @_LONG
 @given(
     _policies(),
