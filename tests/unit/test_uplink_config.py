@@ -59,9 +59,12 @@ def test_delivery_settings_have_defaults_and_take_units() -> None:
     assert config.backfill_messages_per_s is None
     assert config.backfill_bytes_per_s is None
     assert config.max_message_bytes == 256 * 1024
-    assert config.compression == "none"
+    # For a metered link (docs/config.md): deflated, in 5-minute batches of up to 1000
+    # readings, health every 15 minutes, a keepalive ping after 10 quiet minutes.
+    assert config.compression == "deflate"
     assert config.telemetry_encoding == "columnar"
-    assert config.health_interval == 60.0
+    assert config.health_interval == 900.0
+    assert (config.batch_interval, config.batch_size, config.keepalive) == (300.0, 1000, 600.0)
     tuned = uplink(
         inflight=50,
         backfill_messages_per_s=2.5,
