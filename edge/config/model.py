@@ -839,6 +839,8 @@ class Uplink(Strict):
     keepalive: Duration = Field(
         default=600.0,
         ge=1,
+        # MQTT carries it as a 16-bit number of seconds.
+        le=65_535.0,
         description="MQTT keepalive: a ping after this long without traffic; the broker "
         "declares the gateway gone (its will: offline) after 1.5 times this.",
     )
@@ -847,7 +849,11 @@ class Uplink(Strict):
     )
     batch_interval: Duration = Field(
         default=300.0,
-        description="How long telemetry may wait to fill a batch (events never wait).",
+        # Longer, and the platform's view of a point lags its heartbeat by more than it
+        # gains: at 5 minutes the envelope is already a small share of a message.
+        le=3600.0,
+        description="How long telemetry may wait to fill a batch, at most 1h (events never "
+        "wait).",
     )
     reconnect_max: Duration = Field(
         default=10.0, ge=0.5, description="Cap of the reconnect backoff (at least 500ms)."

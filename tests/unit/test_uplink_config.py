@@ -38,6 +38,13 @@ def test_tls_files_username_and_protocol_are_taken() -> None:
         ({"cert_file": "client.pem"}, "cert_file and key_file go together"),
         ({"key_file": "client.key"}, "cert_file and key_file go together"),
         ({"password": "pw"}, "password without username"),
+        ({"keepalive": "19h"}, "less than or equal to 65535"),
+        ({"keepalive": "500ms"}, "greater than or equal to 1"),
+        ({"batch_interval": "2h"}, "less than or equal to 3600"),
+        ({"batch_interval": "-5m"}, "not a duration"),
+        ({"batch_size": 0}, "greater than or equal to 1"),
+        ({"health_interval": "0s"}, "greater than or equal to 1"),
+        ({"compression": "gzip"}, "'none' or 'deflate'"),
         ({"protocol": "4"}, "protocol"),
         ({"protocol": 5}, "protocol"),
         (
