@@ -988,9 +988,10 @@ class CommandPolicy(Strict):
 class BufferConfig(Strict):
     path: str = Field(description="SQLite file of the outbox; its folder is created when missing.")
     commit_interval: Duration = Field(
-        # A commit rewrites whole pages: at a few readings a second, one a second writes a
-        # tenth of the card that one every 50 ms does (docs/buffer.md). Events never wait.
-        default=1.0,
+        # A commit rewrites whole pages: at the few readings a second a storage policy keeps,
+        # one every 2 s writes a fifteenth of the card that one every 50 ms did
+        # (docs/benchmarks.md, "Storage policies"). Events never wait for it.
+        default=2.0,
         ge=0,
         le=5.0,
         description="Longest time a reading waits to be group-committed (a kill -9 loses at "

@@ -108,7 +108,7 @@ def test_example_site_loads() -> None:
     assert [bus.id for bus in config.buses] == ["lan", "rs485-1"]
     assert len(config.devices) == 3
     assert config.devices[0].poll_interval == pytest.approx(1.0)
-    assert config.buffer.commit_interval == pytest.approx(1.0)  # the default
+    assert config.buffer.commit_interval == pytest.approx(2.0)  # the default
 
 
 def test_check_config_summary_on_the_example(
