@@ -852,8 +852,7 @@ class Uplink(Strict):
         # Longer, and the platform's view of a point lags its heartbeat by more than it
         # gains: at 5 minutes the envelope is already a small share of a message.
         le=3600.0,
-        description="How long telemetry may wait to fill a batch, at most 1h (events never "
-        "wait).",
+        description="How long telemetry may wait to fill a batch, at most 1h (events never wait).",
     )
     reconnect_max: Duration = Field(
         default=10.0, ge=0.5, description="Cap of the reconnect backoff (at least 500ms)."

@@ -44,7 +44,9 @@ by scaling it by 20/14).
 
 Besides: ``link_live_minutes`` (how long the live run was), ``link_live_kib_measured`` (what the
 proxy counted, TCP/IP included), ``link_live_unattributed_share`` (the share of it that is not a
-message the subscriber saw: handshakes and keepalives), ``card_mb_per_day_demo_site`` (the live
+message the subscriber saw: handshakes and keepalives), ``link_live_mispriced_messages`` (messages
+the subscriber saw for which the proxy passed no TLS record of the size step 2 gives: 0 when
+the pricing holds), ``card_mb_per_day_demo_site`` (the live
 gateway's ``write_bytes`` in ``/proc/PID/io`` over the steady part, per day: every card write of
 a running gateway, the outbox with its acks and checkpoints, rule state, whatever else).
 """
@@ -52,6 +54,7 @@ a running gateway, the outbox with its acks and checkpoints, rule state, whateve
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import math
 import statistics
@@ -238,6 +241,19 @@ class Live:
         """IP bytes of the messages the subscriber saw from ``since`` to ``until``."""
         end = self.stopped_at if until is None else until
         return sum(m.cost for m in self.seen if since <= m.at < end)
+
+    def mispriced(self) -> int:
+        """Messages the subscriber saw for which the proxy passed no record of the size
+        :func:`message_cost` gives its PUBLISH (the pricing's check; 0 when it holds)."""
+        sizes = collections.Counter(r.size for r in self.records if r.upstream)
+        missing = 0
+        for m in self.seen:
+            size = publish_packet(m.topic_len, m.size) + TLS_RECORD
+            if sizes[size] > 0:
+                sizes[size] -= 1
+            else:
+                missing += 1
+        return missing
 
     def mean_cost(self, kind: str) -> float:
         costs = [m.cost for m in self.seen if m.kind == kind]
@@ -477,6 +493,7 @@ KEYS: Final = (
     "link_live_minutes",
     "link_live_kib_measured",
     "link_live_unattributed_share",
+    "link_live_mispriced_messages",
     "card_mb_per_day_demo_site",
 )
 #: A run of seconds that goes through every step (``--tiny``).
@@ -557,6 +574,7 @@ async def run(
         "link_live_minutes": round(live.seconds / 60, 2),
         "link_live_kib_measured": round(measured / 1024, 1),
         "link_live_unattributed_share": round(unattributed / measured, 3),
+        "link_live_mispriced_messages": live.mispriced(),
         "card_mb_per_day_demo_site": round(live.card_bytes_per_s * 86_400 / 2**20, 1),
     }
 
