@@ -1,6 +1,7 @@
 """The store-and-forward buffer: a SQLite outbox with one writer.
 
-Imports nothing from ``edge`` or ``drivers``: it stores events as JSON and readings as
+Imports nothing from ``edge``, and from ``drivers`` only the standard-library-only retry
+schedule (``drivers.backoff``): it stores events as JSON and readings as
 ``(series, ts, value)`` rows and knows nothing of what they mean.
 """
 

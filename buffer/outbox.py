@@ -51,12 +51,16 @@ from buffer.store import (
     OutboxError,
     OutboxUnwritable,
     Pending,
+    PendingEvent,
+    PendingReading,
     Record,
     ResetInfo,
     Store,
     Stream,
     damage_marker,
 )
+from buffer.tail import TelemetryTail
+from drivers.backoff import Backoff
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -79,7 +83,8 @@ log = logging.getLogger("buffer.outbox")
 #: Called on the event loop after each commit, with the streams that got new rows.
 CommitListener = Callable[[frozenset[Stream]], None]
 
-# Backoff of the writer while the disk refuses a commit: from the first to the cap, doubling.
+# Backoff of the writer while the disk refuses a commit: from the first to the cap, doubling
+# (no jitter: the disk is this gateway's own).
 _RETRY_FIRST: Final = 0.1
 _RETRY_MAX: Final = 5.0
 #: While readings are being shed, at most one readings-lost event this often (a disk that
@@ -154,6 +159,8 @@ class Outbox:
         self._unsaved_points: list[tuple[int, str]] = []
         self._closing = False
         self._closed = False
+        #: The newest telemetry rows, so that the uplink's looks at them stay on this thread.
+        self._tail = TelemetryTail(int(store.counters["last_seq"]))
         self._check_conn: sqlite3.Connection | None = None
         self._checker: threading.Thread | None = None
         if not store.checked:
@@ -269,7 +276,7 @@ class Outbox:
                 text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"outbox: the event body is not JSON-serialisable ({exc})") from exc
-            item = (True, time.time(), text, None, self._loop.time(), done)
+            item = PendingEvent(time.time(), text, self._loop.time(), done)
         else:
             raise ValueError(f"unknown outbox stream {stream!r}; expected one of {STREAMS}")
         if self._closing:
@@ -277,7 +284,7 @@ class Outbox:
             if done is not None:
                 done.set_exception(OutboxClosed(f"outbox {self.path} is closed"))
             return
-        if not item[0]:
+        if isinstance(item, PendingReading):
             if self._waiting_readings >= self._memory_limit:
                 self._shed(body, done)
                 return
@@ -325,7 +332,7 @@ class Outbox:
         )
         text = json.dumps(body, separators=(",", ":"))
         # Past the closing check: the loss must be recorded even by the last commit.
-        self._queue.append((True, time.time(), text, None, self._loop.time(), None))
+        self._queue.append(PendingEvent(time.time(), text, self._loop.time(), None))
         self._waiting_events += 1
         self._submitted += 1
 
@@ -350,7 +357,7 @@ class Outbox:
                     f"outbox: telemetry 'value' must be a number or None, not {value!r}"
                 )
             value = float(value)
-        key = tuple(item for item in body.items() if item[0] not in _READING_FIELDS)
+        key = tuple([item for item in body.items() if item[0] not in _READING_FIELDS])
         try:
             point = self._point_by_fields.get(key)
         except TypeError:  # an unhashable field value (a list): go by the canonical text
@@ -358,7 +365,7 @@ class Outbox:
             key = None  # type: ignore[assignment]
         if point is None:
             point = self._new_point(body, key)
-        return (False, point, ts, value, self._loop.time(), done)
+        return PendingReading(point, ts, value, self._loop.time(), done)
 
     def _new_point(self, body: Mapping[str, Any], key: tuple[tuple[str, Any], ...] | None) -> int:
         fields = {k: v for k, v in body.items() if k not in _READING_FIELDS}
@@ -389,13 +396,16 @@ class Outbox:
                 if self._closing:
                     return
                 self._wakeup.clear()
+                # asyncio.timeout, not wait_for: no task of its own for each wait (this loop
+                # waits once or twice for every commit).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._idle_timeout(capacity_due))
+                    async with asyncio.timeout(self._idle_timeout(capacity_due)):
+                        await self._wakeup.wait()
                 continue
             # The window opens when the oldest waiting record was submitted, so a slow previous
             # commit does not make it wait a second window. An event closes it at once: the
             # readings queued before it go in the same transaction, so the order holds.
-            deadline = self._queue[0][4] + self._commit_interval
+            deadline = self._queue[0].submitted + self._commit_interval
             while (
                 len(self._queue) < self._max_batch
                 and not self._closing
@@ -406,25 +416,43 @@ class Outbox:
                     break
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    async with asyncio.timeout_at(deadline):
+                        await self._wakeup.wait()
             n = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
             self._inflight = batch
             first = await self._commit(batch)
             self._inflight = []
             self._committed += n
+            self._hold(batch, first)
             streams: set[Stream] = set()
             for offset, item in enumerate(batch):
-                streams.add("event" if item[0] else "telemetry")
-                if not item[0]:
+                if isinstance(item, PendingReading):
+                    streams.add("telemetry")
                     self._waiting_readings -= 1
                 else:
+                    streams.add("event")
                     self._waiting_events -= 1
-                done = item[5]
+                done = item.done
                 if done is not None and not done.done():
                     done.set_result(first + offset)
             self._wake_flushers()
             self._notify(frozenset(streams))
+
+    def _hold(self, batch: list[Pending], first: int) -> None:
+        """Keep the telemetry rows just committed in the tail, as :meth:`Store.peek` reads
+        them back."""
+        series = self._store.series
+        rows = []
+        for seq, item in enumerate(batch, first):
+            if isinstance(item, PendingReading):
+                # As a REAL column gives them back: NaN as null, -0.0 as 0.0 (x + 0.0).
+                value = item.value
+                read = None if value is None or math.isnan(value) else value + 0.0
+                at = item.ts + 0.0
+                body = {**series[item.point], "value": read, "ts": at}
+                rows.append(Record(seq, "telemetry", at, body))
+        self._tail.add(rows)
 
     def _idle_timeout(self, capacity_due: float) -> float | None:
         """How long the idle writer may sleep: until the next capacity check or loss report."""
@@ -437,9 +465,10 @@ class Outbox:
 
     async def _commit(self, batch: list[Pending]) -> int:
         """Commit one batch, retrying until the disk takes it; return its first seq."""
-        delay = _RETRY_FIRST
+        retry = Backoff(_RETRY_FIRST, _RETRY_MAX, jitter=False)
         failures = 0
         while True:
+            delay = retry.next_delay()
             points = list(self._unsaved_points)
             try:
                 first = await self._run(self._store.commit, batch, points)
@@ -468,7 +497,6 @@ class Outbox:
                     )
                 return first
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX)
 
     def _policy_active(self) -> bool:
         return self._policy.max_size is not None or self._policy.min_free_disk > 0
@@ -479,6 +507,9 @@ class Outbox:
             usage = await self._run(self._store.usage, self._policy)
             if usage.reason is None:
                 return False
+            # Making room deletes telemetry the tail may hold: looks go to the file until
+            # new rows are committed.
+            self._tail.restart(self.last_seq)
             report = await self._run(self._store.make_room, self._policy, usage.reason)
         except (sqlite3.Error, OSError) as exc:
             log.warning("outbox %s: capacity check failed (%s); trying again later", self.path, exc)
@@ -550,6 +581,14 @@ class Outbox:
         """
         if stream not in STREAMS:
             raise ValueError(f"unknown outbox stream {stream!r}; expected one of {STREAMS}")
+        if not self._closed:
+            # Most looks of the uplink are at the newest rows: nothing new (no event for
+            # hours) or the telemetry of the last commits. A trip to the outbox's thread costs
+            # more than answering them here.
+            if self._store.none_after(stream, after, through):
+                return []
+            if stream == "telemetry" and self._tail.covers(after):
+                return self._tail.peek(limit, after, through)
         return await self._run_checked(self._store.peek, stream, limit, after, through)
 
     async def recent_since(self, since: float) -> int:
@@ -574,6 +613,7 @@ class Outbox:
         """
         if seqs:
             await self._run_checked(self._store.ack, list(seqs))
+            self._tail.delete(seqs)
 
     async def depth(self) -> dict[str, int]:
         """Committed rows per stream, e.g. ``{"event": 0, "telemetry": 12}`` (kept as counters
@@ -674,7 +714,7 @@ class Outbox:
         finally:
             self._closed = True
             for item in self._queue:
-                done = item[5]
+                done = item.done
                 if done is not None and not done.done():
                     done.set_exception(OutboxClosed(f"outbox {self.path} was closed"))
             for _target, waiter in self._flush_waiters:
@@ -683,7 +723,7 @@ class Outbox:
             self._flush_waiters.clear()
             self._queue.clear()
             for item in self._inflight:
-                done = item[5]
+                done = item.done
                 if done is not None and not done.done():
                     done.set_exception(
                         OutboxClosed(f"outbox {self.path} was closed during the commit")

@@ -108,7 +108,12 @@ def state_delete(conn: sqlite3.Connection, key: str, expect: int | None) -> bool
     return row is not None
 
 
-def _entry(row: tuple[Any, ...]) -> StateEntry:
+#: A row of the state table as the queries here select it: key, value (JSON text), revision,
+#: schema, updated (POSIX seconds).
+StateRow = tuple[str, str, int, int, float]
+
+
+def _entry(row: StateRow) -> StateEntry:
     key, text, revision, schema, updated = row
     return StateEntry(str(key), json.loads(text), int(revision), int(schema), float(updated))
 

@@ -18,9 +18,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 from buffer.schema import COUNTERS, SCHEMA_VERSION, SchemaTooNew, migrate
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "STREAMS",
@@ -28,6 +31,9 @@ __all__ = [
     "OutboxCorrupt",
     "OutboxError",
     "OutboxUnwritable",
+    "Pending",
+    "PendingEvent",
+    "PendingReading",
     "Record",
     "ResetInfo",
     "Store",
@@ -55,9 +61,33 @@ CAPACITY_CHUNK: Final = 20_000
 #: since (live_counters): a short range at the right edge of each table.
 META_INTERVAL: Final = 60.0
 
-#: A pending record as the writer hands it over: telemetry ``(False, point, ts, value, ...)``,
-#: event ``(True, created, body_text, ...)``. Extra items are the outbox's own bookkeeping.
-Pending = tuple[Any, ...]
+
+@dataclass(slots=True)
+class PendingReading:
+    """A reading submitted and not yet committed: its series (``point``, the id in the points
+    table), time and value; when it was submitted (the event loop's clock: the commit window
+    opens at the oldest record waiting) and the future :meth:`Outbox.append` waits on."""
+
+    point: int
+    ts: float
+    value: float | None
+    submitted: float
+    done: asyncio.Future[int] | None
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    """An event submitted and not yet committed: when (POSIX seconds), its body as JSON text,
+    and the outbox's bookkeeping as for :class:`PendingReading`."""
+
+    created: float
+    body: str
+    submitted: float
+    done: asyncio.Future[int] | None
+
+
+#: A record between :meth:`Outbox.submit` and its commit by :meth:`Store.commit`.
+Pending = PendingReading | PendingEvent
 
 
 class OutboxError(Exception):
@@ -131,6 +161,9 @@ class Store:
     checked: bool
     reset: ResetInfo | None = None
     found_version: int = SCHEMA_VERSION
+    #: The highest seq of an event row (0: none), so that a look for newer events can be
+    #: answered without the database (:meth:`none_after`).
+    last_event_seq: int = 0
     _meta_due: float = 0.0
     _closed: bool = field(default=False)
 
@@ -177,7 +210,8 @@ class Store:
                 "moved_to": moved.name,
                 "previous_epoch": previous,
             }
-            store.commit([(True, now, json.dumps(body, separators=(",", ":")))], [])
+            text = json.dumps(body, separators=(",", ":"))
+            store.commit([PendingEvent(now, text, time.monotonic(), None)], [])
             return store
 
     @classmethod
@@ -229,7 +263,10 @@ class Store:
             series[int(point)] = json.loads(text)
             point_ids[str(text)] = int(point)
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        return cls(path, conn, epoch, counters, series, point_ids, page_size, checked)
+        store = cls(path, conn, epoch, counters, series, point_ids, page_size, checked)
+        top = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+        store.last_event_seq = int(top or 0)
+        return store
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -244,10 +281,10 @@ class Store:
         telemetry: list[tuple[int, int, float, float | None]] = []
         seq = first
         for item in batch:
-            if item[0]:
-                events.append((seq, item[1], item[2]))
+            if isinstance(item, PendingReading):
+                telemetry.append((seq, item.point, item.ts, item.value))
             else:
-                telemetry.append((seq, item[1], item[2], item[3]))
+                events.append((seq, item.created, item.body))
             seq += 1
         last = seq - 1
         counters = {
@@ -277,6 +314,8 @@ class Store:
             _rollback(conn)
             raise
         self.counters.update(counters)
+        if events:
+            self.last_event_seq = events[-1][0]
         if write_meta:
             self.counters["counted_through"] = last
             self._meta_due = now + META_INTERVAL
@@ -337,6 +376,18 @@ class Store:
             Record(seq, "telemetry", ts, {**series[point], "value": value, "ts": ts})
             for seq, point, ts, value in rows
         ]
+
+    def none_after(self, stream: Stream, after: int, through: int | None = None) -> bool:
+        """True when :meth:`peek` would find no row: every row of ``stream`` has a seq of
+        ``after`` or less. Answered from what this store wrote, without the database, so the
+        event loop may ask it while a commit runs on the store's thread. The seqs it reads rise
+        once that commit's rows are in; a look meanwhile finds what was committed before it,
+        and the commit's listeners (:meth:`Outbox.add_commit_listener`), told afterwards, look
+        again."""
+        if through is not None and through <= after:
+            return True
+        top = self.last_event_seq if stream == "event" else self.counters["last_seq"]
+        return after >= top
 
     def recent_since(self, since: float, scan_limit: int = 100_000) -> int:
         """The seq after which every telemetry row is from ``since`` or later: walking back from
@@ -443,6 +494,7 @@ class Store:
             _rollback(conn)
             raise
         self.counters.update(counters)
+        self.last_event_seq = seq
         if reason == "min_free_disk":
             # Deleted rows free pages inside the file; only this gives them back to the disk.
             # Stepped to the end (fetchall): each step of this pragma frees one page.

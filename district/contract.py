@@ -321,11 +321,11 @@ async def send_command(
     from edge.uplink import parse_broker_url  # noqa: PLC0415
 
     address = parse_broker_url(broker_url)
-    base = f"{prefix}/{gateway_id}"
+    topics = wire.Topics.of(prefix, gateway_id)
     tls = ssl.create_default_context() if address.tls else None
     async with aiomqtt.Client(address.host, address.port, tls_context=tls, timeout=10) as client:
-        await client.subscribe(f"{base}/acks", qos=1)
-        await client.publish(f"{base}/commands", dumps(command), qos=1, retain=False)
+        await client.subscribe(topics.acks, qos=1)
+        await client.publish(topics.commands, dumps(command), qos=1, retain=False)
         try:
             async with asyncio.timeout(wait):
                 async for message in client.messages:

@@ -42,6 +42,7 @@ from paho.mqtt.properties import Properties
 
 from district.contract import AliasBook, ContractError, UnknownAliases, read_message
 from district.store import Batch, Ids, create_schema, write
+from edge import contract
 from edge.uplink import parse_broker_url
 
 __all__ = ["Delivery", "Ingest", "ReceiverStats", "run_receiver"]
@@ -274,8 +275,9 @@ class _Broker:
         if address.tls:
             self._client.tls_set()
         self._subscriptions = [
-            (f"$share/{group}/{prefix}/+/{topic}", 1) for topic in SHARED_TOPICS
-        ] + [(f"{prefix}/+/{topic}", 1) for topic in DIRECT_TOPICS]
+            (contract.shared_filter(group, contract.fleet_filter(prefix, topic)), 1)
+            for topic in SHARED_TOPICS
+        ] + [(contract.fleet_filter(prefix, topic), 1) for topic in DIRECT_TOPICS]
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

@@ -1,7 +1,12 @@
-"""Capped exponential backoff with jitter, for reconnect loops.
+"""Capped exponential backoff, with jitter by default: the project's one retry schedule
+(reconnects, re-probes, restarts, and retries of a refusing disk or broker).
 
 Pure code: the caller sleeps. The jitter keeps a fleet of gateways that lost the same server at
-the same moment from reconnecting in lockstep.
+the same moment from reconnecting in lockstep; a retry against a local resource (the SD card)
+has no fleet to spread and goes without (``jitter=False``).
+
+Standard library only, so that every package may use it (``buffer/`` included, which imports
+nothing else from ``drivers/``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ class Backoff:
 
     The n-th delay (from 0) is uniform in ``[max(initial, d / 2), d]`` with
     ``d = min(maximum, initial * 2**n)``, so every delay lies in ``[initial, maximum]`` and the
-    loop never spins. :meth:`reset` after a success starts again from ``initial``.
+    loop never spins; without jitter it is ``d`` exactly. :meth:`reset` after a success starts
+    again from ``initial``.
     """
 
     def __init__(
@@ -25,13 +31,14 @@ class Backoff:
         initial: float = 0.5,
         maximum: float = 10.0,
         *,
+        jitter: bool = True,
         uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
         if not 0 < initial <= maximum:
             raise ValueError(f"backoff needs 0 < initial <= maximum (got {initial}, {maximum})")
         self.initial = initial
         self.maximum = maximum
-        self._uniform = uniform
+        self._uniform = uniform if jitter else _highest
         self._attempt = 0
 
     @property
@@ -50,3 +57,7 @@ class Backoff:
     def reset(self) -> None:
         """Start again from the initial delay (call after a success)."""
         self._attempt = 0
+
+
+def _highest(low: float, high: float) -> float:
+    return high

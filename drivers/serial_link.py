@@ -249,24 +249,24 @@ class SerialLink:
     def write(self, data: bytes) -> None:
         """Send ``data`` without waiting: what the line does not take now follows when it can.
 
+        A write goes whole or not at all, and writes reach the line in the order they were
+        made: when ``os.write`` takes only part of one (the line's buffer is full), the rest is
+        kept and sent, before anything written later, once the port is writable again.
         Requests and commands are a few bytes; a line that holds back :data:`WRITE_LIMIT`
-        bytes is not draining, and a write that would pass the limit is dropped whole (a
-        partial request would only be noise on the bus) and counted in
+        bytes is not draining, and a write that would pass the limit (or is larger than it) is
+        dropped whole (a partial request would only be noise on the bus) and counted in
         :attr:`dropped_writes`. The request then goes unanswered and the device offline.
         """
+        if len(data) + self.unsent > WRITE_LIMIT:
+            self._drop(data)
+            return
         if self._transport is not None:
-            if self._transport.get_write_buffer_size() + len(data) > WRITE_LIMIT:
-                self._drop(data)
-            else:
-                self._transport.write(data)
+            self._transport.write(data)
             return
         if self._port is None or self.lost:
             return
         if self._unsent:
-            if len(self._unsent) + len(data) > WRITE_LIMIT:
-                self._drop(data)
-            else:
-                self._unsent += data
+            self._unsent += data
             return
         try:
             written = os.write(self._fd, data)
@@ -276,10 +276,6 @@ class SerialLink:
             self._gone(exc)
             return
         if written < len(data):
-            if len(data) - written > WRITE_LIMIT:
-                # Only a write larger than the limit itself gets here: its head is on the line.
-                self.dropped_writes += len(data) - written
-                return
             self._unsent += data[written:]
             self._loop.add_writer(self._fd, self._writable)
 
@@ -299,7 +295,10 @@ class SerialLink:
     def _drop(self, data: bytes) -> None:
         if not self.dropped_writes:
             log.warning(
-                "serial line not draining: %d bytes waiting; dropping writes",
+                "serial line not draining: %d bytes waiting, a write of %d would pass the "
+                "%d-byte limit; dropping writes",
+                self.unsent,
+                len(data),
                 WRITE_LIMIT,
             )
         self.dropped_writes += len(data)

@@ -16,13 +16,14 @@ from typing import Final
 
 from drivers.modbus import known_models
 from edge import __version__, lastgood
+from edge.atomic import digest_of
 from edge.config import ConfigError, SiteConfig, load_site, report_config
 from edge.config.duration import parse_duration
 from edge.config.loader import load_site_checked
 from edge.fault import FaultMode, Salvage, salvage
-from edge.gateway import config_hash
 from edge.log import fields, start_log_queue
-from edge.reload import RestartRequest, SiteRunner, recover_unsettled, restore_previous
+from edge.reload import RestartRequest, recover_unsettled, restore_previous
+from edge.site_runner import SiteRunner
 from edge.systemd import Notifier
 
 log = logging.getLogger("edge.cli")
@@ -280,7 +281,7 @@ def _load(site: Path, models: Collection[str]) -> tuple[SiteConfig | None, str, 
         return None, "", [f"cannot read {site}: {exc.strerror or exc}"]
     for warning in warnings:
         log.warning("site file warning", extra=fields(warning=str(warning)))
-    return config, config_hash(data), []
+    return config, digest_of(data), []
 
 
 def _text(site: Path) -> str | None:

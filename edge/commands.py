@@ -42,6 +42,7 @@ from edge.schemas import ContractError, validate
 from edge.signing import KeyClass, KeyRing, SignatureRefused, verify
 
 __all__ = [
+    "COMMANDS",
     "MAX_COMMAND_BYTES",
     "CommandError",
     "Commands",
@@ -53,6 +54,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("edge.commands")
+
+#: The commands this gateway carries out, as edge/schemas/command.json names them (a test holds
+#: the two, and the gateway's handlers in edge/command_handlers.py, to the same list).
+COMMANDS: Final = ("get-status", "ping", "push-config", "set-threshold", "silence", "storm-mode")
 
 #: Largest command payload read; a whole site file fits many times over.
 MAX_COMMAND_BYTES: Final = 256 * 1024

@@ -30,6 +30,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 
@@ -60,12 +61,17 @@ __all__ = [
     "Carried",
     "ContractError",
     "EventKind",
+    "Topics",
+    "acks_topic",
+    "commands_topic",
     "compress",
     "decode_payload",
     "decode_telemetry",
     "event_body",
     "event_message",
     "events_topic",
+    "fleet_filter",
+    "gateway_filter",
     "health_message",
     "health_topic",
     "iso_utc",
@@ -73,6 +79,7 @@ __all__ = [
     "metadata_message",
     "metadata_topic",
     "reading_body",
+    "shared_filter",
     "status_message",
     "status_topic",
     "telemetry_message",
@@ -198,6 +205,58 @@ def metadata_topic(prefix: str, gateway_id: str) -> str:
 def health_topic(prefix: str, gateway_id: str) -> str:
     """``{prefix}/{gateway_id}/health``."""
     return f"{prefix}/{gateway_id}/health"
+
+
+def commands_topic(prefix: str, gateway_id: str) -> str:
+    """``{prefix}/{gateway_id}/commands``: the platform's commands to one gateway."""
+    return f"{prefix}/{gateway_id}/commands"
+
+
+def acks_topic(prefix: str, gateway_id: str) -> str:
+    """``{prefix}/{gateway_id}/acks``: the gateway's answers to them."""
+    return f"{prefix}/{gateway_id}/acks"
+
+
+def gateway_filter(prefix: str, gateway_id: str) -> str:
+    """``{prefix}/{gateway_id}/#``: every topic of one gateway (a subscription filter)."""
+    return f"{prefix}/{gateway_id}/#"
+
+
+def fleet_filter(prefix: str, kind: str = "#") -> str:
+    """``{prefix}/+/{kind}``: one kind of topic (``events``, ``status``, ...) of every gateway,
+    or all of them with the default ``#`` (a subscription filter)."""
+    return f"{prefix}/+/{kind}"
+
+
+def shared_filter(group: str, topic_filter: str) -> str:
+    """``$share/{group}/{topic_filter}``: an MQTT 5 shared subscription, each message to one
+    subscriber of the group."""
+    return f"$share/{group}/{topic_filter}"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topics of one gateway under one prefix."""
+
+    telemetry: str
+    events: str
+    status: str
+    metadata: str
+    health: str
+    commands: str
+    acks: str
+
+    @classmethod
+    def of(cls, prefix: str, gateway_id: str) -> Topics:
+        return cls(
+            telemetry=telemetry_topic(prefix, gateway_id),
+            events=events_topic(prefix, gateway_id),
+            status=status_topic(prefix, gateway_id),
+            metadata=metadata_topic(prefix, gateway_id),
+            health=health_topic(prefix, gateway_id),
+            commands=commands_topic(prefix, gateway_id),
+            acks=acks_topic(prefix, gateway_id),
+        )
 
 
 # --- outbox bodies: what producers submit --------------------------------------------------------

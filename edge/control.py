@@ -24,14 +24,19 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from drivers import DeviceStatus, Reading
 from edge import __version__
 from edge.log import fields
 
 if TYPE_CHECKING:
-    from edge.gateway import Gateway
+    from edge.annunciator import Annunciator
+    from edge.buses import FieldDriver
+    from edge.config.model import SiteConfig
+    from edge.contract import EventKind
+    from edge.rules import AlarmBook
+    from edge.uplink import Uplink
 
 __all__ = [
     "DEFAULT_SOCKET",
@@ -75,17 +80,9 @@ class ControlError(Exception):
 
 
 @dataclass
-class _Latest:
-    value: float
-    unit: str
-    ts: float
-    mono: float
-    quality: str
-
-
-@dataclass
 class _DeviceLive:
-    points: dict[str, _Latest] = field(default_factory=dict)
+    #: The last reading of each point (a reading is immutable: kept as it came, no copy).
+    points: dict[str, Reading] = field(default_factory=dict)
     online: bool | None = None
     reason: str = ""
     since: float | None = None
@@ -105,9 +102,7 @@ class LiveReadings:
         if isinstance(sample, DeviceStatus):
             device.online, device.reason, device.since = sample.online, sample.reason, sample.ts
             return
-        device.points[sample.point] = _Latest(
-            sample.value, sample.unit, sample.ts, sample.mono, sample.quality
-        )
+        device.points[sample.point] = sample
         if device.online is None:
             device.online = True
 
@@ -132,10 +127,34 @@ class LiveReadings:
         }
 
 
-Action = Callable[["Gateway", Mapping[str, Any]], Awaitable[dict[str, Any]]]
+class Controlled(Protocol):
+    """What the control socket reads and does of the running gateway (edge.gateway.Gateway)."""
+
+    @property
+    def config(self) -> SiteConfig: ...
+    @property
+    def config_digest(self) -> str: ...
+    @property
+    def boot_time(self) -> float: ...
+    @property
+    def live(self) -> LiveReadings: ...
+    @property
+    def annunciator(self) -> Annunciator: ...
+    @property
+    def alarms(self) -> AlarmBook: ...
+    @property
+    def uplink(self) -> Uplink | None: ...
+    @property
+    def buses(self) -> Mapping[str, FieldDriver]: ...
+
+    def silence(self, source: str = "remote", alarm: tuple[str, str] | None = None) -> int: ...
+    def report(self, kind: EventKind, **body: Any) -> None: ...
 
 
-async def _status(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:
+Action = Callable[[Controlled, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def _status(gateway: Controlled, params: Mapping[str, Any]) -> dict[str, Any]:
     from edge.buses import bus_health  # noqa: PLC0415 -- the client side needs no drivers
 
     config = gateway.config
@@ -180,7 +199,7 @@ async def _status(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]
     }
 
 
-async def _selftest(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:
+async def _selftest(gateway: Controlled, params: Mapping[str, Any]) -> dict[str, Any]:
     outputs = params.get("outputs", list(SELFTEST_OUTPUTS))
     if not isinstance(outputs, list) or not outputs or not set(outputs) <= set(SELFTEST_OUTPUTS):
         raise ControlError(f"outputs must be a non-empty list of {', '.join(SELFTEST_OUTPUTS)}")
@@ -200,12 +219,12 @@ async def _selftest(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, An
     return {"exercised": done}
 
 
-async def _silence(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:
+async def _silence(gateway: Controlled, params: Mapping[str, Any]) -> dict[str, Any]:
     # Someone at the control socket is on site, like the one who presses the button.
     return {"silenced": gateway.silence("local")}
 
 
-async def _scan(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:
+async def _scan(gateway: Controlled, params: Mapping[str, Any]) -> dict[str, Any]:
     """Which configured devices answer, as the running pollers see them; with ``addresses``,
     a sweep of an idle bus (one no device of the site file is on)."""
     from edge.buses import bus_health  # noqa: PLC0415
@@ -249,7 +268,7 @@ MAX_SWEEP: Final = 247
 _sweeping: set[str] = set()
 
 
-async def _sweep(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:
+async def _sweep(gateway: Controlled, params: Mapping[str, Any]) -> dict[str, Any]:
     """Probe ``addresses`` on the idle Modbus bus ``bus``. A bus a device is on is refused: a
     sweep would compete with its polls (stop the gateway and run ``edge scan`` for that)."""
     from drivers.modbus import RtuSettings, TcpSettings, known_models, load_model  # noqa: PLC0415
@@ -310,7 +329,7 @@ async def _sweep(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _commissioned(gateway: Gateway, params: Mapping[str, Any]) -> dict[str, Any]:
+async def _commissioned(gateway: Controlled, params: Mapping[str, Any]) -> dict[str, Any]:
     record = params.get("record")
     if not isinstance(record, dict):
         raise ControlError("record must be an object")
@@ -394,7 +413,7 @@ def prepare_socket_path(path: Path) -> None:
 class ControlServer:
     """Serve :data:`ACTIONS` of ``gateway`` on the Unix socket at ``path``."""
 
-    def __init__(self, gateway: Gateway, path: str | Path, *, group: str | None = ADMIN_GROUP):
+    def __init__(self, gateway: Controlled, path: str | Path, *, group: str | None = ADMIN_GROUP):
         self.gateway = gateway
         self.path = Path(path)
         self.group = group

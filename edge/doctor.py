@@ -51,7 +51,8 @@ from edge.config.site_files import missing_files
 from edge.uplink import PROTOCOLS as _PROTOCOLS
 from edge.uplink import parse_broker_url
 from edge.uplink import tls_context as uplink_tls_context
-from edge.uplink.connection import MqttClient, PublishRefused, tls_files
+from edge.uplink.client import MqttClient, PublishRefused
+from edge.uplink.connection import tls_files
 
 __all__ = ["Check", "exit_status", "print_report", "run_checks"]
 
@@ -463,7 +464,8 @@ async def _check_delivery(
         clock_synced=False,
     )
     acl_fix = (
-        f"let this gateway's user write {uplink.topic_prefix}/{config.gateway.id}/# (its own "
+        f"let this gateway's user write "
+        f"{contract.gateway_filter(uplink.topic_prefix, config.gateway.id)} (its own "
         "topics) and read its health topic on the broker: see the per-gateway ACL in "
         "docs/deploy.md"
     )

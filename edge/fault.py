@@ -16,7 +16,7 @@ hears. ``edge run`` then runs this instead of a gateway, until it is stopped:
 - ``push-config``, signed with the engineering key (no running config bounds what it changes),
   is taken as on a running gateway (checked, written with its push marker, acknowledged),
   provided the site file's path is known: then fault mode ends and ``edge run``
-  tries the pushed config; if it does not prove itself (edge/reload.py), the file goes back
+  tries the pushed config; if it does not prove itself (edge/site_runner.py), the file goes back
   and fault mode resumes, reporting ``config-rolled-back``. So a gateway that lost its config
   can be given one from the platform, without a ladder.
 
@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import yaml
 from gpiozero import Buzzer
 from pydantic import BaseModel, ValidationError
 
 from buffer import Outbox
+from drivers.yamlpos import YamlError, load_yaml
 from edge import __version__
 from edge.annunciator import FAULT_PATTERN, make_pin_factory, phase_state
 from edge.atomic import digest_of
@@ -93,8 +93,9 @@ def salvage(text: str | None) -> Salvage:
     if text is None:
         return Salvage()
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+        # Read as the site loader reads it (keys as written), whatever else is wrong in it.
+        data = load_yaml(text, "site").data
+    except YamlError:
         return Salvage()
     if not isinstance(data, dict):
         return Salvage()

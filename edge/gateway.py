@@ -5,6 +5,11 @@ the rules and drives the buzzer *synchronously*, and only then queues the readin
 events for the outbox. The outbox and the uplink run in their own supervised tasks: if the
 buffer cannot be opened or the broker is gone, readings are still judged and alarms still
 sound.
+
+This module is the wiring and that alarm path. The rest lives beside it: the rules' state
+across restarts in edge/rule_state.py, storm mode in edge/storm.py, the health message in
+edge/health.py, what each downlink command does in edge/command_handlers.py, and the loop that
+restarts the gateway for a pushed config in edge/site_runner.py.
 """
 
 from __future__ import annotations
@@ -12,52 +17,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
-import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from buffer import CapacityPolicy, LossTally, Outbox, OutboxUnwritable
 from drivers import DeviceStatus, Reading
-from drivers.catalog import family_of
-from drivers.modbus import known_models, load_model
-from edge import __version__, command_bounds, contract, reload, timesync
+from edge import __version__, contract, reload, timesync
 from edge.annunciator import NO_BACKEND_FIX, Annunciator
-from edge.buses import (
-    FieldDriver,
-    UnavailableGpio,
-    build_buses,
-    bus_health,
-    bus_services,
-    modbus_devices,
-    set_interval,
-)
+from edge.buses import FieldDriver, UnavailableGpio, build_buses, bus_services
 from edge.calls import CallNotifier
 from edge.clock import Clock, SystemClock
-from edge.commands import CommandError, current_command_id, current_key_class
+from edge.command_handlers import command_handlers
 from edge.config.model import BufferConfig, SiteConfig
 from edge.config.storage import storage_of
-from edge.config.thresholds import command_threshold
-from edge.contract import EventKind, event_body, iso_utc, reading_body
+from edge.contract import EventKind, event_body, reading_body
 from edge.control import ControlServer, LiveReadings
-from edge.log import fields, lines_dropped
+from edge.health import gateway_health, log_status
+from edge.log import fields
 from edge.occupancy import Occupancy, priority
-from edge.rules import (
-    STATE_SCHEMA,
-    AlarmBook,
-    RuleEngine,
-    StateStore,
-    Transition,
-    load_rule_state,
-    save_rule_state,
-)
-from edge.rules.tuning import Override
+from edge.rule_state import STATE_SAVE_TIMEOUT, RuleStateKeeper
+from edge.rules import AlarmBook, RuleEngine, StateStore, Transition
 from edge.sms import SmsNotifier
 from edge.storage_policy import Stored
+from edge.storm import StormMode
 from edge.supervisor import Supervisor
 from edge.uplink import Uplink
 
@@ -77,49 +63,8 @@ UPLINK_STOP_TIMEOUT = 1.0
 #: If the disk refused the flush, closing gives up after this (the loss is logged).
 OUTBOX_CLOSE_GRACE = 0.5
 
-
 #: How often time-based rules, re-arm timeouts and occupancy updates are judged.
 TICK_INTERVAL = 1.0
-#: How often changed rule state is written to the store. A restart loses at most this much
-#: of a window's readings (never counts one twice); transitions are saved at once.
-STATE_SAVE_INTERVAL = 30.0
-#: How long the start waits for the buffer to restore rule state before polling anyway.
-STATE_RESTORE_TIMEOUT = 3.0
-#: Shutdown budget for the last state save.
-STATE_SAVE_TIMEOUT = 1.0
-
-#: Storm mode: the fastest poll it sets (a bus of 30 devices at 0.2 s is already busy), and
-#: the longest it may last before it ends by itself.
-STORM_MIN_INTERVAL: Final = 0.2
-STORM_MAX_DURATION: Final = 7 * 86_400.0
-#: Where the thresholds set at run time and the storm mode are kept in the state store.
-OVERRIDES_KEY: Final = "overrides/thresholds"
-STORM_KEY: Final = "storm/active"
-#: A pushed config is applied this long after its ack was handed to the uplink, so that the
-#: ack goes out on the connection it came in on before the uplink stops.
-PUSH_ACK_GRACE: Final = 0.5
-#: A refused push's event lists at most this many errors (a file of garbage has thousands).
-MAX_REPORTED_ERRORS: Final = 50
-
-
-@dataclasses.dataclass
-class Storm:
-    """Storm mode now: the devices polled faster, at which intervals, the thresholds' factor
-    and when it ends by itself (POSIX seconds; ``deadline`` on the monotonic clock)."""
-
-    intervals: dict[str, float]
-    factor: float
-    until: float
-    deadline: float
-    command_id: str | None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "devices": sorted(self.intervals),
-            "intervals": dict(sorted(self.intervals.items())),
-            "threshold_factor": self.factor,
-            "until": iso_utc(self.until),
-        }
 
 
 _EVENT_OF: dict[str, EventKind] = {
@@ -145,10 +90,6 @@ async def open_outbox(buffer: BufferConfig) -> Outbox:
     )
 
 
-def config_hash(text: bytes) -> str:
-    return hashlib.sha256(text).hexdigest()[:16]
-
-
 class Gateway:
     """One gateway built from one validated site config."""
 
@@ -171,7 +112,7 @@ class Gateway:
         self.restart: reload.RestartRequest | None = None
         #: The command that pushed this gateway's config (set by the runner that started it).
         self.pushed_by: str | None = None
-        #: True while this gateway's pushed config has not proved itself (edge/reload.py).
+        #: True while this gateway's pushed config has not proved itself (edge/site_runner.py).
         self.confirming = False
         #: Set when it runs the last good config because the site file is unusable: a push of
         #: that same config is then not "unchanged", it repairs the file.
@@ -179,8 +120,6 @@ class Gateway:
         self._stop: asyncio.Event | None = None
         #: The field drivers by service name, kept for storm mode (built by :meth:`run`).
         self.buses: dict[str, FieldDriver] = {}
-        self.storm: Storm | None = None
-        self._storm_task: asyncio.Task[None] | None = None
         self.status_interval = status_interval
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.boot_time = time.time()
@@ -196,9 +135,6 @@ class Gateway:
         self.storage = storage_of(config)
         #: Zone state each active alarm last reported, to send an update when it changes.
         self._reported_occupancy: dict[tuple[str, str], str] = {}
-        self.state_store = state_store
-        self._state_due = False
-        self._state_restored = False
         self.annunciator = Annunciator(config.outputs, pin_factory=pin_factory, clock=self.clock)
         self.annunciator.on_silence = self._silence_button
         places = {
@@ -237,6 +173,23 @@ class Gateway:
         self._clock_synced = timesync.cached(timesync.kernel_clock_synced)
         self.uplink: Uplink | None = None
         self.outbox_ready = asyncio.Event()
+        #: The rules' state across restarts: in the outbox's file, or ``state_store`` if given.
+        self.rule_state = RuleStateKeeper(
+            self.rules,
+            self.alarms,
+            self.clock,
+            store=lambda: state_store if state_store is not None else self.outbox,
+            ready=self.outbox_ready,
+            fixed=state_store is not None,
+            config_digest=config_digest,
+        )
+        self.storm = StormMode(
+            buses=lambda: self.buses,
+            rules=self.rules,
+            clock=self.clock,
+            report=self.report,
+            state=self.rule_state,
+        )
         self._pending: deque[tuple[Stream, dict[str, Any]]] = deque()
         self._pending_readings = 0
         #: Readings shed while the outbox was not open (reported once it opens).
@@ -279,7 +232,7 @@ class Gateway:
         for transition in transitions:
             self._on_transition(transition)
         if transitions:
-            self._state_due = True
+            self.rule_state.due = True
 
     def silence(self, source: str = "remote", alarm: tuple[str, str] | None = None) -> int:
         """Silence the sounding alarms (or one); ``source`` is ``local`` (the button) or
@@ -439,6 +392,16 @@ class Gateway:
             self._pending_readings += 1
         self._pending.append((stream, body))
 
+    @property
+    def pending_in_memory(self) -> int:
+        """Records waiting in memory for the outbox to open."""
+        return len(self._pending)
+
+    async def health(self) -> dict[str, Any]:
+        """How the gateway is doing (edge/health.py): the health message's fields but the
+        uplink's own numbers."""
+        return await gateway_health(self)
+
     # -- services ---------------------------------------------------------------------------
 
     async def _buffer_service(self) -> None:
@@ -492,14 +455,7 @@ class Gateway:
             command_policy=self.config.commands,
             # The installed TLS files beside the site file, as edge doctor uses them.
             certs=None if self.config_path is None else Path(self.config_path).parent / "certs",
-            command_handlers={
-                "ping": self._command_ping,
-                "get-status": self._command_status,
-                "silence": self._command_silence,
-                "set-threshold": self._command_set_threshold,
-                "storm-mode": self._command_storm_mode,
-                "push-config": self._command_push_config,
-            },
+            command_handlers=command_handlers(self),
         )
         await self.uplink.run()
 
@@ -514,406 +470,17 @@ class Gateway:
             storage=self.storage,
         )
 
-    # -- downlink commands (edge/commands.py validates them and answers) ----------------------
+    # -- a pushed config (edge/command_handlers.py writes it, edge/site_runner.py starts it) --
 
-    async def _command_ping(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"pong": True}
+    def can_restart(self) -> bool:
+        """Whether this gateway runs under a stop event that a push may set."""
+        return self._stop is not None
 
-    async def _command_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        health = await self.health()
-        depth = health["buffer_streams"]
-        return {
-            "version": __version__,
-            "config_hash": self.config_digest,
-            "uptime_s": round(time.time() - self.boot_time, 3),
-            "buzzer": "on" if self.annunciator.sounding else "off",
-            "active_alarms": [
-                {"rule": rule, "device": device, "silenced": alarm.silenced}
-                for (rule, device), alarm in sorted(self.alarms.alarms.items())
-            ],
-            "outbox": {"events": depth.get("event", 0), "telemetry": depth.get("telemetry", 0)},
-            "uplink": self.uplink.state if self.uplink is not None else "waiting",
-            "oldest_unsent_age_s": health["oldest_unsent_age_s"],
-            "buses": health["buses"],
-            "storm": health["storm"],
-            "threshold_overrides": health["threshold_overrides"],
-        }
-
-    async def health(self) -> dict[str, Any]:
-        """How the gateway is doing, for get-status and the uplink's health messages
-        (edge/schemas/health.json): outbox depth per stream and the age of the oldest record
-        waiting, per-bus counters, uptime, alarms, storm mode and thresholds set remotely."""
-        depth: dict[str, int] = {}
-        oldest: float | None = None
-        if self.outbox is not None:
-            depth = await self.outbox.depth()
-            now = time.time()
-            for stream in ("event", "telemetry"):
-                try:
-                    # One row from the left edge of the stream's index: cheap at any depth.
-                    first = await self.outbox.peek(stream, 1) if depth.get(stream) else []
-                except Exception:
-                    continue
-                if first:
-                    age = max(0.0, now - first[0].created)
-                    oldest = age if oldest is None else max(oldest, age)
-        buses = bus_health(self.buses)
-        return {
-            "uptime_s": round(time.time() - self.boot_time, 3),
-            "buffer_rows": sum(depth.values()),
-            "buffer_streams": {
-                "event": depth.get("event", 0),
-                "telemetry": depth.get("telemetry", 0),
-            },
-            "oldest_unsent_age_s": None if oldest is None else round(oldest, 3),
-            "pending_in_memory": len(self._pending),
-            "readings_lost": self.pending_lost.total
-            + (self.outbox.lost.total if self.outbox is not None else 0),
-            "log_lines_dropped": lines_dropped(),
-            "bus_errors": {
-                bus: int(b.get("errors", 0)) + int(b.get("timeouts", 0)) for bus, b in buses.items()
-            },
-            "buses": buses,
-            "active_alarms": len(self.alarms.alarms),
-            "buzzer": "on" if self.annunciator.sounding else "off",
-            "annunciator": "ok" if self.annunciator.failure is None else "failed",
-            "storm": None if self.storm is None else self.storm.describe(),
-            "threshold_overrides": [o.dump() for o in self.rules.overrides],
-            "storage": {
-                "polled": self.storage.polled,
-                "stored": self.storage.stored,
-                "held_for_alarm_windows": self.storage.ring_size(),
-            },
-        }
-
-    async def _command_silence(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        key = (str(params["rule"]), str(params["device"]))
-        alarm = self.alarms.alarms.get(key)
-        if alarm is None:
-            raise CommandError(f"no active alarm of rule {key[0]!r} on device {key[1]!r}")
-        if alarm.silenced and key not in self.rules.latched:
-            return {"silenced": 0, "already": True}
-        return {"silenced": self.silence("remote", key)}
-
-    def _threshold_refusal(self, params: Mapping[str, Any]) -> str | None:
-        """Why a set-threshold is beyond the site file's bounds (edge/command_bounds.py)."""
-        rule = next((r for r in self.config.rules if r.id == params["rule"]), None)
-        if rule is None:
-            return None
-        device = params.get("device")
-        devices = [str(device)] if device is not None else self.rules.devices_of(rule)
-        models = {d.id: d.model for d in self.config.devices}
-
-        def point_range(device_id: str, point: str) -> command_bounds.PointRange | None:
-            model = models.get(device_id)
-            if model is None or family_of(model) != "modbus":
-                return None  # UART and GPIO sensors, derived points: the factor bounds them
-            found = load_model(model)
-            if not found.has_point(point):
-                return None
-            spec = found.point(point)
-            return command_bounds.reportable_range(spec.type, spec.scale)
-
-        return command_bounds.threshold_refusal(
-            self.config,
-            str(params["rule"]),
-            params.get("field"),
-            params["threshold"],
-            devices,
-            point_range=point_range,
-        )
-
-    async def _command_set_threshold(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        if not self._state_restored:
-            # Overrides are stored next to the rule state; restore first so the stored ones
-            # are not overwritten by this one alone.
-            await self._restore_rule_state(wait=False)
-        device = params.get("device")
-        # "0.5 A" on a rule in mA is 500: a unit is converted or refused, never dropped.
-        rule = next((r for r in self.config.rules if r.id == params["rule"]), None)
-        try:
-            value = command_threshold(
-                params["threshold"], params.get("field"), getattr(rule, "unit", None)
-            )
-        except ValueError as exc:
-            raise CommandError(f"threshold: {exc}") from None
-        params = {**params, "threshold": value}
-        refusal = self._threshold_refusal(params)
-        if refusal is not None:
-            raise CommandError(refusal)
-        try:
-            change = self.rules.set_threshold(
-                str(params["rule"]),
-                params["threshold"],
-                field=params.get("field"),
-                device=device,
-            )
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
-        self.report(
-            "threshold-changed",
-            rule=change.rule,
-            field=change.field,
-            old=change.old,
-            new=change.value,
-            device=device,
-            devices={d: {"old": change.before[d], "new": change.after[d]} for d in change.after},
-            command_id=current_command_id(),
-        )
-        log.warning(
-            "threshold-changed",
-            extra=fields(rule=change.rule, field=change.field, old=change.old, new=change.value),
-        )
-        await self._save_tuning()
-        return {
-            "rule": change.rule,
-            "field": change.field,
-            "old": change.old,
-            "new": change.value,
-            "devices": {d: {"old": change.before[d], "new": change.after[d]} for d in change.after},
-            "overrides": [o.dump() for o in self.rules.overrides],
-        }
-
-    async def _save_tuning(self) -> None:
-        """Store the overrides, tagged with the site file's hash: a different site file (a
-        push, or an installer's edit) starts from its own thresholds."""
-        store = self._store()
-        if store is None or not self._state_restored:
-            return
-        value = {
-            "config_hash": self.config_digest,
-            "overrides": [o.dump() for o in self.rules.overrides],
-        }
-        try:
-            await store.state_put(OVERRIDES_KEY, value, schema=STATE_SCHEMA)
-        except Exception as exc:
-            log.error("threshold overrides not saved", extra=fields(error=repr(exc)))
-
-    async def _restore_tuning(self, store: StateStore) -> None:
-        entries = {e.key: e for e in await store.state_items("overrides/")}
-        entries.update({e.key: e for e in await store.state_items("storm/")})
-        stored = entries.get(OVERRIDES_KEY)
-        value = None if stored is None else stored.value
-        if isinstance(value, dict) and value.get("config_hash") == self.config_digest:
-            overrides = []
-            for item in value.get("overrides", []):
-                try:
-                    overrides.append(Override.load(item))
-                except ValueError as exc:
-                    log.error("threshold override dropped", extra=fields(error=str(exc)))
-            for problem in self.rules.load_overrides(overrides):
-                log.error("threshold override dropped", extra=fields(error=problem))
-            if overrides:
-                log.warning(
-                    "threshold overrides restored", extra=fields(count=len(self.rules.overrides))
-                )
-        storm = entries.get(STORM_KEY)
-        if storm is not None and isinstance(storm.value, dict) and storm.value.get("devices"):
-            # Storm mode does not survive a restart: the platform hears that it ended and may
-            # switch it on again; the buses start at their configured intervals.
-            self.report(
-                "storm-mode-ended",
-                reason="restart",
-                devices=storm.value.get("devices"),
-                command_id=storm.value.get("command_id"),
-            )
-            await store.state_put(STORM_KEY, {}, schema=STATE_SCHEMA)
-
-    async def _command_storm_mode(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        if not self._state_restored:
-            # The stored storm state is read at restore; a storm started before that would be
-            # taken for one a restart ended.
-            await self._restore_rule_state(wait=False)
-        if not params["on"]:
-            if self.storm is None:
-                return {"active": False, "already": True}
-            await self._end_storm("command")
-            return {"active": False}
-        duration = params.get("duration_s")
-        if duration is None:
-            raise CommandError("storm-mode on needs duration_s (it ends by itself after it)")
-        _check_number("duration_s", duration, above=0, most=STORM_MAX_DURATION)
-        factor = params.get("threshold_factor", 1.0)
-        _check_number("threshold_factor", factor, above=0, most=1)
-        wanted = params.get("interval_s")
-        if wanted is not None:
-            _check_number("interval_s", wanted, least=STORM_MIN_INTERVAL, most=86_400.0)
-        polled = modbus_devices(self.buses)
-        if not polled:
-            raise CommandError("no Modbus device is being polled (yet); nothing to speed up")
-        devices = params.get("devices")
-        if devices is None:
-            devices = sorted(polled)
-        if not devices:
-            raise CommandError("devices is empty; leave it out for every polled device")
-        known = {d.id: d for d in self.config.devices}
-        for device_id in devices:
-            if device_id not in known:
-                raise CommandError(f"unknown device {device_id!r}")
-            if device_id not in polled:
-                raise CommandError(
-                    f"device {device_id!r} is not polled over Modbus; storm mode speeds up polls"
-                )
-        intervals: dict[str, float] = {}
-        for device_id in dict.fromkeys(devices):
-            device = known[device_id]
-            default = device.fast_interval or device.poll_interval / 2
-            chosen = float(wanted) if wanted is not None else default
-            # Never slower than the site file asks, never faster than the floor.
-            intervals[device_id] = max(STORM_MIN_INTERVAL, min(chosen, device.poll_interval))
-        renewed = self.storm is not None
-        if self.storm is not None:
-            for device_id in set(self.storm.intervals) - set(intervals):
-                set_interval(self.buses, device_id, None)
-            if self._storm_task is not None:
-                self._storm_task.cancel()
-        for device_id, seconds in intervals.items():
-            set_interval(self.buses, device_id, seconds)
-        self.rules.set_storm(intervals, float(factor))
-        now = self.clock.time()
-        self.storm = Storm(
-            intervals,
-            float(factor),
-            now + float(duration),
-            self.clock.monotonic() + float(duration),
-            current_command_id(),
-        )
-        self._storm_task = asyncio.create_task(self._storm_expiry(self.storm), name="storm")
-        described = self.storm.describe()
-        self.report(
-            "storm-mode-started",
-            **described,
-            duration_s=float(duration),
-            renewed=renewed,
-            command_id=current_command_id(),
-        )
-        log.warning(
-            "storm-mode-started", extra=fields(devices=len(intervals), until=described["until"])
-        )
-        await self._save_storm()
-        return {"active": True, "renewed": renewed, **described}
-
-    async def _storm_expiry(self, storm: Storm) -> None:
-        never = asyncio.Event()
-        while self.storm is storm:
-            remaining = storm.deadline - self.clock.monotonic()
-            if remaining <= 0:
-                self._storm_task = None  # ending it must not cancel this very task
-                await self._end_storm("expired")
-                return
-            await self.clock.wait(never, remaining)
-
-    async def _end_storm(self, reason: str) -> None:
-        storm, self.storm = self.storm, None
-        if storm is None:
-            return
-        if self._storm_task is not None:
-            self._storm_task.cancel()
-            self._storm_task = None
-        for device_id in storm.intervals:
-            with contextlib.suppress(ValueError):
-                set_interval(self.buses, device_id, None)
-        self.rules.set_storm(None)
-        self.report(
-            "storm-mode-ended",
-            reason=reason,
-            devices=sorted(storm.intervals),
-            command_id=current_command_id() if reason == "command" else storm.command_id,
-        )
-        log.warning("storm-mode-ended", extra=fields(reason=reason))
-        await self._save_storm()
-
-    async def _save_storm(self) -> None:
-        store = self._store()
-        if store is None or not self._state_restored:
-            return
-        value = (
-            {}
-            if self.storm is None
-            else {**self.storm.describe(), "command_id": self.storm.command_id}
-        )
-        try:
-            await store.state_put(STORM_KEY, value, schema=STATE_SCHEMA)
-        except Exception as exc:
-            log.error("storm mode not saved", extra=fields(error=repr(exc)))
-
-    async def _command_push_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        if self.config_path is None or self._stop is None:
-            raise CommandError("this gateway was not started from a site file; cannot replace it")
-        if self.restart is not None or self.confirming:
-            # One push at a time: a second one would replace files the first still needs to
-            # roll back.
-            raise CommandError(
-                "a pushed config is still being confirmed; push again once config-applied or "
-                "config-rolled-back has been reported"
-            )
-        path = Path(self.config_path)
-        try:
-            # In a thread: checking a large site file takes a while, and the loop judges
-            # readings meanwhile.
-            pushed = await asyncio.to_thread(
-                reload.check_pushed,
-                params,
-                self.config,
-                filename=path.name,
-                known_models=known_models(),
-            )
-        except reload.PushRejected as exc:
-            self.report(
-                "config-rejected",
-                command_id=current_command_id(),
-                errors=exc.errors[:MAX_REPORTED_ERRORS],
-                error_count=len(exc.errors),
-            )
-            log.error("config-rejected", extra=fields(errors=len(exc.errors)))
-            raise
-        needs_engineering = command_bounds.engineering_reasons(self.config, pushed.config)
-        if needs_engineering and current_key_class() != "engineering":
-            raise CommandError(
-                "push-config needs the engineering key, not the operations key: "
-                + "; ".join(needs_engineering)
-            )
-        digest = config_hash(pushed.text.encode())
-        if digest == self.config_digest and not self.site_unusable:
-            # The platform repeating a push that was applied (its first ack lost in the
-            # restart): nothing to do, and no second restart.
-            return {"config_hash": digest, "unchanged": True}
-        try:
-            # In a thread: an fsync on an SD card can take long, and the alarms go on meanwhile.
-            await asyncio.to_thread(
-                reload.write_site,
-                path,
-                pushed.text,
-                pending={"config_hash": digest, "command_id": current_command_id()},
-            )
-        except OSError as exc:
-            raise CommandError(f"cannot write the site file: {exc}") from None
-        self.restart = reload.RestartRequest(current_command_id(), digest, self.config_digest)
-        log.warning("pushed config written; restarting", extra=fields(config_hash=digest))
-        asyncio.get_running_loop().call_later(PUSH_ACK_GRACE, self._stop.set)
-        return {
-            "config_hash": digest,
-            "previous_hash": self.config_digest,
-            "restarting": True,
-            "confirm_within_s": self.config.uplink.push_confirm_within,
-        }
-
-    async def _status_service(self) -> None:
-        while True:
-            await asyncio.sleep(self.status_interval)
-            depth = await self.outbox.depth() if self.outbox is not None else {}
-            log.info(
-                "status",
-                extra=fields(
-                    buzzer="on" if self.annunciator.sounding else "off",
-                    active_alarms=len(self.alarms.alarms),
-                    silenced=sum(1 for a in self.alarms.alarms.values() if a.silenced),
-                    outbox_events=depth.get("event", 0),
-                    outbox_telemetry=depth.get("telemetry", 0),
-                    pending=len(self._pending),
-                    uplink=self.uplink.state if self.uplink is not None else "waiting",
-                ),
-            )
+    def restart_after(self, request: reload.RestartRequest, delay: float) -> None:
+        """Stop in ``delay`` seconds (the ack goes out first) for ``request``'s config."""
+        assert self._stop is not None
+        self.restart = request
+        asyncio.get_running_loop().call_later(delay, self._stop.set)
 
     # -- time-based judgement and rule state ------------------------------------------------
 
@@ -941,67 +508,27 @@ class Gateway:
                 updates.append(update)
         self._report([*transitions, *resounded, *updates])
 
-    def _store(self) -> StateStore | None:
-        # In the field, rule state lives in the outbox's file (its key-value table).
-        return self.state_store if self.state_store is not None else self.outbox
-
-    async def _restore_rule_state(self, *, wait: bool = True) -> None:
-        """Resume windows, baselines and active alarms; an active alarm sounds again at once.
-
-        At start the buses wait for this at most :data:`STATE_RESTORE_TIMEOUT`: a buffer that
-        opens later has its state restored then (by the rules task), laid over the few
-        seconds already judged, so a slow disk costs seconds of a window, never the window.
-        """
-        if wait and self.state_store is None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STATE_RESTORE_TIMEOUT):
-                    await self.outbox_ready.wait()
-        store = self._store()
-        if store is None:
-            if wait:
-                log.warning("rule state not restored yet: the buffer is not open")
-            return
-        self._state_restored = True
-        try:
-            dropped = await load_rule_state(store, self.rules, self.alarms)
-        except Exception as exc:  # a damaged store must not stop the alarms
-            log.error("rule state not restored", extra=fields(error=repr(exc)))
+    async def restore_rule_state(self, *, wait: bool = True) -> None:
+        """Resume windows, baselines, active alarms and thresholds set remotely
+        (edge/rule_state.py); an active alarm sounds again at once."""
+        dropped = await self.rule_state.restore(wait=wait)
+        if dropped is None:
             return
         try:
-            await self._restore_tuning(store)
-        except Exception as exc:  # the site file's thresholds are a safe place to be
-            log.error("threshold overrides not restored", extra=fields(error=repr(exc)))
+            await self.storm.end_recorded()
+        except Exception as exc:  # the site file's intervals are a safe place to be
+            log.error("storm mode not restored", extra=fields(error=repr(exc)))
         self.annunciator.show(self.alarms.sounding(), self.alarms.worst())
-        log.info(
-            "rule state restored",
-            extra=fields(active_alarms=len(self.alarms.alarms), dropped=len(dropped)),
-        )
         self._report(dropped)
-
-    async def _save_rule_state(self, *, budget: float | None = None) -> None:
-        store = self._store()
-        if store is None or not self._state_restored:
-            # Saving before restoring would overwrite the stored windows with young ones.
-            return
-        try:
-            async with asyncio.timeout(budget):
-                await save_rule_state(store, self.rules, self.alarms, self.clock.monotonic())
-        except Exception as exc:  # the next save retries; alarms go on
-            log.error("rule state not saved", extra=fields(error=repr(exc)))
 
     async def _rules_service(self) -> None:
         never = asyncio.Event()
-        last_save = self.clock.monotonic()
         while True:
             await self.clock.wait(never, TICK_INTERVAL)
             self.tick()
-            if not self._state_restored:
-                await self._restore_rule_state(wait=False)
-            now = self.clock.monotonic()
-            if self._state_due or now - last_save >= STATE_SAVE_INTERVAL:
-                self._state_due = False
-                last_save = now
-                await self._save_rule_state()
+            if not self.rule_state.restored:
+                await self.restore_rule_state(wait=False)
+            await self.rule_state.save_if_due()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -1034,7 +561,7 @@ class Gateway:
         if self.annunciator.failure is not None:
             self._annunciator_failed(self.annunciator.failure)
         self.supervisor.start("buffer", self._buffer_service)
-        await self._restore_rule_state()
+        await self.restore_rule_state()
         self.supervisor.start("annunciator", self.annunciator.run)
         self.supervisor.start("rules", self._rules_service)
         if self.sms is not None:
@@ -1042,7 +569,7 @@ class Gateway:
         if self.calls is not None:
             self.supervisor.start("calls", self.calls.run)
         self.supervisor.start("uplink", self._uplink_service)
-        self.supervisor.start("status", self._status_service)
+        self.supervisor.start("status", lambda: log_status(self, self.status_interval))
         if self.config.control.socket is not None and self.config_path is not None:
             # Only a gateway run from a site file (edge run) listens; never on the alarm path.
             control = ControlServer(
@@ -1070,13 +597,10 @@ class Gateway:
 
     async def shutdown(self, bus_names: list[str]) -> None:
         started = time.monotonic()
-        if self._storm_task is not None:
-            # Storm mode stays recorded: the next start reports it ended (reason restart).
-            self._storm_task.cancel()
-            self._storm_task = None
+        self.storm.stop()  # it stays recorded: the next start reports it ended
         await self.supervisor.stop(bus_names)
         self._keep(self.storage.flush())  # the readings a swinging door still held
-        await self._save_rule_state(budget=STATE_SAVE_TIMEOUT)
+        await self.rule_state.save(budget=STATE_SAVE_TIMEOUT)
         if self.outbox is not None:
             try:
                 await asyncio.wait_for(self.outbox.flush(), FLUSH_TIMEOUT)
@@ -1096,22 +620,3 @@ class Gateway:
                 unbuffered=len(self._pending),
             ),
         )
-
-
-def _check_number(
-    name: str,
-    value: Any,
-    *,
-    above: float | None = None,
-    least: float | None = None,
-    most: float | None = None,
-) -> None:
-    """Refuse what the schema lets through: NaN passes every JSON Schema bound."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise CommandError(f"{name} must be a finite number, not {value!r}")
-    if above is not None and not value > above:
-        raise CommandError(f"{name} must be above {above:g}, not {value!r}")
-    if least is not None and value < least:
-        raise CommandError(f"{name} must be at least {least:g}, not {value!r}")
-    if most is not None and value > most:
-        raise CommandError(f"{name} must be at most {most:g}, not {value!r}")

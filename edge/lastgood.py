@@ -2,7 +2,7 @@
 
 A config is *good* once a gateway running it has reached the platform: its uplink is online
 and the broker echoed the gateway's own status back (for a pushed config, also its
-``config-applied`` event acknowledged; edge/reload.py). The runner then keeps a copy of the
+``config-applied`` event acknowledged; edge/site_runner.py). The runner then keeps a copy of the
 file, with its hash, next to the site file as ``<name>.last-good``::
 
     {"config_hash": "3f2a...", "saved": "2026-05-01T08:30:00.125Z", "site_yaml": "gateway: ..."}

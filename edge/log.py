@@ -66,7 +66,8 @@ def setup_logging(level: str = "info") -> None:
 
 
 def _quiet_libraries() -> None:
-    # pymodbus logs every retry and frame at INFO/DEBUG; the drivers log what an installer needs.
+    # The gateway never loads pymodbus; a process that also hosts the simulators (tests, the
+    # scenario rig) would get a pymodbus line per frame, and the drivers log what matters.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 

@@ -1,8 +1,9 @@
-"""A local MQTT broker for the demo and the rig: Mosquitto when installed, else amqtt.
+"""A local MQTT broker for the demo: Mosquitto when installed, else amqtt.
 
 The demo must run on any machine, including one where nobody can ``apt-get install
 mosquitto``; amqtt is a pure-Python broker from PyPI that is good enough for one gateway and
-one subscriber. Tests always use the real Mosquitto (tests/fixtures/broker.py).
+one subscriber. Mosquitto is started by :mod:`hil.mosquitto`, as the tests and the scenario
+rig start it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hil.mosquitto import Mosquitto, MosquittoError, mosquitto_binary
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
@@ -51,7 +53,9 @@ class LocalBroker:
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self.kind = "mosquitto" if shutil.which("mosquitto") else "amqtt (embedded)"
+        self._binary = mosquitto_binary()
+        self.kind = "mosquitto" if self._binary is not None else "amqtt (embedded)"
+        self._mosquitto: Mosquitto | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix="edge-broker-")
 
@@ -63,29 +67,33 @@ class LocalBroker:
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"port {self.host}:{self.port} is busy; stop what uses it first")
             time.sleep(0.2)
-        if self.kind == "mosquitto":
-            conf = Path(self._workdir.name) / "mosquitto.conf"
-            conf.write_text(
-                f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
-                "log_dest none\n"
+        if self._binary is not None:
+            # No log: the demo may run for hours.
+            self._mosquitto = Mosquitto(
+                self._binary, Path(self._workdir.name), self.port, host=self.host, log_types=()
             )
-            command = [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)]
-        else:
-            command = [
-                sys.executable,
-                "-m",
-                "hil.broker",
-                "--host",
-                self.host,
-                "--port",
-                str(self.port),
-            ]
+            try:
+                self._mosquitto.start()
+            except MosquittoError as exc:
+                raise RuntimeError(str(exc)) from None
+            return
+        command = [
+            sys.executable,
+            "-m",
+            "hil.broker",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         wait_for_port(self.host, self.port)
 
     def stop(self) -> None:
+        if self._mosquitto is not None:
+            self._mosquitto.stop()
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             try:

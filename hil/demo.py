@@ -26,9 +26,17 @@ from urllib.parse import urlsplit
 import aiomqtt
 import yaml
 
+from drivers.yamlpos import read_yaml
 from edge.config import load_site
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SiteConfig
-from edge.contract import SCHEMA_COMMAND, ContractError, decode_payload, iso_utc
+from edge.contract import (
+    SCHEMA_COMMAND,
+    ContractError,
+    Topics,
+    decode_payload,
+    gateway_filter,
+    iso_utc,
+)
 from edge.log import parse_logfmt
 from edge.signing import PRIVATE_KEY_SUFFIX, PUBLIC_KEY_SUFFIX, generate_key
 from hil.broker import LocalBroker, port_is_free, wait_for_port
@@ -210,7 +218,8 @@ class Demo:
     def site_copy(self, uplink_changes: dict[str, str]) -> str:
         """A copy of the site file with ``uplink_changes``, beside the outbox (so relative
         paths keep their meaning)."""
-        site = yaml.safe_load(Path(self.config_path).read_text())
+        # Read as the gateway reads it (keys as written), so the copy says the same thing.
+        site = read_yaml(self.config_path).data
         site["uplink"].update(uplink_changes)
         copy = Path(self.config.buffer.path).parent / "site-demo.yaml"
         copy.write_text(yaml.safe_dump(site, sort_keys=False))
@@ -234,7 +243,7 @@ class Demo:
         self.say("platform", f"command keys {', '.join(DEMO_KEYS)} installed in {installed}")
         return platform_keys / f"{DEMO_KEYS[0]}{PRIVATE_KEY_SUFFIX}"
 
-    async def send_commands(self, client: aiomqtt.Client, prefix: str) -> None:
+    async def send_commands(self, client: aiomqtt.Client, topics: Topics) -> None:
         """Once the first alarm has reached the platform: the attack a broker login allows
         (an unsigned threshold of 1e308), refused, then a signed get-status, answered."""
         if self.signing_key is None:
@@ -249,12 +258,12 @@ class Demo:
             "params": {"rule": rule, "threshold": 1e308},
         }
         self.say("intruder", f"UNSIGNED set-threshold {rule} 1e308 (a broker login is enough)")
-        await client.publish(f"{prefix}/commands", json.dumps(attack), qos=1)
+        await client.publish(topics.commands, json.dumps(attack), qos=1)
         status = build_command(
             self.config.gateway.id, "get-status", {}, self.signing_key, command_id="demo-status"
         )
         self.say("platform", f"get-status signed with {status['signature']['key']}")
-        await client.publish(f"{prefix}/commands", json.dumps(status), qos=1)
+        await client.publish(topics.commands, json.dumps(status), qos=1)
 
     async def start_simulator(self) -> None:
         tcp = next((b for b in self.config.buses if isinstance(b, ModbusTcpBus)), None)
@@ -366,7 +375,8 @@ class Demo:
             self.say("gateway", line.strip())
 
     async def watch(self, host: str, port: int) -> int:
-        prefix = f"{self.config.uplink.topic_prefix}/{self.config.gateway.id}"
+        topics = Topics.of(self.config.uplink.topic_prefix, self.config.gateway.id)
+        everything = gateway_filter(self.config.uplink.topic_prefix, self.config.gateway.id)
         steps = timeline(self.config, self.seconds)
         if self.seconds is not None and self.seconds < story_seconds(self.config):
             self.say(
@@ -376,14 +386,14 @@ class Demo:
             )
         begin = time.monotonic()
         async with aiomqtt.Client(host, port, identifier="demo-platform") as client:
-            await client.subscribe(f"{prefix}/#", qos=1)
-            self.say("platform", f"subscribed to {prefix}/#")
+            await client.subscribe(everything, qos=1)
+            self.say("platform", f"subscribed to {everything}")
             tasks = {
                 asyncio.create_task(self.inject(steps, begin)),
                 asyncio.create_task(self.read(client)),
                 asyncio.create_task(self.interrupted.wait()),
             }
-            commands = asyncio.create_task(self.send_commands(client, prefix))
+            commands = asyncio.create_task(self.send_commands(client, topics))
             try:
                 await asyncio.wait(tasks, timeout=self.seconds, return_when="FIRST_COMPLETED")
             finally:

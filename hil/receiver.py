@@ -48,6 +48,7 @@ from edge.contract import (
     Aliases,
     decode_payload,
     decode_telemetry,
+    fleet_filter,
 )
 from edge.schemas import ContractError, validate_message
 from edge.storage_policy import Policy, reconstruct, wire_ms
@@ -588,7 +589,7 @@ async def receive(
             )
             try:
                 async with client:
-                    await client.subscribe(f"{prefix}/+/#", qos=1)
+                    await client.subscribe(fleet_filter(prefix), qos=1)
                     if ready is not None:
                         ready.set()
                     async for message in client.messages:

@@ -64,11 +64,11 @@ async def send(
 ) -> dict[str, Any] | None:
     """Publish ``command`` (QoS 1, not retained) and return the gateway's ack, or None."""
     address = parse_broker_url(broker)
-    base = f"{prefix}/{gateway_id}"
+    topics = contract.Topics.of(prefix, gateway_id)
     tls = ssl.create_default_context() if address.tls else None
     async with aiomqtt.Client(address.host, address.port, tls_context=tls, timeout=10) as client:
-        await client.subscribe(f"{base}/acks", qos=1)
-        await client.publish(f"{base}/commands", json.dumps(command).encode(), qos=1)
+        await client.subscribe(topics.acks, qos=1)
+        await client.publish(topics.commands, json.dumps(command).encode(), qos=1)
         try:
             async with asyncio.timeout(wait):
                 async for message in client.messages:

@@ -38,9 +38,9 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.modbus.logthrottle import throttle_pymodbus_log
 from drivers.modbus.model import DeviceModel, decode, encode, load_model, read_plan
 from hil.pty_bridge import PtyBridge
+from hil.pymodbus_log import throttle_pymodbus_log
 
 __all__ = ["BusName", "Simulator", "main", "send_control"]
 

@@ -1,7 +1,9 @@
 """Modbus RTU/TCP driver: device models as data files, and an async poller per bus.
 
 Device models live in ``drivers/models/<name>.yaml``; :mod:`drivers.modbus.model` loads them
-and holds the pure codec, :mod:`drivers.modbus.bus` polls devices with pymodbus.
+and holds the pure register codec; :mod:`drivers.modbus.schedule` decides what each bus reads
+next and when, :mod:`drivers.modbus.bus` does the I/O around it with the master of
+:mod:`drivers.modbus.client`.
 """
 
 from drivers.modbus.bus import (
@@ -14,7 +16,6 @@ from drivers.modbus.bus import (
     RtuSettings,
     TcpSettings,
 )
-from drivers.modbus.logthrottle import RepeatThrottle, throttle_pymodbus_log
 from drivers.modbus.model import (
     DeviceModel,
     ModelError,
@@ -38,7 +39,6 @@ __all__ = [
     "Point",
     "PollObserver",
     "PolledDevice",
-    "RepeatThrottle",
     "RtuSettings",
     "TcpSettings",
     "decode",
@@ -48,5 +48,4 @@ __all__ = [
     "load_model_file",
     "parse_model",
     "read_plan",
-    "throttle_pymodbus_log",
 ]

@@ -1,10 +1,15 @@
 """A small asyncio Modbus master for RTU (any serial port) and TCP, on the project's own codec.
 
-Why not pymodbus's client: the bus scheduler needs one thing, "send this read, give me the
-answer or say why not within the timeout", at up to hundreds of requests a second on a gateway
-with a CPU and memory budget. Here a request is one write and one frame decoded from a
-reusable buffer; pymodbus (still used by the simulators) costs about 10 MiB of imports and a
-transaction manager per request.
+The bus scheduler needs one thing from a client: "send this read, give me the answer or say
+why not within the timeout", one request at a time, at up to hundreds of requests a second,
+and nothing running between requests (no retries, no reconnect tasks of its own: the schedule
+decides those). Here a request is one write, and the answer is decoded as its bytes arrive by
+the same capped, resynchronising :class:`~drivers.framing.Deframer` every serial protocol of
+the project uses. pymodbus's client, measured against this one on the same simulator, costs
+more memory and CPU per request (``python -m tests.benchmarks --only modbus_client``; the
+figures and the reasoning are in docs/architecture.md, "Hand-written where a library exists").
+pymodbus stays the simulators' server (the ``sim`` extra), so this master is always tested
+against an independent implementation.
 
 A client reads one request at a time (a bus is half duplex): :meth:`ModbusClient.read` returns
 the answer (a :class:`ReadResponse` or an :class:`ExceptionResponse`), raises
@@ -18,9 +23,10 @@ import asyncio
 import contextlib
 import itertools
 import os
+from collections import deque
 from typing import Final
 
-from drivers.framing import FrameError
+from drivers.framing import Deframer, FrameError
 from drivers.modbus.codec import (
     ReadRequest,
     Response,
@@ -33,7 +39,8 @@ from drivers.serial_link import SerialLink
 
 __all__ = ["LinkDown", "ModbusClient", "NoAnswer", "RtuClient", "TcpClient"]
 
-#: A receive buffer never holds more than a few answers' worth: anything beyond is noise.
+#: A receive buffer never holds more than a few answers' worth (an RTU answer is at most 256
+#: bytes, a TCP one 260): anything beyond is noise, and the oldest of it is dropped.
 _BUFFER_CAP: Final = 1024
 
 
@@ -50,14 +57,13 @@ class LinkDown(ConnectionError):
 
 
 class ModbusClient:
-    """Shared by both transports: a receive buffer, a data event, the timeout."""
+    """Shared by both transports: the link's state, a data event, the timeout."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         #: Frames that failed their checks (CRC, length), and stale answers ignored.
         self.bad_frames = 0
         self.stale_answers = 0
-        self._buffer = bytearray()
         self._data = asyncio.Event()
         self._down = False
         #: Why the last :meth:`connect` failed ("" when it did not).
@@ -77,10 +83,7 @@ class ModbusClient:
         raise NotImplementedError
 
     def _received(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) > _BUFFER_CAP:
-            del self._buffer[: len(self._buffer) - _BUFFER_CAP]
-        self._data.set()
+        raise NotImplementedError
 
     def _lost(self) -> None:
         self._down = True
@@ -116,6 +119,10 @@ class RtuClient(ModbusClient):
         self.parity = parity
         self.stopbits = stopbits
         self._link: SerialLink | None = None
+        self._deframer: Deframer[Response] = Deframer(self._decode, limit=_BUFFER_CAP)
+        self._answers: deque[Response] = deque()
+        #: What the line delivered instead of a valid answer since the last request.
+        self._seen: list[str] = []
 
     @property
     def connected(self) -> bool:
@@ -150,36 +157,35 @@ class RtuClient(ModbusClient):
         link = self._link
         if link is None or self._down:
             raise LinkDown("not connected")
-        # Anything still in the buffer arrived before this request (a late answer, noise).
-        self._buffer.clear()
+        # Anything still buffered arrived before this request (a late answer, noise).
+        self._deframer.clear()
+        self._answers.clear()
+        self._seen = seen = []
         link.write(encode(ReadRequest(unit, function, address, count)))
         deadline = asyncio.get_running_loop().time() + self.timeout
-        seen: list[str] = []
         while True:
-            answer = self._take(seen)
-            if answer is not None:
+            while self._answers:
+                answer = self._answers.popleft()
                 if answer.unit == unit and answer.function == function:
                     return answer
                 # Another slave's (late) answer: not ours, keep listening.
                 self.stale_answers += 1
                 seen.append(f"an answer from unit {answer.unit}")
-                continue
             await self._wait(deadline, seen)
 
-    def _take(self, seen: list[str]) -> Response | None:
-        while self._buffer:
-            try:
-                consumed, frame = decode_response(bytes(self._buffer))
-            except FrameError as exc:
-                self.bad_frames += 1
-                seen.append(str(exc))
-                del self._buffer[: exc.skip]
-                continue
-            if frame is None:
-                return None
-            del self._buffer[:consumed]
-            return frame
-        return None
+    def _decode(self, buffer: bytes) -> tuple[int, Response | None]:
+        """The codec, noting every frame error for the NoAnswer reason: the first one names
+        the cause (a CRC error), the ones after it are resynchronisation."""
+        try:
+            return decode_response(buffer)
+        except FrameError as exc:
+            self.bad_frames += 1
+            self._seen.append(str(exc))
+            raise
+
+    def _received(self, data: bytes) -> None:
+        self._answers.extend(self._deframer.feed(data))
+        self._data.set()
 
 
 class TcpClient(ModbusClient):
@@ -192,6 +198,12 @@ class TcpClient(ModbusClient):
         self.port = port
         self._transport: asyncio.Transport | None = None
         self._ids = itertools.cycle(range(1, 0x10000))
+        self._deframer: Deframer[tuple[int, Response]] = Deframer(
+            decode_tcp_response, limit=_BUFFER_CAP
+        )
+        self._answers: deque[tuple[int, Response]] = deque()
+        #: Why the stream fell out of step ("" while it is not).
+        self._garbled = ""
 
     @property
     def connected(self) -> bool:
@@ -200,7 +212,9 @@ class TcpClient(ModbusClient):
     async def connect(self) -> bool:
         self.close()
         self._down = False
-        self._buffer.clear()
+        self._deframer.clear()
+        self._answers.clear()
+        self._garbled = ""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeout):
@@ -232,23 +246,30 @@ class TcpClient(ModbusClient):
         deadline = asyncio.get_running_loop().time() + self.timeout
         seen: list[str] = []
         while True:
-            try:
-                consumed, adu = decode_tcp_response(bytes(self._buffer))
-            except FrameError as exc:
+            if self._garbled:
                 # A TCP stream out of step cannot be resynchronised: drop the connection.
-                self.bad_frames += 1
                 self.close()
                 self._down = True
-                raise LinkDown(f"garbled stream: {exc}") from None
-            if adu is None:
-                await self._wait(deadline, seen)
-                continue
-            del self._buffer[:consumed]
-            answer_id, answer = adu
-            if answer_id == transaction:
-                return answer
-            self.stale_answers += 1
-            seen.append(f"a late answer to request {answer_id}")
+                raise LinkDown(f"garbled stream: {self._garbled}")
+            while self._answers:
+                answer_id, answer = self._answers.popleft()
+                if answer_id == transaction:
+                    return answer
+                self.stale_answers += 1
+                seen.append(f"a late answer to request {answer_id}")
+            await self._wait(deadline, seen)
+
+    def _received(self, data: bytes) -> None:
+        deframer = self._deframer
+        errors, dropped = deframer.errors, deframer.dropped
+        self._answers.extend(deframer.feed(data))
+        if deframer.errors > errors:
+            self.bad_frames += deframer.errors - errors
+            self._garbled = self._garbled or deframer.last_error
+        elif deframer.dropped > dropped:
+            # More than a buffer's worth at once: some ADU lost its start.
+            self._garbled = self._garbled or f"{deframer.dropped - dropped} bytes beyond the buffer"
+        self._data.set()
 
 
 class _TcpProtocol(asyncio.Protocol):

@@ -1,8 +1,9 @@
 """Modbus RTU frames, sans-IO: bytes in, frozen frames out, and back.
 
-The poller talks to devices through pymodbus; this codec is the line-timed simulator's side of
-the wire (hil/rtu_line.py), the reference for the CRC and frame-length arithmetic the scheduler's
-timing model uses, and what tests check pymodbus's frames against. It imports no asyncio.
+Both ends of the wire use it: the gateway's master (drivers/modbus/client.py, RTU and the MBAP
+framing of Modbus TCP) and the line-timed simulator's slaves (hil/rtu_line.py). It is also the
+reference for the frame-length arithmetic of the line budget (drivers/modbus/line_budget.py),
+and tests check it against pymodbus's frames, an independent implementation. No asyncio here.
 
 Frames carry the unit address and the CRC-16/MODBUS (polynomial 0xA001 reflected, initial
 0xFFFF, low byte first on the wire). Covered: FC03/FC04 reads, FC06/FC16 writes and exception

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias, cast, get_args
 
-import yaml
+from drivers.yamlpos import YamlError, load_yaml
 
 __all__ = [
     "DEFAULT_MAX_GAP",
@@ -75,7 +75,6 @@ _RAW_RANGE: Final[dict[str, tuple[int, int]]] = {
 }
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 _MODEL_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_LINE_KEY: Final = "__line__"
 
 
 class ModelError(ValueError):
@@ -448,15 +447,18 @@ def load_model_file(path: str | Path) -> DeviceModel:
 def parse_model(text: str, source: str = "<model>") -> DeviceModel:
     """Parse and validate a model file's text; ``source`` names it in error messages."""
     try:
-        data = yaml.load(text, Loader=_LineLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ModelError(f"{where}: not valid YAML: {problem}") from None
+        doc = load_yaml(text, source)
+    except YamlError as exc:
+        problem = exc.issue.message.removeprefix("YAML syntax error: ")
+        raise ModelError(f"{source}:{exc.issue.line}: not valid YAML: {problem}") from None
+    if doc.issues:
+        # A duplicate key or an unsafe tag: the model would silently differ from the file.
+        first = doc.issues[0]
+        raise ModelError(f"{source}:{first.line}: {first.field}: {first.message}")
+    data = doc.data
     if not isinstance(data, dict):
         raise ModelError(f"{source}: a model file is a mapping with name, registers and points")
-    top = _Fields(data, source, "model", _MODEL_FIELDS)
+    top = _Fields(data, source, "model", _MODEL_FIELDS, doc.line(()))
     name = top.get_str("name", required=True)
     title = top.get_str("title", default=name)
     table = top.get_str("registers", default="holding")
@@ -472,7 +474,7 @@ def parse_model(text: str, source: str = "<model>") -> DeviceModel:
         if not isinstance(raw, dict):
             raise ModelError(f"{top.where()}: points[{index}] must be a mapping")
         label = f"point {raw['name']!r}" if isinstance(raw.get("name"), str) else f"points[{index}]"
-        fields = _Fields(raw, source, label, _POINT_FIELDS)
+        fields = _Fields(raw, source, label, _POINT_FIELDS, doc.line(("points", index)))
         arguments: dict[str, Any] = {
             "name": fields.get_str("name", required=True),
             "address": fields.get_int("address", required=True),
@@ -533,25 +535,18 @@ _POINT_FIELDS: Final = frozenset(
 )
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that records, in every mapping, the line it started on."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        mapping = super().construct_mapping(node, deep=deep)
-        mapping[_LINE_KEY] = node.start_mark.line + 1
-        return mapping
-
-
 class _Fields:
     """Typed access to one YAML mapping, with errors that say file, line and field."""
 
     def __init__(
-        self, data: dict[Any, Any], source: str, label: str, allowed: frozenset[str]
+        self, data: dict[str, Any], source: str, label: str, allowed: frozenset[str], line: int
     ) -> None:
         self.data = data
         self.source = source
         self.label = label
-        unknown = sorted(str(key) for key in data if key != _LINE_KEY and key not in allowed)
+        #: The line the mapping starts on.
+        self.line = line
+        unknown = sorted(key for key in data if key not in allowed)
         if unknown:
             raise ModelError(
                 f"{self.where()}: {label}: unknown field {', '.join(unknown)} "
@@ -559,8 +554,7 @@ class _Fields:
             )
 
     def where(self) -> str:
-        line = self.data.get(_LINE_KEY)
-        return f"{self.source}:{line}" if line else self.source
+        return f"{self.source}:{self.line}"
 
     def get(self, key: str, *, required: bool = False, default: object = None) -> object:
         if key not in self.data:
@@ -602,7 +596,7 @@ class _Fields:
             return value
         if not isinstance(value, dict):
             raise self._wrong(key, "a policy name or a mapping (policy, band, ...)", value)
-        return tuple((str(k), v) for k, v in value.items() if k != _LINE_KEY)
+        return tuple((str(k), v) for k, v in value.items())
 
     def get_range(self, key: str) -> tuple[float, float] | None:
         value = self.get(key)
@@ -623,11 +617,10 @@ class _Fields:
             raise self._wrong(key, "a mapping of bit number to name", value)
         bits: list[tuple[int, str]] = []
         for bit, bit_name in value.items():
-            if bit == _LINE_KEY:
-                continue
-            if isinstance(bit, bool) or not isinstance(bit, int):
+            # Keys are read as written: a bit number is decimal digits.
+            if not (isinstance(bit, str) and bit.isascii() and bit.isdigit()):
                 raise self._wrong(f"{key} key", "a bit number 0..15", bit)
             if not isinstance(bit_name, str):
                 raise self._wrong(f"{key}[{bit}]", "a name", bit_name)
-            bits.append((bit, bit_name))
+            bits.append((int(bit), bit_name))
         return tuple(sorted(bits))

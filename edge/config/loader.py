@@ -21,18 +21,17 @@ import re
 import types
 import typing
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from drivers.catalog import BUS_FAMILY, GPIO_MODELS, SERIAL_MODELS, family_of
 from drivers.modbus.model import ModelError, load_model
-from edge.config.model import SiteConfig
+from drivers.yamlpos import Document, Loc, Position, YamlError, YamlIssue, decode, load_yaml
+from drivers.yamlpos import dotted as _dotted
+from edge.config.model import Device, SiteConfig
 from edge.config.rules_check import check_rules
 from edge.config.storage import check_storage, check_storage_of_parts
 from edge.config.thresholds import normalise_thresholds
@@ -49,41 +48,12 @@ __all__ = [
     "report_config",
 ]
 
-#: A place in the parsed data: ``("devices", 1, "address")``.
-Loc = tuple[str | int, ...]
-#: 1-based ``(line, column)``.
-Position = tuple[int, int]
 
-#: Upper bound on the values one file may expand to (anchors and aliases can multiply them).
-MAX_VALUES = 100_000
-#: Deepest nesting accepted; a real site file needs about six levels.
-MAX_DEPTH = 64
-
-_MAP_TAG = "tag:yaml.org,2002:map"
-_SEQ_TAG = "tag:yaml.org,2002:seq"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-_NULL_TAG = "tag:yaml.org,2002:null"
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One mistake in a site file, with the place it was found.
-
-    ``field`` is the dotted path of the setting (``devices[1].address``); it is empty when the
-    issue concerns the file as a whole (a YAML syntax error, an empty file).
-    """
-
-    file: str
-    line: int
-    column: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
-        if self.field:
-            return f"{where}: {self.field}: {self.message}"
-        return f"{where}: {self.message}"
+#: One mistake in a site file, with the place it was found: ``file:line:column: field: message``.
+#: ``field`` is the dotted path of the setting (``devices[1].address``); it is empty when the
+#: issue concerns the file as a whole (a YAML syntax error, an empty file). The same type as the
+#: YAML loader's issues, so a syntax error and a wrong value read alike.
+ConfigIssue = YamlIssue
 
 
 def _issue_order(issue: ConfigIssue) -> tuple[int, int, str, str]:
@@ -123,23 +93,10 @@ def load_site_checked(
 ) -> tuple[SiteConfig, list[ConfigWarning]]:
     """:func:`load_site`, with the warnings about the valid file beside it."""
     filename = os.fspath(path)
-    raw = Path(path).read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError(
-            [
-                ConfigIssue(
-                    filename,
-                    line,
-                    column,
-                    "",
-                    f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8",
-                )
-            ]
-        ) from None
+        text = decode(Path(path).read_bytes(), filename)
+    except YamlError as exc:
+        raise ConfigError([exc.issue]) from None
     return parse_site_checked(text, filename, known_models=known_models)
 
 
@@ -158,18 +115,14 @@ def parse_site_checked(
 ) -> tuple[SiteConfig, list[ConfigWarning]]:
     """:func:`parse_site`, with the warnings about the valid file beside it
     (edge/config/warning_checks.py), each placed at its line and column."""
-    builder = _Builder(filename)
-    try:
-        data = builder.parse(text)
-    except _Abort as abort:
-        raise ConfigError([abort.issue]) from None
+    doc, data = _read(text, filename)
 
     # Thresholds with units, in the unit of their point, before the model reads them.
     unit_issues: list[ConfigIssue] = []
     conversions = normalise_thresholds(
         data,
         lambda loc, message: unit_issues.append(
-            ConfigIssue(filename, *_nearest(loc, builder.positions), _dotted(loc), message)
+            ConfigIssue(filename, *doc.position(loc), _dotted(loc), message)
         ),
     )
     config: SiteConfig | None = None
@@ -177,9 +130,7 @@ def parse_site_checked(
     try:
         config = SiteConfig.model_validate(data)
     except ValidationError as exc:
-        model_issues = [
-            _issue_from_error(err, data, builder.positions, filename) for err in exc.errors()
-        ]
+        model_issues = [_issue_from_error(err, data, doc, filename) for err in exc.errors()]
 
     # A refused value that was converted: say what was written, not only the number compared.
     written = {_dotted(c.loc): c for c in conversions}
@@ -189,7 +140,7 @@ def parse_site_checked(
         else issue
         for issue in model_issues
     ]
-    refused = {*builder.unreadable, *(issue.field for issue in unit_issues)}
+    refused = {*map(_dotted, doc.unreadable), *(issue.field for issue in unit_issues)}
     model_issues = [
         issue
         for issue in model_issues
@@ -200,31 +151,29 @@ def parse_site_checked(
             and any(_within(field, [issue.field]) for field in refused)
         )
     ]
-    issues = builder.issues + unit_issues + model_issues
+    issues = doc.issues + unit_issues + model_issues
     # A value the model already refused is not cross-checked again (one message per mistake).
     reported = {issue.field for issue in model_issues}
     view: Mapping[str, Any] = config.model_dump() if config is not None else data
-    for issue in _cross_check(view, builder.positions, filename, known_models):
+    for issue in _cross_check(view, doc, filename, known_models):
         if issue.field not in reported:
             issues.append(issue)
 
     def storage_issue(loc: Loc, message: str) -> None:
         if _dotted(loc) not in reported:
-            issues.append(
-                ConfigIssue(filename, *_nearest(loc, builder.positions), _dotted(loc), message)
-            )
+            issues.append(ConfigIssue(filename, *doc.position(loc), _dotted(loc), message))
 
     if config is not None:
         check_storage(config, storage_issue)
     elif isinstance(data, Mapping):
-        check_storage_of_parts(data, storage_issue)
+        check_storage_of_parts(data, storage_issue, device=Device.model_validate)
 
     if issues:
         raise ConfigError(issues)
     assert config is not None  # no issue means the model validated
 
     def position(place: Loc) -> tuple[int, int]:
-        return _nearest(place, builder.positions)
+        return doc.position(place)
 
     notes = [
         ConfigWarning(filename, *position(c.loc), _dotted(c.loc), str(c), kind="note")
@@ -232,6 +181,40 @@ def parse_site_checked(
     ]
     warnings = site_warnings(config, filename, position)
     return config, notes + warnings
+
+
+def _read(text: str, filename: str) -> tuple[Document, dict[str, Any]]:
+    """The site file's text as data with positions; :class:`ConfigError` when it is not a
+    mapping of sections at all."""
+    try:
+        doc = load_yaml(text, filename)
+    except YamlError as exc:
+        raise ConfigError([exc.issue]) from None
+    if doc.empty:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    filename,
+                    1,
+                    1,
+                    "",
+                    f"the file is empty; a site file needs the sections {_required_sections()}",
+                )
+            ]
+        )
+    if not isinstance(doc.data, dict):
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    filename,
+                    *doc.position(()),
+                    "",
+                    "the top level of a site file must be a mapping with the sections "
+                    f"{_required_sections()}; found {doc.top}",
+                )
+            ]
+        )
+    return doc, doc.data
 
 
 def _within(field: str, places: Collection[str]) -> bool:
@@ -317,20 +300,8 @@ def _os_reason(exc: OSError) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# YAML with positions
+# Values in messages
 # --------------------------------------------------------------------------------------------
-
-
-class _Abort(Exception):
-    """The file cannot be turned into data at all; carries the one issue to report."""
-
-    def __init__(self, issue: ConfigIssue) -> None:
-        super().__init__(str(issue))
-        self.issue = issue
-
-
-def _position(node: Node) -> Position:
-    return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 def _is_secret(loc: Loc) -> bool:
@@ -358,235 +329,9 @@ def _required_sections() -> str:
     return ", ".join(name for name, field in SiteConfig.model_fields.items() if field.is_required())
 
 
-#: Plain words for the YAML parser's most frequent complaints.
-_SYNTAX_HINTS = (
-    ("expected <block end>", "check the indentation of this line against the lines above"),
-    (
-        "mapping values are not allowed here",
-        "check the indentation of this line, or quote a value that contains ': '",
-    ),
-    ("found character '\\t'", "indent with spaces, not tabs"),
-    ("found unexpected end of stream", "a quote or bracket is not closed"),
-)
-
-
-class _Builder:
-    """Turns YAML text into plain data, remembering where each key and item came from."""
-
-    def __init__(self, filename: str) -> None:
-        self.filename = filename
-        self.positions: dict[Loc, Position] = {}
-        self.issues: list[ConfigIssue] = []
-        self._budget = MAX_VALUES
-        self._active: set[int] = set()
-        #: Places whose value could not be read (already reported; the model would repeat it).
-        self.unreadable: set[str] = set()
-        self._loader: yaml.SafeLoader | None = None
-
-    def issue(self, position: Position, loc: Loc, message: str) -> None:
-        self.issues.append(ConfigIssue(self.filename, *position, _dotted(loc), message))
-
-    def abort(self, line: int, column: int, message: str) -> _Abort:
-        return _Abort(ConfigIssue(self.filename, line, column, "", message))
-
-    def parse(self, text: str) -> dict[str, Any]:
-        try:
-            # The reader checks the characters as soon as the loader is made.
-            loader = yaml.SafeLoader(text)
-            root = self._compose(loader)
-        except yaml.reader.ReaderError as exc:
-            line = text.count("\n", 0, exc.position) + 1
-            column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-            character = exc.character
-            shown = f"U+{character:04X}" if isinstance(character, int) else repr(character)
-            raise self.abort(
-                line, column, f"character {shown} is not allowed in a YAML file ({exc.reason})"
-            ) from None
-        self._loader = loader
-        try:
-            if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL_TAG):
-                raise self.abort(
-                    1,
-                    1,
-                    f"the file is empty; a site file needs the sections {_required_sections()}",
-                )
-            if not isinstance(root, MappingNode):
-                raise self.abort(
-                    *_position(root),
-                    "the top level of a site file must be a mapping with the sections "
-                    f"{_required_sections()}; found {_node_kind(root)}",
-                )
-            self.positions[()] = _position(root)
-            data = self._build(root, (), 0)
-            assert isinstance(data, dict)
-            return data
-        finally:
-            self._loader = None
-            loader.dispose()
-
-    def _compose(self, loader: yaml.SafeLoader) -> Node | None:
-        try:
-            return loader.get_single_node()
-        except yaml.reader.ReaderError:
-            loader.dispose()
-            raise
-        except yaml.MarkedYAMLError as exc:
-            loader.dispose()
-            raise self._syntax_error(exc) from None
-        except yaml.YAMLError as exc:
-            loader.dispose()
-            raise self.abort(1, 1, f"not valid YAML: {exc}") from None
-        except RecursionError:
-            loader.dispose()
-            raise self.abort(1, 1, "the file is nested too deeply to be a site file") from None
-
-    def _syntax_error(self, exc: yaml.MarkedYAMLError) -> _Abort:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        parts = [part for part in (exc.context, exc.problem) if part]
-        problem = "; ".join(parts) if parts else "not valid YAML"
-        if (
-            exc.context
-            and exc.context_mark is not None
-            and exc.problem_mark is not None
-            and exc.context_mark.line != exc.problem_mark.line
-        ):
-            problem += f" (started at line {exc.context_mark.line + 1})"
-        for clue, hint in _SYNTAX_HINTS:
-            if clue in problem:
-                problem += f"; {hint}"
-                break
-        return self.abort(line, column, f"YAML syntax error: {problem}")
-
-    def _build(self, node: Node, loc: Loc, depth: int) -> Any:
-        self._budget -= 1
-        if self._budget < 0:
-            raise self.abort(
-                *_position(node),
-                f"the file expands to more than {MAX_VALUES} values (aliases of aliases?)",
-            )
-        if depth > MAX_DEPTH:
-            raise self.abort(*_position(node), "the file is nested too deeply to be a site file")
-        if isinstance(node, ScalarNode):
-            return self._scalar(node, loc)
-        if id(node) in self._active:
-            self.issue(_position(node), loc, "an alias refers to the mapping or list containing it")
-            self.unreadable.add(_dotted(loc))
-            return None
-        self._active.add(id(node))
-        try:
-            if isinstance(node, SequenceNode):
-                return self._sequence(node, loc, depth)
-            if isinstance(node, MappingNode):
-                return self._mapping(node, loc, depth)
-        finally:
-            self._active.discard(id(node))
-        raise AssertionError(f"unexpected YAML node {node!r}")  # pragma: no cover
-
-    def _scalar(self, node: ScalarNode, loc: Loc) -> Any:
-        assert self._loader is not None
-        try:
-            return self._loader.construct_object(node, deep=True)
-        except yaml.MarkedYAMLError as exc:
-            problem = exc.problem or "cannot read this value"
-        except (ValueError, TypeError, OverflowError) as exc:
-            problem = f"cannot read {node.value!r}: {exc}"
-        self.issue(_position(node), loc, problem)
-        self.unreadable.add(_dotted(loc))
-        return None
-
-    def _sequence(self, node: SequenceNode, loc: Loc, depth: int) -> list[Any]:
-        if node.tag != _SEQ_TAG:
-            self.issue(_position(node), loc, f"unsupported tag {node.tag!r} on a list")
-        items: list[Any] = []
-        for index, child in enumerate(node.value):
-            child_loc = (*loc, index)
-            self.positions[child_loc] = _position(child)
-            items.append(self._build(child, child_loc, depth + 1))
-        return items
-
-    def _mapping(self, node: MappingNode, loc: Loc, depth: int) -> dict[str, Any]:
-        if node.tag != _MAP_TAG:
-            self.issue(_position(node), loc, f"unsupported tag {node.tag!r} on a mapping")
-        result: dict[str, Any] = {}
-        merges: list[Node] = []
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:
-                merges.append(value_node)
-                continue
-            if not isinstance(key_node, ScalarNode):
-                self.issue(
-                    _position(key_node),
-                    loc,
-                    f"a key must be plain text, not {_node_kind(key_node)}",
-                )
-                continue
-            # Keys are kept as written: 'on', 'yes' or '1' are names here, not booleans or numbers.
-            key = str(key_node.value)
-            key_loc = (*loc, key)
-            if key in result:
-                first_line = self.positions[key_loc][0]
-                self.issue(
-                    _position(key_node),
-                    key_loc,
-                    f"duplicate key '{key}' (first at line {first_line}); "
-                    "YAML would silently keep only the last one",
-                )
-                continue
-            self.positions[key_loc] = _position(key_node)
-            result[key] = self._build(value_node, key_loc, depth + 1)
-        for merge in merges:
-            self._merge(result, merge, loc, depth)
-        return result
-
-    def _merge(self, result: dict[str, Any], merge: Node, loc: Loc, depth: int) -> None:
-        """YAML merge keys (``<<: *defaults``): keys written in the mapping itself win."""
-        sources = merge.value if isinstance(merge, SequenceNode) else [merge]
-        for source in sources:
-            if not isinstance(source, MappingNode):
-                self.issue(_position(merge), loc, "'<<' needs a mapping or a list of mappings")
-                continue
-            outer = self.positions
-            self.positions = {}
-            try:
-                merged = self._build(source, loc, depth + 1)
-                inner = self.positions
-            finally:
-                self.positions = outer
-            if not isinstance(merged, dict):
-                continue
-            for key, value in merged.items():
-                if key in result:
-                    continue
-                result[key] = value
-                prefix = (*loc, key)
-                for place, position in inner.items():
-                    if place[: len(prefix)] == prefix:
-                        self.positions.setdefault(place, position)
-
-
-def _node_kind(node: Node) -> str:
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    return f"the value {str(node.value)!r}" if node.value else "an empty value"
-
-
 # --------------------------------------------------------------------------------------------
 # Places and paths
 # --------------------------------------------------------------------------------------------
-
-
-def _dotted(loc: Loc) -> str:
-    """``("devices", 1, "address")`` -> ``devices[1].address``."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
 
 
 def _clean_loc(loc: Sequence[str | int], data: Any) -> Loc:
@@ -607,14 +352,6 @@ def _clean_loc(loc: Sequence[str | int], data: Any) -> Loc:
             current = None
         cleaned.append(part)
     return tuple(cleaned)
-
-
-def _nearest(loc: Loc, positions: Mapping[Loc, Position]) -> Position:
-    for end in range(len(loc), -1, -1):
-        position = positions.get(loc[:end])
-        if position is not None:
-            return position
-    return (1, 1)
 
 
 def _value_at(data: Any, loc: Loc) -> Any:
@@ -721,9 +458,7 @@ _BOOL_TYPES = {"bool_type", "bool_parsing"}
 _MAPPING_TYPES = {"model_type", "dict_type", "model_attributes_type"}
 
 
-def _issue_from_error(
-    err: ErrorDetails, data: Any, positions: Mapping[Loc, Position], filename: str
-) -> ConfigIssue:
+def _issue_from_error(err: ErrorDetails, data: Any, doc: Document, filename: str) -> ConfigIssue:
     raw_loc = err["loc"]
     loc = _clean_loc(raw_loc, data)
     kind = err["type"]
@@ -769,7 +504,7 @@ def _issue_from_error(
                 message += f" (did you mean '{suggestion}'?)"
     elif kind == "value_error":
         message = re.sub(r"^Value error, ", "", message)
-        loc = _blame_key(loc, message, data, positions)
+        loc = _blame_key(loc, message, data, doc.places)
     elif kind in _MAPPING_TYPES:
         message = f"expected a mapping of keys and values, found {got}"
     elif kind == "list_type":
@@ -800,7 +535,7 @@ def _issue_from_error(
     else:
         message = f"{message}; found {got}" if not isinstance(value, dict | list) else message
 
-    line, column = _nearest(loc, positions)
+    line, column = doc.position(loc)
     return ConfigIssue(filename, line, column, _dotted(loc), message)
 
 
@@ -841,17 +576,17 @@ def _text(value: Any) -> str | None:
 
 def _cross_check(
     data: Mapping[str, Any],
-    positions: Mapping[Loc, Position],
+    doc: Document,
     filename: str,
     known_models: Collection[str] | None,
 ) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
 
     def report(loc: Loc, message: str) -> None:
-        issues.append(ConfigIssue(filename, *_nearest(loc, positions), _dotted(loc), message))
+        issues.append(ConfigIssue(filename, *doc.position(loc), _dotted(loc), message))
 
     def line_of(loc: Loc) -> int:
-        return _nearest(loc, positions)[0]
+        return doc.line(loc)
 
     def unique_ids(section: str, noun: str) -> list[str] | None:
         entries = _entries(data, section)
@@ -934,7 +669,7 @@ def _cross_check(
             report(("devices", index, "model"), message)
 
     _check_device_kinds(data, report, line_of)
-    check_rules(data, report, line_of, known_models, positions.keys())
+    check_rules(data, report, line_of, known_models, doc.places.keys())
 
     if device_ids is not None:
         for index, rule in _entries(data, "rules") or []:

@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from drivers.catalog import SERIAL_POINTS
 from drivers.tilt import TILT_AXES, displacement_point
 from edge.config.duration import Duration, format_duration
 from edge.storage_policy import RING_LIMIT, Policy, Storage
@@ -225,11 +226,9 @@ class _PointInfo:
 
 def _points(model: str, gauge: bool) -> dict[str, _PointInfo] | None:
     """The points a device of ``model`` reports; ``None`` for an unknown model."""
-    from edge.contract import FIXED_POINTS  # noqa: PLC0415 -- contract imports the config model
-
-    if model in FIXED_POINTS:
+    if model in SERIAL_POINTS:
         defaults = FIXED_DEFAULTS.get(model, {})
-        names = [name for name, _ in FIXED_POINTS[model]]
+        names = [point.name for point in SERIAL_POINTS[model]]
         if gauge:
             names += [displacement_point(axis) for axis in TILT_AXES]
         return {
@@ -408,16 +407,18 @@ def check_storage(config: Any, report: Report) -> None:
     resolve_policies(config, report)
 
 
-def check_storage_of_parts(data: Mapping[str, Any], report: Report) -> None:
+def check_storage_of_parts(
+    data: Mapping[str, Any], report: Report, *, device: Callable[[Any], Any]
+) -> None:
     """The same for a site file that did not validate as a whole: the devices that validate on
-    their own are checked, so one run of check-config still names every mistake."""
-    from edge.config.model import Device  # noqa: PLC0415 -- the model imports this module
-
+    their own are checked, so one run of check-config still names every mistake. ``device``
+    validates one entry of ``devices`` (the site model's, which imports this module), raising
+    ``ValidationError``."""
     devices: list[tuple[int, Any]] = []
     entries = data.get("devices")
     for index, entry in enumerate(entries if isinstance(entries, list) else []):
         try:
-            devices.append((index, Device.model_validate(entry)))
+            devices.append((index, device(entry)))
         except ValidationError:
             continue  # its own errors are reported
     try:

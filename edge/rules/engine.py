@@ -462,7 +462,15 @@ class RuleEngine:
             now = reading.ts if reading.ts > self._now else self._now
             for judge in route.ticking:
                 out.extend(judge.tick(now))
+        ts = reading.ts
+        good = reading.quality == "good"
         for judge in route.judges:
+            # Every judge's guard, here once: a reading no newer than the last one judged (a
+            # late row, a repeat) is no evidence of anything, and judges of values judge only
+            # good readings (Judge.feed).
+            if ts <= judge.last_ts or not (good or judge.any_quality):
+                continue
+            judge.last_ts = ts
             transition = judge.feed(reading)
             if transition is not None:
                 out.append(transition)
@@ -712,15 +720,13 @@ class RuleEngine:
                 if alarm in latched and transition.rule_id in self._latching:
                     # Its condition had gone; it waits for a hand to clear it, judge or not.
                     self.active[alarm] = transition
-                    self.latched[alarm] = _replace_kind(transition, transition.reason)
+                    self.latched[alarm] = _cleared(transition, transition.reason)
                     continue
                 judge_alive = self._alarm_still_judged(transition, known, flat)
                 if judge_alive:
                     self.active[alarm] = transition
                 else:
-                    dropped.append(
-                        _replace_kind(transition, "rule removed or changed since the alarm")
-                    )
+                    dropped.append(_cleared(transition, "rule removed or changed since the alarm"))
         return dropped
 
     def _alarm_still_judged(
@@ -831,18 +837,9 @@ def _load_transition(item: Mapping[str, Any]) -> Transition:
     )
 
 
-def _replace_kind(t: Transition, reason: str) -> Transition:
-    return Transition(
-        rule_id=t.rule_id,
-        kind="cleared",
-        severity=t.severity,
-        device_id=t.device_id,
-        point=t.point,
-        ts=t.ts,
-        value=t.value,
-        threshold=t.threshold,
-        reading=None,
-        rule_kind=t.rule_kind,
-        reason=reason,
-        scope=t.scope,
+def _cleared(t: Transition, reason: str) -> Transition:
+    """``t`` cleared for ``reason`` at its own time. Its occupancy and silencer are not carried
+    over: the gateway reports the zone as it is now, and nobody silenced a clearing."""
+    return dataclasses.replace(
+        t, kind="cleared", reading=None, reason=reason, occupancy=None, source=""
     )

@@ -67,6 +67,9 @@ class Judge:
     rule_kind: ClassVar[str] = ""
     #: Judges whose verdict can change with time alone get :meth:`tick` calls.
     ticks: ClassVar[bool] = False
+    #: Judges of values see good readings only; those of the sensor itself (a fault, silence)
+    #: see every reading.
+    any_quality: ClassVar[bool] = False
 
     def __init__(self, rule_id: str, device: str, point: str, severity: Severity) -> None:
         self.rule_id = rule_id
@@ -77,6 +80,9 @@ class Judge:
         self.last_ts = -math.inf
 
     def feed(self, reading: Reading) -> Transition | None:
+        """Judge ``reading``, which is newer than :attr:`last_ts` and good unless
+        :attr:`any_quality`: :meth:`RuleEngine.evaluate <edge.rules.engine.RuleEngine.evaluate>`
+        holds that guard for every judge, and moves :attr:`last_ts` before calling this."""
         raise NotImplementedError
 
     def tick(self, now: float) -> list[Transition]:
@@ -201,9 +207,6 @@ class LimitJudge(Judge):
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
-        if ts <= self.last_ts or reading.quality != "good":
-            return None
-        self.last_ts = ts
         value = reading.value
         if self.active:
             if self._back(value):
@@ -333,9 +336,6 @@ class SuddenChangeJudge(Judge):
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
-        if ts <= self.last_ts or reading.quality != "good":
-            return None
-        self.last_ts = ts
         value = reading.value
         oldest = ts - self.window_s
         lows, highs = self.lows, self.highs
@@ -498,9 +498,6 @@ class AbnormalJudge(Judge):
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
-        if ts <= self.last_ts or reading.quality != "good":
-            return None
-        self.last_ts = ts
         value = reading.value
         if self.first_ts is None:
             self.first_ts = ts
@@ -633,9 +630,6 @@ class SustainedJudge(Judge):
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
-        if ts <= self.last_ts or reading.quality != "good":
-            return None
-        self.last_ts = ts
         value = reading.value
         if self.duration is not None:
             return self._feed_raw(reading, ts, value)
@@ -844,9 +838,6 @@ class AlarmBitsJudge(Judge):
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
-        if ts <= self.last_ts or reading.quality != "good":
-            return None
-        self.last_ts = ts
         set_bits = int(reading.value) & self.mask
         if set_bits and not self.active:
             self.active = True
@@ -876,6 +867,7 @@ class SensorFaultJudge(Judge):
     )
     rule_kind = "sensor-fault"
     ticks = True
+    any_quality = True
 
     def __init__(self, rule: SensorFaultRule, device: str, since: float | None) -> None:
         super().__init__(rule.id, device, rule.point, rule.severity)
@@ -893,9 +885,6 @@ class SensorFaultJudge(Judge):
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
-        if ts <= self.last_ts:
-            return None
-        self.last_ts = ts
         self.now = max(self.now, ts)
         now = self.now
         if reading.quality != "good":
@@ -978,6 +967,7 @@ class DeviceOfflineJudge(Judge):
     __slots__ = ("after", "last_reading", "now", "offline_since", "reason", "silent_for")
     rule_kind = "device-offline"
     ticks = True
+    any_quality = True
 
     def __init__(self, rule: DeviceOfflineRule, device: str, since: float | None) -> None:
         super().__init__(rule.id, device, "", rule.severity)
@@ -991,9 +981,6 @@ class DeviceOfflineJudge(Judge):
 
     def feed(self, reading: Reading) -> Transition | None:
         ts = reading.ts
-        if ts <= self.last_ts:
-            return None
-        self.last_ts = ts
         self.now = max(self.now, ts)
         if self.last_reading is None or ts > self.last_reading:
             self.last_reading = ts

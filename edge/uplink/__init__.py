@@ -21,9 +21,12 @@ connection over three times running (an MQTT 3.1.1 broker's packet limit) is tak
 On connect, before any telemetry, the retained metadata (the point aliases compact telemetry
 refers to); then the health message every ``health_interval``, never stored.
 
-Modules: :mod:`.connection` (broker URLs, TLS, the MQTT client, the port look),
-:mod:`.messages` (building messages, the size limit, the rate buckets), :mod:`.refusals`
-(what the broker refuses, when to say it), :mod:`.service` (the :class:`Uplink`).
+Modules: :mod:`.connection` (broker URLs, TLS, the port look), :mod:`.client` (the MQTT
+client: the one place that touches aiomqtt's private parts), :mod:`.drain` (what goes next:
+a pure policy on given times, with the backfill rate buckets), :mod:`.inflight` (messages
+awaiting their PUBACK, the rows they claim), :mod:`.messages` (building messages, the size
+limit), :mod:`.refusals` (what the broker refuses, when to say it), :mod:`.service` (the
+:class:`Uplink`: the session's tasks around them).
 
 The retained status topic says "online" once connected; the MQTT will says "offline" for an
 unclean loss, and :meth:`Uplink.stop` (or cancelling :meth:`Uplink.run`) publishes "offline"

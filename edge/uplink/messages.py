@@ -1,20 +1,20 @@
 """What the uplink sends, built from outbox rows: messages kept exact until their PUBACK, the
-payload size limit, and the token buckets of the backfill limits."""
+payload size limit and the encoding."""
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from buffer import Record
 from edge import contract
 from edge.config.model import Uplink as UplinkConfig
+from edge.uplink.drain import Lane
 
-__all__ = ["Lanes", "Message", "MessageBuilder", "TokenBucket"]
+__all__ = ["Message", "MessageBuilder"]
 
 log = logging.getLogger("edge.uplink")
 
@@ -32,49 +32,8 @@ class Message:
     topic: str
     payload: bytes
     seqs: tuple[int, ...]
-    #: "event", "live" or "backfill": for the counters and the rate limits.
-    lane: str
-
-
-class TokenBucket:
-    """``rate`` units a second on average, ``burst`` at most at once. A message may take the
-    bucket into debt (one larger than the burst must still go some time); the next waits until
-    the debt is paid back."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._tokens = burst
-        self._stamp = clock()
-
-    def delay(self) -> float:
-        """Seconds until the bucket lets the next message go (0: now)."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        return 0.0 if self._tokens > 0 else (1e-3 - self._tokens) / self.rate
-
-    def take(self, amount: float) -> None:
-        self.delay()  # refill up to now first
-        self._tokens -= amount
-
-
-@dataclass(slots=True)
-class Lanes:
-    """Where one session has read up to in each lane (rows with a seq up to the mark are either
-    built into a message or will not be sent by this session)."""
-
-    #: Telemetry above this seq is live data (from about the session's start on); the rest,
-    #: up to it, is the backlog.
-    live_from: int
-    event_after: int = 0
-    live_after: int = 0
-    backlog_after: int = 0
-    backlog_done: bool = False
-    #: Whether live telemetry was looked at yet this session.
-    live_started: bool = False
-    events: collections.deque[Record] = field(default_factory=collections.deque)
+    #: For the counters and the rate limits.
+    lane: Lane
 
 
 class MessageBuilder:
@@ -166,7 +125,7 @@ class MessageBuilder:
         )
         return payload
 
-    def telemetry(self, rows: list[Record], epoch: str, lane: str) -> Message:
+    def telemetry(self, rows: list[Record], epoch: str, lane: Lane) -> Message:
         """A telemetry message of the longest run of ``rows`` (from the first) that fits."""
         count = len(rows)
         while True:

@@ -1,5 +1,12 @@
 """The uplink's service: connect, drain the outbox in order through the in-flight window,
-reconnect. The package docstring (edge/uplink/__init__.py) says how it behaves."""
+reconnect. The package docstring (edge/uplink/__init__.py) says how it behaves.
+
+Tasks and their owners: :meth:`Uplink.run` owns the deleter (deletions outlive a session) and
+one attempt at a time; an attempt owns its session and the stop watch; a session owns, in one
+``asyncio.TaskGroup``, the command watch, the drain, the health reports, the retries of a
+status or metadata the broker refused, and one send per message in the window. The first of
+them to fail (a lost connection) ends the session, and the group ends the others with it.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,15 @@ import functools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import aiomqtt
 
-from buffer import STREAMS, Outbox, OutboxClosed, OutboxUnavailable, Record, Stream
+from buffer import Outbox, OutboxClosed, OutboxUnavailable, Record, Stream
 from drivers.backoff import Backoff
 from edge import contract, timesync
 from edge.commands import Commands, Handler
@@ -23,21 +32,22 @@ from edge.config.model import CommandPolicy
 from edge.config.model import Uplink as UplinkConfig
 from edge.signing import load_key_ring
 from edge.timesync import SyncProbe
+from edge.uplink.client import MqttClient, PublishRefused
 from edge.uplink.connection import (
     PROTOCOLS,
     BrokerAddress,
-    MqttClient,
-    PublishRefused,
     describe,
     parse_broker_url,
     port_accepts,
     refused_by_broker,
     tls_context,
 )
-from edge.uplink.messages import Lanes, Message, MessageBuilder, TokenBucket
+from edge.uplink.drain import DrainPolicy, Send, Waiting
+from edge.uplink.inflight import InFlight
+from edge.uplink.messages import Message, MessageBuilder
 from edge.uplink.refusals import Refusals
 
-__all__ = ["Uplink", "UplinkState"]
+__all__ = ["Tally", "Uplink", "UplinkState"]
 
 log = logging.getLogger("edge.uplink")
 
@@ -67,16 +77,51 @@ _PROBE_TIMEOUT: Final = 1.0
 #: Room an MQTT PUBLISH needs besides topic and payload: fixed header (up to 5), topic length
 #: (2), packet id (2) and, for MQTT 5, the properties length and a few properties.
 _PUBLISH_OVERHEAD: Final = 32
-#: Connections in a row that must end with the same message unacknowledged before the uplink
-#: takes it for too large for the broker, and the smallest payload limit it will learn.
-_REFUSED_AFTER: Final = 3
-_SMALLEST_LIMIT: Final = 1024
+
+
+@dataclass(slots=True)
+class Tally:
+    """The uplink's counters since it was made, for display and the health message."""
+
+    #: Messages the broker acknowledged (PUBACK), status messages excluded.
+    published: int = 0
+    #: Outbox rows deleted after their PUBACK.
+    acked: int = 0
+    #: Connection attempts so far.
+    attempts: int = 0
+    #: Backlog (backfill) messages acknowledged, a part of ``published``.
+    backfill_published: int = 0
+    #: Messages sent again after a reconnect, identical to the first time.
+    resent: int = 0
+    #: Payload bytes of the outbox's messages acknowledged so far.
+    bytes_sent: int = 0
+    #: Health messages acknowledged.
+    health_published: int = 0
+
+
+@dataclass(slots=True)
+class _Cursors:
+    """Where one session has read up to in each lane (rows with a seq up to the mark are either
+    built into a message or will not be sent by this session)."""
+
+    #: Telemetry above this seq is live data (from about the session's start on); the rest,
+    #: up to it, is the backlog.
+    live_from: int
+    event_after: int = 0
+    live_after: int = 0
+    backlog_after: int = 0
+    events: deque[Record] = field(default_factory=deque)
+
+
+class _Stopping(Exception):
+    """:meth:`Uplink.stop` was called: ends the attempt under way."""
 
 
 class Uplink:
     """Store-and-forward from the outbox to the district broker.
 
-    ``run()`` until cancelled or until ``stop()``; ``state`` and the counters are for display.
+    ``run()`` until cancelled or until ``stop()``; ``state``, ``tally`` and the counters are
+    for display.
     """
 
     def __init__(
@@ -98,8 +143,8 @@ class Uplink:
     ) -> None:
         """``metadata(epoch)`` builds the retained metadata message, published on every connect
         before any telemetry (and by :meth:`republish_metadata`). ``health()`` gives the
-        gateway's part of the health message (bus errors, ...); the uplink adds the buffer and
-        its own counters and publishes it every ``health_interval``. ``aliases``: the point
+        health message's fields (edge/health.py: outbox depth, bus errors, ...); the uplink
+        adds only its own numbers and publishes it every ``health_interval``. ``aliases``: the point
         table the metadata announces; with it (and ``telemetry_encoding: columnar``) telemetry
         goes in the compact form. Set :attr:`aliases` anew along with a new metadata.
         ``certs``: the folder of the installed TLS files (``ca.pem``, ``client.pem``,
@@ -108,23 +153,19 @@ class Uplink:
         self._certs = certs
         self._gateway_id = gateway_id
         self._outbox = outbox
-        self._version = version
         self._boot_time = boot_time
-        self._config_hash = config_hash
         self._clock_synced = clock_synced or timesync.cached(timesync.kernel_clock_synced)
+        self._status_message = functools.partial(
+            contract.status_message,
+            gateway_id,
+            version=version,
+            boot_time=boot_time,
+            config_hash=config_hash,
+        )
         self._brokers = [parse_broker_url(url) for url in config.brokers]
-        self._client_id = config.client_id or f"edge-{gateway_id}"
-        self._keepalive = max(1, round(config.keepalive))
-        prefix = config.topic_prefix
-        self.telemetry_topic = contract.telemetry_topic(prefix, gateway_id)
-        self.events_topic = contract.events_topic(prefix, gateway_id)
-        self.status_topic = contract.status_topic(prefix, gateway_id)
-        self.metadata_topic = contract.metadata_topic(prefix, gateway_id)
-        self.health_topic = contract.health_topic(prefix, gateway_id)
+        self.topics = contract.Topics.of(config.topic_prefix, gateway_id)
         self._metadata = metadata
         self._health = health
-        self.commands_topic = f"{prefix}/{gateway_id}/commands"
-        self.acks_topic = f"{prefix}/{gateway_id}/acks"
         #: Downlink commands, answered on the acks topic; off without handlers.
         self._commands: Commands | None = None
         if command_handlers:
@@ -145,83 +186,33 @@ class Uplink:
         self._state: UplinkState = "offline"
         #: The broker of the current or last attempt, as logged (no credentials).
         self.broker: str | None = None
-        #: Messages the broker acknowledged (PUBACK), status messages excluded.
-        self.published = 0
-        #: Outbox rows deleted after their PUBACK.
-        self.acked = 0
-        #: Connection attempts so far.
-        self.attempts = 0
-        #: Backlog (backfill) messages acknowledged, a part of ``published``.
-        self.backfill_published = 0
-        #: Messages sent again after a reconnect, identical to the first time.
-        self.resent = 0
-        #: Payload bytes of the outbox's messages acknowledged so far.
-        self.bytes_sent = 0
-        #: Health messages acknowledged.
-        self.health_published = 0
         #: The error that ended the last attempt, for display.
         self.last_error: str | None = None
         #: Whether this session's own online status came back from the broker: the broker
         #: both took it and let this gateway read its topics, so the prefix and the broker's
-        #: access rules work (a pushed config is confirmed on it, edge/reload.py).
+        #: access rules work (a pushed config is confirmed on it, edge/site_runner.py).
         self.heard_back = False
         #: The topics the broker refuses (PUBACK reason codes), and when to log it.
         self.refusals = Refusals()
+        self.tally = Tally()
 
         self._online_status = b""
         self._stopping = asyncio.Event()
-        self._stopped = asyncio.Event()
-        self._running = False
+        #: Set when run() returns; None while it is not running.
+        self._finished: asyncio.Event | None = None
         self._new_rows = asyncio.Event()
-        self._backoff = Backoff(_BACKOFF_FIRST, config.reconnect_max)
-        self._stragglers: set[asyncio.Task[None]] = set()
-        self._online_since: float | None = None
-        #: Messages built and not yet acknowledged, in the order they were built. Survives a
-        #: lost connection: they go first, unchanged, on the next one. Never more than the
-        #: window, since a message is built only when a window slot is free.
-        self._unacked: dict[int, Message] = {}
-        self._next_key = 0
-        #: Seqs of rows in a message built but not yet deleted: a session does not read them
-        #: into a second message.
-        self._claimed: set[int] = set()
-        #: Backfill messages awaiting their PUBACK now.
-        self._backfill_sending = 0
-        #: Status and metadata the broker refused at connect, published again with backoff;
-        #: they end with the session.
-        self._retries: set[asyncio.Task[None]] = set()
-        #: Deletions of acknowledged rows; they outlive the session that started them.
-        self._deletions: set[asyncio.Task[None]] = set()
+        self._in_flight = InFlight()
+        self._policy = DrainPolicy.of(config, time.monotonic())
         self._build = MessageBuilder(
             config,
             gateway_id,
-            events_topic=self.events_topic,
-            telemetry_topic=self.telemetry_topic,
+            events_topic=self.topics.events,
+            telemetry_topic=self.topics.telemetry,
             clock_synced=self._clock_synced,
             aliases=aliases,
         )
-        #: Keys of the messages resent at the start of the current session.
-        self._resent_keys: set[int] = set()
-        #: The oldest unacknowledged message and how many sessions in a row ended with it
-        #: resent and still unacknowledged.
-        self._stuck: tuple[int, int] = (-1, 0)
-        #: A payload limit learnt from a broker that drops larger messages (MQTT 3.1.1 has no
-        #: way to announce one).
-        self._learnt_limit: int | None = None
         #: The connected client, while online (for republish_metadata).
         self._client: aiomqtt.Client | None = None
-        clock = time.monotonic
-        self._backfill_limits = [
-            TokenBucket(config.backfill_messages_per_s, 1.0, clock)
-            if config.backfill_messages_per_s is not None
-            else None,
-            TokenBucket(
-                float(config.backfill_bytes_per_s),
-                float(config.backfill_bytes_per_s),
-                clock,
-            )
-            if config.backfill_bytes_per_s is not None
-            else None,
-        ]
 
     @property
     def state(self) -> UplinkState:
@@ -234,7 +225,7 @@ class Uplink:
     @property
     def inflight(self) -> int:
         """Messages sent (or to be sent again) and not yet acknowledged."""
-        return len(self._unacked)
+        return len(self._in_flight)
 
     @property
     def aliases(self) -> contract.Aliases | None:
@@ -255,7 +246,7 @@ class Uplink:
     def unacknowledged(self) -> list[bytes]:
         """The payloads of those messages, oldest first: exactly what goes again first after a
         reconnect."""
-        return [message.payload for message in self._unacked.values()]
+        return self._in_flight.payloads()
 
     async def stop(self) -> None:
         """Publish the offline status if connected, disconnect and make :meth:`run` return.
@@ -263,9 +254,10 @@ class Uplink:
         Takes at most about two seconds. Once stopped, an uplink stays stopped.
         """
         self._stopping.set()
-        if self._running:
+        finished = self._finished
+        if finished is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), _STOP_TIMEOUT + 0.5)
+                await asyncio.wait_for(finished.wait(), _STOP_TIMEOUT + 0.5)
 
     async def republish_metadata(self) -> bool:
         """Publish the metadata again now (after a config change); True once the broker has it.
@@ -284,48 +276,54 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, drain, reconnect, until :meth:`stop` or cancellation. Never raises else."""
-        if self._running:
+        if self._finished is not None:
             raise RuntimeError("Uplink.run() is already running")
-        self._running = True
-        self._stopped.clear()
-        loop = asyncio.get_running_loop()
+        finished = self._finished = asyncio.Event()
         remove_listener = self._outbox.add_commit_listener(self._on_commit)
-        index = 0
+        # Rows of acknowledged messages, in the order their PUBACKs came.
+        deletions: asyncio.Queue[tuple[int, ...]] = asyncio.Queue()
         try:
-            while not self._stopping.is_set():
-                broker = self._brokers[index]
-                self.broker = broker.display
-                self._state = "connecting"
-                self.attempts += 1
-                self._online_since = None
-                error = await self._attempt(broker)
-                if self._stopping.is_set():
-                    break
-                if (
-                    self._online_since is not None
-                    and loop.time() - self._online_since >= _STABLE_AFTER
-                ):
-                    self._backoff.reset()
-                index = (index + 1) % len(self._brokers)
-                delay = self._backoff.next_delay()
-                self._state = "offline"
-                self.last_error = describe(error)
-                log.warning(
-                    "uplink: broker %s: %s; next attempt (%s) in %.1f s",
-                    broker.display,
-                    self.last_error,
-                    self._brokers[index].display,
-                    delay,
-                )
-                await self._wait_to_retry(self._brokers[index], delay, error)
+            async with asyncio.TaskGroup() as lifetime:
+                # The deletions outlive a session: rows acknowledged must go even if the
+                # connection drops now, or they would stay claimed (never re-read) until the
+                # next start.
+                deleter = lifetime.create_task(self._delete(deletions), name="uplink-delete")
+                try:
+                    await self._reconnect(deletions)
+                finally:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(deletions.join(), _STOP_TIMEOUT)
+                    deleter.cancel()
         finally:
             remove_listener()
-            leftovers = self._stragglers | self._deletions
-            if leftovers:
-                await asyncio.wait(leftovers, timeout=_STOP_TIMEOUT)
             self._state = "stopped"
-            self._running = False
-            self._stopped.set()
+            self._finished = None
+            finished.set()
+
+    async def _reconnect(self, deletions: asyncio.Queue[tuple[int, ...]]) -> None:
+        """One attempt after the other, brokers in turn, with backoff, until :meth:`stop`."""
+        backoff = Backoff(_BACKOFF_FIRST, self._config.reconnect_max)
+        index = 0
+        while not self._stopping.is_set():
+            broker = self._brokers[index]
+            self.broker = broker.display
+            self._state = "connecting"
+            self.tally.attempts += 1
+            error = await self._attempt(broker, backoff, deletions)
+            if self._stopping.is_set():
+                return
+            index = (index + 1) % len(self._brokers)
+            delay = backoff.next_delay()
+            self._state = "offline"
+            self.last_error = describe(error)
+            log.warning(
+                "uplink: broker %s: %s; next attempt (%s) in %.1f s",
+                broker.display,
+                self.last_error,
+                self._brokers[index].display,
+                delay,
+            )
+            await self._wait_to_retry(self._brokers[index], delay, error)
 
     async def _wait_to_retry(
         self, broker: BrokerAddress, delay: float, error: BaseException | None
@@ -360,148 +358,121 @@ class Uplink:
 
     # --- one connection -------------------------------------------------------------------------
 
-    async def _attempt(self, broker: BrokerAddress) -> BaseException | None:
-        """Run one session until it fails or we stop; return what ended it."""
-        session = asyncio.create_task(self._session(broker), name="uplink-session")
-        stopping = asyncio.create_task(self._stopping.wait(), name="uplink-stop-wait")
+    async def _attempt(
+        self, broker: BrokerAddress, backoff: Backoff, deletions: asyncio.Queue[tuple[int, ...]]
+    ) -> BaseException | None:
+        """Run one session until it fails or :meth:`stop`; return what ended it (None: the
+        stop). Cancelling it also ends the session, which says "offline" as it unwinds."""
         try:
-            await asyncio.wait({session, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # Also on cancellation of run(): the session says "offline" as it unwinds.
-            stopping.cancel()
-            if not session.done():
-                session.cancel()
-                _, pending = await asyncio.wait({session}, timeout=_STOP_TIMEOUT)
-                if pending:
-                    log.warning("uplink: the session did not end within %.1f s", _STOP_TIMEOUT)
-        if session.cancelled():
-            return None
-        error = session.exception()
-        if error is not None and not isinstance(error, aiomqtt.MqttError | OSError):
-            # A bug rather than the network; keep the gateway running but keep the traceback.
-            log.error("uplink: unexpected error", exc_info=error)
-        return error
+            async with asyncio.TaskGroup() as attempt:
+                attempt.create_task(
+                    self._session(broker, backoff, deletions), name="uplink-session"
+                )
+                attempt.create_task(self._until_stopped(), name="uplink-stop-wait")
+        except ExceptionGroup as ended:
+            return _cause(ended)
+        return None  # neither task returns: the session raises, the stop watch too
 
-    async def _session(self, broker: BrokerAddress) -> None:
+    async def _until_stopped(self) -> None:
+        await self._stopping.wait()
+        raise _Stopping
+
+    async def _session(
+        self, broker: BrokerAddress, backoff: Backoff, deletions: asyncio.Queue[tuple[int, ...]]
+    ) -> None:
+        """Connect, say online, then drain, answer commands and report health until one of
+        them fails; raise what failed."""
+        config = self._config
         client = MqttClient(
             broker.host,
             broker.port,
-            identifier=self._client_id,
-            username=self._config.username,
-            password=self._config.password,
-            will=aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True),
-            keepalive=self._keepalive,
+            identifier=config.client_id or f"edge-{self._gateway_id}",
+            username=config.username,
+            password=config.password,
+            will=aiomqtt.Will(self.topics.status, self._status("offline"), qos=1, retain=True),
+            keepalive=max(1, round(config.keepalive)),
             timeout=_OPERATION_TIMEOUT,
-            protocol=PROTOCOLS[self._config.protocol],
+            protocol=PROTOCOLS[config.protocol],
             # Built per attempt, so certificates renewed on disk are picked up by a reconnect.
-            tls_context=tls_context(self._config, self._certs) if broker.tls else None,
+            tls_context=tls_context(config, self._certs) if broker.tls else None,
             # Our window plus room for the status, acks of commands and health.
-            max_inflight_messages=self._config.inflight + 4,
+            max_inflight_messages=config.inflight + 4,
         )
-        await self._connect(client)
-        try:
+        async with client:
+            loop = asyncio.get_running_loop()
+            stable_at = loop.time() + _STABLE_AFTER
             self._state = "online"
-            self._online_since = asyncio.get_running_loop().time()
             self._build.session_wall_start = time.time()
             self.last_error = None
             self._build.max_payload = self._payload_limit(client.max_packet_size)
+            self.heard_back = False
             try:
-                self.heard_back = False
-                if not await self._publish_status(client):
-                    self._keep_trying(self._publish_status, client)
-                # Before any telemetry: compact telemetry refers to the table it announces.
-                if not await self._publish_metadata(client):
-                    self._keep_trying(self._publish_metadata, client)
-                if self._commands is not None:
-                    await client.subscribe(self.commands_topic, qos=1)
-                # The retained status just published comes back only through a broker that
-                # lets this gateway use its topics; a PUBACK alone does not say so (Mosquitto
-                # acknowledges a publish its access rules then drop).
-                await client.subscribe(self.status_topic, qos=1)
-                log.info("uplink: online via %s as %s", broker.display, self._client_id)
-                self._client = client
-                await self._pump(client)
+                async with asyncio.TaskGroup() as tasks:
+                    await self._come_online(client, tasks)
+                    log.info("uplink: online via %s as %s", broker.display, client.identifier)
+                    self._client = client
+                    window = asyncio.Semaphore(config.inflight)
+                    tasks.create_task(self._watch(client), name="uplink-watch")
+                    tasks.create_task(
+                        self._drain(client, tasks, window, deletions), name="uplink-drain"
+                    )
+                    if self._health is not None:
+                        tasks.create_task(self._report_health(client), name="uplink-health")
             except asyncio.CancelledError:
                 await self._say_offline(client)
                 raise
-        finally:
-            self._client = None
-            self.heard_back = False
-            for task in self._retries:
-                task.cancel()
-            if self._retries:
-                await asyncio.wait(self._retries)
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.__aexit__(None, None, None)
+            finally:
+                self._client = None
+                self.heard_back = False
+                if loop.time() >= stable_at:
+                    backoff.reset()
+                self._in_flight.session_ended(self.refusals.topics)
+        raise aiomqtt.MqttError("connection ended")  # the watch raises first: never reached
+
+    async def _come_online(self, client: aiomqtt.Client, tasks: asyncio.TaskGroup) -> None:
+        """The online status, the metadata (both again with backoff while the broker refuses
+        them), then the subscriptions."""
+        if not await self._publish_status(client):
+            tasks.create_task(
+                self._keep_trying(self._publish_status, client), name="uplink-retry-status"
+            )
+        # Before any telemetry: compact telemetry refers to the table it announces.
+        if self._metadata is not None and not await self._publish_metadata(client):
+            tasks.create_task(
+                self._keep_trying(self._publish_metadata, client), name="uplink-retry-metadata"
+            )
+        if self._commands is not None:
+            await client.subscribe(self.topics.commands, qos=1)
+        # The retained status just published comes back only through a broker that lets this
+        # gateway use its topics; a PUBACK alone does not say so (Mosquitto acknowledges a
+        # publish its access rules then drop).
+        await client.subscribe(self.topics.status, qos=1)
 
     async def _publish_status(self, client: aiomqtt.Client) -> bool:
         online = self._status("online")
         self._online_status = online  # what the echo must bring back (heard_back)
-        return await self._publish(self.status_topic, client, online, retain=True)
+        return await self._publish(self.topics.status, client, online, retain=True)
 
-    def _keep_trying(
+    async def _keep_trying(
         self,
         publish: Callable[[aiomqtt.Client], Awaitable[bool]],
         client: aiomqtt.Client,
     ) -> None:
         """Publish again, with backoff, what the broker refused at connect (status, metadata)
         until it takes it or the session ends: the uplink stays "refused" meanwhile."""
-
-        async def retry() -> None:
-            backoff = Backoff(_BACKOFF_FIRST, self._config.reconnect_max)
-            with contextlib.suppress(aiomqtt.MqttError):  # the session notices a lost link
-                while True:
-                    await asyncio.sleep(backoff.next_delay())
-                    if await publish(client):
-                        return
-
-        task = asyncio.create_task(retry(), name="uplink-retry-refused")
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
-
-    def _check_refused_message(self) -> None:
-        """A message the broker never acknowledges over several connections, each of which it
-        dropped, is most likely over the broker's packet limit: Mosquitto closes the
-        connection of a client that sends one (MQTT 3.1.1 cannot tell us the limit). Resent
-        unchanged it would fail forever, so it is taken apart and its rows go again in smaller
-        messages (the platform never had it: no duplicate under another id)."""
-        if not self._unacked:
-            self._stuck = (-1, 0)
-            return
-        key, message = next(iter(self._unacked.items()))
-        # A message the broker answered with a refusing PUBACK was not too large: it was read.
-        if key not in self._resent_keys or message.topic in self.refusals.topics:
-            self._stuck = (-1, 0)
-            return
-        count = self._stuck[1] + 1 if self._stuck[0] == key else 1
-        self._stuck = (key, count)
-        if count < _REFUSED_AFTER or len(message.payload) <= _SMALLEST_LIMIT:
-            return
-        limit = max(_SMALLEST_LIMIT, len(message.payload) // 2)
-        log.error(
-            "uplink: a %d-byte message (rows %d-%d) was not acknowledged over %d connections, "
-            "each dropped: the broker seems to refuse messages this large; sending its rows "
-            "again in messages up to %d bytes (lower uplink.max_message_bytes to match the "
-            "broker)",
-            len(message.payload),
-            message.seqs[0],
-            message.seqs[-1],
-            count,
-            limit,
-        )
-        # The others over the new limit as well: they stood behind it on the same connection,
-        # so the broker never took them either.
-        for other in [k for k, m in self._unacked.items() if len(m.payload) > limit]:
-            self._claimed.difference_update(self._unacked.pop(other).seqs)
-        self._learnt_limit = limit
-        self._stuck = (-1, 0)
+        backoff = Backoff(_BACKOFF_FIRST, self._config.reconnect_max)
+        with contextlib.suppress(aiomqtt.MqttError):  # the session notices a lost link
+            while True:
+                await asyncio.sleep(backoff.next_delay())
+                if await publish(client):
+                    return
 
     def _payload_limit(self, max_packet_size: int | None) -> int:
         limit = self._config.max_message_bytes
-        if self._learnt_limit is not None:
-            limit = min(limit, self._learnt_limit)
+        if self._in_flight.learnt_limit is not None:
+            limit = min(limit, self._in_flight.learnt_limit)
         if max_packet_size is not None:
-            longest_topic = max(len(self.telemetry_topic), len(self.events_topic))
+            longest_topic = max(len(self.topics.telemetry), len(self.topics.events))
             broker_limit = max_packet_size - _PUBLISH_OVERHEAD - longest_topic
             if broker_limit < limit:
                 log.info(
@@ -512,70 +483,15 @@ class Uplink:
                 limit = broker_limit
         return max(limit, 1)
 
-    async def _connect(self, client: aiomqtt.Client) -> None:
-        # aiomqtt connects on a worker thread; cancelling the await does not stop it. Shield the
-        # connect so that a connection completing after a stop is still closed properly.
-        enter = asyncio.ensure_future(client.__aenter__())
-        try:
-            await asyncio.shield(enter)
-        except asyncio.CancelledError:
-            enter.add_done_callback(functools.partial(self._leave_late, client))
-            raise
-
-    def _leave_late(self, client: aiomqtt.Client, enter: asyncio.Future[aiomqtt.Client]) -> None:
-        if enter.cancelled() or enter.exception() is not None:
-            return
-
-        async def leave() -> None:
-            await self._say_offline(client)
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.__aexit__(None, None, None)
-
-        task = asyncio.get_running_loop().create_task(leave(), name="uplink-late-leave")
-        self._stragglers.add(task)
-        task.add_done_callback(self._stragglers.discard)
-
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         with contextlib.suppress(aiomqtt.MqttError, OSError, PublishRefused):
             await client.publish(
-                self.status_topic,
+                self.topics.status,
                 self._status("offline"),
                 qos=1,
                 retain=True,
                 timeout=_STATUS_TIMEOUT,
             )
-
-    async def _pump(self, client: aiomqtt.Client) -> None:
-        """Drain until the connection fails; raise what failed."""
-        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        window = asyncio.Semaphore(self._config.inflight)
-        sending: set[asyncio.Task[None]] = set()
-        drain = asyncio.create_task(
-            self._drain(client, window, failed, sending), name="uplink-drain"
-        )
-        watch = asyncio.create_task(self._watch(client), name="uplink-watch")
-        ended: set[asyncio.Future[None]] = {drain, watch, failed}
-        if self._health is not None:
-            ended.add(asyncio.create_task(self._report_health(client), name="uplink-health"))
-        try:
-            done, _ = await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (*ended, *sending):
-                if task is not failed:
-                    task.cancel()
-            await asyncio.wait({*(t for t in ended if t is not failed), *sending})
-            if failed.done():
-                # Marked as seen: when another task ended the session first, this error is
-                # not raised, and asyncio would log it (with a traceback) at garbage collection.
-                failed.exception()
-            else:
-                failed.cancel()
-            self._check_refused_message()
-        for future in done:
-            error = future.exception()
-            if error is not None:
-                raise error
-        raise aiomqtt.MqttError("connection ended")
 
     async def _publish_metadata(self, client: aiomqtt.Client) -> bool:
         if self._metadata is None:
@@ -586,28 +502,21 @@ class Uplink:
             # A bug in building it must not keep the alarms from going out.
             log.exception("uplink: cannot build the metadata message")
             return False
-        return await self._publish(self.metadata_topic, client, payload, retain=True)
+        return await self._publish(self.topics.metadata, client, payload, retain=True)
 
     async def _report_health(self, client: aiomqtt.Client) -> None:
         """The health message at connect and every ``health_interval``, QoS 1, never stored:
         a missed one is superseded by the next. Only when the gateway gave a ``health``."""
         while True:
             payload = await self._health_message()
-            if payload is not None and await self._publish(self.health_topic, client, payload):
-                self.health_published += 1
+            if payload is not None and await self._publish(self.topics.health, client, payload):
+                self.tally.health_published += 1
             await asyncio.sleep(self._config.health_interval)
 
     async def _health_message(self) -> bytes | None:
+        """The gateway's health (edge/health.py builds it) with the uplink's own numbers."""
         try:
-            depth = await self._outbox.depth()
-            oldest = await self._oldest_waiting()
-            report: dict[str, Any] = {
-                "uptime_s": max(0.0, time.time() - self._boot_time),
-                "buffer_rows": sum(depth.values()),
-                "buffer_streams": depth,
-                "oldest_unsent_age_s": None if oldest is None else max(0.0, time.time() - oldest),
-                "bus_errors": {},
-            }
+            report: dict[str, Any] = {}
             if self._health is not None:
                 report.update(await self._health())
             report["uplink"] = {**report.get("uplink", {}), **self.counters}
@@ -623,28 +532,18 @@ class Uplink:
             log.exception("uplink: cannot build the health message")
         return None
 
-    async def _oldest_waiting(self) -> float | None:
-        """When the oldest row waiting was made: two indexed reads, the first row of each
-        stream (by seq, which is about by time)."""
-        times: list[float] = []
-        for stream in STREAMS:
-            rows = await self._outbox.peek(stream, 1)
-            if rows:
-                times.append(rows[0].created)
-        return min(times, default=None)
-
     @property
     def counters(self) -> dict[str, int]:
         """The uplink's counters since it was made, as the health message carries them."""
         return {
-            "published": self.published,
-            "acked": self.acked,
-            "attempts": self.attempts,
-            "resent": self.resent,
-            "backfill_published": self.backfill_published,
+            "published": self.tally.published,
+            "acked": self.tally.acked,
+            "attempts": self.tally.attempts,
+            "resent": self.tally.resent,
+            "backfill_published": self.tally.backfill_published,
             "truncated": self.truncated,
             "inflight": self.inflight,
-            "bytes_sent": self.bytes_sent,
+            "bytes_sent": self.tally.bytes_sent,
             "refused": self.refusals.count,
         }
 
@@ -659,20 +558,21 @@ class Uplink:
         """
         try:
             async for message in client.messages:
-                if message.topic.matches(self.status_topic):
+                if message.topic.matches(self.topics.status):
                     self.heard_back = self.heard_back or message.payload == self._online_status
                     continue
-                if self._commands is None or not message.topic.matches(self.commands_topic):
+                if self._commands is None or not message.topic.matches(self.topics.commands):
                     continue
                 payload = message.payload
                 raw = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
                 ack = await self._commands.handle(raw, retained=bool(message.retain))
                 # QoS 1 like everything else; acks are not stored: a command whose ack is lost
                 # is repeated by the platform and answered again from the remembered ack.
-                await self._publish(self.acks_topic, client, ack)
+                await self._publish(self.topics.acks, client, ack)
         except aiomqtt.MqttError as exc:
             reason = exc.__cause__ or exc
             raise aiomqtt.MqttError(f"connection lost ({reason})") from reason
+        raise aiomqtt.MqttError("connection ended")
 
     # --- draining -------------------------------------------------------------------------------
 
@@ -682,124 +582,94 @@ class Uplink:
     async def _drain(
         self,
         client: aiomqtt.Client,
+        tasks: asyncio.TaskGroup,
         window: asyncio.Semaphore,
-        failed: asyncio.Future[None],
-        sending: set[asyncio.Task[None]],
+        deletions: asyncio.Queue[tuple[int, ...]],
     ) -> None:
-        """Send what the outbox holds, in order, up to ``window`` messages awaiting PUBACK."""
+        """Send what the outbox holds, in the order :class:`DrainPolicy` says, up to ``window``
+        messages awaiting PUBACK, each in its own task of the session."""
 
         def launch(message: Message) -> None:
-            if message.lane == "backfill":
-                self._backfill_sending += 1
-            task = asyncio.create_task(self._send(client, message, window, failed))
-            sending.add(task)
-            task.add_done_callback(sending.discard)
+            tasks.create_task(self._send(client, message, window, deletions), name="uplink-send")
 
-        # Every send task of the last session has ended (_pump waits for them).
-        self._backfill_sending = 0
         # What the last connection left unacknowledged goes first and unchanged.
-        self._resent_keys.clear()
-        for key, message in list(self._unacked.items()):
+        for message in self._in_flight.resend():
             await window.acquire()
-            self.resent += 1
-            self._resent_keys.add(key)
+            self.tally.resent += 1
             launch(message)
         # Live data: readings from the session's start on, with the same grace as the
         # historical flag (rows committed while connecting are live data, not backfill).
         live_from = await self._outbox.recent_since(
             self._build.session_wall_start - self._build.grace()
         )
-        lanes = Lanes(live_from=live_from, live_after=live_from)
-        while not failed.done():
+        cursors = _Cursors(live_from=live_from, live_after=live_from)
+        self._policy.new_session()
+        while True:
             await window.acquire()
             # Cleared before looking, so a commit during the look wakes the next wait.
             self._new_rows.clear()
             try:
-                built, wait = await self._next_message(lanes)
+                built, wait = await self._next_message(cursors)
             except BaseException:
                 window.release()
                 raise
             if built is not None:
-                self._unacked[self._next_key] = built
-                self._next_key += 1
-                self._claimed.update(built.seqs)
+                self._in_flight.add(built)
                 launch(built)
                 continue
             window.release()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new_rows.wait(), wait)
 
-    async def _next_message(self, lanes: Lanes) -> tuple[Message | None, float | None]:
+    async def _next_message(self, cursors: _Cursors) -> tuple[Message | None, float | None]:
         """The next message to send, or None and how long to wait at most (None: until new rows
-        are committed)."""
+        are committed or a backfill PUBACK frees its slot)."""
         epoch = self._outbox.epoch
-        # 1. Events, oldest first, one message each.
-        if not lanes.events:
-            peeked = await self._outbox.peek("event", _EVENT_CHUNK, after=lanes.event_after)
+        if not cursors.events:
+            peeked = await self._outbox.peek("event", _EVENT_CHUNK, after=cursors.event_after)
             if peeked:
-                lanes.event_after = peeked[-1].seq
-                lanes.events.extend(r for r in peeked if r.seq not in self._claimed)
-        if lanes.events:
-            return self._build.event(lanes.events.popleft(), epoch), 0
-
-        # 2. Live telemetry: rows committed since the session came up.
-        batch_size = self._config.batch_size
-        wait: float | None = None
-        live = await self._unclaimed(lanes.live_after, None, batch_size)
-        if not live:
-            lanes.live_started = True
-        else:
-            # Wall clock, because `created` is; a clock stepped backwards sends at once.
-            age = time.time() - live[0].created
-            fill_wait = self._config.batch_interval - age
-            # Rows waiting at the session's start go at once: they waited through the outage.
-            if not lanes.live_started or len(live) >= batch_size or age < 0 or fill_wait <= 0:
-                lanes.live_started = True
+                cursors.event_after = peeked[-1].seq
+                cursors.events.extend(r for r in peeked if not self._in_flight.claimed(r.seq))
+        # While an event waits the policy sends it whatever else waits: no need to look further.
+        live = [] if cursors.events else await self._unclaimed(cursors.live_after, None)
+        while True:
+            decision = self._policy.next(
+                Waiting(
+                    events=len(cursors.events),
+                    live=len(live),
+                    live_created=live[0].created if live else None,
+                    backfill_in_flight=self._in_flight.backfill,
+                ),
+                now=time.monotonic(),
+                # Wall clock, because `created` is.
+                wall=time.time(),
+            )
+            if not isinstance(decision, Send):
+                return None, decision.seconds
+            if decision.lane == "event":
+                return self._build.event(cursors.events.popleft(), epoch), 0
+            if decision.lane == "live":
                 message = self._build.telemetry(live, epoch, "live")
-                lanes.live_after = message.seqs[-1]
+                cursors.live_after = message.seqs[-1]
                 return message, 0
-            # Let the batch fill; the backlog may use the time meanwhile.
-            wait = fill_wait
+            backlog = await self._unclaimed(cursors.backlog_after, cursors.live_from)
+            if not backlog:
+                self._policy.backlog_finished()
+                continue
+            message = self._build.telemetry(backlog, epoch, "backfill")
+            cursors.backlog_after = message.seqs[-1]
+            self._policy.backfill_sent(len(message.payload), time.monotonic())
+            return message, 0
 
-        # 3. The backlog that waited when the session came up, oldest first, rate-limited. It
-        # leaves one slot of the window free, so that an alarm raised meanwhile does not wait
-        # for a backfill PUBACK to get a slot (a round trip of a second or more over 4G).
-        if not lanes.backlog_done:
-            if 1 < self._config.inflight <= self._backfill_sending + 1:
-                return None, wait  # a backfill PUBACK wakes the loop
-            hold = max((b.delay() for b in self._backfill_limits if b is not None), default=0.0)
-            if hold > 0:
-                return None, hold if wait is None else min(wait, hold)
-            backlog = await self._unclaimed(lanes.backlog_after, lanes.live_from, batch_size)
-            if backlog:
-                message = self._build.telemetry(backlog, epoch, "backfill")
-                lanes.backlog_after = message.seqs[-1]
-                messages, volume = self._backfill_limits
-                if messages is not None:
-                    messages.take(1)
-                if volume is not None:
-                    volume.take(len(message.payload))
-                return message, 0
-            lanes.backlog_done = True
-        return None, wait
-
-    async def _unclaimed(self, after: int, through: int | None, limit: int) -> list[Record]:
-        """Telemetry rows in (``after``, ``through``] not already in a message, up to ``limit``
+    async def _unclaimed(self, after: int, through: int | None) -> list[Record]:
+        """Telemetry rows in (``after``, ``through``] not already in a message, up to a batch
         (skipping claimed rows, which only a previous session leaves behind)."""
         while True:
-            rows = await self._outbox.peek("telemetry", limit, after=after, through=through)
-            if not rows or not self._claimed:
-                return rows
-            free = [r for r in rows if r.seq not in self._claimed]
-            if free:
-                # Stop at the first claimed row: a message carries a run of rows, oldest first.
-                run: list[Record] = []
-                for r in rows:
-                    if r.seq in self._claimed:
-                        if run:
-                            break
-                        continue
-                    run.append(r)
+            rows = await self._outbox.peek(
+                "telemetry", self._config.batch_size, after=after, through=through
+            )
+            run = self._in_flight.unclaimed_run(rows)
+            if run is not None:
                 return run
             after = rows[-1].seq
 
@@ -808,16 +678,17 @@ class Uplink:
         client: aiomqtt.Client,
         message: Message,
         window: asyncio.Semaphore,
-        failed: asyncio.Future[None],
+        deletions: asyncio.Queue[tuple[int, ...]],
     ) -> None:
-        """Publish one message holding one window slot; on its PUBACK, delete its rows.
+        """Publish one message holding one window slot; on its PUBACK, have its rows deleted.
 
         A PUBACK that refuses the message (MQTT 5 reason code 0x80 or above) keeps the rows and
         the slot: the message goes again, unchanged, after a growing pause. Holding the slot
         keeps the refused messages within the window, and leaves the other slots to what the
-        broker still takes (telemetry, when only events are denied).
+        broker still takes (telemetry, when only events are denied). A lost connection raises
+        :class:`aiomqtt.MqttError`, which ends the session; the message stays in flight and
+        goes again, unchanged, after the reconnect.
         """
-        backfill = message.lane == "backfill"  # counted by launch() in _drain
         retry = Backoff(_BACKOFF_FIRST, self._config.reconnect_max)
         try:
             while True:
@@ -827,30 +698,17 @@ class Uplink:
                 except PublishRefused as exc:
                     self._refused(exc)
                 await asyncio.sleep(retry.next_delay())
-        except aiomqtt.MqttError as exc:
-            # The message stays in _unacked and goes again, unchanged, after the reconnect.
-            if not failed.done():
-                failed.set_exception(exc)
-            return
         finally:
             window.release()
-            if backfill:
-                self._backfill_sending -= 1
+            if message.lane == "backfill":
                 self._new_rows.set()  # the backlog may take the next slot
         self._accepted(message.topic)
-        for key, kept in self._unacked.items():
-            if kept is message:
-                del self._unacked[key]
-                break
-        self.published += 1
-        self.bytes_sent += len(message.payload)
+        self._in_flight.acknowledged(message)
+        self.tally.published += 1
+        self.tally.bytes_sent += len(message.payload)
         if message.lane == "backfill":
-            self.backfill_published += 1
-        # The deletion outlives this session: rows acknowledged must go even if the connection
-        # drops now, or they would stay claimed (never re-read) until the next start.
-        deletion = asyncio.get_running_loop().create_task(self._ack(message.seqs))
-        self._deletions.add(deletion)
-        deletion.add_done_callback(self._deletions.discard)
+            self.tally.backfill_published += 1
+        deletions.put_nowait(message.seqs)
 
     async def _publish(
         self, topic: str, client: aiomqtt.Client, payload: bytes, *, retain: bool = False
@@ -892,33 +750,54 @@ class Uplink:
         if self.refusals.accepted(topic):
             log.warning("uplink: the broker %s accepts messages on %s again", self.broker, topic)
 
+    async def _delete(self, deletions: asyncio.Queue[tuple[int, ...]]) -> None:
+        """Delete the rows of acknowledged messages, one message after the other; for as long
+        as :meth:`run` runs."""
+        while True:
+            seqs = await deletions.get()
+            try:
+                await self._ack(seqs)
+            except Exception:
+                # A bug rather than the disk; the rows go again after the next start.
+                log.exception("uplink: cannot delete %d sent rows", len(seqs))
+            finally:
+                deletions.task_done()
+
     async def _ack(self, seqs: Sequence[int]) -> None:
         """Delete rows the broker acknowledged; while the disk refuses, retry."""
-        delay = _ACK_RETRY_FIRST
+        retry = Backoff(_ACK_RETRY_FIRST, _ACK_RETRY_MAX, jitter=False)
         try:
             while True:
                 try:
                     await self._outbox.ack(seqs)
                 except OutboxUnavailable as exc:
                     log.warning("uplink: cannot delete %d sent rows yet (%s)", len(seqs), exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _ACK_RETRY_MAX)
+                    await asyncio.sleep(retry.next_delay())
                 except OutboxClosed:
                     # Shutting down: the rows go again after the next start (same seqs).
                     return
                 else:
-                    self.acked += len(seqs)
+                    self.tally.acked += len(seqs)
                     return
         finally:
-            self._claimed.difference_update(seqs)
+            self._in_flight.deleted(seqs)
 
     def _status(self, state: Literal["online", "offline"]) -> bytes:
-        return contract.status_message(
-            self._gateway_id,
-            self._outbox.epoch,
-            state,
-            version=self._version,
-            boot_time=self._boot_time,
-            config_hash=self._config_hash,
-            clock_synced=self._clock_synced(),
-        )
+        return self._status_message(self._outbox.epoch, state, clock_synced=self._clock_synced())
+
+
+def _cause(ended: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """What ended an attempt: the first error of its tasks (None when it was the stop). An
+    error that is not the network's is a bug: the gateway keeps running, the traceback is
+    logged."""
+    errors = [e for e in _leaves(ended) if not isinstance(e, _Stopping)]
+    for error in errors:
+        if not isinstance(error, aiomqtt.MqttError | OSError):
+            log.error("uplink: unexpected error", exc_info=error)
+    return errors[0] if errors else None
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]

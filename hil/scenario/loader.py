@@ -1,5 +1,8 @@
 """Reading a scenario file: YAML with line numbers, checked before anything starts.
 
+The text is read by drivers/yamlpos.py, its shape validated by the typed models of
+hil/scenario/document.py, and then what needs the site is checked here.
+
 Every mistake is reported as ``file:line: field: what is wrong``, all of them at once, the way
 ``edge check-config`` reports a site file: an unknown step, a device the site does not have, a
 point the device's simulator cannot set, a malformed expectation or a label nobody defines.
@@ -9,25 +12,37 @@ for bad input is :class:`ScenarioError`.
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import re
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, cast, get_args
+from typing import Any, Final, Literal, get_args
 from zoneinfo import ZoneInfo
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from drivers.ld2410 import codec as radar
 from drivers.modbus.model import encode, load_model
+from drivers.yamlpos import Document, Loc, YamlError, dotted, load_yaml, read_yaml
 from edge.config import ConfigError, parse_site
-from edge.config.duration import parse_duration
 from edge.config.model import ModbusRtuBus, ModbusTcpBus, SerialBus, SiteConfig
 from hil.modem import CallBehaviour
+from hil.scenario.document import (
+    EXPECT_KINDS,
+    EXPECTATIONS,
+    DeviceEntry,
+    FaultArgs,
+    NoiseArgs,
+    PushConfigArgs,
+    ReadingEntry,
+    ScenarioFile,
+    StepEntry,
+    ToggleArgs,
+    check,
+    check_action,
+    hint,
+)
 from hil.scenario.model import (
     ACTIONS,
     FAULTS,
@@ -44,44 +59,13 @@ from hil.scenario.model import (
 
 __all__ = ["ScenarioError", "load_scenario", "parse_scenario"]
 
-Loc = tuple[str | int, ...]
-
 #: Most values one file may expand to (aliases can multiply them) and deepest nesting.
 MAX_VALUES: Final = 20_000
 MAX_DEPTH: Final = 32
 #: Longest a scenario may run in live mode: the library is for CI, seconds not minutes.
 MAX_DURATION: Final = 600.0
 
-_TOP_KEYS: Final = (
-    "name",
-    "proves",
-    "mode",
-    "site",
-    "devices",
-    "steps",
-    "expect",
-    "duration",
-    "seed",
-    "readings",
-    "phones",
-)
-_EXPECT_KINDS: Final[tuple[ExpectKind, ...]] = get_args(ExpectKind)
-#: Which modifiers each expectation kind takes.
-_MODIFIERS: Final[dict[str, tuple[str, ...]]] = {
-    "buzzer": ("after", "within"),
-    "led": ("after", "within"),
-    "event": ("after", "within", "first"),
-    "reading": ("after", "within"),
-    "no_event": ("from", "until"),
-    "no_buzzer": ("from", "until"),
-    "count": ("equals", "at_least", "at_most"),
-    "no_gaps": (),
-    "nothing_lost": (),
-    "transition": ("not_before", "equals", "at_least", "at_most"),
-    "no_transition": (),
-}
 _REPLAY_KINDS: Final = ("transition", "no_transition")
-_LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 class ScenarioError(Exception):
@@ -122,20 +106,16 @@ class _Checker:
         self.path = path
         self.name = str(path)
         self.issues: list[tuple[int, str]] = []
-        self.lines: dict[Loc, int] = {}
-        self._count = 0
+        self.doc = Document(self.name, None)
         self.step_labels: set[str] = set()
-        self._constructor = yaml.constructor.SafeConstructor()
 
     # -- reporting ------------------------------------------------------------------------------
 
     def line(self, loc: Loc) -> int:
-        while loc and loc not in self.lines:
-            loc = loc[:-1]
-        return self.lines.get(loc, 1)
+        return self.doc.line(loc)
 
     def issue(self, loc: Loc, message: str) -> None:
-        where = _dotted(loc)
+        where = dotted(loc)
         text = f"{self.name}:{self.line(loc)}: {where + ': ' if where else ''}{message}"
         self.issues.append((self.line(loc), text))
 
@@ -147,56 +127,24 @@ class _Checker:
 
     def build(self, text: str) -> Any:
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark is not None else 1
-            self.issues.append((line, f"{self.name}:{line}: YAML: {exc.problem or exc}"))
+            self.doc = load_yaml(text, self.name, max_values=MAX_VALUES, max_depth=MAX_DEPTH)
+        except YamlError as exc:
+            line = exc.issue.line
+            problem = exc.issue.message.removeprefix("YAML syntax error: ")
+            self.issues.append((line, f"{self.name}:{line}: YAML: {problem}"))
             raise _Abort from None
-        except (yaml.YAMLError, RecursionError) as exc:
-            self.issues.append((1, f"{self.name}:1: YAML: {exc}"))
-            raise _Abort from None
-        if node is None:
+        if self.doc.empty:
             self.issues.append((1, f"{self.name}:1: the file is empty"))
             raise _Abort
-        return self._node(node, (), 0)
+        # Duplicate keys, unsafe tags, unreadable values: reported with the scenario's own.
+        for issue in self.doc.issues:
+            where = f"{issue.field}: " if issue.field else ""
+            self.issues.append((issue.line, f"{self.name}:{issue.line}: {where}{issue.message}"))
+        return self.doc.data
 
-    def _node(self, node: Node, loc: Loc, depth: int) -> Any:
-        self._count += 1
-        if self._count > MAX_VALUES or depth > MAX_DEPTH:
-            self.issue(
-                loc, f"too large or too deep (over {MAX_VALUES} values or {MAX_DEPTH} levels)"
-            )
-            raise _Abort
-        self.lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, MappingNode):
-            result: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                if (
-                    not isinstance(key_node, ScalarNode)
-                    or key_node.tag == "tag:yaml.org,2002:merge"
-                ):
-                    self.lines[loc] = key_node.start_mark.line + 1
-                    self.issue(loc, "keys must be plain words (no merges or complex keys)")
-                    raise _Abort
-                key = str(key_node.value)
-                child = (*loc, key)
-                if key in result:
-                    self.lines[child] = key_node.start_mark.line + 1
-                    self.issue(child, "given twice")
-                    continue
-                self.lines[child] = key_node.start_mark.line + 1
-                result[key] = self._node(value_node, child, depth + 1)
-            return result
-        if isinstance(node, SequenceNode):
-            return [
-                self._node(item, (*loc, index), depth + 1) for index, item in enumerate(node.value)
-            ]
-        try:
-            return self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-            self.issue(loc, f"unreadable value {node.value!r}: {exc}")
-            return None
+    def refused(self, base: Loc, refusals: list[tuple[Loc, str]]) -> None:
+        for place, message in refusals:
+            self.issue((*base, *place), message)
 
     # -- the scenario ---------------------------------------------------------------------------
 
@@ -208,49 +156,58 @@ class _Checker:
 
     def _scenario(self, text: str) -> Scenario:
         data = self.build(text)
-        if not isinstance(data, dict):
-            self.issue((), f"a scenario is a mapping of {', '.join(_TOP_KEYS)}")
-            raise _Abort
-        self.unknown_keys(data, (), _TOP_KEYS)
-        name = self.text(data, (), "name")
-        proves = self.text(data, (), "proves")
-        mode = cast(Mode, self.choice(data, (), "mode", ("live", "replay"), "live"))
-        seed = data.get("seed", 1)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            self.issue(("seed",), f"must be an integer, not {seed!r}")
-            seed = 1
-        site, site_data = self.site(data)
+        top, refusals = check(ScenarioFile, data)
+        # A refused key is checked no further, as if it were not written: one mistake, one line.
+        refused = {place[0] for place, _ in refusals if place}
+        if top is None:
+            self.refused((), refusals)
+            if not isinstance(data, dict):
+                raise _Abort
+            top, _ = check(ScenarioFile, {k: v for k, v in data.items() if k not in refused})
+            if top is None:  # pragma: no cover - what remains was accepted key by key
+                raise _Abort
+        for key in ("name", "proves"):
+            if getattr(top, key) is None and key not in refused:
+                self.issue((key,), "missing: a line of text")
+        mode = top.mode
+        site, site_data = self.site(top.site)
         if site is None:
             raise _Abort
-        devices = self.devices(data, site, mode)
+        devices = self.devices(top.devices or [], site, mode)
         by_id = {d.id: d for d in devices}
         steps: list[Step] = []
         readings: list[ReadingSeries] = []
         if mode == "live":
-            steps = self.steps(data, by_id)
+            steps = self.steps(top.steps or [], by_id)
             if "readings" in data:
                 self.issue(("readings",), "only replay scenarios take readings; use steps")
         else:
-            readings = self.readings(data, site)
+            if top.readings is None and "readings" not in refused:
+                self.issue(("readings",), "missing: a list")
+            elif top.readings == []:
+                self.issue(("readings",), "must not be empty")
+            readings = self.readings(top.readings or [], site)
             if "steps" in data:
                 self.issue(("steps",), "replay scenarios take readings, not steps")
         # Labels of refused steps count too: one mistake is reported once, not at every use.
         labels = {"start", "end", *self.step_labels}
-        expectations = self.expectations(data, labels, mode)
+        if top.expect is None and "expect" not in refused:
+            self.issue(("expect",), "missing: a list")
+        expectations = self.expectations(top.expect or [], labels, mode)
         last = max((s.at for s in steps), default=0.0)
         duration = last + 5.0
-        if "duration" in data:
-            duration = self.duration(data, (), "duration") or duration
+        if top.duration is not None:
+            duration = top.duration or duration
             if duration <= last:
                 self.issue(("duration",), f"must be longer than the last step's time ({last:g} s)")
             if duration > MAX_DURATION:
                 self.issue(("duration",), f"at most {MAX_DURATION:g} s: scenarios are for CI")
-        phones = self.phones(data, site)
+        phones = self.phones(top.phones, site)
         if self.issues:
             raise _Abort
         return Scenario(
-            name=name,
-            proves=proves,
+            name=top.name or "",
+            proves=top.proves or "",
             path=self.path,
             mode=mode,
             site=site,
@@ -259,17 +216,13 @@ class _Checker:
             steps=sorted(steps, key=lambda s: s.at),
             expectations=expectations,
             duration=duration,
-            seed=seed,
+            seed=top.seed,
             readings=readings,
             phones=phones,
         )
 
-    def phones(self, data: dict[str, Any], site: SiteConfig) -> dict[str, CallBehaviour]:
+    def phones(self, raw: dict[Any, Any], site: SiteConfig) -> dict[str, CallBehaviour]:
         """What each called number does on the simulated modem (hil/modem.py)."""
-        raw = data.get("phones", {})
-        if not isinstance(raw, dict):
-            self.issue(("phones",), "a mapping of phone number to what it does")
-            return {}
         called = (
             set() if site.sms is None or site.sms.calls is None else set(site.sms.calls.numbers)
         )
@@ -285,8 +238,7 @@ class _Checker:
                 phones[str(number)] = behaviour
         return phones
 
-    def site(self, data: dict[str, Any]) -> tuple[SiteConfig | None, dict[str, Any]]:
-        raw = data.get("site")
+    def site(self, raw: Any) -> tuple[SiteConfig | None, dict[str, Any]]:
         loc: Loc = ("site",)
         if raw is None:
             self.issue(loc, "missing: a site file path, or the site inline as a mapping")
@@ -304,8 +256,8 @@ class _Checker:
                 for config_issue in exc.issues:
                     self.issue(loc, f"the site file is not valid: {config_issue}")
                 return None, {}
-            site_data = yaml.safe_load(text)
-            return config, site_data
+            # The same reading as the gateway's: keys as written, so 'on' stays a name.
+            return config, load_yaml(text, str(site_path)).data
         if not isinstance(raw, dict):
             self.issue(loc, "must be a site file path or the site as a mapping")
             return None, {}
@@ -322,35 +274,26 @@ class _Checker:
             return None, {}
         return config, raw
 
-    def devices(self, data: dict[str, Any], site: SiteConfig, mode: Mode) -> list[SimDevice]:
-        listed = self.items(data, (), "devices", required=False)
+    def devices(self, listed: list[Any], site: SiteConfig, mode: Mode) -> list[SimDevice]:
         buses = {bus.id: bus for bus in site.buses}
         site_devices = {device.id: device for device in site.devices}
-        values_of: dict[str, tuple[dict[str, Any], Loc]] = {}
-        for loc, raw in listed:
-            item = {"id": raw} if isinstance(raw, str) else raw
-            if not isinstance(item, dict):
-                self.issue(loc, "a device is a mapping with id and values")
+        values_of: dict[str, tuple[dict[str, float], Loc]] = {}
+        for index, raw in enumerate(listed):
+            loc: Loc = ("devices", index)
+            entry, refusals = check(DeviceEntry, raw)
+            if entry is None:
+                self.refused(loc, refusals)
                 continue
-            self.unknown_keys(item, loc, ("id", "values"))
-            device_id = item.get("id")
-            if not isinstance(device_id, str):
-                self.issue((*loc, "id"), "missing: the id of a device of the site")
-                continue
-            if device_id not in site_devices:
+            if entry.id not in site_devices:
                 self.issue(
                     (*loc, "id"),
-                    f"the site has no device {device_id!r}{_hint(device_id, site_devices)}",
+                    f"the site has no device {entry.id!r}{hint(entry.id, site_devices)}",
                 )
                 continue
-            if device_id in values_of:
-                self.issue((*loc, "id"), f"device {device_id!r} is listed twice")
+            if entry.id in values_of:
+                self.issue((*loc, "id"), f"device {entry.id!r} is listed twice")
                 continue
-            values = item.get("values", {})
-            if not isinstance(values, dict):
-                self.issue((*loc, "values"), "must be a mapping of point: value")
-                values = {}
-            values_of[device_id] = (values, (*loc, "values"))
+            values_of[entry.id] = (entry.values, (*loc, "values"))
         result: list[SimDevice] = []
         for device in site.devices:
             bus = buses[device.bus]
@@ -365,14 +308,12 @@ class _Checker:
                         "devices",
                     )
                 continue
-            checked: dict[str, float] = {}
-            for point, value in values.items():
-                if (
-                    self.point_ok((*loc, point), sim, device.model, point)
-                    and self.number((*loc, point), value)
-                    and self.value_ok((*loc, point), sim, device.model, point, float(value))
-                ):
-                    checked[point] = float(value)
+            checked = {
+                point: value
+                for point, value in values.items()
+                if self.point_ok((*loc, point), sim, device.model, point)
+                and self.value_ok((*loc, point), sim, device.model, point, value)
+            }
             result.append(
                 SimDevice(
                     id=device.id,
@@ -430,158 +371,109 @@ class _Checker:
             self.issue(loc, f"the simulator cannot serve {value:g}: {problem}")
         return not problem
 
-    def steps(self, data: dict[str, Any], devices: dict[str, SimDevice]) -> list[Step]:
+    def steps(self, listed: list[Any], devices: dict[str, SimDevice]) -> list[Step]:
         steps: list[Step] = []
         labels = self.step_labels
-        for loc, item in self.items(data, (), "steps", required=False):
+        for index, item in enumerate(listed):
+            loc: Loc = ("steps", index)
             if not isinstance(item, dict):
                 self.issue(loc, "a step is a mapping: at, an action, optionally label")
                 continue
             actions = [key for key in item if key not in ("at", "label")]
             unknown = [key for key in actions if key not in ACTIONS]
             for key in unknown:
-                self.issue((*loc, key), f"unknown step{_hint(key, ACTIONS)}")
+                self.issue((*loc, key), f"unknown step{hint(key, ACTIONS)}")
             known = [key for key in actions if key in ACTIONS]
             if not unknown and len(known) != 1:
                 self.issue(
                     loc, f"a step has exactly one action ({', '.join(ACTIONS)}), not {len(known)}"
                 )
-            at = self.duration(item, loc, "at", required=True)
-            label = item.get("label", f"step {len(steps) + 1}")
-            if "label" in item:
-                if not isinstance(label, str) or not _LABEL.match(label):
-                    self.issue((*loc, "label"), "a label is a lower-case word like 'leak-on'")
-                    label = f"step {len(steps) + 1}"
-                elif label in labels or label in ("start", "end"):
+            entry, refusals = check(StepEntry, {k: item[k] for k in ("at", "label") if k in item})
+            self.refused(loc, refusals)
+            label = f"step {len(steps) + 1}"
+            if "label" in item and not any(place[:1] == ("label",) for place, _ in refusals):
+                label = str(item["label"])
+                if label in labels or label in ("start", "end"):
                     self.issue((*loc, "label"), f"label {label!r} is used twice or reserved")
-                labels.add(str(label))
+                labels.add(label)
             if unknown or len(known) != 1:
                 continue
             action = known[0]
             args = self.action((*loc, action), action, item[action], devices)
-            if args is not None and at is not None:
-                steps.append(Step(at, action, args, str(label), self.line(loc)))
+            if args is not None and entry is not None:
+                steps.append(Step(entry.at, action, args, label, self.line(loc)))
         return steps
 
     def action(
         self, loc: Loc, action: str, raw: Any, devices: dict[str, SimDevice]
     ) -> dict[str, Any] | None:
+        settings, refusals = check_action(action, raw)
+        if refusals:
+            self.refused(loc, refusals)
+            return None
         if action in ("broker", "disk", "gateway"):
-            options = {
-                "broker": ("down", "up"),
-                "disk": ("full", "free"),
-                "gateway": ("kill", "restart", "stop", "start"),
-            }[action]
-            if raw not in options:
-                self.issue(loc, f"must be one of {', '.join(options)}, not {raw!r}")
-                return None
-            return {"what": raw}
+            return {"what": settings}
         if action in ("silent", "back", "garbage"):
-            device = self.device_ref(loc, raw, devices)
+            device = self.device_ref(loc, settings, devices)
             if device is None:
                 return None
             if action == "garbage" and "garbage" not in FAULTS[device.sim]:
                 self.issue(loc, f"the {device.sim} simulator cannot put garbage on its line")
                 return None
             return {"device": device.id}
-        if action == "push-config":
-            if not isinstance(raw, dict):
-                self.issue(loc, "a mapping: site (a path or inline) and expect (ok or error)")
-                return None
-            self.unknown_keys(raw, loc, ("site", "expect"))
-            site = raw.get("site")
-            if isinstance(site, str):
-                site_path = (self.path.parent / site).resolve()
-                try:
-                    site = yaml.safe_load(site_path.read_text(encoding="utf-8"))
-                except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-                    self.issue((*loc, "site"), f"cannot read {site!r}: {exc}")
-                    return None
-            if not isinstance(site, dict):
-                self.issue((*loc, "site"), "the site to push: a path or a mapping")
-                return None
-            expect = raw.get("expect", "ok")
-            if expect not in ("ok", "error"):
-                self.issue((*loc, "expect"), f"ok or error, not {expect!r}")
-                return None
-            return {"site": site, "expect": expect}
-        if not isinstance(raw, dict):
-            self.issue(loc, "a mapping with device and the action's settings")
-            return None
-        fields = {
-            "set": ("device", "point", "value"),
-            "ramp": ("device", "point", "from", "to", "over"),
-            "noise": ("device", "point", "around", "amplitude", "for", "every"),
-            "toggle": ("device", "point", "values", "every", "for"),
-            "fault": ("device", "kind", "delay"),
-        }[action]
-        self.unknown_keys(raw, loc, fields)
-        device = self.device_ref((*loc, "device"), raw.get("device"), devices)
+        if isinstance(settings, PushConfigArgs):
+            return self.push_config(loc, settings)
+        device = self.device_ref((*loc, "device"), settings.device, devices)
         if device is None:
             return None
         args: dict[str, Any] = {"device": device.id}
-        ok = True
-        if action == "fault":
-            kind = raw.get("kind")
-            if kind not in FAULTS[device.sim]:
+        if isinstance(settings, FaultArgs):
+            if settings.kind not in FAULTS[device.sim]:
                 self.issue(
                     (*loc, "kind"),
                     f"the {device.sim} simulator's faults are {', '.join(FAULTS[device.sim])}, "
-                    f"not {kind!r}",
+                    f"not {settings.kind!r}",
                 )
                 return None
-            args["kind"] = kind
-            if "delay" in raw:
-                args["delay"] = self.duration(raw, loc, "delay")
+            args["kind"] = settings.kind
+            if settings.delay is not None:
+                args["delay"] = settings.delay
             return args
-        point = raw.get("point")
-        if not isinstance(point, str):
-            self.issue((*loc, "point"), "missing: the point to change")
-            return None
+        point = settings.point
         if not self.point_ok((*loc, "point"), device.sim, device.model, point):
             return None
         args["point"] = point
-        numbers = {"set": ("value",), "ramp": ("from", "to"), "noise": ("around", "amplitude")}
-        for key in numbers.get(action, ()):
-            if key not in raw:
-                self.issue((*loc, key), "missing")
-                ok = False
-            elif self.number((*loc, key), raw[key]):
-                args[key] = float(raw[key])
-            else:
-                ok = False
-        durations = {"ramp": ("over",), "noise": ("for",), "toggle": ("every", "for")}
-        for key in durations.get(action, ()):
-            value = self.duration(raw, loc, key, required=True)
-            ok = ok and value is not None and value > 0
-            args[key] = value
-        if action == "noise":
-            args["every"] = self.duration(raw, loc, "every") or 0.2
-            if args.get("amplitude", 0) < 0:
-                self.issue((*loc, "amplitude"), "must not be negative")
-                ok = False
-        if ok:
-            edges = [args[k] for k in ("value", "from", "to") if k in args]
-            if action == "noise":
-                edges = [args["around"] - args["amplitude"], args["around"] + args["amplitude"]]
-            for value in edges:
-                ok = ok and self.value_ok(loc, device.sim, device.model, point, value)
-        if action == "toggle":
-            values = raw.get("values")
-            if (
-                not isinstance(values, list)
-                or len(values) < 2
-                or not all(self.number((*loc, "values"), v) for v in values)
-            ):
-                self.issue((*loc, "values"), "a list of at least two numbers to alternate")
-                ok = False
-            else:
-                args["values"] = [float(v) for v in values]
-                for value in args["values"]:
-                    ok = ok and self.value_ok(
-                        (*loc, "values"), device.sim, device.model, point, value
-                    )
+        args.update(settings.model_dump(by_alias=True, exclude={"device", "point"}))
+        ok = True
+        edges = [args[k] for k in ("value", "from", "to") if k in args]
+        if isinstance(settings, NoiseArgs):
+            edges = [settings.around - settings.amplitude, settings.around + settings.amplitude]
+        for value in edges:
+            ok = ok and self.value_ok(loc, device.sim, device.model, point, value)
+        if isinstance(settings, ToggleArgs):
+            for value in settings.values:
+                ok = ok and self.value_ok((*loc, "values"), device.sim, device.model, point, value)
         return args if ok else None
+
+    def push_config(self, loc: Loc, settings: PushConfigArgs) -> dict[str, Any] | None:
+        site = settings.site
+        if isinstance(site, str):
+            site_path = (self.path.parent / site).resolve()
+            try:
+                pushed = read_yaml(site_path)
+            except (OSError, YamlError) as exc:
+                self.issue((*loc, "site"), f"cannot read {site!r}: {exc}")
+                return None
+            # What cannot be read would be lost on the way to the gateway: refused here.
+            for problem in pushed.issues:
+                self.issue((*loc, "site"), f"cannot read {site!r}: {problem}")
+            if pushed.issues:
+                return None
+            site = pushed.data
+        if not isinstance(site, dict):
+            self.issue((*loc, "site"), "the site to push: a path or a mapping")
+            return None
+        return {"site": site, "expect": settings.expect}
 
     def device_ref(self, loc: Loc, raw: Any, devices: dict[str, SimDevice]) -> SimDevice | None:
         if not isinstance(raw, str):
@@ -589,254 +481,128 @@ class _Checker:
             return None
         device = devices.get(raw)
         if device is None:
-            self.issue(loc, f"no simulated device {raw!r}{_hint(raw, devices)}")
+            self.issue(loc, f"no simulated device {raw!r}{hint(raw, devices)}")
         return device
 
-    def expectations(self, data: dict[str, Any], labels: set[str], mode: Mode) -> list[Expectation]:
+    def expectations(self, listed: list[Any], labels: set[str], mode: Mode) -> list[Expectation]:
         result: list[Expectation] = []
-        items = self.items(data, (), "expect", required=True)
-        for loc, item in items:
+        for index, item in enumerate(listed):
+            loc: Loc = ("expect", index)
             if not isinstance(item, dict):
                 self.issue(
-                    loc, f"an expectation is a mapping with one of {', '.join(_EXPECT_KINDS)}"
+                    loc, f"an expectation is a mapping with one of {', '.join(EXPECT_KINDS)}"
                 )
                 continue
-            kinds = [key for key in item if key in _EXPECT_KINDS]
+            kinds = [key for key in item if key in EXPECT_KINDS]
             if len(kinds) != 1:
-                others = [key for key in item if key not in _EXPECT_KINDS]
-                hint = _hint(others[0], _EXPECT_KINDS) if others else ""
+                others = [key for key in item if key not in EXPECT_KINDS]
+                close = hint(others[0], EXPECT_KINDS) if others else ""
                 self.issue(
                     loc,
-                    f"an expectation has exactly one of {', '.join(_EXPECT_KINDS)}, "
-                    f"found {len(kinds)}{hint}",
+                    f"an expectation has exactly one of {', '.join(EXPECT_KINDS)}, "
+                    f"found {len(kinds)}{close}",
                 )
                 continue
             kind = kinds[0]
-            self.unknown_keys(item, loc, (kind, *_MODIFIERS[kind]))
             if (kind in _REPLAY_KINDS) != (mode == "replay"):
                 self.issue(
                     (*loc, kind),
                     f"{kind} is for {'replay' if kind in _REPLAY_KINDS else 'live'} scenarios",
                 )
                 continue
-            expectation = self.expectation((*loc, kind), kind, item, labels)
+            parsed, refusals = check(EXPECTATIONS[kind], item)
+            if parsed is None:
+                self.refused(loc, refusals)
+                continue
+            expectation = self.expectation(loc, kind, parsed, labels)
             if expectation is not None:
                 result.append(expectation)
         return result
 
+    def label_ok(self, loc: Loc, label: str, labels: set[str]) -> bool:
+        if label not in labels:
+            self.issue(loc, f"no step labelled {label!r}{hint(label, labels)}")
+        return label in labels
+
     def expectation(
-        self, loc: Loc, kind: ExpectKind, item: dict[str, Any], labels: set[str]
+        self, loc: Loc, kind: ExpectKind, parsed: Any, labels: set[str]
     ) -> Expectation | None:
-        value = item[kind]
-        base = loc[:-1]
-        line = self.line(loc)
-        after = item.get("after", "start")
-        if after not in labels:
-            self.issue((*base, "after"), f"no step labelled {after!r}{_hint(str(after), labels)}")
+        line = self.line((*loc, kind))
+        after = getattr(parsed, "after", "start")
+        if not self.label_ok((*loc, "after"), after, labels):
             return None
-        if kind in ("buzzer", "led"):
-            if value not in ("on", "off") and not isinstance(value, bool):
-                self.issue(loc, f"on or off, not {value!r}")
-                return None
-            state = "on" if value in ("on", True) else "off"
-            within = self.duration(item, base, "within", required=True)
-            if within is None:
-                return None
-            return Expectation(kind, line, state=state, after=str(after), within=within)
-        if kind in ("no_gaps", "nothing_lost"):
-            if value is not True:
-                self.issue(loc, "write `true`")
-                return None
-            return Expectation(kind, line)
-        if kind == "no_buzzer":
-            match: dict[str, Any] = {}
-        else:
-            if not isinstance(value, dict) or not value:
-                self.issue(loc, "the fields to match, e.g. {kind: alarm-raised, device: efm-1}")
-                return None
-            for key, wanted in value.items():
-                if not isinstance(wanted, str | int | float | bool):
-                    self.issue((*loc, key), "match a field against a plain value")
-                    return None
-            match = dict(value)
-        window = (str(item.get("from", "start")), str(item.get("until", "end")))
+        window = (getattr(parsed, "from_", "start"), getattr(parsed, "until", "end"))
         for key, label in zip(("from", "until"), window, strict=True):
-            if label not in labels:
-                self.issue((*base, key), f"no step labelled {label!r}{_hint(label, labels)}")
+            if not self.label_ok((*loc, key), label, labels):
                 return None
-        bounds: dict[str, int | None] = {}
-        for key in ("equals", "at_least", "at_most"):
-            bound = item.get(key)
-            if bound is not None and (
-                isinstance(bound, bool) or not isinstance(bound, int) or bound < 0
-            ):
-                self.issue((*base, key), f"a count, not {bound!r}")
-                return None
-            bounds[key] = bound
-        if kind == "count" and all(b is None for b in bounds.values()):
-            self.issue(base, "a count needs equals, at_least or at_most")
-            return None
-        within = 0.0
-        first = False
-        if kind in ("event", "reading"):
-            within = self.duration(item, base, "within", required=True) or 0.0
-            first = item.get("first", False)
-            if not isinstance(first, bool):
-                self.issue((*base, "first"), "true or false")
-                return None
+        value = getattr(parsed, kind)
+        if kind in ("buzzer", "led"):
+            return Expectation(kind, line, state=value, after=after, within=parsed.within)
+        if kind in ("no_gaps", "nothing_lost"):
+            return Expectation(kind, line)
         not_before = None
-        if "not_before" in item:
-            not_before = self.timestamp((*base, "not_before"), item["not_before"], ZoneInfo("UTC"))
+        if getattr(parsed, "not_before", None) is not None:
+            not_before = self.timestamp((*loc, "not_before"), parsed.not_before, ZoneInfo("UTC"))
         return Expectation(
             kind,
             line,
-            match=match,
-            after=str(after),
-            within=within,
-            first=first,
+            match={} if kind == "no_buzzer" else dict(value),
+            after=after,
+            within=getattr(parsed, "within", 0.0),
+            first=getattr(parsed, "first", False),
             window=window,
-            equals=bounds.get("equals"),
-            at_least=bounds.get("at_least"),
-            at_most=bounds.get("at_most"),
+            equals=getattr(parsed, "equals", None),
+            at_least=getattr(parsed, "at_least", None),
+            at_most=getattr(parsed, "at_most", None),
             not_before=not_before,
         )
 
-    def readings(self, data: dict[str, Any], site: SiteConfig) -> list[ReadingSeries]:
+    def readings(self, listed: list[Any], site: SiteConfig) -> list[ReadingSeries]:
         zone = ZoneInfo(site.gateway.timezone)
         devices = {d.id for d in site.devices}
         series: list[ReadingSeries] = []
-        for loc, item in self.items(data, (), "readings", required=True):
-            if not isinstance(item, dict):
-                self.issue(loc, "a mapping: device, point, start, every, for, value")
-                continue
-            self.unknown_keys(
-                item, loc, ("device", "point", "start", "every", "for", "value", "unit")
-            )
-            device = item.get("device")
-            if device not in devices:
+        for index, item in enumerate(listed):
+            loc: Loc = ("readings", index)
+            device = item.get("device") if isinstance(item, dict) else None
+            if isinstance(item, dict) and not (isinstance(device, str) and device in devices):
                 self.issue((*loc, "device"), f"the site has no device {device!r}")
                 continue
-            point = item.get("point")
-            if not isinstance(point, str) or not point:
-                self.issue((*loc, "point"), "missing: the point the readings are of")
+            entry, refusals = check(ReadingEntry, item)
+            if entry is None:
+                self.refused(loc, refusals)
                 continue
-            start = self.timestamp((*loc, "start"), item.get("start"), zone)
-            every = self.duration(item, loc, "every", required=True)
-            span = self.duration(item, loc, "for", required=True)
-            shape, value, to, amplitude = self.shape((*loc, "value"), item.get("value"))
-            unit = item.get("unit", "")
-            if start is None or every is None or span is None or shape is None:
+            start = self.timestamp((*loc, "start"), entry.start, zone)
+            if start is None:
                 continue
+            every, span = entry.every, entry.for_
             if every <= 0 or span / every > 2_000_000:
                 self.issue((*loc, "every"), "at most two million readings per series")
                 continue
+            shape = entry.value
+            kind: Literal["constant", "ramp", "noise"] = "constant"
+            value = to = shape.constant or 0.0
+            amplitude = 0.0
+            if shape.ramp is not None:
+                kind, value, to = "ramp", shape.ramp.from_, shape.ramp.to
+            elif shape.noise is not None:
+                kind, value, to = "noise", shape.noise.around, shape.noise.around
+                amplitude = abs(shape.noise.amplitude)
             series.append(
                 ReadingSeries(
-                    str(device), point, start, every, span, shape, value, to, amplitude,
-                    str(unit), self.line(loc),
+                    str(entry.device), entry.point, start, every, span, kind, value, to,
+                    amplitude, entry.unit, self.line(loc),
                 )
             )  # fmt: skip
         return series
 
-    def shape(self, loc: Loc, raw: Any) -> tuple[Any, float, float, float]:
-        if self.number(loc, raw, quiet=True):
-            return "constant", float(raw), float(raw), 0.0
-        if isinstance(raw, dict) and len(raw) == 1:
-            ((kind, spec),) = raw.items()
-            if kind == "ramp" and isinstance(spec, dict):
-                a, b = spec.get("from"), spec.get("to")
-                if self.number((*loc, "ramp", "from"), a) and self.number((*loc, "ramp", "to"), b):
-                    return "ramp", float(cast(float, a)), float(cast(float, b)), 0.0
-                return None, 0, 0, 0
-            if kind == "noise" and isinstance(spec, dict):
-                a, b = spec.get("around"), spec.get("amplitude")
-                if self.number((*loc, "noise", "around"), a) and self.number(
-                    (*loc, "noise", "amplitude"), b
-                ):
-                    return (
-                        "noise",
-                        float(cast(float, a)),
-                        float(cast(float, a)),
-                        abs(float(cast(float, b))),
-                    )
-                return None, 0, 0, 0
-        self.issue(loc, "a number, {ramp: {from, to}} or {noise: {around, amplitude}}")
-        return None, 0, 0, 0
-
-    # -- small checks ---------------------------------------------------------------------------
-
-    def unknown_keys(self, item: dict[str, Any], loc: Loc, known: Iterable[str]) -> None:
-        allowed = tuple(known)
-        for key in item:
-            if key not in allowed:
-                self.issue((*loc, key), f"unknown key{_hint(key, allowed)}")
-
-    def items(
-        self, data: dict[str, Any], loc: Loc, key: str, *, required: bool
-    ) -> list[tuple[Loc, Any]]:
-        raw = data.get(key)
-        if raw is None:
-            if required:
-                self.issue((*loc, key), "missing: a list")
-            return []
-        if not isinstance(raw, list):
-            self.issue((*loc, key), "must be a list")
-            return []
-        if required and not raw:
-            self.issue((*loc, key), "must not be empty")
-        return [((*loc, key, index), item) for index, item in enumerate(raw)]
-
-    def text(self, data: dict[str, Any], loc: Loc, key: str) -> str:
-        raw = data.get(key)
-        if not isinstance(raw, str) or not raw.strip():
-            self.issue((*loc, key), "missing: a line of text")
-            return ""
-        return raw.strip()
-
-    def choice(
-        self, data: dict[str, Any], loc: Loc, key: str, options: tuple[str, ...], default: str
-    ) -> str:
-        raw = data.get(key, default)
-        if raw not in options:
-            self.issue((*loc, key), f"one of {', '.join(options)}, not {raw!r}")
-            return default
-        return str(raw)
-
-    def duration(
-        self, data: dict[str, Any], loc: Loc, key: str, *, required: bool = False
-    ) -> float | None:
-        if key not in data:
-            if required:
-                self.issue((*loc, key), "missing: a duration like 2s or 500ms")
-            return None
+    def timestamp(self, loc: Loc, moment: datetime, zone: ZoneInfo) -> float | None:
+        """POSIX seconds of a moment as written, in ``zone`` when it names none."""
         try:
-            return parse_duration(data[key])
-        except ValueError as exc:
-            self.issue((*loc, key), str(exc))
-            return None
-
-    def number(self, loc: Loc, raw: Any, *, quiet: bool = False) -> bool:
-        ok = isinstance(raw, int | float) and not isinstance(raw, bool) and not math.isnan(raw)
-        ok = ok and abs(raw) < 1e12
-        if not ok and not quiet:
-            self.issue(loc, f"must be a number, not {raw!r}")
-        return ok
-
-    def timestamp(self, loc: Loc, raw: Any, zone: ZoneInfo) -> float | None:
-        try:
-            if isinstance(raw, datetime):
-                moment = raw
-            elif isinstance(raw, date):
-                moment = datetime(raw.year, raw.month, raw.day)
-            elif isinstance(raw, str):
-                moment = datetime.fromisoformat(raw)
-            else:
-                raise ValueError
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=zone)
             return moment.timestamp()
         except (ValueError, OverflowError, OSError):
-            self.issue(loc, f"a date or time like 2025-01-01 or 2025-01-01T08:00, not {raw!r}")
+            self.issue(loc, f"a date or time like 2025-01-01 or 2025-01-01T08:00, not {moment}")
             return None
 
 
@@ -865,21 +631,9 @@ def _known_models() -> list[str]:
     return _known[0]
 
 
-def _dotted(loc: Loc) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
 def _field_loc(field: str) -> Loc:
     """``devices[1].address`` -> ``("devices", 1, "address")``."""
     loc: list[str | int] = []
     for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
         loc.append(int(index) if index else name)
     return tuple(loc)
-
-
-def _hint(word: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

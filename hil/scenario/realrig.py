@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from drivers.yamlpos import YamlError, read_yaml
 
 __all__ = ["BuzzerReadback", "Rig", "RigConfigError", "load_rig", "rig_from_env"]
 
@@ -101,9 +101,12 @@ def load_rig(path: str | os.PathLike[str]) -> Rig:
     """Read a rig file; :class:`RigConfigError` names what is wrong."""
     name = os.fspath(path)
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        doc = read_yaml(path)
+    except (OSError, YamlError) as exc:
         raise RigConfigError(f"{name}: cannot read the rig file: {exc}") from None
+    if doc.issues:
+        raise RigConfigError(f"cannot read the rig file: {doc.issues[0]}")
+    data = doc.data
     if not isinstance(data, dict):
         raise RigConfigError(f"{name}: a rig file is a mapping (ports, tcp, control, buzzer)")
     unknown = set(data) - {"ports", "tcp", "control", "buzzer"}

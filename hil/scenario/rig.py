@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +28,8 @@ import aiomqtt
 from edge.contract import decode_payload
 from edge.log import parse_logfmt
 from edge.schemas import ContractError
-from hil.broker import wait_for_port
+from hil import mosquitto
+from hil.mosquitto import free_port
 from hil.receiver import Receiver, receive
 from hil.rtu_line import RtuLine
 from hil.serial_sim import Ld2410Sim, SerialDeviceSim, WitMotionSim
@@ -48,10 +46,8 @@ class RigSkip(Exception):
     """The rig cannot offer what the scenario needs here (no tmpfs, no rig configured)."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: Mosquitto's own default log types (what the rig's broker has always logged).
+_DEFAULT_LOG = ("error", "warning", "notice", "information")
 
 
 def log_time(entry: dict[str, str]) -> float | None:
@@ -63,66 +59,22 @@ def log_time(entry: dict[str, str]) -> float | None:
     return parsed.replace(tzinfo=UTC).timestamp()
 
 
-def find_mosquitto() -> str:
-    for candidate in (
-        os.environ.get("MOSQUITTO"),
-        shutil.which("mosquitto"),
-        "/usr/sbin/mosquitto",
-    ):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    raise RigError("no mosquitto binary: install it (apt-get install mosquitto) or set $MOSQUITTO")
-
-
-class Mosquitto:
+class Mosquitto(mosquitto.Mosquitto):
     """A Mosquitto on a free loopback port that keeps sessions and queued messages across a
     stop and start (persistence), as the district's broker does over a restart."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config = workdir / "mosquitto.conf"
-        self.log = workdir / "mosquitto.log"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"user {getpass.getuser()}\n"
-            f"persistence true\npersistence_location {workdir}/\nautosave_interval 0\n"
-            f"log_dest file {self.log}\n"
-        )
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._binary = find_mosquitto()
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        try:
+            binary = mosquitto.find_mosquitto()
+        except mosquitto.MosquittoError as exc:
+            raise RigError(str(exc)) from None
+        super().__init__(binary, workdir, persistence=True, log_types=_DEFAULT_LOG)
 
     def start(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            return
-        self._proc = subprocess.Popen(
-            [self._binary, "-c", str(self.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
         try:
-            wait_for_port("127.0.0.1", self.port, timeout=10)
-        except TimeoutError as exc:
-            self.stop()
+            super().start()
+        except mosquitto.MosquittoError as exc:
             raise RigError(f"mosquitto did not start: {exc}") from None
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import math
 import random
@@ -33,7 +32,9 @@ from typing import Any, Literal
 import yaml
 
 from drivers import Reading
+from edge.commands import COMMANDS
 from edge.config.model import ModbusRtuBus, ModbusTcpBus
+from edge.contract import Topics
 from edge.replay import replay
 from edge.rules import Transition
 from edge.signing import generate_key, load_private_key, sign_command
@@ -149,9 +150,7 @@ async def run_scenario(
 
 def gateway_handles(command: str) -> bool:
     """Whether this gateway answers ``command`` (the downlink commands grow over releases)."""
-    import edge.gateway  # noqa: PLC0415
-
-    return f'"{command}"' in inspect.getsource(edge.gateway)
+    return command in COMMANDS
 
 
 class LiveRun:
@@ -237,7 +236,7 @@ class LiveRun:
         site_path.write_text(yaml.safe_dump(site, sort_keys=False))
         self.broker.start()
         prefix = f"{site['uplink'].get('topic_prefix', 'district/v1')}"
-        self.topic = f"{prefix}/{scenario.site.gateway.id}"
+        self.topics = Topics.of(prefix, scenario.site.gateway.id)
         self.gateway = GatewayProcess(site_path, self.workdir / "gateway.log")
         self.gateway.mock_pins = self.readback is None
         if self.watch is not None:
@@ -572,7 +571,7 @@ class LiveRun:
             # rules of any severity, so it is signed with the engineering key.
             key, key_id = load_private_key(self._platform_key("engineering-scenario"))
             signed = sign_command(command, self.scenario.site.gateway.id, key, key_id)
-            await publish(self.broker.url, f"{self.topic}/commands", signed)
+            await publish(self.broker.url, self.topics.commands, signed)
             self.acks_wanted.append((command_id, args["expect"], step))
 
     def _platform_key(self, key_id: str) -> Path:

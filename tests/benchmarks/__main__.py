@@ -48,6 +48,8 @@ from tests.benchmarks import (
     e2e,
     link,
     log_stall,
+    modbus_client,
+    peer,
     refusal,
     rules,
     site_check,
@@ -90,6 +92,8 @@ def _mosquitto() -> str | None:
 #: A check of what a suite needs: None when it is there, else the reason to skip the suite.
 Need = Callable[[], str | None]
 MOSQUITTO: Final[Need] = _mosquitto
+#: The peer gateway, installed into build/ the first time (needs the package index then).
+PEER: Final[Need] = peer.peer_ready
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class Suite:
 SUITES: Final = (
     Suite("e2e", e2e, needs=[MOSQUITTO]),
     Suite("drivers", drivers, needs=[MOSQUITTO]),
+    Suite("modbus_client", modbus_client),
     Suite("buffer", buffer),
     Suite("rules", rules),
     Suite("uplink", uplink, needs=[MOSQUITTO]),
@@ -136,6 +141,7 @@ SUITES: Final = (
     Suite("commission", commission, needs=[MOSQUITTO]),
     Suite("calls", alarm_calls),
     Suite("site_check", site_check),
+    Suite("peer", peer, needs=[MOSQUITTO, PEER]),
 )
 
 #: The options of earlier releases, each one parameter of one suite.

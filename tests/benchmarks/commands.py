@@ -41,11 +41,12 @@ import yaml
 from gpiozero.pins.mock import MockFactory
 
 from drivers.modbus import known_models
+from edge import contract
+from edge.atomic import digest_of
 from edge.config import load_site
 from edge.contract import decode_payload, iso_utc
-from edge.gateway import config_hash
-from edge.reload import SiteRunner, reached_platform
 from edge.signing import verify
+from edge.site_runner import SiteRunner, reached_platform
 from hil.broker import LocalBroker
 from hil.simulator import Simulator
 from tests.fixtures.broker import free_port
@@ -83,7 +84,9 @@ def _confirmed(runner: SiteRunner, count: int) -> Callable[[], bool]:
     return lambda: runner.applied >= count
 
 
-async def _push(client: aiomqtt.Client, prefix: str, site: dict[str, Any], cid: str) -> None:
+async def _push(
+    client: aiomqtt.Client, topics: contract.Topics, site: dict[str, Any], cid: str
+) -> None:
     command = {
         "schema": "edge.command/1",
         "command_id": cid,
@@ -93,7 +96,7 @@ async def _push(client: aiomqtt.Client, prefix: str, site: dict[str, Any], cid: 
     }
     # Renaming a device a critical rule judges needs the engineering key.
     signed = sign(command, site["gateway"]["id"], "engineering")
-    await client.publish(f"{prefix}/commands", json.dumps(signed), qos=1)
+    await client.publish(topics.commands, json.dumps(signed), qos=1)
 
 
 def _verify_us(command: dict[str, Any], gateway_id: str, count: int) -> float:
@@ -146,19 +149,19 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
             runner = SiteRunner(
                 path,
                 load_site(path, known_models=known_models()),
-                config_hash(path.read_bytes()),
+                digest_of(path.read_bytes()),
                 pin_factory=pins,
                 known_models=known_models(),
             )
             stop = asyncio.Event()
             task = asyncio.create_task(runner.run(stop))
-            prefix = f"district/v1/{site['gateway']['id']}"
+            topics = contract.Topics.of("district/v1", site["gateway"]["id"])
             acks: dict[str, float] = {}
             applied: dict[str, float] = {}
             try:
                 async with aiomqtt.Client("127.0.0.1", broker.port) as client:
-                    await client.subscribe(f"{prefix}/acks", qos=1)
-                    await client.subscribe(f"{prefix}/events", qos=1)
+                    await client.subscribe(topics.acks, qos=1)
+                    await client.subscribe(topics.events, qos=1)
 
                     async def listen() -> None:
                         async for message in client.messages:
@@ -191,7 +194,7 @@ async def _trials(workdir: Path, trials: int) -> dict[str, float]:
                         cid = f"bench-{uuid.uuid4()}"
                         since = len(pins.pin(BUZZER).states) - 1
                         sent = time.monotonic()
-                        await _push(client, prefix, pushed, cid)
+                        await _push(client, topics, pushed, cid)
                         await _until(_has(applied, cid), 90, f"config-applied {trial}")
                         # Confirmed: the runner saw config-applied's PUBACK and dropped the
                         # push marker; only then does it take the next push.

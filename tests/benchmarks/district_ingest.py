@@ -47,7 +47,7 @@ from typing import Any, Final
 import psycopg
 
 from district.postgres import ThrowawayPostgres
-from tests.fixtures.broker import free_port, mosquitto_binary
+from hil.mosquitto import Mosquitto, mosquitto_binary
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 KEYS: Final = (
@@ -75,40 +75,20 @@ TINY: Final[dict[str, Any]] = {
 _TIMEOUT: Final = 600.0
 
 
-class _Broker:
+def _broker(folder: Path) -> Mosquitto:
     """Mosquitto as a district would run it for this: QoS 1 queues without a count limit (the
     receivers' sessions hold the backlog), logging off the hot path."""
-
-    def __init__(self, folder: Path) -> None:
-        binary = mosquitto_binary()
-        if binary is None:
-            raise RuntimeError("needs Mosquitto (apt-get install mosquitto)")
-        self.port = free_port()
-        conf = folder / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 0\nmax_inflight_messages 0\nlog_type error\n"
-            f"log_dest file {folder / 'mosquitto.log'}\n"
-        )
-        self._proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        import socket  # noqa: PLC0415
-
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self._proc.terminate()
-        self._proc.wait(timeout=10)
+    binary = mosquitto_binary()
+    if binary is None:
+        raise RuntimeError("needs Mosquitto (apt-get install mosquitto)")
+    broker = Mosquitto(
+        binary,
+        folder,
+        log_types=("error",),
+        extra_config=("max_queued_messages 0", "max_inflight_messages 0"),
+    )
+    broker.start()
+    return broker
 
 
 def _python(args: Sequence[str], **kw: Any) -> subprocess.Popen[str]:
@@ -277,7 +257,7 @@ def run(  # noqa: PLR0917 -- one keyword per size, as every suite's run()
     ``lag_poll`` s for ``lag_seconds``, a load one receiver carries with room to spare."""
     result: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder, ThrowawayPostgres() as pg:
-        broker = _Broker(Path(folder))
+        broker = _broker(Path(folder))
         try:
             for count in (1, 2):
                 rate, messages, per_cpu = _drain(
@@ -316,7 +296,7 @@ def run(  # noqa: PLR0917 -- one keyword per size, as every suite's run()
             result["platform_db_outage_readings_lost"] = lost
             result["platform_db_outage_catch_up_s"] = round(catch_up, 2)
         finally:
-            broker.close()
+            broker.stop()
     return result
 
 

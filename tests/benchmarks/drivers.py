@@ -183,6 +183,7 @@ def _site(
     interval: float,
     *,
     model: str = "efm-ref",
+    policy: str | None = "all",
 ) -> Path:
     site: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     site["buses"] = [
@@ -203,8 +204,9 @@ def _site(
     site["uplink"]["brokers"] = [f"mqtt://127.0.0.1:{broker_port}"]
     site["buffer"]["path"] = str(workdir / "outbox.sqlite")
     # Every reading stored and sent: the figure is the whole path at 1,000 readings/s (the
-    # storage policies' savings are the storage suite's figures).
-    site["storage"] = {"policy": "all"}
+    # storage policies' savings are the storage suite's figures). None: the models' defaults.
+    if policy is not None:
+        site["storage"] = {"policy": policy}
     path = workdir / "site.yaml"
     path.write_text(yaml.safe_dump(site, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
@@ -231,10 +233,37 @@ def _readings_received(receiver: Receiver) -> int:
     return sum(gateway.readings for gateway in summary.gateways.values())
 
 
+async def start_simulator(tcp_port: int, devices: int, models: Path) -> asyncio.subprocess.Process:
+    """The simulator serving ``devices`` bench monitors (units 1..devices) on ``tcp_port``."""
+    units = ",".join(map(str, range(1, devices + 1)))
+    simulator = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hil.simulator", "serve",
+        "--tcp", f"127.0.0.1:{tcp_port}", "--tcp-devices", units,
+        "--noise", "0.01", "--model", BENCH_MODEL, stdout=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "EDGE_MODEL_PATH": str(models)},
+    )  # fmt: skip
+    await asyncio.sleep(1.5)
+    return simulator
+
+
+async def stop_processes(processes: list[asyncio.subprocess.Process]) -> None:
+    """Terminate the processes, last started first, and wait for each."""
+    for process in reversed(processes):
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+
+
 async def tcp_footprint(
-    seconds: float, devices: int = 50, interval: float = 1.0, warmup: float = 10.0
+    seconds: float,
+    devices: int = 50,
+    interval: float = 1.0,
+    warmup: float = 10.0,
+    *,
+    policy: str | None = "all",
 ) -> dict[str, float]:
-    """CPU and RSS of ``edge run`` moving ~1,000 readings/s from Modbus TCP to the broker."""
+    """CPU and RSS of ``edge run`` moving ~1,000 readings/s from Modbus TCP to the broker
+    (``policy``: the site's storage policy, None for the models' defaults)."""
     processes: list[asyncio.subprocess.Process] = []
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as folder:
         workdir = Path(folder)
@@ -243,20 +272,15 @@ async def tcp_footprint(
         broker.start()
         receiver = Receiver(":memory:")
         ready = asyncio.Event()
-        environment = {**os.environ, "EDGE_MODEL_PATH": str(_bench_model(workdir / "models"))}
+        models = _bench_model(workdir / "models")
+        environment = {**os.environ, "EDGE_MODEL_PATH": str(models)}
         subscriber = asyncio.create_task(_receive(broker.port, receiver, ready))
         try:
             await asyncio.wait_for(ready.wait(), 10)
-            units = ",".join(str(a) for a in range(1, devices + 1))
-            processes.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "hil.simulator", "serve",
-                    "--tcp", f"127.0.0.1:{tcp_port}", "--tcp-devices", units, "--noise", "0.01",
-                    "--model", BENCH_MODEL, stdout=asyncio.subprocess.DEVNULL, env=environment,
-                )
-            )  # fmt: skip
-            await asyncio.sleep(1.5)
-            site = _site(workdir, tcp_port, broker.port, devices, interval, model=BENCH_MODEL)
+            processes.append(await start_simulator(tcp_port, devices, models))
+            site = _site(
+                workdir, tcp_port, broker.port, devices, interval, model=BENCH_MODEL, policy=policy
+            )
             gateway = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "edge.cli", "run", "--config", str(site),
                 "--log-level", "warning", stderr=asyncio.subprocess.DEVNULL, env=environment,
@@ -274,10 +298,7 @@ async def tcp_footprint(
             elapsed = time.monotonic() - started
             rss = process.memory_info().rss / 2**20
         finally:
-            for process_ in reversed(processes):
-                if process_.returncode is None:
-                    process_.terminate()
-                    await process_.wait()
+            await stop_processes(processes)
             subscriber.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await subscriber

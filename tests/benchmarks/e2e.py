@@ -34,6 +34,7 @@ import aiomqtt
 import psutil
 import yaml
 
+from edge import contract
 from edge.contract import decode_payload
 from edge.log import parse_logfmt
 from hil.broker import LocalBroker
@@ -150,9 +151,9 @@ class Rig:
 async def measure_latency(rig: Rig, trials: int) -> tuple[list[float], list[float]]:
     to_buzzer: list[float] = []
     to_platform: list[float] = []
-    prefix = "district/v1/gw-demo-0001"
+    topics = contract.Topics.of("district/v1", "gw-demo-0001")
     async with aiomqtt.Client("127.0.0.1", rig.broker.port) as client:
-        await client.subscribe(f"{prefix}/events", qos=1)
+        await client.subscribe(topics.events, qos=1)
         messages = client.messages
         for trial in range(trials):
             # A random phase against the 1 s poll, so the figures cover the whole cycle.

@@ -88,7 +88,7 @@ async def bytes_per_reading(compression: str, seconds: int = 10) -> tuple[float,
         )
         on_wire = readings = 0
         async with asyncio.timeout(120), aiomqtt.Client(broker.host, broker.port) as client:
-            await client.subscribe(uplink.telemetry_topic, qos=1)
+            await client.subscribe(uplink.topics.telemetry, qos=1)
             task = asyncio.create_task(uplink.run())
             async for message in client.messages:
                 payload = message.payload
@@ -143,14 +143,14 @@ async def drain(backlog: int, batch_size: int = 1000, live_per_s: float = 1000.0
         task = asyncio.create_task(uplink.run())
         feeder = asyncio.create_task(live())
         # Polling a counter: the uplink has no event for "this many acked".
-        while uplink.acked < stored:  # noqa: ASYNC110
+        while uplink.tally.acked < stored:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - began
         stop_live.set()
         await feeder
         await uplink.stop()
         await task
-        return uplink.acked / elapsed
+        return uplink.tally.acked / elapsed
 
 
 async def alarm_after_outage(outage_s: float = 15.0, trials: int = 3) -> tuple[float, float]:
@@ -183,7 +183,7 @@ async def alarm_after_outage(outage_s: float = 15.0, trials: int = 3) -> tuple[f
                 asyncio.timeout(120),
                 aiomqtt.Client(broker.host, broker.port) as client,
             ):
-                await client.subscribe(f"{PREFIX}/+/events", qos=1)
+                await client.subscribe(contract.fleet_filter(PREFIX, "events"), qos=1)
                 async for message in client.messages:
                     payload = message.payload
                     if isinstance(payload, bytes) and b"alarm-raised" in payload:

@@ -56,6 +56,20 @@ def mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
+#: Run by the installed release's python: is pymodbus there, and does every module of edge/,
+#: drivers/ and buffer/ import without the extras?
+IMPORT_EVERY_MODULE = """
+import importlib, importlib.util, pkgutil
+print("pymodbus:" + ("present" if importlib.util.find_spec("pymodbus") else "absent"))
+for name in ("edge", "drivers", "buffer"):
+    package = importlib.import_module(name)
+    for module in pkgutil.walk_packages(package.__path__, name + "."):
+        if module.name != "edge.commission.server":
+            importlib.import_module(module.name)
+print("modules:ok")
+"""
+
+
 def installed_edge(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     """Run the installed release's ``edge`` (its python: the shebang names the real /opt)."""
     python = root / "opt" / APP / "current" / "venv" / "bin" / "python"
@@ -119,6 +133,17 @@ def test_install_upgrade_rollback_uninstall(
     # The installed gateway runs and accepts the installed config.
     checked = installed_edge(root, "check-config", etc / "site.yaml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Without any extra: no simulator library, and every module the gateway may load imports
+    # (the commissioning server is the commission extra's, tests/unit/test_dependencies.py).
+    loaded = subprocess.run(
+        [str(current / "venv" / "bin" / "python"), "-c", IMPORT_EVERY_MODULE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["pymodbus:absent", "modules:ok"], loaded.stdout
     # systemd's own verdict on the installed units, resolved inside the root.
     analyze = need("systemd-analyze", "systemd")
     for unit in (f"{APP}.service", f"{APP}-firstboot.service"):

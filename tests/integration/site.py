@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from edge import contract
 from edge.config import SiteConfig, parse_site
 from hil.simulator import Simulator
 from tests.fixtures.broker import Collector, Mosquitto, collect
@@ -72,6 +73,6 @@ async def simulated_site(
         Simulator(
             tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
         ) as sim,
-        collect(mosquitto, "district/v1/#") as platform,
+        collect(mosquitto, contract.fleet_filter("district/v1")) as platform,
     ):
         yield sim, platform

@@ -25,7 +25,7 @@ def test_every_suite_runs_and_reports_each_of_its_keys_as_a_number(tmp_path: Pat
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,  # about 30 s on an idle 2-core machine
+        timeout=300,  # about 70 s on a 2-core machine (the peer installed: 15 s more before)
         check=False,
     )
     output = (result.stdout + result.stderr)[-6000:]

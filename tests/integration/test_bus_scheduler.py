@@ -1,13 +1,15 @@
 """The bus scheduler against the line-timed RTU simulator, over a real pseudo-terminal.
 
 The simulator answers as late as a 9600/19200-baud line would and notes any request sent
-before the t3.5 silence, so these tests see the scheduler as a real RS-485 bus would.
+before the t3.5 silence, so these tests see the scheduler as a real RS-485 bus would. They
+assert what happens and in which order, never how fast: the schedule's times are asserted
+exactly on a made-up clock (tests/unit/test_bus_schedule.py), its speed on a real line is a
+benchmark (``python -m tests.benchmarks --only drivers``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Callable
 
@@ -73,26 +75,27 @@ class Recorder:
             await asyncio.sleep(0.01)
 
 
-async def test_ten_live_devices_keep_their_interval_with_one_dead_on_the_bus() -> None:
+async def test_live_devices_keep_answering_with_one_dead_on_the_bus() -> None:
     recorder = Recorder()
     async with RtuLine(dict.fromkeys(range(1, 12), EFM), baudrate=9600) as line:
         line.set_fault(11, "silent")
-        devices = [PolledDevice(f"m{a}", EFM, a, 1.0) for a in range(1, 12)]
+        devices = [PolledDevice(f"m{a}", EFM, a, 0.2) for a in range(1, 12)]
         bus = ModbusBus("rs485", RtuSettings(line.path, 9600, timeout=0.3), devices, recorder)
         async with running(bus.run):
-            await asyncio.sleep(6.0)
-        collisions, dead_asked = line.stats.collisions, line.requests(11)
+            await recorder.wait_for(
+                "the dead device re-probed and every live one polled after it",
+                lambda: (
+                    line.requests(11) >= 2
+                    and all(len(recorder.polls(f"m{a}")) >= 5 for a in range(1, 11))
+                ),
+                within=60,
+            )
+        collisions = line.stats.collisions
     for address in range(1, 11):
-        polls = recorder.polls(f"m{address}")
-        assert len(polls) >= 5, f"m{address}: {len(polls)} polls"
-        gaps = [b - a for a, b in itertools.pairwise(polls)]
-        # Each live device keeps its 1 s within one timeout (0.3 s) of the dead one.
-        assert max(gaps) <= 1.0 + 0.3 + 0.1, f"m{address}: {gaps}"
         assert recorder.online(f"m{address}") == [True]
     assert recorder.online("m11") == [False]
     assert recorder.reasons("m11") == ["no answer within 0.3 s"]
-    # Re-probed with backoff (1, 2, 4 s ...), not every cycle.
-    assert 2 <= dead_asked <= 4
+    assert bus.stats.probes >= 1
     assert collisions == 0  # the t3.5 silence was kept before every request
 
 
@@ -109,19 +112,23 @@ async def test_faults_are_counted_and_the_bus_keeps_going() -> None:
             await recorder.wait_for(
                 "three devices offline",
                 lambda: all(recorder.online(f"m{a}") == [False] for a in range(2, 5)),
+                within=30,
             )
             healthy_before = len(recorder.polls("m1"))
-            await asyncio.sleep(2.0)
-            # Two devices that answer garbage cost a 0.15 s timeout per probe, but probes back
-            # off (0.2, 0.4, 0.8 s ...): the healthy one keeps most of its 0.2 s polls.
-            assert len(recorder.polls("m1")) - healthy_before >= 4
+            await recorder.wait_for(
+                "the healthy device polled on while the others fail",
+                lambda: len(recorder.polls("m1")) - healthy_before >= 4,
+                within=30,
+            )
             for address in range(2, 6):
                 line.set_fault(address, "none")
             await recorder.wait_for(
                 "all back",
                 lambda: all(recorder.online(f"m{a}")[-1:] == [True] for a in range(2, 6)),
+                within=60,
             )
     assert recorder.online("m1") == [True]
+    assert recorder.online("m5") == [True]  # slow within the timeout is not a failure
     assert recorder.reasons("m4")[0] == "exception 4 (server device failure)"
     # A CRC error is named, not just "no answer", and counted per bus.
     assert recorder.reasons("m2")[0].startswith("no valid answer within 0.15 s (CRC error")
@@ -139,20 +146,28 @@ async def test_an_answer_later_than_the_timeout_disturbs_the_line_but_never_stal
         devices = [PolledDevice("m1", EFM, 1, 0.2), PolledDevice("late", EFM, 2, 0.2)]
         bus = ModbusBus("rs485", RtuSettings(line.path, 19200, timeout=0.1), devices, recorder)
         async with running(bus.run):
-            await asyncio.sleep(1.5)
             # A late answer still occupies the wire and garbles requests sent over it, as on
             # a real RS-485 bus; the master cannot hear it coming. RTU has no transaction id,
             # so a late answer landing while the same device is asked again passes for the
             # answer. What the scheduler guarantees is that the bus keeps going.
-            assert recorder.online("late")[0] is False
-            assert line.stats.collisions >= 1
-            assert len(recorder.polls("m1")) >= 3
+            await recorder.wait_for(
+                "the late device offline, a collision and polls of the other",
+                lambda: (
+                    recorder.online("late")[:1] == [False]
+                    and line.stats.collisions >= 1
+                    and len(recorder.polls("m1")) >= 3
+                ),
+                within=30,
+            )
             line.set_fault(2, "none")
-            await recorder.wait_for("late back", lambda: recorder.online("late")[-1])
-            await recorder.wait_for("m1 polled", lambda: recorder.online("m1")[-1])
+            await recorder.wait_for("late back", lambda: recorder.online("late")[-1], within=60)
+            await recorder.wait_for("m1 polled", lambda: recorder.online("m1")[-1], within=30)
             settled = len(recorder.polls("m1"))
-            await asyncio.sleep(1.0)
-            assert len(recorder.polls("m1")) - settled >= 4
+            await recorder.wait_for(
+                "polls after the line settled",
+                lambda: len(recorder.polls("m1")) - settled >= 4,
+                within=30,
+            )
 
 
 async def test_stuck_values_are_read_as_they_are() -> None:
@@ -181,53 +196,42 @@ async def test_the_fast_lane_reads_critical_points_between_full_polls() -> None:
         ]
         bus = ModbusBus("rs485", RtuSettings(line.path, 19200), devices, recorder)
         async with running(bus.run):
-            await asyncio.sleep(1.6)
-    assert len(recorder.polls("watched", "alarm_bits")) >= 10
-    assert len(recorder.polls("watched", "temperature_1")) >= 10
-    assert 1 <= len(recorder.polls("watched", "voltage_a")) <= 2  # not critical: full polls only
-    assert 1 <= len(recorder.polls("plain", "alarm_bits")) <= 2
+            await recorder.wait_for(
+                "fast-lane polls",
+                lambda: len(recorder.polls("watched", "alarm_bits")) >= 6,
+                within=30,
+            )
+    fast_reads = len(recorder.polls("watched", "alarm_bits"))
+    assert len(recorder.polls("watched", "temperature_1")) == fast_reads
+    # Non-critical points come with full polls only, so less often; the plain device has no
+    # fast lane at all.
+    assert 1 <= len(recorder.polls("watched", "voltage_a")) < fast_reads
+    assert len(recorder.polls("plain", "alarm_bits")) == len(recorder.polls("plain", "voltage_a"))
 
 
 async def test_intervals_change_at_run_time() -> None:
     recorder = Recorder()
     async with RtuLine({1: EFM}, baudrate=19200) as line:
         bus = ModbusBus(
-            "rs485", RtuSettings(line.path, 19200), [PolledDevice("m", EFM, 1, 2.0)], recorder
+            "rs485", RtuSettings(line.path, 19200), [PolledDevice("m", EFM, 1, 60.0)], recorder
         )
         async with running(bus.run):
             await recorder.wait_for("first poll", lambda: len(recorder.polls("m")) == 1)
-            # Storm mode: a shorter interval applies at once, not after the 2 s slot.
-            bus.set_interval("m", 0.1)
-            assert bus.intervals("m") == (0.1, None)
-            await asyncio.sleep(1.0)
-            assert len(recorder.polls("m")) >= 8
+            # Storm mode: a shorter interval applies at once, not after the 60 s slot.
+            bus.set_interval("m", 0.05)
+            assert bus.intervals("m") == (0.05, None)
+            await recorder.wait_for("storm polls", lambda: len(recorder.polls("m")) >= 4)
             bus.set_interval("m", None)
-            assert bus.intervals("m") == (2.0, None)
-            settled = len(recorder.polls("m"))
-            await asyncio.sleep(1.0)
-            assert len(recorder.polls("m")) - settled <= 1
+            assert bus.intervals("m") == (60.0, None)
+            # A fast lane switched on at run time reads the critical points only.
+            settled = len(recorder.polls("m", "voltage_a"))
             bus.set_interval("m", 0.05, lane="fast")
-            await asyncio.sleep(0.5)
-            assert len(recorder.polls("m", "alarm_bits")) - settled >= 5
-
-
-def test_set_interval_refuses_bad_input() -> None:
-    plain = DeviceModel("test-plain", "t", "holding", (Point("a", 0, "u16"),))
-    bus = ModbusBus(
-        "rs485",
-        RtuSettings("/dev/null"),
-        [PolledDevice("m", EFM, 1, 1.0), PolledDevice("p", plain, 2, 1.0)],
-        lambda _: None,
-    )
-    with pytest.raises(ValueError, match="no device 'x'"):
-        bus.set_interval("x", 1.0)
-    for bad in (0, -1.0, float("nan"), float("inf"), True, "1s"):
-        with pytest.raises(ValueError, match="interval"):
-            bus.set_interval("m", bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="no fast lane"):
-        bus.set_interval("p", 0.1, lane="fast")
-    with pytest.raises(ValueError, match="marks none"):
-        PolledDevice("p", plain, 2, 1.0, fast_interval=0.1)
+            assert bus.intervals("m") == (60.0, 0.05)
+            await recorder.wait_for(
+                "fast-lane polls", lambda: len(recorder.polls("m", "alarm_bits")) - settled >= 4
+            )
+    # Back on its 60 s interval, the device got no full poll after the fast lane came.
+    assert len(recorder.polls("m", "voltage_a")) <= settled + 1
 
 
 async def test_sparse_maps_are_read_in_the_fewest_requests() -> None:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from edge import lastgood
-from edge.gateway import config_hash
+from edge.atomic import digest_of
 from edge.schemas import validate_message
 from hil.simulator import Simulator
 from tests.fixtures.broker import Collector, Mosquitto, collect, free_port
@@ -153,7 +153,7 @@ async def test_an_unusable_site_file_runs_the_last_good_config_and_says_so(
         path = write_site(tmp_path, site)
         good = path.read_bytes()
         good_hash = lastgood.save(path, good)
-        assert good_hash == config_hash(good)
+        assert good_hash == digest_of(good)
         BREAKAGES[breakage](path)
         sock, notify = notify_socket(tmp_path)
         with sock:
@@ -224,7 +224,7 @@ async def test_a_config_that_reached_the_platform_is_kept_as_the_last_good_one(
                 assert asyncio.get_running_loop().time() < deadline, "no last good config kept"
                 await asyncio.sleep(0.1)
     record = json.loads(kept.read_bytes())
-    assert record["config_hash"] == config_hash(path.read_bytes())
+    assert record["config_hash"] == digest_of(path.read_bytes())
     assert record["site_yaml"].encode() == path.read_bytes()
     assert lastgood.load(path).digest == record["config_hash"]
     assert kept.stat().st_mode & 0o777 == 0o600  # it may hold broker credentials
@@ -288,4 +288,4 @@ async def test_in_fault_mode_the_platform_can_push_a_config_that_proves_itself_o
             while not kept.exists():
                 assert asyncio.get_running_loop().time() < deadline, "no last good config kept"
                 await asyncio.sleep(0.1)
-            assert lastgood.load(path).digest == config_hash(good.encode())
+            assert lastgood.load(path).digest == digest_of(good.encode())

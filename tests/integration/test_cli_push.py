@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.gateway import config_hash
+from edge.atomic import digest_of
 from edge.reload import write_site as write_pushed
 from hil.simulator import Simulator
 from tests.fixtures.broker import Collector, Mosquitto, free_port
@@ -40,7 +40,7 @@ async def test_a_push_cut_short_before_it_settled_is_undone_when_the_gateway_sta
         write_pushed(
             path,
             text,
-            pending={"config_hash": config_hash(text.encode()), "command_id": "push-cut"},
+            pending={"config_hash": digest_of(text.encode()), "command_id": "push-cut"},
         )
         process = await asyncio.create_subprocess_exec(
             *EDGE, "run", "--config", str(path), stderr=asyncio.subprocess.PIPE
@@ -61,9 +61,9 @@ async def test_a_push_cut_short_before_it_settled_is_undone_when_the_gateway_sta
     back = [b for b in bodies if b["kind"] == "config-rolled-back"]
     assert len(back) == 1
     assert back[0]["command_id"] == "push-cut"
-    assert back[0]["config_hash"] == config_hash(original)
+    assert back[0]["config_hash"] == digest_of(original)
     started = [b for b in bodies if b["kind"] == "gateway-started"]
-    assert started[0]["config_hash"] == config_hash(original)
+    assert started[0]["config_hash"] == digest_of(original)
 
 
 #: Where a push is cut by SIGKILL: right after the command is sent, right after its ack, once
@@ -86,14 +86,14 @@ async def test_sigkill_at_any_moment_of_a_push_leaves_the_old_or_the_new_config_
         logs.mkdir()
         process = await _start(path, logs / "start.log")
         try:
-            await _online_with(platform, config_hash(path.read_bytes()))
+            await _online_with(platform, digest_of(path.read_bytes()))
             for number, point in enumerate(points):
                 before = path.read_bytes()
                 pushed = yaml.safe_load(before)
                 pushed["devices"][1]["id"] = f"efm-kitchen-{200 + number}"
                 cid = f"push-kill-{number}"
                 text = yaml.safe_dump(pushed, sort_keys=False)
-                new_hash = config_hash(text.encode())
+                new_hash = digest_of(text.encode())
                 # A renamed device that a guarded rule judges: the engineering key's to push.
                 push = command(cid, "push-config", {"site_yaml": text}, key="engineering")
                 await send(mosquitto, push)
@@ -104,8 +104,8 @@ async def test_sigkill_at_any_moment_of_a_push_leaves_the_old_or_the_new_config_
                 assert on_disk in (before, text.encode()), f"{point}: neither config on disk"
                 process = await _start(path, logs / f"after-{number}.log")
                 # The gateway comes up on one of the two, and says which.
-                in_force = await _online_with(platform, config_hash(before), new_hash)
-                assert config_hash(path.read_bytes()) == in_force, point
+                in_force = await _online_with(platform, digest_of(before), new_hash)
+                assert digest_of(path.read_bytes()) == in_force, point
                 if in_force == new_hash:
                     await _last_word(platform, cid, "config-applied")
                 elif on_disk == text.encode():

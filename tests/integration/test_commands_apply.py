@@ -143,7 +143,7 @@ async def test_storm_mode_polls_faster_tightens_thresholds_and_ends_by_itself(
             nan = command("s-nan", "storm-mode", {"on": True, "duration_s": 1.0})
             nan = nan.replace(b'"duration_s": 1.0', b'"duration_s": NaN')
             assert "finite" in await refused(mosquitto, platform, "s-nan", nan)
-            assert gateway.storm is None
+            assert gateway.storm.active is None
             assert events(platform, "storm-mode-started") == []
 
             async def polls(seconds: float) -> int:
@@ -171,7 +171,7 @@ async def test_storm_mode_polls_faster_tightens_thresholds_and_ends_by_itself(
             await platform.wait_for(lambda c: len(events(c, "storm-mode-ended")) == 1, 10)
             ended = events(platform, "storm-mode-ended")[0]
             assert ended["reason"] == "expired"
-            assert gateway.storm is None
+            assert gateway.storm.active is None
             assert gateway.rules.thresholds(RULE, shop) == load(site).rules[0]
             await until(lambda: pins.pin(BUZZER).state is False, 5, "the alarm clearing at 260")
             after = await polls(2.0)
@@ -231,7 +231,7 @@ async def test_storm_mode_off_by_command_restores_at_once_and_a_restart_reports_
         try:
             await platform.wait_for(lambda c: len(events(c, "storm-mode-ended")) == 2, 15)
             assert events(platform, "storm-mode-ended")[1]["reason"] == "restart"
-            assert again.storm is None
+            assert again.storm.active is None
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import struct
+import tty
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from drivers.modbus.client import LinkDown, NoAnswer, RtuClient, TcpClient
-from drivers.modbus.codec import ReadResponse, encode_tcp
+from drivers.modbus.codec import ReadRequest, ReadResponse, decode_request, encode, encode_tcp
 from hil.rtu_line import RtuLine
 
 pytestmark = pytest.mark.integration
@@ -89,3 +91,37 @@ async def test_rtu_names_crc_errors_and_recovers() -> None:
             client.close()
     with pytest.raises(LinkDown):
         await client.read(1, 3, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("noise", "chunk"),
+    [
+        (b"\x00\xff\x13\x37", 1),  # a few bytes of garbage, the answer a byte at a time
+        (bytes(range(256)) * 8, 64),  # 2 KiB of noise: more than the receive buffer holds
+    ],
+)
+async def test_rtu_finds_the_answer_behind_noise_however_the_bytes_arrive(
+    noise: bytes, chunk: int
+) -> None:
+    """A real pseudo-terminal as the line; the test is the slave. The client decodes as bytes
+    arrive (the shared capped Deframer), so neither the split nor a flood loses the answer."""
+    leader, follower = os.openpty()
+    tty.setraw(follower)
+    client = RtuClient(os.ttyname(follower), 19200, "N", 1, timeout=5.0)
+    try:
+        assert await client.connect()
+        reading = asyncio.create_task(client.read(7, 3, 0, 2))
+        loop = asyncio.get_running_loop()
+        request = await loop.run_in_executor(None, os.read, leader, 64)
+        assert decode_request(request) == (8, ReadRequest(7, 3, 0, 2))
+        wire = noise + encode(ReadResponse(7, 3, (120, 320)))
+        for at in range(0, len(wire), chunk):
+            os.write(leader, wire[at : at + chunk])
+            await asyncio.sleep(0)
+        answer = await asyncio.wait_for(reading, 30)
+    finally:
+        client.close()
+        os.close(leader)
+        os.close(follower)
+    assert answer == ReadResponse(7, 3, (120, 320))
+    assert client.bad_frames >= 1

@@ -18,11 +18,11 @@ from gpiozero.pins.mock import MockFactory
 
 from drivers.modbus import known_models
 from edge import contract, lastgood
+from edge.atomic import digest_of
 from edge.commands import MAX_COMMAND_BYTES
 from edge.config import load_site
-from edge.gateway import config_hash
-from edge.reload import SiteRunner
 from edge.schemas import validate_message
+from edge.site_runner import SiteRunner
 from tests.fixtures.broker import (
     Collector,
     Mosquitto,
@@ -48,7 +48,7 @@ def events(platform: Collector, kind: str) -> list[dict[str, Any]]:
 async def running(
     path: Path, pins: Any, platform: Collector, *, settle: float = 1.5
 ) -> AsyncIterator[tuple[SiteRunner, asyncio.Event]]:
-    digest = config_hash(await asyncio.to_thread(path.read_bytes))
+    digest = digest_of(await asyncio.to_thread(path.read_bytes))
     runner = SiteRunner(
         path,
         await asyncio.to_thread(load_site, path, known_models=known_models()),
@@ -232,7 +232,7 @@ async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
         original = path.read_bytes()
         # The site's own mock pin factory (no shared one): the pushed file decides the pins.
         async with running(path, None, platform) as (runner, _):
-            old_hash = config_hash(original)
+            old_hash = digest_of(original)
             # Valid to check-config, but written for a board this one is not: building the
             # buzzer's pin factory fails.
             other_board = copy.deepcopy(site)
@@ -336,7 +336,7 @@ async def test_a_push_that_cannot_reach_the_platform_is_rolled_back_and_says_why
         site["uplink"]["push_confirm_within"] = "6s"
         path = write_site(tmp_path, site)
         original = path.read_bytes()
-        old_hash = config_hash(original)
+        old_hash = digest_of(original)
         unreachable = f"mqtt://127.0.0.1:{free_port()}"
         cases: dict[str, tuple[dict[str, Any], str]] = {
             "broker": ({"brokers": [unreachable]}, f"via {unreachable}: "),

@@ -1,20 +1,31 @@
-"""The import budget of ``edge run`` (docs/benchmarks.md): what a running gateway must not load.
+"""The import budget of ``edge run`` (docs/benchmarks.md): what a running gateway loads, and what
+each group of its imports may cost.
 
 A gateway process runs the example site on a Modbus TCP bus (a real simulator, a real
 Mosquitto) until its readings and its health message reach the broker; then it writes out its
 ``sys.modules``. Heavy modules that this site does not use must be absent: the JSON Schema
 library (a valid health message is checked without it), cryptography without command keys,
 pyserial without a serial port, the other commands' tools. With a command key installed,
-cryptography must be there, so the check is seen to fail when a module is loaded.
+cryptography must be there, so the check is seen to fail when a module is loaded. Every
+package the running gateway loads must have its row in the budget table of
+docs/benchmarks.md, and a fresh interpreter that imports the table's groups in its order must
+find each group within its budget (resident memory, ``/proc/self/status`` VmRSS).
+
+``python -m tests.integration.test_run_imports`` prints what each group adds on this machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import platform
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -23,6 +34,9 @@ from tests.benchmarks.drivers import _site
 from tests.fixtures.broker import Mosquitto, collect, free_port
 
 pytestmark = pytest.mark.integration
+
+BUDGET_PAGE = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+BUDGET_SECTION = "### Import budget of `edge run`"
 
 #: Never loaded by ``edge run`` on a Modbus TCP site without command keys.
 NOT_LOADED = (
@@ -92,12 +106,101 @@ def _loaded(modules: set[str], name: str) -> bool:
     return name in modules or any(m.startswith(f"{name}.") for m in modules)
 
 
+class BudgetRow(NamedTuple):
+    """One row of the budget table: the modules a group imports and the MiB it may add."""
+
+    group: str
+    modules: list[str]
+    budget: float
+
+
+def budget_rows(page: Path = BUDGET_PAGE) -> list[BudgetRow]:
+    """The rows of the import budget table that have a budget, in the table's order."""
+    text = page.read_text(encoding="utf-8")
+    start = text.index(BUDGET_SECTION)
+    rows: list[BudgetRow] = []
+    in_table = False
+    for line in text[start:].splitlines()[1:]:
+        if not line.startswith("|"):
+            if in_table:
+                break
+            continue
+        in_table = True
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        budget = re.fullmatch(r"([0-9.]+) MiB", cells[-1]) if len(cells) == 5 else None
+        if budget is None:
+            continue  # the header, its rule, and rows measured but not budgeted
+        rows.append(BudgetRow(cells[0], re.findall(r"`([\w.]+)`", cells[1]), float(budget[1])))
+    return rows
+
+
+#: Imports each group of argv[1] (a JSON list of module lists) in order and prints, as JSON,
+#: the VmRSS (KiB) before the first and after each.
+_MEASURE = """
+import importlib, json, sys
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+sizes = [rss()]
+for group in json.loads(sys.argv[1]):
+    for name in group:
+        importlib.import_module(name)
+    sizes.append(rss())
+print(json.dumps(sizes))
+"""
+
+
+def measure_groups(rows: list[BudgetRow]) -> tuple[float, list[float]]:
+    """The interpreter's own MiB, and what each row's imports add on top of the rows above."""
+    groups = json.dumps([row.modules for row in rows])
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, groups], capture_output=True, text=True, check=True
+    )
+    sizes = [kib / 1024 for kib in json.loads(done.stdout)]
+    return sizes[0], [after - before for before, after in itertools.pairwise(sizes)]
+
+
+#: Top-level modules of a running process that are not packages of a dependency.
+_NOT_PACKAGES = re.compile(r"_.*|cython_runtime")
+
+
+def _packages_without_a_row(modules: set[str]) -> list[str]:
+    named = {name.split(".")[0] for row in budget_rows() for name in row.modules}
+    packages = {m.split(".")[0] for m in modules} - set(sys.stdlib_module_names)
+    return sorted(p for p in packages if p not in named and not _NOT_PACKAGES.fullmatch(p))
+
+
 async def test_a_tcp_site_without_command_keys_loads_none_of_the_heavy_modules(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     modules = await _modules_of_a_running_gateway(tmp_path, mosquitto, tmp_path / "no-keys")
     assert [name for name in LOADED if not _loaded(modules, name)] == []
     assert [name for name in NOT_LOADED if _loaded(modules, name)] == []
+    # A new dependency of the run path gets its row (and its cost) in the budget table.
+    assert _packages_without_a_row(modules) == []
+
+
+def test_the_budget_table_names_importable_groups() -> None:
+    rows = budget_rows()
+    assert len(rows) >= 10
+    assert all(row.modules and row.budget > 0 for row in rows)
+    assert _packages_without_a_row({"edge.gateway", "pydantic", "paho.mqtt"}) == []
+    assert _packages_without_a_row({"edge", "msgspec"}) == ["msgspec"]
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.machine() != "x86_64",
+    reason="the budgets were measured on Linux x86-64 (docs/benchmarks.md)",
+)
+def test_each_import_group_of_edge_run_stays_within_its_budget() -> None:
+    rows = budget_rows()
+    _, added = measure_groups(rows)
+    over = [
+        f"{row.group}: {size:.1f} MiB, budget {row.budget:g} MiB"
+        for row, size in zip(rows, added, strict=True)
+        if size > row.budget
+    ]
+    assert over == []
 
 
 async def test_a_site_with_a_command_key_loads_cryptography(
@@ -110,3 +213,12 @@ async def test_a_site_with_a_command_key_loads_cryptography(
     modules = await _modules_of_a_running_gateway(tmp_path, mosquitto, keys)
     assert _loaded(modules, "cryptography")
     assert not _loaded(modules, "jsonschema")
+
+
+if __name__ == "__main__":
+    table = budget_rows()
+    interpreter, costs = measure_groups(table)
+    print(f"{'CPython itself':50s} {interpreter:5.1f} MiB")
+    for line, cost in zip(table, costs, strict=True):
+        print(f"{line.group:50s} {cost:5.1f} MiB (budget {line.budget:g})")
+    print(f"{'all of the above':50s} {interpreter + sum(costs):5.1f} MiB")

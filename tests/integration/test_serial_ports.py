@@ -194,3 +194,67 @@ async def test_a_socket_port_without_a_server_is_an_error_not_a_wait() -> None:
         await SerialLink.open("socket://127.0.0.1:1", 9600, connect_timeout=5.0)
     with pytest.raises(ValueError, match="not a serial port"):
         await SerialLink.open("rfc2217://127.0.0.1:1?timeout=4", 9600)
+
+
+async def test_a_short_write_keeps_its_tail_and_sends_it_before_later_writes(
+    pty: tuple[int, str],
+) -> None:
+    """``os.write`` on a full pty takes part of a write: the part it did not take goes first
+    once the line drains, ahead of everything written after it, and nothing is split."""
+    leader, path = pty
+    size = 777  # not a divisor of the pty's buffer, so one write is cut short
+    link = await SerialLink.open(path, 9600)
+    written = 0
+    try:
+        while not link.unsent:
+            link.write(bytes([written % 256]) * size)
+            written += 1
+        assert 0 < link.unsent < size, "the write that filled the line went out in part"
+        link.write(bytes([written % 256]) * size)  # queued behind the tail
+        written += 1
+        assert link.dropped_writes == 0
+        received = bytearray()
+        os.set_blocking(leader, False)
+
+        def drain() -> None:
+            with contextlib.suppress(BlockingIOError):
+                received.extend(os.read(leader, 65536))
+
+        loop = asyncio.get_running_loop()
+        loop.add_reader(leader, drain)
+        try:
+            await until("every byte", lambda: len(received) >= written * size)
+            await until("nothing left to send", lambda: link.unsent == 0)
+        finally:
+            loop.remove_reader(leader)
+    finally:
+        await link.close()
+    assert bytes(received) == b"".join(bytes([n % 256]) * size for n in range(written))
+
+
+async def test_a_write_larger_than_the_limit_is_dropped_whole_never_cut(
+    pty: tuple[int, str],
+) -> None:
+    leader, path = pty
+    link = await SerialLink.open(path, 9600)
+    try:
+        link.write(b"\xaa" * (WRITE_LIMIT + 1))
+        assert link.dropped_writes == WRITE_LIMIT + 1
+        assert link.unsent == 0
+        link.write(b"\x01\x03\x00\x00\x00\x01\x84\x0a")  # the next request goes as usual
+        received = bytearray()
+        os.set_blocking(leader, False)
+
+        def drain() -> None:
+            with contextlib.suppress(BlockingIOError):
+                received.extend(os.read(leader, 65536))
+
+        loop = asyncio.get_running_loop()
+        loop.add_reader(leader, drain)
+        try:
+            await until("the request", lambda: len(received) >= 8)
+        finally:
+            loop.remove_reader(leader)
+    finally:
+        await link.close()
+    assert bytes(received) == b"\x01\x03\x00\x00\x00\x01\x84\x0a"

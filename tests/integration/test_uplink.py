@@ -72,10 +72,10 @@ async def test_rows_arrive_with_their_fields_and_are_deleted_after_puback(
 
     async with collect(mosquitto, ALL) as got, running(uplink):
         await got.wait_for(lambda c: len(set(carried_seqs(c))) == 7)
-        await wait_until(lambda: uplink.acked == 7)
+        await wait_until(lambda: uplink.tally.acked == 7)
         assert await outbox.depth() == {"event": 0, "telemetry": 0}
         assert uplink.state == "online"
-        assert uplink.published == 4  # 2 events + telemetry batches of 3 and 2
+        assert uplink.tally.published == 4  # 2 events + telemetry batches of 3 and 2
 
     events = got.on("/events")
     assert [e["seq"] for e in events] == event_seqs
@@ -161,7 +161,7 @@ async def test_status_is_retained_online_and_offline_after_a_clean_stop(
     try:
         await wait_until(lambda: uplink.state == "online")
         # A subscriber arriving later gets the retained status.
-        async with collect(mosquitto, f"{PREFIX}/+/status") as late:
+        async with collect(mosquitto, contract.fleet_filter(PREFIX, "status")) as late:
             await late.wait_for(lambda c: len(c.on("/status")) >= 1)
             status = late.on("/status")[0]
             assert status["state"] == "online"
@@ -180,14 +180,14 @@ async def test_status_is_retained_online_and_offline_after_a_clean_stop(
     finally:
         task.cancel()
 
-    async with collect(mosquitto, f"{PREFIX}/+/status") as later:
+    async with collect(mosquitto, contract.fleet_filter(PREFIX, "status")) as later:
         await later.wait_for(lambda c: len(c.on("/status")) >= 1)
         assert later.on("/status")[-1]["state"] == "offline"
 
 
 async def test_cancelling_run_also_says_offline(mosquitto: Mosquitto, outbox: Outbox) -> None:
     uplink = make_uplink(outbox, mosquitto.url)
-    async with collect(mosquitto, f"{PREFIX}/+/status") as got:
+    async with collect(mosquitto, contract.fleet_filter(PREFIX, "status")) as got:
         task = asyncio.create_task(uplink.run())
         await got.wait_for(lambda c: [s["state"] for s in c.on("/status")] == ["online"])
         began = time.monotonic()
@@ -217,7 +217,7 @@ async def test_will_says_offline_when_the_gateway_dies(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    async with collect(mosquitto, f"{PREFIX}/gw-killed/status") as got:
+    async with collect(mosquitto, contract.status_topic(PREFIX, "gw-killed")) as got:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -261,7 +261,7 @@ async def test_broker_down_at_start_keeps_rows_retries_then_delivers(
         async with running(uplink):
             await asyncio.sleep(2.0)
             # Retries, but with backoff (0.25-0.5 s, then 0.5-1 s, capped at 1 s): no tight loop.
-            assert 2 <= uplink.attempts <= 6, uplink.attempts
+            assert 2 <= uplink.tally.attempts <= 6, uplink.tally.attempts
             waiting: str = uplink.state
             assert waiting in ("offline", "connecting")
             assert await outbox.depth() == {"event": 1, "telemetry": 4}
@@ -274,7 +274,7 @@ async def test_broker_down_at_start_keeps_rows_retries_then_delivers(
             await broker.start_async()
             async with collect(broker, ALL, session="platform") as got:
                 await got.wait_for(lambda c: set(carried_seqs(c)) == set(seqs), within=5)
-                await wait_until(lambda: uplink.acked == 5)
+                await wait_until(lambda: uplink.tally.acked == 5)
                 assert uplink.state == "online"
     assert await outbox.depth() == {"event": 0, "telemetry": 0}
 
@@ -289,7 +289,7 @@ async def test_fails_over_to_the_next_broker(
         seq = await outbox.append("event", contract.event_body("gateway-started", time.time()))
         await got.wait_for(lambda c: seq in carried_seqs(c), within=5)
         assert uplink.broker == alive.url
-        assert uplink.attempts == 2
+        assert uplink.tally.attempts == 2
 
 
 async def test_broker_restart_mid_stream_loses_nothing(
@@ -318,7 +318,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
         await broker.start_async()  # same port
         await producer
         await got.wait_for(lambda c: set(carried_seqs(c)) >= set(submitted), within=10)
-        await wait_until(lambda: uplink.acked >= len(submitted), within=5)
+        await wait_until(lambda: uplink.tally.acked >= len(submitted), within=5)
 
     assert set(carried_seqs(got)) == set(submitted)
     assert await outbox.depth() == {"event": 0, "telemetry": 0}
@@ -327,7 +327,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
     for message in got.on("/events"):
         ids.setdefault(message["seq"], set()).add(message["message_id"])
     assert all(len(v) == 1 for v in ids.values())
-    assert uplink.attempts >= 2
+    assert uplink.tally.attempts >= 2
 
 
 async def test_backlog_is_marked_historical_live_data_not_and_every_message_validates(

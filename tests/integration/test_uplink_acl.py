@@ -22,7 +22,7 @@ from edge.uplink import Uplink, tls_context
 from tests.fixtures.broker import Mosquitto, MosquittoFactory, TlsListener, collect
 from tests.fixtures.certs import Authority
 from tests.integration.site import site_dict
-from tests.integration.uplink_parts import running
+from tests.integration.uplink_parts import ALL, running
 
 pytestmark = pytest.mark.integration
 
@@ -111,8 +111,8 @@ async def test_a_gateway_publishes_its_own_topics_under_the_documented_acl(
 ) -> None:
     await fill(outbox)
     uplink = gateway(outbox, broker, authority, "gw-a", cn="gw-a")
-    async with collect(broker, f"{PREFIX}/#") as got, running(uplink):
-        await wait_until(lambda: uplink.acked == 6)
+    async with collect(broker, ALL) as got, running(uplink):
+        await wait_until(lambda: uplink.tally.acked == 6)
         await got.wait_for(lambda c: bool(c.on("gw-a/events")) and bool(c.on("gw-a/status")))
         assert uplink.state == "online"
     assert await outbox.depth() == {"event": 0, "telemetry": 0}
@@ -125,11 +125,11 @@ async def test_a_certificate_of_another_gateway_has_every_message_refused_and_ke
     await fill(outbox)
     # Configured as gw-b, but the certificate says gw-a: the broker knows it as gw-a.
     uplink = gateway(outbox, broker, authority, "gw-b", cn="gw-a")
-    async with collect(broker, f"{PREFIX}/#") as got, running(uplink):
+    async with collect(broker, ALL) as got, running(uplink):
         await wait_until(lambda: uplink.refusals.count >= 4 and uplink.inflight == 2)
         assert uplink.state == "refused"
         assert await outbox.depth() == {"event": 1, "telemetry": 5}
-        assert uplink.acked == 0
+        assert uplink.tally.acked == 0
     assert [m.topic.value for m in got.messages] == []
 
 
@@ -159,12 +159,16 @@ async def test_a_gateway_reads_only_its_own_commands(
     )
     async with listener, platform:
         # Its own commands, another gateway's and all of them: only its own may arrive.
-        for topic in (f"{PREFIX}/gw-a/commands", f"{PREFIX}/gw-b/commands", f"{PREFIX}/+/commands"):
+        for topic in (
+            contract.commands_topic(PREFIX, "gw-a"),
+            contract.commands_topic(PREFIX, "gw-b"),
+            contract.fleet_filter(PREFIX, "commands"),
+        ):
             await listener.subscribe(topic, qos=1)
-        await platform.publish(f"{PREFIX}/gw-b/commands", b"for-b", qos=1)
-        await platform.publish(f"{PREFIX}/gw-a/commands", b"for-a", qos=1)
-        await platform.publish(f"{PREFIX}/gw-b/commands", b"for-b-again", qos=1)
-        await platform.publish(f"{PREFIX}/gw-a/commands", b"last", qos=1)
+        await platform.publish(contract.commands_topic(PREFIX, "gw-b"), b"for-b", qos=1)
+        await platform.publish(contract.commands_topic(PREFIX, "gw-a"), b"for-a", qos=1)
+        await platform.publish(contract.commands_topic(PREFIX, "gw-b"), b"for-b-again", qos=1)
+        await platform.publish(contract.commands_topic(PREFIX, "gw-a"), b"last", qos=1)
         received: list[bytes] = []
         # Delivered in the order published: anything for gw-b would come before "last".
         async with asyncio.timeout(10):

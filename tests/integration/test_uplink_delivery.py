@@ -105,10 +105,10 @@ async def test_unacknowledged_messages_go_again_unchanged_after_the_broker_dies(
             kept = uplink.unacknowledged
             broker.kill()  # the broker dies with them unacknowledged
         await broker.start_async()
-        await wait_until(lambda: uplink.resent >= 4, within=10)
+        await wait_until(lambda: uplink.tally.resent >= 4, within=10)
         producing = False
         await producer
-        await wait_until(lambda: uplink.acked >= len(submitted), within=15)
+        await wait_until(lambda: uplink.tally.acked >= len(submitted), within=15)
 
     assert await outbox.depth() == {"event": 0, "telemetry": 0}
     # The platform got the kept messages byte for byte, not re-cut batches of the same rows.
@@ -242,8 +242,8 @@ async def oversized_delivery(
     with caplog.at_level(logging.ERROR, logger="edge.uplink"):
         async with collect(broker, ALL) as got, running(uplink):
             await got.wait_for(lambda c: set(carried(c)) == {*rows, event}, within=10)
-            await wait_until(lambda: uplink.acked == 201)
-            assert uplink.attempts == 1  # no disconnect, no loop
+            await wait_until(lambda: uplink.tally.acked == 201)
+            assert uplink.tally.attempts == 1  # no disconnect, no loop
     assert await outbox.depth() == {"event": 0, "telemetry": 0}
     sizes = [len(bytes(m.payload)) for m in got.messages]
     assert max(sizes) <= limit
@@ -274,17 +274,18 @@ async def test_a_broker_that_stops_answering_fills_the_window_then_the_next_one_
             await asyncio.sleep(0.01)
 
     async with collect(spare, ALL) as got, running(uplink):
-        await wait_until(lambda: uplink.state == "online")
+        # Its own status echoed: the session is set up and draining (not merely connected).
+        await wait_until(lambda: uplink.state == "online" and uplink.heard_back)
         with frozen(stuck):
             producer = asyncio.create_task(produce(150))
             await wait_until(lambda: uplink.inflight == 3, within=3)
-            published = uplink.published
+            published = uplink.tally.published
             depth = await outbox.depth()
             most, published_meanwhile = 0, published
             while uplink.broker == stuck.url:
                 if uplink.state == "online":  # read in one step with the counters below
                     most = max(most, uplink.inflight)
-                    published_meanwhile = uplink.published
+                    published_meanwhile = uplink.tally.published
                 await asyncio.sleep(0.01)
             # Never more than the window in memory, nothing acknowledged, nothing deleted.
             assert most == 3
@@ -293,9 +294,9 @@ async def test_a_broker_that_stops_answering_fills_the_window_then_the_next_one_
             await wait_until(lambda: uplink.broker == spare.url, within=10)
             await producer
             await got.wait_for(lambda c: set(carried(c)) == set(submitted), within=10)
-        await wait_until(lambda: uplink.acked >= len(submitted))
-    assert uplink.attempts >= 2
-    assert uplink.resent >= 1
+        await wait_until(lambda: uplink.tally.acked >= len(submitted))
+    assert uplink.tally.attempts >= 2
+    assert uplink.tally.resent >= 1
     assert await outbox.depth() == {"event": 0, "telemetry": 0}
 
 
@@ -320,11 +321,11 @@ async def test_reconnects_as_soon_as_the_broker_is_back_not_after_the_backoff(
             await broker.stop_async()
             # The backoff doubles from 0.5 s; wait until the uplink means to wait 3 s or more.
             await wait_until(waiting_long, within=15)
-            attempts = uplink.attempts
+            attempts = uplink.tally.attempts
             await broker.start_async()
             await wait_until(lambda: uplink.state == "online", within=2.5)
             back_after = time.monotonic() - long_wait[0]
-            assert uplink.attempts == attempts + 1
+            assert uplink.tally.attempts == attempts + 1
     # Waiting out the backoff would take 3 s or more from the log line; a look at the port
     # every half second finds the broker back within about that.
     assert back_after < 2.8
@@ -339,7 +340,7 @@ async def test_a_refused_login_keeps_the_full_backoff(
         async with running(uplink):
             await asyncio.sleep(2.5)
             # 0.25-0.5 s, 0.5-1 s, then at the 1 s cap: 3 to 5 attempts, not a probe-fast loop.
-            assert 2 <= uplink.attempts <= 5, uplink.attempts
+            assert 2 <= uplink.tally.attempts <= 5, uplink.tally.attempts
             assert uplink.state != "online"
     messages = [r.getMessage() for r in caplog.records if r.name == "edge.uplink"]
     assert messages
@@ -361,9 +362,9 @@ async def test_a_broker_dropping_large_messages_silently_is_learnt_and_nothing_i
     with caplog.at_level(logging.ERROR, logger="edge.uplink"):
         async with collect(broker, ALL) as got, running(uplink):
             await got.wait_for(lambda c: set(carried(c)) == set(rows), within=20)
-            await wait_until(lambda: uplink.acked == 300)
+            await wait_until(lambda: uplink.tally.acked == 300)
     assert await outbox.depth() == {"event": 0, "telemetry": 0}
     # Three drops per halving of the limit (11 KiB -> 5.5 -> 2.7), then it all goes.
-    assert 4 <= uplink.attempts <= 12, uplink.attempts
+    assert 4 <= uplink.tally.attempts <= 12, uplink.tally.attempts
     assert max(len(bytes(m.payload)) for m in got.messages) <= 4096
     assert any("seems to refuse messages this large" in r.getMessage() for r in caplog.records)

@@ -17,6 +17,7 @@ from buffer import Outbox
 from edge import contract
 from edge.config.model import SiteConfig
 from edge.config.model import Uplink as UplinkConfig
+from edge.health import buffer_health
 from edge.schemas import validate_message
 from edge.uplink import Uplink
 from tests.fixtures.broker import Collector, Mosquitto, collect
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 GATEWAY = "gw-test"
 PREFIX = "district/v1"
-ALL = f"{PREFIX}/#"
+ALL = contract.fleet_filter(PREFIX)
 
 
 @pytest.fixture
@@ -98,7 +99,7 @@ async def test_metadata_is_retained_before_telemetry_and_republished_on_request(
         assert built == [outbox.epoch, outbox.epoch]
 
     # A platform subscribing later still gets it: retained.
-    async with collect(mosquitto, f"{PREFIX}/+/metadata") as late:
+    async with collect(mosquitto, contract.fleet_filter(PREFIX, "metadata")) as late:
         await late.wait_for(lambda c: len(c.on("/metadata")) == 1)
         assert late.messages[0].retain
 
@@ -107,11 +108,18 @@ async def test_health_goes_out_at_connect_and_every_interval_with_the_uplinks_co
     mosquitto: Mosquitto, outbox: Outbox
 ) -> None:
     calls = 0
+    boot = time.time() - 100
 
     async def health() -> Mapping[str, Any]:
+        # What the gateway gives (edge/health.py builds it): the uplink adds only its own.
         nonlocal calls
         calls += 1
-        return {"bus_errors": {"rs485-1": 3}, "active_alarms": 1}
+        return {
+            "uptime_s": time.time() - boot,
+            **await buffer_health(outbox),
+            "bus_errors": {"rs485-1": 3},
+            "active_alarms": 1,
+        }
 
     old = time.time() - 30
     # A reading's age is its own time (an event's would be when it was stored).
@@ -122,11 +130,12 @@ async def test_health_goes_out_at_connect_and_every_interval_with_the_uplinks_co
         GATEWAY,
         outbox,
         version="t",
-        boot_time=time.time() - 100,
+        boot_time=boot,
         health=health,
     )
     async with collect(mosquitto, ALL) as got, running(uplink):
-        await got.wait_for(lambda c: len(c.on("/health")) >= 3, within=5)
+        # Generous: three health messages a second apart, on a machine that may be busy.
+        await got.wait_for(lambda c: len(c.on("/health")) >= 3, within=20)
     reports = got.on("/health")
     for report in reports:
         validate_message(report)

@@ -16,6 +16,7 @@ import pytest
 
 from buffer import Outbox
 from edge import contract
+from edge.health import buffer_health
 from edge.schemas import validate_message
 from tests.fixtures.broker import Mosquitto, MosquittoFactory, collect
 from tests.fixtures.mqtt_proxy import dropping_proxy
@@ -62,8 +63,9 @@ def refused_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "REFUSED" in r.getMessage()]
 
 
-async def no_gateway_health() -> dict[str, Any]:
-    return {}
+async def outbox_health(outbox: Outbox) -> dict[str, Any]:
+    """A health without a gateway: the outbox's depth, no buses."""
+    return {"uptime_s": 1.0, **await buffer_health(outbox), "bus_errors": {}}
 
 
 def allow(*kinds: str) -> list[str]:
@@ -92,7 +94,7 @@ async def test_a_broker_refusing_every_topic_keeps_every_row_and_says_refused(
             await wait_until(lambda: uplink.refusals.count >= 2 * 7 and uplink.inflight == 7)
             assert uplink.state == "refused"
             assert await outbox.depth() == {"event": 3, "telemetry": 40}
-            assert uplink.acked == 0
+            assert uplink.tally.acked == 0
             assert gateway_messages(got) == []
             # Said at once, then rate-limited: one line for all these refusals.
             lines = refused_lines(caplog)
@@ -101,7 +103,7 @@ async def test_a_broker_refusing_every_topic_keeps_every_row_and_says_refused(
             assert "keep their rows" in lines[0]
             # The ACL is fixed: everything the broker refused goes, nothing twice.
             reload_acl(broker, allow("#"))
-            await wait_until(lambda: uplink.acked == 43)
+            await wait_until(lambda: uplink.tally.acked == 43)
             # The status refused at connect went again with backoff, and is now retained.
             await got.wait_for(
                 lambda c: any(m.get("state") == "online" for m in c.on("/status")), within=15
@@ -121,9 +123,10 @@ async def test_a_broker_refusing_only_events_keeps_them_and_telemetry_still_goes
     broker = mosquitto_factory(users={USER: PASSWORD}, acl=acl)
     await fill(outbox, events=2, readings=30)
     uplink = make_uplink(outbox, broker.url, batch_size=10, health_interval="1s", **LOGIN)
-    uplink._health = no_gateway_health  # the uplink's own part of the health message only
+    # The outbox's part of the health message (edge/health.py); the uplink adds its own.
+    uplink._health = lambda: outbox_health(outbox)
     async with collect(broker, ALL) as got, running(uplink):
-        await wait_until(lambda: uplink.acked == 30)
+        await wait_until(lambda: uplink.tally.acked == 30)
         await got.wait_for(
             lambda c: any(h.get("uplink_state") == "refused" for h in c.on("/health")), within=10
         )
@@ -146,7 +149,7 @@ async def test_mqtt311_cannot_hear_a_refusal_so_denied_rows_are_deleted(
     await fill(outbox, events=1, readings=5)
     uplink = make_uplink(outbox, broker.url, protocol="3.1.1", **LOGIN)
     async with collect(broker, ALL) as got, running(uplink):
-        await wait_until(lambda: uplink.acked == 6)
+        await wait_until(lambda: uplink.tally.acked == 6)
         assert uplink.state == "online"
     assert gateway_messages(got) == []
     assert await outbox.depth() == {"event": 0, "telemetry": 0}
@@ -160,9 +163,9 @@ async def test_a_broker_dropping_the_connection_on_every_publish_keeps_rows_with
         uplink = make_uplink(outbox, proxy.url, reconnect_max="2s")
         with caplog.at_level(logging.WARNING, logger="edge.uplink"):
             async with running(uplink):
-                await wait_until(lambda: uplink.attempts >= 6, within=30)
+                await wait_until(lambda: uplink.tally.attempts >= 6, within=30)
                 assert await outbox.depth() == {"event": 2, "telemetry": 20}
-                assert uplink.acked == 0
+                assert uplink.tally.acked == 0
     delays = [
         float(m.group(1))
         for r in caplog.records
@@ -174,4 +177,4 @@ async def test_a_broker_dropping_the_connection_on_every_publish_keeps_rows_with
     assert max(delays) >= 1.0, delays
     # One MQTT session per counted attempt, each ended by its first PUBLISH: no hidden
     # reconnects (the other TCP connections are the half-second port looks of the backoff).
-    assert proxy.sessions == proxy.dropped <= uplink.attempts
+    assert proxy.sessions == proxy.dropped <= uplink.tally.attempts

@@ -50,12 +50,12 @@ async def test_a_failed_connect_logs_no_password(
     caplog.set_level(logging.DEBUG)
     async with running(uplink):
         deadline = time.monotonic() + 15
-        while uplink.attempts < 3:
+        while uplink.tally.attempts < 3:
             if time.monotonic() > deadline:
                 pytest.fail("fewer than 3 attempts in 15 s")
             await asyncio.sleep(0.05)
-    assert uplink.attempts >= 3
-    assert uplink.acked == 0
+    assert uplink.tally.attempts >= 3
+    assert uplink.tally.acked == 0
     assert uplink.last_error is not None
     assert "not authori" in uplink.last_error.lower()
     lines = [r.getMessage() for r in caplog.records]

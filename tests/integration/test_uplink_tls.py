@@ -101,7 +101,7 @@ async def test_mutual_tls_without_a_client_certificate_is_refused(
     # Refused at once, not after the 10 s CONNACK timeout: delivered() gives it 3 s and the
     # attempts go on with the backoff.
     assert not await delivered(broker, outbox, link, within=3)
-    assert link.attempts >= 2
+    assert link.tally.attempts >= 2
     assert link.last_error is not None
     assert "before accepting it" in link.last_error
 
@@ -150,8 +150,8 @@ async def test_wrong_credentials_give_a_clear_error_and_back_off(
         assert "not authori" in link.last_error.lower() or "bad user" in link.last_error.lower()
         # Backoff (0.5 s doubling, capped at 1 s, jittered down to half): in 3 s at most about
         # 1 + 3 / 0.25 attempts even with the smallest draws; a tight loop would make hundreds.
-        assert 2 <= link.attempts <= 13
-        assert link.published == 0
+        assert 2 <= link.tally.attempts <= 13
+        assert link.tally.published == 0
     finally:
         await link.stop()
         await asyncio.wait_for(task, 5)

@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from buffer import Outbox
+from edge import contract
 from edge.config.model import Uplink as UplinkConfig
 from edge.uplink import Uplink
 
 GATEWAY = "gw-test"
 PREFIX = "district/v1"
-ALL = f"{PREFIX}/#"
+ALL = contract.fleet_filter(PREFIX)
 
 
 def make_uplink(outbox: Outbox, *urls: str, **settings: Any) -> Uplink:

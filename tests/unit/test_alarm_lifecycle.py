@@ -1,6 +1,6 @@
 """The alarm lifecycle through the gateway: raised -> silenced -> (re-sounded) -> cleared,
-each transition an event with its rule and reading; occupancy on fire alarms; rule state
-across a restart through a state store."""
+each transition an event with its rule and reading; occupancy on fire alarms; SMS and calls.
+Rule state across a restart: tests/unit/test_rule_state.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 import yaml
 from gpiozero.pins.mock import MockFactory
 
-from buffer import Outbox
 from drivers import Reading
 from edge.clock import VirtualClock
 from edge.config import SiteConfig
@@ -145,46 +144,6 @@ async def test_fire_alarm_carries_occupancy_and_an_update_when_it_changes(
     assert recorder.events[-1] is update, "no second update without a change"
 
 
-async def test_active_alarm_and_silence_survive_a_restart(tmp_path: Path) -> None:
-    store = MemoryStateStore()
-    pins = MockFactory()
-    first = Gateway(site(tmp_path), pin_factory=pins, clock=VirtualClock(T0), state_store=store)
-    first._submit = lambda stream, body: None  # type: ignore[method-assign]
-    await first._restore_rule_state()  # nothing stored yet; saving is allowed from now on
-    first.on_sample(reading(350, T0))
-    first.on_sample(reading(80, T0, point="temperature_1"))
-    first.silence("local")
-    await first._save_rule_state()
-    first.annunciator.close()
-    pins.reset()
-
-    second = Gateway(
-        site(tmp_path), pin_factory=pins, clock=VirtualClock(T0 + 60), state_store=store
-    )
-    events: list[dict[str, Any]] = []
-    second._submit = lambda stream, body: events.append(body)  # type: ignore[method-assign]
-    await second._restore_rule_state()
-    assert sorted(second.alarms.alarms) == [
-        ("cable-over-temperature", "efm-shop-101"),
-        ("residual-current-over-limit", "efm-shop-101"),
-    ]
-    assert all(alarm.silenced for alarm in second.alarms.alarms.values())
-    second.on_sample(reading(350, T0 + 61))
-    assert events == [
-        {
-            "device": "efm-shop-101",
-            "point": "residual_current",
-            "value": 350,
-            "unit": "mA",
-            "ts": T0 + 61,
-        }
-    ], "still raised: no second alarm-raised"
-    second.on_sample(reading(100, T0 + 62))
-    assert events[-1]["kind"] == "alarm-cleared"
-    second.annunciator.close()
-    pins.reset()
-
-
 def test_alarm_book_sounds_the_worst_unsilenced() -> None:
     book = AlarmBook(rearm_after=60)
 
@@ -200,96 +159,6 @@ def test_alarm_book_sounds_the_worst_unsilenced() -> None:
     assert [x.kind for x in book.tick(62)] == ["resounded"]
     book.apply([t("b", "cleared", "critical", 63)])
     assert book.worst() == "minor"
-
-
-async def test_rule_state_in_the_outbox_file_survives_a_restart(tmp_path: Path) -> None:
-    """The real store: the outbox's key-value table in its SQLite file, closed and reopened."""
-    rules = [
-        {
-            "id": "residual-current-over-limit",
-            "kind": "over-limit",
-            "point": "residual_current",
-            "raise_at": 300,
-            "clear_below": 270,
-        },
-        {
-            "id": "warm-three-days",
-            "kind": "sustained",
-            "point": "temperature_1",
-            "above": 40,
-            "days": 3,
-            "severity": "major",
-        },
-        {"id": "leak-odd", "kind": "abnormal", "point": "residual_current", "learning": "0s"},
-    ]
-    config = site(tmp_path, rules=rules)
-    day = 86_400.0
-    start = 1_735_689_600.0  # 2025-01-01T00:00:00Z
-
-    async def boot(pins: MockFactory, now: float) -> tuple[Gateway, Outbox]:
-        outbox = await Outbox.open(tmp_path / "outbox.sqlite")
-        gateway = Gateway(config, pin_factory=pins, clock=VirtualClock(now))
-        gateway.outbox = outbox
-        gateway.outbox_ready.set()
-        await gateway._restore_rule_state()
-        return gateway, outbox
-
-    pins = MockFactory()
-    first, outbox = await boot(pins, start)
-    first.on_sample(reading(350, start))
-    for hour in range(0, 36):  # a day and a half of a warm cable
-        first.on_sample(reading(45, start + hour * 3600, point="temperature_1"))
-    first.rules.tick(start + 36 * 3600)
-    await first._save_rule_state()
-    first.annunciator.close()
-    await outbox.close()
-
-    second, outbox = await boot(pins, start + 36 * 3600)
-    assert second.annunciator.sounding, "the restored alarm sounds at once"
-    assert list(second.alarms.alarms) == [("residual-current-over-limit", "efm-shop-101")]
-    transitions: list[Transition] = []
-    second.transition_hooks.append(transitions.append)
-    for hour in range(36, 80):
-        second.on_sample(reading(45, start + hour * 3600, point="temperature_1"))
-    second.rules.tick(start + 80 * 3600)
-    second.tick()
-    assert [(t.rule_id, t.kind, t.ts) for t in transitions] == [
-        ("warm-three-days", "raised", start + 3 * day)
-    ], "the window went on from where it was, and counted no day twice"
-    stored = {entry.key for entry in await outbox.state_items("")}
-    assert {"alarms/active", "rules/warm-three-days", "rules/leak-odd"} <= stored
-    second.annunciator.close()
-    await outbox.close()
-    pins.reset()
-
-
-def test_saves_write_one_value_per_changed_rule_and_baselines_seldom(tmp_path: Path) -> None:
-    rules = [
-        {
-            "id": "limit",
-            "kind": "over-limit",
-            "point": "residual_current",
-            "raise_at": 300,
-            "clear_below": 270,
-        },
-        {"id": "odd", "kind": "abnormal", "point": "residual_current"},
-    ]
-    gateway = Gateway(site(tmp_path, rules=rules), pin_factory=MockFactory())
-    engine = gateway.rules
-    for second in range(100):
-        engine.evaluate(reading(120, T0 + second))
-    assert set(engine.dump_state(0.0)) == {"rules/limit", "rules/odd"}
-    for second in range(100, 200):
-        engine.evaluate(reading(120, T0 + second))
-    assert set(engine.dump_state(30.0)) == {"rules/limit"}, "the baseline waits 10 minutes"
-    assert set(engine.dump_state(30.0)) == set(), "nothing changed since"
-    engine.evaluate(reading(121, T0 + 300))
-    assert set(engine.dump_state(600.0)) == {"rules/limit", "rules/odd"}
-    engine.evaluate(reading(400, T0 + 301))
-    assert set(engine.dump_state(601.0)) == {"rules/limit", "alarms/active"}, (
-        "a transition saves its rule at once; the baseline still waits"
-    )
-    gateway.annunciator.close()
 
 
 async def test_fire_alarm_goes_out_by_sms_with_its_occupancy(tmp_path: Path) -> None:
@@ -325,39 +194,6 @@ async def test_fire_alarm_goes_out_by_sms_with_its_occupancy(tmp_path: Path) -> 
     text = "".join(m.message.text for m in modem.messages)  # a long text goes in parts
     assert text.startswith("【火警】Guiyuan demo block Block 3 1 Shop 101")
     assert "350" in text
-
-
-async def test_a_buffer_that_opens_late_still_restores_the_window(tmp_path: Path) -> None:
-    rules = [{"id": "warm", "kind": "sustained", "point": "temperature_1", "above": 40, "days": 2}]
-    config = site(tmp_path, rules=rules)
-    start = 1_735_689_600.0
-    pins = MockFactory()
-
-    first = Gateway(config, pin_factory=pins, clock=VirtualClock(start))
-    first.outbox = await Outbox.open(tmp_path / "outbox.sqlite")
-    await first._restore_rule_state(wait=False)
-    for hour in range(30):
-        first.on_sample(reading(45, start + hour * 3600, point="temperature_1"))
-    await first._save_rule_state()
-    first.annunciator.close()
-    await first.outbox.close()
-
-    second = Gateway(config, pin_factory=pins, clock=VirtualClock(start + 30 * 3600))
-    await second._restore_rule_state(wait=False)  # the buffer is not open yet
-    await second._save_rule_state()  # must not overwrite the stored window
-    second.on_sample(reading(45, start + 30 * 3600 + 1, point="temperature_1"))
-    second.outbox = await Outbox.open(tmp_path / "outbox.sqlite")
-    await second._restore_rule_state(wait=False)  # what the rules task does once it opens
-    transitions: list[Transition] = []
-    second.transition_hooks.append(transitions.append)
-    for hour in range(31, 49):
-        second.on_sample(reading(45, start + hour * 3600, point="temperature_1"))
-    assert [(t.rule_id, t.kind, t.ts) for t in transitions] == [
-        ("warm", "raised", start + 2 * 86400)
-    ]
-    second.annunciator.close()
-    await second.outbox.close()
-    pins.reset()
 
 
 async def test_fire_alarm_sends_the_sms_then_calls_until_answered(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from buffer import CapacityPolicy, Outbox, Record
+from buffer.tail import TelemetryTail
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, a whole minute
 
@@ -130,3 +131,22 @@ async def test_events_alone_are_never_dropped_even_over_the_limit(tmp_path: Path
         await asyncio.sleep(0.3)  # several policy rounds
         events = await outbox.peek("event", 10_000)
     assert [e.body["n"] for e in events] == list(range(3000))
+
+
+async def test_looks_at_recent_telemetry_never_find_rows_the_policy_removed(
+    tmp_path: Path,
+) -> None:
+    policy = CapacityPolicy(max_size=256 * 1024, thin_window=60.0)
+    async with await Outbox.open(
+        tmp_path / "o.db", policy=policy, capacity_interval=0.02
+    ) as outbox:
+        # A tail that would hold every row: the rows thinned away are among those it held.
+        outbox._tail = TelemetryTail(outbox.last_seq, limit=1_000_000)
+        for second in range(12_000):
+            outbox.submit("telemetry", reading("residual_current", second, wave("r", second)))
+        await outbox.flush()
+        await settle(outbox, policy)
+        assert outbox.counters["thinned_rows"] > 0
+        for after in range(0, outbox.last_seq, 997):
+            on_file = await outbox._run(outbox._store.peek, "telemetry", 50, after, None)
+            assert await outbox.peek("telemetry", 50, after=after) == on_file, after

@@ -267,6 +267,14 @@ def test_unsafe_tags_are_refused(tmp_path: Path) -> None:
     assert issue.line == line_of(text, "name: !!python")
 
 
+def test_a_tag_on_an_empty_value_is_an_issue_not_a_crash(tmp_path: Path) -> None:
+    # PyYAML's int constructor raises IndexError on an empty !!int.
+    text = edited("name: Test block", "name: !!int")
+    issue = issue_for(issues_of(write(tmp_path, text)), "gateway.site.name")
+    assert issue.line == line_of(text, "name: !!int")
+    assert "cannot read ''" in issue.message
+
+
 def test_recursive_alias(tmp_path: Path) -> None:
     text = MINIMAL + "extra: &loop [*loop]\n"
     issues = issues_of(write(tmp_path, text))

@@ -1,4 +1,4 @@
-"""Reconnect backoff and the pymodbus log throttle: pure code, checked with fixed inputs."""
+"""Reconnect backoff and the simulators' pymodbus log throttle: pure code, fixed inputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.modbus.logthrottle import PYMODBUS_LOGGER, RepeatThrottle, throttle_pymodbus_log
+from hil.pymodbus_log import PYMODBUS_LOGGER, RepeatThrottle, throttle_pymodbus_log
 
 
 def test_backoff_doubles_up_to_the_cap_at_the_top_of_each_range() -> None:

@@ -114,7 +114,7 @@ def test_the_codec_module_does_not_import_asyncio() -> None:
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
-    assert "yaml" in imported  # the walk sees imports at all
+    assert "drivers" in imported  # the walk sees imports at all
     assert "asyncio" not in imported
 
 
@@ -367,6 +367,13 @@ def test_a_well_formed_file_loads_from_any_path(tmp_path: Path) -> None:
         (("registers: holding", "registers: holding\nmax_gap: 125"), r"max_gap 125 must be"),
         (("registers: holding", "registers: holding\nmax_gap: -1"), r"max_gap -1 must be"),
         (("unit: mA", "unit: mA\n    critical: yes please"), "critical must be true or false"),
+        # The shared YAML loader: a duplicate key is refused at its line, not silently dropped.
+        (
+            ("    scale: 0.1", "    scale: 0.1\n    scale: 1"),
+            r"model.yaml:13: points\[1\]\.scale: duplicate key 'scale' \(first at line 12\)",
+        ),
+        (("unit: mA", "unit: mA\n    bits: {0x1: x}"), r"bits key must be a bit number 0\.\.15"),
+        (("type: u16", "type: !!int"), r"model.yaml:7: points\[0\]\.type: cannot read"),
     ],
 )
 def test_a_malformed_file_gives_a_clear_error(

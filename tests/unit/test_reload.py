@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from drivers.modbus import known_models
+from edge.atomic import digest_of
 from edge.config import parse_site
 from edge.config.model import SiteConfig
-from edge.gateway import config_hash
 from edge.reload import (
     PushRejected,
     check_pushed,
@@ -110,7 +110,7 @@ def test_a_write_that_fails_leaves_the_site_file_as_it_was(
 def test_a_push_that_never_settled_is_undone_at_the_next_start(tmp_path: Path) -> None:
     path = tmp_path / "site.yaml"
     path.write_text("old: 1\n")
-    pending = {"config_hash": config_hash(b"new: 2\n"), "command_id": "push-9"}
+    pending = {"config_hash": digest_of(b"new: 2\n"), "command_id": "push-9"}
     write_site(path, "new: 2\n", pending=pending)
     assert (tmp_path / "site.yaml.pending").exists()
     # The power was cut within the settle time: the next start finds the marker.
@@ -123,11 +123,11 @@ def test_a_push_that_never_settled_is_undone_at_the_next_start(tmp_path: Path) -
 def test_a_settled_or_edited_site_file_is_left_alone_at_start(tmp_path: Path) -> None:
     path = tmp_path / "site.yaml"
     path.write_text("old: 1\n")
-    write_site(path, "new: 2\n", pending={"config_hash": config_hash(b"new: 2\n")})
+    write_site(path, "new: 2\n", pending={"config_hash": digest_of(b"new: 2\n")})
     settled(path)
     assert recover_unsettled(path) is None
     assert path.read_text() == "new: 2\n"
-    write_site(path, "newer: 3\n", pending={"config_hash": config_hash(b"newer: 3\n")})
+    write_site(path, "newer: 3\n", pending={"config_hash": digest_of(b"newer: 3\n")})
     path.write_text("edited: 4\n")  # an installer's edit since: theirs wins
     assert recover_unsettled(path) is None
     assert path.read_text() == "edited: 4\n"

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from drivers import Reading
+from edge.command_handlers import command_handlers
 from edge.config import SiteConfig
 from edge.config.model import Rule, SuddenChangeRule, SustainedRule
 from edge.gateway import Gateway
@@ -160,10 +161,15 @@ def test_the_silence_button_clears_a_latched_alarm_whose_condition_has_gone() ->
         # The platform's silence command does the same for an alarm already silenced.
         gateway.on_sample(Reading("efm-shop-101", "residual_current", 350.0, "mA", now + 2, 0.0))
         command = {"rule": "leak", "device": "efm-shop-101"}
-        assert asyncio.run(gateway._command_silence(command)) == {"silenced": 1}
+        handle = command_handlers(gateway)["silence"]
+
+        async def silence(params: dict[str, str]) -> dict[str, Any] | None:
+            return await handle(params)
+
+        assert asyncio.run(silence(command)) == {"silenced": 1}
         gateway.on_sample(Reading("efm-shop-101", "residual_current", 90.0, "mA", now + 3, 0.0))
         assert ("leak", "efm-shop-101") in gateway.alarms.alarms
-        assert asyncio.run(gateway._command_silence(command)) == {"silenced": 1}
+        assert asyncio.run(silence(command)) == {"silenced": 1}
         assert gateway.alarms.alarms == {}
     finally:
         gateway.annunciator.close()

@@ -305,6 +305,8 @@ def _check(text: str) -> None:
     else:
         assert isinstance(result, Scenario)
     assert all(issue.startswith(f"{HERE}:") for issue in issues), issues
+    # Every refusal is in the loader's words, never pydantic's.
+    assert not any("Input should" in i or "validation error" in i for i in issues), issues
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -366,3 +368,45 @@ def test_phones_script_only_numbers_the_site_calls_with_known_behaviours() -> No
     assert issues_of(GOOD + "phones: {'+8613800000011': answer}\n")[0].startswith(
         f"{HERE}:11: phones.+8613800000011: not a number"
     )
+
+
+def test_a_label_reference_that_is_a_list_or_a_mapping_is_refused_at_its_line() -> None:
+    # Once a TypeError (unhashable) out of the loader.
+    text = GOOD.replace("{buzzer: on, after: leak,", "{buzzer: on, after: [leak],")
+    assert issues_of(text) == [
+        f"{HERE}:9: expect[0].after: a step label (a word like 'leak-on'), not ['leak']"
+    ]
+    assert issues_of(GOOD.replace("after: leak, within: 3s", "after: {}, within: 3s")) == [
+        f"{HERE}:10: expect[1].after: a step label (a word like 'leak-on'), not {{}}"
+    ]
+
+
+def test_a_step_that_could_never_run_is_refused_not_dropped() -> None:
+    # A toggle every 0 s once vanished from the timeline without a word.
+    toggle = (
+        "  - {at: 2s, toggle: {device: efm-shop-101, point: residual_current, values: [1, 2], "
+        "every: 0s, for: 1s}}\nexpect:"
+    )
+    assert issues_of(GOOD.replace("expect:", toggle)) == [
+        f"{HERE}:8: steps[1].toggle.every: must be longer than 0 s"
+    ]
+    silent = "  - {at: 2s, silent: ~}\nexpect:"
+    assert issues_of(GOOD.replace("expect:", silent)) == [
+        f"{HERE}:8: steps[1].silent: must name a simulated device, not None"
+    ]
+
+
+def test_a_readings_device_that_is_not_a_name_is_refused_at_its_line() -> None:
+    text = """\
+    name: drift
+    proves: drift alarms
+    mode: replay
+    site: sites/tilt-stair.yaml
+    readings:
+      - {device: [tilt-stair-3f], point: pitch, start: 2025-01-01, every: 1h, for: 1d, value: 1}
+    expect:
+      - {no_transition: {kind: raised}}
+    """
+    assert issues_of(text) == [
+        f"{HERE}:6: readings[0].device: the site has no device ['tilt-stair-3f']"
+    ]

@@ -1,4 +1,4 @@
-"""The uplink's message building and backfill buckets, without a broker."""
+"""The uplink's message building, without a broker."""
 
 from __future__ import annotations
 
@@ -9,17 +9,7 @@ from typing import Any
 from buffer import Record
 from edge import contract
 from edge.config.model import Uplink as UplinkConfig
-from edge.uplink.messages import MessageBuilder, TokenBucket
-
-
-class Clock:
-    """Time that moves only when told: the bucket's arithmetic, not the machine's speed."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from edge.uplink.messages import MessageBuilder
 
 
 def builder(**settings: Any) -> MessageBuilder:
@@ -37,28 +27,6 @@ def builder(**settings: Any) -> MessageBuilder:
 def reading(seq: int, device: str = "efm-1") -> Record:
     body = {"device": device, "point": "residual_current", "unit": "mA", "value": 1.5, "ts": 1e9}
     return Record(seq, "telemetry", 1e9, body)
-
-
-def test_a_message_bucket_lets_its_rate_through_and_no_more() -> None:
-    clock = Clock()
-    bucket = TokenBucket(5.0, 1.0, clock)
-    sent = 0
-    for _ in range(1000):  # 10 s in steps of 10 ms, sending whenever the bucket allows
-        if bucket.delay() == 0:
-            bucket.take(1)
-            sent += 1
-        clock.now += 0.01
-    assert 49 <= sent <= 51
-
-
-def test_a_byte_bucket_goes_into_debt_for_a_large_message_and_waits_it_off() -> None:
-    clock = Clock()
-    bucket = TokenBucket(1000.0, 1000.0, clock)
-    assert bucket.delay() == 0
-    bucket.take(3000)  # larger than the burst: still goes, once
-    assert 1.9 < bucket.delay() <= 2.1
-    clock.now += 2.1
-    assert bucket.delay() == 0
 
 
 def test_a_batch_over_the_limit_is_cut_to_the_longest_run_that_fits() -> None:

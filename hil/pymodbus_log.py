@@ -1,10 +1,11 @@
-"""Keep pymodbus's own logging from flooding the gateway's log.
+"""Keep pymodbus's own logging from flooding a simulator's log.
 
-pymodbus logs an ERROR, with a hex dump of the last frames, for every request that gets no
-answer, and a WARNING for every failed connect. A dead device polled each second would write
-3600 of them an hour, repeating what the poller already reported once. This filter lets each
-distinct message through once per interval and counts the rest; it changes no level, handler
-or format, which stay the application's to configure.
+The gateway polls with its own master and never loads pymodbus; the simulators serve with it
+(hil/simulator.py). pymodbus logs an ERROR, with a hex dump of the last frames, for every
+request that goes wrong, and a WARNING for every failed connect: a test or demo that makes a
+unit silent would get thousands of them an hour, repeating what the fault injection says.
+This filter lets each distinct message through once per interval and counts the rest; it
+changes no level, handler or format, which stay the application's to configure.
 """
 
 from __future__ import annotations
