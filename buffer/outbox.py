@@ -136,6 +136,9 @@ class Outbox:
         self._capacity_interval = capacity_interval
         self._loop = asyncio.get_running_loop()
         self._queue: collections.deque[Pending] = collections.deque()
+        # Events queued and not yet committed: while there is one, the writer does not wait out
+        # the commit window (an alarm is durable, and so sendable, at once).
+        self._waiting_events = 0
         # Readings in memory (queued or being committed) and those shed beyond the limit.
         self._memory_limit = memory_limit
         self._waiting_readings = 0
@@ -286,6 +289,8 @@ class Outbox:
                 self._shed(body, done)
                 return
             self._waiting_readings += 1
+        else:
+            self._waiting_events += 1
         self._queue.append(item)
         self._submitted += 1
         self._wakeup.set()
@@ -328,6 +333,7 @@ class Outbox:
         text = json.dumps(body, separators=(",", ":"))
         # Past the closing check: the loss must be recorded even by the last commit.
         self._queue.append(PendingEvent(time.time(), text, self._loop.time(), None))
+        self._waiting_events += 1
         self._submitted += 1
 
     def _reading(self, body: Mapping[str, Any], done: asyncio.Future[int] | None) -> Pending:
@@ -397,9 +403,14 @@ class Outbox:
                         await self._wakeup.wait()
                 continue
             # The window opens when the oldest waiting record was submitted, so a slow previous
-            # commit does not make it wait a second window.
+            # commit does not make it wait a second window. An event closes it at once: the
+            # readings queued before it go in the same transaction, so the order holds.
             deadline = self._queue[0].submitted + self._commit_interval
-            while len(self._queue) < self._max_batch and not self._closing:
+            while (
+                len(self._queue) < self._max_batch
+                and not self._closing
+                and not self._waiting_events
+            ):
                 remaining = deadline - self._loop.time()
                 if remaining <= 0:
                     break
@@ -421,6 +432,7 @@ class Outbox:
                     self._waiting_readings -= 1
                 else:
                     streams.add("event")
+                    self._waiting_events -= 1
                 done = item.done
                 if done is not None and not done.done():
                     done.set_result(first + offset)

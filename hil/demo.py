@@ -47,6 +47,9 @@ from hil.simulator import send_control
 CONTROL_PORT = 15021
 #: The demo platform's signing keys (made on first run, kept under var/demo/platform-keys).
 DEMO_KEYS = ("operations-demo", "engineering-demo")
+#: Seconds the demo's telemetry waits for its batch at most: the site's default (5 minutes,
+#: for a metered link) would show no reading in a short demo.
+WATCH_BATCH_INTERVAL = 2.0
 
 
 @dataclass
@@ -193,8 +196,16 @@ class Demo:
         try:
             broker.start()
             self.say("broker", f"{broker.kind} on {host}:{port}")
+            uplink_changes: dict[str, str] = {}
+            if self.config.uplink.batch_interval > WATCH_BATCH_INTERVAL:
+                # A site waits minutes to fill a telemetry batch (a metered link pays per
+                # message); a demo is watched: its readings go every few seconds.
+                uplink_changes["batch_interval"] = f"{WATCH_BATCH_INTERVAL:g}s"
             if broker.kind != "mosquitto" and self.config.uplink.protocol == "5":
-                self.config_path = self.for_mqtt311()
+                self.say("demo", "the embedded broker speaks MQTT 3.1.1 only")
+                uplink_changes["protocol"] = "3.1.1"
+            if uplink_changes:
+                self.config_path = self.site_copy(uplink_changes)
             await self.start_simulator()
             self.signing_key = self.install_command_keys()
             await self.start_gateway()
@@ -204,15 +215,16 @@ class Demo:
             broker.close()
             self.say("demo", "everything stopped")
 
-    def for_mqtt311(self) -> str:
-        """A copy of the site file speaking MQTT 3.1.1, which is all the embedded broker
-        (amqtt) speaks; beside the outbox, so relative paths keep their meaning."""
+    def site_copy(self, uplink_changes: dict[str, str]) -> str:
+        """A copy of the site file with ``uplink_changes``, beside the outbox (so relative
+        paths keep their meaning)."""
         # Read as the gateway reads it (keys as written), so the copy says the same thing.
         site = read_yaml(self.config_path).data
-        site["uplink"]["protocol"] = "3.1.1"
-        copy = Path(self.config.buffer.path).parent / "site-mqtt311.yaml"
+        site["uplink"].update(uplink_changes)
+        copy = Path(self.config.buffer.path).parent / "site-demo.yaml"
         copy.write_text(yaml.safe_dump(site, sort_keys=False))
-        self.say("demo", f"the embedded broker speaks MQTT 3.1.1 only: running {copy}")
+        changed = ", ".join(f"{k}: {v}" for k, v in uplink_changes.items())
+        self.say("demo", f"running {copy} (the site file with uplink {changed})")
         return str(copy)
 
     def install_command_keys(self) -> Path | None:

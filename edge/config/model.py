@@ -833,10 +833,26 @@ class Uplink(Strict):
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
-    keepalive: Duration = Field(default=30.0, ge=1)
-    batch_size: int = Field(default=100, ge=1, le=10_000)
+    # The defaults are for a metered 4G link (docs/config.md, "What goes over the link"): the
+    # readings a storage policy keeps wait up to 5 minutes for their batch, deflated; events
+    # never wait. Without other traffic in 10 minutes there is no keepalive ping to pay for.
+    keepalive: Duration = Field(
+        default=600.0,
+        ge=1,
+        # MQTT carries it as a 16-bit number of seconds.
+        le=65_535.0,
+        description="MQTT keepalive: a ping after this long without traffic; the broker "
+        "declares the gateway gone (its will: offline) after 1.5 times this.",
+    )
+    batch_size: int = Field(
+        default=1000, ge=1, le=10_000, description="Most readings in one telemetry message."
+    )
     batch_interval: Duration = Field(
-        default=1.0, description="How long telemetry may wait to fill a batch."
+        default=300.0,
+        # Longer, and the platform's view of a point lags its heartbeat by more than it
+        # gains: at 5 minutes the envelope is already a small share of a message.
+        le=3600.0,
+        description="How long telemetry may wait to fill a batch, at most 1h (events never wait).",
     )
     reconnect_max: Duration = Field(
         default=10.0, ge=0.5, description="Cap of the reconnect backoff (at least 500ms)."
@@ -895,7 +911,8 @@ class Uplink(Strict):
         "are split.",
     )
     compression: Literal["none", "deflate"] = Field(
-        default="none", description="deflate: telemetry payloads are zlib-compressed."
+        default="deflate",
+        description="deflate: telemetry payloads are zlib-compressed; none: plain JSON.",
     )
     telemetry_encoding: Literal["columnar", "verbose"] = Field(
         default="columnar",
@@ -903,7 +920,7 @@ class Uplink(Strict):
         "gateway announces them); verbose: every reading with its device, point and unit.",
     )
     health_interval: Duration = Field(
-        default=60.0, ge=1, le=86_400.0, description="How often the health message is published."
+        default=900.0, ge=1, le=86_400.0, description="How often the health message is published."
     )
     push_confirm_within: Duration = Field(
         default=60.0,
@@ -970,10 +987,14 @@ class CommandPolicy(Strict):
 class BufferConfig(Strict):
     path: str = Field(description="SQLite file of the outbox; its folder is created when missing.")
     commit_interval: Duration = Field(
-        default=0.05,
+        # A commit rewrites whole pages: at the few readings a second a storage policy keeps,
+        # one every 2 s writes a fifteenth of the card that one every 50 ms did
+        # (docs/benchmarks.md, "Storage policies"). Events never wait for it.
+        default=2.0,
         ge=0,
         le=5.0,
-        description="Longest time a record waits to be group-committed.",
+        description="Longest time a reading waits to be group-committed (a kill -9 loses at "
+        "most this much of them); an event is committed at once, with the readings before it.",
     )
     max_size: Size = Field(
         default=2 * 2**30,

@@ -369,11 +369,17 @@ def _fits(
     problem: Report,
 ) -> bool:
     source = "" if explicit else f"{info.source}: "
-    if spec.policy == "swinging-door" and info.state:
+    if spec.policy in ("swinging-door", "deadband") and info.state:
+        why = (
+            "a line between two states means nothing"
+            if spec.policy == "swinging-door"
+            # States are whole numbers: a band of 1 or a percentage would hide a change.
+            else "a band would hide changes of state (every one matters)"
+        )
         problem(
             (*blame, "policy") if explicit else blame,
-            f"{source}{name} is a state (bits or an enumeration), not a quantity: a line between "
-            "two states means nothing; use on-change",
+            f"{source}{name} is a state (bits or an enumeration), not a quantity: {why}; "
+            "use on-change",
         )
         return False
     if info.range is not None and spec.band is not None:

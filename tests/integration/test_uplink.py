@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -373,7 +372,7 @@ async def test_backlog_is_marked_historical_live_data_not_and_every_message_vali
         await asyncio.wait_for(task, 5)
 
     for message in got.messages:
-        validate_message(json.loads(bytes(message.payload)))
+        validate_message(contract.decode_payload(bytes(message.payload)))
     (event,) = got.on("/events")
     assert event["historical"] is True
     flags = {r["seq"]: b["historical"] for b in got.on("/telemetry") for r in b["readings"]}

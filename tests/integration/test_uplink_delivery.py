@@ -186,6 +186,7 @@ async def test_backfill_keeps_to_its_byte_rate(mosquitto: Mosquitto, outbox: Out
         batch_size=10,
         backfill_bytes_per_s="4KiB",
         telemetry_encoding="verbose",
+        compression="none",  # the sizes above are of plain JSON, and so is the check below
     )
     async with collect(mosquitto, ALL) as got, running(uplink):
         await wait_until(lambda: uplink.state == "online")
@@ -233,7 +234,8 @@ async def oversized_delivery(
         "alarm-raised", time.time(), device="efm-1", rule="rc", trace="x" * 20_000, value=312.0
     )
     event = await outbox.append("event", huge)
-    settings: dict[str, Any] = {"batch_size": 200, "protocol": protocol}
+    # Plain JSON: 200 readings deflated would fit the limits this test is about.
+    settings: dict[str, Any] = {"batch_size": 200, "protocol": protocol, "compression": "none"}
     if max_message_bytes is not None:
         settings["max_message_bytes"] = max_message_bytes
     uplink = make_uplink(outbox, broker.url, **settings)
@@ -352,9 +354,11 @@ async def test_a_broker_dropping_large_messages_silently_is_learnt_and_nothing_i
     # connection at each oversized message, which resent unchanged would fail for ever.
     broker = mosquitto_factory(extra_config=["max_packet_size 4096"])
     rows = await store(outbox, [body(float(i)) for i in range(300)])
+    # Plain JSON: 100 readings deflated would fit the broker's limit this test is about.
     uplink = make_uplink(
-        outbox, broker.url, batch_size=100, reconnect_max="500ms", protocol="3.1.1"
-    )
+        outbox, broker.url, batch_size=100, reconnect_max="500ms", protocol="3.1.1",
+        compression="none",
+    )  # fmt: skip
     with caplog.at_level(logging.ERROR, logger="edge.uplink"):
         async with collect(broker, ALL) as got, running(uplink):
             await got.wait_for(lambda c: set(carried(c)) == set(rows), within=20)

@@ -5,7 +5,12 @@ CI runs a few kills; ``make bench`` runs at least 100 (tests/benchmarks/buffer.p
 
 from __future__ import annotations
 
+import json
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +50,56 @@ def test_the_check_notices_a_lost_a_duplicated_and_a_renumbered_record(tmp_path:
     assert (report.lost, report.duplicated, report.renumbered) == (1, 1, 1), report.problems
     assert report.acked == 4
     assert not report.ok
+
+
+_EVENT_WORKER = """
+import asyncio, os, sys
+from buffer import Outbox
+
+async def main() -> None:
+    marker = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    # Readings wait an hour for their commit window: only the event can get them on disk.
+    outbox = await Outbox.open(sys.argv[1], commit_interval=3600)
+    event_on_disk = asyncio.Event()
+    outbox.add_commit_listener(lambda streams: "event" in streams and event_on_disk.set())
+    body = {"device": "efm-1", "point": "residual_current", "unit": "mA"}
+    for n in range(50):
+        outbox.submit("telemetry", {**body, "ts": 1e9 + n, "value": float(n)})
+    outbox.submit("event", {"kind": "alarm-raised", "n": 50})
+    await event_on_disk.wait()
+    for n in range(51, 60):
+        outbox.submit("telemetry", {**body, "ts": 1e9 + n, "value": float(n)})
+    for _ in range(20):  # the writer runs, and leaves them in their window
+        await asyncio.sleep(0)
+    os.write(marker, b"event committed;")
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_an_alarm_event_and_the_readings_before_it_survive_a_kill_without_a_commit_window(
+    tmp_path: Path,
+) -> None:
+    """With readings in a long commit window, an event submitted (not awaited) is on disk as
+    soon as the outbox commits it, and so are the readings submitted before it; a SIGKILL then
+    loses only the readings after it, which were still in their window."""
+    db, marker = tmp_path / "outbox.sqlite", tmp_path / "marker.log"
+    worker = subprocess.Popen([sys.executable, "-c", _EVENT_WORKER, str(db), str(marker)])
+    try:
+        deadline = time.monotonic() + 60  # a condition, not a timing claim: fail, not hang
+        while not (marker.exists() and b"event committed;" in marker.read_bytes()):
+            assert worker.poll() is None, "the worker died"
+            assert time.monotonic() < deadline, "the event was never committed"
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    with sqlite3.connect(db) as conn:
+        events = [json.loads(body)["n"] for (body,) in conn.execute("SELECT body FROM events")]
+        values = [v for (v,) in conn.execute("SELECT value FROM telemetry ORDER BY seq")]
+        (event_seq,) = conn.execute("SELECT seq FROM events").fetchone()
+        (last_reading,) = conn.execute("SELECT max(seq) FROM telemetry").fetchone()
+    assert events == [50]
+    assert values == [float(n) for n in range(50)]
+    assert last_reading < event_seq

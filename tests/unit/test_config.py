@@ -108,7 +108,7 @@ def test_example_site_loads() -> None:
     assert [bus.id for bus in config.buses] == ["lan", "rs485-1"]
     assert len(config.devices) == 3
     assert config.devices[0].poll_interval == pytest.approx(1.0)
-    assert config.buffer.commit_interval == pytest.approx(0.05)
+    assert config.buffer.commit_interval == pytest.approx(2.0)  # the default
 
 
 def test_check_config_summary_on_the_example(
@@ -133,7 +133,7 @@ def test_minimal_site_takes_defaults(tmp_path: Path) -> None:
     config = load_site(write(tmp_path, MINIMAL))
     device = config.devices[0]
     assert device.poll_interval == pytest.approx(1.0)
-    assert config.uplink.keepalive == pytest.approx(30.0)
+    assert config.uplink.keepalive == pytest.approx(600.0)
     assert config.buses[0].kind == "modbus-tcp"
     assert config.buses[1].kind == "modbus-rtu"
 
@@ -201,7 +201,7 @@ def test_schema_header_and_duration_defaults() -> None:
     assert schema["$id"]
     assert set(schema["required"]) == {"gateway", "buses", "devices", "outputs", "uplink", "buffer"}
     keepalive = schema["$defs"]["Uplink"]["properties"]["keepalive"]
-    assert keepalive["default"] == "30s"
+    assert keepalive["default"] == "10m"
     assert re.match(keepalive["pattern"], keepalive["default"])
     assert json.loads(render_schema()) == schema
 

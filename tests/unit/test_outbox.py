@@ -218,11 +218,38 @@ async def test_append_returns_only_after_commit(tmp_path: Path) -> None:
 async def test_submit_does_not_wait_for_the_disk(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     async with await Outbox.open(path, commit_interval=0.2) as outbox:
-        outbox.submit("event", {"kind": "alarm-raised"})
+        outbox.submit("telemetry", tel(1))
         assert outbox.pending == 1
         assert _rows(path) == []  # still inside the commit window
         await outbox.flush()
         assert len(_rows(path)) == 1
+
+
+async def test_an_event_is_committed_at_once_with_the_readings_before_it(tmp_path: Path) -> None:
+    """Readings may wait out the commit window; an alarm never does, and the readings
+    submitted before it are committed with it, so the order holds on disk and on the wire."""
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path, commit_interval=3600) as outbox:
+        committed: list[frozenset[Stream]] = []
+        outbox.add_commit_listener(committed.append)
+        for i in range(3):
+            outbox.submit("telemetry", tel(i))
+        # Readings alone wait: the writer has run, and nothing is on disk.
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert _rows(path) == []
+        assert outbox.pending == 3
+        # The window is an hour: the deadline below is only there to fail instead of hang.
+        seq = await asyncio.wait_for(outbox.append("event", {"kind": "alarm-raised"}), 60)
+        outbox.submit("telemetry", tel(3))
+        assert _rows(path) == [(1, "telemetry"), (2, "telemetry"), (3, "telemetry"), (4, "event")]
+        assert seq == 4
+        assert committed == [frozenset({"telemetry", "event"})]
+        # What came after the event waits for its own window again.
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert outbox.pending == 1
+    assert len(_rows(path)) == 5  # close commits the rest
 
 
 async def test_many_submits_are_group_committed(tmp_path: Path) -> None:

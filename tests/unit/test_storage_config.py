@@ -270,3 +270,18 @@ def test_storage_mistakes_are_named_even_when_another_part_of_the_file_is_wrong(
         "devices[3].storage.residual_current.band",
         "storage.alarm_window.pre",
     ], issues
+
+
+@pytest.mark.parametrize(
+    "policy", ["{policy: swinging-door, band: 1}", "{policy: deadband, band: 1}"]
+)
+def test_a_band_on_a_boolean_point_is_refused(policy: str) -> None:
+    """A PIR's presence is 0 or 1: a band of 1 would never store a change, a line between two
+    stored states would invent values between them."""
+    text = _site().replace(
+        "    pin: 5\n", f"    pin: 5\n    storage:\n      presence: {policy}\n", 1
+    )
+    ((_, where, message),) = _refused(text)
+    assert where == "devices[2].storage.presence.policy"
+    assert "a state" in message, message
+    assert "use on-change" in message, message

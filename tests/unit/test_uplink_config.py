@@ -38,6 +38,13 @@ def test_tls_files_username_and_protocol_are_taken() -> None:
         ({"cert_file": "client.pem"}, "cert_file and key_file go together"),
         ({"key_file": "client.key"}, "cert_file and key_file go together"),
         ({"password": "pw"}, "password without username"),
+        ({"keepalive": "19h"}, "less than or equal to 65535"),
+        ({"keepalive": "500ms"}, "greater than or equal to 1"),
+        ({"batch_interval": "2h"}, "less than or equal to 3600"),
+        ({"batch_interval": "-5m"}, "not a duration"),
+        ({"batch_size": 0}, "greater than or equal to 1"),
+        ({"health_interval": "0s"}, "greater than or equal to 1"),
+        ({"compression": "gzip"}, "'none' or 'deflate'"),
         ({"protocol": "4"}, "protocol"),
         ({"protocol": 5}, "protocol"),
         (
@@ -59,9 +66,12 @@ def test_delivery_settings_have_defaults_and_take_units() -> None:
     assert config.backfill_messages_per_s is None
     assert config.backfill_bytes_per_s is None
     assert config.max_message_bytes == 256 * 1024
-    assert config.compression == "none"
+    # For a metered link (docs/config.md): deflated, in 5-minute batches of up to 1000
+    # readings, health every 15 minutes, a keepalive ping after 10 quiet minutes.
+    assert config.compression == "deflate"
     assert config.telemetry_encoding == "columnar"
-    assert config.health_interval == 60.0
+    assert config.health_interval == 900.0
+    assert (config.batch_interval, config.batch_size, config.keepalive) == (300.0, 1000, 600.0)
     tuned = uplink(
         inflight=50,
         backfill_messages_per_s=2.5,
