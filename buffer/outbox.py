@@ -136,9 +136,9 @@ class Outbox:
         self._capacity_interval = capacity_interval
         self._loop = asyncio.get_running_loop()
         self._queue: collections.deque[Pending] = collections.deque()
-        # Events queued and not yet committed: while there is one, the writer does not wait out
-        # the commit window (an alarm is durable, and so sendable, at once).
-        self._waiting_events = 0
+        # Events and at-once readings queued and not yet committed: while there is one, the
+        # writer does not wait out the commit window (an alarm is durable, so sendable, at once).
+        self._waiting_at_once = 0
         # Readings in memory (queued or being committed) and those shed beyond the limit.
         self._memory_limit = memory_limit
         self._waiting_readings = 0
@@ -229,8 +229,13 @@ class Outbox:
 
     # --- writing --------------------------------------------------------------------------------
 
-    def submit(self, stream: Stream, body: Mapping[str, Any]) -> None:
+    def submit(self, stream: Stream, body: Mapping[str, Any], *, at_once: bool = False) -> None:
         """Queue a record for the next group commit and return at once.
+
+        An event closes the commit window at once, and so does a reading submitted with
+        ``at_once`` (the gateway's readings around an alarm: the seconds an investigator needs
+        must not wait in memory for the window); the readings queued before either go in the
+        same transaction, so the order holds.
 
         Never blocks and never raises for disk trouble: while the disk refuses commits the records
         wait in memory and the writer retries. Events always wait; readings wait up to the
@@ -247,7 +252,7 @@ class Outbox:
         After :meth:`close` the record is dropped with an error in the log. Call it on the event
         loop's thread (from another thread, hand over with ``loop.call_soon_threadsafe``).
         """
-        self._enqueue(stream, body, None)
+        self._enqueue(stream, body, None, at_once=at_once)
 
     async def append(self, stream: Stream, body: Mapping[str, Any]) -> int:
         """Submit a record and wait until it is committed (on disk); return its seq."""
@@ -265,7 +270,12 @@ class Outbox:
         await waiter
 
     def _enqueue(
-        self, stream: Stream, body: Mapping[str, Any], done: asyncio.Future[int] | None
+        self,
+        stream: Stream,
+        body: Mapping[str, Any],
+        done: asyncio.Future[int] | None,
+        *,
+        at_once: bool = False,
     ) -> None:
         if stream == "telemetry":
             item: Pending = self._reading(body, done)
@@ -289,8 +299,11 @@ class Outbox:
                 self._shed(body, done)
                 return
             self._waiting_readings += 1
+            if at_once:
+                item.at_once = True
+                self._waiting_at_once += 1
         else:
-            self._waiting_events += 1
+            self._waiting_at_once += 1
         self._queue.append(item)
         self._submitted += 1
         self._wakeup.set()
@@ -333,7 +346,7 @@ class Outbox:
         text = json.dumps(body, separators=(",", ":"))
         # Past the closing check: the loss must be recorded even by the last commit.
         self._queue.append(PendingEvent(time.time(), text, self._loop.time(), None))
-        self._waiting_events += 1
+        self._waiting_at_once += 1
         self._submitted += 1
 
     def _reading(self, body: Mapping[str, Any], done: asyncio.Future[int] | None) -> Pending:
@@ -403,13 +416,13 @@ class Outbox:
                         await self._wakeup.wait()
                 continue
             # The window opens when the oldest waiting record was submitted, so a slow previous
-            # commit does not make it wait a second window. An event closes it at once: the
-            # readings queued before it go in the same transaction, so the order holds.
+            # commit does not make it wait a second window. An event or an at-once reading
+            # closes it at once: the readings queued before go in the same transaction.
             deadline = self._queue[0].submitted + self._commit_interval
             while (
                 len(self._queue) < self._max_batch
                 and not self._closing
-                and not self._waiting_events
+                and not self._waiting_at_once
             ):
                 remaining = deadline - self._loop.time()
                 if remaining <= 0:
@@ -430,9 +443,10 @@ class Outbox:
                 if isinstance(item, PendingReading):
                     streams.add("telemetry")
                     self._waiting_readings -= 1
+                    self._waiting_at_once -= item.at_once
                 else:
                     streams.add("event")
-                    self._waiting_events -= 1
+                    self._waiting_at_once -= 1
                 done = item.done
                 if done is not None and not done.done():
                     done.set_result(first + offset)

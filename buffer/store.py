@@ -73,6 +73,8 @@ class PendingReading:
     value: float | None
     submitted: float
     done: asyncio.Future[int] | None
+    #: Committed without waiting for the commit window (readings around an alarm).
+    at_once: bool = False
 
 
 @dataclass(slots=True)

@@ -190,7 +190,7 @@ class Gateway:
             report=self.report,
             state=self.rule_state,
         )
-        self._pending: deque[tuple[Stream, dict[str, Any]]] = deque()
+        self._pending: deque[tuple[Stream, dict[str, Any], bool]] = deque()
         self._pending_readings = 0
         #: Readings shed while the outbox was not open (reported once it opens).
         self.pending_lost = LossTally()
@@ -310,7 +310,9 @@ class Gateway:
     def _keep(self, stored: list[Stored]) -> None:
         """Hand the readings the storage policies kept to the outbox."""
         for reading, window in stored:
-            self._submit("telemetry", reading_body(reading, window))
+            # A reading around an alarm is durable at once: if the fire takes the power, the
+            # seconds before it are on the card (docs/buffer.md, Commit window).
+            self._submit("telemetry", reading_body(reading, window), at_once=window is not None)
 
     def _sms_result(self, kind: EventKind, body: dict[str, Any]) -> None:
         self._submit("event", event_body(kind, self.clock.time(), **body))
@@ -381,16 +383,16 @@ class Gateway:
         """Submit an event of the gateway's own (commands, config changes), timestamped now."""
         self._submit("event", event_body(kind, self.clock.time(), **body))
 
-    def _submit(self, stream: Stream, body: dict[str, Any]) -> None:
+    def _submit(self, stream: Stream, body: dict[str, Any], *, at_once: bool = False) -> None:
         if self.outbox is not None:
-            self.outbox.submit(stream, body)
+            self.outbox.submit(stream, body, at_once=at_once)
             return
         if stream == "telemetry":
             if self._pending_readings >= PENDING_LIMIT:
                 self.pending_lost.add(body)
                 return
             self._pending_readings += 1
-        self._pending.append((stream, body))
+        self._pending.append((stream, body, at_once))
 
     @property
     def pending_in_memory(self) -> int:
@@ -424,7 +426,8 @@ class Gateway:
                 ),
             )
         while self._pending:
-            self.outbox.submit(*self._pending.popleft())
+            stream, body, at_once = self._pending.popleft()
+            self.outbox.submit(stream, body, at_once=at_once)
         self._pending_readings = 0
         if self.pending_lost:
             body = self.pending_lost.take_event(time.time(), "the buffer was not open")

@@ -501,7 +501,7 @@ TINY: Final = {"minutes": 0.05, "hours": 0.02, "reference_seconds": 30.0}
 
 
 async def run(
-    minutes: float = 10.0, hours: float = 24.0, reference_seconds: float = 3600.0
+    minutes: float = 6.0, hours: float = 24.0, reference_seconds: float = 3600.0
 ) -> dict[str, float]:
     """The figures of the module's docstring: a live run of ``minutes``, the demo site's
     simulated trace over ``hours``, the reference site's over ``reference_seconds``."""

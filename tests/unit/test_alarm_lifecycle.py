@@ -38,7 +38,7 @@ class Recorder:
         self.pins = pins
         self.events: list[dict[str, Any]] = []
 
-    def submit(self, stream: str, body: dict[str, Any]) -> None:
+    def submit(self, stream: str, body: dict[str, Any], *, at_once: bool = False) -> None:
         if stream == "event":
             self.events.append({**body, "buzzer": bool(self.pins.pin(17).state)})
 
@@ -174,7 +174,7 @@ async def test_fire_alarm_goes_out_by_sms_with_its_occupancy(tmp_path: Path) -> 
         events: list[dict[str, Any]] = []
         sent = asyncio.Event()
 
-        def submit(stream: str, body: dict[str, Any]) -> None:
+        def submit(stream: str, body: dict[str, Any], *, at_once: bool = False) -> None:
             events.append(body)
             if body.get("kind") in ("sms-sent", "sms-failed"):
                 sent.set()
@@ -213,7 +213,7 @@ async def test_fire_alarm_sends_the_sms_then_calls_until_answered(tmp_path: Path
         events: list[dict[str, Any]] = []
         answered = asyncio.Event()
 
-        def submit(stream: str, body: dict[str, Any]) -> None:
+        def submit(stream: str, body: dict[str, Any], *, at_once: bool = False) -> None:
             events.append(body)
             if body.get("kind") == "call-answered":
                 answered.set()

@@ -43,9 +43,9 @@ async def gateway_with_spy(
     seen: list[tuple[str, Any, bool]] = []
     submit = outbox.submit
 
-    def spy(stream: Any, body: Mapping[str, Any]) -> None:
+    def spy(stream: Any, body: Mapping[str, Any], *, at_once: bool = False) -> None:
         seen.append((stream, body.get("kind"), bool(pins.pin(17).state)))
-        submit(stream, body)
+        submit(stream, body, at_once=at_once)
 
     outbox.submit = spy  # type: ignore[method-assign]
     gateway.outbox = outbox

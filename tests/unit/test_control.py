@@ -219,7 +219,9 @@ async def test_commissioned_record_becomes_an_event_and_a_foreign_one_is_refused
     client = ControlClient(tmp_path / "control.sock")
     record = {"gateway": "gw-demo-0001", "by": "Li Wei", "devices": [], "selftest": {}}
     assert await client.request("commissioned", {"record": record}) == {"submitted": True}
-    events = [body for stream, body in gateway._pending if body.get("kind") == "commissioned"]
+    events = [
+        body for _stream, body, _at_once in gateway._pending if body.get("kind") == "commissioned"
+    ]
     assert len(events) == 1
     assert events[0]["by"] == "Li Wei"
     with pytest.raises(ControlError, match="not 'gw-demo-0001'"):

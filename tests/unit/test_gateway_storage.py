@@ -41,10 +41,10 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Gateway, list[dict[str,
     seen: list[dict[str, Any]] = []
     submit = outbox.submit
 
-    def spy(stream: Any, body: Mapping[str, Any]) -> None:
+    def spy(stream: Any, body: Mapping[str, Any], *, at_once: bool = False) -> None:
         if stream == "telemetry":
-            seen.append(dict(body))
-        submit(stream, body)
+            seen.append({**body, "at_once": at_once})
+        submit(stream, body, at_once=at_once)
 
     outbox.submit = spy  # type: ignore[method-assign]
     gateway.outbox = outbox
@@ -82,6 +82,9 @@ async def test_an_alarm_stores_its_window_at_full_rate_marked(
     assert kept[50] is None
     assert {kept[t] for t in range(51, 71)} == {"post"}
     assert not set(range(72, 100)) & set(kept), "after the window the band rules again"
+    # The window's readings are durable at once; the band's wait for the commit window.
+    assert {r.get("window") is not None for r in seen if r["at_once"]} == {True}
+    assert {r["at_once"] for r in seen if r.get("window")} == {True}
 
 
 async def test_going_offline_stores_the_reading_a_swinging_door_held(

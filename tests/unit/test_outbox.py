@@ -252,6 +252,33 @@ async def test_an_event_is_committed_at_once_with_the_readings_before_it(tmp_pat
     assert len(_rows(path)) == 5  # close commits the rest
 
 
+async def test_a_reading_submitted_at_once_closes_the_window_like_an_event(
+    tmp_path: Path,
+) -> None:
+    """A reading around an alarm (``at_once``) is on disk at once, with the readings before
+    it; ordinary readings after it wait for the window again."""
+    path = tmp_path / "o.db"
+    async with await Outbox.open(path, commit_interval=3600) as outbox:
+        committed = asyncio.Event()
+        outbox.add_commit_listener(lambda streams: committed.set())
+        for i in range(2):
+            outbox.submit("telemetry", tel(i))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert _rows(path) == []
+        outbox.submit("telemetry", tel(2), at_once=True)
+        # The window is an hour: the deadline is only there to fail instead of hang.
+        await asyncio.wait_for(committed.wait(), 60)
+        assert _rows(path) == [(1, "telemetry"), (2, "telemetry"), (3, "telemetry")]
+        committed.clear()
+        outbox.submit("telemetry", tel(3))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert outbox.pending == 1
+        assert not committed.is_set()
+    assert len(_rows(path)) == 4  # close commits the rest
+
+
 async def test_many_submits_are_group_committed(tmp_path: Path) -> None:
     async with await Outbox.open(tmp_path / "o.db", commit_interval=0.05, max_batch=500) as outbox:
         statements: list[str] = []
