@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -38,7 +39,7 @@ AIOMQTT_PRIVATE: Final[dict[str, tuple[str, ...]]] = {
     "_on_disconnect": ("self", "client", "userdata", "flags", "reason_code", "properties"),
     "_on_publish": ("self", "client", "userdata", "mid", "reason_code", "properties"),
     "_pending_call": ("self", "mid", "value", "pending_dict"),
-    "_wait_for": ("self", "fut", "timeout"),
+    "timeout": (),
     "_client": (),
     "_connected": (),
     "_disconnected": (),
@@ -160,7 +161,7 @@ class MqttClient(aiomqtt.Client):
         if not info.is_published():
             confirmation = asyncio.Event()
             with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                await self._wait_for(confirmation.wait(), timeout=timeout)
+                await self._until_acknowledged(confirmation, timeout)
             if not info.is_published():
                 # Woken by _on_disconnect: the connection went before the PUBACK.
                 lost = self._disconnected
@@ -169,6 +170,21 @@ class MqttClient(aiomqtt.Client):
         reason = self._refusals.pop(info.mid, None)
         if reason is not None:
             raise PublishRefused(topic, reason)
+
+    async def _until_acknowledged(self, confirmation: asyncio.Event, limit: float | None) -> None:
+        """Wait for the PUBACK as aiomqtt's ``_wait_for`` does (its timeout, ``math.inf`` for
+        none, ``MqttError`` when it runs out), but with ``asyncio.timeout``: on Python 3.11,
+        ``asyncio.wait_for`` returns a result that arrives together with a cancellation and
+        drops the cancellation. A refused message's PUBACK arriving as the session ends then
+        left the send task retrying it forever, and the task group (so the gateway's stop)
+        waiting on it."""
+        if limit is None:
+            limit = self.timeout
+        try:
+            async with asyncio.timeout(None if limit == math.inf else limit):
+                await confirmation.wait()
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
 
     def _on_publish(
         self,

@@ -13,6 +13,7 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -67,6 +68,45 @@ async def test_a_refusing_puback_raises_and_the_next_publish_on_an_allowed_topic
         for _ in range(3):
             await client.publish("allowed/x", b'{"n": 1}', qos=1)
         await got.wait_for(lambda c: len(c.messages) == 3)
+
+
+class CancelledAtPuback(MqttClient):
+    """Cancels the publishing task in the very callback that delivers the PUBACK: the verdict
+    and the cancellation arrive together, as when a session ends while a refused message's
+    PUBACK comes in."""
+
+    publisher: asyncio.Task[None] | None = None
+
+    def _on_publish(self, *args: Any) -> None:
+        super()._on_publish(*args)
+        if self.publisher is not None:
+            self.publisher.cancel()
+
+
+async def test_a_cancellation_that_comes_with_the_puback_is_not_lost(
+    mosquitto_factory: MosquittoFactory,
+) -> None:
+    """asyncio.wait_for on Python 3.11 returns a result that arrives together with a
+    cancellation and drops the cancellation: a send task retrying a refused message then never
+    ended, and held the gateway's stop. The publish must end cancelled."""
+    broker = mosquitto_factory(
+        users={USER: PASSWORD}, acl=[f"user {USER}", "topic write allowed/#"]
+    )
+    for topic in ("denied/x", "allowed/x"):
+        client = CancelledAtPuback(
+            broker.host,
+            broker.plain_port,
+            identifier=f"client-test-{uuid.uuid4().hex[:8]}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=10,
+            username=USER,
+            password=PASSWORD,
+        )
+        async with client:
+            client.publisher = asyncio.create_task(client.publish(topic, b"{}", qos=1))
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(client.publisher, 30)
+            assert client.publisher.cancelled(), topic
 
 
 async def test_the_maximum_packet_size_of_the_connack_is_kept(
