@@ -715,7 +715,8 @@ class Outbox:
         self._closing = True
         self._wakeup.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._writer), grace)
+            async with asyncio.timeout(grace):
+                await asyncio.shield(self._writer)
         except TimeoutError:
             log.error(
                 "outbox %s: closing with %d records never committed (the disk kept refusing)",

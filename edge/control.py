@@ -495,7 +495,8 @@ class ControlServer:
             },
         )
         while True:
-            line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                line = await reader.readline()
             if not line:
                 return
             await self._send(writer, await self._answer(line))
@@ -526,7 +527,8 @@ class ControlServer:
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
         writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await writer.drain()
 
 
 class ControlClient:

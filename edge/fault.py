@@ -205,7 +205,8 @@ class FaultMode:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.uplink is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.uplink.stop(), 2.0)
+                    async with asyncio.timeout(2.0):
+                        await self.uplink.stop()
             if self.outbox is not None:
                 with contextlib.suppress(Exception):
                     await self.outbox.close(grace=0.5)

@@ -606,12 +606,14 @@ class Gateway:
         await self.rule_state.save(budget=STATE_SAVE_TIMEOUT)
         if self.outbox is not None:
             try:
-                await asyncio.wait_for(self.outbox.flush(), FLUSH_TIMEOUT)
+                async with asyncio.timeout(FLUSH_TIMEOUT):
+                    await self.outbox.flush()
             except TimeoutError:
                 log.error("outbox flush timed out at shutdown")
         if self.uplink is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.uplink.stop(), UPLINK_STOP_TIMEOUT)
+                async with asyncio.timeout(UPLINK_STOP_TIMEOUT):
+                    await self.uplink.stop()
         await self.supervisor.stop()
         if self.outbox is not None:
             await self.outbox.close(grace=OUTBOX_CLOSE_GRACE)

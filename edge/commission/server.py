@@ -482,7 +482,8 @@ async def serve(state: Commissioning) -> None:
                 print(f"stopped: no request for {state.idle:g}s", flush=True)
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.done.wait(), min(1.0, state.idle - idle))
+                async with asyncio.timeout(min(1.0, state.idle - idle)):
+                    await state.done.wait()
     finally:
         for client in state.clients.values():
             await client.close()

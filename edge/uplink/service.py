@@ -257,7 +257,8 @@ class Uplink:
         finished = self._finished
         if finished is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), _STOP_TIMEOUT + 0.5)
+                async with asyncio.timeout(_STOP_TIMEOUT + 0.5):
+                    await finished.wait()
 
     async def republish_metadata(self) -> bool:
         """Publish the metadata again now (after a config change); True once the broker has it.
@@ -292,7 +293,8 @@ class Uplink:
                     await self._reconnect(deletions)
                 finally:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(deletions.join(), _STOP_TIMEOUT)
+                        async with asyncio.timeout(_STOP_TIMEOUT):
+                            await deletions.join()
                     deleter.cancel()
         finally:
             remove_listener()
@@ -354,7 +356,8 @@ class Uplink:
                 return
             pause = min(remaining, _PROBE_EVERY * random.uniform(0.8, 1.2))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), pause)
+                async with asyncio.timeout(pause):
+                    await self._stopping.wait()
 
     # --- one connection -------------------------------------------------------------------------
 
@@ -619,7 +622,8 @@ class Uplink:
                 continue
             window.release()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_rows.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._new_rows.wait()
 
     async def _next_message(self, cursors: _Cursors) -> tuple[Message | None, float | None]:
         """The next message to send, or None and how long to wait at most (None: until new rows
