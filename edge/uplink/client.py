@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -23,6 +24,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.uplink.refusals import Refusal
+
+_T = TypeVar("_T")
 
 __all__ = [
     "AIOMQTT_PRIVATE",
@@ -39,6 +42,7 @@ AIOMQTT_PRIVATE: Final[dict[str, tuple[str, ...]]] = {
     "_on_disconnect": ("self", "client", "userdata", "flags", "reason_code", "properties"),
     "_on_publish": ("self", "client", "userdata", "mid", "reason_code", "properties"),
     "_pending_call": ("self", "mid", "value", "pending_dict"),
+    "_wait_for": ("self", "fut", "timeout"),
     "timeout": (),
     "_client": (),
     "_connected": (),
@@ -161,7 +165,7 @@ class MqttClient(aiomqtt.Client):
         if not info.is_published():
             confirmation = asyncio.Event()
             with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                await self._until_acknowledged(confirmation, timeout)
+                await self._wait_for(confirmation.wait(), timeout=timeout)
             if not info.is_published():
                 # Woken by _on_disconnect: the connection went before the PUBACK.
                 lost = self._disconnected
@@ -171,18 +175,18 @@ class MqttClient(aiomqtt.Client):
         if reason is not None:
             raise PublishRefused(topic, reason)
 
-    async def _until_acknowledged(self, confirmation: asyncio.Event, limit: float | None) -> None:
-        """Wait for the PUBACK as aiomqtt's ``_wait_for`` does (its timeout, ``math.inf`` for
-        none, ``MqttError`` when it runs out), but with ``asyncio.timeout``: on Python 3.11,
-        ``asyncio.wait_for`` returns a result that arrives together with a cancellation and
-        drops the cancellation. A refused message's PUBACK arriving as the session ends then
-        left the send task retrying it forever, and the task group (so the gateway's stop)
-        waiting on it."""
-        if limit is None:
-            limit = self.timeout
+    async def _wait_for(self, fut: Awaitable[_T], timeout: float | None) -> _T:  # noqa: ASYNC109 (aiomqtt's signature)
+        """aiomqtt's wait for a CONNACK, SUBACK, PUBACK or disconnect (its timeout, ``math.inf``
+        for none, ``MqttError`` when it runs out), with ``asyncio.timeout`` instead of
+        ``asyncio.wait_for``: on Python 3.11 ``wait_for`` returns a result that arrives
+        together with a cancellation and drops the cancellation. A refused message's PUBACK, or
+        a SUBACK, arriving as a session ended then left a task of the session running on and
+        the task group, so the gateway's stop, waiting for it forever."""
+        if timeout is None:
+            timeout = self.timeout
         try:
-            async with asyncio.timeout(None if limit == math.inf else limit):
-                await confirmation.wait()
+            async with asyncio.timeout(None if timeout == math.inf else timeout):
+                return await fut
         except TimeoutError:
             raise aiomqtt.MqttError("Operation timed out") from None
 

@@ -109,6 +109,38 @@ async def test_a_cancellation_that_comes_with_the_puback_is_not_lost(
             assert client.publisher.cancelled(), topic
 
 
+class CancelledAtSuback(MqttClient):
+    """The same for a subscription: the task is cancelled in the callback of its SUBACK."""
+
+    subscriber: asyncio.Task[Any] | None = None
+
+    def _on_subscribe(self, *args: Any) -> None:
+        super()._on_subscribe(*args)
+        if self.subscriber is not None:
+            self.subscriber.cancel()
+
+
+async def test_a_cancellation_that_comes_with_the_suback_is_not_lost(
+    mosquitto_factory: MosquittoFactory,
+) -> None:
+    broker = mosquitto_factory(users={USER: PASSWORD}, acl=[f"user {USER}", "topic read allowed/#"])
+    for topic in ("denied/#", "allowed/#"):
+        client = CancelledAtSuback(
+            broker.host,
+            broker.plain_port,
+            identifier=f"client-test-{uuid.uuid4().hex[:8]}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=10,
+            username=USER,
+            password=PASSWORD,
+        )
+        async with client:
+            client.subscriber = asyncio.create_task(client.subscribe(topic, qos=1))
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(client.subscriber, 30)
+            assert client.subscriber.cancelled(), topic
+
+
 async def test_the_maximum_packet_size_of_the_connack_is_kept(
     mosquitto_factory: MosquittoFactory,
 ) -> None:
