@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edge.config.model import SEVERITY_ORDER, Calls
+from edge.config.model import Calls
 from edge.contract import EventKind
 from edge.log import fields
+from edge.notify import SEVERITY_WORDS, HourlyLimit, calls_for, notice_fields
 from edge.rules import Transition
 from edge.sms import Modem, ModemError
 
@@ -38,15 +39,12 @@ GIVE_WAY_LIMIT = 20
 
 def spoken_text(transition: Transition, site: str, place: str) -> str:
     """What the modem reads aloud: what and where, in Chinese, short enough to catch at once."""
-    level = {"fire": "火警", "critical": "严重告警", "major": "告警", "minor": "故障"}[
-        transition.severity
-    ]
     occupancy = ""
     if transition.occupancy is not None:
         occupancy = {"occupied": "。室内有人", "vacant": "。室内无人", "unknown": ""}[
             str(transition.occupancy["state"])
         ]
-    return f"{level}。{site}。{place}{occupancy}。请立即处理。"
+    return f"{SEVERITY_WORDS[transition.severity]}。{site}。{place}{occupancy}。请立即处理。"
 
 
 @dataclass(frozen=True)
@@ -86,15 +84,11 @@ class CallNotifier:
         self._queue: deque[_Round] = deque()
         self._wake = asyncio.Event()
         self._last: dict[tuple[str, str], float] = {}
-        self._placed: dict[str, deque[float]] = {n: deque() for n in config.numbers}
+        self._placed = HourlyLimit(config.numbers, config.max_per_hour, clock)
 
     def notify(self, transition: Transition) -> None:
         """Queue the round of calls ``transition`` calls for (a no-op for most transitions)."""
-        if transition.kind not in ("raised", "escalated"):
-            return
-        if SEVERITY_ORDER[transition.severity] > SEVERITY_ORDER[self.config.severity]:
-            return
-        if self.config.only_when_offline and self.uplink_online():
+        if not calls_for(transition, self.config, self.uplink_online):
             return
         now = self.clock()
         key = (transition.rule_id, transition.device_id)
@@ -112,24 +106,7 @@ class CallNotifier:
     def _fields(
         self, number: str, transition: Transition, attempt: int, **more: Any
     ) -> dict[str, Any]:
-        return {
-            "number": number,
-            "rule": transition.rule_id,
-            "device": transition.device_id,
-            "severity": transition.severity,
-            "attempt": attempt,
-            **more,
-        }
-
-    def _within_hourly_limit(self, number: str) -> bool:
-        now = self.clock()
-        placed = self._placed[number]
-        while placed and now - placed[0] >= 3600:
-            placed.popleft()
-        if len(placed) >= self.config.max_per_hour:
-            return False
-        placed.append(now)
-        return True
+        return notice_fields(number, transition, attempt=attempt, **more)
 
     async def run(self) -> None:
         """Place the queued rounds, oldest first; runs until cancelled."""
@@ -148,7 +125,7 @@ class CallNotifier:
         for _ in range(self.config.rounds):
             for number in self.config.numbers:
                 attempt += 1
-                if not self._within_hourly_limit(number):
+                if not self._placed.take(number):
                     self.report(
                         "call-failed",
                         self._fields(number, transition, attempt, reason="rate limit"),

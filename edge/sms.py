@@ -26,9 +26,10 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from drivers.serial_link import SerialLink
-from edge.config.model import PHONE_NUMBER, SEVERITY_ORDER, Sms
+from edge.config.model import PHONE_NUMBER, Sms
 from edge.contract import EventKind
 from edge.log import fields
+from edge.notify import SEVERITY_WORDS, HourlyLimit, calls_for, notice_fields
 from edge.rules import Transition
 
 __all__ = [
@@ -420,9 +421,6 @@ class Modem:
 def alarm_text(transition: Transition, site: str, place: str, zone: ZoneInfo) -> str:
     """The message: what, where, when, in Chinese first (the venue's people) and the rule."""
     when = datetime.fromtimestamp(transition.ts, zone).strftime("%m-%d %H:%M")
-    level = {"fire": "火警", "critical": "严重告警", "major": "告警", "minor": "故障"}[
-        transition.severity
-    ]
     occupancy = ""
     if transition.occupancy is not None:
         occupancy = {"occupied": " 室内有人", "vacant": " 室内无人", "unknown": " 人员情况不明"}[
@@ -430,7 +428,7 @@ def alarm_text(transition: Transition, site: str, place: str, zone: ZoneInfo) ->
         ]
     value = "" if transition.value is None else f" {transition.value:g}"
     return (
-        f"【{level}】{site} {place}{occupancy} {when} "
+        f"【{SEVERITY_WORDS[transition.severity]}】{site} {place}{occupancy} {when} "
         f"{transition.rule_id}: {transition.point}{value} ({transition.reason})"
     )
 
@@ -467,43 +465,26 @@ class SmsNotifier:
         self._queue: deque[tuple[str, str, Transition]] = deque()
         self._wake = asyncio.Event()
         self._last: dict[tuple[str, str, str], float] = {}
-        self._sent: dict[str, deque[float]] = {n: deque() for n in config.numbers}
+        self._sent = HourlyLimit(config.numbers, config.max_per_hour, clock)
         self._reference = 0
 
     def notify(self, transition: Transition) -> None:
         """Queue the messages ``transition`` calls for (a no-op for most transitions)."""
-        if transition.kind not in ("raised", "escalated"):
-            return
-        if SEVERITY_ORDER[transition.severity] > SEVERITY_ORDER[self.config.severity]:
-            return
-        if self.config.only_when_offline and self.uplink_online():
+        if not calls_for(transition, self.config, self.uplink_online):
             return
         now = self.clock()
         place = self.places.get(transition.device_id, transition.device_id)
         text = alarm_text(transition, self.site, place, self.zone)
         for number in self.config.numbers:
             key = (number, transition.rule_id, transition.device_id)
-            recent = self._sent[number]
-            while recent and now - recent[0] >= 3600:
-                recent.popleft()
-            if now - self._last.get(key, -1e18) < self.config.min_interval or len(recent) >= (
-                self.config.max_per_hour
+            if now - self._last.get(key, -1e18) < self.config.min_interval or not (
+                self._sent.take(number)
             ):
-                self.report("sms-failed", self._fields(number, transition, reason="rate limit"))
+                self.report("sms-failed", notice_fields(number, transition, reason="rate limit"))
                 continue
             self._last[key] = now
-            recent.append(now)
             self._queue.append((number, text, transition))
         self._wake.set()
-
-    def _fields(self, number: str, transition: Transition, **more: Any) -> dict[str, Any]:
-        return {
-            "number": number,
-            "rule": transition.rule_id,
-            "device": transition.device_id,
-            "severity": transition.severity,
-            **more,
-        }
 
     async def run(self) -> None:
         """Send what is queued, oldest first; runs until cancelled."""
@@ -515,12 +496,12 @@ class SmsNotifier:
                     references = await self.modem.send(number, text, self._reference)
                 except (ModemError, OSError, ValueError) as exc:
                     log.error("sms failed", extra=fields(number=number, error=str(exc)))
-                    self.report("sms-failed", self._fields(number, transition, reason=str(exc)))
+                    self.report("sms-failed", notice_fields(number, transition, reason=str(exc)))
                     continue
                 log.warning("sms sent", extra=fields(number=number, parts=len(references)))
                 self.report(
                     "sms-sent",
-                    self._fields(number, transition, parts=len(references), refs=references),
+                    notice_fields(number, transition, parts=len(references), refs=references),
                 )
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
