@@ -13,7 +13,7 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 import pytest
@@ -26,14 +26,22 @@ pytestmark = pytest.mark.integration
 USER, PASSWORD = "client-user", "client-password"
 
 
-def client_of(broker: Mosquitto, **settings: object) -> MqttClient:
+_Client = TypeVar("_Client", bound=MqttClient)
+
+
+def client_as(kind: type[_Client], broker: Mosquitto, **settings: object) -> _Client:
+    """A client of class ``kind`` (the gateway's, or a test's subclass) on the plain port."""
     given: dict[str, object] = {
         "identifier": f"client-test-{uuid.uuid4().hex[:8]}",
         "protocol": aiomqtt.ProtocolVersion.V5,
         "timeout": 10,
         **settings,
     }
-    return MqttClient(broker.host, broker.plain_port, **given)
+    return kind(broker.host, broker.plain_port, **given)
+
+
+def client_of(broker: Mosquitto, **settings: object) -> MqttClient:
+    return client_as(MqttClient, broker, **settings)
 
 
 @contextlib.contextmanager
@@ -93,15 +101,7 @@ async def test_a_cancellation_that_comes_with_the_puback_is_not_lost(
         users={USER: PASSWORD}, acl=[f"user {USER}", "topic write allowed/#"]
     )
     for topic in ("denied/x", "allowed/x"):
-        client = CancelledAtPuback(
-            broker.host,
-            broker.plain_port,
-            identifier=f"client-test-{uuid.uuid4().hex[:8]}",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            timeout=10,
-            username=USER,
-            password=PASSWORD,
-        )
+        client = client_as(CancelledAtPuback, broker, username=USER, password=PASSWORD)
         async with client:
             client.publisher = asyncio.create_task(client.publish(topic, b"{}", qos=1))
             with pytest.raises(asyncio.CancelledError):
@@ -125,15 +125,7 @@ async def test_a_cancellation_that_comes_with_the_suback_is_not_lost(
 ) -> None:
     broker = mosquitto_factory(users={USER: PASSWORD}, acl=[f"user {USER}", "topic read allowed/#"])
     for topic in ("denied/#", "allowed/#"):
-        client = CancelledAtSuback(
-            broker.host,
-            broker.plain_port,
-            identifier=f"client-test-{uuid.uuid4().hex[:8]}",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            timeout=10,
-            username=USER,
-            password=PASSWORD,
-        )
+        client = client_as(CancelledAtSuback, broker, username=USER, password=PASSWORD)
         async with client:
             client.subscriber = asyncio.create_task(client.subscribe(topic, qos=1))
             with pytest.raises(asyncio.CancelledError):
