@@ -69,6 +69,24 @@ def open_fds_on(path: str) -> int:
     return count
 
 
+async def received_until(leader: int, what: str, condition: Callable[[bytearray], bool]) -> bytes:
+    """What the far end of a pty receives, read as it comes, until ``condition`` holds."""
+    received = bytearray()
+    os.set_blocking(leader, False)
+
+    def drain() -> None:
+        with contextlib.suppress(BlockingIOError):
+            received.extend(os.read(leader, 65536))
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(leader, drain)
+    try:
+        await until(what, lambda: condition(received))
+    finally:
+        loop.remove_reader(leader)
+    return bytes(received)
+
+
 @pytest.mark.parametrize("target", ["regular file", "/dev/zero", "spy URL"])
 async def test_a_port_that_is_no_longer_a_serial_line_is_refused_when_opened(
     tmp_path: Path, pty: tuple[int, str], target: str
@@ -164,20 +182,11 @@ async def test_a_line_that_does_not_drain_gets_whole_writes_in_order(
         assert link.dropped_writes > 0
         assert link.dropped_writes % 1000 == 0, "a write is dropped whole or not at all"
         expected = len(chunks) * 1000 - link.dropped_writes
-        received = bytearray()
-        os.set_blocking(leader, False)
-
-        def drain() -> None:
-            with contextlib.suppress(BlockingIOError):
-                received.extend(os.read(leader, 65536))
-
-        loop = asyncio.get_running_loop()
-        loop.add_reader(leader, drain)
-        try:
-            await until("every byte the link kept", lambda: len(received) >= expected)
-            await until("nothing left to send", lambda: link.unsent == 0)
-        finally:
-            loop.remove_reader(leader)
+        received = await received_until(
+            leader,
+            "every byte the link kept, nothing left to send",
+            lambda got: len(got) >= expected and link.unsent == 0,
+        )
     finally:
         await link.close()
     assert len(received) == expected
@@ -213,23 +222,14 @@ async def test_a_short_write_keeps_its_tail_and_sends_it_before_later_writes(
         link.write(bytes([written % 256]) * size)  # queued behind the tail
         written += 1
         assert link.dropped_writes == 0
-        received = bytearray()
-        os.set_blocking(leader, False)
-
-        def drain() -> None:
-            with contextlib.suppress(BlockingIOError):
-                received.extend(os.read(leader, 65536))
-
-        loop = asyncio.get_running_loop()
-        loop.add_reader(leader, drain)
-        try:
-            await until("every byte", lambda: len(received) >= written * size)
-            await until("nothing left to send", lambda: link.unsent == 0)
-        finally:
-            loop.remove_reader(leader)
+        received = await received_until(
+            leader,
+            "every byte, nothing left to send",
+            lambda got: len(got) >= written * size and link.unsent == 0,
+        )
     finally:
         await link.close()
-    assert bytes(received) == b"".join(bytes([n % 256]) * size for n in range(written))
+    assert received == b"".join(bytes([n % 256]) * size for n in range(written))
 
 
 async def test_a_write_larger_than_the_limit_is_dropped_whole_never_cut(
@@ -242,19 +242,7 @@ async def test_a_write_larger_than_the_limit_is_dropped_whole_never_cut(
         assert link.dropped_writes == WRITE_LIMIT + 1
         assert link.unsent == 0
         link.write(b"\x01\x03\x00\x00\x00\x01\x84\x0a")  # the next request goes as usual
-        received = bytearray()
-        os.set_blocking(leader, False)
-
-        def drain() -> None:
-            with contextlib.suppress(BlockingIOError):
-                received.extend(os.read(leader, 65536))
-
-        loop = asyncio.get_running_loop()
-        loop.add_reader(leader, drain)
-        try:
-            await until("the request", lambda: len(received) >= 8)
-        finally:
-            loop.remove_reader(leader)
+        received = await received_until(leader, "the request", lambda got: len(got) >= 8)
     finally:
         await link.close()
-    assert bytes(received) == b"\x01\x03\x00\x00\x00\x01\x84\x0a"
+    assert received == b"\x01\x03\x00\x00\x00\x01\x84\x0a"
