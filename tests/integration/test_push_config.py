@@ -23,6 +23,7 @@ from edge.commands import MAX_COMMAND_BYTES
 from edge.config import load_site
 from edge.schemas import validate_message
 from edge.site_runner import SiteRunner
+from hil.simulator import Simulator
 from tests.fixtures.broker import (
     Collector,
     Mosquitto,
@@ -42,6 +43,27 @@ def events(platform: Collector, kind: str) -> list[dict[str, Any]]:
     for event in found:
         validate_message(event)  # every event the commands cause follows the contract
     return found
+
+
+@asynccontextmanager
+async def site_file(
+    tmp_path: Path, broker: Mosquitto, **uplink: Any
+) -> AsyncIterator[tuple[Simulator, Collector, dict[str, Any], Path]]:
+    """The simulated site, its platform, its site file (``uplink`` settings added) on disk."""
+    async with simulated_site(tmp_path, broker) as (sim, platform):
+        site = site_for(sim, tmp_path, broker_url=broker.url)
+        site["uplink"].update(uplink)
+        yield sim, platform, site, write_site(tmp_path, site)
+
+
+def assert_nothing_changed(
+    path: Path, original: bytes, runner: SiteRunner, gateway: Any, platform: Collector
+) -> None:
+    """A refused push: the file as it was, no backup of it, the same gateway, nothing applied."""
+    assert path.read_bytes() == original
+    assert not path.with_name("site.yaml.previous").exists()
+    assert runner.gateway is gateway
+    assert events(platform, "config-applied") == []
 
 
 @asynccontextmanager
@@ -71,9 +93,7 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     pins = MockFactory()
-    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
-        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
-        path = write_site(tmp_path, site)
+    async with site_file(tmp_path, mosquitto) as (sim, platform, site, path):
         original = path.read_bytes()
         async with running(path, pins, platform) as (runner, _):
             first = runner.gateway
@@ -143,9 +163,7 @@ async def test_a_good_push_restarts_on_the_new_file_and_keeps_the_sounding_alarm
 async def test_a_bad_push_is_refused_with_field_paths_and_changes_nothing(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
-        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
-        path = write_site(tmp_path, site)
+    async with site_file(tmp_path, mosquitto) as (_, platform, site, path):
         original = path.read_bytes()
         async with running(path, MockFactory(), platform) as (runner, _):
             gateway = runner.gateway
@@ -182,18 +200,13 @@ async def test_a_bad_push_is_refused_with_field_paths_and_changes_nothing(
             assert rejected["key"]["errors"] == [
                 "devices[0].gauge_lenght: unknown key 'gauge_lenght'; did you mean 'gauge_length'?"
             ]
-            assert path.read_bytes() == original
-            assert not path.with_name("site.yaml.previous").exists()
-            assert runner.gateway is gateway
-            assert events(platform, "config-applied") == []
+            assert_nothing_changed(path, original, runner, gateway, platform)
 
 
 async def test_a_push_beyond_operations_authority_is_refused_and_changes_nothing(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
-        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
-        path = write_site(tmp_path, site)
+    async with site_file(tmp_path, mosquitto) as (_, platform, site, path):
         original = path.read_bytes()
         async with running(path, MockFactory(), platform) as (runner, _):
             gateway = runner.gateway
@@ -217,18 +230,13 @@ async def test_a_push_beyond_operations_authority_is_refused_and_changes_nothing
                 assert ack["result"] == "error", (cid, ack)
                 assert "needs the engineering key" in ack["error"]
                 assert words in ack["error"], (cid, ack["error"])
-            assert path.read_bytes() == original
-            assert not path.with_name("site.yaml.previous").exists()
-            assert runner.gateway is gateway
-            assert events(platform, "config-applied") == []
+            assert_nothing_changed(path, original, runner, gateway, platform)
 
 
 async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
-        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
-        path = write_site(tmp_path, site)
+    async with site_file(tmp_path, mosquitto) as (_, platform, site, path):
         original = path.read_bytes()
         # The site's own mock pin factory (no shared one): the pushed file decides the pins.
         async with running(path, None, platform) as (runner, _):
@@ -288,9 +296,7 @@ async def test_a_push_that_does_not_start_is_rolled_back_to_the_running_config(
 async def test_a_stop_before_the_pushed_config_proved_itself_puts_the_old_file_back(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
-        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
-        path = write_site(tmp_path, site)
+    async with site_file(tmp_path, mosquitto) as (_, platform, site, path):
         original = path.read_bytes()
         async with running(path, MockFactory(), platform) as (runner, stop):
             pushed = copy.deepcopy(site)
@@ -331,10 +337,7 @@ async def test_a_push_that_cannot_reach_the_platform_is_rolled_back_and_says_why
     cert, key = authority.issue("server", "broker.test", ip="127.0.0.1")
     tls = mosquitto_factory(tls=TlsListener(authority.cert_path, cert, key))
     stranger = Authority(tmp_path / "stranger", name="Somebody Else's CA")
-    async with simulated_site(tmp_path, broker) as (sim, platform):
-        site = site_for(sim, tmp_path, broker_url=broker.url)
-        site["uplink"]["push_confirm_within"] = "6s"
-        path = write_site(tmp_path, site)
+    async with site_file(tmp_path, broker, push_confirm_within="6s") as (_, platform, site, path):
         original = path.read_bytes()
         old_hash = digest_of(original)
         unreachable = f"mqtt://127.0.0.1:{free_port()}"
@@ -393,62 +396,52 @@ async def test_a_push_that_cannot_reach_the_platform_is_rolled_back_and_says_why
 async def test_a_second_push_while_the_first_is_being_confirmed_is_refused(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
-        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
-        path = write_site(tmp_path, site)
-        # A settle time long enough to push again while the new gateway is online but not
-        # yet confirmed.
-        async with running(path, MockFactory(), platform, settle=8) as (runner, _):
-            first = copy.deepcopy(site)
-            first["devices"][1]["id"] = "efm-kitchen-102"
-            second = copy.deepcopy(site)
-            second["devices"][1]["id"] = "efm-kitchen-103"
-            await send(
-                mosquitto, command("push-a", "push-config", {"site": first}, key=ENGINEERING)
-            )
-            # The gateway being replaced refuses too, from the write until it stops.
-            await send(
-                mosquitto, command("push-b", "push-config", {"site": second}, key=ENGINEERING)
-            )
-            first_ack = await ack_for(platform, "push-a")
-            assert first_ack["result"] == "ok", first_ack
-            new_hash = first_ack["data"]["config_hash"]
-            refused = await ack_for(platform, "push-b")
-            assert refused["result"] == "error"
-            assert "still being confirmed" in refused["error"]
+    # A settle time long enough to push again while the new gateway is online but not yet
+    # confirmed.
+    async with (
+        site_file(tmp_path, mosquitto) as (_, platform, site, path),
+        running(path, MockFactory(), platform, settle=8) as (runner, _),
+    ):
+        first = copy.deepcopy(site)
+        first["devices"][1]["id"] = "efm-kitchen-102"
+        second = copy.deepcopy(site)
+        second["devices"][1]["id"] = "efm-kitchen-103"
+        await send(mosquitto, command("push-a", "push-config", {"site": first}, key=ENGINEERING))
+        # The gateway being replaced refuses too, from the write until it stops.
+        await send(mosquitto, command("push-b", "push-config", {"site": second}, key=ENGINEERING))
+        first_ack = await ack_for(platform, "push-a")
+        assert first_ack["result"] == "ok", first_ack
+        new_hash = first_ack["data"]["config_hash"]
+        refused = await ack_for(platform, "push-b")
+        assert refused["result"] == "error"
+        assert "still being confirmed" in refused["error"]
 
-            def new_gateway_online(c: Collector) -> bool:
-                return any(
-                    s["state"] == "online" and s["config_hash"] == new_hash for s in c.on("/status")
-                )
+        def new_gateway_online(c: Collector) -> bool:
+            return any(
+                s["state"] == "online" and s["config_hash"] == new_hash for s in c.on("/status")
+            )
 
-            await platform.wait_for(new_gateway_online, 20)
-            assert runner.gateway is not None
-            assert runner.gateway.confirming
-            await send(
-                mosquitto, command("push-c", "push-config", {"site": second}, key=ENGINEERING)
-            )
-            refused = await ack_for(platform, "push-c")
-            assert refused["result"] == "error", refused
-            assert "still being confirmed" in refused["error"]
-            await platform.wait_for(lambda c: len(events(c, "config-applied")) == 1, 30)
-            assert events(platform, "config-applied")[0]["command_id"] == "push-a"
-            pending = path.with_name("site.yaml.pending")
-            await until(lambda: not pending.exists(), 10, "the push confirmed")
-            assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
-            # Once confirmed, the next push is taken.
-            await send(
-                mosquitto, command("push-d", "push-config", {"site": second}, key=ENGINEERING)
-            )
-            assert (await ack_for(platform, "push-d"))["result"] == "ok"
+        await platform.wait_for(new_gateway_online, 20)
+        assert runner.gateway is not None
+        assert runner.gateway.confirming
+        await send(mosquitto, command("push-c", "push-config", {"site": second}, key=ENGINEERING))
+        refused = await ack_for(platform, "push-c")
+        assert refused["result"] == "error", refused
+        assert "still being confirmed" in refused["error"]
+        await platform.wait_for(lambda c: len(events(c, "config-applied")) == 1, 30)
+        assert events(platform, "config-applied")[0]["command_id"] == "push-a"
+        pending = path.with_name("site.yaml.pending")
+        await until(lambda: not pending.exists(), 10, "the push confirmed")
+        assert yaml.safe_load(path.read_text())["devices"][1]["id"] == "efm-kitchen-102"
+        # Once confirmed, the next push is taken.
+        await send(mosquitto, command("push-d", "push-config", {"site": second}, key=ENGINEERING))
+        assert (await ack_for(platform, "push-d"))["result"] == "ok"
 
 
 async def test_a_push_repairs_an_unusable_site_file_even_with_the_config_already_running(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with simulated_site(tmp_path, mosquitto) as (sim, platform):
-        site = site_for(sim, tmp_path, broker_url=mosquitto.url)
-        path = write_site(tmp_path, site)
+    async with site_file(tmp_path, mosquitto) as (_, platform, _site, path):
         good = path.read_text()
         good_hash = lastgood.save(path, path.read_bytes())
         path.write_text("gateway: [\n")  # what edge run found at start
