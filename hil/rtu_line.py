@@ -29,10 +29,8 @@ import random
 import signal
 import sys
 import termios
-import tty
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, TypeAlias, get_args
 
@@ -50,6 +48,7 @@ from drivers.modbus.codec import (
 )
 from drivers.modbus.model import DeviceModel, decode, load_model
 from drivers.modbus.model import encode as encode_values
+from hil.pty_port import PtyPort
 
 __all__ = ["Fault", "LineStats", "RtuLine", "char_time", "frame_gap", "main"]
 
@@ -144,15 +143,12 @@ class RtuLine:
         self.stats = LineStats()
         self._char = char_time(baudrate)
         self._gap = frame_gap(baudrate)
-        self._link = Path(link) if link is not None else None
+        self._port = PtyPort(link)
         self._random = random.Random(seed)
         self._deframer: Deframer[Request] = Deframer(decode_request, limit=1024)
-        self._master = -1
-        self._slave = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._line_free = 0.0
         self._last_rx = 0.0
-        self.path = ""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -170,32 +166,19 @@ class RtuLine:
 
     async def start(self) -> None:
         """Open the pseudo-terminal and start answering."""
-        if self._master >= 0:
+        if self._port.is_open:
             raise RuntimeError("the line is already running")
         self._loop = asyncio.get_running_loop()
-        self._master, self._slave = os.openpty()
-        # Raw before the master opens it: cooked mode would echo requests back as "answers".
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        self.path = os.ttyname(self._slave)
-        self._loop.add_reader(self._master, self._readable)
-        if self._link is not None:
-            self._link.parent.mkdir(parents=True, exist_ok=True)
-            if self._link.is_symlink():
-                self._link.unlink()
-            self._link.symlink_to(self.path)
+        self._port.open(self._readable)
 
     def stop(self) -> None:
         """Stop answering and close the pseudo-terminal. Safe to call twice."""
-        if self._master >= 0 and self._loop is not None:
-            self._loop.remove_reader(self._master)
-            os.close(self._master)
-            os.close(self._slave)
-        self._master = self._slave = -1
-        if self._link is not None:
-            with contextlib.suppress(OSError):
-                if self._link.is_symlink() and os.readlink(self._link) == self.path:
-                    self._link.unlink()
+        self._port.close()
+
+    @property
+    def path(self) -> str:
+        """The pty the gateway opens (``/dev/pts/N``); empty until started."""
+        return self._port.path
 
     # -- in-process control ---------------------------------------------------------------------
 
@@ -241,12 +224,12 @@ class RtuLine:
     def _readable(self) -> None:
         assert self._loop is not None
         try:
-            data = os.read(self._master, _CHUNK)
+            data = os.read(self._port.device_fd, _CHUNK)
         except BlockingIOError:
             return
         except OSError as exc:
             log.warning("rtu line: read failed (%s); no longer answering", exc)
-            self._loop.remove_reader(self._master)
+            self._port.stop_reading()
             return
         now = self._loop.time()
         if now - self._last_rx > self._gap:
@@ -300,16 +283,16 @@ class RtuLine:
     def _master_speed_matches(self) -> bool:
         wanted = getattr(termios, f"B{self.baudrate}", None)
         try:
-            speed = termios.tcgetattr(self._slave)[5]
+            speed = termios.tcgetattr(self._port.line_fd)[5]
         except termios.error:
             return True
         return wanted is None or speed == wanted
 
     def _send(self, frame: bytes) -> None:
-        if self._master < 0:
+        if not self._port.is_open:
             return
         with contextlib.suppress(BlockingIOError):
-            os.write(self._master, frame)
+            os.write(self._port.device_fd, frame)
             self.stats.answers += 1
 
     def _answer(self, unit: _Unit, request: Request) -> Response:

@@ -22,15 +22,14 @@ import os
 import random
 import signal
 import sys
-import tty
 from collections.abc import Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self, TypeAlias, get_args
 
 from drivers.framing import Deframer
 from drivers.ld2410 import codec as radar
 from drivers.witmotion import codec as wit
+from hil.pty_port import PtyPort
 
 __all__ = ["Ld2410Sim", "SerialDeviceSim", "SerialFault", "WitMotionSim", "main"]
 
@@ -60,12 +59,9 @@ class SerialDeviceSim:
         self.flood_burst = flood_burst
         self.frames_sent = 0
         self.commands_received = 0
-        self.path = ""
-        self._link = Path(link) if link is not None else None
+        self._port = PtyPort(link)
         self._random = random.Random(seed)
-        self._master = self._slave = -1
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -80,17 +76,7 @@ class SerialDeviceSim:
         await self.stop()
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        self.path = os.ttyname(self._slave)
-        self._loop.add_reader(self._master, self._readable)
-        if self._link is not None:
-            self._link.parent.mkdir(parents=True, exist_ok=True)
-            if self._link.is_symlink():
-                self._link.unlink()
-            self._link.symlink_to(self.path)
+        self._port.open(self._readable)
         self._task = asyncio.create_task(self._tick(), name=f"{type(self).__name__} frames")
 
     async def stop(self) -> None:
@@ -99,15 +85,12 @@ class SerialDeviceSim:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._master >= 0 and self._loop is not None:
-            self._loop.remove_reader(self._master)
-            os.close(self._master)
-            os.close(self._slave)
-            self._master = self._slave = -1
-        if self._link is not None:
-            with contextlib.suppress(OSError):
-                if self._link.is_symlink() and os.readlink(self._link) == self.path:
-                    self._link.unlink()
+        self._port.close()
+
+    @property
+    def path(self) -> str:
+        """The pty the gateway opens (``/dev/pts/N``); empty until started."""
+        return self._port.path
 
     def set_fault(self, fault: SerialFault) -> None:
         if fault not in SERIAL_FAULTS:
@@ -130,15 +113,15 @@ class SerialDeviceSim:
     # -- the line ---------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        if self._master < 0:
+        if not self._port.is_open:
             return
         # A pty holds a few KiB; a host that does not read loses bytes, as on a real line.
         with contextlib.suppress(BlockingIOError):
-            os.write(self._master, data)
+            os.write(self._port.device_fd, data)
 
     def _readable(self) -> None:
         try:
-            data = os.read(self._master, 4096)
+            data = os.read(self._port.device_fd, 4096)
         except OSError:
             return
         self.on_bytes(data)
