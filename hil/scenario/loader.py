@@ -624,7 +624,7 @@ _known: list[list[str]] = []
 
 def _known_models() -> list[str]:
     if not _known:
-        # Imported late: the Modbus package pulls in pyserial and pymodbus.
+        # Imported late: only a scenario naming Modbus models needs the Modbus package.
         from drivers.modbus import known_models  # noqa: PLC0415
 
         _known.append(list(known_models()))
