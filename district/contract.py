@@ -19,15 +19,11 @@ Everything here is the gateway's own code (``edge.contract``, ``edge.schemas``,
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import functools
 import itertools
 import json
 import re
-import ssl
-import time
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +32,8 @@ from typing import Any, Final
 from jsonschema import Draft202012Validator
 
 from edge import contract as wire
-from edge.schemas import ContractError, load, validate, validate_message
-from edge.signing import load_private_key
-from edge.signing import sign_command as _sign
+from edge.schemas import ContractError, load, validate_message
+from hil.signer import build_command, send
 
 __all__ = [
     "GATEWAY_TOPICS",
@@ -291,17 +286,9 @@ def sign_command(
 ) -> dict[str, Any]:
     """A signed ``edge.command/1`` for one gateway, with the private key of ``keygen``
     (``python -m hil.receiver keygen``), checked against the command schema."""
-    key, key_id = load_private_key(key_file)
-    body = {
-        "schema": wire.SCHEMA_COMMAND,
-        "command_id": command_id or f"cmd-{uuid.uuid4()}",
-        "command": command,
-        "issued_at": wire.iso_utc(time.time() if issued_at is None else issued_at),
-        "params": dict(params),
-    }
-    signed = _sign(body, gateway_id, key, key_id)
-    validate("command", signed)
-    return signed
+    return build_command(
+        gateway_id, command, params, key_file, command_id=command_id, issued_at=issued_at
+    )
 
 
 async def send_command(
@@ -316,30 +303,7 @@ async def send_command(
     gateway refuses retained commands) and return the gateway's ``edge.ack/1``, or None when
     none came within ``wait`` seconds. Resending the same command is safe: the gateway
     answers a ``command_id`` it has run with the first answer."""
-    import aiomqtt  # noqa: PLC0415 -- only where commands are sent
-
-    from edge.uplink import parse_broker_url  # noqa: PLC0415
-
-    address = parse_broker_url(broker_url)
-    topics = wire.Topics.of(prefix, gateway_id)
-    tls = ssl.create_default_context() if address.tls else None
-    async with aiomqtt.Client(address.host, address.port, tls_context=tls, timeout=10) as client:
-        await client.subscribe(topics.acks, qos=1)
-        await client.publish(topics.commands, dumps(command), qos=1, retain=False)
-        try:
-            async with asyncio.timeout(wait):
-                async for message in client.messages:
-                    if not isinstance(message.payload, bytes | bytearray):
-                        continue
-                    try:
-                        ack = read_message(message.topic.value, bytes(message.payload))
-                    except ContractError:
-                        continue
-                    if ack.kind == "ack" and ack.body.get("command_id") == command["command_id"]:
-                        return ack.body
-        except TimeoutError:
-            return None
-    return None
+    return await send(broker_url, prefix, gateway_id, command, wait)
 
 
 def dumps(body: Mapping[str, Any]) -> bytes:

@@ -22,37 +22,38 @@ import ssl
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
 from edge import contract
-from edge.schemas import ContractError, validate
+from edge.schemas import ContractError, validate, validate_message
 from edge.signing import generate_key, load_private_key, sign_command
 from edge.uplink import parse_broker_url
 
-__all__ = ["build_command", "main"]
+__all__ = ["build_command", "main", "send"]
 
 
 def build_command(
     gateway_id: str,
     name: str,
-    params: dict[str, Any],
+    params: Mapping[str, Any],
     key_file: Path,
     *,
     command_id: str | None = None,
     issued_at: float | None = None,
 ) -> dict[str, Any]:
-    """A signed command, checked against the contract's schema."""
+    """A signed ``edge.command/1`` for one gateway, with the private key of ``keygen``,
+    checked against the contract's schema."""
     key, key_id = load_private_key(key_file)
     command = {
         "schema": contract.SCHEMA_COMMAND,
         "command_id": command_id or f"cmd-{uuid.uuid4()}",
         "command": name,
         "issued_at": contract.iso_utc(time.time() if issued_at is None else issued_at),
-        "params": params,
+        "params": dict(params),
     }
     signed = sign_command(command, gateway_id, key, key_id)
     validate("command", signed)
@@ -60,27 +61,41 @@ def build_command(
 
 
 async def send(
-    broker: str, prefix: str, gateway_id: str, command: dict[str, Any], wait: float
+    broker: str, prefix: str, gateway_id: str, command: Mapping[str, Any], wait: float
 ) -> dict[str, Any] | None:
-    """Publish ``command`` (QoS 1, not retained) and return the gateway's ack, or None."""
+    """Publish ``command`` to ``{prefix}/{gateway}/commands`` (QoS 1, never retained: a
+    gateway refuses retained commands) and return the gateway's ``edge.ack/1`` for it, or None
+    when none came within ``wait`` seconds. What is not a valid ack is passed over. Resending
+    the same command is safe: the gateway answers a ``command_id`` it has run with the first
+    answer."""
     address = parse_broker_url(broker)
     topics = contract.Topics.of(prefix, gateway_id)
     tls = ssl.create_default_context() if address.tls else None
+    payload = json.dumps(command, separators=(",", ":"), ensure_ascii=False).encode()
     async with aiomqtt.Client(address.host, address.port, tls_context=tls, timeout=10) as client:
         await client.subscribe(topics.acks, qos=1)
-        await client.publish(topics.commands, json.dumps(command).encode(), qos=1)
+        await client.publish(topics.commands, payload, qos=1, retain=False)
         try:
             async with asyncio.timeout(wait):
                 async for message in client.messages:
-                    payload = message.payload
-                    if not isinstance(payload, bytes | bytearray):
-                        continue
-                    ack: dict[str, Any] = json.loads(payload)
-                    if ack.get("command_id") == command["command_id"]:
+                    ack = _ack_in(message.payload)
+                    if ack is not None and ack["command_id"] == command["command_id"]:
                         return ack
         except TimeoutError:
             return None
     return None
+
+
+def _ack_in(payload: object) -> dict[str, Any] | None:
+    """The ``edge.ack/1`` a message carries, or None for anything else."""
+    if not isinstance(payload, bytes | bytearray):
+        return None
+    try:
+        body = json.loads(payload)
+        kind = validate_message(body)
+    except (ValueError, ContractError):
+        return None
+    return body if kind == "ack" else None
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
