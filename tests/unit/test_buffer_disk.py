@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ def test_disk_full_appends_wait_and_retry_then_recover_by_themselves(
 ) -> None:
     with tmpfs(tmp_path / "disk", "2m") as disk:
         if disk is None:
-            report = _run_child_with_fsize_limit(tmp_path)
+            report = run_in_child_with_fsize_limit(__name__, tmp_path / "child")
         else:
             holder: list[Path] = []
 
@@ -151,12 +151,21 @@ def test_disk_full_appends_wait_and_retry_then_recover_by_themselves(
 
 def test_disk_full_under_rlimit_fsize_in_a_child(tmp_path: Path) -> None:
     """The fallback of the test above, run everywhere so that it is known to work."""
-    check_disk_full_report(_run_child_with_fsize_limit(tmp_path))
+    check_disk_full_report(run_in_child_with_fsize_limit(__name__, tmp_path / "child"))
 
 
-def _run_child_with_fsize_limit(tmp_path: Path) -> dict[str, Any]:
+#: A scenario of this file and of test_buffer_memory.py: fill the disk (``refuse``) under a
+#: running outbox, free it (``allow``), and report what happened.
+Scenario = Callable[
+    [Path, Callable[[], None], Callable[[], None]], Coroutine[Any, Any, dict[str, Any]]
+]
+
+
+def run_in_child_with_fsize_limit(module: str, folder: Path) -> dict[str, Any]:
+    """Run ``module``'s scenario in a child process whose disk is full by RLIMIT_FSIZE (where
+    no tmpfs can be mounted); its report."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.unit.test_buffer_disk", str(tmp_path / "child")],
+        [sys.executable, "-m", module, str(folder)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -168,8 +177,9 @@ def _run_child_with_fsize_limit(tmp_path: Path) -> dict[str, Any]:
     return report
 
 
-def _child(folder: Path) -> None:
-    """The disk-full scenario under RLIMIT_FSIZE: no file may grow past its size right now."""
+def child_with_fsize_limit(scenario: Scenario, folder: Path) -> None:
+    """The child's side: ``scenario`` with no file allowed to grow past its size while the
+    disk refuses; the report printed as JSON."""
     folder.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -181,7 +191,7 @@ def _child(folder: Path) -> None:
     def allow() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
-    print(json.dumps(asyncio.run(disk_full_scenario(folder, refuse, allow))))
+    print(json.dumps(asyncio.run(scenario(folder, refuse, allow))))
 
 
 def residual(value: float) -> Reading:
@@ -274,7 +284,7 @@ async def test_a_read_only_file_system_is_a_clear_error_naming_path_and_fix(
 
 
 if __name__ == "__main__":
-    _child(Path(sys.argv[1]))
+    child_with_fsize_limit(disk_full_scenario, Path(sys.argv[1]))
 
 
 async def test_rule_state_refused_by_a_full_disk_names_the_disk_not_the_rollback(

@@ -8,10 +8,6 @@ RLIMIT_FSIZE stops the database from growing (as tests/unit/test_buffer_disk.py 
 from __future__ import annotations
 
 import asyncio
-import json
-import resource
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +25,14 @@ from edge.config import SiteConfig
 from edge.contract import event_body
 from edge.gateway import Gateway
 from edge.schemas import validate
-from tests.unit.test_buffer_disk import EXAMPLE, ROOT, T0, fill, tmpfs
+from tests.unit.test_buffer_disk import (
+    EXAMPLE,
+    T0,
+    child_with_fsize_limit,
+    fill,
+    run_in_child_with_fsize_limit,
+    tmpfs,
+)
 
 LIMIT = 300
 DEVICES = ("efm-1", "efm-2")
@@ -140,7 +143,7 @@ def iso(ts: float) -> str:
 def test_a_full_memory_sheds_readings_never_events_and_says_how_many(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", "2m") as disk:
         if disk is None:
-            report = _run_child_with_fsize_limit(tmp_path)
+            report = run_in_child_with_fsize_limit(__name__, tmp_path / "child")
         else:
             holder: list[Path] = []
             report = asyncio.run(
@@ -153,36 +156,7 @@ def test_a_full_memory_sheds_readings_never_events_and_says_how_many(tmp_path: P
 
 def test_shedding_under_rlimit_fsize_in_a_child(tmp_path: Path) -> None:
     """The fallback of the test above, run everywhere so that it is known to work."""
-    check_shed_report(_run_child_with_fsize_limit(tmp_path))
-
-
-def _run_child_with_fsize_limit(tmp_path: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.unit.test_buffer_memory", str(tmp_path / "child")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    report: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
-    return report
-
-
-def _child(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-
-    def refuse() -> None:
-        wal = folder / "outbox.sqlite-wal"
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max(wal.stat().st_size, 65536), hard))
-
-    def allow() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-    print(json.dumps(asyncio.run(shed_scenario(folder, refuse, allow))))
+    check_shed_report(run_in_child_with_fsize_limit(__name__, tmp_path / "child"))
 
 
 async def test_before_the_outbox_opens_readings_are_shed_and_reported_events_kept(
@@ -227,4 +201,4 @@ async def test_a_memory_limit_below_one_is_refused(tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    _child(Path(sys.argv[1]))
+    child_with_fsize_limit(shed_scenario, Path(sys.argv[1]))
