@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from edge.cli import main
+from tests.fixtures.cli import Done
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
 T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z
@@ -42,25 +41,6 @@ def tilt_site(tmp_path: Path) -> Path:
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     return path
-
-
-@dataclass
-class Done:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def edge(capsys: pytest.CaptureFixture[str]) -> Callable[..., Done]:
-    """The ``edge`` command, in this process."""
-
-    def run(*args: str) -> Done:
-        status = main(list(args))
-        captured = capsys.readouterr()
-        return Done(status, captured.out, captured.err)
-
-    return run
 
 
 def test_replay_of_a_buffer_export_prints_every_transition_with_its_time(

@@ -6,7 +6,6 @@ import json
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,29 +13,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from edge.cli import main
 from edge.replay_plot import COLUMNS, Panel, Series, render_svg
+from tests.fixtures.cli import Done
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
 T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-@dataclass
-class Done:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def edge(capsys: pytest.CaptureFixture[str]) -> Callable[..., Done]:
-    def run(*args: str) -> Done:
-        status = main(list(args))
-        captured = capsys.readouterr()
-        return Done(status, captured.out, captured.err)
-
-    return run
 
 
 def site(tmp_path: Path, *extra_rules: dict[str, Any]) -> Path:
