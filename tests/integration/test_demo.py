@@ -31,18 +31,25 @@ def example_site_ports() -> Iterator[None]:
         yield
 
 
-def test_demo_runs_unattended_and_its_alarm_reaches_the_subscriber(tmp_path: Path) -> None:
+def run_demo(cwd: Path, *args: str, timeout: float = 60, **env: str) -> str:
+    """``python -m hil.demo ARGS`` in ``cwd`` with ``env`` added; what it printed, once it
+    ended well (the relative paths of the site or scenario, var/demo/..., land in ``cwd``)."""
     result = subprocess.run(
-        [sys.executable, "-m", "hil.demo", "--config", str(EXAMPLE)],
-        cwd=tmp_path,  # the example site's relative paths (var/demo/...) land here
-        env={**os.environ, "DEMO_SECONDS": "8"},
+        [sys.executable, "-m", "hil.demo", *args],
+        cwd=cwd,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
+    return output
+
+
+def test_demo_runs_unattended_and_its_alarm_reaches_the_subscriber(tmp_path: Path) -> None:
+    output = run_demo(tmp_path, "--config", str(EXAMPLE), DEMO_SECONDS="8")
     assert "BUZZER ON" in output
     assert "EVENT alarm-raised device=efm-shop-101" in output
     assert "injected alarm reached the platform: yes" in output
@@ -76,17 +83,9 @@ def test_the_readme_demo_run_tells_the_whole_story(tmp_path: Path) -> None:
     """The README's unattended run, as written: both alarms, the buzzer off only with the
     last, the silent monitor's values marked stale, and back online; every event arrives."""
     seconds = readme_demo_seconds()
-    result = subprocess.run(
-        [sys.executable, "-m", "hil.demo", "--config", str(EXAMPLE)],
-        cwd=tmp_path,
-        env={**os.environ, "DEMO_SECONDS": f"{seconds:g}"},
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=False,
+    output = run_demo(
+        tmp_path, "--config", str(EXAMPLE), timeout=seconds + 60, DEMO_SECONDS=f"{seconds:g}"
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
     assert "the story at the platform: 6 event(s) due, all arrived" in output, output
     lines = output.splitlines()
 

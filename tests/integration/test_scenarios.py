@@ -18,6 +18,7 @@ import pytest
 
 from hil.scenario import load_scenario, parse_scenario, run_scenario
 from hil.scenario.runner import ScenarioResult
+from tests.integration.test_demo import run_demo
 
 pytestmark = pytest.mark.integration
 
@@ -132,17 +133,8 @@ def test_a_wrong_scenario_file_stops_the_run_before_anything_starts(tmp_path: Pa
 
 
 def test_the_demo_plays_a_scenario_live_and_narrates_it(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "hil.demo"],
-        cwd=tmp_path,  # the scenario's folder lands in var/demo/scenario/ here
-        env={**os.environ, "SCENARIO": str(LIBRARY / "over-voltage.yaml")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    # The scenario's folder lands in var/demo/scenario/ in tmp_path.
+    output = run_demo(tmp_path, SCENARIO=str(LIBRARY / "over-voltage.yaml"))
     assert "scenario  over-voltage:" in output
     assert "gateway   BUZZER ON" in output
     assert "platform  EVENT alarm-raised device=efm-shop-101" in output
