@@ -207,6 +207,7 @@ def _run(path: str, status_every: float) -> int:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
+        trimmer = asyncio.create_task(heap.trim_every(), name="heap trim")
         try:
             now_fault, trial = fault, None
             while True:
@@ -261,6 +262,7 @@ def _run(path: str, status_every: float) -> int:
                     },
                 )
         finally:
+            trimmer.cancel()
             for task in watchdog:
                 task.cancel()
 

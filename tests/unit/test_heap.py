@@ -63,6 +63,29 @@ print(json.dumps({"before": before, "after": rss(), "trimmed": trimmed}))
 """
 
 
+#: The same, with ``heap.trim_every`` running: prints the VmRSS (KiB) before and once it fell
+#: by 32 MiB (or after 60 s).
+_FREED_WHILE_RUNNING = """
+import asyncio, json, time
+from edge import heap
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+async def main():
+    blocks = [bytearray(65536) for _ in range(768)]
+    last = blocks.pop()
+    del blocks
+    before = rss()
+    trimmer = asyncio.create_task(heap.trim_every(0.05))
+    deadline = time.monotonic() + 60
+    while rss() > before - 32 * 1024 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    trimmer.cancel()
+    print(json.dumps({"before": before, "after": rss()}))
+asyncio.run(main())
+"""
+
+
 def _run(code: str, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
@@ -81,6 +104,17 @@ def test_trim_hands_freed_heap_pages_back() -> None:
     figures = json.loads(_run(_FREED))
     assert figures["trimmed"] is True
     assert figures["before"] - figures["after"] > 32 * 1024  # KiB: most of the 48 MiB freed
+
+
+def test_a_running_trimmer_hands_freed_pages_back_without_being_asked() -> None:
+    figures = json.loads(_run(_FREED_WHILE_RUNNING))
+    assert figures["before"] - figures["after"] > 32 * 1024
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan")])
+async def test_a_trim_interval_that_is_not_positive_is_refused(seconds: float) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        await heap.trim_every(seconds)
 
 
 @pytest.mark.parametrize("arenas", [0, -1])
