@@ -10,6 +10,7 @@ with an offset is too easy to misread on site.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Final
 
@@ -86,9 +87,6 @@ def _canonical(unit: str) -> str:
     text = unit.strip()
     if text in _UNITS or text in _ALIASES:
         return _ALIASES.get(text, text)
-    # Only a unit written another way needs Unicode's tables (0.1 MiB of a running gateway).
-    import unicodedata  # noqa: PLC0415
-
     folded = unicodedata.normalize("NFKC", text)
     return _ALIASES.get(folded, folded)
 

@@ -15,6 +15,7 @@ the values are left as written and the model keeps the unit beside them.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,14 +60,6 @@ class Conversion:
         return f"{self.written} -> {format_quantity(self.value, self.unit)}"
 
 
-def _compatible(text: str) -> str:
-    """``text`` in Unicode's compatibility form (full-width digits become ASCII ones)."""
-    # Only a threshold that does not parse needs the Unicode tables (0.1 MiB).
-    import unicodedata  # noqa: PLC0415
-
-    return unicodedata.normalize("NFKC", text)
-
-
 def parse_quantity(text: str) -> tuple[float, str]:
     """``"300 mA"`` -> ``(300.0, "mA")``; ``"300"`` -> ``(300.0, "")``.
 
@@ -75,7 +68,7 @@ def parse_quantity(text: str) -> tuple[float, str]:
     it is refused rather than guessed), NaN or infinity.
     """
     match = _QUANTITY.match(text)
-    if match is None and _QUANTITY.match(_compatible(text)):
+    if match is None and _QUANTITY.match(unicodedata.normalize("NFKC", text)):
         raise ValueError(
             f"'{text}' has digits or signs that are not ASCII (full-width or another script); "
             "type the number with 0-9"
