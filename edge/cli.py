@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from drivers.modbus import known_models
-from edge import __version__, lastgood
+from edge import __version__, heap, lastgood
 from edge.atomic import digest_of
 from edge.config import ConfigError, SiteConfig, load_site, report_config
 from edge.config.duration import parse_duration
@@ -112,6 +112,8 @@ def run(path: str, *, log_level: str = "info", status_every: float = 10.0) -> in
     A site file that is unusable does not stop it: the last good config runs instead
     (edge/lastgood.py), and without one the gateway sounds a fault and reports it
     (edge/fault.py). Either way systemd hears READY, so nothing restarts in a silent loop."""
+    # Before the first thread: each would get an arena of its own (edge/heap.py).
+    heap.limit_arenas()
     # Nothing in the gateway writes to stderr itself: a stalled journal would stall the
     # alarms. Log lines, prints and descriptor 2 go through a bounded queue to a writer thread.
     logs = start_log_queue(log_level)
@@ -205,6 +207,7 @@ def _run(path: str, status_every: float) -> int:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal)
+        trimmer = asyncio.create_task(heap.trim_every(), name="heap trim")
         try:
             now_fault, trial = fault, None
             while True:
@@ -259,6 +262,7 @@ def _run(path: str, status_every: float) -> int:
                     },
                 )
         finally:
+            trimmer.cancel()
             for task in watchdog:
                 task.cancel()
 

@@ -15,7 +15,6 @@ When stage 1 fails, the cross-references that can be checked on the raw data sti
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import types
@@ -439,6 +438,9 @@ def _known_keys(loc: Sequence[str | int]) -> list[str]:
 
 
 def _suggest(word: str, candidates: Iterable[str]) -> str | None:
+    # Only a site file with a mistake needs it: a running gateway does not carry difflib.
+    import difflib  # noqa: PLC0415
+
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return matches[0] if matches else None
 

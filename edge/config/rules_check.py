@@ -13,7 +13,6 @@ Modbus model files and UART and GPIO drivers alike, when the caller knows the mo
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,9 @@ def load_point_table(model: str, *, gauged: bool = False) -> PointTable | None:
 
 
 def _did_you_mean(word: str, names: Collection[str]) -> str:
+    # Only a rule with a mistake needs it: a running gateway does not carry difflib.
+    import difflib  # noqa: PLC0415
+
     close = difflib.get_close_matches(word, sorted(names), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 

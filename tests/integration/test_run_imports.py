@@ -5,11 +5,15 @@ A gateway process runs the example site on a Modbus TCP bus (a real simulator, a
 Mosquitto) until its readings and its health message reach the broker; then it writes out its
 ``sys.modules``. Heavy modules that this site does not use must be absent: the JSON Schema
 library (a valid health message is checked without it), cryptography without command keys,
-pyserial without a serial port, the other commands' tools. With a command key installed,
+pyserial without a serial port, SMS and calls without a modem, the other commands' tools, and
+the modules only a mistake in a site file needs. With a command key installed,
 cryptography must be there, so the check is seen to fail when a module is loaded. Every
 package the running gateway loads must have its row in the budget table of
 docs/benchmarks.md, and a fresh interpreter that imports the table's groups in its order must
 find each group within its budget (resident memory, ``/proc/self/status`` VmRSS).
+
+The running gateway also reports its malloc arenas: no more than edge/heap.py allows, however
+many threads it has.
 
 ``python -m tests.integration.test_run_imports`` prints what each group adds on this machine.
 """
@@ -29,6 +33,7 @@ from typing import NamedTuple
 
 import pytest
 
+from edge import heap
 from edge.signing import generate_key
 from tests.benchmarks.drivers import _site
 from tests.fixtures.broker import Mosquitto, collect, free_port
@@ -42,20 +47,31 @@ BUDGET_SECTION = "### Import budget of `edge run`"
 NOT_LOADED = (
     "jsonschema", "referencing", "rpds", "cryptography", "serial", "aiohttp", "segno",
     "playwright", "edge.doctor", "edge.commission", "edge.installer_cli", "edge.buffer_cli",
-    "edge.replay", "edge.watch", "edge.selftest",
+    "edge.replay", "edge.watch", "edge.selftest", "edge.sms", "edge.calls", "difflib",
 )  # fmt: skip
 #: Loaded by any running gateway: proof that the list came from one.
 LOADED = ("edge.gateway", "edge.uplink.service", "drivers.modbus.bus", "aiomqtt", "pydantic")
 
-#: Runs ``edge run`` and, once the file ASK exists, writes sys.modules to ANSWER.
+#: Runs ``edge run`` and, once the file ASK exists, writes sys.modules and the number of
+#: malloc arenas (None without glibc) to ANSWER.
 _RUNNER = """
-import json, os, runpy, sys, threading, time
+import ctypes, json, os, re, runpy, sys, threading, time
 ask, answer, site = sys.argv[1:4]
+def arenas():
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_info"):
+        return None
+    text, size = ctypes.c_char_p(), ctypes.c_size_t()
+    libc.open_memstream.restype = ctypes.c_void_p
+    stream = ctypes.c_void_p(libc.open_memstream(ctypes.byref(text), ctypes.byref(size)))
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    return len(re.findall(r'<heap nr="', text.value.decode()))
 def report():
     while not os.path.exists(ask):
         time.sleep(0.05)
     with open(answer + ".part", "w") as f:
-        json.dump(sorted(sys.modules), f)
+        json.dump({"modules": sorted(sys.modules), "arenas": arenas()}, f)
     os.replace(answer + ".part", answer)
 threading.Thread(target=report, daemon=True).start()
 sys.argv = ["edge", "run", "--config", site, "--log-level", "warning"]
@@ -63,9 +79,14 @@ runpy.run_module("edge.cli", run_name="__main__", alter_sys=True)
 """
 
 
-async def _modules_of_a_running_gateway(
-    tmp_path: Path, mosquitto: Mosquitto, keys: Path
-) -> set[str]:
+class Running(NamedTuple):
+    """What a running gateway reported: its modules and its malloc arenas (None: not glibc)."""
+
+    modules: set[str]
+    arenas: int | None
+
+
+async def _a_running_gateway(tmp_path: Path, mosquitto: Mosquitto, keys: Path) -> Running:
     tcp_port = free_port()
     site = _site(tmp_path, tcp_port, mosquitto.port, devices=2, interval=0.5)
     text = site.read_text(encoding="utf-8").replace("var/demo/command-keys", str(keys))
@@ -93,13 +114,13 @@ async def _modules_of_a_running_gateway(
                 break
             await asyncio.sleep(0.1)
         assert gateway.returncode is None, f"the gateway exited with {gateway.returncode}"
-        modules: list[str] = json.loads(answer.read_text(encoding="utf-8"))
+        report = json.loads(answer.read_text(encoding="utf-8"))
     finally:
         for process in (gateway, simulator):
             if process is not None and process.returncode is None:
                 process.terminate()
                 await process.wait()
-    return set(modules)
+    return Running(set(report["modules"]), report["arenas"])
 
 
 def _loaded(modules: set[str], name: str) -> bool:
@@ -173,11 +194,14 @@ def _packages_without_a_row(modules: set[str]) -> list[str]:
 async def test_a_tcp_site_without_command_keys_loads_none_of_the_heavy_modules(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    modules = await _modules_of_a_running_gateway(tmp_path, mosquitto, tmp_path / "no-keys")
+    running = await _a_running_gateway(tmp_path, mosquitto, tmp_path / "no-keys")
+    modules = running.modules
     assert [name for name in LOADED if not _loaded(modules, name)] == []
     assert [name for name in NOT_LOADED if _loaded(modules, name)] == []
     # A new dependency of the run path gets its row (and its cost) in the budget table.
     assert _packages_without_a_row(modules) == []
+    # Five threads (and this test's reporter), yet no more malloc arenas than edge/heap.py allows.
+    assert running.arenas is None or running.arenas <= heap.ARENAS
 
 
 def test_the_budget_table_names_importable_groups() -> None:
@@ -210,7 +234,7 @@ async def test_a_site_with_a_command_key_loads_cryptography(
     keys = tmp_path / "keys"
     keys.mkdir()
     shutil.copy(public, keys)
-    modules = await _modules_of_a_running_gateway(tmp_path, mosquitto, keys)
+    modules = (await _a_running_gateway(tmp_path, mosquitto, keys)).modules
     assert _loaded(modules, "cryptography")
     assert not _loaded(modules, "jsonschema")
 

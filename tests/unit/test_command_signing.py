@@ -7,6 +7,7 @@ import base64
 import json
 import tempfile
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +322,34 @@ async def test_a_value_without_a_canonical_form_is_refused(threshold: bytes) -> 
 )
 def test_numbers_are_written_as_rfc_8785_writes_them(value: float, text: str) -> None:
     assert canonical_json(value) == text.encode()
+
+
+def _ecmascript_number(value: float) -> str:
+    """Number::toString from the exact decimal of the shortest digits (the reference)."""
+    if value == 0:
+        return "0"
+    shortest = Decimal(repr(abs(value))).normalize()
+    digits = "".join(map(str, shortest.as_tuple().digits))
+    n = shortest.adjusted() + 1  # value = 0.DIGITS x 10^n
+    k = len(digits)
+    if k <= n <= 21:
+        text = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = f"{digits[:n]}.{digits[n:]}"
+    elif -6 < n <= 0:
+        text = f"0.{'0' * -n}{digits}"
+    else:
+        mantissa = digits if k == 1 else f"{digits[0]}.{digits[1:]}"
+        text = f"{mantissa}e{'+' if n > 0 else '-'}{abs(n - 1)}"
+    return ("-" if value < 0 else "") + text
+
+
+@settings(max_examples=2000)
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_every_finite_number_is_written_as_ecmascript_writes_it(value: float) -> None:
+    text = canonical_json(value).decode()
+    assert text == _ecmascript_number(value)
+    assert float(text) == value
 
 
 def test_canonical_objects_are_sorted_without_whitespace_and_minimally_escaped() -> None:
