@@ -670,6 +670,12 @@ class Outbox:
         return await self._run_checked(self._store.recent_since, since)
 
     @property
+    def synced_seq(self) -> int:
+        """The highest seq whose commit is synced to the card: it survives a power cut. Rows
+        above it, up to :attr:`last_seq`, survive a crash of the process."""
+        return self._store.synced_seq
+
+    @property
     def last_seq(self) -> int:
         """The highest seq committed so far (0 for a new file): rows committed later have a
         higher one."""
