@@ -239,6 +239,8 @@ async def card_bytes(
 ) -> int:
     """``write_bytes`` of a real outbox taking ``stored``, one commit per ``commit_window`` and
     a sync at least every ``sync_interval`` of the readings' own time, then a checkpoint."""
+    if not stored:
+        return 0
     path = folder / f"card-{len(stored)}-{commit_window}-{sync_interval}.sqlite"
     clock = [stored[0][0]]  # the readings' own time: the replay is faster than they were
     async with await Outbox.open(
@@ -381,9 +383,9 @@ def run(
         with _page_size(4096):
             written = asyncio.run(card_bytes(measured, here / "page-4k"))
         figures["card_mb_per_day_reference_site_page_4k"] = round(written * per_day, 1)
-    figures["card_all_over_policies_reference_site"] = round(
-        figures["card_mb_per_day_reference_site_all"] / figures["card_mb_per_day_reference_site"],
-        1,
+    policies = figures["card_mb_per_day_reference_site"]
+    figures["card_all_over_policies_reference_site"] = (
+        round(figures["card_mb_per_day_reference_site_all"] / policies, 1) if policies else math.inf
     )
     return figures
 
