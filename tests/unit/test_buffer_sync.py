@@ -245,3 +245,22 @@ async def test_a_sync_interval_that_is_no_number_of_seconds_is_refused(tmp_path:
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="sync_interval"):
             await Outbox.open(tmp_path / "outbox.sqlite", sync_interval=bad)
+
+
+async def test_a_file_from_before_the_reservation_gets_it_on_open(tmp_path: Path) -> None:
+    """A version 2 file written before ``seq_reserved`` existed: the key is added on open and
+    then kept ahead of the seqs handed out unsynced."""
+    path = tmp_path / "outbox.sqlite"
+    async with await Outbox.open(path) as outbox:
+        await outbox.append("event", {"kind": "gateway-started"})
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM meta WHERE key IN ('seq_reserved', 'boot_id')")
+    async with await Outbox.open(path, commit_interval=0.01, sync_interval=3600) as outbox:
+        for n in range(10):
+            outbox.submit("telemetry", {**BODY, "ts": 1e9 + n, "value": float(n)})
+        await outbox.flush()
+        last = outbox.last_seq
+        with sqlite3.connect(path) as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    assert int(meta["seq_reserved"]) >= last
+    assert meta["boot_id"] == (buffer.store.boot_id() or "")
