@@ -121,6 +121,8 @@ class Outbox:
         policy: CapacityPolicy,
         capacity_interval: float,
         memory_limit: int = MEMORY_LIMIT,
+        sync_interval: float = 0.0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         """Use :meth:`open`; this only wires up what it prepared."""
         self.path = store.path
@@ -135,6 +137,11 @@ class Outbox:
         self._policy = policy
         self._capacity_interval = capacity_interval
         self._loop = asyncio.get_running_loop()
+        # Routine readings are synced to the card at most this long after their commit;
+        # events and at-once readings at once (docs/buffer.md, "The durability contract").
+        self._sync_interval = sync_interval
+        self._clock = clock or self._loop.time
+        self._synced_at = self._clock()
         self._queue: collections.deque[Pending] = collections.deque()
         # Events and at-once readings queued and not yet committed: while there is one, the
         # writer does not wait out the commit window (an alarm is durable, so sendable, at once).
@@ -178,6 +185,8 @@ class Outbox:
         capacity_interval: float = 1.0,
         check_limit: int = CHECK_AT_OPEN_LIMIT,
         memory_limit: int = MEMORY_LIMIT,
+        sync_interval: float = 0.0,
+        clock: Callable[[], float] | None = None,
     ) -> Outbox:
         """Open (creating if needed) the outbox at ``path`` and start its writer.
 
@@ -190,6 +199,14 @@ class Outbox:
         ``memory_limit``: readings that may wait in memory while the disk refuses writes; those
         submitted beyond it are shed and reported by a ``readings-lost`` event (events always
         wait).
+
+        ``sync_interval``: a commit of readings only (none submitted ``at_once``) is not synced
+        to the card (fsync) unless the last sync is this many seconds ago; the writer also
+        syncs when it has waited that long with unsynced commits. Such a commit survives a
+        crash of the process, and a power cut undoes at most the commits of the last
+        ``sync_interval``. 0 (the default): every commit is synced. Events, at-once readings,
+        deletions and rule state are always synced before they are reported done. ``clock``
+        (seconds, default the event loop's) is what the interval is measured on.
         """
         if commit_interval < 0:
             raise ValueError("commit_interval must not be negative")
@@ -197,6 +214,8 @@ class Outbox:
             raise ValueError("max_batch must be at least 1")
         if memory_limit < 1:
             raise ValueError("memory_limit must be at least 1 (readings that may wait in memory)")
+        if not 0 <= sync_interval < math.inf:
+            raise ValueError(f"sync_interval must be 0 or more seconds, not {sync_interval!r}")
         path = Path(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         try:
@@ -214,6 +233,8 @@ class Outbox:
             policy=policy or CapacityPolicy(),
             capacity_interval=capacity_interval,
             memory_limit=memory_limit,
+            sync_interval=sync_interval,
+            clock=clock,
         )
 
     async def __aenter__(self) -> Self:
@@ -408,6 +429,9 @@ class Outbox:
             if not self._queue:
                 if self._closing:
                     return
+                if self._sync_due():
+                    await self._sync()
+                    continue
                 self._wakeup.clear()
                 # asyncio.timeout, not wait_for: no task of its own for each wait (this loop
                 # waits once or twice for every commit).
@@ -434,7 +458,7 @@ class Outbox:
             n = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
             self._inflight = batch
-            first = await self._commit(batch)
+            first = await self._commit(batch, self._must_sync(batch))
             self._inflight = []
             self._committed += n
             self._hold(batch, first)
@@ -469,23 +493,53 @@ class Outbox:
         self._tail.add(rows)
 
     def _idle_timeout(self, capacity_due: float) -> float | None:
-        """How long the idle writer may sleep: until the next capacity check or loss report."""
+        """How long the idle writer may sleep: until the next capacity check, loss report or
+        sync of unsynced commits."""
+        now = self._loop.time()
         dues = []
         if self._policy_active():
             dues.append(capacity_due)
         if self.lost:
             dues.append(self._loss_reported + LOSS_REPORT_INTERVAL)
-        return None if not dues else max(0.0, min(dues) - self._loop.time())
+        if self._store.synced_seq < self.last_seq:
+            dues.append(now + self._synced_at + self._sync_interval - self._clock())
+        return None if not dues else max(0.0, min(dues) - now)
 
-    async def _commit(self, batch: list[Pending]) -> int:
-        """Commit one batch, retrying until the disk takes it; return its first seq."""
+    def _must_sync(self, batch: list[Pending]) -> bool:
+        """Whether ``batch`` is committed synced: when it holds an event or an at-once
+        reading (reported stored only once it survives a power cut), or when the last sync
+        is ``sync_interval`` ago."""
+        if self._sync_interval == 0 or self._clock() >= self._synced_at + self._sync_interval:
+            return True
+        return any(not isinstance(item, PendingReading) or item.at_once for item in batch)
+
+    def _sync_due(self) -> bool:
+        return (
+            self._store.synced_seq < self.last_seq
+            and self._clock() >= self._synced_at + self._sync_interval
+        )
+
+    async def _sync(self) -> None:
+        """Sync the commits made unsynced (the writer, idle, found them ``sync_interval`` old)."""
+        self._synced_at = self._clock()
+        try:
+            await self._run(self._store.sync)
+        except (sqlite3.Error, OSError) as exc:
+            # The commits stay as they are; the next synced commit covers them, and an idle
+            # writer tries again in a while (not at once: the disk just refused).
+            log.warning("outbox %s: sync failed (%s)", self.path, exc)
+            self._synced_at += max(0.0, _RETRY_MAX - self._sync_interval)
+
+    async def _commit(self, batch: list[Pending], sync: bool) -> int:
+        """Commit one batch (``sync``: synced to the card), retrying until the disk takes it;
+        return its first seq."""
         retry = Backoff(_RETRY_FIRST, _RETRY_MAX, jitter=False)
         failures = 0
         while True:
             delay = retry.next_delay()
             points = list(self._unsaved_points)
             try:
-                first = await self._run(self._store.commit, batch, points)
+                first = await self._run(self._store.commit, batch, points, sync)
             except (sqlite3.Error, OSError) as exc:
                 failures += 1
                 self._disk_took_last = False
@@ -504,6 +558,8 @@ class Outbox:
                 log.exception("outbox %s: unexpected error committing a batch", self.path)
             else:
                 self._disk_took_last = True
+                if self._store.synced_seq == self.last_seq:
+                    self._synced_at = self._clock()
                 del self._unsaved_points[: len(points)]
                 if failures:
                     log.warning(
@@ -612,6 +668,12 @@ class Outbox:
         when few rows are that recent: the uplink's split between live data and backlog.
         """
         return await self._run_checked(self._store.recent_since, since)
+
+    @property
+    def synced_seq(self) -> int:
+        """The highest seq whose commit is synced to the card: it survives a power cut. Rows
+        above it, up to :attr:`last_seq`, survive a crash of the process."""
+        return self._store.synced_seq
 
     @property
     def last_seq(self) -> int:

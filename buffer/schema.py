@@ -45,6 +45,13 @@ COUNTERS: Final[Mapping[str, int]] = {
     # Totals over the life of the file, for `edge buffer stats`.
     "thinned_rows": 0,
     "dropped_rows": 0,
+    # Seqs up to this may have been handed out by commits not yet synced to the card (readings
+    # are committed every window but synced every buffer.sync_interval). Only a synced commit
+    # raises it, and a commit that would pass it is synced, so a power cut that undoes the last
+    # commits cannot make a seq the uplink may have sent be handed out again: an open after a
+    # reboot starts above it (docs/buffer.md, "The durability contract"). Files of version 2
+    # written before it get the key on open.
+    "seq_reserved": 0,
 }
 
 

@@ -61,6 +61,40 @@ CAPACITY_CHUNK: Final = 20_000
 #: since (live_counters): a short range at the right edge of each table.
 META_INTERVAL: Final = 60.0
 
+#: The page size of a new file. A commit appends every page it changed to the WAL, whole: at a
+#: gateway's pace (a few dozen readings every 2 s) that is the last page of the telemetry table
+#: and, when that one is full, the new one and the pages that point to it. Unsynced commits
+#: share the card's 4 KiB blocks, so smaller pages write less: with the reference site's
+#: policies 512-byte pages cost the card about half of what SQLite's 4 KiB did (docs/buffer.md,
+#: "What a commit writes"), and ingest and drain rates stay where they were. A file keeps the
+#: page size it was made with.
+PAGE_SIZE: Final = 512
+
+#: The WAL is copied into the database once it holds this much (SQLite counts it in pages):
+#: the larger, the more commits of the same page one copy covers; bounded, so that a burst
+#: does not keep a large WAL (journal_size_limit cuts it back).
+WAL_CHECKPOINT_BYTES: Final = 4 * 2**20
+
+#: How far ahead a synced commit reserves seqs for the commits that follow it unsynced (see
+#: ``seq_reserved`` in buffer.schema.COUNTERS). A commit that would pass the reservation is
+#: synced, so at 1,000 readings a second that is at least one sync a minute, whatever
+#: ``sync_interval`` says; after a power cut at most this many seqs are skipped.
+SEQ_RESERVE: Final = 65_536
+
+#: Changes at every boot of the kernel: how an open tells a restart of the gateway (the page
+#: cache, and with it every commit, survived) from a reboot or a power cut (unsynced commits
+#: may be gone).
+BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str | None:
+    """This boot's id, or None where the kernel does not say (then every open is taken for
+    the first after a reboot)."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
+
 
 @dataclass(slots=True)
 class PendingReading:
@@ -166,6 +200,9 @@ class Store:
     #: The highest seq of an event row (0: none), so that a look for newer events can be
     #: answered without the database (:meth:`none_after`).
     last_event_seq: int = 0
+    #: The highest seq whose commit is synced: it survives a power cut (commits up to
+    #: ``counters["last_seq"]`` survive a crash of the process).
+    synced_seq: int = 0
     _meta_due: float = 0.0
     _closed: bool = field(default=False)
 
@@ -240,6 +277,7 @@ class Store:
                     conn.execute("VACUUM")
                 store = cls._load(path, conn, checked)
                 store.found_version = found
+                store._start_session()
             except SchemaTooNew as exc:
                 raise OutboxError(f"{path}: {exc}") from exc
             except sqlite3.OperationalError as exc:
@@ -270,13 +308,103 @@ class Store:
         store.last_event_seq = int(top or 0)
         return store
 
+    def _start_session(self) -> None:
+        """Note this boot in the file, after a reboot skipping the seqs that commits a power
+        cut undid may have handed out.
+
+        Readings committed unsynced may have been sent by the uplink and then lost with the
+        power: their seqs must never name other records. So when the kernel booted since the
+        file was last written and the reservation (``seq_reserved``) is above the last seq
+        found, the seqs up to it are skipped and a ``buffer-dropped`` event (reason
+        ``power-loss``) names them. A restart without a reboot finds every commit (the page
+        cache kept them) and skips nothing; nor does a reboot after a clean close. The write
+        is synced, so everything in the file is from then on.
+        """
+        conn = self.conn
+        boot = boot_id()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'boot_id'").fetchone()
+        previous = None if row is None else str(row[0])
+        found = self.counters["last_seq"]
+        reserved = self.counters["seq_reserved"]
+        skipped = reserved > found and (boot is None or boot != previous)
+        last = reserved if skipped else found
+        counters = {"last_seq": last, "counted_through": last, "seq_reserved": last}
+        event: tuple[int, float, str] | None = None
+        if skipped:
+            event = self._power_loss_event(found + 1, reserved)
+            last = event[0]
+            counters.update(
+                last_seq=last,
+                counted_through=last,
+                seq_reserved=last,
+                rows_event=self.counters["rows_event"] + 1,
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", COUNTERS.items()
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('boot_id', ?)", (boot or "",)
+            )
+            if event is not None:
+                conn.execute("INSERT INTO events (seq, created, body) VALUES (?, ?, ?)", event)
+            _write_counters(conn, {**self.counters, **counters})
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            _rollback(conn)
+            if event is not None or _is_corruption(exc):
+                raise
+            # A full disk or a lock: the file is as the last gateway left it, and the next
+            # open judges it again; this one goes on without a reservation (its first commit
+            # is synced).
+            log.warning("outbox %s: cannot note this boot in the file (%s)", self.path, exc)
+            self.synced_seq = 0
+            return
+        self.counters.update(counters)
+        self.synced_seq = last
+        if event is not None:
+            self.last_event_seq = last
+            log.error(
+                "outbox %s: the system restarted without closing the outbox; seqs %d..%d may "
+                "have been handed out by commits the power cut undid and are skipped",
+                self.path,
+                found + 1,
+                reserved,
+            )
+
+    def _power_loss_event(self, first: int, through: int) -> tuple[int, float, str]:
+        """The ``buffer-dropped`` event row for the seqs ``first``..``through``, at the seq
+        after them."""
+        now = time.time()
+        newest = self.conn.execute("SELECT ts FROM telemetry ORDER BY seq DESC LIMIT 1").fetchone()
+        body = {
+            "kind": "buffer-dropped",
+            "ts": now,
+            "reason": "power-loss",
+            "seq_first": first,
+            "seq_last": through,
+            "from": _iso(now if newest is None else float(newest[0])),
+            "to": _iso(now),
+            # At most: how many of these seqs had been handed out is what the cut undid.
+            "rows_removed": through - first + 1,
+        }
+        return through + 1, now, json.dumps(body, separators=(",", ":"))
+
     # --- writing ------------------------------------------------------------------------------
 
-    def commit(self, batch: Sequence[Pending], new_points: Sequence[tuple[int, str]]) -> int:
+    def commit(
+        self, batch: Sequence[Pending], new_points: Sequence[tuple[int, str]], sync: bool = True
+    ) -> int:
         """Store ``batch`` in one transaction; return the seq of its first record.
 
         Records get consecutive seqs in batch order. On failure nothing is stored and nothing
         changes here, so the same batch can be committed again later with the same outcome.
+
+        ``sync``: fsync the WAL before returning (``synchronous = FULL``), so the batch and
+        every commit before it survive a power cut. Without it (``NORMAL``) the commit
+        survives a crash of the process but a power cut may undo it; a batch that would hand
+        out seqs beyond the reservation is synced anyway (``seq_reserved``).
         """
         first = self.counters["last_seq"] + 1
         events: list[tuple[int, float, str]] = []
@@ -294,9 +422,15 @@ class Store:
             "rows_event": self.counters["rows_event"] + len(events),
             "rows_telemetry": self.counters["rows_telemetry"] + len(telemetry),
         }
+        reserved = self.counters["seq_reserved"]
+        sync = sync or last > reserved
+        if sync and reserved - last < SEQ_RESERVE // 2:
+            counters["seq_reserved"] = last + SEQ_RESERVE
         now = time.monotonic()
-        write_meta = now >= self._meta_due
+        write_meta = now >= self._meta_due or "seq_reserved" in counters
         conn = self.conn
+        if not sync:
+            conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
             if new_points:
@@ -315,7 +449,14 @@ class Store:
         except BaseException:
             _rollback(conn)
             raise
+        finally:
+            if not sync:
+                # Everything else on this connection (rule state, deletes, the capacity
+                # policy's reports) stays synced.
+                conn.execute("PRAGMA synchronous = FULL")
         self.counters.update(counters)
+        if sync:
+            self.synced_seq = last
         if events:
             self.last_event_seq = events[-1][0]
         if write_meta:
@@ -351,7 +492,26 @@ class Store:
             _rollback(conn)
             raise
         self.counters.update(counters)
+        self.synced_seq = self.counters["last_seq"]  # a synced transaction: all before it too
         return removed["events"] + removed["telemetry"]
+
+    def sync(self) -> None:
+        """Make every commit so far survive a power cut: a synced write of the counters (its
+        fsync of the WAL covers the commits before it). Nothing to do when they already do."""
+        last = self.counters["last_seq"]
+        if self.synced_seq >= last:
+            return
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _write_counters(conn, {**self.counters, "counted_through": last})
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self.counters["counted_through"] = last
+        self._meta_due = time.monotonic() + META_INTERVAL
+        self.synced_seq = last
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -497,6 +657,7 @@ class Store:
             raise
         self.counters.update(counters)
         self.last_event_seq = seq
+        self.synced_seq = seq
         if reason == "min_free_disk":
             # Deleted rows free pages inside the file; only this gives them back to the disk.
             # Stepped to the end (fetchall): each step of this pragma frees one page.
@@ -522,9 +683,11 @@ class Store:
         try:
             # Up-to-date counters make the next open count nothing (best effort: a full disk
             # may refuse, and then the next open counts the rows since the last write).
+            # The reservation goes back to the last seq: a reboot after a clean stop skips none.
+            last = self.counters["last_seq"]
             self.conn.execute("BEGIN IMMEDIATE")
             _write_counters(
-                self.conn, {**self.counters, "counted_through": self.counters["last_seq"]}
+                self.conn, {**self.counters, "counted_through": last, "seq_reserved": last}
             )
             self.conn.execute("COMMIT")
         except sqlite3.Error:
@@ -538,8 +701,10 @@ class Store:
 
 def _configure(conn: sqlite3.Connection, path: Path, *, fresh: bool) -> None:
     if fresh:
-        # Must precede the first table. Lets a full disk get freed pages back (make_room) with
-        # `PRAGMA incremental_vacuum` instead of a VACUUM that needs twice the space.
+        # Both must precede the first table (and the page size the switch to WAL).
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        # Lets a full disk get freed pages back (make_room) with `PRAGMA incremental_vacuum`
+        # instead of a VACUUM that needs twice the space.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     # WAL: readers (the uplink's peek, `edge buffer stats`) never block the writer, and a
     # commit appends to one file instead of rewriting pages in place and journalling them.
@@ -548,12 +713,15 @@ def _configure(conn: sqlite3.Connection, path: Path, *, fresh: bool) -> None:
         raise OutboxUnwritable(f"{path}: cannot switch to WAL mode (got {mode!r})")
     # FULL: in WAL mode NORMAL survives a crash of the process but may lose the last
     # transactions on power loss; FULL fsyncs the WAL at every commit, so what append()
-    # reported as committed survives pulling the plug. Group commit pays for the fsync.
+    # reported as committed survives pulling the plug. Routine readings are committed with
+    # NORMAL, transaction by transaction (Store.commit), and synced every sync_interval.
     conn.execute("PRAGMA synchronous = FULL")
     # Tools (the CLI, a technician's sqlite3 shell) may hold a lock for a moment.
     conn.execute("PRAGMA busy_timeout = 5000")
     # After a checkpoint the WAL is cut back to this, so a burst does not keep a large file.
     conn.execute("PRAGMA journal_size_limit = 8388608")
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, WAL_CHECKPOINT_BYTES // page_size)}")
     # Touch the schema now: a file that is not a database fails here, not at the first write.
     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
 

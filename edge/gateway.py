@@ -84,6 +84,7 @@ async def open_outbox(buffer: BufferConfig) -> Outbox:
     return await Outbox.open(
         buffer.path,
         commit_interval=buffer.commit_interval,
+        sync_interval=buffer.sync_interval,
         policy=CapacityPolicy(
             max_size=buffer.max_size,
             min_free_disk=buffer.min_free_disk,

@@ -996,6 +996,17 @@ class BufferConfig(Strict):
         description="Longest time a reading waits to be group-committed (a kill -9 loses at "
         "most this much of them); an event is committed at once, with the readings before it.",
     )
+    sync_interval: Duration = Field(
+        # A synced commit cleans the blocks the next one dirties again; a commit of readings
+        # left to the page cache costs the card only its new WAL bytes (docs/buffer.md, "The
+        # durability contract"). Alarms and their full-rate windows are synced at once.
+        default=30.0,
+        ge=0,
+        le=600.0,
+        description="Longest time a committed reading waits to be synced to the card (a power "
+        "cut loses at most this much of them, a kill -9 none); events, the readings of an "
+        "alarm's window and rule state are synced at once. 0: every commit is synced.",
+    )
     max_size: Size = Field(
         default=2 * 2**30,
         ge=2**20,
@@ -1014,6 +1025,16 @@ class BufferConfig(Strict):
         le=86_400.0,
         description="Thinning keeps the min, max and last reading of each point per window.",
     )
+
+    @model_validator(mode="after")
+    def _sync_not_within_a_window(self) -> Self:
+        if 0 < self.sync_interval < self.commit_interval:
+            raise ValueError(
+                f"sync_interval ({format_duration(self.sync_interval)}) is shorter than "
+                f"commit_interval ({format_duration(self.commit_interval)}): every commit would "
+                "be synced; say 0s for that, or at least the commit interval"
+            )
+        return self
 
 
 class ControlConfig(Strict):

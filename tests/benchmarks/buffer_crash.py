@@ -85,7 +85,14 @@ async def _worker(db: Path, logs: Path, base: int, seed: int) -> None:
     # A line the last worker's kill cut short stays a line of its own.
     os.write(acked, b"\n")
     os.write(upstream, b"\n")
-    outbox = await Outbox.open(db, commit_interval=rng.choice([0.0, 0.005, 0.02]), max_batch=500)
+    # Half the workers leave routine readings unsynced for the gateway's 30 s (a kill must
+    # still lose nothing committed: the page cache outlives the process), half sync them all.
+    outbox = await Outbox.open(
+        db,
+        commit_interval=rng.choice([0.0, 0.005, 0.02]),
+        max_batch=500,
+        sync_interval=rng.choice([0.0, 30.0]),
+    )
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     counter = base

@@ -24,23 +24,29 @@ What all this costs the 4G link, over TLS and with every other message, is the l
 (tests/benchmarks/link.py), which prices the telemetry of these simulated runs.
 
 - ``card_mb_per_day_reference_site``: ``write_bytes`` of ``/proc/self/io`` while a real outbox
-  (WAL, ``synchronous = FULL``) takes what the policies stored in minutes 10 to 20 of the
-  reference site (past the first poll, which stores every point once a start), each commit
-  holding what one ``buffer.commit_interval`` window (the default, 2 s) of the live gateway
-  would hold, times 144. ``card_mb_per_day_reference_site_all`` is the same for every reading
-  (one simulated minute, times 1440); ``card_mb_per_day_reference_site_commit_50ms`` and
-  ``card_mb_per_day_reference_site_all_commit_50ms`` the policies' readings and every reading
-  with a commit every 50 ms (the default before). Inserts only: the deletes
-  of acknowledged rows, rule state and checkpoints of a running gateway are in the link
-  benchmark's ``card_mb_per_day_demo_site``.
+  with the gateway's defaults (``buffer.commit_interval`` 2 s, ``buffer.sync_interval`` 30 s
+  on the simulated clock) takes what the policies stored in minutes 10 to 20 of the reference
+  site, each commit holding what one commit window of the live gateway would hold, and then
+  copies its WAL into the database (a checkpoint: a running gateway does it every 4 MiB of
+  WAL), times 144. The file starts as a running gateway's does: every point of the site
+  stored once (its first poll) and a backlog. ``card_mb_per_day_reference_site_all`` is the
+  same for every reading, over ten simulated minutes too. ``..._synced`` and
+  ``..._all_synced``: both with every commit synced (``sync_interval: 0s``), what the outbox
+  did before; ``..._commit_50ms`` and ``..._all_commit_50ms``: both synced with a commit every
+  50 ms, the default before that; ``..._page_4k``: the policies' readings in a file of 4 KiB
+  pages (SQLite's default, and the outbox's before). Inserts and their checkpoint only: the
+  deletes of acknowledged rows and rule state of a running gateway are in the link benchmark's
+  ``card_mb_per_day_demo_site``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import math
+import sqlite3
 import tempfile
 from array import array
 from collections.abc import Iterable, Iterator
@@ -48,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import buffer.store
 from buffer import Outbox
 from drivers.types import Reading
 from edge import contract
@@ -64,6 +71,8 @@ GATEWAY = "gw-bench-0001"
 EPOCH = "0b6c1f7e-3c1a-4d55-9a59-2f4f1c8e7d10"
 #: The outbox's default commit window (buffer.commit_interval, edge/config/model.py).
 COMMIT_WINDOW: Final = BufferConfig.model_fields["commit_interval"].default
+#: And how long a committed reading may wait to be synced (buffer.sync_interval).
+SYNC_INTERVAL: Final = BufferConfig.model_fields["sync_interval"].default
 #: The commit window the outbox had by default before: every reading durable within 50 ms.
 COMMIT_WINDOW_BEFORE: Final = 0.05
 #: A leakage fault: the residual current rises by this much for this long.
@@ -223,22 +232,55 @@ class _Row:
 
 
 async def card_bytes(
-    stored: list[tuple[float, Stored]], folder: Path, commit_window: float = COMMIT_WINDOW
+    stored: list[tuple[float, Stored]],
+    folder: Path,
+    commit_window: float = COMMIT_WINDOW,
+    sync_interval: float = SYNC_INTERVAL,
 ) -> int:
-    """``write_bytes`` of a real outbox taking ``stored``, one commit per ``commit_window``."""
-    path = folder / f"card-{len(stored)}.sqlite"
-    async with await Outbox.open(path, commit_interval=0.0) as outbox:
-        warm = stored[: min(len(stored), 2000)]
-        for _, s in warm:  # the file, its WAL and a backlog exist, as on a running gateway
+    """``write_bytes`` of a real outbox taking ``stored``, one commit per ``commit_window`` and
+    a sync at least every ``sync_interval`` of the readings' own time, then a checkpoint."""
+    if not stored:
+        return 0
+    path = folder / f"card-{len(stored)}-{commit_window}-{sync_interval}.sqlite"
+    clock = [stored[0][0]]  # the readings' own time: the replay is faster than they were
+    async with await Outbox.open(
+        path, commit_interval=0.0, sync_interval=sync_interval, clock=lambda: clock[0]
+    ) as outbox:
+        # The file as on a running gateway: every point of the site stored once (the first
+        # poll stores each), a backlog, and the WAL checkpointed.
+        first: dict[tuple[str, str], Stored] = {}
+        for _, s in stored:
+            first.setdefault((s.reading.device_id, s.reading.point), s)
+        for s in [*first.values(), *(s for _, s in stored[:2000])]:
             outbox.submit("telemetry", contract.reading_body(s.reading, s.window))
         await outbox.flush()
+        _checkpoint(path)
         written = write_bytes()
         groups = itertools.groupby(stored, key=lambda item: math.floor(item[0] / commit_window))
         for _, group in groups:
-            for _, s in group:
+            for clock[0], s in group:
                 outbox.submit("telemetry", contract.reading_body(s.reading, s.window))
             await outbox.flush()
+        # What the measured commits put in the WAL is copied into the database sooner or
+        # later (every 4 MiB of WAL): counted once, here.
+        _checkpoint(path)
         return write_bytes() - written
+
+
+def _checkpoint(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+@contextlib.contextmanager
+def _page_size(size: int) -> Iterator[None]:
+    """New outbox files made with pages of ``size`` bytes."""
+    before = buffer.store.PAGE_SIZE
+    buffer.store.PAGE_SIZE = size  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        buffer.store.PAGE_SIZE = before  # type: ignore[misc]
 
 
 def reference_site(seconds: float, *, every_reading: bool) -> tuple[Storage, Run]:
@@ -272,9 +314,13 @@ KEYS: Final = (
     "alarm_window_polled_readings",
     "stored_readings_ratio_reference_site",
     "card_mb_per_day_reference_site",
-    "card_mb_per_day_reference_site_commit_50ms",
     "card_mb_per_day_reference_site_all",
+    "card_all_over_policies_reference_site",
+    "card_mb_per_day_reference_site_synced",
+    "card_mb_per_day_reference_site_all_synced",
+    "card_mb_per_day_reference_site_commit_50ms",
     "card_mb_per_day_reference_site_all_commit_50ms",
+    "card_mb_per_day_reference_site_page_4k",
 )
 #: A run of seconds that goes through every step (``--tiny``).
 TINY: Final = {"hours": 0.02, "reference_seconds": 40.0, "card_seconds": 10.0}
@@ -314,28 +360,33 @@ def run(
     figures["stored_readings_ratio_reference_site"] = round(
         len(reference.stored) / reference.polled, 4
     )
+    start = T0 + min(600.0, reference_seconds - card_seconds)
+    measured = [item for item in reference.stored if start <= item[0] < start + card_seconds]
+    # Every reading over as long a stretch, with the same settings: a fair comparison.
+    _, every = reference_site(card_seconds, every_reading=True)
+    per_day = 86_400 / card_seconds / 2**20
     with tempfile.TemporaryDirectory(dir=ROOT) as folder:
         # On the disk, not a tmpfs: write_bytes counts only what goes to a block device.
-        start = T0 + min(600.0, reference_seconds - card_seconds)
-        measured = [item for item in reference.stored if start <= item[0] < start + card_seconds]
-        per_day = 86_400 / card_seconds / 2**20
-        written = asyncio.run(card_bytes(measured, Path(folder)))
-        figures["card_mb_per_day_reference_site"] = round(written * per_day, 1)
-        # The same readings committed as the outbox did before (a commit every 50 ms): at a
-        # few readings per commit, each commit's page rewrites dominate.
-        written = asyncio.run(card_bytes(measured, Path(folder), COMMIT_WINDOW_BEFORE))
-        figures["card_mb_per_day_reference_site_commit_50ms"] = round(written * per_day, 1)
-        every_span = min(60.0, card_seconds)
-        _, minute = reference_site(every_span, every_reading=True)
-        written = asyncio.run(card_bytes(minute.stored, Path(folder)))
-        figures["card_mb_per_day_reference_site_all"] = round(
-            written * 86_400 / every_span / 2**20, 1
-        )
-        # Every reading as the gateway wrote it before: a commit every 50 ms.
-        written = asyncio.run(card_bytes(minute.stored, Path(folder), COMMIT_WINDOW_BEFORE))
-        figures["card_mb_per_day_reference_site_all_commit_50ms"] = round(
-            written * 86_400 / every_span / 2**20, 1
-        )
+        here = Path(folder)
+        for key, readings, commit_window, sync in (
+            ("", measured, COMMIT_WINDOW, SYNC_INTERVAL),
+            ("_all", every.stored, COMMIT_WINDOW, SYNC_INTERVAL),
+            # Every commit synced, as the outbox did before durability by class.
+            ("_synced", measured, COMMIT_WINDOW, 0.0),
+            ("_all_synced", every.stored, COMMIT_WINDOW, 0.0),
+            # And a commit every 50 ms, the default before that.
+            ("_commit_50ms", measured, COMMIT_WINDOW_BEFORE, 0.0),
+            ("_all_commit_50ms", every.stored, COMMIT_WINDOW_BEFORE, 0.0),
+        ):
+            written = asyncio.run(card_bytes(readings, here, commit_window, sync))
+            figures[f"card_mb_per_day_reference_site{key}"] = round(written * per_day, 1)
+        with _page_size(4096):
+            written = asyncio.run(card_bytes(measured, here / "page-4k"))
+        figures["card_mb_per_day_reference_site_page_4k"] = round(written * per_day, 1)
+    policies = figures["card_mb_per_day_reference_site"]
+    figures["card_all_over_policies_reference_site"] = (
+        round(figures["card_mb_per_day_reference_site_all"] / policies, 1) if policies else math.inf
+    )
     return figures
 
 

@@ -328,8 +328,30 @@ def test_unknown_key_without_close_match_lists_the_allowed_ones(tmp_path: Path) 
     text = edited("  path: var/outbox.sqlite\n", "  path: var/outbox.sqlite\n  zzz: 1\n")
     issue = only_issue(write(tmp_path, text))
     assert issue.message == (
-        "unknown key 'zzz' (allowed here: commit_interval, max_size, min_free_disk, thin_window)"
+        "unknown key 'zzz' (allowed here: commit_interval, sync_interval, max_size, "
+        "min_free_disk, thin_window)"
     )
+
+
+def test_a_sync_interval_within_one_commit_window_or_over_ten_minutes_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = "  path: var/outbox.sqlite\n"
+    text = edited(path, path + "  sync_interval: 1s\n")
+    issue = only_issue(write(tmp_path, text))
+    assert issue.field == "buffer.sync_interval"
+    assert issue.message == (
+        "sync_interval (1s) is shorter than commit_interval (2s): every commit would be "
+        "synced; say 0s for that, or at least the commit interval"
+    )
+    text = edited(path, path + "  sync_interval: 11m\n")
+    issue = only_issue(write(tmp_path, text))
+    assert issue.field == "buffer.sync_interval"
+    assert "600" in issue.message or "10m" in issue.message, issue.message
+    for good, seconds in (("0s", 0.0), ("2s", 2.0), ("10m", 600.0)):
+        config = load_site(write(tmp_path, edited(path, path + f"  sync_interval: {good}\n")))
+        assert config.buffer.sync_interval == pytest.approx(seconds)
+    assert load_site(write(tmp_path, MINIMAL)).buffer.sync_interval == pytest.approx(30.0)
 
 
 def test_wrong_type(tmp_path: Path) -> None:
