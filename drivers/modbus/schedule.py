@@ -163,6 +163,8 @@ class Poll:
     #: The device is offline: this poll is a re-probe on its backoff.
     probe: bool
     job: _Job = field(repr=False, compare=False)
+    #: When the soonest of the other jobs was due at the time of this decision.
+    others_due: float = field(default=math.inf, repr=False, compare=False)
 
 
 class PollSchedule:
@@ -244,15 +246,19 @@ class PollSchedule:
         if not self._jobs:
             raise LookupError("a schedule without devices has nothing to poll")
         best = self._jobs[0]
-        best_due = math.inf
+        best_due = others_due = math.inf
         for job in self._jobs:
             if job.interval is None:
                 continue
             due = job.due()
             if due < best_due or (due == best_due and job.lane == "fast"):
+                others_due = best_due
                 best, best_due = job, due
+            elif due < others_due:
+                others_due = due
         state = best.state
-        return Poll(state.device, best.lane, best_due, best.reads, state.online is False, best)
+        probe = state.online is False
+        return Poll(state.device, best.lane, best_due, best.reads, probe, best, others_due)
 
     def is_current(self, poll: Poll) -> bool:
         """Whether ``poll`` is still due when it said (no interval change or link loss since)."""
@@ -267,7 +273,7 @@ class PollSchedule:
         interval, at most :data:`EARLY_MAX`), at least half an interval after its last poll
         started, and only when it would end before any other poll falls due (its last poll's
         duration tells), so it never makes another poll late. Its phase stays: the next poll is
-        due one interval after this one was.
+        due one interval after this one was. ``poll`` must be fresh from :meth:`next_poll`.
         """
         job = poll.job
         interval = job.interval
@@ -277,8 +283,7 @@ class PollSchedule:
             return False
         if now - job.last_start < interval / 2:
             return False  # after a late poll: two polls stay half an interval apart
-        ends = now + job.took
-        return all(other is job or ends <= other.due() for other in self._jobs)
+        return now + job.took <= poll.others_due
 
     def send_at(self) -> float:
         """The earliest time the next request may go: the line's silence after its last I/O."""

@@ -363,9 +363,10 @@ def test_a_poll_starts_early_only_when_it_ends_before_any_other_is_due() -> None
     assert schedule.starts_early(third, 0.9)  # ends long before m2's 1.5
     # m2 now falls due at 1.0 too: m1 started at 0.95 would end after it and make it late.
     schedule.set_interval("m2", 0.5, 0.75)
-    assert schedule.next_poll() == third
-    assert not schedule.starts_early(third, 0.95)
-    assert schedule.starts_early(third, 0.9375)  # ends as m2 falls due: not late
+    again = schedule.next_poll()
+    assert again == third
+    assert not schedule.starts_early(again, 0.95)
+    assert schedule.starts_early(again, 0.9375)  # ends as m2 falls due: not late
 
 
 def test_rtu_lines_and_probes_never_start_early() -> None:
