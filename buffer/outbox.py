@@ -306,7 +306,11 @@ class Outbox:
             self._waiting_at_once += 1
         self._queue.append(item)
         self._submitted += 1
-        self._wakeup.set()
+        # The writer waits for a first record, then for the end of the commit window: a
+        # reading inside the window wakes it only when it ends the window (a full batch).
+        queued = len(self._queue)
+        if queued == 1 or self._waiting_at_once or queued >= self._max_batch:
+            self._wakeup.set()
 
     def _shed(self, body: Mapping[str, Any], done: asyncio.Future[int] | None) -> None:
         if not self.lost:
