@@ -283,6 +283,11 @@ class _PointFilter:
         """The readings to store now (oldest first) after ``held`` was polled; with ``force``,
         ``held`` is the last of them (an alarm window) and the bound still holds."""
         policy = self.policy
+        if policy.kind == "all" and not policy.min_interval:
+            # Every reading is stored and none is ever pending: nothing else to decide (a
+            # clock step back changes nothing either, the one before it was stored).
+            self.last = held
+            return [held]
         ms = held.ms
         last, self.last = self.last, held
         if last is not None and ms <= last.ms:
