@@ -7,9 +7,10 @@ The outbox, the only writer, knows every row it commits and every row it deletes
 answer a look at the newest rows itself.
 
 A row is held as the table has it (seq, point id, time, value: 28 bytes in four arrays) and
-becomes a :class:`Record` only when a look returns it, so a commit costs no object per row and
-the tail can hold a whole commit (up to the outbox's ``max_batch``): a look at rows of the last
-commit never goes to the database.
+becomes a :class:`Record` when a look first returns it (kept for the next look: the uplink looks
+at a batch that is not full yet again after the next commit), so a commit costs no object per
+row and the tail can hold a whole commit (up to the outbox's ``max_batch``): a look at rows of
+the last commit never goes to the database.
 
 Pure bookkeeping, no I/O: :class:`buffer.outbox.Outbox` adds what it committed, deletes what
 was acknowledged, and starts again empty whenever rows go another way (the capacity policy).
@@ -51,6 +52,8 @@ class TelemetryTail:
         self._ts = array("d")
         #: NaN for a null value (a REAL column gives NaN back as null too).
         self._values = array("d")
+        #: The record of each row once a look has returned it (None before).
+        self._records: list[Record | None] = []
         #: Seqs deleted from the store but still in the arrays (dropped when they reach the front).
         self._gone: set[int] = set()
 
@@ -72,14 +75,14 @@ class TelemetryTail:
             # As a REAL column gives them back: -0.0 as 0.0 (x + 0.0), NaN as null.
             times.append(ts + 0.0)
             values.append(math.nan if value is None else value + 0.0)
+            self._records.append(None)
         if len(seqs) > 2 * self._limit:
             # Cut in one go, not one row at a time: the arrays shift once per `limit` rows.
             self._cut(len(seqs) - self._limit)
 
     def _cut(self, count: int) -> None:
         self.start = self._seqs[count - 1]
-        for column in (self._seqs, self._points, self._ts, self._values):
-            del column[:count]
+        self._drop_front(count)
         self._gone = {seq for seq in self._gone if seq > self.start}
 
     def peek(
@@ -96,7 +99,7 @@ class TelemetryTail:
             raise ValueError(f"the tail holds rows above {self.start}, not above {after}")
         out: list[Record] = []
         gone = self._gone
-        seqs, points, times, values = self._seqs, self._points, self._ts, self._values
+        seqs, records = self._seqs, self._records
         for index in range(bisect.bisect_right(seqs, after), len(seqs)):
             if len(out) >= limit:
                 break
@@ -105,11 +108,15 @@ class TelemetryTail:
                 break
             if seq in gone:
                 continue
-            number = values[index]
-            ts = times[index]
-            body = {**series[points[index]], "value": None if math.isnan(number) else number}
-            body["ts"] = ts
-            out.append(Record(seq, "telemetry", ts, body))
+            record = records[index]
+            if record is None:
+                number = self._values[index]
+                ts = self._ts[index]
+                body = {**series[self._points[index]]}
+                body["value"] = None if math.isnan(number) else number
+                body["ts"] = ts
+                record = records[index] = Record(seq, "telemetry", ts, body)
+            out.append(record)
         return out
 
     def delete(self, seqs: Iterable[int]) -> None:
@@ -127,12 +134,15 @@ class TelemetryTail:
             self._gone.discard(held[front])
             front += 1
         if front:
-            for column in (self._seqs, self._points, self._ts, self._values):
-                del column[:front]
+            self._drop_front(front)
+
+    def _drop_front(self, count: int) -> None:
+        for column in (self._seqs, self._points, self._ts, self._values):
+            del column[:count]
+        del self._records[:count]
 
     def restart(self, start: int) -> None:
         """Forget every row: rows above ``start`` will be added again as they are committed."""
         self.start = start
-        for column in (self._seqs, self._points, self._ts, self._values):
-            del column[:]
+        self._drop_front(len(self._seqs))
         self._gone.clear()

@@ -94,3 +94,16 @@ def test_a_whole_commit_of_the_default_batch_is_held() -> None:
     tail.add(rows(8193))
     assert tail.start == 4097
     assert [r.seq for r in tail.peek(2, after=4097, series=SERIES)] == [4098, 4099]
+
+
+def test_a_row_becomes_a_record_once_however_often_it_is_looked_at() -> None:
+    tail = TelemetryTail(0)
+    tail.add(rows(1, 2, 3))
+    first = tail.peek(2, after=0, series=SERIES)
+    again = tail.peek(10, after=0, series=SERIES)
+    assert again[:2] == first
+    assert all(a is b for a, b in zip(again, first, strict=False))  # no second object
+    tail.delete([1])
+    tail.add(rows(4))
+    assert [r.seq for r in tail.peek(10, after=0, series=SERIES)] == [2, 3, 4]
+    assert tail.peek(1, after=1, series=SERIES)[0] is again[1]
