@@ -327,7 +327,11 @@ class Outbox:
             self._waiting_at_once += 1
         self._queue.append(item)
         self._submitted += 1
-        self._wakeup.set()
+        # The writer waits for a first record, then for the end of the commit window: a
+        # reading inside the window wakes it only when it ends the window (a full batch).
+        queued = len(self._queue)
+        if queued == 1 or self._waiting_at_once or queued >= self._max_batch:
+            self._wakeup.set()
 
     def _shed(self, body: Mapping[str, Any], done: asyncio.Future[int] | None) -> None:
         if not self.lost:
@@ -478,19 +482,12 @@ class Outbox:
             self._notify(frozenset(streams))
 
     def _hold(self, batch: list[Pending], first: int) -> None:
-        """Keep the telemetry rows just committed in the tail, as :meth:`Store.peek` reads
-        them back."""
-        series = self._store.series
-        rows = []
-        for seq, item in enumerate(batch, first):
-            if isinstance(item, PendingReading):
-                # As a REAL column gives them back: NaN as null, -0.0 as 0.0 (x + 0.0).
-                value = item.value
-                read = None if value is None or math.isnan(value) else value + 0.0
-                at = item.ts + 0.0
-                body = {**series[item.point], "value": read, "ts": at}
-                rows.append(Record(seq, "telemetry", at, body))
-        self._tail.add(rows)
+        """Keep the telemetry rows just committed in the tail (as the table holds them)."""
+        self._tail.add(
+            (seq, item.point, item.ts, item.value)
+            for seq, item in enumerate(batch, first)
+            if isinstance(item, PendingReading)
+        )
 
     def _idle_timeout(self, capacity_due: float) -> float | None:
         """How long the idle writer may sleep: until the next capacity check, loss report or
@@ -658,7 +655,7 @@ class Outbox:
             if self._store.none_after(stream, after, through):
                 return []
             if stream == "telemetry" and self._tail.covers(after):
-                return self._tail.peek(limit, after, through)
+                return self._tail.peek(limit, after, through, series=self._store.series)
         return await self._run_checked(self._store.peek, stream, limit, after, through)
 
     async def recent_since(self, since: float) -> int:

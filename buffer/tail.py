@@ -6,6 +6,12 @@ at 1,000 readings a second that was the outbox's largest cost after the commits 
 The outbox, the only writer, knows every row it commits and every row it deletes, so it can
 answer a look at the newest rows itself.
 
+A row is held as the table has it (seq, point id, time, value: 28 bytes in four arrays) and
+becomes a :class:`Record` when a look first returns it (kept for the next look: the uplink looks
+at a batch that is not full yet again after the next commit), so a commit costs no object per
+row and the tail can hold a whole commit (up to the outbox's ``max_batch``): a look at rows of
+the last commit never goes to the database.
+
 Pure bookkeeping, no I/O: :class:`buffer.outbox.Outbox` adds what it committed, deletes what
 was acknowledged, and starts again empty whenever rows go another way (the capacity policy).
 """
@@ -13,15 +19,20 @@ was acknowledged, and starts again empty whenever rows go another way (the capac
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
-from typing import Final
+import math
+from array import array
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 from buffer.store import Record
 
-#: Rows held (up to twice this between two cuts, about 0.6 MiB): what the uplink has not sent
-#: yet in normal running is a batch or two. Beyond it (an outage) the oldest go, and a look
-#: that far back goes to the database as before.
-TAIL_LIMIT: Final = 1_000
+#: Rows held (up to twice this between two cuts, about 0.2 MiB): a whole commit of the outbox's
+#: default ``max_batch``, and what the uplink has not sent yet in normal running. Beyond it (an
+#: outage) the oldest go, and a look that far back goes to the database as before.
+TAIL_LIMIT: Final = 4096
+
+#: One committed telemetry row: seq, point id, time, value (None: null).
+Row = tuple[int, int, float, float | None]
 
 
 class TelemetryTail:
@@ -36,9 +47,14 @@ class TelemetryTail:
             raise ValueError(f"a tail holds at least one row, not {limit}")
         self.start = start
         self._limit = limit
-        self._seqs: list[int] = []
-        self._records: list[Record] = []
-        #: Seqs deleted from the store but still in the lists (dropped when they reach the front).
+        self._seqs = array("q")
+        self._points = array("q")
+        self._ts = array("d")
+        #: NaN for a null value (a REAL column gives NaN back as null too).
+        self._values = array("d")
+        #: The record of each row once a look has returned it (None before).
+        self._records: list[Record | None] = []
+        #: Seqs deleted from the store but still in the arrays (dropped when they reach the front).
         self._gone: set[int] = set()
 
     def __len__(self) -> int:
@@ -48,35 +64,59 @@ class TelemetryTail:
         """True when every stored row with a seq above ``after`` is held here."""
         return after >= self.start
 
-    def add(self, records: Iterable[Record]) -> None:
+    def add(self, rows: Iterable[Row]) -> None:
         """Rows just committed, in seq order, each above every row held."""
-        for record in records:
-            if (self._seqs and record.seq <= self._seqs[-1]) or record.seq <= self.start:
-                raise ValueError(f"row {record.seq} is not newer than the tail")
-            self._seqs.append(record.seq)
-            self._records.append(record)
-        if len(self._seqs) > 2 * self._limit:
-            # Cut in one go, not one row at a time: the lists shift once per `limit` rows.
-            cut = len(self._seqs) - self._limit
-            self.start = self._seqs[cut - 1]
-            del self._seqs[:cut], self._records[:cut]
-            self._gone = {seq for seq in self._gone if seq > self.start}
+        seqs, points, times, values = self._seqs, self._points, self._ts, self._values
+        for seq, point, ts, value in rows:
+            if (seqs and seq <= seqs[-1]) or seq <= self.start:
+                raise ValueError(f"row {seq} is not newer than the tail")
+            seqs.append(seq)
+            points.append(point)
+            # As a REAL column gives them back: -0.0 as 0.0 (x + 0.0), NaN as null.
+            times.append(ts + 0.0)
+            values.append(math.nan if value is None else value + 0.0)
+            self._records.append(None)
+        if len(seqs) > 2 * self._limit:
+            # Cut in one go, not one row at a time: the arrays shift once per `limit` rows.
+            self._cut(len(seqs) - self._limit)
 
-    def peek(self, limit: int, after: int, through: int | None = None) -> list[Record]:
-        """What :meth:`Store.peek` returns for telemetry, for an ``after`` this tail covers."""
+    def _cut(self, count: int) -> None:
+        self.start = self._seqs[count - 1]
+        self._drop_front(count)
+        self._gone = {seq for seq in self._gone if seq > self.start}
+
+    def peek(
+        self,
+        limit: int,
+        after: int,
+        through: int | None = None,
+        *,
+        series: Mapping[int, Mapping[str, Any]],
+    ) -> list[Record]:
+        """What :meth:`Store.peek` returns for telemetry, for an ``after`` this tail covers;
+        ``series`` gives each point id's fields (:attr:`Store.series`)."""
         if not self.covers(after):
             raise ValueError(f"the tail holds rows above {self.start}, not above {after}")
         out: list[Record] = []
         gone = self._gone
-        records = self._records
-        for index in range(bisect.bisect_right(self._seqs, after), len(self._seqs)):
+        seqs, records = self._seqs, self._records
+        for index in range(bisect.bisect_right(seqs, after), len(seqs)):
             if len(out) >= limit:
                 break
-            record = records[index]
-            if through is not None and record.seq > through:
+            seq = seqs[index]
+            if through is not None and seq > through:
                 break
-            if record.seq not in gone:
-                out.append(record)
+            if seq in gone:
+                continue
+            record = records[index]
+            if record is None:
+                number = self._values[index]
+                ts = self._ts[index]
+                body = {**series[self._points[index]]}
+                body["value"] = None if math.isnan(number) else number
+                body["ts"] = ts
+                record = records[index] = Record(seq, "telemetry", ts, body)
+            out.append(record)
         return out
 
     def delete(self, seqs: Iterable[int]) -> None:
@@ -94,11 +134,15 @@ class TelemetryTail:
             self._gone.discard(held[front])
             front += 1
         if front:
-            del held[:front], self._records[:front]
+            self._drop_front(front)
+
+    def _drop_front(self, count: int) -> None:
+        for column in (self._seqs, self._points, self._ts, self._values):
+            del column[:count]
+        del self._records[:count]
 
     def restart(self, start: int) -> None:
         """Forget every row: rows above ``start`` will be added again as they are committed."""
         self.start = start
-        self._seqs.clear()
-        self._records.clear()
+        self._drop_front(len(self._seqs))
         self._gone.clear()

@@ -222,7 +222,8 @@ class Gateway:
         if transitions:
             self._sound(transitions)
         self._keep(self.storage.offer(sample))
-        self._report(transitions)
+        if transitions:  # nearly every reading has none: nothing to report
+            self._report(transitions)
         self.live.observe(sample)
 
     def _sound(self, transitions: list[Transition]) -> None:

@@ -185,7 +185,9 @@ class LogWriter(threading.Thread):
 
     def run(self) -> None:
         while True:
-            batch = self.queue.take(_BATCH, _POLL_MS / 1000)
+            # No timeout: a record or the stop (which closes the queue) wakes it, so an idle
+            # writer costs nothing.
+            batch = self.queue.take(_BATCH, None)
             for record in batch:
                 self._write(record)
             if len(self.queue) == 0:

@@ -283,6 +283,11 @@ class _PointFilter:
         """The readings to store now (oldest first) after ``held`` was polled; with ``force``,
         ``held`` is the last of them (an alarm window) and the bound still holds."""
         policy = self.policy
+        if policy.kind == "all" and not policy.min_interval:
+            # Every reading is stored and none is ever pending: nothing else to decide (a
+            # clock step back changes nothing either, the one before it was stored).
+            self.last = held
+            return [held]
         ms = held.ms
         last, self.last = self.last, held
         if last is not None and ms <= last.ms:
@@ -378,13 +383,15 @@ class _PointFilter:
 class _Device:
     """One device's filters, its ring of recent readings and its open window."""
 
-    __slots__ = ("filters", "open_from", "ring", "until")
+    __slots__ = ("filters", "open_from", "ring", "trimmed_at", "until")
 
     def __init__(self, device_id: str, ring_limit: int) -> None:
         self.filters: dict[str, _PointFilter] = {}
         self.ring = _Ring(device_id, ring_limit) if ring_limit else None
         self.until: int | None = None
         self.open_from: int = 0
+        #: The time (ms) the ring was last cut back to ``pre``: once per poll is enough.
+        self.trimmed_at: int | None = None
 
 
 class Storage:
@@ -459,7 +466,9 @@ class Storage:
             # readings of its ``pre`` seconds that were not stored.
             if not held.stored:
                 ring.append(held)
-            ring.forget_before(held.ms - self.pre_ms, held.ms)
+            if held.ms != device.trimmed_at:  # a poll's readings share their time
+                device.trimmed_at = held.ms
+                ring.forget_before(held.ms - self.pre_ms, held.ms)
         return out
 
     def _decide(self, device: _Device, held: _Held) -> list[Stored]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -26,15 +27,24 @@ _TIME_ERROR: Final = 5
 _TIMEX_BYTES: Final = 512
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, found once: ``find_library`` runs ``ldconfig -p`` (and may try a compiler)
+    in a child process on Linux, far too dear for every look at the clock."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return None
+    return ctypes.CDLL(libc_name, use_errno=True)
+
+
 def kernel_clock_synced() -> bool:
     """``adjtimex()`` says the clock is synchronised. False where it cannot be asked (not Linux),
     because claiming a synchronised clock that is not would mislead the platform."""
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return False
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     buffer = ctypes.create_string_buffer(_TIMEX_BYTES)  # modes = 0: read, change nothing
     state = int(libc.adjtimex(buffer))
     return state not in (-1, _TIME_ERROR)

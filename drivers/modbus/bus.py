@@ -333,7 +333,8 @@ class ModbusBus:
         schedule.connected(_now())
         while True:
             poll = schedule.next_poll()
-            if poll.due > _now():
+            now = _now()
+            if poll.due > now and not schedule.starts_early(poll, now):
                 await self._sleep_until(poll.due)
                 if _now() < poll.due or not schedule.is_current(poll):
                     continue
@@ -431,7 +432,7 @@ class ModbusBus:
         self._sink(DeviceStatus(device.device_id, False, time.time(), why))
 
     def _answered(self, poll: Poll, started: float, ts: float) -> None:
-        before = self._schedule.answered(poll, started)
+        before = self._schedule.answered(poll, started, _now())
         if before is True:
             return
         device = poll.device

@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 
 from drivers.modbus import DeviceModel, ModbusBus, Point, RtuSettings, load_model, read_plan
 from drivers.modbus.line_budget import poll_seconds, silence_seconds
-from drivers.modbus.schedule import PROBE_MAX, Poll, PolledDevice, PollSchedule
+from drivers.modbus.schedule import (
+    EARLY_MAX,
+    EARLY_SHARE,
+    PROBE_MAX,
+    Poll,
+    PolledDevice,
+    PollSchedule,
+)
 
 EFM = load_model("efm-ref")
 #: Float slack for the property test, whose stagger offsets (1/3 s ...) are not binary-exact.
@@ -74,7 +81,8 @@ class Line:
             if poll.due >= until:
                 self.now = until
                 return self.played
-            self.now = max(self.now, poll.due)
+            if not schedule.starts_early(poll, self.now):
+                self.now = max(self.now, poll.due)
             started = self.now
             self.played.append(self._poll(poll, started))
 
@@ -92,7 +100,7 @@ class Line:
             self.now += self.read
             schedule.io_ended(self.now)
             schedule.line_answered()
-        schedule.answered(poll, started)
+        schedule.answered(poll, started, self.now)
         return Played(device, poll.lane, poll.due, started, self.now, True)
 
 
@@ -315,6 +323,68 @@ def test_nothing_to_poll_is_due_never() -> None:
     assert schedule.next_poll().due == 5.0
 
 
+def test_polls_due_close_together_on_tcp_share_one_wake_up_and_keep_their_phase() -> None:
+    # 16 monitors at 1 s: one falls due every 1/16 s, each poll takes 1/64 s. Once a device
+    # has answered, the polls due within its lead (a tenth of its interval) go right after the
+    # one that woke the bus: about 5 wake-ups a second instead of 16.
+    devices = [PolledDevice(f"m{a}", EFM, a, 1.0) for a in range(1, 17)]
+    played = Line(PollSchedule(devices), read=1 / 64).run(until=3.0)
+    first = [p for p in played if p.due < 1.0]
+    assert all(p.started == p.due for p in first)  # nothing is known of a device before it answers
+    later = [p for p in played if p.due >= 1.0]
+    assert len(later) == 32
+    lead = min(EARLY_SHARE * 1.0, EARLY_MAX)
+    assert all(0 <= p.due - p.started <= lead for p in later)
+    assert any(p.started < p.due for p in later)
+    # Each poll either is the one that woke the bus (on time) or follows the one before at
+    # once: it shares that wake-up.
+    for before, poll in itertools.pairwise(played[len(first) - 1 :]):
+        assert poll.started in (poll.due, before.ended), poll
+    assert len([p for p in later if p.started == p.due]) == 10
+    for device in devices:  # the phase stays: due every second at its first slot
+        assert [p.due for p in polls(played, device.device_id)] == [
+            (int(device.device_id[1:]) - 1) / 16 + n for n in range(3)
+        ]
+
+
+def test_a_poll_starts_early_only_when_it_ends_before_any_other_is_due() -> None:
+    devices = [PolledDevice("m1", EFM, 1, 1.0), PolledDevice("m2", EFM, 2, 1.0)]
+    schedule = PollSchedule(devices)
+    schedule.connected(0.0)
+    first = schedule.next_poll()
+    assert not schedule.starts_early(first, -0.05)  # never answered: its duration is unknown
+    schedule.answered(first, 0.0, 1 / 16)
+    second = schedule.next_poll()
+    assert (second.device.device_id, second.due) == ("m2", 0.5)
+    assert not schedule.starts_early(second, 0.375)  # 1/8 s before it is due: beyond its lead
+    schedule.answered(second, 0.5, 0.5 + 1 / 16)
+    third = schedule.next_poll()
+    assert (third.device.device_id, third.due) == ("m1", 1.0)
+    assert schedule.starts_early(third, 0.9)  # ends long before m2's 1.5
+    # m2 now falls due at 1.0 too: m1 started at 0.95 would end after it and make it late.
+    schedule.set_interval("m2", 0.5, 0.75)
+    again = schedule.next_poll()
+    assert again == third
+    assert not schedule.starts_early(again, 0.95)
+    assert schedule.starts_early(again, 0.9375)  # ends as m2 falls due: not late
+
+
+def test_rtu_lines_and_probes_never_start_early() -> None:
+    devices = [PolledDevice(f"m{a}", EFM, a, 1.0) for a in range(1, 17)]
+    rtu = PollSchedule(devices, frame_gap=1 / 256)
+    played = Line(rtu, read=1 / 64).run(until=3.0)
+    assert all(p.started >= p.due for p in played)  # the t3.5 wait is a wake-up anyway
+    schedule = PollSchedule([PolledDevice("m", EFM, 1, 1.0)], uniform=top)
+    line = Line(schedule, read=1 / 64)
+    line.run(until=1.5)  # answered once: its duration is known
+    line.silent.add("m")
+    line.run(until=2.5)  # fails at 1.0: offline, its probe is due at 2.25
+    probe = schedule.next_poll()
+    assert probe.probe
+    assert not schedule.starts_early(probe, probe.due - 1 / 64)
+    assert all(p.started == p.due for p in line.run(until=20.0)[2:])
+
+
 def test_set_interval_refuses_bad_input() -> None:
     bus = ModbusBus(
         "rs485",
@@ -359,7 +429,15 @@ def test_promises_hold_for_any_bus(
     line = Line(schedule, read=read, timeout=timeout, silent=dead)
     played = line.run(until=60.0)
     # Stagger offsets such as 1/3 of an interval are not exact in binary: compare within EPS.
-    assert all(p.started >= p.due for p in played), "a poll went before it was due"
+    lead = {d.device_id: min(d.poll_interval * EARLY_SHARE, EARLY_MAX) for d in devices}
+    early = [p for p in played if p.started < p.due - EPS]
+    assert all(p.due - p.started <= lead[p.device] + EPS for p in early), "a poll went too early"
+    assert not (early and gap), "a poll went early on a line with a silence"
+    assert not any(p.device in dead for p in early), "a probe went early"
+    for index, p in enumerate(played):
+        if p.started < p.due - EPS:
+            # An early poll ends before any poll after it is due: it makes none late.
+            assert all(q.due >= p.ended - EPS for q in played[index + 1 :]), "made a poll late"
     assert all(b - a >= gap - EPS for a, b in itertools.pairwise(line.requests)), "t3.5 broken"
     for device in devices:
         mine = polls(played, device.device_id)

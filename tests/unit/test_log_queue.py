@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from edge.log import LogfmtFormatter, fields, parse_logfmt
-from edge.log_queue import LogPipeline, LogQueue
+from edge.log_queue import LogPipeline, LogQueue, LogWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 #: A logging call that has not returned by then is blocked, not slow.
@@ -218,3 +218,32 @@ def test_with_stderr_a_full_pipe_every_kind_of_write_returns(tmp_path: Path) -> 
         os.close(read)
     assert done.read_text() == "returned", "a write blocked the main thread"
     assert code == 0
+
+
+def test_an_idle_writer_sleeps_until_a_record_or_the_stop_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queue = LogQueue(capacity=10, routine=6)
+    waits: list[float | None] = []
+    take = queue.take
+
+    def recorded(limit: int, timeout: float | None) -> list[logging.LogRecord]:
+        waits.append(timeout)
+        return take(limit, timeout)
+
+    monkeypatch.setattr(queue, "take", recorded)
+    read, write = os.pipe()
+    writer = LogWriter(queue, write, LogfmtFormatter())
+    writer.start()
+    try:
+        queue.put(record(logging.WARNING, "alarm-raised"))
+        with os.fdopen(read, "rb", closefd=False) as output:
+            assert b"alarm-raised" in output.readline()
+    finally:
+        writer.stop()
+        writer.join(DEADLINE)
+        os.close(read)
+        os.close(write)
+    assert not writer.is_alive(), "the stop wakes it"
+    assert waits
+    assert set(waits) == {None}, "no timeout: an idle writer does not wake to look"

@@ -542,3 +542,28 @@ async def test_a_healthy_large_file_passes_the_background_check(
             assert outbox.damaged is None
     async with await Outbox.open(path) as outbox:
         assert outbox.reset is None
+
+
+async def test_readings_inside_the_commit_window_do_not_wake_the_writer(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path / "o.db", commit_interval=60.0, max_batch=100) as outbox:
+        woken: list[int] = []
+        wakeup = outbox._wakeup
+        real_set = wakeup.set
+
+        def counted_set() -> None:
+            woken.append(outbox.pending)
+            real_set()
+
+        wakeup.set = counted_set  # type: ignore[method-assign]
+        for i in range(50):
+            outbox.submit("telemetry", tel(i))
+        await asyncio.sleep(0)
+        assert woken == [1]  # the first reading opens the window; the next 49 wait in it
+        outbox.submit("event", {"kind": "alarm-raised", "ts": T0})
+        assert woken == [1, 51]  # an event closes the window at once
+        await outbox.flush()
+        for i in range(50, 150):
+            outbox.submit("telemetry", tel(i))
+        assert woken == [1, 51, 1, 100]  # a full batch ends the window too
+        await outbox.flush()
+        assert [r.body["value"] for r in await outbox.peek("telemetry", 200)] == list(range(150))

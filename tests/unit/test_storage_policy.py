@@ -253,6 +253,21 @@ def test_clock_step_back_stores_both_sides_of_the_step_in_poll_order() -> None:
     assert _worst(policy, trace, stored) <= 1.0
 
 
+def test_all_stores_every_reading_once_in_poll_order_whatever_the_clock_and_values_do() -> None:
+    storage = Storage({}, pre=10, post=20)  # every point takes the default: all
+    times = [0, 1, 2, 3, -100, -99, 4, 5, 40, 41, 70]
+    values = [1.0, math.nan, 2.0, 2.0, 3.0, math.inf, 4.0, 4.0, 5.0, 5.0, 6.0]
+    stored: list[Stored] = []
+    for t, value in zip(times, values, strict=True):
+        stored += storage.offer(_reading(T0 + t, value))
+        if t == 40:
+            stored += storage.alarm("d", T0 + t)
+    stored += storage.flush()
+    assert [s.reading.ts - T0 for s in stored] == times
+    assert [s.window for s in stored] == [None] * 9 + ["post", None]
+    assert (storage.polled, storage.stored) == (11, 11)
+
+
 def test_min_interval_looks_at_readings_no_closer_than_it() -> None:
     policy = Policy("deadband", band=1.0, min_interval=5.0)
     trace = [(T0 + t, float(t)) for t in range(12)]
