@@ -274,6 +274,26 @@ async def stop_processes(processes: list[asyncio.subprocess.Process]) -> None:
             await process.wait()
 
 
+async def stop_subscriber(subscriber: asyncio.Task[None]) -> None:
+    """Cancel the benchmark's subscriber and wait for it (a broken connection is no error)."""
+    subscriber.cancel()
+    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        await subscriber
+
+
+def footprint(
+    who: str, devices: int, *, cpu_seconds: float, elapsed: float, rss_mb: float, rate: float
+) -> dict[str, float]:
+    """A gateway's figures over a measuring window, printed and returned."""
+    cpu = 100 * cpu_seconds / elapsed
+    print(
+        f"  {who}: {devices} devices, {rate:.0f} readings/s reached the broker; "
+        f"{'its' if who == 'peer' else 'gateway'} CPU {cpu:.1f} % of one core, "
+        f"RSS {rss_mb:.1f} MiB"
+    )
+    return {"cpu_pct": cpu, "rss_mb": rss_mb, "readings_per_s": rate}
+
+
 async def tcp_footprint(
     seconds: float,
     devices: int = 50,
@@ -326,19 +346,12 @@ async def tcp_footprint(
             _readings_received(receiver)  # fails the measurement if a message was refused
         finally:
             await stop_processes(processes)
-            subscriber.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await subscriber
+            await stop_subscriber(subscriber)
             broker.close()
             receiver.close()
     used = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
-    cpu = 100 * used / elapsed
     rate = _polled_rate(polled, wall_start, wall_end)
-    print(
-        f"  tcp: {devices} devices, {rate:.0f} readings/s reached the broker; gateway CPU "
-        f"{cpu:.1f} % of one core, RSS {rss:.1f} MiB"
-    )
-    return {"cpu_pct": cpu, "rss_mb": rss, "readings_per_s": rate}
+    return footprint("tcp", devices, cpu_seconds=used, elapsed=elapsed, rss_mb=rss, rate=rate)
 
 
 KEYS = (

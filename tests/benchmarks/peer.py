@@ -332,17 +332,11 @@ async def peer_footprint(
             rss = process.memory_info().rss / 2**20
         finally:
             await drivers.stop_processes(processes)
-            subscriber.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await subscriber
+            await drivers.stop_subscriber(subscriber)
             broker.close()
-    cpu = 100 * used / elapsed
-    rate = arrived / elapsed
-    print(
-        f"  peer: {devices} devices, {rate:.0f} readings/s reached the broker; its CPU "
-        f"{cpu:.1f} % of one core, RSS {rss:.1f} MiB"
+    return drivers.footprint(
+        "peer", devices, cpu_seconds=used, elapsed=elapsed, rss_mb=rss, rate=arrived / elapsed
     )
-    return {"cpu_pct": cpu, "rss_mb": rss, "readings_per_s": rate}
 
 
 KEYS = (
