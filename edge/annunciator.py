@@ -31,13 +31,16 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpiozero import LED, Button, Buzzer, OutputDevice
 
 from edge.clock import Clock, SystemClock
-from edge.config.model import SEVERITY_ORDER, Outputs, PatternName, Severity
+from edge.config.terms import SEVERITY_ORDER, PatternName, Severity
 from edge.log import fields
+
+if TYPE_CHECKING:
+    from edge.config.model import Outputs
 
 __all__ = [
     "AUTO_PIN_FACTORIES",

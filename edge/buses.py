@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from drivers import DeviceStatus, Sink
 from drivers.catalog import SERIAL_MODELS
@@ -20,14 +20,15 @@ from drivers.modbus import Lane, ModbusBus, PolledDevice, RtuSettings, TcpSettin
 from drivers.pir import PirSensor
 from drivers.witmotion.driver import WitMotionSensor
 from edge.annunciator import NoPinBackend, make_pin_factory
-from edge.config.model import (
-    Device,
-    GpioBus,
-    ModbusRtuBus,
-    ModbusTcpBus,
-    SerialBus,
-    SiteConfig,
-)
+
+if TYPE_CHECKING:
+    from edge.config.model import (
+        Device,
+        ModbusRtuBus,
+        ModbusTcpBus,
+        SerialBus,
+        SiteConfig,
+    )
 
 __all__ = [
     "FieldDriver",
@@ -92,13 +93,13 @@ def build_buses(
         if not devices:
             continue
         name = f"bus:{bus.id}"
-        if isinstance(bus, ModbusTcpBus | ModbusRtuBus):
+        if bus.kind in {"modbus-tcp", "modbus-rtu"}:
             drivers[name] = _modbus(bus, devices, sink)
-        elif isinstance(bus, SerialBus):
+        elif bus.kind == "serial":
             # One UART sensor per port (checked when the site file is loaded).
             drivers[name] = _serial(bus, devices[0], sink)
         else:
-            assert isinstance(bus, GpioBus)
+            assert bus.kind == "gpio"
             wanted = bus.pin_factory or config.outputs.pin_factory
             if pin_factory is not None and bus.pin_factory in (None, config.outputs.pin_factory):
                 factory = pin_factory  # the annunciator's: one factory per kind of pin access
@@ -195,7 +196,7 @@ def _modbus(bus: ModbusTcpBus | ModbusRtuBus, devices: list[Device], sink: Sink)
         for d in devices
     ]
     settings: TcpSettings | RtuSettings
-    if isinstance(bus, ModbusTcpBus):
+    if bus.kind == "modbus-tcp":
         settings = TcpSettings(bus.host, bus.port, bus.timeout)
     else:
         settings = RtuSettings(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.timeout)

@@ -19,14 +19,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge.config.model import Calls
 from edge.contract import EventKind
 from edge.log import fields
 from edge.notify import SEVERITY_WORDS, HourlyLimit, calls_for, notice_fields
 from edge.rules import Transition
 from edge.sms import Modem, ModemError
+
+if TYPE_CHECKING:
+    from edge.config.model import Calls
 
 __all__ = ["CallNotifier", "spoken_text"]
 

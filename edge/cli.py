@@ -12,19 +12,22 @@ import signal
 import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from drivers.modbus import known_models
 from edge import __version__, heap, lastgood
 from edge.atomic import digest_of
-from edge.config import ConfigError, SiteConfig, load_site, report_config
+from edge.config.compiled import load_site, load_site_checked
 from edge.config.duration import parse_duration
-from edge.config.loader import load_site_checked
+from edge.config.issues import ConfigError
 from edge.fault import FaultMode, Salvage, salvage
 from edge.log import fields, start_log_queue
 from edge.reload import RestartRequest, recover_unsettled, restore_previous
 from edge.site_runner import SiteRunner
 from edge.systemd import Notifier
+
+if TYPE_CHECKING:
+    from edge.config.model import SiteConfig
 
 log = logging.getLogger("edge.cli")
 
@@ -92,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = words[0] if words and not words[0].startswith("-") else None
     args = build_parser(first).parse_args(words)
     if args.command == "check-config":
+        from edge.config.loader import report_config  # noqa: PLC0415 (pydantic: not for run)
+
         status, _ = report_config(
             args.file, sys.stdout, known_models=known_models(), strict=args.strict
         )

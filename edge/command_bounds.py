@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from edge.config import SiteConfig
-from edge.config.model import CompositeRule, DeviceOfflineRule
+from edge.config.behaviour import is_point_rule
 from edge.rules.tuning import current_value, default_field
+
+if TYPE_CHECKING:
+    from edge.config.model import SiteConfig
 
 __all__ = ["PointRange", "engineering_reasons", "reportable_range", "threshold_refusal"]
 
@@ -79,7 +81,7 @@ def threshold_refusal(
     the rule or field does not exist (the rules engine names that problem itself).
     ``point_range(device, point)`` is what the device can report for the point."""
     rule = next((r for r in config.rules if r.id == rule_id), None)
-    if rule is None or isinstance(rule, DeviceOfflineRule | CompositeRule):
+    if rule is None or not is_point_rule(rule):
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None  # the schema and the engine refuse it by name
@@ -173,13 +175,13 @@ def _guarded_rules(config: SiteConfig) -> list[Any]:
     """The fire and critical rules, and the rules a fire or critical composite rule combines."""
     ids = {rule.id for rule in config.rules if rule.severity in GUARDED_SEVERITIES}
     for rule in config.rules:
-        if isinstance(rule, CompositeRule) and rule.id in ids:
+        if rule.kind == "composite" and rule.id in ids:
             ids |= {term.rule for term in rule.terms()}
     return [rule for rule in config.rules if rule.id in ids]
 
 
 def _judges(rule: Any, device_id: str, model: str) -> bool:
-    if isinstance(rule, CompositeRule):
+    if rule.kind == "composite":
         return False  # it judges other rules' alarms, which are guarded themselves
     devices = getattr(rule, "devices", None)
     models = getattr(rule, "models", None)

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from drivers.catalog import family_of
 from drivers.modbus import known_models, load_model
@@ -22,13 +22,15 @@ from edge import __version__, command_bounds, reload
 from edge.atomic import digest_of
 from edge.buses import modbus_devices
 from edge.commands import CommandError, Handler, current_command_id, current_key_class
-from edge.config.model import SiteConfig
 from edge.config.thresholds import command_threshold
 from edge.contract import EventKind
 from edge.health import Watched, gateway_health
 from edge.log import fields
 from edge.rule_state import RuleStateKeeper
 from edge.storm import plan_storm
+
+if TYPE_CHECKING:
+    from edge.config.model import SiteConfig
 
 __all__ = ["MAX_REPORTED_ERRORS", "PUSH_ACK_GRACE", "Commanded", "command_handlers"]
 

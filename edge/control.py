@@ -273,7 +273,6 @@ async def _sweep(gateway: Controlled, params: Mapping[str, Any]) -> dict[str, An
     sweep would compete with its polls (stop the gateway and run ``edge scan`` for that)."""
     from drivers.modbus import RtuSettings, TcpSettings, known_models, load_model  # noqa: PLC0415
     from drivers.modbus.scan import scan  # noqa: PLC0415
-    from edge.config.model import ModbusRtuBus, ModbusTcpBus  # noqa: PLC0415
 
     config = gateway.config
     bus = next((b for b in config.buses if b.id == params.get("bus")), None)
@@ -288,11 +287,11 @@ async def _sweep(gateway: Controlled, params: Mapping[str, Any]) -> dict[str, An
     ):
         raise ControlError(f"addresses must be a list of 1 to {MAX_SWEEP} Modbus addresses (1-247)")
     polled = [d.id for d in config.devices if d.bus == bus.id]
-    if isinstance(bus, ModbusRtuBus):
+    if bus.kind == "modbus-rtu":
         polled += [
             d.id
             for other in config.buses
-            if isinstance(other, ModbusRtuBus) and other.port == bus.port and other.id != bus.id
+            if other.kind == "modbus-rtu" and other.port == bus.port and other.id != bus.id
             for d in config.devices
             if d.bus == other.id
         ]
@@ -302,9 +301,9 @@ async def _sweep(gateway: Controlled, params: Mapping[str, Any]) -> dict[str, An
             "idle; stop the gateway and run `edge scan`"
         )
     settings: TcpSettings | RtuSettings
-    if isinstance(bus, ModbusTcpBus):
+    if bus.kind == "modbus-tcp":
         settings = TcpSettings(bus.host, bus.port, bus.timeout)
-    elif isinstance(bus, ModbusRtuBus):
+    elif bus.kind == "modbus-rtu":
         settings = RtuSettings(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.timeout)
     else:
         raise ControlError(f"bus {bus.id!r} is {bus.kind}; only Modbus buses can be swept")

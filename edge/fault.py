@@ -32,21 +32,17 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from gpiozero import Buzzer
-from pydantic import BaseModel, ValidationError
 
 from buffer import Outbox
-from drivers.yamlpos import YamlError, load_yaml
 from edge import __version__
 from edge.annunciator import FAULT_PATTERN, make_pin_factory, phase_state
 from edge.atomic import digest_of
 from edge.clock import Clock, SystemClock
 from edge.commands import CommandError, current_command_id, current_key_class
-from edge.config.model import BufferConfig, CommandPolicy, Outputs, Pin
-from edge.config.model import Gateway as GatewaySection
-from edge.config.model import Uplink as UplinkSection
+from edge.config.compiled import salvage_sections
 from edge.contract import event_body
 from edge.gateway import open_outbox
 from edge.log import fields
@@ -54,14 +50,26 @@ from edge.provision import DEFAULT_FAULT_PIN
 from edge.reload import PushRejected, RestartRequest, check_pushed, write_site
 from edge.uplink import Uplink
 
+if TYPE_CHECKING:
+    from edge.config.model import BufferConfig, CommandPolicy, Outputs
+    from edge.config.model import Gateway as GatewaySection
+    from edge.config.model import Uplink as UplinkSection
+
 __all__ = ["DEFAULT_BUZZER", "FaultMode", "Salvage", "salvage"]
 
 log = logging.getLogger("edge.fault")
 
-_Section = TypeVar("_Section", bound=BaseModel)
+
+@dataclass(frozen=True)
+class BuzzerPin:
+    """A buzzer's pin, as fault mode reads it from ``outputs.buzzer``."""
+
+    pin: int
+    active_high: bool = True
+
 
 #: The buzzer when the file names none usable: the pin a refused SD card sounds on too.
-DEFAULT_BUZZER: Final = Pin(pin=DEFAULT_FAULT_PIN)
+DEFAULT_BUZZER: Final = BuzzerPin(pin=DEFAULT_FAULT_PIN)
 #: How long after a push's ack fault mode ends, so that the ack leaves first.
 _ACK_GRACE: Final = 0.5
 #: The first problems a config-invalid event lists (a file of garbage has thousands).
@@ -89,29 +97,17 @@ class _Identity:
 
 
 def salvage(text: str | None) -> Salvage:
-    """What of the site file ``text`` can still be used: each section validated alone."""
+    """What of the site file ``text`` can still be used: each section validated alone (by the
+    validating process, edge/config/compile.py: fault mode loads no pydantic either)."""
     if text is None:
         return Salvage()
-    try:
-        # Read as the site loader reads it (keys as written), whatever else is wrong in it.
-        data = load_yaml(text, "site").data
-    except YamlError:
-        return Salvage()
-    if not isinstance(data, dict):
-        return Salvage()
-
-    def section(name: str, model: type[_Section]) -> _Section | None:
-        try:
-            return model.model_validate(data.get(name))
-        except ValidationError:
-            return None
-
+    sections = salvage_sections(text)
     return Salvage(
-        gateway=section("gateway", GatewaySection),
-        outputs=section("outputs", Outputs),
-        uplink=section("uplink", UplinkSection),
-        buffer=section("buffer", BufferConfig),
-        commands=section("commands", CommandPolicy),
+        gateway=sections.get("gateway"),
+        outputs=sections.get("outputs"),
+        uplink=sections.get("uplink"),
+        buffer=sections.get("buffer"),
+        commands=sections.get("commands"),
     )
 
 

@@ -31,8 +31,7 @@ from edge.annunciator import NO_BACKEND_FIX, Annunciator
 from edge.buses import FieldDriver, UnavailableGpio, build_buses, bus_services
 from edge.clock import Clock, SystemClock
 from edge.command_handlers import command_handlers
-from edge.config.model import BufferConfig, SiteConfig
-from edge.config.storage import storage_of
+from edge.config.behaviour import storage_of
 from edge.contract import EventKind, event_body, reading_body
 from edge.control import ControlServer, LiveReadings
 from edge.health import gateway_health, log_status
@@ -47,6 +46,7 @@ from edge.uplink import Uplink
 
 if TYPE_CHECKING:
     from edge.calls import CallNotifier
+    from edge.config.model import BufferConfig, SiteConfig
     from edge.sms import SmsNotifier
 
 log = logging.getLogger("edge.gateway")

@@ -21,12 +21,15 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from edge.atomic import atomic_write, digest_of
-from edge.config.loader import ConfigError, parse_site
-from edge.config.model import SiteConfig
+from edge.config.compiled import parse_site
+from edge.config.issues import ConfigError
 from edge.contract import iso_utc
+
+if TYPE_CHECKING:
+    from edge.config.model import SiteConfig
 
 __all__ = ["LAST_GOOD_SUFFIX", "LastGood", "LastGoodUnusable", "load", "path_for", "save", "saved"]
 

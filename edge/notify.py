@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from edge.config.model import SEVERITY_ORDER
+from edge.config.terms import SEVERITY_ORDER
 from edge.rules import Transition
 
 __all__ = ["SEVERITY_WORDS", "HourlyLimit", "NoticeConfig", "calls_for", "notice_fields"]

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from drivers import Reading
-from edge.config.model import Evidence, Severity, Zone
+from edge.config.terms import Severity
+
+if TYPE_CHECKING:
+    from edge.config.model import Evidence, Zone
 
 __all__ = ["DEFAULT_HOLD", "DEFAULT_STALE", "Occupancy", "ZoneState", "priority"]
 

@@ -26,15 +26,18 @@ import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import yaml
 
 from edge.atomic import atomic_write, digest_of
 from edge.commands import CommandError
-from edge.config.loader import ConfigError, parse_site
-from edge.config.model import BufferConfig, SiteConfig
-from edge.config.model import Gateway as GatewaySection
+from edge.config.compiled import parse_site
+from edge.config.issues import ConfigError
+
+if TYPE_CHECKING:
+    from edge.config.model import BufferConfig, SiteConfig
+    from edge.config.model import Gateway as GatewaySection
 
 __all__ = [
     "PENDING_SUFFIX",

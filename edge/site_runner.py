@@ -38,16 +38,18 @@ import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from edge import lastgood
 from edge.atomic import digest_of
-from edge.config.loader import load_site
-from edge.config.model import SiteConfig
+from edge.config.compiled import load_site
 from edge.contract import event_body
 from edge.gateway import Gateway
 from edge.log import fields
 from edge.reload import RestartRequest, restore_previous, settled
+
+if TYPE_CHECKING:
+    from edge.config.model import SiteConfig
 
 __all__ = ["SETTLE_TIME", "SiteRunner", "reached_platform"]
 

@@ -22,15 +22,18 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
 from drivers.serial_link import SerialLink
-from edge.config.model import PHONE_NUMBER, Sms
+from edge.config.terms import PHONE_NUMBER
 from edge.contract import EventKind
 from edge.log import fields
 from edge.notify import SEVERITY_WORDS, HourlyLimit, calls_for, notice_fields
 from edge.rules import Transition
+
+if TYPE_CHECKING:
+    from edge.config.model import Sms
 
 __all__ = [
     "CallResult",

@@ -17,16 +17,18 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from edge.buses import FieldDriver, set_interval
 from edge.clock import Clock
 from edge.commands import CommandError
-from edge.config.model import Device
 from edge.contract import iso_utc
 from edge.log import fields
 from edge.rule_state import RuleStateKeeper
 from edge.rules import RuleEngine
+
+if TYPE_CHECKING:
+    from edge.config.model import Device
 
 __all__ = [
     "STORM_KEY",

@@ -28,8 +28,9 @@ from pydantic_core import ErrorDetails
 
 from drivers.catalog import BUS_FAMILY, GPIO_MODELS, SERIAL_MODELS, family_of
 from drivers.modbus.model import ModelError, load_model
-from drivers.yamlpos import Document, Loc, Position, YamlError, YamlIssue, decode, load_yaml
+from drivers.yamlpos import Document, Loc, Position, YamlError, decode, load_yaml
 from drivers.yamlpos import dotted as _dotted
+from edge.config.issues import ConfigError, ConfigIssue
 from edge.config.model import Device, SiteConfig
 from edge.config.rules_check import check_rules
 from edge.config.storage import check_storage, check_storage_of_parts
@@ -46,28 +47,6 @@ __all__ = [
     "parse_site_checked",
     "report_config",
 ]
-
-
-#: One mistake in a site file, with the place it was found: ``file:line:column: field: message``.
-#: ``field`` is the dotted path of the setting (``devices[1].address``); it is empty when the
-#: issue concerns the file as a whole (a YAML syntax error, an empty file). The same type as the
-#: YAML loader's issues, so a syntax error and a wrong value read alike.
-ConfigIssue = YamlIssue
-
-
-def _issue_order(issue: ConfigIssue) -> tuple[int, int, str, str]:
-    return (issue.line, issue.column, issue.field, issue.message)
-
-
-class ConfigError(Exception):
-    """The site file is not usable; ``issues`` lists every problem found, sorted by line."""
-
-    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
-        self.issues: list[ConfigIssue] = sorted(issues, key=_issue_order)
-        super().__init__(self.issues)
-
-    def __str__(self) -> str:
-        return "\n".join(str(issue) for issue in self.issues)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ objects. Unknown keys are errors (``extra="forbid"``) so a typo never silently d
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -24,14 +23,29 @@ from pydantic import (
 )
 
 from drivers.ports import check_port
-from edge.config.duration import Duration, as_written, format_duration
-from edge.config.size import Size
+from edge.config.annotated import Duration, Size, as_written
+from edge.config.behaviour import (
+    AbnormalChecks,
+    CompositeBehaviour,
+    DerivedPointBehaviour,
+    OverLimitChecks,
+    PointRuleBehaviour,
+    SiteBehaviour,
+    SuddenChangeChecks,
+    SustainedChecks,
+    UnderLimitChecks,
+    exactly_one,
+)
+from edge.config.duration import format_duration
 from edge.config.storage import PointStorage, StorageConfig
+from edge.config.terms import (
+    BCM_PINS,
+    PHONE_NUMBER,
+    PatternName,
+    Severity,
+)
 from edge.config.thresholds import PATTERN as THRESHOLD_PATTERN
 from edge.config.thresholds import THRESHOLD_KEYS, parse_quantity
-
-#: BCM numbers of the GPIOs on the Raspberry Pi 40-pin header.
-BCM_PINS = range(2, 28)
 
 Identifier = Annotated[
     str,
@@ -65,6 +79,24 @@ class Strict(BaseModel):
     # allow_inf_nan=False: YAML reads ".nan" and ".inf" as floats, and "raise_at: .nan" would
     # make a rule that never fires.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def validated_copy(self, update: dict[str, Any]) -> Self:
+        """A copy with ``update`` (fields by name), validated as the site file is (the plain
+        classes of edge/config/plain.py do the same without pydantic). ``ValueError`` as
+        ``field: message``."""
+        # As written: durations in words, which the model takes back (it refuses bare numbers).
+        data = as_written(self)
+        fields = type(self).model_fields
+        for name, value in update.items():
+            written = as_written(value) if isinstance(value, BaseModel) else value
+            data[fields[name].alias or name] = written
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            message = first["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{where + ': ' if where else ''}{message}") from None
 
 
 class Location(Strict):
@@ -197,12 +229,6 @@ class Device(Strict):
     )
 
 
-Severity = Literal["fire", "critical", "major", "minor"]
-#: Most severe first: the annunciator sounds the pattern of the worst unsilenced alarm.
-SEVERITIES: tuple[Severity, ...] = ("fire", "critical", "major", "minor")
-#: Severity -> rank, 0 the most severe.
-SEVERITY_ORDER: dict[str, int] = {name: rank for rank, name in enumerate(SEVERITIES)}
-
 #: A threshold in the point's unit. ``strict``: YAML's ``true`` must not become 1.
 #: A string with a unit ("300 mA", "0.4 cm") is converted to the point's unit by the loader
 #: (edge/config/thresholds.py); the schema takes both forms.
@@ -251,17 +277,6 @@ LongSpanOrNow = Annotated[Duration, _span(MAX_BASELINE, zero=True)]
 RawRun = Annotated[Duration, _span(731 * 86_400.0)]
 
 
-def _exactly_one(model: BaseModel, names: tuple[str, ...]) -> None:
-    given = [name for name in names if getattr(model, name) is not None]
-    if len(given) != 1:
-        # A field named after a Python keyword (``for_``) is written without the underscore.
-        names = tuple(name.rstrip("_") for name in names)
-        given = [name.rstrip("_") for name in given]
-        listed = ", ".join(names[:-1]) + f" or {names[-1]}"
-        found = f" (found {', '.join(given)})" if given else ""
-        raise ValueError(f"give exactly one of {listed}{found}")
-
-
 class Debounce(Strict):
     """How long a condition must hold before an alarm is raised: a number of consecutive
     readings, or a duration from the first reading that met it."""
@@ -271,7 +286,7 @@ class Debounce(Strict):
 
     @model_validator(mode="after")
     def _one(self) -> Debounce:
-        _exactly_one(self, ("readings", "duration"))
+        exactly_one(self, ("readings", "duration"))
         return self
 
 
@@ -286,7 +301,7 @@ class Escalation(Strict):
 _NOT_OVERRIDABLE = frozenset({"id", "kind", "point", "devices", "models", "overrides", "unit"})
 
 
-class _PointRule(Strict):
+class _PointRule(PointRuleBehaviour, Strict):
     """Settings shared by the rules that judge one point of each device they apply to."""
 
     id: Identifier
@@ -358,11 +373,7 @@ class _PointRule(Strict):
                 ) from None
         return self
 
-    def for_device(self, device: str) -> Self:
-        """The rule as it applies to ``device``: its override, if any, laid over the rule."""
-        changes = (self.overrides or {}).get(device)
-        if not changes:
-            return self
+    def _validated_override(self, changes: dict[str, Any]) -> Self:
         # As written: durations in words, which the model takes back (it refuses bare numbers).
         written = as_written(self)
         written.pop("overrides", None)
@@ -383,7 +394,7 @@ def _quantity(value: Any) -> tuple[float, str] | None:
         return None
 
 
-class OverLimitRule(_PointRule):
+class OverLimitRule(OverLimitChecks, _PointRule):
     """Raise when a point reaches ``raise_at``; clear when it falls below ``clear_below``.
 
     The gap between the two is the hysteresis that keeps a reading hovering at the limit from
@@ -403,14 +414,11 @@ class OverLimitRule(_PointRule):
 
     @model_validator(mode="after")
     def _hysteresis(self) -> OverLimitRule:
-        if self.clear_below > self.raise_at:
-            raise ValueError("clear_below must not be above raise_at (hysteresis runs downwards)")
-        if self.escalate is not None and self.escalate.at <= self.raise_at:
-            raise ValueError("escalate.at must be above raise_at")
+        self.check()
         return self
 
 
-class UnderLimitRule(_PointRule):
+class UnderLimitRule(UnderLimitChecks, _PointRule):
     """Raise when a point falls to ``raise_at`` or below; clear when it rises above
     ``clear_above``."""
 
@@ -427,14 +435,11 @@ class UnderLimitRule(_PointRule):
 
     @model_validator(mode="after")
     def _hysteresis(self) -> UnderLimitRule:
-        if self.clear_above < self.raise_at:
-            raise ValueError("clear_above must not be below raise_at (hysteresis runs upwards)")
-        if self.escalate is not None and self.escalate.at >= self.raise_at:
-            raise ValueError("escalate.at must be below raise_at")
+        self.check()
         return self
 
 
-class SuddenChangeRule(_PointRule):
+class SuddenChangeRule(SuddenChangeChecks, _PointRule):
     """Raise when a reading differs from one of the last ``window`` by ``change`` (in the
     point's unit) or by ``change_percent``."""
 
@@ -451,11 +456,11 @@ class SuddenChangeRule(_PointRule):
 
     @model_validator(mode="after")
     def _one_size(self) -> SuddenChangeRule:
-        _exactly_one(self, ("change", "change_percent"))
+        self.check()
         return self
 
 
-class AbnormalRule(_PointRule):
+class AbnormalRule(AbnormalChecks, _PointRule):
     """Raise when a reading strays from the point's learned baseline (median and
     interquartile range of recent readings) by more than ``sensitivity`` robust deviations."""
 
@@ -475,27 +480,11 @@ class AbnormalRule(_PointRule):
 
     @model_validator(mode="after")
     def _samples(self) -> AbnormalRule:
-        if self.min_samples > self.max_samples:
-            raise ValueError("min_samples must not be above max_samples")
-        if self.learning > self.baseline:
-            raise ValueError("learning must not be longer than baseline")
-        if self.seasonal == "daily":
-            if self.learning < 86_400.0:
-                raise ValueError(
-                    "seasonal: daily learns each hour of the day from whole days: learning "
-                    f"must be at least 1d (got {format_duration(self.learning) or '0s'})"
-                )
-            per_hour = self.max_samples // 24
-            if per_hour < self.min_samples:
-                raise ValueError(
-                    f"seasonal: daily keeps max_samples / 24 = {per_hour} readings for each "
-                    f"hour of the day, fewer than min_samples {self.min_samples}: raise "
-                    f"max_samples to at least {24 * self.min_samples} or lower min_samples"
-                )
+        self.check()
         return self
 
 
-class SustainedRule(_PointRule):
+class SustainedRule(SustainedChecks, _PointRule):
     """Raise when a condition has held throughout a period: of raw readings (``duration``),
     or of calendar hours, days or months judged on each bucket's aggregate."""
 
@@ -523,13 +512,7 @@ class SustainedRule(_PointRule):
 
     @model_validator(mode="after")
     def _one_period(self) -> SustainedRule:
-        _exactly_one(self, ("above", "below"))
-        _exactly_one(self, ("duration", "hours", "days", "months", "for_"))
-        if self.for_ is not None and self.for_ % 86_400.0:
-            raise ValueError(
-                f"a rolling window is whole days, e.g. 60d (got {format_duration(self.for_)}); "
-                "use hours: N for hours"
-            )
+        self.check()
         return self
 
 
@@ -578,7 +561,7 @@ class CompositeTerm(Strict):
     devices: list[Identifier] | None = None
 
 
-class CompositeRule(Strict):
+class CompositeRule(CompositeBehaviour, Strict):
     """Raise while all (``all``) or any (``any``) of other rules' alarms are active."""
 
     id: Identifier
@@ -589,12 +572,8 @@ class CompositeRule(Strict):
 
     @model_validator(mode="after")
     def _one(self) -> CompositeRule:
-        _exactly_one(self, ("all", "any"))
+        self.check()
         return self
-
-    def terms(self) -> list[CompositeTerm]:
-        raw = self.all if self.all is not None else (self.any or [])
-        return [CompositeTerm(rule=t) if isinstance(t, str) else t for t in raw]
 
 
 Rule = Annotated[
@@ -620,7 +599,7 @@ PointRule = (
 )
 
 
-class DerivedPoint(Strict):
+class DerivedPoint(DerivedPointBehaviour, Strict):
     """A point computed from another point of the same device, judged like any other.
 
     ``displacement``: ``gauge_length x tan(source in degrees)``, in the gauge length's unit
@@ -650,18 +629,12 @@ class DerivedPoint(Strict):
             raise ValueError("a derived point cannot have the name of its source")
         return self
 
-    def gauge_for(self, device: str) -> float | None:
-        return (self.gauge_lengths or {}).get(device, self.gauge_length)
-
 
 class Pin(Strict):
     pin: int = Field(
         ge=BCM_PINS.start, le=BCM_PINS.stop - 1, strict=True, description="BCM GPIO number (2-27)."
     )
     active_high: bool = True
-
-
-PatternName = Literal["continuous", "pulsed", "chirp", "off"]
 
 
 class Patterns(Strict):
@@ -755,11 +728,6 @@ class Zone(Strict):
         default_factory=list, description="Devices in the room (smoke detectors, monitors)."
     )
     evidence: list[Evidence] = Field(min_length=1)
-
-
-#: A number the network takes: an optional + (international) and 3-20 ASCII digits (``[0-9]``,
-#: not ``\d``: full-width or Arabic-Indic digits would not encode as semi-octets or dial).
-PHONE_NUMBER = re.compile(r"\+?[0-9]{3,20}")
 
 
 def _phone_number(value: str) -> str:
@@ -1050,7 +1018,7 @@ class ControlConfig(Strict):
     )
 
 
-class SiteConfig(Strict):
+class SiteConfig(SiteBehaviour, Strict):
     """The whole site file."""
 
     gateway: Gateway

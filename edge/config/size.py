@@ -8,9 +8,7 @@ because card vendors print the one and ``df -h`` the other. Values are held as i
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
-
-from pydantic import BeforeValidator, WithJsonSchema
+from typing import Any
 
 UNITS: dict[str, int] = {
     "B": 1,
@@ -48,10 +46,3 @@ def format_size(size: int) -> str:
         if size >= UNITS[unit] and size % UNITS[unit] == 0:
             return f"{size // UNITS[unit]}{unit}"
     return f"{size}B"
-
-
-Size = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema({"type": "string", "pattern": PATTERN, "examples": ["512MiB", "2GiB"]}),
-]

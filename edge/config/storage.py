@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from drivers.catalog import SERIAL_POINTS
 from drivers.tilt import TILT_AXES, displacement_point
-from edge.config.duration import Duration, format_duration
-from edge.storage_policy import RING_LIMIT, Policy, Storage
+from edge.config.annotated import Duration
+from edge.config.behaviour import storage_of
+from edge.config.duration import format_duration
+from edge.storage_policy import RING_LIMIT, Policy
 
 __all__ = [
     "FIXED_DEFAULTS",
@@ -426,9 +428,3 @@ def check_storage_of_parts(
     except ValidationError:
         storage = StorageConfig()
     _resolve(devices, storage, report)
-
-
-def storage_of(config: Any) -> Storage:
-    """The :class:`Storage` of a validated site config."""
-    window = config.storage.alarm_window
-    return Storage(resolve_policies(config), pre=window.pre, post=window.post)

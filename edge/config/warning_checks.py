@@ -10,11 +10,10 @@ error. A message never repeats a secret: URLs are shown without their user and p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import urlsplit
 
 from edge.config.bus_budget import bus_budget_warnings
+from edge.config.issues import ConfigWarning, url_without_login
 from edge.config.model import SiteConfig
 from edge.config.plausibility import implausible_thresholds
 from edge.config.site_files import missing_file_warnings
@@ -27,31 +26,6 @@ WarningCheck = Callable[[SiteConfig], Iterable[tuple[Place, str]]]
 
 _PLAIN_PORT = 1883
 _TLS_PORT = 8883
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigWarning:
-    """One warning, placed like a :class:`~edge.config.loader.ConfigIssue`."""
-
-    file: str
-    line: int
-    column: int
-    field: str
-    message: str
-    #: ``note``: what the loader did with a value (a threshold converted to its point's unit);
-    #: printed, never taken as an error by ``--strict``.
-    kind: Literal["warning", "note"] = "warning"
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.kind}: {self.field}: {self.message}"
-
-
-def url_without_login(url: str) -> str:
-    """``url`` without the user and password it may carry."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _uplink_tls(config: SiteConfig) -> Iterable[tuple[Place, str]]:

@@ -21,26 +21,12 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from drivers import DeviceStatus, Reading
 from drivers.tilt import TILT_AXES, displacement_point
-from edge.config.model import (
-    AbnormalRule,
-    AlarmBitsRule,
-    CompositeRule,
-    DerivedPoint,
-    Device,
-    DeviceOfflineRule,
-    OverLimitRule,
-    PointRule,
-    Rule,
-    SensorFaultRule,
-    SuddenChangeRule,
-    SustainedRule,
-    UnderLimitRule,
-)
+from edge.config.behaviour import is_point_rule
 from edge.rules.judges import (
     AbnormalJudge,
     AlarmBitsJudge,
@@ -61,6 +47,16 @@ from edge.rules.tuning import (
     with_threshold,
 )
 from edge.rules.types import Transition, worse
+
+if TYPE_CHECKING:
+    from edge.config.model import (
+        CompositeRule,
+        DerivedPoint,
+        Device,
+        DeviceOfflineRule,
+        PointRule,
+        Rule,
+    )
 
 __all__ = [
     "ACTIVE_KEY",
@@ -186,9 +182,9 @@ class RuleEngine:
         #: Storm mode's tightening: (devices, factor), or None.
         self._storm: tuple[frozenset[str], float] | None = None
         for rule in self.rules:
-            if isinstance(rule, CompositeRule):
+            if rule.kind == "composite":
                 self._composites.append(_Composite(rule))
-            elif isinstance(rule, DeviceOfflineRule):
+            elif rule.kind == "device-offline":
                 self._offline_rules.append(rule)
             else:
                 self._point_rules.setdefault(rule.point, []).append(rule)
@@ -305,27 +301,27 @@ class RuleEngine:
         return route
 
     def _judge(self, rule: PointRule, device: str) -> Judge:
-        if isinstance(rule, OverLimitRule):
+        if rule.kind == "over-limit":
             return OverLimitJudge(rule, device)
-        if isinstance(rule, UnderLimitRule):
+        if rule.kind == "under-limit":
             return UnderLimitJudge(rule, device)
-        if isinstance(rule, SuddenChangeRule):
+        if rule.kind == "sudden-change":
             return SuddenChangeJudge(rule, device)
-        if isinstance(rule, AbnormalRule):
+        if rule.kind == "abnormal":
             return AbnormalJudge(rule, device, self.zone)
-        if isinstance(rule, SustainedRule):
+        if rule.kind == "sustained":
             return SustainedJudge(rule, device, self.zone)
-        if isinstance(rule, AlarmBitsRule):
+        if rule.kind == "alarm-bits":
             info = self._info(device)
             bits = {} if info is None else dict(info.bits.get(rule.point, {}))
             return AlarmBitsJudge(rule, device, bits)
-        if isinstance(rule, SensorFaultRule):
+        if rule.kind == "sensor-fault":
             return SensorFaultJudge(rule, device, self._start)
         raise AssertionError(f"no judge for {rule!r}")  # pragma: no cover
 
     def _register(self, judge: Judge, rule: Any) -> None:
         key = f"{STATE_PREFIX}{judge.rule_id}/{judge.device}"
-        if judge.point and not isinstance(rule, DeviceOfflineRule):
+        if judge.point and rule.kind != "device-offline":
             key = f"{key}/{judge.point}"
         if key in self._judges:
             # A device-offline judge is shared by every route of its device.
@@ -353,7 +349,7 @@ class RuleEngine:
 
     def devices_of(self, rule: Rule) -> list[str]:
         """The configured devices ``rule`` judges (for device-offline, composite: none)."""
-        if isinstance(rule, CompositeRule):
+        if rule.kind == "composite":
             return []
         return [device for device in self._models if self._selects(rule, device)]
 
@@ -369,7 +365,8 @@ class RuleEngine:
             raise ValueError(f"no rule {rule_id!r} (rules: {known})")
         if not is_tunable(rule):
             raise ValueError(f"rule {rule_id!r} is {rule.kind}, which has no settable threshold")
-        assert not isinstance(rule, DeviceOfflineRule | CompositeRule)
+        assert rule.kind != "device-offline"
+        assert rule.kind != "composite"
         chosen = default_field(rule) if field is None else field
         judged = self.devices_of(rule)
         if device is not None and device not in judged:
@@ -432,7 +429,7 @@ class RuleEngine:
     def thresholds(self, rule_id: str, device: str) -> PointRule | None:
         """The rule as it judges ``device`` now (overrides and storm mode included)."""
         rule = self._rule_by_id.get(rule_id)
-        if rule is None or isinstance(rule, DeviceOfflineRule | CompositeRule):
+        if rule is None or not is_point_rule(rule):
             return None
         return self._tuned(rule.for_device(device), device)
 
@@ -443,7 +440,8 @@ class RuleEngine:
             rule = self._rule_by_id.get(judge.rule_id)
             if rule is None or not is_tunable(rule):
                 continue
-            assert not isinstance(rule, DeviceOfflineRule | CompositeRule)
+            assert rule.kind != "device-offline"
+            assert rule.kind != "composite"
             judge.retune(self._tuned(rule.for_device(judge.device), judge.device))
 
     # -- judging ----------------------------------------------------------------------------
@@ -742,10 +740,10 @@ class RuleEngine:
         # Not routed yet: alive if its stored state was written by the same settings and was
         # active (the judge takes it over when the device's first reading arrives).
         rule = next(r for r in self.rules if r.id == transition.rule_id)
-        if isinstance(rule, DeviceOfflineRule | CompositeRule):
-            digest = _rule_hash(rule)
-        else:
+        if is_point_rule(rule):
             digest = _rule_hash(rule.for_device(transition.device_id))
+        else:
+            digest = _rule_hash(rule)
         prefix = f"{STATE_PREFIX}{transition.rule_id}/{transition.device_id}"
         return any(
             key.startswith(prefix)

@@ -23,23 +23,25 @@ import bisect
 import math
 from collections import deque
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from drivers import Reading
-from edge.config.model import (
-    AbnormalRule,
-    AlarmBitsRule,
-    DeviceOfflineRule,
-    OverLimitRule,
-    SensorFaultRule,
-    Severity,
-    SuddenChangeRule,
-    SustainedRule,
-    UnderLimitRule,
-)
+from edge.config.terms import Severity
 from edge.rules.calendar import BucketUnit, bucket_of, days_in_month, month_of
 from edge.rules.types import Transition, TransitionKind
+
+if TYPE_CHECKING:
+    from edge.config.model import (
+        AbnormalRule,
+        AlarmBitsRule,
+        DeviceOfflineRule,
+        OverLimitRule,
+        SensorFaultRule,
+        SuddenChangeRule,
+        SustainedRule,
+        UnderLimitRule,
+    )
 
 __all__ = [
     "AbnormalJudge",
@@ -163,12 +165,12 @@ class LimitJudge(Judge):
 
     def __init__(self, rule: OverLimitRule | UnderLimitRule, device: str) -> None:
         super().__init__(rule.id, device, rule.point, rule.severity)
-        self.upward = isinstance(rule, OverLimitRule)
+        self.upward = rule.kind == "over-limit"
         #: ``more-than`` / ``less-than``: the limit itself is on the quiet side, for raising
         #: and escalating, and on the alarm's side no longer for clearing.
         self.strict = rule.compare in ("more-than", "less-than")
         self.raise_at = rule.raise_at
-        self.clear = rule.clear_below if isinstance(rule, OverLimitRule) else rule.clear_above
+        self.clear = rule.clear_below if rule.kind == "over-limit" else rule.clear_above
         self.debounce_count = 1
         self.debounce_time: float | None = None
         if rule.debounce is not None:
@@ -200,9 +202,9 @@ class LimitJudge(Judge):
         return "over" if self.upward else "under"
 
     def retune(self, rule: Any) -> None:
-        assert isinstance(rule, OverLimitRule | UnderLimitRule)
+        assert rule.kind in {"over-limit", "under-limit"}
         self.raise_at = rule.raise_at
-        self.clear = rule.clear_below if isinstance(rule, OverLimitRule) else rule.clear_above
+        self.clear = rule.clear_below if rule.kind == "over-limit" else rule.clear_above
         self.escalate_at = None if rule.escalate is None else rule.escalate.at
 
     def feed(self, reading: Reading) -> Transition | None:
@@ -322,7 +324,7 @@ class SuddenChangeJudge(Judge):
         self.highs: deque[tuple[float, float]] = deque()
 
     def retune(self, rule: Any) -> None:
-        assert isinstance(rule, SuddenChangeRule)
+        assert rule.kind == "sudden-change"
         self.change = rule.change
         self.percent = rule.change_percent
 
@@ -481,7 +483,7 @@ class AbnormalJudge(Judge):
         self.hour_end = -math.inf
 
     def retune(self, rule: Any) -> None:
-        assert isinstance(rule, AbnormalRule)
+        assert rule.kind == "abnormal"
         self.sensitivity = rule.sensitivity
         self.min_deviation = rule.min_deviation
 
@@ -620,7 +622,7 @@ class SustainedJudge(Judge):
         self.month_failed = False
 
     def retune(self, rule: Any) -> None:
-        assert isinstance(rule, SustainedRule)
+        assert rule.kind == "sustained"
         threshold = rule.above if rule.above is not None else rule.below
         assert threshold is not None
         self.threshold = threshold

@@ -3,7 +3,7 @@
 The site file stays the reference. What the platform changes remotely is kept apart from it,
 as an ordered list of :class:`Override` (rule, field, value, optional device), and laid over
 each rule when its judges are tuned. A change is validated exactly as the site file would be:
-the rule with the new value goes through the same model and its checks (hysteresis direction,
+the rule with the new value goes through the same bounds and checks (hysteresis direction,
 escalation above the limit, ...), so a value the site file could not hold is refused here too.
 
 Which threshold a rule kind has, and what ``field`` may name (the first is the default):
@@ -29,19 +29,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from pydantic import ValidationError
-
-from edge.config.duration import as_written
-from edge.config.model import (
-    AbnormalRule,
-    OverLimitRule,
-    PointRule,
-    SuddenChangeRule,
-    SustainedRule,
-    UnderLimitRule,
-)
+if TYPE_CHECKING:
+    from edge.config.model import PointRule
 
 __all__ = [
     "SETTABLE",
@@ -92,9 +83,9 @@ class Override:
 
 def default_field(rule: PointRule) -> str:
     """The threshold ``set-threshold`` changes when it names no ``field``."""
-    if isinstance(rule, SuddenChangeRule):
+    if rule.kind == "sudden-change":
         return "change" if rule.change is not None else "change_percent"
-    if isinstance(rule, SustainedRule):
+    if rule.kind == "sustained":
         return "above" if rule.above is not None else "below"
     fields = SETTABLE.get(rule.kind)
     if fields is None:
@@ -128,34 +119,31 @@ def with_threshold(rule: PointRule, field: str, value: float) -> PointRule:
         )
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"threshold must be a finite number, not {value!r}")
-    data = as_written(rule)
-    data.pop("overrides", None)
+    update: dict[str, Any] = {"overrides": None}
     if field == "escalate_at":
-        if data.get("escalate") is None:
+        escalate = getattr(rule, "escalate", None)
+        if escalate is None:
             raise ValueError(f"rule {rule.id!r} has no escalate level to set")
-        data["escalate"]["at"] = float(value)
+        update["escalate"] = escalate.model_copy(update={"at": float(value)})
     elif field == "raise_at":
-        clear = "clear_below" if isinstance(rule, OverLimitRule) else "clear_above"
+        clear = "clear_below" if rule.kind == "over-limit" else "clear_above"
         # The hysteresis gap is part of the rule's design; moving the limit keeps it.
-        data[clear] = float(value) - data["raise_at"] + data[clear]
-        data["raise_at"] = float(value)
+        # Both are required fields of the two kinds that have raise_at.
+        limit, gap_end = current_value(rule, "raise_at") or 0.0, current_value(rule, clear) or 0.0
+        update[clear] = float(value) - limit + gap_end
+        update["raise_at"] = float(value)
     else:
-        if data.get(field) is None:
+        if getattr(rule, field) is None:
             used = default_field(rule)
             raise ValueError(f"rule {rule.id!r} judges by {used}, not {field}")
-        data[field] = float(value)
-    try:
-        return type(rule).model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise ValueError(f"{where + ': ' if where else ''}{message}") from None
+        update[field] = float(value)
+    # The site model's checks, in either form of the rule (edge/config/behaviour.py).
+    return rule.validated_copy(update)
 
 
 def storm_tightened(rule: PointRule, factor: float) -> PointRule:
     """``rule`` as storm mode judges it: an over-limit rule's limits times ``factor``."""
-    if not isinstance(rule, OverLimitRule) or rule.raise_at <= 0 or factor == 1.0:
+    if rule.kind != "over-limit" or rule.raise_at <= 0 or factor == 1.0:
         return rule
     update: dict[str, Any] = {
         "raise_at": rule.raise_at * factor,
@@ -168,6 +156,4 @@ def storm_tightened(rule: PointRule, factor: float) -> PointRule:
 
 def is_tunable(rule: Any) -> bool:
     """Whether ``rule`` is of a kind with a settable threshold."""
-    return isinstance(
-        rule, OverLimitRule | UnderLimitRule | SuddenChangeRule | SustainedRule | AbnormalRule
-    )
+    return getattr(rule, "kind", None) in SETTABLE

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from drivers import Reading
-from edge.config.model import SEVERITY_ORDER, Severity
+from edge.config.terms import SEVERITY_ORDER, Severity
 
 __all__ = ["SEVERITY_RANK", "Severity", "Transition", "TransitionKind", "worse"]
 

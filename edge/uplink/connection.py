@@ -8,15 +8,17 @@ import contextlib
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
-from edge.config.model import Uplink as UplinkConfig
-from edge.config.warning_checks import url_without_login
+from edge.config.issues import url_without_login
 from edge.uplink.client import ClosedBeforeConnack
+
+if TYPE_CHECKING:
+    from edge.config.model import Uplink as UplinkConfig
 
 __all__ = [
     "PROTOCOLS",

@@ -16,9 +16,11 @@ its promises are tested without a broker (tests/unit/test_uplink_drain.py):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-from edge.config.model import Uplink as UplinkConfig
+if TYPE_CHECKING:
+    from edge.config.model import Uplink as UplinkConfig
+
 
 __all__ = ["DrainPolicy", "Lane", "Send", "TokenBucket", "Wait", "Waiting"]
 

@@ -7,12 +7,14 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from buffer import Record
 from edge import contract
-from edge.config.model import Uplink as UplinkConfig
 from edge.uplink.drain import Lane
+
+if TYPE_CHECKING:
+    from edge.config.model import Uplink as UplinkConfig
 
 __all__ = ["Message", "MessageBuilder"]
 

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import aiomqtt
 
@@ -28,8 +28,6 @@ from buffer import Outbox, OutboxClosed, OutboxUnavailable, Record, Stream
 from drivers.backoff import Backoff
 from edge import contract, timesync
 from edge.commands import Commands, Handler
-from edge.config.model import CommandPolicy
-from edge.config.model import Uplink as UplinkConfig
 from edge.signing import load_key_ring
 from edge.timesync import SyncProbe
 from edge.uplink.client import MqttClient, PublishRefused
@@ -46,6 +44,10 @@ from edge.uplink.drain import DrainPolicy, Send, Waiting
 from edge.uplink.inflight import InFlight
 from edge.uplink.messages import Message, MessageBuilder
 from edge.uplink.refusals import Refusals
+
+if TYPE_CHECKING:
+    from edge.config.model import CommandPolicy
+    from edge.config.model import Uplink as UplinkConfig
 
 __all__ = ["Tally", "Uplink", "UplinkState"]
 

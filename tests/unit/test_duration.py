@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from edge.config.duration import UNITS, Duration, format_duration, parse_duration
+from edge.config.annotated import Duration
+from edge.config.duration import UNITS, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from edge.config.size import Size, format_size, parse_size
+from edge.config.annotated import Size
+from edge.config.size import format_size, parse_size
 
 
 @pytest.mark.parametrize(
