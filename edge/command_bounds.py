@@ -21,8 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from edge.config.behaviour import is_point_rule
-from edge.rules.tuning import current_value, default_field
+from edge.rules.tuning import current_value, default_field, is_point_rule
 
 if TYPE_CHECKING:
     from edge.config.model import SiteConfig

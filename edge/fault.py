@@ -43,10 +43,10 @@ from edge.atomic import digest_of
 from edge.clock import Clock, SystemClock
 from edge.commands import CommandError, current_command_id, current_key_class
 from edge.config.compiled import salvage_sections
+from edge.config.terms import DEFAULT_FAULT_PIN
 from edge.contract import event_body
 from edge.gateway import open_outbox
 from edge.log import fields
-from edge.provision import DEFAULT_FAULT_PIN
 from edge.reload import PushRejected, RestartRequest, check_pushed, write_site
 from edge.uplink import Uplink
 

@@ -50,6 +50,7 @@ from drivers.modbus import known_models
 from edge.annunciator import make_pin_factory
 from edge.certs import check_certificates
 from edge.config import ConfigError, load_site, parse_site
+from edge.config.terms import DEFAULT_FAULT_PIN
 from edge.log import fields, setup_logging
 from edge.signing import load_key_ring
 
@@ -72,8 +73,6 @@ SITE_FILE = "site.yaml"
 CERTS_DIR = "certs"
 REJECTED_SUFFIX = ".rejected"
 REJECTED_NOTE = "REJECTED.txt"
-#: BCM pin of the buzzer when no valid configuration says otherwise (the example wiring).
-DEFAULT_FAULT_PIN = 17
 #: About ten seconds of the refusal pattern: long enough to be noticed by someone on site.
 DEFAULT_FAULT_REPEATS = 5
 DEFAULT_SOURCE = Path("/boot/firmware/city-safety-edge")

@@ -13,13 +13,13 @@ another class of the same form (``CompositeTerm`` for a composite rule's bare id
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Self, TypeGuard
+from typing import TYPE_CHECKING, Any, Self
 
 from edge.config.duration import format_duration
 
 if TYPE_CHECKING:
-    from edge.config.model import CompositeTerm, PointRule, Rule
     from edge.storage_policy import Policy, Storage
 
 __all__ = [
@@ -33,15 +33,8 @@ __all__ = [
     "SustainedChecks",
     "UnderLimitChecks",
     "exactly_one",
-    "is_point_rule",
     "storage_of",
 ]
-
-
-def is_point_rule(rule: Rule) -> TypeGuard[PointRule]:
-    """Whether ``rule`` judges a point (not device-offline, not composite): by its kind, so
-    either form of the rule answers alike."""
-    return rule.kind not in ("device-offline", "composite")
 
 
 class _Form:
@@ -53,9 +46,8 @@ class _Form:
         return None
 
     def _sibling(self, name: str) -> Callable[..., Any]:
-        from edge.config import model  # noqa: PLC0415 (the model imports this module)
-
-        sibling: Callable[..., Any] = getattr(model, name)
+        # The model's module: this one is imported by it, never the other way round.
+        sibling: Callable[..., Any] = getattr(sys.modules[type(self).__module__], name)
         return sibling
 
 
@@ -178,13 +170,13 @@ class SustainedChecks(PointRuleBehaviour):
 class CompositeBehaviour(_Form):
     __slots__ = ()
     if TYPE_CHECKING:
-        all: list[str | CompositeTerm] | None
-        any: list[str | CompositeTerm] | None
+        all: list[Any] | None
+        any: list[Any] | None
 
     def check(self) -> None:
         exactly_one(self, ("all", "any"))
 
-    def terms(self) -> list[CompositeTerm]:
+    def terms(self) -> list[Any]:
         raw = self.all if self.all is not None else (self.any or [])
         term = self._sibling("CompositeTerm")
         return [term(rule=t) if isinstance(t, str) else t for t in raw]
@@ -205,15 +197,16 @@ class SiteBehaviour(_Form):
     need the device models' defaults validated)."""
 
     __slots__ = ()
+    if TYPE_CHECKING:
+
+        def _resolved_policies(self) -> dict[tuple[str, str], Policy]: ...
 
     def storage_policies(self) -> dict[tuple[str, str], Policy]:
         from edge.storage_policy import Policy  # noqa: PLC0415
 
         handed = self._handed_over("storage_policies")
         if handed is None:
-            from edge.config.storage import resolve_policies  # noqa: PLC0415 (pydantic)
-
-            return resolve_policies(self)
+            return self._resolved_policies()
         return {(device, point): Policy(**fields) for device, point, fields in handed}
 
     def handover(self) -> dict[str, Any]:

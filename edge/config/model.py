@@ -37,7 +37,7 @@ from edge.config.behaviour import (
     exactly_one,
 )
 from edge.config.duration import format_duration
-from edge.config.storage import PointStorage, StorageConfig
+from edge.config.storage import PointStorage, StorageConfig, resolve_policies
 from edge.config.terms import (
     BCM_PINS,
     PHONE_NUMBER,
@@ -46,6 +46,7 @@ from edge.config.terms import (
 )
 from edge.config.thresholds import PATTERN as THRESHOLD_PATTERN
 from edge.config.thresholds import THRESHOLD_KEYS, parse_quantity
+from edge.storage_policy import Policy
 
 Identifier = Annotated[
     str,
@@ -1034,3 +1035,6 @@ class SiteConfig(SiteBehaviour, Strict):
     buffer: BufferConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+
+    def _resolved_policies(self) -> dict[tuple[str, str], Policy]:
+        return resolve_policies(self)

@@ -125,9 +125,14 @@ class Plain:
         return tuple(getattr(self, name) for name in self.model_fields)
 
     def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
+        # Equal to the model it stands for too (same class name, same fields, equal values):
+        # pydantic's __eq__ declines a non-model, so Python asks this one.
+        fields = getattr(type(other), "model_fields", None)
+        if type(other).__name__ != type(self).__name__ or fields is None:
             return NotImplemented
-        return self._values() == other._values()
+        if list(fields) != list(self.model_fields):
+            return False
+        return self._values() == tuple(getattr(other, name) for name in self.model_fields)
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, *self._values()))

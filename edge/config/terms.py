@@ -12,6 +12,7 @@ from typing import Literal
 
 __all__ = [
     "BCM_PINS",
+    "DEFAULT_FAULT_PIN",
     "PHONE_NUMBER",
     "SEVERITIES",
     "SEVERITY_ORDER",
@@ -21,6 +22,9 @@ __all__ = [
 
 #: BCM numbers of the GPIOs on the Raspberry Pi 40-pin header.
 BCM_PINS = range(2, 28)
+#: BCM pin of the buzzer when no valid configuration says otherwise (the example wiring):
+#: fault mode and a refused SD card sound on it.
+DEFAULT_FAULT_PIN = 17
 
 Severity = Literal["fire", "critical", "major", "minor"]
 #: Most severe first: the annunciator sounds the pattern of the worst unsilenced alarm.

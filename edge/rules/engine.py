@@ -26,7 +26,6 @@ from zoneinfo import ZoneInfo
 
 from drivers import DeviceStatus, Reading
 from drivers.tilt import TILT_AXES, displacement_point
-from edge.config.behaviour import is_point_rule
 from edge.rules.judges import (
     AbnormalJudge,
     AlarmBitsJudge,
@@ -42,6 +41,7 @@ from edge.rules.tuning import (
     Override,
     current_value,
     default_field,
+    is_point_rule,
     is_tunable,
     storm_tightened,
     with_threshold,

@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 if TYPE_CHECKING:
-    from edge.config.model import PointRule
+    from edge.config.model import PointRule, Rule
 
 __all__ = [
     "SETTABLE",
     "Override",
     "current_value",
     "default_field",
+    "is_point_rule",
     "is_tunable",
     "storm_tightened",
     "with_threshold",
@@ -152,6 +153,12 @@ def storm_tightened(rule: PointRule, factor: float) -> PointRule:
     if rule.escalate is not None:
         update["escalate"] = rule.escalate.model_copy(update={"at": rule.escalate.at * factor})
     return rule.model_copy(update=update)
+
+
+def is_point_rule(rule: Rule) -> TypeGuard[PointRule]:
+    """Whether ``rule`` judges a point (not device-offline, not composite): by its kind, so
+    either form of the rule (edge/config/plain.py) answers alike."""
+    return rule.kind not in ("device-offline", "composite")
 
 
 def is_tunable(rule: Any) -> bool:
