@@ -28,29 +28,46 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import aiomqtt
 import pytest
+import yaml
 
 from edge import heap
 from edge.signing import generate_key
 from tests.benchmarks.drivers import _site
-from tests.fixtures.broker import Mosquitto, collect, free_port
+from tests.fixtures.broker import Collector, Mosquitto, collect, free_port
+from tests.fixtures.command_keys import install, signed_command
 
 pytestmark = pytest.mark.integration
 
 BUDGET_PAGE = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 BUDGET_SECTION = "### Import budget of `edge run`"
 
+#: Never loaded by ``edge run`` at all: the site model validates in a child process
+#: (edge/config/compile.py), through start, push-config and threshold tuning alike.
+PYDANTIC = (
+    "pydantic", "pydantic_core", "annotated_types", "typing_inspection", "edge.config.model",
+    "edge.config.loader", "edge.config.annotated",
+)  # fmt: skip
 #: Never loaded by ``edge run`` on a Modbus TCP site without command keys.
 NOT_LOADED = (
     "jsonschema", "referencing", "rpds", "cryptography", "serial", "aiohttp", "segno",
     "playwright", "edge.doctor", "edge.commission", "edge.installer_cli", "edge.buffer_cli",
     "edge.replay", "edge.watch", "edge.selftest", "edge.sms", "edge.calls", "difflib",
+    *PYDANTIC,
 )  # fmt: skip
 #: Loaded by any running gateway: proof that the list came from one.
-LOADED = ("edge.gateway", "edge.uplink.service", "drivers.modbus.bus", "aiomqtt", "pydantic")
+LOADED = (
+    "edge.gateway",
+    "edge.uplink.service",
+    "drivers.modbus.bus",
+    "aiomqtt",
+    "edge.config.plain",
+)
 
 #: Runs ``edge run`` and, once the file ASK exists, writes sys.modules and the number of
 #: malloc arenas (None without glibc) to ANSWER.
@@ -86,7 +103,13 @@ class Running(NamedTuple):
     arenas: int | None
 
 
-async def _a_running_gateway(tmp_path: Path, mosquitto: Mosquitto, keys: Path) -> Running:
+#: What a test does to the running gateway before it reports its modules.
+Meanwhile = Callable[[Collector, Path], Awaitable[None]]
+
+
+async def _a_running_gateway(
+    tmp_path: Path, mosquitto: Mosquitto, keys: Path, meanwhile: Meanwhile | None = None
+) -> Running:
     tcp_port = free_port()
     site = _site(tmp_path, tcp_port, mosquitto.port, devices=2, interval=0.5)
     text = site.read_text(encoding="utf-8").replace("var/demo/command-keys", str(keys))
@@ -108,6 +131,8 @@ async def _a_running_gateway(tmp_path: Path, mosquitto: Mosquitto, keys: Path) -
                 return any(m.topic.value.endswith(f"/{kind}") for m in seen.messages)
 
             await seen.wait_for(lambda _: arrived("telemetry") and arrived("health"), within=60)
+            if meanwhile is not None:
+                await meanwhile(seen, site)
         ask.touch()
         for _ in range(600):
             if answer.exists() or gateway.returncode is not None:
@@ -208,8 +233,71 @@ def test_the_budget_table_names_importable_groups() -> None:
     rows = budget_rows()
     assert len(rows) >= 10
     assert all(row.modules and row.budget > 0 for row in rows)
-    assert _packages_without_a_row({"edge.gateway", "pydantic", "paho.mqtt"}) == []
+    assert _packages_without_a_row({"edge.gateway", "yaml", "paho.mqtt"}) == []
     assert _packages_without_a_row({"edge", "msgspec"}) == ["msgspec"]
+
+
+GATEWAY = "gw-demo-0001"
+
+
+async def _command(
+    mosquitto: Mosquitto, seen: Collector, cid: str, name: str, params: dict[str, Any], *, key: str
+) -> dict[str, Any]:
+    payload = signed_command(GATEWAY, cid, name, params, key=key)
+    async with aiomqtt.Client(mosquitto.host, mosquitto.plain_port, timeout=5) as client:
+        await client.publish(f"district/v1/{GATEWAY}/commands", payload, qos=1)
+
+    def acked(c: Collector) -> list[dict[str, Any]]:
+        return [a for a in c.on("/acks") if a.get("command_id") == cid]
+
+    await seen.wait_for(lambda c: bool(acked(c)), within=60)
+    return acked(seen)[-1]
+
+
+async def test_a_gateway_never_loads_pydantic_through_a_push_and_a_threshold_change(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async def push_and_tune(seen: Collector, site: Path) -> None:
+        rule = "residual-current-over-limit"
+        tuned = await _command(
+            mosquitto,
+            seen,
+            "t-1",
+            "set-threshold",
+            {"rule": rule, "threshold": 280},
+            key="operations",
+        )
+        assert tuned["result"] == "ok", tuned
+        pushed = yaml.safe_load(await asyncio.to_thread(site.read_text, encoding="utf-8"))
+        pushed["rules"][0]["raise_at"] = 320
+        text = yaml.safe_dump(pushed, sort_keys=False)
+        applied = await _command(
+            mosquitto, seen, "p-1", "push-config", {"site_yaml": text}, key="engineering"
+        )
+        assert applied["result"] == "ok", applied
+        await seen.wait_for(
+            lambda c: any(
+                e["kind"] == "config-applied" and e.get("command_id") == "p-1"
+                for e in c.on("/events")
+            ),
+            within=90,
+        )
+        # The pushed gateway takes a threshold change too.
+        again = await _command(
+            mosquitto,
+            seen,
+            "t-2",
+            "set-threshold",
+            {"rule": rule, "threshold": 300},
+            key="operations",
+        )
+        assert again["result"] == "ok", again
+
+    running = await _a_running_gateway(
+        tmp_path, mosquitto, install(tmp_path / "keys"), push_and_tune
+    )
+    assert _loaded(running.modules, "edge.config.plain")
+    assert [name for name in PYDANTIC if _loaded(running.modules, name)] == []
 
 
 @pytest.mark.skipif(
