@@ -15,6 +15,7 @@ what happened, never a hang of the caller.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import selectors
 import subprocess
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from edge.config.issues import ConfigError, ConfigIssue, ConfigWarning
 from edge.config.plain import build_classes, from_tree
+from edge.log import fields
 
 if TYPE_CHECKING:
     from edge.config.model import SiteConfig
@@ -40,6 +42,8 @@ __all__ = [
     "parse_site",
     "salvage_sections",
 ]
+
+log = logging.getLogger("edge.config")
 
 #: The validating process.
 CHILD: Final = (sys.executable, "-m", "edge.config.compile")
@@ -221,7 +225,9 @@ def salvage_sections(text: str) -> dict[str, Any]:
         answer = ask({"op": "salvage", "text": text}, filename="site")
         classes = build_classes(answer["classes"])
         return {name: from_tree(tree, classes) for name, tree in answer["sections"].items()}
-    except (ConfigError, KeyError, TypeError, ValueError):
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        # Fault mode then runs on its defaults (the default buzzer pin, no uplink): say why.
+        log.error("no section of the site file salvaged", extra=fields(error=str(exc)))
         return {}
 
 
