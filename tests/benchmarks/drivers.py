@@ -22,6 +22,11 @@
   their own times) give ``tcp_1000rps_readings_per_s``, which shows whether
   the gateway really moved 1,000 readings a second end to end while it used that CPU (a
   message it refuses fails the suite).
+- ``start_first_poll_s``: how long ``edge run`` takes on the same site (50 monitors, 1,000
+  readings/s) from its spawn to its first Modbus request on the wire, which a plain listening
+  socket takes in place of the simulator; median of ``start_trials`` starts. It includes the
+  child process that validates the site file (docs/architecture.md, "The site file's model
+  stays out of the running gateway").
 
 ``python -m tests.benchmarks --only drivers`` runs these alone.
 """
@@ -354,6 +359,41 @@ async def tcp_footprint(
     return footprint("tcp", devices, cpu_seconds=used, elapsed=elapsed, rss_mb=rss, rate=rate)
 
 
+async def first_poll_seconds(trials: int, devices: int = 50) -> float:
+    """Median wall clock from spawning ``edge run`` to its first Modbus request."""
+    times = [await _first_poll(devices) for _ in range(trials)]
+    return sorted(times)[len(times) // 2]
+
+
+async def _first_poll(devices: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as folder:
+        workdir = Path(folder)
+        models = _bench_model(workdir / "models")
+        environment = {**os.environ, "EDGE_MODEL_PATH": str(models)}
+        first: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                if await reader.read(12) and not first.done():
+                    first.set_result(time.monotonic())
+            writer.close()
+
+        listener = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        # No broker: the uplink retries in the background, the buses poll regardless.
+        site = _site(workdir, port, free_port(), devices, 1.0, model=BENCH_MODEL, policy=None)
+        spawned = time.monotonic()
+        gateway = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge.cli", "run", "--config", str(site),
+            "--log-level", "warning", stderr=asyncio.subprocess.DEVNULL, env=environment,
+        )  # fmt: skip
+        try:
+            return await asyncio.wait_for(first, 60) - spawned
+        finally:
+            await stop_processes([gateway])
+            listener.close()
+
+
 KEYS = (
     "rtu_bus_efficiency_9600",
     "rtu_bus_efficiency_19200",
@@ -363,9 +403,16 @@ KEYS = (
     "tcp_1000rps_cpu_pct",
     "tcp_1000rps_rss_mb",
     "tcp_1000rps_readings_per_s",
+    "start_first_poll_s",
 )
 #: A run of a few seconds that goes through every step (tests/integration/test_benchmarks.py).
-TINY = {"seconds": 0.5, "footprint_seconds": 1.0, "footprint_warmup": 3.0, "footprint_devices": 5}
+TINY = {
+    "seconds": 0.5,
+    "footprint_seconds": 1.0,
+    "footprint_warmup": 3.0,
+    "footprint_devices": 5,
+    "start_trials": 1,
+}
 
 
 async def run(
@@ -373,6 +420,7 @@ async def run(
     footprint_seconds: float = 30.0,
     footprint_warmup: float = 10.0,
     footprint_devices: int = 50,
+    start_trials: int = 5,
 ) -> dict[str, float]:
     """Every drivers figure; ``seconds`` is the measuring window of each bus figure."""
     print("drivers: bus scheduler on the line-timed RTU simulator")
@@ -385,6 +433,8 @@ async def run(
         f"({footprint_seconds:g} s)"
     )
     tcp = await tcp_footprint(footprint_seconds, devices=footprint_devices, warmup=footprint_warmup)
+    print(f"drivers: edge run from its spawn to its first poll ({start_trials} starts)")
+    start = await first_poll_seconds(start_trials, devices=footprint_devices)
     return {
         "rtu_bus_efficiency_9600": round(slow["efficiency"], 4),
         "rtu_bus_efficiency_19200": round(fast["efficiency"], 4),
@@ -394,6 +444,7 @@ async def run(
         "tcp_1000rps_cpu_pct": round(tcp["cpu_pct"], 2),
         "tcp_1000rps_rss_mb": round(tcp["rss_mb"], 1),
         "tcp_1000rps_readings_per_s": round(tcp["readings_per_s"], 1),
+        "start_first_poll_s": round(start, 3),
     }
 
 
