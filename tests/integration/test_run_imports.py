@@ -6,8 +6,10 @@ Mosquitto) until its readings and its health message reach the broker; then it w
 ``sys.modules``. Heavy modules that this site does not use must be absent: the JSON Schema
 library (a valid health message is checked without it), cryptography without command keys,
 pyserial without a serial port, SMS and calls without a modem, the other commands' tools, and
-the modules only a mistake in a site file needs. With a command key installed,
-cryptography must be there, so the check is seen to fail when a module is loaded. Every
+the modules only a mistake in a site file needs; pydantic and the site model never, also after
+a push-config and threshold changes by command (the site file is validated in a child
+process). With a command key installed, cryptography must be there, so the check is seen to
+fail when a module is loaded. Every
 package the running gateway loads must have its row in the budget table of
 docs/benchmarks.md, and a fresh interpreter that imports the table's groups in its order must
 find each group within its budget (resident memory, ``/proc/self/status`` VmRSS).
