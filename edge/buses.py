@@ -97,8 +97,9 @@ def build_buses(
         elif isinstance(bus, SerialBus):
             # One UART sensor per port (checked when the site file is loaded).
             drivers[name] = _serial(bus, devices[0], sink)
+        elif not isinstance(bus, GpioBus):
+            raise TypeError(f"bus {bus.id!r}: no driver for a {type(bus).__name__}")
         else:
-            assert isinstance(bus, GpioBus)
             wanted = bus.pin_factory or config.outputs.pin_factory
             if pin_factory is not None and bus.pin_factory in (None, config.outputs.pin_factory):
                 factory = pin_factory  # the annunciator's: one factory per kind of pin access

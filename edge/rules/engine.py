@@ -369,7 +369,6 @@ class RuleEngine:
             raise ValueError(f"no rule {rule_id!r} (rules: {known})")
         if not is_tunable(rule):
             raise ValueError(f"rule {rule_id!r} is {rule.kind}, which has no settable threshold")
-        assert not isinstance(rule, DeviceOfflineRule | CompositeRule)
         chosen = default_field(rule) if field is None else field
         judged = self.devices_of(rule)
         if device is not None and device not in judged:
@@ -443,7 +442,6 @@ class RuleEngine:
             rule = self._rule_by_id.get(judge.rule_id)
             if rule is None or not is_tunable(rule):
                 continue
-            assert not isinstance(rule, DeviceOfflineRule | CompositeRule)
             judge.retune(self._tuned(rule.for_device(judge.device), judge.device))
 
     # -- judging ----------------------------------------------------------------------------
@@ -768,7 +766,8 @@ class RuleEngine:
 
 def _derive(point: DerivedPoint, gauge: float | None, reading: Reading) -> Reading:
     if point.kind == "displacement":
-        assert gauge is not None
+        if gauge is None:
+            raise ValueError(f"{point.name}: a displacement needs the device's gauge_length")
         value = gauge * math.tan(math.radians(reading.value))
     else:
         value = point.scale * reading.value + point.offset

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from pydantic import ValidationError
 
@@ -166,8 +166,10 @@ def storm_tightened(rule: PointRule, factor: float) -> PointRule:
     return rule.model_copy(update=update)
 
 
-def is_tunable(rule: Any) -> bool:
-    """Whether ``rule`` is of a kind with a settable threshold."""
+def is_tunable(
+    rule: object,
+) -> TypeGuard[OverLimitRule | UnderLimitRule | SuddenChangeRule | SustainedRule | AbnormalRule]:
+    """Whether ``rule`` is of a kind with a settable threshold (and, for mypy, which)."""
     return isinstance(
         rule, OverLimitRule | UnderLimitRule | SuddenChangeRule | SustainedRule | AbnormalRule
     )
