@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.fixtures.service import interpreter_flags
 from tests.unit.test_import_cycles import modules_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,3 +92,7 @@ def test_the_scans_find_what_they_look_for(tmp_path: Path) -> None:
     assert imports_of_module(module, "dec") == []
     assert sorted(docstring_reads_in(module)) == [5, 11, 12]
 
+
+def test_the_installed_service_runs_python_with_docstrings_and_asserts_stripped() -> None:
+    # The benchmark and the run-path test start their gateway with these same flags.
+    assert interpreter_flags() == ["-OO"]
