@@ -295,10 +295,13 @@ class RuleEngine:
                 # keeps the judge's windows and counts, across restarts too.
                 self._register(judge, configured)
                 judges.append(judge)
+        # A displacement without a gauge length for this device is not derived for it (the
+        # site file check refuses one): the alarm path never raises on it.
         derived = [
-            (d, d.gauge_for(device))
+            (d, gauge)
             for d in self._derived.get(point, ())
             if self._selects(d, device)
+            and ((gauge := d.gauge_for(device)) is not None or d.kind != "displacement")
         ]
         route = _Route(judges, [j for j in judges if j.ticks], derived)
         self._routes[(device, point)] = route
