@@ -227,7 +227,7 @@ compile_stdlib() {
     local where=()
     [ -z "$R" ] || where=(-s "$R" -p /)
     "$RELEASE/venv/bin/python" -m compileall -q -j 0 -o 2 "${where[@]}" \
-        -x '/(test|tests|idlelib|lib2to3|turtledemo|tkinter)/' "$R$stdlib" >/dev/null 2>&1 \
+        -x '/(test|tests|idlelib|lib2to3|turtledemo|tkinter|site-packages|dist-packages)/' "$R$stdlib" >/dev/null 2>&1 \
         || say "some of Python's own modules in $stdlib could not be compiled for -OO; the gateway compiles them at start"
 }
 
