@@ -725,19 +725,17 @@ class Outbox:
     # --- background check -----------------------------------------------------------------------
 
     def _start_background_check(self) -> None:
-        self._check_conn = sqlite3.connect(
+        conn = self._check_conn = sqlite3.connect(
             f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
         )
         self._checker = threading.Thread(
-            target=self._background_check, name="outbox-check", daemon=True
+            target=self._background_check, args=(conn,), name="outbox-check", daemon=True
         )
         self._checker.start()
 
-    def _background_check(self) -> None:
-        """``quick_check`` of a file too large to check before opening (on its own connection,
-        which WAL lets read while the writer writes)."""
-        conn = self._check_conn
-        assert conn is not None
+    def _background_check(self, conn: sqlite3.Connection) -> None:
+        """``quick_check`` of a file too large to check before opening (on its own connection
+        ``conn``, which WAL lets read while the writer writes)."""
         try:
             problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
         except sqlite3.Error as exc:

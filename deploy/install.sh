@@ -217,6 +217,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
+compile_stdlib() {
+    # The interpreter's own modules for -OO too, where the system has not compiled them: else
+    # the service compiles them again at every start. Only missing files are written; a
+    # failure costs start time, not the release.
+    local stdlib
+    stdlib="$("$RELEASE/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')"
+    [ -d "$R$stdlib" ] && [ -w "$R$stdlib" ] || return 0
+    local where=()
+    [ -z "$R" ] || where=(-s "$R" -p /)
+    "$RELEASE/venv/bin/python" -m compileall -q -j 0 -o 2 "${where[@]}" \
+        -x '/(test|tests|idlelib|lib2to3|turtledemo|tkinter|site-packages|dist-packages)/' "$R$stdlib" >/dev/null 2>&1 \
+        || say "some of Python's own modules in $stdlib could not be compiled for -OO; the gateway compiles them at start"
+}
+
 build_release() {
     local stamp
     stamp="$(date -u +%Y%m%dT%H%M%SZ)-$$"
@@ -246,8 +260,14 @@ build_release() {
         # records its source path too, so it is compiled here with the root stripped.
         grep -rlI --null -- "$R/opt/" "$RELEASE/venv/bin" "$RELEASE/venv/pyvenv.cfg" \
             | xargs -0 -r sed -i "s|$R/opt/|/opt/|g"
-        "$RELEASE/venv/bin/python" -m compileall -q -f -j 0 -s "$R" -p / "$RELEASE/venv/lib" >/dev/null
+        "$RELEASE/venv/bin/python" -m compileall -q -f -j 0 -o 0 -o 2 -s "$R" -p / "$RELEASE/venv/lib" >/dev/null
+    else
+        # The service runs `python -OO` (its unit's ExecStart) and reads .opt-2.pyc files, which
+        # it cannot write itself (ProtectSystem=strict); pip compiled the plain ones, which the
+        # other commands use.
+        "$RELEASE/venv/bin/python" -m compileall -q -j 0 -o 2 "$RELEASE/venv/lib" >/dev/null
     fi
+    compile_stdlib
     mkdir -p "$RELEASE/share"
     cp "$HERE/install.sh" "$RELEASE/share/install.sh"
     cp "$HERE"/systemd/*.service "$RELEASE/share/"

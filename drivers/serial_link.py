@@ -201,7 +201,6 @@ class SerialLink:
                     )
             except TimeoutError:
                 raise OSError(f"{url}: no connection within {connect_timeout:g} s") from None
-            assert isinstance(transport, asyncio.Transport)
             link._transport = transport
             return link
         device = await _open_in_thread(url, baudrate, parity, stopbits, connect_timeout)

@@ -319,7 +319,8 @@ class _Builder:
         raise AssertionError(f"unexpected YAML node {node!r}")  # pragma: no cover
 
     def _scalar(self, node: ScalarNode, loc: Loc) -> Any:
-        assert self._loader is not None
+        if self._loader is None:
+            raise RuntimeError("a YAML scalar is built outside its document")
         try:
             return self._loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:

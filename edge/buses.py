@@ -98,8 +98,9 @@ def build_buses(
         elif bus.kind == "serial":
             # One UART sensor per port (checked when the site file is loaded).
             drivers[name] = _serial(bus, devices[0], sink)
+        elif bus.kind != "gpio":
+            raise TypeError(f"bus {bus.id!r}: no driver for a {type(bus).__name__}")
         else:
-            assert bus.kind == "gpio"
             wanted = bus.pin_factory or config.outputs.pin_factory
             if pin_factory is not None and bus.pin_factory in (None, config.outputs.pin_factory):
                 factory = pin_factory  # the annunciator's: one factory per kind of pin access

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-from decimal import Decimal
 from typing import Any, Final
 
 __all__ = ["CanonicalError", "canonical_json"]
@@ -90,12 +89,7 @@ def _number(value: float) -> str:
     if value == 0:
         return "0"  # also -0
     sign = "-" if value < 0 else ""
-    # repr gives the shortest round-tripping digits, as ECMAScript requires.
-    _, digit_tuple, exponent = Decimal(repr(abs(value))).as_tuple()
-    digits = "".join(map(str, digit_tuple)).rstrip("0")
-    assert isinstance(exponent, int)
-    # value = 0.DIGITS x 10^n
-    n = len(digit_tuple) + exponent
+    digits, n = _shortest_digits(abs(value))
     k = len(digits)
     if k <= n <= 21:
         text = digits + "0" * (n - k)
@@ -107,3 +101,18 @@ def _number(value: float) -> str:
         mantissa = digits if k == 1 else f"{digits[0]}.{digits[1:]}"
         text = f"{mantissa}e{'+' if n - 1 >= 0 else '-'}{abs(n - 1)}"
     return sign + text
+
+
+def _shortest_digits(value: float) -> tuple[str, int]:
+    """The shortest digits that read back as ``value`` (> 0), without trailing zeros, and the
+    ``n`` of ``value = 0.DIGITS x 10^n``.
+
+    ``repr`` gives those digits, as ECMAScript requires; its text is read as it is (``123.0``,
+    ``0.001``, ``1e-07``, ``1.5e+16``) rather than through ``decimal``, which the running
+    gateway does not load for this alone.
+    """
+    mantissa, _, exponent = repr(value).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    coefficient = (whole + fraction).lstrip("0")
+    n = len(coefficient) + int(exponent or "0") - len(fraction)
+    return coefficient.rstrip("0"), n

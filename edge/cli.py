@@ -169,7 +169,8 @@ def _run(path: str, status_every: float) -> int:
         """The runner of the config to run: the push on trial, else the site file's or the
         last good one (``config``)."""
         if trial is None:
-            assert config is not None
+            if config is None:
+                raise RuntimeError("no config to run: fault mode runs when none loaded")
             return SiteRunner(
                 site,
                 config,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
 from collections import OrderedDict
@@ -116,10 +115,10 @@ class SeenCommands:
         self._loaded = store is None
 
     async def load(self, now: float) -> None:
-        if self._loaded:
+        store = self._store
+        if self._loaded or store is None:
             return
-        assert self._store is not None
-        for entry in await self._store.state_items(SEEN_PREFIX):
+        for entry in await store.state_items(SEEN_PREFIX):
             issued = entry.value.get("issued_at") if isinstance(entry.value, dict) else None
             command_id = entry.key.removeprefix(SEEN_PREFIX)
             self._issued[command_id] = float(issued) if isinstance(issued, int | float) else now
@@ -235,7 +234,8 @@ class Commands:
                 return self._answers[command_id]
             now = self._now()
             await self._seen.load(now)
-            assert command_id is not None  # the schema requires it
+            if command_id is None:  # the schema requires it: a schema that lost it is a bug
+                raise CommandError("command_id must be a non-empty string")
             if command_id in self._seen:
                 raise CommandError(
                     f"command {command_id!r} was run before (before a restart); "
@@ -332,6 +332,4 @@ def _decode(payload: bytes) -> dict[str, Any]:
 
 def _posix(iso: str) -> float:
     # The schema has checked the shape (…T…Z with milliseconds).
-    value = datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    assert math.isfinite(value)
-    return value
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

@@ -724,7 +724,7 @@ def _compact_telemetry(
                 value = int(value)  # 35.0 mA travels as 35: two bytes less, the same number
         elif type(value) is not int and value is not None:
             alias = None  # not a number: only the fallback row carries it as it is
-        if alias is None or body.get("unit") != units[alias]:
+        if alias is None or ms is None or body.get("unit") != units[alias]:
             fallback.append(
                 [seq, device, point, body.get("value"), body.get("unit"), _iso_or_none(ts)]
             )
@@ -732,7 +732,6 @@ def _compact_telemetry(
         if ms == group_ms and alias == next_alias:
             group.append(value)
         else:
-            assert ms is not None  # an alias is only looked up for a printable time
             if t0 is None:
                 t0 = ms
             group = [ms - t0, alias, value]

@@ -566,15 +566,16 @@ class ControlClient:
         async with self._lock:
             if self._writer is None or self._reader is None:
                 await self.connect()
-            assert self._writer is not None
-            assert self._reader is not None
+            writer, reader = self._writer, self._reader
+            if writer is None or reader is None:
+                raise ControlError(f"{self.path}: not connected")
             self._next_id += 1
             request = {"v": 1, "id": self._next_id, "action": action, "params": dict(params or {})}
             try:
                 async with asyncio.timeout(within or self.timeout):
-                    self._writer.write(json.dumps(request).encode() + b"\n")
-                    await self._writer.drain()
-                    line = await self._reader.readline()
+                    writer.write(json.dumps(request).encode() + b"\n")
+                    await writer.drain()
+                    line = await reader.readline()
             except (OSError, TimeoutError) as exc:
                 await self.close()
                 raise ControlError(f"{self.path}: connection lost ({exc!r})") from None

@@ -447,7 +447,8 @@ class Gateway:
 
     async def _uplink_service(self) -> None:
         await self.outbox_ready.wait()
-        assert self.outbox is not None
+        if self.outbox is None:
+            raise RuntimeError("the outbox was announced ready but is not open")
         self.uplink = Uplink(
             self.config.uplink,
             self.config.gateway.id,
@@ -485,7 +486,8 @@ class Gateway:
 
     def restart_after(self, request: reload.RestartRequest, delay: float) -> None:
         """Stop in ``delay`` seconds (the ack goes out first) for ``request``'s config."""
-        assert self._stop is not None
+        if self._stop is None:
+            raise RuntimeError("this gateway runs without a stop event: it cannot restart")
         self.restart = request
         asyncio.get_running_loop().call_later(delay, self._stop.set)
 

@@ -115,7 +115,8 @@ def check_pushed(
             raise PushRejected([f"site must be an object, not {type(site).__name__}"])
         # The object's keys in the order given: the file reads like the installer's own.
         text = yaml.safe_dump(site, sort_keys=False, allow_unicode=True)
-    assert isinstance(text, str)
+    if not isinstance(text, str):
+        raise PushRejected([f"site_yaml must be the file's text, not {type(text).__name__}"])
     try:
         config = parse_site(text, filename, known_models=known_models)
     except ConfigError as exc:

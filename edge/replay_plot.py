@@ -282,8 +282,8 @@ def _guides(rule: object, panel: Panel) -> None:
             panel.guides.append(Guide(rule.id, "escalate.at", rule.escalate.at, "escalate"))
     elif isinstance(rule, SustainedRule):
         name, level = ("above", rule.above) if rule.above is not None else ("below", rule.below)
-        assert level is not None
-        panel.guides.append(Guide(rule.id, name, level, "raise"))
+        if level is not None:
+            panel.guides.append(Guide(rule.id, name, level, "raise"))
     elif isinstance(rule, SuddenChangeRule):
         size = f"{rule.change:g}" if rule.change is not None else f"{rule.change_percent:g}%"
         panel.notes.append(f"{rule.id}: sudden-change by {size} (no level to draw)")

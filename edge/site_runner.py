@@ -178,7 +178,8 @@ class SiteRunner:
             )
             on_started = None
             if outcome.failure is not None:
-                assert pushed is not None
+                if pushed is None:
+                    raise RuntimeError(f"gateway failed with no pushed config: {outcome.failure}")
                 if stop.is_set():
                     # Stopped before the new config proved itself: the file goes back, and
                     # the next start runs the config that is known to work.

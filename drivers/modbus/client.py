@@ -228,7 +228,6 @@ class TcpClient(ModbusClient):
             self.last_error = os.strerror(exc.errno) if exc.errno else str(exc)
             return False
         self.last_error = ""
-        assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         return True
 

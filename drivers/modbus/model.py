@@ -18,7 +18,6 @@ import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -79,6 +78,18 @@ _MODEL_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 class ModelError(ValueError):
     """A device model is malformed; the message names the file, line and field when known."""
+
+
+def _decimal_places(value: float) -> int:
+    """Digits after the point in the shortest text that reads back as ``value`` once its
+    trailing zeros are gone: 0.1 has 1, 250.0 has 0, 1e-07 has 7, 1.5e-05 has 6.
+
+    Read from ``repr``'s text (``0.001``, ``1.5e-05``, ``1e+21``), not through ``decimal``,
+    which the running gateway does not load for this alone.
+    """
+    mantissa, _, exponent = repr(abs(value)).partition("e")
+    fraction = mantissa.partition(".")[2].rstrip("0")
+    return max(0, len(fraction) - int(exponent or "0"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +170,7 @@ class Point:
                 raise ModelError(f"point {self.name!r}: a bit number is listed twice")
         # Hold numbers as floats whatever the YAML wrote (``scale: 1`` is an int there).
         object.__setattr__(self, "scale", float(self.scale))
-        exponent = Decimal(repr(self.scale)).normalize().as_tuple().exponent
-        decimals = max(0, -exponent) if isinstance(exponent, int) else 0
-        object.__setattr__(self, "decimals", decimals)
+        object.__setattr__(self, "decimals", _decimal_places(self.scale))
         try:
             _to_registers(self, self.typical)
         except ValueError as exc:

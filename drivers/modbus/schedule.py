@@ -229,7 +229,8 @@ class PollSchedule:
     def intervals(self, device_id: str) -> tuple[float, float | None]:
         """The device's current (poll interval, fast interval)."""
         normal, fast = self._jobs_of(device_id)
-        assert normal.interval is not None  # the normal lane always has one
+        if normal.interval is None:  # set_interval restores the configured one, never None
+            raise ValueError(f"device {device_id!r} has no poll interval")
         return normal.interval, fast.interval if fast is not None else None
 
     def probe_max(self, device_id: str) -> float:

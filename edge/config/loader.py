@@ -146,9 +146,10 @@ def parse_site_checked(
     elif isinstance(data, Mapping):
         check_storage_of_parts(data, storage_issue, device=Device.model_validate)
 
-    if issues:
+    if config is None and not issues:  # the model refused it without saying where
+        issues.append(ConfigIssue(filename, 1, 1, "", "the site file did not validate"))
+    if issues or config is None:
         raise ConfigError(issues)
-    assert config is not None  # no issue means the model validated
 
     def position(place: Loc) -> tuple[int, int]:
         return doc.position(place)

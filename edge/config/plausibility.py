@@ -27,7 +27,8 @@ _DIRECTIONAL = frozenset({"angle", "length"})
 
 
 def _outside(value: float, spec: PointSpec) -> bool:
-    assert spec.plausible is not None
+    if spec.plausible is None:
+        return False  # a point without a plausible range has no implausible threshold
     low, high = spec.plausible
     size = abs(value) if dimension_of(spec.unit) in _DIRECTIONAL else value
     return not low <= size <= high

@@ -138,11 +138,12 @@ def check_rules(
         loc: Loc = ("derived_points", index)
         check_devices((*loc, "devices"), item.get("devices"))
         check_models((*loc, "models"), item.get("models"))
-        for device in (
-            (item.get("gauge_lengths") or {}) if isinstance(item.get("gauge_lengths"), dict) else {}
-        ):
+        gauges = item.get("gauge_lengths") if isinstance(item.get("gauge_lengths"), dict) else {}
+        for device in gauges or {}:
             if device not in devices:
                 report((*loc, "gauge_lengths", device), f"unknown device '{device}'")
+        # A displacement needs a length on every device it is derived for.
+        ungauged = item.get("kind") == "displacement" and item.get("gauge_length") is None
         name, source = item.get("name"), item.get("source")
         if not isinstance(name, str) or not isinstance(source, str):
             continue
@@ -161,6 +162,13 @@ def check_rules(
                     (*loc, "name"),
                     f"'{name}' is already a point of model {devices[device]}; "
                     "give the derived point another name",
+                )
+                break
+            if ungauged and device not in (gauges or {}):
+                report(
+                    (*loc, "gauge_lengths"),
+                    f"device '{device}' has no gauge length for '{name}': list it here, "
+                    "or give gauge_length for every device",
                 )
                 break
             derived[(device, name)] = str(item.get("unit", ""))

@@ -291,10 +291,13 @@ class RuleEngine:
                 # keeps the judge's windows and counts, across restarts too.
                 self._register(judge, configured)
                 judges.append(judge)
+        # A displacement without a gauge length for this device is not derived for it (the
+        # site file check refuses one): the alarm path never raises on it.
         derived = [
-            (d, d.gauge_for(device))
+            (d, gauge)
             for d in self._derived.get(point, ())
             if self._selects(d, device)
+            and ((gauge := d.gauge_for(device)) is not None or d.kind != "displacement")
         ]
         route = _Route(judges, [j for j in judges if j.ticks], derived)
         self._routes[(device, point)] = route
@@ -365,8 +368,6 @@ class RuleEngine:
             raise ValueError(f"no rule {rule_id!r} (rules: {known})")
         if not is_tunable(rule):
             raise ValueError(f"rule {rule_id!r} is {rule.kind}, which has no settable threshold")
-        assert rule.kind != "device-offline"
-        assert rule.kind != "composite"
         chosen = default_field(rule) if field is None else field
         judged = self.devices_of(rule)
         if device is not None and device not in judged:
@@ -440,8 +441,6 @@ class RuleEngine:
             rule = self._rule_by_id.get(judge.rule_id)
             if rule is None or not is_tunable(rule):
                 continue
-            assert rule.kind != "device-offline"
-            assert rule.kind != "composite"
             judge.retune(self._tuned(rule.for_device(judge.device), judge.device))
 
     # -- judging ----------------------------------------------------------------------------
@@ -766,7 +765,8 @@ class RuleEngine:
 
 def _derive(point: DerivedPoint, gauge: float | None, reading: Reading) -> Reading:
     if point.kind == "displacement":
-        assert gauge is not None
+        if gauge is None:
+            raise ValueError(f"{point.name}: a displacement needs the device's gauge_length")
         value = gauge * math.tan(math.radians(reading.value))
     else:
         value = point.scale * reading.value + point.offset

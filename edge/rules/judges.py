@@ -81,6 +81,12 @@ class Judge:
         self.active = False
         self.last_ts = -math.inf
 
+    def not_its_kind(self, rule: object) -> TypeError:
+        """The error for a rule of another kind handed to this judge (a wiring mistake)."""
+        return TypeError(
+            f"rule {self.rule_id!r}: a {self.rule_kind} judge cannot take a {type(rule).__name__}"
+        )
+
     def feed(self, reading: Reading) -> Transition | None:
         """Judge ``reading``, which is newer than :attr:`last_ts` and good unless
         :attr:`any_quality`: :meth:`RuleEngine.evaluate <edge.rules.engine.RuleEngine.evaluate>`
@@ -202,7 +208,8 @@ class LimitJudge(Judge):
         return "over" if self.upward else "under"
 
     def retune(self, rule: Any) -> None:
-        assert rule.kind in {"over-limit", "under-limit"}
+        if rule.kind not in ("over-limit", "under-limit"):
+            raise self.not_its_kind(rule)
         self.raise_at = rule.raise_at
         self.clear = rule.clear_below if rule.kind == "over-limit" else rule.clear_above
         self.escalate_at = None if rule.escalate is None else rule.escalate.at
@@ -324,7 +331,8 @@ class SuddenChangeJudge(Judge):
         self.highs: deque[tuple[float, float]] = deque()
 
     def retune(self, rule: Any) -> None:
-        assert rule.kind == "sudden-change"
+        if rule.kind != "sudden-change":
+            raise self.not_its_kind(rule)
         self.change = rule.change
         self.percent = rule.change_percent
 
@@ -346,7 +354,8 @@ class SuddenChangeJudge(Judge):
         while highs and highs[0][0] < oldest:
             highs.popleft()
         limit = self.change if self.change is not None else self.percent
-        assert limit is not None
+        if limit is None:
+            raise ValueError(f"rule {self.rule_id!r}: needs change or change_percent")
         found: str | None = None
         if lows and self.direction != "fall":
             low = lows[0][1]
@@ -483,7 +492,8 @@ class AbnormalJudge(Judge):
         self.hour_end = -math.inf
 
     def retune(self, rule: Any) -> None:
-        assert rule.kind == "abnormal"
+        if rule.kind != "abnormal":
+            raise self.not_its_kind(rule)
         self.sensitivity = rule.sensitivity
         self.min_deviation = rule.min_deviation
 
@@ -596,9 +606,7 @@ class SustainedJudge(Judge):
     def __init__(self, rule: SustainedRule, device: str, zone: ZoneInfo) -> None:
         super().__init__(rule.id, device, rule.point, rule.severity)
         self.above = rule.above is not None
-        threshold = rule.above if rule.above is not None else rule.below
-        assert threshold is not None
-        self.threshold = threshold
+        self.threshold = _sustained_threshold(rule)
         self.aggregate = rule.aggregate
         self.duration = rule.duration
         self.missing = rule.missing
@@ -622,10 +630,9 @@ class SustainedJudge(Judge):
         self.month_failed = False
 
     def retune(self, rule: Any) -> None:
-        assert rule.kind == "sustained"
-        threshold = rule.above if rule.above is not None else rule.below
-        assert threshold is not None
-        self.threshold = threshold
+        if rule.kind != "sustained":
+            raise self.not_its_kind(rule)
+        self.threshold = _sustained_threshold(rule)
 
     def _meets(self, value: float) -> bool:
         return value > self.threshold if self.above else value < self.threshold
@@ -634,7 +641,7 @@ class SustainedJudge(Judge):
         ts = reading.ts
         value = reading.value
         if self.duration is not None:
-            return self._feed_raw(reading, ts, value)
+            return self._feed_raw(reading, ts, value, self.duration)
         # The engine ticks this judge to ``ts`` first, closing the buckets that ended before it.
         bucket = self.bucket
         if bucket is None:
@@ -646,8 +653,9 @@ class SustainedJudge(Judge):
         bucket[5] = max(bucket[5], value)
         return None
 
-    def _feed_raw(self, reading: Reading, ts: float, value: float) -> Transition | None:
-        assert self.duration is not None
+    def _feed_raw(
+        self, reading: Reading, ts: float, value: float, duration: float
+    ) -> Transition | None:
         if not self._meets(value):
             self.run_start = None
             if self.active:
@@ -658,7 +666,7 @@ class SustainedJudge(Judge):
             return None
         if self.run_start is None:
             self.run_start = ts
-        if not self.active and ts - self.run_start >= self.duration:
+        if not self.active and ts - self.run_start >= duration:
             self.active = True
             word = "over" if self.above else "under"
             return self.make(
@@ -1052,3 +1060,11 @@ class DeviceOfflineJudge(Judge):
         self.offline_since = data["offline_since"]
         self.last_reading = data["last_reading"]
         self.reason = data["reason"]
+
+
+def _sustained_threshold(rule: SustainedRule) -> float:
+    """The value a sustained rule's condition is held against: ``above`` or ``below``."""
+    threshold = rule.above if rule.above is not None else rule.below
+    if threshold is None:
+        raise ValueError(f"rule {rule.id!r}: a sustained rule needs above or below")
+    return threshold

@@ -161,6 +161,7 @@ def is_point_rule(rule: Rule) -> TypeGuard[PointRule]:
     return rule.kind not in ("device-offline", "composite")
 
 
-def is_tunable(rule: Any) -> bool:
-    """Whether ``rule`` is of a kind with a settable threshold."""
+def is_tunable(rule: object) -> TypeGuard[PointRule]:
+    """Whether ``rule`` is of a kind with a settable threshold (and, for mypy, a point rule):
+    by its kind, so either form of the rule answers alike."""
     return getattr(rule, "kind", None) in SETTABLE

@@ -12,9 +12,10 @@
   (held in the kernel, hil/port_faults.py) for the whole run: what a hung adapter costs the
   other buses.
 - ``tcp_1000rps_cpu_pct`` / ``tcp_1000rps_rss_mb``: the whole gateway (``edge run``, its
-  own process) polling 50 Modbus TCP monitors of 20 registers each every second, served by
-  the simulator (another process), every reading going through the rules into the SQLite
-  outbox and out to a local MQTT broker. The 20-register monitor is efm-ref's map plus six
+  own process, started with the installed unit's interpreter flags: ``python -OO``) polling
+  50 Modbus TCP monitors of 20 registers each every second, served by the simulator
+  (another process), every reading going through the rules into the SQLite outbox and out
+  to a local MQTT broker. The 20-register monitor is efm-ref's map plus six
   more points, a site-local model file (``$EDGE_MODEL_PATH``). CPU is the gateway process's,
   in % of one core, over a measuring window after a warm-up; RSS at its end. The reference
   receiver (hil/receiver.py) takes everything the gateway publishes, validates it and decodes
@@ -56,6 +57,7 @@ from hil.port_faults import HeldOpen
 from hil.receiver import Receiver
 from hil.rtu_line import RtuLine
 from tests.fixtures.broker import free_port
+from tests.fixtures.service import compile_as_installed, interpreter_flags
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
 
@@ -327,9 +329,13 @@ async def tcp_footprint(
             site = _site(
                 workdir, tcp_port, broker.port, devices, interval, model=BENCH_MODEL, policy=policy
             )
+            # Started as the installed unit starts it (its interpreter flags: -OO), from the
+            # bytecode the installer compiles for it.
+            await asyncio.to_thread(compile_as_installed)
             gateway = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edge.cli", "run", "--config", str(site),
-                "--log-level", "warning", stderr=asyncio.subprocess.DEVNULL, env=environment,
+                sys.executable, *interpreter_flags(), "-m", "edge.cli", "run", "--config",
+                str(site), "--log-level", "warning", stderr=asyncio.subprocess.DEVNULL,
+                env=environment,
             )  # fmt: skip
             processes.append(gateway)
             await asyncio.sleep(warmup)

@@ -17,6 +17,7 @@ import yaml
 
 from tests.deploy.conftest import INSTALL, make_root, need, snapshot
 from tests.fixtures.certs import write_certificate, write_key
+from tests.fixtures.service import interpreter_flags
 from tests.integration.site import EXAMPLE
 
 APP = "city-safety-edge"
@@ -68,6 +69,23 @@ for name in ("edge", "drivers", "buffer"):
             importlib.import_module(module.name)
 print("modules:ok")
 """
+
+#: The same under the service's ``python -OO``, and which of the release's modules it loaded
+#: have no ``-OO`` bytecode (the service could not write it: it would compile them each start).
+IMPORT_UNDER_OO = (
+    IMPORT_EVERY_MODULE
+    + """
+import os, sys
+print("optimize:%d" % sys.flags.optimize)
+missing = sorted(
+    name for name, module in list(sys.modules.items())
+    if (getattr(module, "__file__", None) or "").endswith(".py")
+    and "site-packages" in module.__file__
+    and not os.path.exists(importlib.util.cache_from_source(module.__file__))
+)
+print("uncompiled:" + ",".join(missing))
+"""
+)
 
 
 def installed_edge(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -135,16 +153,44 @@ def test_install_upgrade_rollback_uninstall(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # Without any extra: no simulator library, and every module the gateway may load imports
     # (the commissioning server is the commission extra's, tests/unit/test_dependencies.py).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     loaded = subprocess.run(
         [str(current / "venv" / "bin" / "python"), "-c", IMPORT_EVERY_MODULE],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        cwd=elsewhere,  # ``-c`` imports from the working directory first: not the source tree
     )
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == ["pymodbus:absent", "modules:ok"], loaded.stdout
-    # systemd's own verdict on the installed units, resolved inside the root.
+    # As the service runs them (its unit's flags), from bytecode compiled at install.
+    optimized = subprocess.run(
+        [str(current / "venv" / "bin" / "python"), *interpreter_flags(), "-c", IMPORT_UNDER_OO],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        cwd=elsewhere,
+    )
+    assert optimized.returncode == 0, optimized.stderr
+    assert optimized.stdout.split() == [
+        "pymodbus:absent",
+        "modules:ok",
+        "optimize:2",
+        "uncompiled:",
+    ], optimized.stdout
+    # systemd's own verdict on the installed units, resolved inside the root. The gateway's
+    # starts the release's python, a link to the system's interpreter (/usr/bin/python3 on a
+    # gateway, the one that built the release here): the root gets it where the link points.
+    link = current / "venv" / "bin" / "python"
+    while not link.readlink().is_absolute():
+        link = link.parent / link.readlink()
+    inside = root / link.readlink().relative_to("/")
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(link.resolve(), inside)
     analyze = need("systemd-analyze", "systemd")
     for unit in (f"{APP}.service", f"{APP}-firstboot.service"):
         verify = subprocess.run(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import INSTALL, UNITS, need
+from tests.fixtures.service import exec_start, interpreter_flags
 
 #: The issue's limit for the gateway's unit; systemd calls <= 3.9 "OK".
 MAX_EXPOSURE = 3.0
@@ -77,6 +78,32 @@ def test_gateway_unit_is_notify_watched_restarted_and_writes_only_its_data() -> 
         "/dev/gpiomem",
     }
     assert unit["User"] == ["edge"]
+
+
+def test_gateway_runs_under_python_oo_from_its_release(tmp_path: Path) -> None:
+    """Docstrings and asserts stripped (docs/deploy.md); the script by its path, since
+    ``-m`` would put the working directory, which the service may write, on the import path."""
+    unit = UNITS / "city-safety-edge.service"
+    words = exec_start(unit)
+    venv = "/opt/city-safety-edge/current/venv/bin"
+    assert words[0] == f"{venv}/python"
+    assert interpreter_flags(unit) == ["-OO"]
+    assert words[2:] == [f"{venv}/edge", "run", "--config", "/etc/city-safety-edge/site.yaml"]
+    # The reading can fail: a unit that starts the console script has no interpreter flags.
+    plain = tmp_path / "plain.service"
+    plain.write_text(unit.read_text().replace(f"ExecStart={venv}/python -OO ", "ExecStart="))
+    with pytest.raises(ValueError, match="does not start python"):
+        interpreter_flags(plain)
+
+
+def test_installer_compiles_the_bytecode_the_service_reads() -> None:
+    text = INSTALL.read_text()
+    # Both levels where it compiles everything itself, -OO's where pip did the plain one, and
+    # the interpreter's own modules for -OO too.
+    assert '-o 0 -o 2 -s "$R" -p / "$RELEASE/venv/lib"' in text
+    assert '-o 2 "$RELEASE/venv/lib"' in text
+    assert re.search(r"^compile_stdlib\(\) \{$", text, re.M)
+    assert re.search(r"^    compile_stdlib$", text, re.M), "defined and called"
 
 
 def test_installer_passes_shellcheck() -> None:

@@ -17,6 +17,12 @@ find each group within its budget (resident memory, ``/proc/self/status`` VmRSS)
 The running gateway also reports its malloc arenas: no more than edge/heap.py allows, however
 many threads it has.
 
+Both the gateway and the budget's interpreter start as the installed unit starts ``edge run``
+(its interpreter flags: ``python -OO``, docstrings and asserts stripped), with the bytecode
+deploy/install.sh compiles for it, so the gateway is also seen to work under them; and the
+project's modules it loaded neither read a docstring nor import ``decimal`` themselves (a
+library may still bring it).
+
 ``python -m tests.integration.test_run_imports`` prints what each group adds on this machine.
 """
 
@@ -43,10 +49,14 @@ from edge.signing import generate_key
 from tests.benchmarks.drivers import _site
 from tests.fixtures.broker import Collector, Mosquitto, collect, free_port
 from tests.fixtures.command_keys import install, signed_command
+from tests.fixtures.service import compile_as_installed, interpreter_flags
+from tests.unit.test_import_cycles import modules_of
+from tests.unit.test_runs_optimized import PACKAGES, docstring_reads_in, imports_of_module
 
 pytestmark = pytest.mark.integration
 
-BUDGET_PAGE = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parents[2]
+BUDGET_PAGE = ROOT / "docs" / "benchmarks.md"
 BUDGET_SECTION = "### Import budget of `edge run`"
 
 #: Never loaded by ``edge run`` at all: the site model validates in a child process
@@ -90,7 +100,8 @@ def report():
     while not os.path.exists(ask):
         time.sleep(0.05)
     with open(answer + ".part", "w") as f:
-        json.dump({"modules": sorted(sys.modules), "arenas": arenas()}, f)
+        flags = {"optimize": sys.flags.optimize}
+        json.dump({"modules": sorted(sys.modules), "arenas": arenas(), "flags": flags}, f)
     os.replace(answer + ".part", answer)
 threading.Thread(target=report, daemon=True).start()
 sys.argv = ["edge", "run", "--config", site, "--log-level", "warning"]
@@ -99,10 +110,12 @@ runpy.run_module("edge.cli", run_name="__main__", alter_sys=True)
 
 
 class Running(NamedTuple):
-    """What a running gateway reported: its modules and its malloc arenas (None: not glibc)."""
+    """What a running gateway reported: its modules, its malloc arenas (None: not glibc) and
+    its interpreter's flags (``sys.flags``: ``optimize``, ...)."""
 
     modules: set[str]
     arenas: int | None
+    flags: dict[str, int]
 
 
 #: What a test does to the running gateway before it reports its modules.
@@ -122,11 +135,12 @@ async def _a_running_gateway(
         "--tcp-devices", "1,2", "--model", "efm-ref", stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     gateway = None
+    await asyncio.to_thread(compile_as_installed)
     try:
         async with collect(mosquitto, "district/v1/#") as seen:
             gateway = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _RUNNER, str(ask), str(answer), str(site),
-                stderr=asyncio.subprocess.DEVNULL,
+                sys.executable, *interpreter_flags(), "-c", _RUNNER, str(ask), str(answer),
+                str(site), stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
 
             def arrived(kind: str) -> bool:
@@ -147,7 +161,7 @@ async def _a_running_gateway(
             if process is not None and process.returncode is None:
                 process.terminate()
                 await process.wait()
-    return Running(set(report["modules"]), report["arenas"])
+    return Running(set(report["modules"]), report["arenas"], report["flags"])
 
 
 def _loaded(modules: set[str], name: str) -> bool:
@@ -201,8 +215,12 @@ print(json.dumps(sizes))
 def measure_groups(rows: list[BudgetRow]) -> tuple[float, list[float]]:
     """The interpreter's own MiB, and what each row's imports add on top of the rows above."""
     groups = json.dumps([row.modules for row in rows])
+    compile_as_installed()
     done = subprocess.run(
-        [sys.executable, "-c", _MEASURE, groups], capture_output=True, text=True, check=True
+        [sys.executable, *interpreter_flags(), "-c", _MEASURE, groups],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     sizes = [kib / 1024 for kib in json.loads(done.stdout)]
     return sizes[0], [after - before for before, after in itertools.pairwise(sizes)]
@@ -229,6 +247,14 @@ async def test_a_tcp_site_without_command_keys_loads_none_of_the_heavy_modules(
     assert _packages_without_a_row(modules) == []
     # Five threads (and this test's reporter), yet no more malloc arenas than edge/heap.py allows.
     assert running.arenas is None or running.arenas <= heap.ARENAS
+    # It ran under -OO: what it loaded of the project reads no docstring, and no module of
+    # the project imports decimal for it (pydantic_core may, while it is loaded).
+    assert running.flags["optimize"] == 2
+    own = modules_of(ROOT, PACKAGES)
+    loaded = [path for name, path in own.items() if name in modules]
+    assert len(loaded) > 50
+    assert [str(p.relative_to(ROOT)) for p in loaded if docstring_reads_in(p)] == []
+    assert [str(p.relative_to(ROOT)) for p in loaded if imports_of_module(p, "decimal")] == []
 
 
 def test_the_budget_table_names_importable_groups() -> None:

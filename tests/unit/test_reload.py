@@ -76,6 +76,11 @@ def test_yaml_text_errors_name_their_line(tmp_path: Path) -> None:
         check({}, now)
     with pytest.raises(PushRejected, match="must be an object"):
         check({"site": [1]}, now)
+    # A check, not an assert: it holds under the service's python -OO too.
+    not_text: list[Any] = [42, ["gateway:"], {"gateway": {}}]
+    for value in not_text:
+        with pytest.raises(PushRejected, match="site_yaml must be the file's text"):
+            check({"site_yaml": value}, now)
 
 
 def test_the_site_file_is_replaced_whole_and_the_old_one_kept(tmp_path: Path) -> None:

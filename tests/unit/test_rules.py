@@ -595,6 +595,27 @@ def test_derived_displacement_from_tilt_angle_is_judged_like_any_point() -> None
     assert t.value == pytest.approx(4.03, abs=0.01)
 
 
+def test_a_displacement_is_not_derived_for_a_device_without_a_gauge_length() -> None:
+    # The site file check refuses such a file; the engine still never raises on the alarm
+    # path: the source point is judged, and no displacement is made up for that device.
+    derived = DerivedPoint(
+        name="displacement",
+        kind="displacement",
+        source="pitch",
+        gauge_lengths={"tilt-2": 3000.0},
+        unit="mm",
+    )
+    over = {**OVER, "point": "displacement", "raise_at": 4, "clear_below": 3.5}
+    pitch = {**OVER, "id": "pitch-high", "point": "pitch", "raise_at": 1, "clear_below": 0.5}
+    judge = engine(over, pitch, derived=[derived])
+    (t,) = judge.evaluate(reading(2.0, device="tilt-1", point="pitch"))
+    assert (t.rule_id, t.point) == ("pitch-high", "pitch")
+    assert judge.derived_readings(reading(2.0, T0 + 1, device="tilt-1", point="pitch")) == []
+    judge.evaluate(reading(0.1, device="tilt-2", point="pitch"))
+    (made,) = judge.derived_readings(reading(0.1, T0 + 1, device="tilt-2", point="pitch"))
+    assert made.point == "displacement"
+
+
 def test_calendar_day_boundaries_follow_the_site_time_zone() -> None:
     rule = {**TILT_RULE, "days": 1}
     del rule["months"]

@@ -120,6 +120,29 @@ def test_tilt_rule_of_the_district_with_a_derived_displacement(tmp_path: Path) -
     assert (rule.above, rule.unit, rule.months) == (4.0, "mm", 2)
 
 
+def test_a_displacement_without_a_gauge_length_for_one_of_its_devices(tmp_path: Path) -> None:
+    # Else that device's source readings would reach the rules with no length to derive from.
+    path, text = site_with(
+        tmp_path,
+        "",
+        extra="""derived_points:
+  - name: displacement
+    kind: displacement
+    source: temperature_2
+    unit: mm
+    devices: [efm-shop-101, efm-restaurant-102]
+    gauge_lengths: {efm-shop-101: 1000}
+""",
+    )
+    issue = only(path, text, "gauge_lengths: {efm-shop-101")
+    assert issue.field == "derived_points[0].gauge_lengths"
+    assert "device 'efm-restaurant-102' has no gauge length for 'displacement'" in issue.message
+    listed = text.replace("{efm-shop-101: 1000}", "{efm-shop-101: 1000, efm-restaurant-102: 3000}")
+    path.write_text(listed)
+    config = load_site(path, known_models=known_models())
+    assert config.derived_points[0].gauge_for("efm-restaurant-102") == 3000.0
+
+
 def test_rule_refers_to_a_missing_device(tmp_path: Path) -> None:
     path, text = site_with(
         tmp_path,
