@@ -111,9 +111,8 @@ def _exchange(
     child: subprocess.Popen[bytes], request: bytes, timeout: float, limit: int
 ) -> tuple[bytes, bytes, str | None]:
     """Write ``request``, read stdout and stderr to their ends; the reason it stopped early."""
-    assert child.stdin is not None
-    assert child.stdout is not None
-    assert child.stderr is not None
+    if child.stdin is None or child.stdout is None or child.stderr is None:
+        raise RuntimeError("the validating process was started without its three pipes")
     deadline = time.monotonic() + timeout
     chunks: dict[int, list[bytes]] = {child.stdout.fileno(): [], child.stderr.fileno(): []}
     size = 0
