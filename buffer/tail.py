@@ -124,7 +124,12 @@ class TelemetryTail:
         held = self._seqs
         if not held:
             return
+        # While a backlog drains, every acked seq is older than the tail: a comparison sends
+        # it past, where a search per seq cost the event loop half a microsecond a reading.
+        oldest, newest = held[0], held[-1]
         for seq in seqs:
+            if seq < oldest or seq > newest:
+                continue
             index = bisect.bisect_left(held, seq)
             if index < len(held) and held[index] == seq:
                 self._gone.add(seq)

@@ -38,6 +38,18 @@ def test_deleted_rows_are_skipped_and_the_front_is_let_go() -> None:
     assert tail.peek(10, after=0, series=SERIES) == []
 
 
+def test_acks_of_rows_older_or_newer_than_it_holds_leave_its_rows_alone() -> None:
+    # A backlog's acks are all older than the tail; they pass without touching it, and the
+    # rows it holds among them still go.
+    tail = TelemetryTail(100)
+    tail.add(rows(101, 102, 104, 105))
+    tail.delete([*range(1, 101), 106, 107])
+    assert [r.seq for r in tail.peek(10, after=100, series=SERIES)] == [101, 102, 104, 105]
+    tail.delete([*range(50, 103), 104])
+    assert [r.seq for r in tail.peek(10, after=100, series=SERIES)] == [105]
+    assert len(tail) == 1
+
+
 def test_beyond_twice_its_limit_the_oldest_go_and_its_start_rises() -> None:
     tail = TelemetryTail(0, limit=3)
     tail.add(rows(1, 2, 3, 4, 5, 6))
