@@ -161,7 +161,8 @@ class Outbox:
         # Series seen by submit(): the body's other fields -> point id. Keyed by the fields as
         # a tuple (cheap to build per reading); the canonical text is made once per new series.
         self._point_by_fields: dict[tuple[tuple[str, Any], ...], int] = {}
-        self._point_by_text = dict(store.point_ids)
+        # Taken, not copied: the store reads the file's series only when it opens.
+        self._point_by_text = store.point_ids
         self._next_point = max(store.point_ids.values(), default=0) + 1
         self._unsaved_points: list[tuple[int, str]] = []
         self._closing = False

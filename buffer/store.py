@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -191,7 +192,8 @@ class Store:
     counters: dict[str, int]
     #: id -> the series fields of that point (body fields other than ts and value).
     series: dict[int, dict[str, Any]]
-    #: canonical series text -> id, for the submit side.
+    #: canonical series text -> id as the file had them when opened: the submit side's to
+    #: take (:class:`buffer.Outbox` keeps it up to date from then on).
     point_ids: dict[str, int]
     page_size: int
     checked: bool
@@ -300,7 +302,7 @@ class Store:
         series: dict[int, dict[str, Any]] = {}
         point_ids: dict[str, int] = {}
         for point, text in conn.execute("SELECT id, series FROM points"):
-            series[int(point)] = json.loads(text)
+            series[int(point)] = series_fields(text)
             point_ids[str(text)] = int(point)
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         store = cls(path, conn, epoch, counters, series, point_ids, page_size, checked)
@@ -464,7 +466,7 @@ class Store:
             self._meta_due = now + META_INTERVAL
         for point, text in new_points:
             if point not in self.series:
-                self.series[point] = json.loads(text)
+                self.series[point] = series_fields(text)
         return first
 
     def ack(self, seqs: Sequence[int]) -> int:
@@ -700,6 +702,17 @@ class Store:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def series_fields(text: str) -> dict[str, Any]:
+    """The fields of a series from its text in ``points``, names and text values interned: a
+    site's points repeat the same few device ids, point names and units, and one copy of each
+    serves every point (1,000 dicts parsed apart held 6,000 strings)."""
+    return json.loads(text, object_pairs_hook=_interned)  # type: ignore[no-any-return]
+
+
+def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {sys.intern(k): sys.intern(v) if type(v) is str else v for k, v in pairs}
 
 
 def seq_runs(seqs: Iterable[int]) -> list[tuple[int, int]]:

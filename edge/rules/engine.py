@@ -129,7 +129,7 @@ class ThresholdChange:
         return values.pop() if len(values) == 1 else None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Route:
     judges: list[Judge]
     ticking: list[Judge]

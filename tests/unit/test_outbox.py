@@ -203,6 +203,33 @@ async def test_an_ack_deletes_exactly_the_rows_it_names(tmp_path: Path, seed: in
     assert in_file == left
 
 
+async def test_series_read_back_at_open_are_the_same_fields_sharing_their_strings(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.db"
+    bodies = [
+        tel(i, device=f"efm-{i % 5}", point=f"p{i % 7}", unit="V", extra={"n": [i % 5]})
+        for i in range(70)
+    ]
+    async with await Outbox.open(path, commit_interval=0.0) as outbox:
+        for body in bodies:
+            outbox.submit("telemetry", body)
+        await outbox.flush()
+        before = [r.body for r in await outbox.peek("telemetry", 100)]
+    async with await Outbox.open(path) as outbox:
+        after = [r.body for r in await outbox.peek("telemetry", 100)]
+        series = list(outbox._store.series.values())
+        # A reading of a known series gets its old point id, not a new one.
+        outbox.submit("telemetry", bodies[3])
+        await outbox.flush()
+        assert len(outbox._store.series) == len(series)
+    assert after == before == bodies
+    assert len(series) == 35
+    devices = {id(fields["device"]) for fields in series}
+    assert len(devices) == 5  # one string per device id, not one per point
+    assert len({id(name) for fields in series for name in fields}) == 4
+
+
 def test_seq_runs_are_the_seqs_named_in_consecutive_stretches() -> None:
     assert seq_runs([]) == []
     assert seq_runs([5]) == [(5, 5)]
