@@ -131,9 +131,10 @@ class ThresholdChange:
 
 @dataclass(slots=True)
 class _Route:
-    judges: list[Judge]
-    ticking: list[Judge]
-    derived: list[tuple[DerivedPoint, float | None]]
+    # Tuples, one route per point: smaller than lists, and every empty one is the same ().
+    judges: tuple[Judge, ...]
+    ticking: tuple[Judge, ...]
+    derived: tuple[tuple[DerivedPoint, float | None], ...]
 
 
 @dataclass
@@ -300,7 +301,7 @@ class RuleEngine:
             for d in self._derived.get(point, ())
             if self._selects(d, device)
         ]
-        route = _Route(judges, [j for j in judges if j.ticks], derived)
+        route = _Route(tuple(judges), tuple([j for j in judges if j.ticks]), tuple(derived))
         self._routes[(device, point)] = route
         return route
 

@@ -230,6 +230,34 @@ async def test_series_read_back_at_open_are_the_same_fields_sharing_their_string
     assert len({id(name) for fields in series for name in fields}) == 4
 
 
+async def test_each_series_comes_back_with_its_own_fields(tmp_path: Path) -> None:
+    # Series are found by their fields' names and values in one flat tuple: names and values
+    # that trade places, a field more or less, another order of the same fields or a value
+    # that cannot be hashed must each keep their own fields.
+    series: list[dict[str, object]] = [
+        {"device": "a", "point": "b"},
+        {"device": "b", "point": "a"},
+        {"a": "device", "b": "point"},
+        {"device": "a"},
+        {"device": "a", "point": "b", "unit": "V"},
+        {"device": "a", "point": "b", "unit": ["V"]},
+        {"point": "b", "device": "a"},  # the same series as the first
+        {"device": "ab", "point": ""},
+        {"x": "a", "y": "b"},
+        {"device": "a", "point": "b", "n": 1.5},
+    ]
+    async with await Outbox.open(tmp_path / "o.db", commit_interval=0.0) as outbox:
+        for round_ in range(2):
+            for i, fields in enumerate(series):
+                outbox.submit("telemetry", {**fields, "value": float(i), "ts": T0 + round_})
+        await outbox.flush()
+        rows = await outbox.peek("telemetry", 100)
+        assert len(outbox._store.series) == len(series) - 1
+    for row in rows:
+        fields = series[int(row.body["value"])]
+        assert {k: v for k, v in row.body.items() if k not in ("value", "ts")} == fields
+
+
 def test_seq_runs_are_the_seqs_named_in_consecutive_stretches() -> None:
     assert seq_runs([]) == []
     assert seq_runs([5]) == [(5, 5)]
