@@ -158,10 +158,13 @@ class Outbox:
         self._committed = 0  # records ever committed (in submit order, so a prefix)
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._listeners: list[CommitListener] = []
-        # Series seen by submit(): the body's other fields -> point id. Keyed by the fields as
-        # a tuple (cheap to build per reading); the canonical text is made once per new series.
-        self._point_by_fields: dict[tuple[tuple[str, Any], ...], int] = {}
-        self._point_by_text = dict(store.point_ids)
+        # Series seen by submit(): the body's other fields -> point id. Keyed by the fields'
+        # names and values in one flat tuple (cheap to build per reading, and held once per
+        # series: 88 bytes for three fields where a tuple of pairs took 232); the canonical
+        # text is made once per new series.
+        self._point_by_fields: dict[tuple[Any, ...], int] = {}
+        # Taken, not copied: the store reads the file's series only when it opens.
+        self._point_by_text = store.point_ids
         self._next_point = max(store.point_ids.values(), default=0) + 1
         self._unsaved_points: list[tuple[int, str]] = []
         self._closing = False
@@ -395,7 +398,7 @@ class Outbox:
                     f"outbox: telemetry 'value' must be a number or None, not {value!r}"
                 )
             value = float(value)
-        key = tuple([item for item in body.items() if item[0] not in _READING_FIELDS])
+        key = tuple([x for item in body.items() if item[0] not in _READING_FIELDS for x in item])
         try:
             point = self._point_by_fields.get(key)
         except TypeError:  # an unhashable field value (a list): go by the canonical text
@@ -405,7 +408,7 @@ class Outbox:
             point = self._new_point(body, key)
         return PendingReading(point, ts, value, self._loop.time(), done)
 
-    def _new_point(self, body: Mapping[str, Any], key: tuple[tuple[str, Any], ...] | None) -> int:
+    def _new_point(self, body: Mapping[str, Any], key: tuple[Any, ...] | None) -> int:
         fields = {k: v for k, v in body.items() if k not in _READING_FIELDS}
         try:
             text = canonical_series(fields)

@@ -13,8 +13,9 @@ import logging
 import math
 import os
 import sqlite3
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +81,11 @@ WAL_CHECKPOINT_BYTES: Final = 4 * 2**20
 #: synced, so at 1,000 readings a second that is at least one sync a minute, whatever
 #: ``sync_interval`` says; after a power cut at most this many seqs are skipped.
 SEQ_RESERVE: Final = 65_536
+
+#: Acked seqs in a run at least this long are deleted with one range delete, shorter runs
+#: by an IN list (Store.ack): measured on 512-byte pages, a range per run of one cost 4.2 µs
+#: a row where the list costs 0.8.
+RANGE_DELETE_MIN: Final = 4
 
 #: Changes at every boot of the kernel: how an open tells a restart of the gateway (the page
 #: cache, and with it every commit, survived) from a reboot or a power cut (unsynced commits
@@ -191,7 +197,8 @@ class Store:
     counters: dict[str, int]
     #: id -> the series fields of that point (body fields other than ts and value).
     series: dict[int, dict[str, Any]]
-    #: canonical series text -> id, for the submit side.
+    #: canonical series text -> id as the file had them when opened: the submit side's to
+    #: take (:class:`buffer.Outbox` keeps it up to date from then on).
     point_ids: dict[str, int]
     page_size: int
     checked: bool
@@ -300,7 +307,7 @@ class Store:
         series: dict[int, dict[str, Any]] = {}
         point_ids: dict[str, int] = {}
         for point, text in conn.execute("SELECT id, series FROM points"):
-            series[int(point)] = json.loads(text)
+            series[int(point)] = series_fields(text)
             point_ids[str(text)] = int(point)
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         store = cls(path, conn, epoch, counters, series, point_ids, page_size, checked)
@@ -464,19 +471,36 @@ class Store:
             self._meta_due = now + META_INTERVAL
         for point, text in new_points:
             if point not in self.series:
-                self.series[point] = json.loads(text)
+                self.series[point] = series_fields(text)
         return first
 
     def ack(self, seqs: Sequence[int]) -> int:
         """Delete the rows ``seqs`` (whichever stream they are in); return how many went."""
-        ordered = sorted(set(seqs))
+        # A run of consecutive seqs (the uplink acks whole batches) goes in one range delete:
+        # one descent of each table's b-tree instead of one per row, which with the small
+        # pages of a new file (PAGE_SIZE) made a backlog drain's deletes cost half as much
+        # again. Every seq of a run was acked, so the range deletes exactly the rows listed.
+        # Short runs cost more as statements of their own than as rows of an IN list.
+        ranges: list[tuple[int, int]] = []
+        singles: list[int] = []
+        for first, last in seq_runs(seqs):
+            if last - first + 1 >= RANGE_DELETE_MIN:
+                ranges.append((first, last))
+            else:
+                singles.extend(range(first, last + 1))
         conn = self.conn
         removed = {"events": 0, "telemetry": 0}
         conn.execute("BEGIN IMMEDIATE")
         try:
+            for first, last in ranges:
+                for table in removed:
+                    cur = conn.execute(
+                        f"DELETE FROM {table} WHERE seq >= ? AND seq <= ?", (first, last)
+                    )
+                    removed[table] += max(cur.rowcount, 0)
             # Chunks stay under SQLITE_MAX_VARIABLE_NUMBER on any build.
-            for start in range(0, len(ordered), 500):
-                chunk = ordered[start : start + 500]
+            for start in range(0, len(singles), 500):
+                chunk = singles[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 for table in removed:
                     cur = conn.execute(f"DELETE FROM {table} WHERE seq IN ({marks})", chunk)
@@ -697,6 +721,34 @@ class Store:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def series_fields(text: str) -> dict[str, Any]:
+    """The fields of a series from its text in ``points``, names and text values interned: a
+    site's points repeat the same few device ids, point names and units, and one copy of each
+    serves every point (1,000 dicts parsed apart held 6,000 strings)."""
+    return json.loads(text, object_pairs_hook=_interned)  # type: ignore[no-any-return]
+
+
+def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {sys.intern(k): sys.intern(v) if type(v) is str else v for k, v in pairs}
+
+
+def seq_runs(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """``seqs`` as runs of consecutive numbers, (first, last) each, ascending; duplicates
+    count once. E.g. [7, 3, 4, 5, 9, 8] -> [(3, 5), (7, 9)]."""
+    runs: list[tuple[int, int]] = []
+    first = last = None
+    for seq in sorted(set(seqs)):
+        if last is not None and seq == last + 1:
+            last = seq
+            continue
+        if first is not None and last is not None:
+            runs.append((first, last))
+        first = last = seq
+    if first is not None and last is not None:
+        runs.append((first, last))
+    return runs
 
 
 def _configure(conn: sqlite3.Connection, path: Path, *, fresh: bool) -> None:

@@ -8,9 +8,9 @@ answer a look at the newest rows itself.
 
 A row is held as the table has it (seq, point id, time, value: 28 bytes in four arrays) and
 becomes a :class:`Record` when a look first returns it (kept for the next look: the uplink looks
-at a batch that is not full yet again after the next commit), so a commit costs no object per
-row and the tail can hold a whole commit (up to the outbox's ``max_batch``): a look at rows of
-the last commit never goes to the database.
+at a batch that is not full yet again after the next commit; let go once a look goes past it),
+so a commit costs no object per row and the tail can hold a whole commit (up to the outbox's
+``max_batch``): a look at rows of the last commit never goes to the database.
 
 Pure bookkeeping, no I/O: :class:`buffer.outbox.Outbox` adds what it committed, deletes what
 was acknowledged, and starts again empty whenever rows go another way (the capacity policy).
@@ -52,8 +52,11 @@ class TelemetryTail:
         self._ts = array("d")
         #: NaN for a null value (a REAL column gives NaN back as null too).
         self._values = array("d")
-        #: The record of each row once a look has returned it (None before).
+        #: The record of each row once a look has returned it (None before, and again once a
+        #: look has gone past it).
         self._records: list[Record | None] = []
+        #: Records before this index are let go (see :meth:`peek`).
+        self._released = 0
         #: Seqs deleted from the store but still in the arrays (dropped when they reach the front).
         self._gone: set[int] = set()
 
@@ -100,7 +103,16 @@ class TelemetryTail:
         out: list[Record] = []
         gone = self._gone
         seqs, records = self._seqs, self._records
-        for index in range(bisect.bisect_right(seqs, after), len(seqs)):
+        first = bisect.bisect_right(seqs, after)
+        if first > self._released:
+            # A look past a row means the reader has it (the uplink moves on once a message
+            # is built; the message keeps its payload, not the records). The row stays until
+            # it is acked, its record goes now: behind a slow link the tail's 8,192 rows would
+            # otherwise keep a record each, about 2 MiB. A look back builds it again.
+            for index in range(self._released, first):
+                records[index] = None
+            self._released = first
+        for index in range(first, len(seqs)):
             if len(out) >= limit:
                 break
             seq = seqs[index]
@@ -124,7 +136,12 @@ class TelemetryTail:
         held = self._seqs
         if not held:
             return
+        # While a backlog drains, every acked seq is older than the tail: a comparison sends
+        # it past, where a search per seq cost the event loop half a microsecond a reading.
+        oldest, newest = held[0], held[-1]
         for seq in seqs:
+            if seq < oldest or seq > newest:
+                continue
             index = bisect.bisect_left(held, seq)
             if index < len(held) and held[index] == seq:
                 self._gone.add(seq)
@@ -140,6 +157,7 @@ class TelemetryTail:
         for column in (self._seqs, self._points, self._ts, self._values):
             del column[:count]
         del self._records[:count]
+        self._released = max(0, self._released - count)
 
     def restart(self, start: int) -> None:
         """Forget every row: rows above ``start`` will be added again as they are committed."""

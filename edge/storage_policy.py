@@ -262,6 +262,10 @@ def _number(value: object) -> bool:
     return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
 
 
+#: -inf made once: the expression makes a new float each time, one per point filter.
+_LOWEST: Final = -math.inf
+
+
 class _PointFilter:
     """The policy state of one point: the last stored reading and, for the swinging door,
     the pending reading and the slopes that keep every reading since the last stored one
@@ -273,7 +277,7 @@ class _PointFilter:
         self.policy = policy
         self.anchor: _Held | None = None
         self.pending: _Held | None = None
-        self.lo = -math.inf
+        self.lo = _LOWEST
         self.hi = math.inf
         #: The last reading polled, and the time of the last one the policy looked at.
         self.last: _Held | None = None
@@ -285,8 +289,8 @@ class _PointFilter:
         policy = self.policy
         if policy.kind == "all" and not policy.min_interval:
             # Every reading is stored and none is ever pending: nothing else to decide (a
-            # clock step back changes nothing either, the one before it was stored).
-            self.last = held
+            # clock step back changes nothing either, the one before it was stored), and
+            # nothing to keep, so one such filter serves every point (Storage._filter).
             return [held]
         ms = held.ms
         last, self.last = self.last, held
@@ -356,7 +360,7 @@ class _PointFilter:
     def _restart(self, held: _Held, *, anchor: bool = True) -> None:
         self.anchor = held if anchor else None
         self.pending = None
-        self.lo, self.hi = -math.inf, math.inf
+        self.lo, self.hi = _LOWEST, math.inf
         self.looked_ms = held.ms
 
     def flush(self) -> list[_Held]:
@@ -411,8 +415,12 @@ class Storage:
         post: float = 120.0,
         ring_limit: int = RING_LIMIT,
     ) -> None:
-        self.policies = dict(policies)
+        # Only the points whose policy is not the default: at a site storing every reading
+        # that is none, instead of an entry per point.
+        self.policies = {key: policy for key, policy in policies.items() if policy != default}
         self.default = default
+        #: The filter of every point stored in full: it keeps nothing (_PointFilter.offer).
+        self._every = _PointFilter(ALL)
         self.pre_ms = round(pre * 1000)
         self.post_ms = round(post * 1000)
         self.ring_limit = ring_limit if pre > 0 else 0
@@ -433,7 +441,11 @@ class Storage:
         found = device.filters.get(reading.point)
         if found is None:
             policy = self.policies.get((reading.device_id, reading.point), self.default)
-            found = device.filters[reading.point] = _PointFilter(policy)
+            if policy.kind == "all" and not policy.min_interval:
+                found = self._every
+            else:
+                found = _PointFilter(policy)
+            device.filters[reading.point] = found
         return found
 
     def _held(self, reading: Reading) -> _Held:

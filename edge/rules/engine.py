@@ -125,11 +125,12 @@ class ThresholdChange:
         return values.pop() if len(values) == 1 else None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Route:
-    judges: list[Judge]
-    ticking: list[Judge]
-    derived: list[tuple[DerivedPoint, float | None]]
+    # Tuples, one route per point: smaller than lists, and every empty one is the same ().
+    judges: tuple[Judge, ...]
+    ticking: tuple[Judge, ...]
+    derived: tuple[tuple[DerivedPoint, float | None], ...]
 
 
 @dataclass
@@ -299,7 +300,7 @@ class RuleEngine:
             if self._selects(d, device)
             and ((gauge := d.gauge_for(device)) is not None or d.kind != "displacement")
         ]
-        route = _Route(judges, [j for j in judges if j.ticks], derived)
+        route = _Route(tuple(judges), tuple([j for j in judges if j.ticks]), tuple(derived))
         self._routes[(device, point)] = route
         return route
 

@@ -286,11 +286,14 @@ def _page_size(size: int) -> Iterator[None]:
 def reference_site(seconds: float, *, every_reading: bool) -> tuple[Storage, Run]:
     devices = [f"efm-{d:03d}" for d in range(50)]
     shapes = {**EFM_SHAPES, **{name: shape for name, (shape, _) in METERING.items()}}
-    efm = storage_of(load_site(EXAMPLE)).policies
+    example = storage_of(load_site(EXAMPLE))
     policies: dict[tuple[str, str], Policy] = {}
     for device in devices:
         for point in EFM_SHAPES:
-            policies[(device, point)] = efm[("efm-shop-101", point)]
+            # Storage keeps only the points whose policy is not its default.
+            policies[(device, point)] = example.policies.get(
+                ("efm-shop-101", point), example.default
+            )
         for name, (_, policy) in METERING.items():
             policies[(device, name)] = policy
     storage = Storage({} if every_reading else policies, pre=60, post=120)

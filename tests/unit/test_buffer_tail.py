@@ -38,6 +38,34 @@ def test_deleted_rows_are_skipped_and_the_front_is_let_go() -> None:
     assert tail.peek(10, after=0, series=SERIES) == []
 
 
+def test_acks_of_rows_older_or_newer_than_it_holds_leave_its_rows_alone() -> None:
+    # A backlog's acks are all older than the tail; they pass without touching it, and the
+    # rows it holds among them still go.
+    tail = TelemetryTail(100)
+    tail.add(rows(101, 102, 104, 105))
+    tail.delete([*range(1, 101), 106, 107])
+    assert [r.seq for r in tail.peek(10, after=100, series=SERIES)] == [101, 102, 104, 105]
+    tail.delete([*range(50, 103), 104])
+    assert [r.seq for r in tail.peek(10, after=100, series=SERIES)] == [105]
+    assert len(tail) == 1
+
+
+def test_a_look_past_rows_lets_their_records_go_and_a_look_back_builds_them_again() -> None:
+    # Sent rows wait in the tail for their ack; their records must not wait with them.
+    tail = TelemetryTail(0)
+    tail.add(rows(*range(1, 101)))
+    sent = tail.peek(50, after=0, series=SERIES)
+    tail.peek(50, after=50, series=SERIES)
+    assert sum(record is not None for record in tail._records) == 50  # 51..100 only
+    again = tail.peek(50, after=0, series=SERIES)
+    assert again == sent  # equal records, built again from the rows
+    tail.delete(range(1, 31))
+    tail.peek(10, after=60, series=SERIES)
+    assert [r.seq for r in tail.peek(100, after=30, series=SERIES)] == list(range(31, 101))
+    tail.add(rows(101))
+    assert [r.seq for r in tail.peek(5, after=98, series=SERIES)] == [99, 100, 101]
+
+
 def test_beyond_twice_its_limit_the_oldest_go_and_its_start_rises() -> None:
     tail = TelemetryTail(0, limit=3)
     tail.add(rows(1, 2, 3, 4, 5, 6))

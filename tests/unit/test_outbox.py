@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import math
 import random
@@ -19,6 +21,7 @@ from buffer import (
     OutboxUnavailable,
     Stream,
 )
+from buffer.store import seq_runs
 from buffer.tail import TelemetryTail
 
 
@@ -167,6 +170,107 @@ async def test_looks_at_recent_telemetry_agree_with_the_file_through_commits_and
             rng.shuffle(chosen)
             await outbox.ack(chosen)
             await _peeks_agree(outbox, limits=(1, 3, 1000))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+async def test_an_ack_deletes_exactly_the_rows_it_names(tmp_path: Path, seed: int) -> None:
+    # Acks are deleted by runs of consecutive seqs: a run must never reach a row not named,
+    # whichever stream it is in, and duplicates or unknown seqs must not be counted.
+    rng = random.Random(seed)
+    async with await Outbox.open(tmp_path / "o.db", commit_interval=0.0) as outbox:
+        for i in range(300):
+            if rng.random() < 0.15:
+                outbox.submit("event", {"i": i})
+            else:
+                outbox.submit("telemetry", tel(i))
+        await outbox.flush()
+        stored = {r.seq for s in ("event", "telemetry") for r in await outbox.peek(s, 1000)}
+        assert len(stored) == 300
+        chosen = sorted(stored)[rng.randrange(40) :: rng.choice([1, 1, 2, 3])]
+        chosen = [seq for seq in chosen if rng.random() < 0.8]
+        named = chosen + rng.sample(chosen, min(5, len(chosen))) + [10**6, -3, 0]
+        rng.shuffle(named)
+        await outbox.ack(named)
+        left = {r.seq for s in ("event", "telemetry") for r in await outbox.peek(s, 1000)}
+        assert left == stored - set(chosen)
+        # The counters count each row deleted once.
+        depth = await outbox.depth()
+        assert depth["event"] + depth["telemetry"] == len(left)
+    with contextlib.closing(sqlite3.connect(tmp_path / "o.db")) as conn:
+        in_file = {
+            seq for (seq,) in conn.execute("SELECT seq FROM telemetry UNION SELECT seq FROM events")
+        }
+    assert in_file == left
+
+
+async def test_series_read_back_at_open_are_the_same_fields_sharing_their_strings(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "o.db"
+    bodies = [
+        tel(i, device=f"efm-{i % 5}", point=f"p{i % 7}", unit="V", extra={"n": [i % 5]})
+        for i in range(70)
+    ]
+    async with await Outbox.open(path, commit_interval=0.0) as outbox:
+        for body in bodies:
+            outbox.submit("telemetry", body)
+        await outbox.flush()
+        before = [r.body for r in await outbox.peek("telemetry", 100)]
+    async with await Outbox.open(path) as outbox:
+        after = [r.body for r in await outbox.peek("telemetry", 100)]
+        series = list(outbox._store.series.values())
+        # A reading of a known series gets its old point id, not a new one.
+        outbox.submit("telemetry", bodies[3])
+        await outbox.flush()
+        assert len(outbox._store.series) == len(series)
+    assert after == before == bodies
+    assert len(series) == 35
+    devices = {id(fields["device"]) for fields in series}
+    assert len(devices) == 5  # one string per device id, not one per point
+    assert len({id(name) for fields in series for name in fields}) == 4
+
+
+async def test_each_series_comes_back_with_its_own_fields(tmp_path: Path) -> None:
+    # Series are found by their fields' names and values in one flat tuple: names and values
+    # that trade places, a field more or less, another order of the same fields or a value
+    # that cannot be hashed must each keep their own fields.
+    series: list[dict[str, object]] = [
+        {"device": "a", "point": "b"},
+        {"device": "b", "point": "a"},
+        {"a": "device", "b": "point"},
+        {"device": "a"},
+        {"device": "a", "point": "b", "unit": "V"},
+        {"device": "a", "point": "b", "unit": ["V"]},
+        {"point": "b", "device": "a"},  # the same series as the first
+        {"device": "ab", "point": ""},
+        {"x": "a", "y": "b"},
+        {"device": "a", "point": "b", "n": 1.5},
+    ]
+    async with await Outbox.open(tmp_path / "o.db", commit_interval=0.0) as outbox:
+        for round_ in range(2):
+            for i, fields in enumerate(series):
+                outbox.submit("telemetry", {**fields, "value": float(i), "ts": T0 + round_})
+        await outbox.flush()
+        rows = await outbox.peek("telemetry", 100)
+        assert len(outbox._store.series) == len(series) - 1
+    for row in rows:
+        fields = series[int(row.body["value"])]
+        assert {k: v for k, v in row.body.items() if k not in ("value", "ts")} == fields
+
+
+def test_seq_runs_are_the_seqs_named_in_consecutive_stretches() -> None:
+    assert seq_runs([]) == []
+    assert seq_runs([5]) == [(5, 5)]
+    assert seq_runs([7, 3, 4, 5, 9, 8, 4]) == [(3, 5), (7, 9)]
+    assert seq_runs([1, 3, 5]) == [(1, 1), (3, 3), (5, 5)]
+    rng = random.Random(7)
+    for _ in range(200):
+        seqs = [rng.randrange(60) for _ in range(rng.randrange(40))]
+        runs = seq_runs(seqs)
+        covered = [seq for first, last in runs for seq in range(first, last + 1)]
+        assert covered == sorted(set(seqs))
+        # Runs are apart: two that touched would be one.
+        assert all(b[0] > a[1] + 1 for a, b in itertools.pairwise(runs))
 
 
 async def test_submitted_records_keep_submit_order(tmp_path: Path) -> None:

@@ -268,6 +268,53 @@ def test_all_stores_every_reading_once_in_poll_order_whatever_the_clock_and_valu
     assert (storage.polled, storage.stored) == (11, 11)
 
 
+def test_points_stored_in_full_share_nothing_with_their_neighbours_in_an_alarm_window() -> None:
+    # Every point stored in full has the same stateless filter: points of the same device
+    # under another policy, an alarm window and a clock step keep their own readings.
+    band = Policy("deadband", band=100.0)
+    storage = Storage({("d", "b"): band, ("e", "a2"): band}, pre=5, post=5)
+    stored: list[Stored] = []
+    polled: list[Reading] = []
+    for t in [*range(20), 12, 13, *range(21, 40)]:
+        for device, point in [("d", "a1"), ("d", "b"), ("d", "a2"), ("e", "a1"), ("e", "a2")]:
+            reading = _reading(T0 + t, float(t % 7), point, device)
+            polled.append(reading)
+            stored += storage.offer(reading)
+        if t == 30:
+            stored += storage.alarm("d", T0 + t)
+    stored += storage.flush()
+    full = [r for r in polled if (r.device_id, r.point) not in (("d", "b"), ("e", "a2"))]
+    assert [s.reading for s in stored if s.reading in full] == full  # each once, in order
+    kept_b = {s.reading.ts - T0 for s in stored if s.reading.point == "b"}
+    assert set(range(25, 36)) <= kept_b  # d's window
+    kept_e = {
+        s.reading.ts - T0 for s in stored if (s.reading.device_id, s.reading.point) == ("e", "a2")
+    }
+    assert not set(range(26, 30)) & kept_e  # e had no alarm: its band rules
+
+
+def test_a_point_stored_in_full_costs_the_policies_no_state_of_its_own() -> None:
+    # 1,000 points (50 monitors of 20) stored in full: an entry in their device's table of
+    # filters each, about 60 bytes, where a filter and its last reading were 250.
+    storage = Storage({}, pre=60)
+    readings = [
+        Reading(f"efm-{d:02d}", f"point_{n}", 1.0 + t, "V", T0 + t, float(t))
+        for t in range(3)
+        for d in range(50)
+        for n in range(20)
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for reading in readings:
+            storage.offer(reading)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert storage.stored == len(readings)
+    assert held / 1000 < 100, f"{held / 1000:.0f} bytes a point"
+
+
 def test_min_interval_looks_at_readings_no_closer_than_it() -> None:
     policy = Policy("deadband", band=1.0, min_interval=5.0)
     trace = [(T0 + t, float(t)) for t in range(12)]
