@@ -24,10 +24,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from drivers.positions import Position, YamlIssue
 
 __all__ = [
     "Document",
@@ -53,33 +55,6 @@ _MAP_TAG: Final = "tag:yaml.org,2002:map"
 _SEQ_TAG: Final = "tag:yaml.org,2002:seq"
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _NULL_TAG: Final = "tag:yaml.org,2002:null"
-
-
-class Position(NamedTuple):
-    """1-based line and column in the file."""
-
-    line: int
-    column: int
-
-
-@dataclass(frozen=True)
-class YamlIssue:
-    """One problem with the text, where it is: ``FILE:LINE:COL: field: message``.
-
-    ``field`` is the dotted place (``devices[1].address``); empty for the file as a whole.
-    """
-
-    file: str
-    line: int
-    column: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
-        return (
-            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-        )
 
 
 class YamlError(Exception):

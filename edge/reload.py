@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import yaml
-
 from edge.atomic import atomic_write, digest_of
 from edge.commands import CommandError
-from edge.config.compiled import parse_site
+from edge.config.compiled import parse_site, parse_site_object
 from edge.config.issues import ConfigError
 
 if TYPE_CHECKING:
@@ -110,15 +108,16 @@ def check_pushed(
     site, text = params.get("site"), params.get("site_yaml")
     if (site is None) == (text is None):
         raise PushRejected(["give exactly one of site (an object) or site_yaml (the file's text)"])
-    if site is not None:
-        if not isinstance(site, dict):
-            raise PushRejected([f"site must be an object, not {type(site).__name__}"])
-        # The object's keys in the order given: the file reads like the installer's own.
-        text = yaml.safe_dump(site, sort_keys=False, allow_unicode=True)
-    if not isinstance(text, str):
-        raise PushRejected([f"site_yaml must be the file's text, not {type(text).__name__}"])
     try:
-        config = parse_site(text, filename, known_models=known_models)
+        if isinstance(site, dict):
+            # Written out as YAML by the validating process: this one loads no YAML library.
+            config, text = parse_site_object(site, filename, known_models=known_models)
+        elif site is not None:
+            raise PushRejected([f"site must be an object, not {type(site).__name__}"])
+        elif isinstance(text, str):
+            config = parse_site(text, filename, known_models=known_models)
+        else:
+            raise PushRejected([f"site_yaml must be the file's text, not {type(text).__name__}"])
     except ConfigError as exc:
         raise PushRejected(
             [_described(issue, lines=site is None) for issue in exc.issues]

@@ -6,6 +6,9 @@ poller and the simulator both use :func:`read_plan`, :func:`decode` and :func:`e
 the two ends of the wire share one map.
 
 This module is pure code over integers: no I/O apart from reading model files, no asyncio.
+The running gateway reads no model file: the process that validated its site file hands over
+the models the site uses as data (:func:`model_data`), built here again without a YAML parser
+(:func:`model_from_data`, :func:`hand_over`); only :func:`parse_model` loads one.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Literal, TypeAlias, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast, get_args
 
-from drivers.yamlpos import YamlError, load_yaml
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
     "DEFAULT_MAX_GAP",
@@ -38,9 +42,13 @@ __all__ = [
     "WordOrder",
     "decode",
     "encode",
+    "forget_models",
+    "hand_over",
     "known_models",
     "load_model",
     "load_model_file",
+    "model_data",
+    "model_from_data",
     "parse_model",
     "read_plan",
 ]
@@ -411,10 +419,35 @@ def known_models() -> list[str]:
     return sorted(names)
 
 
-@cache
+#: Models handed over by the process that validated the site file, by name: what the running
+#: gateway uses instead of reading the files again.
+_handed: dict[str, DeviceModel] = {}
+
+
+def hand_over(models: Iterable[DeviceModel]) -> None:
+    """Make :func:`load_model` answer with ``models`` (the newest hand-over of a name wins: it
+    is what the site file was last validated against)."""
+    for model in models:
+        _handed[model.name] = model
+
+
 def load_model(name: str) -> DeviceModel:
-    """Load the model called ``name``: ``drivers/models/<name>.yaml``, else the first
-    ``<name>.yaml`` in ``$EDGE_MODEL_PATH`` (cached: models are immutable)."""
+    """The model called ``name``: a handed-over one (:func:`hand_over`), else read from
+    ``drivers/models/<name>.yaml``, else from the first ``<name>.yaml`` in
+    ``$EDGE_MODEL_PATH``."""
+    handed = _handed.get(name)
+    return handed if handed is not None else _load_model_file(name)
+
+
+def forget_models() -> None:
+    """Drop what :func:`hand_over` and the files gave (for tests that change the files)."""
+    _handed.clear()
+    _load_model_file.cache_clear()
+
+
+@cache
+def _load_model_file(name: str) -> DeviceModel:
+    """Cached: models are immutable."""
     if not _MODEL_NAME_RE.match(name):
         raise ModelError(f"{name!r} is not a model name")
     resource = resources.files("drivers") / "models" / f"{name}.yaml"
@@ -455,6 +488,9 @@ def load_model_file(path: str | Path) -> DeviceModel:
 
 def parse_model(text: str, source: str = "<model>") -> DeviceModel:
     """Parse and validate a model file's text; ``source`` names it in error messages."""
+    # Here only: the running gateway builds its models from data (model_from_data).
+    from drivers.yamlpos import YamlError, load_yaml  # noqa: PLC0415
+
     try:
         doc = load_yaml(text, source)
     except YamlError as exc:
@@ -520,6 +556,59 @@ def parse_model(text: str, source: str = "<model>") -> DeviceModel:
         )
     except ModelError as exc:
         raise ModelError(f"{source}: {exc}") from None
+
+
+#: A point's fields in :func:`model_data`'s form, in :class:`Point`'s order.
+_POINT_DATA: Final = (
+    "name", "address", "type", "scale", "unit", "description", "access", "word_order",
+    "typical", "bits", "critical", "storage", "plausible",
+)  # fmt: skip
+_MODEL_DATA: Final = ("name", "title", "registers", "max_read", "max_gap")
+#: What a storage setting of a model may hold to be handed over as JSON.
+_JSON_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def model_data(model: DeviceModel) -> dict[str, Any]:
+    """``model`` as JSON data, for a process that has no YAML parser (:func:`model_from_data`
+    builds it back). ``ModelError`` for a storage setting JSON cannot carry (a date, bytes)."""
+    points = []
+    for point in model.points:
+        data = {name: getattr(point, name) for name in _POINT_DATA}
+        if not _is_json(point.storage):
+            raise ModelError(
+                f"point {point.name!r}: storage holds a value that is not text, a number or a list"
+            )
+        points.append(data)
+    return {**{name: getattr(model, name) for name in _MODEL_DATA}, "points": points}
+
+
+def _is_json(value: object) -> bool:
+    if isinstance(value, _JSON_SCALARS):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_is_json(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_json(item) for key, item in value.items())
+    return False
+
+
+def model_from_data(data: Mapping[str, Any]) -> DeviceModel:
+    """The :class:`DeviceModel` that :func:`model_data` gave ``data`` for, checked as a model
+    file's is; ``ValueError`` (a ``ModelError`` for a model that is wrong, a ``TypeError`` for a
+    form that is not :func:`model_data`'s, a ``KeyError`` for a missing field)."""
+    points = []
+    for raw in data["points"]:
+        fields: dict[str, Any] = {name: raw[name] for name in _POINT_DATA}
+        fields["bits"] = tuple((bit, name) for bit, name in fields["bits"])
+        storage = fields["storage"]
+        if isinstance(storage, list):
+            fields["storage"] = tuple((key, value) for key, value in storage)
+        plausible = fields["plausible"]
+        if plausible is not None:
+            low, high = plausible
+            fields["plausible"] = (low, high)
+        points.append(Point(**fields))
+    return DeviceModel(**{name: data[name] for name in _MODEL_DATA}, points=tuple(points))
 
 
 _MODEL_FIELDS: Final = frozenset(

@@ -6,6 +6,9 @@ and reads one JSON answer on stdout. The site file is validated exactly as ``edg
 check-config`` validates it (edge/config/loader.py), so errors, warnings, their positions and
 suggestions are the same. The answer holds:
 
+- ``models``: the device models of the site's Modbus devices as data
+  (drivers/modbus/model.py's ``model_data``), so that the running gateway reads no model file
+  and loads no YAML parser;
 - ``classes``: the site model's classes as edge/config/plain.py builds them (names, fields in
   order, aliases, defaults, numeric bounds, the edge/config/behaviour.py mixins they share);
 - ``config`` (or ``sections``): the validated tree, each model as ``{"$class": name, ...}``
@@ -14,8 +17,9 @@ suggestions are the same. The answer holds:
 - or ``issues`` (the file is unusable) or ``os_error`` (it cannot be read).
 
 Requests: ``{"op": "load", "path": ..., "known_models": [...] | null}``, ``{"op": "parse",
-"text": ..., "filename": ..., "known_models": ...}`` and ``{"op": "salvage", "text": ...}``
-(fault mode: each section that is valid on its own).
+"text": ..., "filename": ..., "known_models": ...}`` (or ``"site"``: the site as an object, written
+out as YAML here and handed back as ``text``) and ``{"op": "salvage", "text": ...}`` (fault mode:
+each section that is valid on its own).
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
+from drivers.catalog import family_of
+from drivers.modbus.model import ModelError, load_model, model_data
 from drivers.yamlpos import YamlError, load_yaml
 from edge.config import model
 from edge.config.issues import ConfigError
@@ -154,13 +161,17 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
     """The answer to one request (see the module's docstring)."""
     op = request.get("op")
     known = request.get("known_models")
+    written: dict[str, str] = {}
     try:
         if op == "load":
             config, warnings = load_site_checked(request["path"], known_models=known)
         elif op == "parse":
-            config, warnings = parse_site_checked(
-                request["text"], request["filename"], known_models=known
-            )
+            text = request["text"] if "site" not in request else ""
+            if "site" in request:
+                # The object's keys in the order given: the file reads like the installer's own.
+                text = yaml.safe_dump(request["site"], sort_keys=False, allow_unicode=True)
+                written["text"] = text
+            config, warnings = parse_site_checked(text, request["filename"], known_models=known)
         elif op == "salvage":
             return {"classes": describe(), "sections": _salvage(request["text"])}
         else:
@@ -169,11 +180,30 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
         return {"issues": [[i.file, i.line, i.column, i.field, i.message] for i in exc.issues]}
     except OSError as exc:
         return {"os_error": [exc.errno, exc.strerror, exc.filename, str(exc)]}
+    try:
+        models = _models_of(config)
+    except ModelError as exc:
+        return {"issues": [[request.get("filename") or request.get("path"), 1, 1, "", str(exc)]]}
     return {
+        **written,
+        "models": models,
         "classes": describe(),
         "config": tree_of(config),
         "warnings": [[w.file, w.line, w.column, w.field, w.message, w.kind] for w in warnings],
     }
+
+
+def _models_of(config: model.SiteConfig) -> list[dict[str, Any]]:
+    """The data of the device models the site's Modbus devices use, each once."""
+    names = sorted({d.model for d in config.devices if family_of(d.model) == "modbus"})
+    found = []
+    for name in names:
+        loaded = load_model(name)
+        try:
+            found.append(model_data(loaded))
+        except ModelError as exc:
+            raise ModelError(f"device model {name}: {exc}") from None
+    return found
 
 
 def main() -> int:

@@ -25,6 +25,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from drivers.modbus.model import hand_over, model_from_data
 from edge.config.issues import ConfigError, ConfigIssue, ConfigWarning
 from edge.config.plain import build_classes, from_tree
 from edge.log import fields
@@ -40,6 +41,7 @@ __all__ = [
     "load_site",
     "load_site_checked",
     "parse_site",
+    "parse_site_object",
     "salvage_sections",
 ]
 
@@ -183,6 +185,8 @@ def _config(answer: dict[str, Any], filename: str) -> tuple[SiteConfig, list[Con
         classes = build_classes(answer["classes"])
         config = from_tree(answer["config"], classes)
         warnings = [ConfigWarning(*warning) for warning in answer["warnings"]]
+        # The models the site was validated against: what load_model gives from now on.
+        hand_over([model_from_data(data) for data in answer["models"]])
     except (KeyError, TypeError, ValueError) as exc:
         raise _failed(filename, f"answered in a form not understood ({exc!r:.200})") from None
     return config, warnings
@@ -215,6 +219,25 @@ def parse_site(
         "known_models": _listed(known_models),
     }
     return _config(ask(request, filename=filename), filename)[0]
+
+
+def parse_site_object(
+    site: dict[str, Any], filename: str, *, known_models: Collection[str] | None = None
+) -> tuple[SiteConfig, str]:
+    """As :func:`parse_site`, of the site as an object; with the YAML text the child wrote for
+    it (the running gateway has no YAML writer)."""
+    request = {
+        "op": "parse",
+        "site": site,
+        "filename": filename,
+        "known_models": _listed(known_models),
+    }
+    answer = ask(request, filename=filename)
+    config = _config(answer, filename)[0]
+    text = answer.get("text")
+    if not isinstance(text, str):
+        raise _failed(filename, "answered without the text of the site")
+    return config, text
 
 
 def salvage_sections(text: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from drivers.yamlpos import YamlIssue
+from drivers.positions import YamlIssue
 
 __all__ = ["ConfigError", "ConfigIssue", "ConfigWarning", "url_without_login"]
 

@@ -20,6 +20,7 @@ from drivers.modbus.model import (
     Point,
     decode,
     encode,
+    forget_models,
     known_models,
     load_model,
     load_model_file,
@@ -404,7 +405,7 @@ def test_site_local_model_files_are_found_after_the_shipped_ones(
         "name: other\npoints:\n  - {name: a, address: 0, type: u16}\n", encoding="utf-8"
     )
     monkeypatch.setenv("EDGE_MODEL_PATH", f"{tmp_path / 'missing'}{os.pathsep}{tmp_path}")
-    load_model.cache_clear()
+    forget_models()
     try:
         assert {"site-meter", "efm-ref", "acrel-asj10l-ld1a"} <= set(known_models())
         assert load_model("site-meter").point("energy").unit == "kWh"
@@ -413,7 +414,7 @@ def test_site_local_model_files_are_found_after_the_shipped_ones(
         with pytest.raises(ModelError, match=r"file is called wrong-name\.yaml"):
             load_model("wrong-name")
     finally:
-        load_model.cache_clear()
+        forget_models()
 
 
 @st.composite

@@ -232,7 +232,7 @@ def test_a_broken_default_in_a_local_model_file_names_the_model(
 ) -> None:
     from pathlib import Path  # noqa: PLC0415
 
-    from drivers.modbus.model import load_model  # noqa: PLC0415
+    from drivers.modbus.model import forget_models  # noqa: PLC0415
 
     folder = Path(str(tmp_path))
     (folder / "leaky.yaml").write_text(
@@ -240,14 +240,14 @@ def test_a_broken_default_in_a_local_model_file_names_the_model(
         "    storage: {policy: swinging-door, band: 0}\n"
     )
     monkeypatch.setenv("EDGE_MODEL_PATH", str(folder))
-    load_model.cache_clear()
+    forget_models()
     try:
         text = MINIMAL.replace("model: efm-ref", "model: leaky", 1).replace(
             "rules:\n  - id: leak", "rules:\n  - id: leak\n    devices: [dev-b]", 1
         )
         ((_, where, message),) = _refused(text)
     finally:
-        load_model.cache_clear()
+        forget_models()
     assert where == "devices[0].model"
     assert "model leaky (point level): storage" in message
     assert "use on-change" in message
