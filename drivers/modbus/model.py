@@ -453,7 +453,7 @@ def _load_model_file(name: str) -> DeviceModel:
     resource = resources.files("drivers") / "models" / f"{name}.yaml"
     if resource.is_file():
         source = f"drivers/models/{name}.yaml"
-        text = resource.read_text(encoding="utf-8")
+        text = _text(resource.read_bytes(), source)
     else:
         local = next(
             (
@@ -467,9 +467,10 @@ def _load_model_file(name: str) -> DeviceModel:
             raise ModelError(f"unknown device model {name!r} (known: {', '.join(known_models())})")
         source = str(local)
         try:
-            text = local.read_text(encoding="utf-8")
+            raw = local.read_bytes()
         except OSError as exc:
             raise ModelError(f"{source}: cannot read: {exc.strerror or exc}") from None
+        text = _text(raw, source)
     model = parse_model(text, source)
     if model.name != name:
         raise ModelError(f"{source}: name is {model.name!r}, but the file is called {name}.yaml")
@@ -480,10 +481,20 @@ def load_model_file(path: str | Path) -> DeviceModel:
     """Load a model from a file anywhere (for drafting a new product's map, and tests)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return parse_model(text, str(path))
+    return parse_model(_text(raw, str(path)), str(path))
+
+
+def _text(raw: bytes, source: str) -> str:
+    """A model file's text; ``ModelError`` at the line of a byte that is not UTF-8."""
+    from drivers.yamlpos import YamlError, decode  # noqa: PLC0415
+
+    try:
+        return decode(raw, source)
+    except YamlError as exc:
+        raise ModelError(f"{source}:{exc.issue.line}: {exc.issue.message}") from None
 
 
 def parse_model(text: str, source: str = "<model>") -> DeviceModel:

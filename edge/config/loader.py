@@ -746,8 +746,11 @@ def _check_modbus_options(
 ) -> None:
     try:
         points = load_model(model).points
-    except ModelError:
-        return  # reported as an unknown model
+    except ModelError as exc:
+        # An unknown model never gets here (its family is None); this is its file, broken:
+        # the site is refused with the file's own line, not a gateway that cannot start.
+        report(("devices", index, "model"), str(exc))
+        return
     if device.get("fast_interval") is not None and not any(point.critical for point in points):
         report(
             ("devices", index, "fast_interval"),
