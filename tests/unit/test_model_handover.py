@@ -180,7 +180,7 @@ def test_the_newest_hand_over_of_a_name_wins() -> None:
 
 
 #: Model files that are wrong in each of the ways a model file can be.
-BAD_MODELS = {
+BAD_MODELS: dict[str, str | bytes] = {
     "syntax": "name: bad\npoints: [\n",
     "unknown-field": "name: bad\npoints:\n  - {name: a, address: 0, type: u16, colour: red}\n",
     "overlap": (
