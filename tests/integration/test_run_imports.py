@@ -44,7 +44,7 @@ import aiomqtt
 import pytest
 import yaml
 
-from edge import heap
+from edge import heap, lastgood
 from edge.signing import generate_key
 from tests.benchmarks.drivers import _site
 from tests.fixtures.broker import Collector, Mosquitto, collect, free_port
@@ -126,12 +126,22 @@ Meanwhile = Callable[[Collector, Path], Awaitable[None]]
 
 
 async def _a_running_gateway(
-    tmp_path: Path, mosquitto: Mosquitto, keys: Path, meanwhile: Meanwhile | None = None
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    keys: Path,
+    meanwhile: Meanwhile | None = None,
+    *,
+    prepare: Callable[[Path], None] | None = None,
+    started: tuple[str, ...] = ("telemetry", "health"),
 ) -> Running:
+    """Run ``edge run`` (``prepare`` changes its site file first) until it has published each
+    of the ``started`` kinds of message, do ``meanwhile``, and take its report."""
     tcp_port = free_port()
     site = _site(tmp_path, tcp_port, mosquitto.port, devices=2, interval=0.5)
     text = site.read_text(encoding="utf-8").replace("var/demo/command-keys", str(keys))
     site.write_text(text, encoding="utf-8")
+    if prepare is not None:
+        prepare(site)
     ask, answer = tmp_path / "ask", tmp_path / "modules.json"
     simulator = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hil.simulator", "serve", "--tcp", f"127.0.0.1:{tcp_port}",
@@ -149,7 +159,7 @@ async def _a_running_gateway(
             def arrived(kind: str) -> bool:
                 return any(m.topic.value.endswith(f"/{kind}") for m in seen.messages)
 
-            await seen.wait_for(lambda _: arrived("telemetry") and arrived("health"), within=60)
+            await seen.wait_for(lambda _: all(arrived(kind) for kind in started), within=60)
             if meanwhile is not None:
                 await meanwhile(seen, site)
         ask.touch()
@@ -345,6 +355,73 @@ async def test_a_gateway_never_loads_pydantic_nor_yaml_through_pushes_and_thresh
         tmp_path, mosquitto, install(tmp_path / "keys"), push_and_tune
     )
     assert _loaded(running.modules, "edge.config.plain")
+    assert [name for name in (*PYDANTIC, *YAML) if _loaded(running.modules, name)] == []
+
+
+def _broken(site: Path) -> bytes:
+    """Give ``site`` a device on a bus it does not have; its good bytes."""
+    good = site.read_bytes()
+    data = yaml.safe_load(good)
+    data["devices"][0]["bus"] = "no-such-bus"
+    site.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return good
+
+
+async def _push_fixed(mosquitto: Mosquitto, seen: Collector, site: Path, good: bytes) -> None:
+    """Push the good site as an object and wait until it runs: readings arrive after it."""
+    fixed = yaml.safe_load(good)
+    applied = await _command(
+        mosquitto, seen, "p-fix", "push-config", {"site": fixed}, key="engineering"
+    )
+    assert applied["result"] == "ok", applied.get("error")
+    await _applied(seen, "p-fix")
+    before = len(seen.on("/telemetry"))
+    await seen.wait_for(lambda c: len(c.on("/telemetry")) > before, within=60)
+
+
+async def test_a_gateway_on_its_last_good_config_never_loads_yaml(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    good = b""
+
+    def last_good_then_broken(site: Path) -> None:
+        nonlocal good
+        lastgood.save(site, site.read_bytes())
+        good = _broken(site)
+
+    async def push(seen: Collector, site: Path) -> None:
+        await _push_fixed(mosquitto, seen, site, good)
+
+    running = await _a_running_gateway(
+        tmp_path, mosquitto, install(tmp_path / "keys"), push, prepare=last_good_then_broken
+    )
+    assert _loaded(running.modules, "drivers.modbus.bus")
+    assert [name for name in (*PYDANTIC, *YAML) if _loaded(running.modules, name)] == []
+
+
+async def test_a_gateway_in_fault_mode_never_loads_yaml(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    good = b""
+
+    def broken(site: Path) -> None:
+        nonlocal good
+        good = _broken(site)
+
+    async def fault_then_push(seen: Collector, site: Path) -> None:
+        assert any(e["kind"] == "config-invalid" for e in seen.on("/events"))
+        assert seen.on("/telemetry") == []
+        await _push_fixed(mosquitto, seen, site, good)
+
+    running = await _a_running_gateway(
+        tmp_path,
+        mosquitto,
+        install(tmp_path / "keys"),
+        fault_then_push,
+        prepare=broken,
+        started=("events",),
+    )
+    assert _loaded(running.modules, "edge.fault")
     assert [name for name in (*PYDANTIC, *YAML) if _loaded(running.modules, name)] == []
 
 
