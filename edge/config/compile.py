@@ -166,11 +166,12 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
         if op == "load":
             config, warnings = load_site_checked(request["path"], known_models=known)
         elif op == "parse":
-            text = request["text"] if "site" not in request else ""
             if "site" in request:
                 # The object's keys in the order given: the file reads like the installer's own.
                 text = yaml.safe_dump(request["site"], sort_keys=False, allow_unicode=True)
                 written["text"] = text
+            else:
+                text = request["text"]
             config, warnings = parse_site_checked(text, request["filename"], known_models=known)
         elif op == "salvage":
             return {"classes": describe(), "sections": _salvage(request["text"])}
@@ -198,7 +199,7 @@ def _models_of(config: model.SiteConfig) -> list[dict[str, Any]]:
     names = sorted({d.model for d in config.devices if family_of(d.model) == "modbus"})
     found = []
     for name in names:
-        loaded = load_model(name)
+        loaded = load_model(name)  # read while the site was checked: a broken file is an issue
         try:
             found.append(model_data(loaded))
         except ModelError as exc:
