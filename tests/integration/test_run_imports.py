@@ -70,7 +70,8 @@ NOT_LOADED = (
     "jsonschema", "referencing", "rpds", "cryptography", "serial", "aiohttp", "segno",
     "playwright", "edge.doctor", "edge.commission", "edge.installer_cli", "edge.buffer_cli",
     "edge.replay", "edge.watch", "edge.selftest", "edge.sms", "edge.calls", "difflib",
-    *PYDANTIC,
+    "drivers.serial_link", "drivers.ports", "drivers.ld2410", "drivers.witmotion", "drivers.pir",
+    "zoneinfo", "sysconfig", *PYDANTIC,
 )  # fmt: skip
 #: Loaded by any running gateway: proof that the list came from one.
 LOADED = (
