@@ -5,8 +5,10 @@ A gateway process runs the example site on a Modbus TCP bus (a real simulator, a
 Mosquitto) until its readings and its health message reach the broker; then it writes out its
 ``sys.modules``. Heavy modules that this site does not use must be absent: the JSON Schema
 library (a valid health message is checked without it), cryptography without command keys,
-pyserial without a serial port, SMS and calls without a modem, the other commands' tools, and
-the modules only a mistake in a site file needs; pydantic and the site model never, also after
+pyserial, the serial link and the UART and GPIO sensor drivers without such a bus, zoneinfo
+without a rule that reads the calendar, SMS and calls without a modem, the other commands'
+tools, and the modules only a mistake in a site file needs; pydantic and the site model never,
+also after
 a push-config and threshold changes by command (the site file is validated in a child
 process). With a command key installed, cryptography must be there, so the check is seen to
 fail when a module is loaded. Every
