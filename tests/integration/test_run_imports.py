@@ -73,7 +73,7 @@ NOT_LOADED = (
     "playwright", "edge.doctor", "edge.commission", "edge.installer_cli", "edge.buffer_cli",
     "edge.replay", "edge.watch", "edge.selftest", "edge.sms", "edge.calls", "difflib",
     "drivers.serial_link", "drivers.ports", "drivers.ld2410", "drivers.witmotion", "drivers.pir",
-    "zoneinfo", "sysconfig", *PYDANTIC,
+    "zoneinfo", "sysconfig", "ctypes.util", *PYDANTIC,
 )  # fmt: skip
 #: Loaded by any running gateway: proof that the list came from one.
 LOADED = (
