@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from drivers import DeviceStatus, Sink
 from drivers.catalog import SERIAL_MODELS
-from drivers.ld2410.driver import Ld2410Radar
 from drivers.modbus import Lane, ModbusBus, PolledDevice, RtuSettings, TcpSettings, load_model
-from drivers.pir import PirSensor
-from drivers.witmotion.driver import WitMotionSensor
 from edge.annunciator import NoPinBackend, make_pin_factory
 
+# The UART and GPIO sensor drivers (and their codecs and the serial link) are imported where
+# a site has such a bus, as pyserial is: a Modbus-only site never loads them
+# (docs/benchmarks.md, import budget).
 if TYPE_CHECKING:
+    from drivers.pir import PirSensor
     from edge.config.model import (
         Device,
         ModbusRtuBus,
@@ -110,6 +111,8 @@ def build_buses(
                 except NoPinBackend as exc:
                     drivers[name] = UnavailableGpio(devices, sink, str(exc))
                     continue
+            from drivers.pir import PirSensor  # noqa: PLC0415 -- GPIO sensor buses only
+
             sensors = [PirSensor(d.id, _pin(d), sink, pin_factory=factory) for d in devices]
             drivers[name] = _GpioSensors(sensors)
     return drivers
@@ -207,6 +210,8 @@ def _modbus(bus: ModbusTcpBus | ModbusRtuBus, devices: list[Device], sink: Sink)
 def _serial(bus: SerialBus, device: Device, sink: Sink) -> FieldDriver:
     baudrate = bus.baudrate or SERIAL_MODELS[device.model][1]
     if device.model == "hlk-ld2410":
+        from drivers.ld2410.driver import Ld2410Radar  # noqa: PLC0415 -- radar ports only
+
         return Ld2410Radar(
             device.id,
             bus.port,
@@ -215,6 +220,8 @@ def _serial(bus: SerialBus, device: Device, sink: Sink) -> FieldDriver:
             report_interval=device.poll_interval,
             silence=bus.silence,
         )
+    from drivers.witmotion.driver import WitMotionSensor  # noqa: PLC0415 -- tilt ports only
+
     return WitMotionSensor(
         device.id,
         bus.port,

@@ -9,7 +9,6 @@ is unsynchronised (what ``timedatectl``'s NTPSynchronized reads too), with no pr
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import sys
 import time
@@ -29,14 +28,16 @@ _TIMEX_BYTES: Final = 512
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
-    """The C library, found once: ``find_library`` runs ``ldconfig -p`` (and may try a compiler)
-    in a child process on Linux, far too dear for every look at the clock."""
+    """The C library the process runs on, through its own symbols (as edge/heap.py reaches
+    it): no ``ctypes.util.find_library``, which runs ``ldconfig -p`` in a child process."""
     if not sys.platform.startswith("linux"):
         return None
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.adjtimex  # noqa: B018 (a C library without it: the clock cannot be asked)
+    except (OSError, AttributeError):
         return None
-    return ctypes.CDLL(libc_name, use_errno=True)
+    return libc
 
 
 def kernel_clock_synced() -> bool:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import calendar
 from datetime import datetime, timedelta
-from typing import Literal
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 __all__ = ["BucketUnit", "bucket_of", "days_in_month", "month_of"]
 

@@ -22,7 +22,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from drivers import DeviceStatus, Reading
 from drivers.tilt import TILT_AXES, displacement_point
@@ -49,6 +48,8 @@ from edge.rules.tuning import (
 from edge.rules.types import Transition, worse
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from edge.config.model import (
         CompositeRule,
         DerivedPoint,
@@ -156,6 +157,10 @@ def _rule_hash(rule: Any) -> str:
     return hashlib.sha256(rule.model_dump_json(exclude=unchanged).encode()).hexdigest()[:16]
 
 
+#: Rule kinds whose judges read the site's calendar (hours, days, months in its zone).
+_CALENDAR_KINDS = frozenset({"abnormal", "sustained"})
+
+
 class RuleEngine:
     """Judges readings against the site's rules; see docs/rules.md for every kind."""
 
@@ -168,7 +173,8 @@ class RuleEngine:
         timezone: str = "UTC",
         model_info: Callable[[str], ModelInfo | None] | None = model_info_from_drivers,
     ) -> None:
-        self.zone = ZoneInfo(timezone)
+        self.timezone = timezone
+        self._zone: ZoneInfo | None = None
         self._models = {d.id: d.model for d in devices}
         self._gauged = {d.id for d in devices if d.gauge_length is not None}
         self._model_info = model_info
@@ -190,6 +196,8 @@ class RuleEngine:
             else:
                 self._point_rules.setdefault(rule.point, []).append(rule)
         self._composites = _in_dependency_order(self._composites)
+        if any(rule.kind in _CALENDAR_KINDS for rule in self.rules):
+            self.zone  # noqa: B018 (an unknown zone is refused here, not at the first reading)
         self._derived: dict[str, list[DerivedPoint]] = {}
         for derived_point in derived:
             self._derived.setdefault(derived_point.source, []).append(derived_point)
@@ -220,6 +228,17 @@ class RuleEngine:
             self._device_judges(device.id)
             for point in self._points_of(device.id):
                 self._route(device.id, point)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The site's time zone, for the rules that read the calendar (abnormal, sustained).
+        zoneinfo (with sysconfig, 0.5 MiB) is imported for the first of them: a site without
+        one never loads it (docs/benchmarks.md, import budget)."""
+        if self._zone is None:
+            from zoneinfo import ZoneInfo  # noqa: PLC0415 -- calendar rules only
+
+            self._zone = ZoneInfo(self.timezone)
+        return self._zone
 
     # -- routing ----------------------------------------------------------------------------
 

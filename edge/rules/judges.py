@@ -24,7 +24,6 @@ import math
 from collections import deque
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
-from zoneinfo import ZoneInfo
 
 from drivers import Reading
 from edge.config.terms import Severity
@@ -32,6 +31,8 @@ from edge.rules.calendar import BucketUnit, bucket_of, days_in_month, month_of
 from edge.rules.types import Transition, TransitionKind
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from edge.config.model import (
         AbnormalRule,
         AlarmBitsRule,
@@ -476,7 +477,7 @@ class AbnormalJudge(Judge):
         self.min_deviation = rule.min_deviation
         self.clear_ratio = rule.clear_ratio
         self.daily = rule.seasonal == "daily"
-        self.zone = zone or ZoneInfo("UTC")
+        self.zone = zone or _utc()
         self.spacing = rule.baseline / rule.max_samples
         count = HOURS if self.daily else 1
         # A guard on memory that the spacing keeps from ever biting (it would shorten the
@@ -1068,3 +1069,11 @@ def _sustained_threshold(rule: SustainedRule) -> float:
     if threshold is None:
         raise ValueError(f"rule {rule.id!r}: a sustained rule needs above or below")
     return threshold
+
+
+def _utc() -> ZoneInfo:
+    # zoneinfo (with sysconfig, 0.5 MiB) is imported by the first judge that reads the
+    # calendar: a site without such a rule never loads it (docs/benchmarks.md).
+    from zoneinfo import ZoneInfo  # noqa: PLC0415 -- calendar rules only
+
+    return ZoneInfo("UTC")

@@ -5,11 +5,13 @@ A gateway process runs the example site on a Modbus TCP bus (a real simulator, a
 Mosquitto) until its readings and its health message reach the broker; then it writes out its
 ``sys.modules``. Heavy modules that this site does not use must be absent: the JSON Schema
 library (a valid health message is checked without it), cryptography without command keys,
-pyserial without a serial port, SMS and calls without a modem, the other commands' tools, and
-the modules only a mistake in a site file needs; pydantic, the site model and PyYAML never,
-also after pushes of the site (as text and as an object) and threshold changes by command (the
-site file and its device models are read in a child process). With a command key installed,
-cryptography must be there, so the check is seen to fail when a module is loaded. Every
+pyserial, the serial link and the UART and GPIO sensor drivers without such a bus, zoneinfo
+without a rule that reads the calendar, SMS and calls without a modem, the other commands'
+tools, and the modules only a mistake in a site file needs; pydantic, the site model and
+PyYAML never, also after pushes of the site (as text and as an object) and threshold changes
+by command (the site file and its device models are read in a child process). With a command
+key installed, cryptography must be there, so the check is seen to fail when a module is
+loaded. Every
 package the running gateway loads must have its row in the budget table of
 docs/benchmarks.md, and a fresh interpreter that imports the table's groups in its order must
 find each group within its budget (resident memory, ``/proc/self/status`` VmRSS).
@@ -73,7 +75,8 @@ NOT_LOADED = (
     "jsonschema", "referencing", "rpds", "cryptography", "serial", "aiohttp", "segno",
     "playwright", "edge.doctor", "edge.commission", "edge.installer_cli", "edge.buffer_cli",
     "edge.replay", "edge.watch", "edge.selftest", "edge.sms", "edge.calls", "difflib",
-    *PYDANTIC, *YAML,
+    "drivers.serial_link", "drivers.ports", "drivers.ld2410", "drivers.witmotion", "drivers.pir",
+    "zoneinfo", "sysconfig", "ctypes.util", *PYDANTIC, *YAML,
 )  # fmt: skip
 #: Loaded by any running gateway: proof that the list came from one.
 LOADED = (

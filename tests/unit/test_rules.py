@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pytest
 from pydantic import TypeAdapter
@@ -630,3 +630,14 @@ def test_calendar_day_boundaries_follow_the_site_time_zone() -> None:
     assert datetime.fromtimestamp(start, SHANGHAI) - timedelta(hours=8) == datetime(
         2025, 5, 31, 16, tzinfo=SHANGHAI
     )
+
+
+def test_an_unknown_time_zone_is_refused_when_a_rule_reads_the_calendar() -> None:
+    # The zone is resolved when the engine is built with a calendar rule, not at its first
+    # reading; an engine whose rules never read the calendar never resolves it.
+    for calendar_rule in (ABNORMAL, TILT_RULE):
+        with pytest.raises(ZoneInfoNotFoundError):
+            engine(calendar_rule, timezone="Mars/Olympus_Mons")
+    over = engine(OVER, timezone="Mars/Olympus_Mons")
+    assert [t.kind for t in over.evaluate(reading(999.0))] == ["raised"]
+    assert str(engine(OVER, timezone="Asia/Shanghai").zone) == "Asia/Shanghai"
