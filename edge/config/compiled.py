@@ -47,8 +47,10 @@ __all__ = [
 
 log = logging.getLogger("edge.config")
 
-#: The validating process.
-CHILD: Final = (sys.executable, "-m", "edge.config.compile")
+#: The validating process. ``-P``: not the working directory first on the import path, which
+#: ``-m`` alone would put there (the service's working directory is the outbox's folder, which
+#: it can write), so a stray ``edge`` folder there is never imported in its place.
+CHILD: Final = (sys.executable, "-P", "-m", "edge.config.compile")
 #: Longest wait for its answer: loading pydantic and checking a large site takes seconds on a
 #: Pi Zero 2 W (about 1 s on a desktop); a minute means it is stuck.
 TIMEOUT: Final = 60.0
@@ -167,7 +169,7 @@ def _failed(filename: str, what: str) -> ConfigError:
                 1,
                 1,
                 "",
-                f"not validated: the validating process ({' '.join(CHILD[1:])}) {what}",
+                f"not validated: the validating process ({' '.join(CHILD[2:])}) {what}",
             )
         ]
     )

@@ -46,6 +46,25 @@ def test_a_bad_site_file_gets_the_same_issues_as_check_config(tmp_path: Path) ->
     assert parsed.value.issues == parsed_here.value.issues
 
 
+def test_the_child_never_imports_code_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The service runs in the outbox's folder, which it can write: a package named like the
+    # gateway's there must not be what the validating process runs.
+    marker = tmp_path / "imported-from-the-working-directory"
+    rogue = tmp_path / "edge" / "config"
+    rogue.mkdir(parents=True)
+    for init in (tmp_path / "edge" / "__init__.py", rogue / "__init__.py"):
+        init.write_text("", encoding="utf-8")
+    (rogue / "compile.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nprint('{{}}')\n", encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    config = compiled.load_site(EXAMPLE, known_models=known_models())
+    assert not marker.exists()
+    assert config.gateway.id
+
+
 def test_a_missing_or_unreadable_file_is_the_same_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as expected:
         loader.load_site(tmp_path / "none.yaml")
