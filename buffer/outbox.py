@@ -161,7 +161,8 @@ class Outbox:
         # Series seen by submit(): the body's other fields -> point id. Keyed by the fields'
         # names and values in one flat tuple (cheap to build per reading, and held once per
         # series: 88 bytes for three fields where a tuple of pairs took 232); the canonical
-        # text is made once per new series.
+        # text is made once per new series. Only series whose names and values are all text
+        # (or None) are keyed so (_new_point says why); the others go by their text.
         self._point_by_fields: dict[tuple[Any, ...], int] = {}
         # Taken, not copied: the store reads the file's series only when it opens.
         self._point_by_text = store.point_ids
@@ -422,7 +423,10 @@ class Outbox:
             self._next_point += 1
             self._point_by_text[text] = point
             self._unsaved_points.append((point, text))
-        if key is not None:
+        if key is not None and all(type(x) is str or x is None for x in key):
+            # Only names and values that equal nothing of another type are keys: 1, 1.0 and
+            # True are equal in a tuple but name three series, and a NaN equals nothing (a
+            # new key per reading). Such a series is found by its text, reading by reading.
             self._point_by_fields[key] = point
         return point
 

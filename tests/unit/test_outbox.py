@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import math
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -256,6 +258,41 @@ async def test_each_series_comes_back_with_its_own_fields(tmp_path: Path) -> Non
     for row in rows:
         fields = series[int(row.body["value"])]
         assert {k: v for k, v in row.body.items() if k not in ("value", "ts")} == fields
+
+
+async def test_series_whose_values_are_equal_but_of_another_type_keep_their_own_fields(
+    tmp_path: Path,
+) -> None:
+    # 1, 1.0 and True are equal (and hash alike) in Python but are three series in the file,
+    # as are 0.0 and -0.0, and the names 1 and True; a NaN equals nothing, not even itself.
+    series: list[dict[Any, object]] = [
+        {"device": "a", "n": 1},
+        {"device": "a", "n": 1.0},
+        {"device": "a", "n": True},
+        {"device": "a", "n": 0.0},
+        {"device": "a", "n": -0.0},
+        {"device": "a", "n": False},
+        {"device": "a", "n": 0},
+        {1: "x"},
+        {True: "x"},
+        {"device": "a", "n": math.nan},
+        {"device": "a", "n": None},
+        {"device": "a", "n": "1"},
+    ]
+    async with await Outbox.open(tmp_path / "o.db", commit_interval=0.0) as outbox:
+        for round_ in range(3):
+            for i, fields in enumerate(series):
+                outbox.submit("telemetry", {**fields, "value": float(i), "ts": T0 + round_})
+        await outbox.flush()
+        rows = await outbox.peek("telemetry", 100)
+        assert len(outbox._store.series) == len(series)
+        # Found again by their text, not by a key per reading.
+        assert len(outbox._point_by_fields) <= len(series)
+    assert len(rows) == 3 * len(series)
+    for row in rows:
+        fields = {k: v for k, v in row.body.items() if k not in ("value", "ts")}
+        expected = series[int(row.body["value"])]
+        assert json.dumps(fields, sort_keys=True) == json.dumps(expected, sort_keys=True)
 
 
 def test_seq_runs_are_the_seqs_named_in_consecutive_stretches() -> None:
