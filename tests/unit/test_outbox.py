@@ -265,6 +265,8 @@ async def test_series_whose_values_are_equal_but_of_another_type_keep_their_own_
 ) -> None:
     # 1, 1.0 and True are equal (and hash alike) in Python but are three series in the file,
     # as are 0.0 and -0.0, and the names 1 and True; a NaN equals nothing, not even itself.
+    # Every reading must come back with its own fields, after a reopen too, and every point
+    # a row names must have its row in points.
     series: list[dict[Any, object]] = [
         {"device": "a", "n": 1},
         {"device": "a", "n": 1.0},
@@ -275,20 +277,26 @@ async def test_series_whose_values_are_equal_but_of_another_type_keep_their_own_
         {"device": "a", "n": 0},
         {1: "x"},
         {True: "x"},
+        {"1": "x"},  # the same series as {1: "x"}: names are text in the file
         {"device": "a", "n": math.nan},
         {"device": "a", "n": None},
         {"device": "a", "n": "1"},
     ]
-    async with await Outbox.open(tmp_path / "o.db", commit_interval=0.0) as outbox:
-        for round_ in range(3):
-            for i, fields in enumerate(series):
-                outbox.submit("telemetry", {**fields, "value": float(i), "ts": T0 + round_})
-        await outbox.flush()
-        rows = await outbox.peek("telemetry", 100)
-        assert len(outbox._store.series) == len(series)
-        # Found again by their text, not by a key per reading.
-        assert len(outbox._point_by_fields) <= len(series)
-    assert len(rows) == 3 * len(series)
+    for opening in range(2):  # and after a reopen, each found again with its own id
+        async with await Outbox.open(tmp_path / "o.db", commit_interval=0.0) as outbox:
+            for round_ in range(3):
+                for i, fields in enumerate(series):
+                    body = {**fields, "value": float(i), "ts": T0 + 3 * opening + round_}
+                    outbox.submit("telemetry", body)
+            await outbox.flush()
+            rows = await outbox.peek("telemetry", 100)
+            assert len(outbox._store.series) == len(series) - 1
+            # Found again by their text, not by a key per reading.
+            assert len(outbox._point_by_fields) <= len(series)
+    assert len(rows) == 6 * len(series)
+    with contextlib.closing(sqlite3.connect(tmp_path / "o.db")) as conn:
+        orphans = "SELECT count(*) FROM telemetry WHERE point NOT IN (SELECT id FROM points)"
+        assert conn.execute(orphans).fetchone() == (0,)
     for row in rows:
         fields = {k: v for k, v in row.body.items() if k not in ("value", "ts")}
         expected = series[int(row.body["value"])]
