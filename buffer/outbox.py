@@ -96,6 +96,28 @@ _READING_FIELDS: Final = ("ts", "value")
 T = TypeVar("T")
 
 
+def _text_key(fields: Mapping[Any, Any]) -> tuple[Any, ...] | None:
+    """``fields``' names and values sorted by name in one flat tuple, or None unless every
+    name is text and every value text or None.
+
+    Only such keys name one series each: 1, 1.0 and True are equal in a tuple (and hash
+    alike) but are three series in the file, so are 0.0 and -0.0, and a NaN equals nothing (a
+    new key per reading). Text equals only text, and then its JSON is the same."""
+    for name, value in fields.items():
+        if type(name) is not str or (type(value) is not str and value is not None):
+            return None
+    return tuple([x for item in sorted(fields.items()) for x in item])
+
+
+def _series_text(fields: Mapping[str, Any]) -> str:
+    try:
+        return canonical_series(fields)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"outbox: the telemetry body's fields are not JSON-serialisable ({exc})"
+        ) from exc
+
+
 class OutboxUnavailable(OutboxError):
     """The disk refused a read or a delete (full, read-only, I/O error); try again later."""
 
@@ -160,12 +182,22 @@ class Outbox:
         self._listeners: list[CommitListener] = []
         # Series seen by submit(): the body's other fields -> point id. Keyed by the fields'
         # names and values in one flat tuple (cheap to build per reading, and held once per
-        # series: 88 bytes for three fields where a tuple of pairs took 232); the canonical
-        # text is made once per new series.
+        # series: 88 bytes for three fields where a tuple of pairs took 232), in the body's
+        # order and sorted by name (the gateway's bodies are in that order: one key for
+        # both). Only series whose names and values are all text (or None) are keyed so
+        # (_text_key says why); the others are found by their canonical text.
         self._point_by_fields: dict[tuple[Any, ...], int] = {}
-        # Taken, not copied: the store reads the file's series only when it opens.
-        self._point_by_text = store.point_ids
+        # The store reads the file's series only when it opens; of their texts, only those of
+        # series not keyed by their fields are kept (a text per series was 95 KiB at 1,000).
+        self._point_by_text: dict[str, int] = {}
         self._next_point = max(store.point_ids.values(), default=0) + 1
+        for text, point in store.point_ids.items():
+            key = _text_key(store.series[point])
+            if key is None:
+                self._point_by_text[text] = point
+            else:
+                self._point_by_fields.setdefault(key, point)
+        store.point_ids = self._point_by_text
         self._unsaved_points: list[tuple[int, str]] = []
         self._closing = False
         self._closed = False
@@ -409,21 +441,36 @@ class Outbox:
         return PendingReading(point, ts, value, self._loop.time(), done)
 
     def _new_point(self, body: Mapping[str, Any], key: tuple[Any, ...] | None) -> int:
+        """The point id of a body's series not found by ``key`` (its fields in the body's
+        order), a new one if the series is new."""
         fields = {k: v for k, v in body.items() if k not in _READING_FIELDS}
-        try:
-            text = canonical_series(fields)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"outbox: the telemetry body's fields are not JSON-serialisable ({exc})"
-            ) from exc
-        point = self._point_by_text.get(text)
+        sorted_key = _text_key(fields)
+        text: str | None = None
+        if sorted_key is None:
+            text = _series_text(fields)
+            # Names that are not text (1, True) are text in JSON: go by the fields as the
+            # file reads them back, which may be those of a series found by its fields.
+            sorted_key = _text_key(json.loads(text))
+            if sorted_key is None:
+                point = self._point_by_text.get(text)
+                if point is None:
+                    point = self._point_by_text[text] = self._added(text)
+                return point
+            key = None  # this body's own names are not text: no key to look it up by
+        point = self._point_by_fields.get(sorted_key)
         if point is None:
-            point = self._next_point
-            self._next_point += 1
-            self._point_by_text[text] = point
-            self._unsaved_points.append((point, text))
+            if text is None:
+                text = _series_text(fields)
+            point = self._point_by_fields[sorted_key] = self._added(text)
         if key is not None:
-            self._point_by_fields[key] = point
+            self._point_by_fields[key] = point  # the same entry where the body was in order
+        return point
+
+    def _added(self, text: str) -> int:
+        """A new point id for the series ``text``, written with the next commit."""
+        point = self._next_point
+        self._next_point += 1
+        self._unsaved_points.append((point, text))
         return point
 
     async def _write_loop(self) -> None:

@@ -198,7 +198,8 @@ class Store:
     #: id -> the series fields of that point (body fields other than ts and value).
     series: dict[int, dict[str, Any]]
     #: canonical series text -> id as the file had them when opened: the submit side's to
-    #: take (:class:`buffer.Outbox` keeps it up to date from then on).
+    #: take (:class:`buffer.Outbox` keeps in it only the series it does not find by their
+    #: fields, and keeps it up to date from then on).
     point_ids: dict[str, int]
     page_size: int
     checked: bool

@@ -207,17 +207,27 @@ class SiteBehaviour(_Form):
         handed = self._handed_over("storage_policies")
         if handed is None:
             return self._resolved_policies()
-        return {(device, point): Policy(**fields) for device, point, fields in handed}
+        kinds = [Policy(**fields) for fields in handed["policies"]]
+        points = handed["points"]
+        return {(points[i], points[i + 1]): kinds[points[i + 2]] for i in range(0, len(points), 3)}
 
     def handover(self) -> dict[str, Any]:
+        """Each distinct policy once and the points as one flat list of (device, point,
+        index of its policy): the running gateway holds this for the config's life, and a
+        site's thousand points share a few policies (a list and a dict of fields per point
+        took 0.45 MiB at 1,000 points)."""
         import dataclasses  # noqa: PLC0415
 
-        return {
-            "storage_policies": [
-                [device, point, dataclasses.asdict(policy)]
-                for (device, point), policy in self.storage_policies().items()
-            ]
-        }
+        # By repr, not by equality: a band of -0.0 is written as given, not as 0.0.
+        index: dict[str, int] = {}
+        policies: list[dict[str, Any]] = []
+        points: list[Any] = []
+        for (device, point), policy in self.storage_policies().items():
+            number = index.setdefault(repr(policy), len(index))
+            if number == len(policies):
+                policies.append(dataclasses.asdict(policy))
+            points += (device, point, number)
+        return {"storage_policies": {"policies": policies, "points": points}}
 
 
 def storage_of(config: Any) -> Storage:

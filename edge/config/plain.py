@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final, Self
 
@@ -231,7 +232,9 @@ def _decoded(tree: Any, classes: Mapping[str, type[Plain]]) -> Any:
     if isinstance(tree, list):
         return [_decoded(item, classes) for item in tree]
     if not isinstance(tree, dict):
-        return tree
+        # One copy of each text: JSON gives every device id, bus and point name its own
+        # string, once per place it appears (3,000 of them at a site of 1,000 points).
+        return sys.intern(tree) if type(tree) is str else tree
     if DICT_KEY in tree:
         return {key: _decoded(value, classes) for key, value in tree[DICT_KEY].items()}
     name = tree.get(CLASS_KEY)

@@ -21,7 +21,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from drivers import DeviceStatus, Reading
 from drivers.tilt import TILT_AXES, displacement_point
@@ -126,12 +126,16 @@ class ThresholdChange:
         return values.pop() if len(values) == 1 else None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Route:
     # Tuples, one route per point: smaller than lists, and every empty one is the same ().
     judges: tuple[Judge, ...]
     ticking: tuple[Judge, ...]
     derived: tuple[tuple[DerivedPoint, float | None], ...]
+
+
+#: The route of a point no rule judges and nothing is derived from.
+_NO_ROUTE: Final = _Route((), (), ())
 
 
 @dataclass
@@ -319,7 +323,10 @@ class RuleEngine:
             if self._selects(d, device)
             and ((gauge := d.gauge_for(device)) is not None or d.kind != "displacement")
         ]
-        route = _Route(tuple(judges), tuple([j for j in judges if j.ticks]), tuple(derived))
+        if judges or derived:
+            route = _Route(tuple(judges), tuple([j for j in judges if j.ticks]), tuple(derived))
+        else:
+            route = _NO_ROUTE  # most points: one object for all of them, never changed
         self._routes[(device, point)] = route
         return route
 

@@ -138,6 +138,24 @@ def test_fixed_points_are_what_the_serial_and_gpio_drivers_report(config: SiteCo
         assert reported == points_of(aliases, device), device
 
 
+def test_a_table_gives_back_every_entry_whole_in_alias_order() -> None:
+    # The table is held as its index's keys and a tuple of units: each entry, the iteration,
+    # equality and the id must still be those of the (device, point, unit) list it was given.
+    entries = [("d", "a", "mA"), ("d", "b", "°C"), ("e", "a", "")]
+    table = Aliases(entries)
+    assert list(table) == entries
+    assert [table.entry(alias) for alias in range(len(table))] == entries
+    assert table.table_id == "7a13c273120d"  # sha256 of the entries' JSON, as published
+    assert table == Aliases(list(entries))
+    assert hash(table) == hash(Aliases(list(entries)))
+    assert table != Aliases([*entries[:2], ("e", "a", "V")])
+    assert table != Aliases([entries[1], entries[0], entries[2]])
+    with pytest.raises(IndexError):
+        table.entry(3)
+    with pytest.raises(IndexError):
+        table.entry(-1)
+
+
 def test_a_table_refuses_a_point_listed_twice() -> None:
     with pytest.raises(ValueError, match="twice"):
         Aliases([("efm-1", "rc", "mA"), ("efm-1", "rc", "A")])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import math
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -256,6 +258,49 @@ async def test_each_series_comes_back_with_its_own_fields(tmp_path: Path) -> Non
     for row in rows:
         fields = series[int(row.body["value"])]
         assert {k: v for k, v in row.body.items() if k not in ("value", "ts")} == fields
+
+
+async def test_series_whose_values_are_equal_but_of_another_type_keep_their_own_fields(
+    tmp_path: Path,
+) -> None:
+    # 1, 1.0 and True are equal (and hash alike) in Python but are three series in the file,
+    # as are 0.0 and -0.0, and the names 1 and True; a NaN equals nothing, not even itself.
+    # Every reading must come back with its own fields, after a reopen too, and every point
+    # a row names must have its row in points.
+    series: list[dict[Any, object]] = [
+        {"device": "a", "n": 1},
+        {"device": "a", "n": 1.0},
+        {"device": "a", "n": True},
+        {"device": "a", "n": 0.0},
+        {"device": "a", "n": -0.0},
+        {"device": "a", "n": False},
+        {"device": "a", "n": 0},
+        {1: "x"},
+        {True: "x"},
+        {"1": "x"},  # the same series as {1: "x"}: names are text in the file
+        {"device": "a", "n": math.nan},
+        {"device": "a", "n": None},
+        {"device": "a", "n": "1"},
+    ]
+    for opening in range(2):  # and after a reopen, each found again with its own id
+        async with await Outbox.open(tmp_path / "o.db", commit_interval=0.0) as outbox:
+            for round_ in range(3):
+                for i, fields in enumerate(series):
+                    body = {**fields, "value": float(i), "ts": T0 + 3 * opening + round_}
+                    outbox.submit("telemetry", body)
+            await outbox.flush()
+            rows = await outbox.peek("telemetry", 100)
+            assert len(outbox._store.series) == len(series) - 1
+            # Found again by their text, not by a key per reading.
+            assert len(outbox._point_by_fields) <= len(series)
+    assert len(rows) == 6 * len(series)
+    with contextlib.closing(sqlite3.connect(tmp_path / "o.db")) as conn:
+        orphans = "SELECT count(*) FROM telemetry WHERE point NOT IN (SELECT id FROM points)"
+        assert conn.execute(orphans).fetchone() == (0,)
+    for row in rows:
+        fields = {k: v for k, v in row.body.items() if k not in ("value", "ts")}
+        expected = series[int(row.body["value"])]
+        assert json.dumps(fields, sort_keys=True) == json.dumps(expected, sort_keys=True)
 
 
 def test_seq_runs_are_the_seqs_named_in_consecutive_stretches() -> None:

@@ -120,7 +120,12 @@ def test_the_plain_config_is_the_models_field_by_field_on_every_shipped_site(
         assert list(same(plain, modelled)) == [], path
         assert warnings == warned, path
         # What the run path asks of the config besides its fields.
-        assert plain.storage_policies() == modelled.storage_policies(), path
+        # Every point with its own policy, in the same order (handed over as shared policies).
+        policies = list(plain.storage_policies().items())
+        assert policies == list(modelled.storage_policies().items()), path
+        assert [repr(p) for _, p in policies] == [
+            repr(p) for p in modelled.storage_policies().values()
+        ], path
         for rule, plain_rule in zip(modelled.rules, plain.rules, strict=True):
             assert _rule_hash(plain_rule) == _rule_hash(rule), (path, rule.id)
             if isinstance(rule, model.CompositeRule):
