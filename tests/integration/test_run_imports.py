@@ -312,16 +312,18 @@ async def test_a_gateway_never_loads_pydantic_nor_yaml_through_pushes_and_thresh
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     async def push_and_tune(seen: Collector, site: Path) -> None:
-        rule = "residual-current-over-limit"
-        tuned = await _command(
-            mosquitto,
-            seen,
-            "t-1",
-            "set-threshold",
-            {"rule": rule, "threshold": 280},
-            key="operations",
-        )
-        assert tuned["result"] == "ok", tuned
+        async def tune(command_id: str, threshold: float) -> None:
+            tuned = await _command(
+                mosquitto,
+                seen,
+                command_id,
+                "set-threshold",
+                {"rule": "residual-current-over-limit", "threshold": threshold},
+                key="operations",
+            )
+            assert tuned["result"] == "ok", tuned
+
+        await tune("t-1", 280)
         pushed = yaml.safe_load(await asyncio.to_thread(site.read_text, encoding="utf-8"))
         pushed["rules"][0]["raise_at"] = 320
         text = yaml.safe_dump(pushed, sort_keys=False)
@@ -344,15 +346,7 @@ async def test_a_gateway_never_loads_pydantic_nor_yaml_through_pushes_and_thresh
         assert applied["result"] == "ok", applied.get("error")
         await _applied(seen, "p-2")
         # The pushed gateway takes a threshold change too.
-        again = await _command(
-            mosquitto,
-            seen,
-            "t-2",
-            "set-threshold",
-            {"rule": rule, "threshold": 300},
-            key="operations",
-        )
-        assert again["result"] == "ok", again
+        await tune("t-2", 300)
 
     running = await _a_running_gateway(
         tmp_path, mosquitto, install(tmp_path / "keys"), push_and_tune

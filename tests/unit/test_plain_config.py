@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
@@ -231,23 +231,15 @@ common = {
 }
 
 
+#: Every kind of rule the site model has, from the model itself (a new kind is drawn too).
+RULE_KINDS = [
+    get_args(kind.model_fields["kind"].annotation)[0] for kind in get_args(get_args(model.Rule)[0])
+]
+
+
 @st.composite
 def rules(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(
-        st.sampled_from(
-            [
-                "over-limit",
-                "under-limit",
-                "sudden-change",
-                "abnormal",
-                "sustained",
-                "alarm-bits",
-                "sensor-fault",
-                "device-offline",
-                "composite",
-            ]
-        )
-    )
+    kind = draw(st.sampled_from(RULE_KINDS))
     rule: dict[str, Any] = {"kind": kind, "id": draw(ids)}
     if kind not in ("device-offline", "composite"):
         rule.update({key: draw(value) for key, value in common.items()})

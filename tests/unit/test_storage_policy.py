@@ -293,6 +293,18 @@ def test_points_stored_in_full_share_nothing_with_their_neighbours_in_an_alarm_w
     assert not set(range(26, 30)) & kept_e  # e had no alarm: its band rules
 
 
+def memory_held_offering(storage: Storage, readings: list[Reading]) -> int:
+    """Bytes still allocated after ``storage`` was offered ``readings`` (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for reading in readings:
+            storage.offer(reading)
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_point_stored_in_full_costs_the_policies_no_state_of_its_own() -> None:
     # 1,000 points (50 monitors of 20) stored in full: an entry in their device's table of
     # filters each, about 60 bytes, where a filter and its last reading were 250.
@@ -303,14 +315,7 @@ def test_a_point_stored_in_full_costs_the_policies_no_state_of_its_own() -> None
         for d in range(50)
         for n in range(20)
     ]
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for reading in readings:
-            storage.offer(reading)
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    held = memory_held_offering(storage, readings)
     assert storage.stored == len(readings)
     assert held / 1000 < 100, f"{held / 1000:.0f} bytes a point"
 
@@ -439,14 +444,7 @@ def test_the_ring_holds_a_reading_in_under_48_bytes() -> None:
         for t in range(600)
         for n, name in enumerate(names)
     ]
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for reading in readings:
-            storage.offer(reading)
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    held = memory_held_offering(storage, readings)
     assert storage.ring_size() == 600 * 20 - 20
     assert held / storage.ring_size() < 48, f"{held / storage.ring_size():.0f} bytes a reading"
 
