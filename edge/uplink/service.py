@@ -28,7 +28,7 @@ from buffer import Outbox, OutboxClosed, OutboxUnavailable, Record, Stream
 from drivers.backoff import Backoff
 from edge import contract, timesync
 from edge.commands import Commands, Handler
-from edge.signing import load_key_ring
+from edge.signing import KeyRing, load_key_ring
 from edge.timesync import SyncProbe
 from edge.uplink.client import MqttClient, PublishRefused
 from edge.uplink.connection import (
@@ -171,18 +171,27 @@ class Uplink:
         #: Downlink commands, answered on the acks topic; off without handlers.
         self._commands: Commands | None = None
         if command_handlers:
-            policy = command_policy or CommandPolicy()
+            # Without a policy: no keys (every command refused) and Commands' own defaults,
+            # which are the site model's.
+            keys: KeyRing | None = None
+            limits: dict[str, Any] = {}
+            if command_policy is not None:
+                if command_policy.keys is not None:
+                    keys = load_key_ring(Path(command_policy.keys))
+                limits = {
+                    "insecure_unsigned": command_policy.insecure_unsigned_commands,
+                    "max_skew": command_policy.max_clock_skew,
+                    "max_per_minute": command_policy.max_per_minute,
+                }
             self._commands = Commands(
                 gateway_id,
                 lambda: self._outbox.epoch,
                 command_handlers,
                 ttl=config.command_ttl,
                 clock_synced=self._clock_synced,
-                keys=None if policy.keys is None else load_key_ring(Path(policy.keys)),
-                insecure_unsigned=policy.insecure_unsigned_commands,
-                max_skew=policy.max_clock_skew,
-                max_per_minute=policy.max_per_minute,
+                keys=keys,
                 store=outbox,
+                **limits,
             )
 
         self._state: UplinkState = "offline"
@@ -696,18 +705,19 @@ class Uplink:
         goes again, unchanged, after the reconnect.
         """
         retry = Backoff(_BACKOFF_FIRST, self._config.reconnect_max)
-        try:
-            while True:
-                try:
-                    await client.publish(message.topic, message.payload, qos=1)
-                    break
-                except PublishRefused as exc:
-                    self._refused(exc)
-                await asyncio.sleep(retry.next_delay())
-        finally:
-            window.release()
-            if message.lane == "backfill":
-                self._new_rows.set()  # the backlog may take the next slot
+        while True:
+            try:
+                await client.publish(message.topic, message.payload, qos=1)
+                break
+            except PublishRefused as exc:
+                self._refused(exc)
+            await asyncio.sleep(retry.next_delay())
+        # The slot is freed only by a PUBACK. A lost connection ends the session (and its
+        # window): freeing the slot then would let the drain build one more message while the
+        # session winds down, one more than the window in memory.
+        window.release()
+        if message.lane == "backfill":
+            self._new_rows.set()  # the backlog may take the next slot
         self._accepted(message.topic)
         self._in_flight.acknowledged(message)
         self.tally.published += 1
