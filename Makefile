@@ -26,14 +26,14 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 ## Lint and the tests that start no broker, gateway or installer (about 85 s): the edit-test loop.
 ## `make test` (everything, with mypy) before pushing.
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -n 2 -m "not integration and not slow"
+	$(BIN)/pytest -q -n 2 --dist worksteal -m "not integration and not slow"
 
 ## Hardware-in-the-loop scenarios against the simulated rig (SCENARIO=FILE runs one, EDGE_RIG=FILE
 ## a real rig); reports in var/hil/ (report.txt, junit.xml, figures.json). docs/hil.md.
