@@ -9,6 +9,11 @@ restarted, which a separate thread could not notice.
 The protocol is one datagram per message on the unix socket named by ``$NOTIFY_SOCKET``
 (see sd_notify(3)); a plain socket does it, no libsystemd binding is needed. Outside systemd
 (``NOTIFY_SOCKET`` unset: a terminal, a test, the demo) every call is a no-op.
+
+A send never waits: a service manager that stops reading (its queue of datagrams is short,
+``net.unix.max_dgram_qlen``, 10 by default) would otherwise block the event loop that sounds
+the alarms. A message that does not fit is dropped and said once; a dropped ping costs at
+worst a restart by the watchdog, a blocked loop costs the alarms.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Notifier:
         # A leading '@' names a socket in the abstract namespace (sd_notify(3)).
         self.address: str | None = ("\0" + path[1:] if path.startswith("@") else path) or None
         self.watchdog_interval = _watchdog_interval(env)
+        self._failing = False  # said once per run of failed sends, not once per ping
 
     @property
     def enabled(self) -> bool:
@@ -46,14 +52,19 @@ class Notifier:
         if self.address is None:
             return False
         message = "\n".join(assignments).encode()
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            with socket.socket(socket.AF_UNIX, kind) as sock:
                 sock.sendto(message, self.address)
         except OSError as exc:
             # Losing a notification must never take the gateway down: the worst outcome is a
             # restart by systemd's watchdog, which is what it is for.
-            log.warning("cannot notify systemd", extra=fields(error=str(exc)))
+            if not self._failing:
+                reason = "not reading" if isinstance(exc, BlockingIOError) else str(exc)
+                log.warning("cannot notify systemd", extra=fields(error=reason))
+            self._failing = True
             return False
+        self._failing = False
         return True
 
     def ready(self, status: str = "") -> bool:

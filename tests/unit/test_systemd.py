@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
@@ -52,6 +53,32 @@ def test_abstract_namespace_socket() -> None:
 def test_a_vanished_listener_is_logged_not_raised(tmp_path: Path) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
     assert notifier.notify("READY=1") is False
+
+
+def test_a_manager_that_stops_reading_never_blocks_the_caller(
+    tmp_path: Path, listener: socket.socket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its queue fills up (net.unix.max_dgram_qlen): the rest is dropped and said once."""
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    sent: list[bool] = []
+
+    def ping() -> None:
+        sent.extend(notifier.notify("WATCHDOG=1") for _ in range(2000))
+
+    # In a thread: a send that waits for the reader would hang here, not the test run.
+    pinger = threading.Thread(target=ping, name="pinger", daemon=True)
+    pinger.start()
+    pinger.join(30)
+    assert not pinger.is_alive(), "a notification waited for a manager that does not read"
+    assert sent[0] is True
+    assert sent[-1] is False
+    assert [r.message for r in caplog.records] == ["cannot notify systemd"]
+    listener.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while listener.recv(4096):
+            pass
+    assert notifier.stopping() is True
+    assert notifier.notify("WATCHDOG=1") is True
 
 
 @pytest.mark.parametrize(
