@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,38 +27,76 @@ async def next_datagram(sock: socket.socket, seconds: float) -> bytes:
     return await asyncio.wait_for(loop.sock_recv(sock, 4096), seconds)
 
 
-async def test_run_notifies_ready_pings_the_watchdog_and_says_stopping(tmp_path: Path) -> None:
-    notify_path = tmp_path / "notify"
+@contextlib.asynccontextmanager
+async def gateway_under_systemd(
+    tmp_path: Path, watchdog_usec: int
+) -> AsyncIterator[tuple[socket.socket, asyncio.subprocess.Process]]:
+    """``edge run`` of the example site with a notify socket (the one systemd would read)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(notify_path))
+        sock.bind(str(tmp_path / "notify"))
         sock.setblocking(False)
         async with Simulator(
             tcp=("127.0.0.1", 0), tcp_devices=[1, 2], rtu_link=tmp_path / "rtu", rtu_devices=[1]
         ) as sim:
             site = site_for(sim, tmp_path, broker_url=f"mqtt://127.0.0.1:{free_port()}")
             config = write_site(tmp_path, site)
-            env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
-            log = (tmp_path / "gateway.log").open("wb")
-            process = await asyncio.create_subprocess_exec(
-                *EDGE, "run", "--config", str(config), env=env, stderr=log
-            )
-            try:
-                first = await next_datagram(sock, 20)
-                assert first.split(b"\n")[0] == b"READY=1", first
-                assert b"STATUS=gateway gw-demo-0001 running" in first
-                pings = [await next_datagram(sock, 2) for _ in range(3)]
-                assert pings == [b"WATCHDOG=1"] * 3
-                process.send_signal(signal.SIGTERM)
-                rest = [await next_datagram(sock, 5)]
-                while rest[-1] == b"WATCHDOG=1":
-                    rest.append(await next_datagram(sock, 5))
-                assert rest[-1] == b"STOPPING=1", rest
-                assert await asyncio.wait_for(process.wait(), 10) == 0
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-                log.close()
+            env = {
+                **os.environ,
+                "NOTIFY_SOCKET": str(tmp_path / "notify"),
+                "WATCHDOG_USEC": str(watchdog_usec),
+            }
+            with (tmp_path / "gateway.log").open("wb") as log:
+                process = await asyncio.create_subprocess_exec(
+                    *EDGE, "run", "--config", str(config), env=env, stderr=log
+                )
+                try:
+                    yield sock, process
+                finally:
+                    if process.returncode is None:
+                        process.kill()
+                        await process.wait()
+
+
+async def exits_after_sigterm(process: asyncio.subprocess.Process, log: Path) -> int:
+    """The exit code, or the test fails with the end of the gateway's log (and its stacks)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(process.wait(), 10)
+    except TimeoutError:
+        process.send_signal(signal.SIGUSR1)  # every thread's stack, into the log
+        await asyncio.sleep(1)
+        tail = (await asyncio.to_thread(log.read_text, errors="replace"))[-4000:]
+        pytest.fail(f"no exit 10 s after SIGTERM; the gateway's log ends:\n{tail}")
+
+
+async def test_run_notifies_ready_pings_the_watchdog_and_says_stopping(tmp_path: Path) -> None:
+    async with gateway_under_systemd(tmp_path, 200_000) as (sock, process):
+        first = await next_datagram(sock, 20)
+        assert first.split(b"\n")[0] == b"READY=1", first
+        assert b"STATUS=gateway gw-demo-0001 running" in first
+        pings = [await next_datagram(sock, 2) for _ in range(3)]
+        assert pings == [b"WATCHDOG=1"] * 3
+        exit_code = asyncio.ensure_future(exits_after_sigterm(process, tmp_path / "gateway.log"))
+        rest = [await next_datagram(sock, 5)]
+        while rest[-1] == b"WATCHDOG=1":
+            rest.append(await next_datagram(sock, 5))
+        assert rest[-1] == b"STOPPING=1", rest
+        assert await exit_code == 0
+
+
+async def test_a_service_manager_that_stops_reading_never_holds_the_gateway(
+    tmp_path: Path,
+) -> None:
+    """Its socket's queue fills with pings (ten datagrams by default): a send that waited
+    would hold the event loop, the alarms and the stop signal with it."""
+    # A ping every 10 ms: the queue is full a tenth of a second after READY.
+    async with gateway_under_systemd(tmp_path, 20_000) as (sock, process):
+        ready = await next_datagram(sock, 20)
+        assert ready.split(b"\n")[0] == b"READY=1", ready
+        await asyncio.sleep(1.0)  # nobody reads: a hundred pings against ten places
+        assert await exits_after_sigterm(process, tmp_path / "gateway.log") == 0
+    log_text = (tmp_path / "gateway.log").read_text(errors="replace")
+    assert log_text.count("cannot notify systemd") == 1, log_text[-4000:]
 
 
 async def test_run_with_a_bad_config_says_ready_with_the_fault_not_a_restart_loop(
