@@ -357,7 +357,7 @@ KEYS = (
 TINY = {"seconds": 1.0, "warmup": 2.0, "devices": 5}
 
 
-async def run(seconds: float = 30.0, warmup: float = 10.0, devices: int = 50) -> dict[str, float]:
+async def run(seconds: float = 60.0, warmup: float = 10.0, devices: int = 50) -> dict[str, float]:
     """The peer, then ``edge run`` storing every reading and with the default policies, side
     by side."""
     print(f"peer: {PEER[0]} and edge run, {devices * 20:,} readings/s over Modbus TCP")
