@@ -376,49 +376,44 @@ async def _push_fixed(mosquitto: Mosquitto, seen: Collector, site: Path, good: b
     await seen.wait_for(lambda c: len(c.on("/telemetry")) > before, within=60)
 
 
-async def test_a_gateway_on_its_last_good_config_never_loads_yaml(
-    tmp_path: Path, mosquitto: Mosquitto
+@pytest.mark.parametrize(
+    ("last_good", "started", "running_on"),
+    [
+        (True, ("telemetry", "health"), "drivers.modbus.bus"),
+        (False, ("events",), "edge.fault"),  # no last good config: fault mode, nothing polled
+    ],
+    ids=["on-the-last-good-config", "in-fault-mode"],
+)
+async def test_a_gateway_started_on_a_broken_site_file_never_loads_yaml(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    last_good: bool,
+    started: tuple[str, ...],
+    running_on: str,
 ) -> None:
     good = b""
 
-    def last_good_then_broken(site: Path) -> None:
+    def break_the_site_file(site: Path) -> None:
         nonlocal good
-        lastgood.save(site, site.read_bytes())
+        if last_good:
+            lastgood.save(site, site.read_bytes())
         good = _broken(site)
 
     async def push(seen: Collector, site: Path) -> None:
-        await _push_fixed(mosquitto, seen, site, good)
-
-    running = await _a_running_gateway(
-        tmp_path, mosquitto, install(tmp_path / "keys"), push, prepare=last_good_then_broken
-    )
-    assert _loaded(running.modules, "drivers.modbus.bus")
-    assert [name for name in (*PYDANTIC, *YAML) if _loaded(running.modules, name)] == []
-
-
-async def test_a_gateway_in_fault_mode_never_loads_yaml(
-    tmp_path: Path, mosquitto: Mosquitto
-) -> None:
-    good = b""
-
-    def broken(site: Path) -> None:
-        nonlocal good
-        good = _broken(site)
-
-    async def fault_then_push(seen: Collector, site: Path) -> None:
-        assert any(e["kind"] == "config-invalid" for e in seen.on("/events"))
-        assert seen.on("/telemetry") == []
+        if not last_good:
+            assert any(e["kind"] == "config-invalid" for e in seen.on("/events"))
+            assert seen.on("/telemetry") == []
         await _push_fixed(mosquitto, seen, site, good)
 
     running = await _a_running_gateway(
         tmp_path,
         mosquitto,
         install(tmp_path / "keys"),
-        fault_then_push,
-        prepare=broken,
-        started=("events",),
+        push,
+        prepare=break_the_site_file,
+        started=started,
     )
-    assert _loaded(running.modules, "edge.fault")
+    assert _loaded(running.modules, running_on)
     assert [name for name in (*PYDANTIC, *YAML) if _loaded(running.modules, name)] == []
 
 
