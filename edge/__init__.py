@@ -1,6 +1,11 @@
 """The gateway daemon: config, supervisor, rules, annunciator, uplink and the ``edge`` CLI."""
 
-from importlib.metadata import PackageNotFoundError, version
+# First, before anything imports asyncio or hashlib: OpenSSL stays out until TLS is spoken.
+from edge import openssl
+
+openssl.defer()
+
+from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 
 try:
     __version__ = version("city-safety-edge")

@@ -23,6 +23,9 @@
   their own times) give ``tcp_1000rps_readings_per_s``, which shows whether
   the gateway really moved 1,000 readings a second end to end while it used that CPU (a
   message it refuses fails the suite).
+- ``tcp_1000rps_mqtts_rss_mb`` / ``tcp_1000rps_mqtts_cpu_pct``: the same gateway over
+  ``mqtts://`` (a Mosquitto TLS listener with a CA made for the run): what speaking TLS costs,
+  OpenSSL's libraries loaded with it (edge/openssl.py keeps them out over ``mqtt://``).
 - ``start_first_poll_s``: how long ``edge run`` takes on the same site (50 monitors, 1,000
   readings/s) from its spawn to its first Modbus request on the wire, which a plain listening
   socket takes in place of the simulator; median of ``start_trials`` starts. It includes the
@@ -52,11 +55,12 @@ from drivers.modbus import ModbusBus, PolledDevice, RtuSettings, load_model
 from drivers.modbus.codec import read_chars
 from drivers.types import DeviceStatus, Reading
 from edge.contract import decode_payload
-from hil.broker import LocalBroker
+from hil.mosquitto import Mosquitto, TlsListener, find_mosquitto
 from hil.port_faults import HeldOpen
 from hil.receiver import Receiver
 from hil.rtu_line import RtuLine
 from tests.fixtures.broker import free_port
+from tests.fixtures.certs import Authority
 from tests.fixtures.service import compile_as_installed, interpreter_flags
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example-site.yaml"
@@ -194,6 +198,8 @@ def _site(
     *,
     model: str = "efm-ref",
     policy: str | None = "all",
+    broker_url: str | None = None,
+    ca_file: Path | None = None,
 ) -> Path:
     site: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     site["buses"] = [
@@ -211,7 +217,9 @@ def _site(
         }
         for address in range(1, devices + 1)
     ]
-    site["uplink"]["brokers"] = [f"mqtt://127.0.0.1:{broker_port}"]
+    site["uplink"]["brokers"] = [broker_url or f"mqtt://127.0.0.1:{broker_port}"]
+    if ca_file is not None:
+        site["uplink"]["ca_file"] = str(ca_file)
     site["buffer"]["path"] = str(workdir / "outbox.sqlite")
     # Every reading stored and sent: the figure is the whole path at 1,000 readings/s (the
     # storage policies' savings are the storage suite's figures). None: the models' defaults.
@@ -301,6 +309,20 @@ def footprint(
     return {"cpu_pct": cpu, "rss_mb": rss_mb, "readings_per_s": rate}
 
 
+def _broker(workdir: Path, tls: bool) -> Mosquitto:
+    """The footprint's Mosquitto (not started): plain, or TLS with a CA made here (its
+    subscriber then connects to the plain listener beside it)."""
+    if not tls:
+        return Mosquitto(find_mosquitto(), workdir / "broker")
+    pki = Authority(workdir / "pki")
+    cert, key = pki.issue("broker", "broker", ip="127.0.0.1")
+    return Mosquitto(
+        find_mosquitto(),
+        workdir / "broker",
+        tls=TlsListener(pki.cert_path, cert, key),
+    )
+
+
 async def tcp_footprint(
     seconds: float,
     devices: int = 50,
@@ -308,13 +330,15 @@ async def tcp_footprint(
     warmup: float = 10.0,
     *,
     policy: str | None = "all",
+    tls: bool = False,
 ) -> dict[str, float]:
     """CPU and RSS of ``edge run`` moving ~1,000 readings/s from Modbus TCP to the broker
-    (``policy``: the site's storage policy, None for the models' defaults)."""
+    (``policy``: the site's storage policy, None for the models' defaults; ``tls``: over
+    ``mqtts://`` to a Mosquitto with the test's CA, rather than ``mqtt://``)."""
     processes: list[asyncio.subprocess.Process] = []
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as folder:
         workdir = Path(folder)
-        broker = LocalBroker("127.0.0.1", free_port())
+        broker = _broker(workdir, tls)
         tcp_port = free_port()
         broker.start()
         receiver = Receiver(":memory:")
@@ -322,13 +346,15 @@ async def tcp_footprint(
         models = _bench_model(workdir / "models")
         environment = {**os.environ, "EDGE_MODEL_PATH": str(models)}
         polled: list[float] = []
-        subscriber = asyncio.create_task(_receive(broker.port, receiver, ready, polled))
+        subscriber = asyncio.create_task(_receive(broker.plain_port, receiver, ready, polled))
         try:
             await asyncio.wait_for(ready.wait(), 10)
             processes.append(await start_simulator(tcp_port, devices, models))
             site = _site(
-                workdir, tcp_port, broker.port, devices, interval, model=BENCH_MODEL, policy=policy
-            )
+                workdir, tcp_port, broker.port, devices, interval, model=BENCH_MODEL,
+                policy=policy, broker_url=broker.url,
+                ca_file=broker.tls.ca_file if broker.tls is not None else None,
+            )  # fmt: skip
             # Started as the installed unit starts it (its interpreter flags: -OO), from the
             # bytecode the installer compiles for it.
             await asyncio.to_thread(compile_as_installed)
@@ -358,7 +384,7 @@ async def tcp_footprint(
         finally:
             await stop_processes(processes)
             await stop_subscriber(subscriber)
-            broker.close()
+            broker.stop()
             receiver.close()
     used = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
     rate = _polled_rate(polled, wall_start, wall_end)
@@ -409,6 +435,8 @@ KEYS = (
     "tcp_1000rps_cpu_pct",
     "tcp_1000rps_rss_mb",
     "tcp_1000rps_readings_per_s",
+    "tcp_1000rps_mqtts_rss_mb",
+    "tcp_1000rps_mqtts_cpu_pct",
     "start_first_poll_s",
 )
 #: A run of a few seconds that goes through every step (tests/integration/test_benchmarks.py).
@@ -439,6 +467,10 @@ async def run(
         f"({footprint_seconds:g} s)"
     )
     tcp = await tcp_footprint(footprint_seconds, devices=footprint_devices, warmup=footprint_warmup)
+    print("drivers: the same over mqtts:// (OpenSSL loaded: edge/openssl.py)")
+    tls = await tcp_footprint(
+        footprint_seconds, devices=footprint_devices, warmup=footprint_warmup, tls=True
+    )
     print(f"drivers: edge run from its spawn to its first poll ({start_trials} starts)")
     start = await first_poll_seconds(start_trials, devices=footprint_devices)
     return {
@@ -450,6 +482,8 @@ async def run(
         "tcp_1000rps_cpu_pct": round(tcp["cpu_pct"], 2),
         "tcp_1000rps_rss_mb": round(tcp["rss_mb"], 1),
         "tcp_1000rps_readings_per_s": round(tcp["readings_per_s"], 1),
+        "tcp_1000rps_mqtts_rss_mb": round(tls["rss_mb"], 1),
+        "tcp_1000rps_mqtts_cpu_pct": round(tls["cpu_pct"], 2),
         "start_first_poll_s": round(start, 3),
     }
 

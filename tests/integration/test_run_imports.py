@@ -49,7 +49,15 @@ import yaml
 from edge import heap, lastgood
 from edge.signing import generate_key
 from tests.benchmarks.drivers import _site
-from tests.fixtures.broker import Collector, Mosquitto, collect, free_port
+from tests.fixtures.broker import (
+    Collector,
+    Mosquitto,
+    MosquittoFactory,
+    TlsListener,
+    collect,
+    free_port,
+)
+from tests.fixtures.certs import Authority
 from tests.fixtures.command_keys import install, signed_command
 from tests.fixtures.service import compile_as_installed, interpreter_flags
 from tests.unit.test_import_cycles import modules_of
@@ -70,13 +78,14 @@ PYDANTIC = (
 #: Never loaded by ``edge run`` at all: the validating process hands over the device models
 #: as data (drivers/modbus/model.py's ``model_data``) and writes a pushed object out as YAML.
 YAML = ("yaml", "drivers.yamlpos")
-#: Never loaded by ``edge run`` on a Modbus TCP site without command keys.
+#: Never loaded by ``edge run`` on a Modbus TCP site without command keys (nor, over
+#: ``mqtt://``, OpenSSL: ``_ssl`` and ``_hashlib``, edge/openssl.py).
 NOT_LOADED = (
     "jsonschema", "referencing", "rpds", "cryptography", "serial", "aiohttp", "segno",
     "playwright", "edge.doctor", "edge.commission", "edge.installer_cli", "edge.buffer_cli",
     "edge.replay", "edge.watch", "edge.selftest", "edge.sms", "edge.calls", "difflib",
     "drivers.serial_link", "drivers.ports", "drivers.ld2410", "drivers.witmotion", "drivers.pir",
-    "zoneinfo", "sysconfig", "ctypes.util", *PYDANTIC, *YAML,
+    "zoneinfo", "sysconfig", "ctypes.util", "_ssl", "_hashlib", *PYDANTIC, *YAML,
 )  # fmt: skip
 #: Loaded by any running gateway: proof that the list came from one.
 LOADED = (
@@ -87,8 +96,10 @@ LOADED = (
     "edge.config.plain",
 )
 
-#: Runs ``edge run`` and, once the file ASK exists, writes sys.modules and the number of
-#: malloc arenas (None without glibc) to ANSWER.
+#: Runs ``edge run`` and, once the file ASK exists, writes to ANSWER the modules loaded (a
+#: ``None`` in sys.modules, a module kept out, is not), the number of malloc arenas (None
+#: without glibc), and the modules that hold one of ssl's exception classes as it stands
+#: while TLS is not loaded (edge/openssl.py): bound by name, it would stay the stand-in.
 _RUNNER = """
 import ctypes, json, os, re, runpy, sys, threading, time
 ask, answer, site = sys.argv[1:4]
@@ -102,12 +113,18 @@ def arenas():
     libc.malloc_info(0, stream)
     libc.fclose(stream)
     return len(re.findall(r'<heap nr="', text.value.decode()))
+def stand_ins():
+    from edge.openssl import NeverRaised
+    held = [(n, m) for n, m in list(sys.modules.items()) if m is not None and n != "edge.openssl"]
+    return sorted(n for n, m in held if any(v is NeverRaised for v in list(vars(m).values())))
 def report():
     while not os.path.exists(ask):
         time.sleep(0.05)
     with open(answer + ".part", "w") as f:
         flags = {"optimize": sys.flags.optimize}
-        json.dump({"modules": sorted(sys.modules), "arenas": arenas(), "flags": flags}, f)
+        modules = sorted(name for name, module in sys.modules.items() if module is not None)
+        json.dump({"modules": modules, "arenas": arenas(), "flags": flags,
+                   "stand_ins": stand_ins()}, f)
     os.replace(answer + ".part", answer)
 threading.Thread(target=report, daemon=True).start()
 sys.argv = ["edge", "run", "--config", site, "--log-level", "warning"]
@@ -122,6 +139,7 @@ class Running(NamedTuple):
     modules: set[str]
     arenas: int | None
     flags: dict[str, int]
+    stand_ins: list[str]
 
 
 #: What a test does to the running gateway before it reports its modules.
@@ -177,7 +195,7 @@ async def _a_running_gateway(
             if process is not None and process.returncode is None:
                 process.terminate()
                 await process.wait()
-    return Running(set(report["modules"]), report["arenas"], report["flags"])
+    return Running(set(report["modules"]), report["arenas"], report["flags"], report["stand_ins"])
 
 
 def _loaded(modules: set[str], name: str) -> bool:
@@ -255,10 +273,22 @@ def _packages_without_a_row(modules: set[str]) -> list[str]:
 async def test_a_tcp_site_without_command_keys_loads_none_of_the_heavy_modules(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    running = await _a_running_gateway(tmp_path, mosquitto, tmp_path / "no-keys")
+    async def restart_the_broker(seen: Collector, site: Path) -> None:
+        # The gateway's socket fails and its backlog drains in bursts after: the paths where
+        # paho evaluates its except clauses that name ssl's errors (edge/openssl.py).
+        await mosquitto.stop_async()
+        await asyncio.sleep(1.0)  # an outage of a few polls, so that a backlog builds up
+        await mosquitto.start_async()
+        async with collect(mosquitto, "district/v1/#") as again:
+            await again.wait_for(lambda c: bool(c.on("/telemetry")), within=60)
+
+    running = await _a_running_gateway(
+        tmp_path, mosquitto, tmp_path / "no-keys", restart_the_broker
+    )
     modules = running.modules
     assert [name for name in LOADED if not _loaded(modules, name)] == []
     assert [name for name in NOT_LOADED if _loaded(modules, name)] == []
+    assert running.stand_ins == []
     # A new dependency of the run path gets its row (and its cost) in the budget table.
     assert _packages_without_a_row(modules) == []
     # Five threads (and this test's reporter), yet no more malloc arenas than edge/heap.py allows.
@@ -430,6 +460,26 @@ def test_each_import_group_of_edge_run_stays_within_its_budget() -> None:
         if size > row.budget
     ]
     assert over == []
+
+
+async def test_a_site_on_mqtts_loads_tls_when_it_connects(
+    tmp_path: Path, mosquitto_factory: MosquittoFactory
+) -> None:
+    authority = Authority(tmp_path / "pki")
+    cert, key = authority.issue("server", "broker.test", ip="127.0.0.1")
+    broker = mosquitto_factory(tls=TlsListener(authority.cert_path, cert, key))
+
+    def over_tls(site: Path) -> None:
+        data = yaml.safe_load(site.read_bytes())
+        data["uplink"]["brokers"] = [broker.url]
+        data["uplink"]["ca_file"] = str(authority.cert_path)
+        site.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+    # Its telemetry and health arrive, over TLS: ssl was loaded when it was first used.
+    running = await _a_running_gateway(tmp_path, broker, tmp_path / "no-keys", prepare=over_tls)
+    assert broker.url.startswith("mqtts://")
+    assert _loaded(running.modules, "_ssl")
+    assert running.stand_ins == []
 
 
 async def test_a_site_with_a_command_key_loads_cryptography(
