@@ -312,15 +312,12 @@ def footprint(
 def _broker(workdir: Path, tls: bool) -> Mosquitto:
     """The footprint's Mosquitto (not started): plain, or TLS with a CA made here (its
     subscriber then connects to the plain listener beside it)."""
-    if not tls:
-        return Mosquitto(find_mosquitto(), workdir / "broker")
-    pki = Authority(workdir / "pki")
-    cert, key = pki.issue("broker", "broker", ip="127.0.0.1")
-    return Mosquitto(
-        find_mosquitto(),
-        workdir / "broker",
-        tls=TlsListener(pki.cert_path, cert, key),
-    )
+    listener = None
+    if tls:
+        pki = Authority(workdir / "pki")
+        cert, key = pki.issue("broker", "broker", ip="127.0.0.1")
+        listener = TlsListener(pki.cert_path, cert, key)
+    return Mosquitto(find_mosquitto(), workdir / "broker", tls=listener)
 
 
 async def tcp_footprint(
