@@ -90,22 +90,23 @@ def stand_in(spec: ModuleSpec) -> ModuleType:
         raise ImportError(f"{spec.name} has no loader", name=spec.name)
     # The first use may come from paho's connecting thread as well as from the event loop.
     lock = threading.RLock()
-    loading: list[bool] = []
+    running = False  # ssl's own code is running into the module, on the lock's thread
 
     def __getattr__(name: str) -> object:
+        nonlocal running
         if name in SSL_EXCEPTIONS:
             return NeverRaised
         if name.startswith("__"):
             raise AttributeError(name)  # introspection (copy, pickle, pydoc) loads nothing
         with lock:
-            if loading:  # ssl's own code, while it runs, asks for a name it has not yet set
+            if running:  # ssl's own code, while it runs, asks for a name it has not yet set
                 raise AttributeError(name)
             if not loaded(module):
-                loading.append(True)
+                running = True
                 try:
                     loader.exec_module(module)
                 finally:
-                    loading.clear()
+                    running = False
                 del vars(module)["__getattr__"]
         return getattr(module, name)
 

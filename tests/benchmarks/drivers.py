@@ -192,13 +192,12 @@ def _bench_model(folder: Path) -> Path:
 def _site(
     workdir: Path,
     tcp_port: int,
-    broker_port: int,
+    broker_url: str,
     devices: int,
     interval: float,
     *,
     model: str = "efm-ref",
     policy: str | None = "all",
-    broker_url: str | None = None,
     ca_file: Path | None = None,
 ) -> Path:
     site: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
@@ -217,7 +216,7 @@ def _site(
         }
         for address in range(1, devices + 1)
     ]
-    site["uplink"]["brokers"] = [broker_url or f"mqtt://127.0.0.1:{broker_port}"]
+    site["uplink"]["brokers"] = [broker_url]
     if ca_file is not None:
         site["uplink"]["ca_file"] = str(ca_file)
     site["buffer"]["path"] = str(workdir / "outbox.sqlite")
@@ -348,9 +347,8 @@ async def tcp_footprint(
             await asyncio.wait_for(ready.wait(), 10)
             processes.append(await start_simulator(tcp_port, devices, models))
             site = _site(
-                workdir, tcp_port, broker.port, devices, interval, model=BENCH_MODEL,
-                policy=policy, broker_url=broker.url,
-                ca_file=broker.tls.ca_file if broker.tls is not None else None,
+                workdir, tcp_port, broker.url, devices, interval, model=BENCH_MODEL,
+                policy=policy, ca_file=broker.tls.ca_file if broker.tls is not None else None,
             )  # fmt: skip
             # Started as the installed unit starts it (its interpreter flags: -OO), from the
             # bytecode the installer compiles for it.
@@ -410,7 +408,10 @@ async def _first_poll(devices: int) -> float:
         listener = await asyncio.start_server(on_connect, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
         # No broker: the uplink retries in the background, the buses poll regardless.
-        site = _site(workdir, port, free_port(), devices, 1.0, model=BENCH_MODEL, policy=None)
+        site = _site(
+            workdir, port, f"mqtt://127.0.0.1:{free_port()}", devices, 1.0, model=BENCH_MODEL,
+            policy=None,
+        )  # fmt: skip
         spawned = time.monotonic()
         gateway = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edge.cli", "run", "--config", str(site),

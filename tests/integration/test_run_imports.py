@@ -158,7 +158,7 @@ async def _a_running_gateway(
     """Run ``edge run`` (``prepare`` changes its site file first) until it has published each
     of the ``started`` kinds of message, do ``meanwhile``, and take its report."""
     tcp_port = free_port()
-    site = _site(tmp_path, tcp_port, mosquitto.port, devices=2, interval=0.5)
+    site = _site(tmp_path, tcp_port, mosquitto.url, devices=2, interval=0.5)
     text = site.read_text(encoding="utf-8").replace("var/demo/command-keys", str(keys))
     site.write_text(text, encoding="utf-8")
     if prepare is not None:
@@ -469,14 +469,13 @@ async def test_a_site_on_mqtts_loads_tls_when_it_connects(
     cert, key = authority.issue("server", "broker.test", ip="127.0.0.1")
     broker = mosquitto_factory(tls=TlsListener(authority.cert_path, cert, key))
 
-    def over_tls(site: Path) -> None:
+    def trust_its_ca(site: Path) -> None:
         data = yaml.safe_load(site.read_bytes())
-        data["uplink"]["brokers"] = [broker.url]
         data["uplink"]["ca_file"] = str(authority.cert_path)
         site.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
     # Its telemetry and health arrive, over TLS: ssl was loaded when it was first used.
-    running = await _a_running_gateway(tmp_path, broker, tmp_path / "no-keys", prepare=over_tls)
+    running = await _a_running_gateway(tmp_path, broker, tmp_path / "no-keys", prepare=trust_its_ca)
     assert broker.url.startswith("mqtts://")
     assert _loaded(running.modules, "_ssl")
     assert running.stand_ins == []

@@ -48,9 +48,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run(script: str) -> Any:
-    """Run ``script`` (its last line prints JSON) in a fresh interpreter; what it printed."""
-    code = RUN_PATH_IMPORTS + _HELPERS + textwrap.dedent(script)
+def run(script: str, *, first: str = RUN_PATH_IMPORTS) -> Any:
+    """Run ``script`` (its last line prints JSON) in a fresh interpreter after the imports
+    ``first``; what it printed."""
+    code = first + _HELPERS + textwrap.dedent(script)
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
@@ -155,17 +156,13 @@ def test_threads_that_first_use_tls_at_once_load_it_once() -> None:
 
 
 def test_a_process_that_loaded_asyncio_before_edge_is_left_as_it_is() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import asyncio, json, sys\nimport edge, hashlib\nfrom edge import openssl\n"
-            "print(json.dumps([openssl.loaded(sys.modules['ssl']), openssl.defer(),"
-            " sys.modules.get('_hashlib') is not None]))",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    got = run(
+        """
+        from edge import openssl
+        print(json.dumps({**state(), "deferred now": openssl.defer()}))
+        """,
+        first="import asyncio\nimport edge, hashlib\n",
     )
-    assert json.loads(done.stdout) == [True, False, True]
+    assert got["ssl_loaded"]
+    assert got["_hashlib"]
+    assert got["deferred now"] is False

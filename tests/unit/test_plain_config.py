@@ -82,7 +82,9 @@ def _sites(tmp_path: Path) -> list[Path]:
     return [
         EXAMPLE,
         # The 1,000 readings/s site of the drivers benchmark: 50 monitors of 20 points.
-        reference_site(reference, 1502, 1883, devices=50, interval=1.0, policy=None),
+        reference_site(
+            reference, 1502, "mqtt://127.0.0.1:1883", devices=50, interval=1.0, policy=None
+        ),
         fixture_path,
         *SCENARIO_SITES,
     ]
