@@ -80,7 +80,9 @@ async def test_live_devices_keep_answering_with_one_dead_on_the_bus() -> None:
     async with RtuLine(dict.fromkeys(range(1, 12), EFM), baudrate=9600) as line:
         line.set_fault(11, "silent")
         devices = [PolledDevice(f"m{a}", EFM, a, 0.2) for a in range(1, 12)]
-        bus = ModbusBus("rs485", RtuSettings(line.path, 9600, timeout=0.3), devices, recorder)
+        # Room for a loaded test machine (the line answers from this event loop): a live device
+        # must never look offline here.
+        bus = ModbusBus("rs485", RtuSettings(line.path, 9600, timeout=0.5), devices, recorder)
         async with running(bus.run):
             await recorder.wait_for(
                 "the dead device re-probed and every live one polled after it",
@@ -94,7 +96,7 @@ async def test_live_devices_keep_answering_with_one_dead_on_the_bus() -> None:
     for address in range(1, 11):
         assert recorder.online(f"m{address}") == [True]
     assert recorder.online("m11") == [False]
-    assert recorder.reasons("m11") == ["no answer within 0.3 s"]
+    assert recorder.reasons("m11") == ["no answer within 0.5 s"]
     assert bus.stats.probes >= 1
     assert collisions == 0  # the t3.5 silence was kept before every request
 
@@ -107,7 +109,9 @@ async def test_faults_are_counted_and_the_bus_keeps_going() -> None:
         line.set_fault(4, "exception", code=4)
         line.set_fault(5, "slow", delay=0.05)  # late, but within the master's timeout
         devices = [PolledDevice(f"m{a}", EFM, a, 0.2) for a in range(1, 6)]
-        bus = ModbusBus("rs485", RtuSettings(line.path, 19200, timeout=0.15), devices, recorder)
+        # A timeout with room for a loaded test machine: the line answers from this process's
+        # event loop, and a healthy device must never look offline here.
+        bus = ModbusBus("rs485", RtuSettings(line.path, 19200, timeout=0.5), devices, recorder)
         async with running(bus.run):
             await recorder.wait_for(
                 "three devices offline",
@@ -131,7 +135,7 @@ async def test_faults_are_counted_and_the_bus_keeps_going() -> None:
     assert recorder.online("m5") == [True]  # slow within the timeout is not a failure
     assert recorder.reasons("m4")[0] == "exception 4 (server device failure)"
     # A CRC error is named, not just "no answer", and counted per bus.
-    assert recorder.reasons("m2")[0].startswith("no valid answer within 0.15 s (CRC error")
+    assert recorder.reasons("m2")[0].startswith("no valid answer within 0.5 s (CRC error")
     assert bus.stats.bad_frames >= 1
     assert bus.stats.exceptions >= 1
     assert bus.stats.timeouts >= 2  # a CRC error and garbage both end as timeouts

@@ -35,7 +35,7 @@ async def sim() -> AsyncIterator[Simulator]:
 @pytest.fixture
 async def client(sim: Simulator) -> AsyncIterator[AsyncModbusTcpClient]:
     modbus = AsyncModbusTcpClient(
-        LOCALHOST, port=sim.tcp_port, timeout=0.2, retries=0, reconnect_delay=0
+        LOCALHOST, port=sim.tcp_port, timeout=0.5, retries=0, reconnect_delay=0
     )
     assert await modbus.connect()
     yield modbus
@@ -189,7 +189,7 @@ async def test_rtu_is_served_on_a_linked_pty_and_the_link_is_removed(tmp_path: P
         assert sim.rtu_device.startswith("/dev/")
         sim.set("rtu", 5, "voltage_b", 199.0)
         serial = AsyncModbusSerialClient(
-            str(link), baudrate=9600, timeout=0.2, retries=0, reconnect_delay=0
+            str(link), baudrate=9600, timeout=0.5, retries=0, reconnect_delay=0
         )
         assert await serial.connect()
         try:
